@@ -1,0 +1,217 @@
+"""The entry cache: sqlite record of uploaded objects, generations and finished backups.
+
+This is the only module that talks to sqlite.  Schema history (``meta.schema_version``):
+
+* 1: ``meta``; ``generations(gen, source, started)``; ``objects(key, cap, sha256,
+  generation)`` mapping a file-state or directory-body key to the cap the
+  gateway returned; ``backups(id, generation, cap, source, name, ts, ts_check,
+  link_dir, link_name, result_file)``.
+
+Rows are written only after the gateway confirmed a cap.  Commits are
+batched (rows or seconds, whichever first) in WAL mode, so a kill loses at
+most one batch, which the next run uploads again.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from .errors import CacheError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS generations (
+    gen INTEGER PRIMARY KEY, source BLOB NOT NULL, started REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (
+    key BLOB PRIMARY KEY, cap TEXT NOT NULL, sha256 BLOB, generation INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_generation ON objects (generation);
+CREATE TABLE IF NOT EXISTS backups (
+    id INTEGER PRIMARY KEY, generation INTEGER NOT NULL, cap TEXT NOT NULL,
+    source BLOB NOT NULL, name TEXT NOT NULL, ts REAL NOT NULL, ts_check REAL,
+    link_dir TEXT, link_name TEXT, result_file TEXT);
+CREATE INDEX IF NOT EXISTS backups_generation ON backups (generation);
+"""
+
+
+@dataclass(frozen=True)
+class Backup:
+    """A finished backup as recorded in the cache."""
+
+    id: int
+    generation: int
+    cap: str
+    source: bytes
+    name: str
+    ts: float
+    ts_check: float | None
+    link_dir: str | None
+    link_name: str | None
+    result_file: str | None
+
+
+@dataclass(frozen=True)
+class Hit:
+    cap: str
+    sha256: bytes | None
+
+
+class EntryCache:
+    """Open (creating, mode 0600) and migrate the cache at ``path``.
+
+    Raises :class:`CacheError` if the file is not a usable cache, or was
+    used with another gateway than ``destination``.
+    """
+
+    def __init__(self, path: str, destination: str, commit_rows: int = 500,
+                 commit_seconds: float = 2.0, now: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._now = now
+        self._commit_rows = commit_rows
+        self._commit_seconds = commit_seconds
+        self._dirty = 0
+        self._last_commit = now()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        try:
+            # Create it 0600 before sqlite does: it holds caps.  sqlite gives
+            # its -wal and -shm files the same mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+            self._check_destination(destination)
+        except sqlite3.DatabaseError as e:
+            raise CacheError(path=path, problem=(
+                f"{e}. Move the file aside (or delete it) and run again: the next backup "
+                "finds already-stored content again through convergence"))
+        except OSError as e:
+            raise CacheError(path=path, problem=e.strerror)
+        self._db.execute("BEGIN")
+
+    # -- schema ------------------------------------------------------------
+    def _migrate(self) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise CacheError(path=self.path, problem=(
+                    f"it has schema version {version}, newer than this lafs-backup ({SCHEMA_VERSION})"))
+            if version < 1:
+                for stmt in _SCHEMA.strip().split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _check_destination(self, destination: str) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key='destination'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('destination', ?)", (destination,))
+        elif row[0] != destination:
+            raise CacheError(path=self.path, problem=(
+                f"it belongs to the gateway {row[0]}, not {destination}; caps from one grid "
+                "mean nothing on another. Set source.entry_cache.path to a separate file"))
+
+    # -- commits -----------------------------------------------------------
+    def _wrote(self) -> None:
+        self._dirty += 1
+        if (self._commit_rows > 0 and self._dirty >= self._commit_rows) or (
+                self._commit_seconds > 0 and self._now() - self._last_commit >= self._commit_seconds):
+            self.commit()
+
+    def commit(self) -> None:
+        self._db.execute("COMMIT")
+        self._db.execute("BEGIN")
+        self._dirty = 0
+        self._last_commit = self._now()
+
+    def close(self) -> None:
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError:
+            pass
+        self._db.close()
+
+    # -- generations ---------------------------------------------------------
+    def begin_generation(self, source: bytes) -> int:
+        """The generation for a new backup of ``source``.
+
+        An interrupted run's generation (the newest for this source, with no
+        finished backup) is reused, so a resumed run doesn't leave a gap.
+        """
+        db = self._db
+        row = db.execute(
+            "SELECT gen FROM generations WHERE source=? ORDER BY gen DESC LIMIT 1", (source,)).fetchone()
+        if row is not None:
+            done = db.execute("SELECT 1 FROM backups WHERE generation=?", (row[0],)).fetchone()
+            newest = db.execute("SELECT MAX(gen) FROM generations").fetchone()[0]
+            if not done and row[0] == newest:
+                self.commit()
+                return int(row[0])
+        top = db.execute(
+            "SELECT MAX(g) FROM (SELECT MAX(gen) AS g FROM generations "
+            "UNION ALL SELECT MAX(generation) FROM objects)").fetchone()[0]
+        gen = int(top or 0) + 1
+        db.execute("INSERT INTO generations VALUES (?, ?, ?)", (gen, source, self._now()))
+        self.commit()
+        return gen
+
+    # -- objects -------------------------------------------------------------
+    def lookup(self, key: bytes, generation: int) -> Hit | None:
+        """The cached cap for ``key``; marks it as used by ``generation``."""
+        row = self._db.execute("SELECT cap, sha256, generation FROM objects WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        if row[2] != generation:
+            self._db.execute("UPDATE objects SET generation=? WHERE key=?", (generation, key))
+            self._wrote()
+        return Hit(row[0], row[1])
+
+    def store(self, key: bytes, cap: str, generation: int, sha256: bytes | None = None) -> None:
+        """Record a cap the gateway returned (never call it with anything else)."""
+        self._db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)", (key, cap, sha256, generation))
+        self._wrote()
+
+    # -- backups -------------------------------------------------------------
+    def record_backup(self, generation: int, cap: str, source: bytes, name: str, ts: float,
+                      link_dir: str | None = None, link_name: str | None = None,
+                      result_file: str | None = None) -> Backup:
+        cur = self._db.execute(
+            "INSERT INTO backups (generation, cap, source, name, ts, link_dir, link_name, result_file) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (generation, cap, source, name, ts, link_dir, link_name, result_file))
+        self.commit()
+        return self.backup_by_id(int(cur.lastrowid or 0))
+
+    def backups(self) -> Iterator[Backup]:
+        for row in self._db.execute("SELECT * FROM backups ORDER BY ts, id").fetchall():
+            yield Backup(*row)
+
+    def backup_by_id(self, id_: int) -> Backup:
+        row = self._db.execute("SELECT * FROM backups WHERE id=?", (id_,)).fetchone()
+        return Backup(*row)
+
+    def find_backup(self, ref: str) -> Backup | None:
+        """A backup by cap, generation number, or 'latest'."""
+        db = self._db
+        if ref == "latest":
+            row = db.execute("SELECT * FROM backups ORDER BY ts DESC, id DESC LIMIT 1").fetchone()
+        elif ref.isdigit():
+            row = db.execute("SELECT * FROM backups WHERE generation=? ORDER BY ts DESC LIMIT 1",
+                             (int(ref),)).fetchone()
+        else:
+            row = db.execute("SELECT * FROM backups WHERE cap=? LIMIT 1", (ref,)).fetchone()
+        return Backup(*row) if row else None

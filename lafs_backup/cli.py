@@ -1,0 +1,164 @@
+"""The command line: parse arguments, load the configuration, run one command, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from typing import Any, Sequence
+
+from . import __version__
+from . import config as cfg
+from . import log as logsetup
+from .errors import ExitCode, LafsBackupError, UsageError
+
+log = logging.getLogger(__name__)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _common() -> argparse.ArgumentParser:
+    # Accepted before or after the command; SUPPRESS keeps a subcommand's
+    # absent option from resetting one given before it.
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-c", "--config", action="append", metavar="FILE", default=argparse.SUPPRESS,
+                   help="YAML file layered over the base config (repeatable; later files win)")
+    p.add_argument("-o", "--set", action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
+                   help="override one config key, e.g. -o operation.jobs=4 (wins over files)")
+    p.add_argument("--url", default=argparse.SUPPRESS, metavar="URL",
+                   help="gateway URL (destination.url); default: the embedded local grid")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="log at DEBUG level")
+    p.add_argument("--noise", action="store_true", default=argparse.SUPPRESS,
+                   help="log every path (below DEBUG)")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="machine-readable output (JSON lines)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    p = _Parser(prog="lafs-backup", parents=[common],
+                description="Incremental, deduplicated backups to a Tahoe-LAFS grid.")
+    p.add_argument("--version", action="version", version=f"lafs-backup {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    b = sub.add_parser("backup", parents=[common], help="back up a directory (phase one, then phase two)")
+    b.add_argument("source", nargs="?", help="directory to back up (default: source.path)")
+    g = b.add_mutually_exclusive_group()
+    g.add_argument("--queue-only", nargs="?", const=True, default=False, metavar="PATH",
+                   help="only build the queue (phase one), optionally at PATH")
+    g.add_argument("--reuse-queue", nargs="?", const=True, default=False, metavar="PATH",
+                   help="skip phase one and upload an existing complete queue for this source")
+    b.add_argument("-j", "--jobs", type=int, metavar="N", help="requests in flight (operation.jobs)")
+
+    r = sub.add_parser("restore", parents=[common], help="restore a snapshot into a directory")
+    r.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
+    r.add_argument("paths", nargs="*", metavar="PATH", help="restore only these subtrees")
+    r.add_argument("-t", "--target", required=True, metavar="DIR", help="directory to restore into")
+
+    sub.add_parser("list", parents=[common], help="list finished backups")
+
+    gr = sub.add_parser("grid", parents=[common], help="manage the embedded local Tahoe-LAFS grid")
+    gr.add_argument("action", choices=["up", "down", "status"])
+    gr.add_argument("--dir", help="grid directory (default: grid.dir, or the user data directory)")
+    gr.add_argument("--nodes", type=int, help="storage nodes (grid.nodes; used when creating)")
+    gr.add_argument("--needed", type=int, help="shares needed, k (grid.needed)")
+    gr.add_argument("--happy", type=int, help="servers of happiness (grid.happy)")
+
+    sub.add_parser("dump-config", parents=[common], help="print the merged configuration")
+    return p
+
+
+def _overrides(ns: argparse.Namespace) -> list[tuple[str, Any]]:
+    out = [cfg.parse_override(item) for item in getattr(ns, "set", [])]
+    if getattr(ns, "url", None):
+        out.append(("destination.url", ns.url))
+    if getattr(ns, "jobs", None) is not None:
+        out.append(("operation.jobs", ns.jobs))
+    for opt in ("nodes", "needed", "happy"):
+        if getattr(ns, opt, None) is not None:
+            out.append((f"grid.{opt}", getattr(ns, opt)))
+    if getattr(ns, "dir", None):
+        out.append(("grid.dir", ns.dir))
+    return out
+
+
+async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = None) -> int:
+    """Run one command with an injected reactor; return its exit code.
+
+    Every :class:`LafsBackupError` becomes its message and exit code; any
+    other exception is a bug and is shown with a (cap-redacted) traceback.
+    """
+    from .commands import Context, backup, dump_config, grid_command, list_backups, restore
+    from .report import Reporter
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        ns = build_parser().parse_args(list(argv))
+        if not ns.command:
+            raise UsageError("lafs-backup: a command is required (backup, restore, list, grid, dump-config); "
+                             "see --help")
+        tree = cfg.load_tree(getattr(ns, "config", []), _overrides(ns))
+        level = "noise" if getattr(ns, "noise", False) else "debug" if getattr(ns, "debug", False) else (
+            cfg.get(tree, "logging.level"))
+        logsetup.setup(level, insecure=cfg.get(tree, "http.debug_requests"), stream=err)
+        rep = Reporter(json_mode=getattr(ns, "json", False), out=out, err=err)
+        ctx = Context(tree, reactor, rep, out, err)
+        if ns.command == "backup":
+            return int(await backup(ctx, ns.source, ns.queue_only, ns.reuse_queue))
+        if ns.command == "restore":
+            return int(await restore(ctx, ns.snapshot, ns.paths, ns.target))
+        if ns.command == "list":
+            return int(await list_backups(ctx, getattr(ns, "json", False)))
+        if ns.command == "grid":
+            return int(await grid_command(ctx, ns.action, ns.dir))
+        if ns.command == "dump-config":
+            return int(dump_config(ctx))
+        raise UsageError(f"unknown command {ns.command!r}")  # pragma: no cover
+    except LafsBackupError as e:
+        print(f"lafs-backup: error: {logsetup.redact(e.message)}", file=err)
+        return int(e.exit_code)
+    except SystemExit as e:  # argparse's --help
+        return int(e.code or 0)
+    except KeyboardInterrupt:
+        print("lafs-backup: interrupted", file=err)
+        return int(ExitCode.INTERRUPTED)
+    except Exception:
+        text = logsetup.redact(traceback.format_exc())
+        print(f"lafs-backup: internal error (a bug; please report it):\n{text}", file=err)
+        return int(ExitCode.INTERNAL)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: run the command under the global reactor."""
+    from twisted.internet import defer, task
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args in (["-h"], ["--help"], []) or "--version" in args:
+        try:
+            build_parser().parse_args(args or ["--help"])
+        except SystemExit as e:
+            return int(e.code or 0)
+        except UsageError as e:
+            print(e.message, file=sys.stderr)
+            return int(ExitCode.USAGE)
+    # Stays INTERRUPTED only if the reactor stopped (SIGINT/SIGTERM) before the command returned.
+    code: list[int] = [int(ExitCode.INTERRUPTED)]
+
+    async def go(reactor: Any) -> None:
+        code[0] = await run(reactor, args)
+
+    try:
+        task.react(lambda reactor: defer.Deferred.fromCoroutine(go(reactor)))
+    except SystemExit:
+        pass
+    return code[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The commands: each wires the pipeline stages together for one CLI verb."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import platformdirs
+
+from . import config as cfg
+from .cache import Backup, EntryCache
+from .errors import ExitCode, GridError, QueueError, SnapshotError, UsageError
+from .filters import compile_from_config
+from .gateway import Gateway, make_http_client
+from .grid import GridSpec, LocalGrid, wait_connected
+from .lock import CacheLock
+from .queue import QueueReader, write_queue
+from .record import append_result, link_into
+from .report import Reporter
+from .restore import Restorer
+from .scan import scan
+from .upload import Uploader
+
+log = logging.getLogger(__name__)
+
+APP = "lafs-backup"
+
+
+def state_dir() -> str:
+    return platformdirs.user_state_dir(APP)
+
+
+def data_dir() -> str:
+    return platformdirs.user_data_dir(APP)
+
+
+@dataclass
+class Context:
+    """Everything a command needs, injected by the CLI (or a test)."""
+
+    tree: dict[str, Any]
+    reactor: Any
+    reporter: Reporter
+    out: IO[str] = field(default_factory=lambda: sys.stdout)
+    err: IO[str] = field(default_factory=lambda: sys.stderr)
+    _gateway: Gateway | None = None
+    _url: str | None = None
+
+    def get(self, key: str) -> Any:
+        return cfg.get(self.tree, key)
+
+    # -- destination ---------------------------------------------------------
+    def grid(self, directory: str | None = None) -> LocalGrid:
+        d = directory or cfg.expand(self.get("grid.dir")) or os.path.join(data_dir(), "grid")
+        return LocalGrid(GridSpec(d, self.get("grid.nodes"), self.get("grid.needed"), self.get("grid.happy")))
+
+    def make_gateway(self, url: str, jobs: int | None = None, attempts: int | None = None) -> Gateway:
+        policy = cfg.retry_policy(self.tree)
+        if attempts is not None:
+            policy = cfg.RetryPolicy(attempts, policy.delays, policy.timeout)
+        j = jobs or self.get("operation.jobs")
+        return Gateway(url, make_http_client(self.reactor, j + 2), self.reactor, policy, j,
+                       self.get("http.debug_requests"))
+
+    async def url(self) -> str:
+        """The gateway base URL, starting the embedded grid when none is configured."""
+        if self._url is None:
+            configured = self.get("destination.url")
+            if configured:
+                self._url = cfg.gateway_base(configured)
+            else:
+                self._url = await ensure_grid(self, self.grid())
+        return self._url
+
+    async def gateway(self) -> Gateway:
+        if self._gateway is None:
+            self._gateway = self.make_gateway(await self.url())
+        return self._gateway
+
+    async def cache(self) -> EntryCache:
+        url = await self.url()
+        path = cfg.expand(self.get("source.entry_cache.path"))
+        if not path:
+            name = "entry-cache.local.sqlite" if not self.get("destination.url") else (
+                "entry-cache." + hashlib.sha256(url.encode()).hexdigest()[:12] + ".sqlite")
+            path = os.path.join(state_dir(), name)
+        return EntryCache(path, url, self.get("source.entry_cache.commit_after.rows"),
+                          self.get("source.entry_cache.commit_after.seconds"))
+
+
+async def ensure_grid(ctx: Context, grid: LocalGrid, quiet: bool = False) -> str:
+    state, started = grid.start_processes()
+    if started and not quiet:
+        print(f"lafs-backup: started the embedded local grid in {grid.dir}", file=ctx.err)
+    gw = ctx.make_gateway(state["url"], jobs=2, attempts=1)
+    await wait_connected(gw.connected_servers, state["happy"], ctx.get("grid.start_timeout"),
+                         _sleeper(ctx.reactor), ctx.reactor.seconds)
+    return str(state["url"])
+
+
+def _sleeper(reactor: Any) -> Any:
+    from twisted.internet.task import deferLater
+
+    async def sleep(s: float) -> None:
+        await deferLater(reactor, s, lambda: None)
+    return sleep
+
+
+def _source(ctx: Context, arg: str | None) -> bytes:
+    src = arg or cfg.expand(ctx.get("source.path"))
+    if not src:
+        raise UsageError("No source to back up: give SOURCE or set source.path")
+    path = os.path.abspath(os.path.expanduser(src))
+    if not os.path.isdir(path):
+        raise UsageError(f"Source {path} is not a directory")
+    return os.fsencode(path)
+
+
+def _queue_path(ctx: Context, source: bytes, override: str | None) -> str:
+    if override:
+        return override
+    configured = cfg.expand(ctx.get("source.queue.path"))
+    if configured:
+        return configured
+    base = os.path.basename(source).decode("utf-8", "replace") or "root"
+    digest = hashlib.sha256(source).hexdigest()[:12]
+    return os.path.join(state_dir(), "queues", f"{base}.{digest}.queue")
+
+
+# -- backup -----------------------------------------------------------------------
+
+async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
+                 reuse_queue: bool | str) -> int:
+    rep = ctx.reporter
+    source = _source(ctx, source_arg)
+    flt = compile_from_config(ctx.get("filter"))  # a bad rule fails before any work
+    qpath = _queue_path(ctx, source, queue_only if isinstance(queue_only, str) else (
+        reuse_queue if isinstance(reuse_queue, str) else None))
+    if reuse_queue is not False:
+        QueueReader(qpath, expect_source=source).close()  # refuse a bad queue up front
+    else:
+        t0 = time.monotonic()
+        n = write_queue(qpath, source, scan(source, flt, rep.warn))
+        log.info("phase one: %d entries in %.2fs", n, time.monotonic() - t0)
+        if queue_only is not False:
+            rep.info(f"queue: {n} entries written to {qpath}")
+            if rep.json_mode:
+                rep._json({"type": "queue", "path": qpath, "entries": n, "warnings": rep.stats.warnings})
+            return ExitCode.PARTIAL if rep.stats.warnings else ExitCode.OK
+
+    gw = await ctx.gateway()
+    await gw.preflight()
+    cache = await ctx.cache()
+    lock = CacheLock(cache.path + ".lock", rep)
+    lock.acquire()
+    shutdown = ctx.reactor.addSystemEventTrigger("before", "shutdown", cache.close)
+    try:
+        gen = cache.begin_generation(source)
+        uploader = Uploader(source, gw, cache, gen, rep, ctx.get("operation.window"),
+                            max(4, 2 * ctx.get("operation.jobs")))
+        with QueueReader(qpath, expect_source=source) as reader:
+            snap = await uploader.run(reader)
+        ts = time.time()
+        link_dir = ctx.get("destination.result.append_to_lafs_dir")
+        lname = await link_into(gw, link_dir, source, ts, snap) if link_dir else None
+        result_file = cfg.expand(ctx.get("destination.result.append_to_file"))
+        if result_file:
+            append_result(result_file, ts, source, snap)
+        b = cache.record_backup(gen, snap, source, os.path.basename(source).decode("utf-8", "replace"),
+                                ts, link_dir, lname, result_file)
+    finally:
+        ctx.reactor.removeSystemEventTrigger(shutdown)
+        cache.close()
+        lock.release()
+    rep.stats.requests = dict(gw.counts)
+    if ctx.get("destination.result.print_to_stdout") and not rep.json_mode:
+        print(snap, file=ctx.out, flush=True)
+    rep.finish("backup", {"cap": snap, "generation": b.generation} if rep.json_mode else None)
+    return ExitCode.PARTIAL if rep.stats.warnings else ExitCode.OK
+
+
+# -- list ---------------------------------------------------------------------------
+
+def backup_json(b: Backup) -> dict[str, Any]:
+    return {"generation": b.generation, "time": _iso(b.ts), "timestamp": b.ts,
+            "source": b.source.decode("utf-8", "backslashreplace"), "name": b.name, "cap": b.cap,
+            "last_check": _iso(b.ts_check) if b.ts_check else None}
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+async def list_backups(ctx: Context, as_json: bool) -> int:
+    cache = await ctx.cache()
+    try:
+        items = [backup_json(b) for b in cache.backups()]
+    finally:
+        cache.close()
+    if as_json:
+        print(json.dumps(items, indent=1), file=ctx.out)
+    elif not items:
+        print("no finished backups recorded", file=ctx.err)
+    else:
+        for it in items:
+            print(f"{it['generation']:>5}  {it['time']}  {it['source']}  {it['cap']}", file=ctx.out)
+    return ExitCode.OK
+
+
+# -- restore ------------------------------------------------------------------------
+
+async def resolve_snapshot(ctx: Context, ref: str) -> str:
+    if ref.startswith("URI:"):
+        return ref
+    if not (ref == "latest" or ref.isdigit()):
+        raise UsageError(f"SNAPSHOT must be a cap, a generation number or 'latest', not {ref!r}")
+    cache = await ctx.cache()
+    try:
+        b = cache.find_backup(ref)
+    finally:
+        cache.close()
+    if b is None:
+        raise SnapshotError(what=ref, problem="no such backup is recorded (see 'lafs-backup list')")
+    return b.cap
+
+
+async def restore(ctx: Context, ref: str, paths: list[str], target: str) -> int:
+    cap = await resolve_snapshot(ctx, ref)
+    gw = await ctx.gateway()
+    r = Restorer(gw, ctx.reporter, target, window=max(16, 4 * ctx.get("operation.jobs")))
+    await r.run(cap, [os.fsencode(p) for p in paths])
+    ctx.reporter.stats.requests = dict(gw.counts)
+    ctx.reporter.finish("restore")
+    return ExitCode.PARTIAL if ctx.reporter.stats.warnings else ExitCode.OK
+
+
+# -- grid -------------------------------------------------------------------------------
+
+async def grid_command(ctx: Context, action: str, directory: str | None) -> int:
+    grid = ctx.grid(directory)
+    if action == "up":
+        url = await ensure_grid(ctx, grid)
+        print(url, file=ctx.out)
+        return ExitCode.OK
+    if action == "down":
+        stopped = grid.stop()
+        print(f"stopped {len(stopped)} node(s)" + (f": {', '.join(stopped)}" if stopped else ""),
+              file=ctx.err)
+        return ExitCode.OK
+    state = grid.load()
+    if state is None:
+        raise GridError(problem=f"no local grid in {grid.dir} (run 'lafs-backup grid up')")
+    print(f"url: {state['url']}", file=ctx.out)
+    print(f"directory: {grid.dir}", file=ctx.out)
+    print(f"encoding: {state['needed']}-of-{state['nodes']}, happy={state['happy']}", file=ctx.out)
+    for name in grid.node_names(state):
+        print(f"node {name}: {'running' if grid.alive(state, name) else 'stopped'}", file=ctx.out)
+    if grid.alive(state, "gateway"):
+        gw = ctx.make_gateway(state["url"], jobs=1, attempts=1)
+        servers = await gw.connected_servers()
+        print(f"connected servers: {len(servers)} ({', '.join(sorted(servers))})", file=ctx.out)
+        return ExitCode.OK if len(servers) >= state["happy"] else ExitCode.GRID
+    return ExitCode.GRID
+
+
+def dump_config(ctx: Context) -> int:
+    ctx.out.write(cfg.dump(ctx.tree))
+    return ExitCode.OK
+
+
+__all__ = ["Context", "backup", "list_backups", "restore", "grid_command", "dump_config", "QueueError"]

@@ -1,0 +1,206 @@
+"""Configuration: layer YAML files over the base config, validate every key, give typed records."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+BASE_CONFIG = Path(__file__).with_name("core.yaml")
+
+_NUM = (int, float)
+_NULL = type(None)
+
+#: Allowed types of every leaf key.  The base config must match this exactly
+#: (a test checks it), so a key cannot be documented but unchecked.
+SCHEMA: dict[str, tuple[type, ...]] = {
+    "source.path": (str, _NULL),
+    "source.queue.path": (str, _NULL),
+    "source.entry_cache.path": (str, _NULL),
+    "source.entry_cache.commit_after.rows": (int,),
+    "source.entry_cache.commit_after.seconds": _NUM,
+    "filter": (list,),
+    "destination.url": (str, _NULL),
+    "destination.result.print_to_stdout": (bool,),
+    "destination.result.append_to_file": (str, _NULL),
+    "destination.result.append_to_lafs_dir": (str, _NULL),
+    "grid.dir": (str, _NULL),
+    "grid.nodes": (int,),
+    "grid.needed": (int,),
+    "grid.happy": (int,),
+    "grid.start_timeout": _NUM,
+    "operation.jobs": (int,),
+    "operation.window": (int,),
+    "operation.timeout": (int, float, _NULL),
+    "operation.retry.attempts": (int,),
+    "operation.retry.delay": (list,),
+    "http.debug_requests": (bool,),
+    "logging.level": (str,),
+}
+
+_LEVELS = ("warning", "info", "debug", "noise", "error")
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    names = {int: "integer", float: "number", str: "string", bool: "boolean",
+             list: "list", dict: "mapping", _NULL: "null"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _load_yaml(path: str) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"Configuration file {path} does not exist", key="", source=path)
+    except OSError as e:
+        raise ConfigError(f"Cannot read configuration file {path}: {e.strerror}", key="", source=path)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Configuration file {path} is not valid YAML: {e}", key="", source=path)
+
+
+def merge(base: dict[str, Any], layer: Mapping[str, Any], source: str, prefix: str = "") -> None:
+    """Merge ``layer`` into ``base`` in place, validating each key against :data:`SCHEMA`.
+
+    Mappings merge key by key; lists and scalars replace.  Raises
+    :class:`ConfigError` naming the dotted key and ``source`` for an unknown
+    key or a value of the wrong type.
+    """
+    if not isinstance(layer, Mapping):
+        raise ConfigError(source=source, key=prefix or "(top level)",
+                          problem=f"expected a mapping, got {type(layer).__name__}")
+    for key, value in layer.items():
+        if not isinstance(key, str):
+            raise ConfigError(source=source, key=f"{prefix}{key!r}", problem="keys must be strings")
+        dotted = prefix + key
+        if dotted in SCHEMA:
+            types = SCHEMA[dotted]
+            # bool is an int in Python; don't let `jobs: true` through.
+            ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+            if not ok:
+                raise ConfigError(source=source, key=dotted,
+                                  problem=f"expected {_type_names(types)}, got {value!r}")
+            base[key] = copy.deepcopy(value)
+        elif any(k.startswith(dotted + ".") for k in SCHEMA):
+            if value is None:
+                continue  # "section:" with nothing under it
+            sub = base.setdefault(key, {})
+            merge(sub, value, source, dotted + ".")
+        else:
+            raise ConfigError(source=source, key=dotted, problem="unknown key")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse a ``KEY=VALUE`` command-line override; VALUE is read as YAML."""
+    if "=" not in item:
+        raise ConfigError(source="command line", key=item, problem="expected KEY=VALUE")
+    key, _, raw = item.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    cur = out
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def load_tree(files: Iterable[str] = (), overrides: Iterable[tuple[str, Any]] = ()) -> dict[str, Any]:
+    """Return the merged configuration tree: base, then ``files``, then ``overrides``."""
+    tree: dict[str, Any] = {}
+    merge(tree, _load_yaml(str(BASE_CONFIG)), str(BASE_CONFIG))
+    for path in files:
+        layer = _load_yaml(path)
+        if layer is None:
+            continue
+        merge(tree, layer, path)
+    for key, value in overrides:
+        merge(tree, _nest(key, value), "command line")
+    _check_values(tree)
+    return tree
+
+
+def get(tree: Mapping[str, Any], dotted: str) -> Any:
+    cur: Any = tree
+    for p in dotted.split("."):
+        cur = cur[p]
+    return cur
+
+
+def _check_values(tree: Mapping[str, Any]) -> None:
+    """Range checks that types alone don't catch."""
+    def bad(key: str, problem: str) -> ConfigError:
+        return ConfigError(source="configuration", key=key, problem=problem)
+
+    for key in ("operation.jobs", "operation.window", "operation.retry.attempts", "grid.nodes",
+                "grid.needed", "grid.happy"):
+        if get(tree, key) < 1:
+            raise bad(key, "must be at least 1")
+    n, k, h = get(tree, "grid.nodes"), get(tree, "grid.needed"), get(tree, "grid.happy")
+    if not k <= h <= n:
+        raise bad("grid", f"need needed <= happy <= nodes, got needed={k} happy={h} nodes={n}")
+    delays = get(tree, "operation.retry.delay")
+    if not delays or not all(isinstance(d, (int, float)) and not isinstance(d, bool) and d >= 0
+                             for d in delays):
+        raise bad("operation.retry.delay", "must be a non-empty list of non-negative numbers")
+    for rule in get(tree, "filter"):
+        if not isinstance(rule, str):
+            raise bad("filter", f"each rule must be a string like '+regex' or '-regex', got {rule!r}")
+    if get(tree, "logging.level").lower() not in _LEVELS:
+        raise bad("logging.level", f"must be one of {', '.join(_LEVELS)}")
+    url = get(tree, "destination.url")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise bad("destination.url", f"must be an http:// or https:// URL, got {url!r}")
+
+
+def gateway_base(url: str) -> str:
+    """Normalise a gateway URL to its base, ending in '/'.
+
+    Accepts both ``http://host:3456/`` and the original tool's
+    ``http://host:3456/uri`` form.
+    """
+    url = url.rstrip("/")
+    if url.endswith("/uri"):
+        url = url[: -len("/uri")]
+    return url + "/"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int
+    delays: tuple[float, ...]
+    timeout: float | None
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based)."""
+        return float(self.delays[min(attempt - 1, len(self.delays) - 1)])
+
+
+def retry_policy(tree: Mapping[str, Any]) -> RetryPolicy:
+    t = get(tree, "operation.timeout")
+    return RetryPolicy(
+        attempts=get(tree, "operation.retry.attempts"),
+        delays=tuple(get(tree, "operation.retry.delay")),
+        timeout=float(t) if t and t > 0 else None,
+    )
+
+
+def dump(tree: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(tree), sort_keys=False, default_flow_style=False)
+
+
+def expand(path: str | None) -> str | None:
+    return os.path.expanduser(path) if path else path

@@ -1,0 +1,119 @@
+"""Error classes and exit codes: every failure a user can meet, with its message and code."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes, documented in the README."""
+
+    OK = 0
+    #: The run finished, but some entries were skipped with a warning.
+    PARTIAL = 1
+    #: Bad command-line arguments or configuration; nothing was done.
+    USAGE = 2
+    #: The gateway or grid could not be reached or refused the work.
+    GRID = 3
+    #: The operation failed (bad queue, unreadable cache, local I/O error).
+    FAILED = 4
+    #: Another run holds the entry cache lock.
+    LOCKED = 5
+    #: check/verify found damage, or diff found differences.
+    PROBLEMS = 6
+    #: Interrupted by the user (SIGINT).
+    INTERRUPTED = 130
+    #: A bug: an unexpected exception, reported with a traceback.
+    INTERNAL = 70
+
+
+class LafsBackupError(Exception):
+    """lafs-backup failed."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+    def __init__(self, message: str | None = None, **kw: object) -> None:
+        self.details = kw
+        if message is None:
+            message = (self.__doc__ or "error").strip().format(**kw)
+        super().__init__(message)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class UsageError(LafsBackupError):
+    """Invalid arguments."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ConfigError(UsageError):
+    """Configuration error in {source}: {key}: {problem}"""
+
+
+class FilterError(ConfigError):
+    """Invalid filter rule {rule!r}: {problem}"""
+
+    def __init__(self, rule: str, problem: str, source: str = "filter") -> None:
+        super().__init__(
+            f"Invalid filter rule {rule!r} (in {source}): {problem}", rule=rule, problem=problem
+        )
+
+
+class QueueError(LafsBackupError):
+    """The queue file {path} cannot be used: {problem}"""
+
+
+class CacheError(LafsBackupError):
+    """The entry cache {path} cannot be used: {problem}"""
+
+
+class LockedError(LafsBackupError):
+    """Another lafs-backup run (pid {pid}, started {started}) holds the lock {path}."""
+
+    exit_code = ExitCode.LOCKED
+
+
+class GridError(LafsBackupError):
+    """The Tahoe-LAFS grid is not usable: {problem}"""
+
+    exit_code = ExitCode.GRID
+
+
+class GatewayError(GridError):
+    """A request to the gateway failed.
+
+    Carries the HTTP status, the exception name Tahoe reported and the URL
+    with every cap replaced by a placeholder, so it can be shown safely.
+    """
+
+    def __init__(self, method: str, url: str, status: int | None, body: str, reason: str = "") -> None:
+        from .log import redact
+
+        self.method = method
+        self.url = redact(url)
+        self.status = status
+        self.body = redact(body)
+        self.reason = reason or tahoe_exception_name(body)
+        what = f"HTTP {status}" if status is not None else "no response"
+        detail = f": {self.reason}" if self.reason else ""
+        super().__init__(f"{method} {self.url} failed with {what}{detail}")
+
+
+class SnapshotError(LafsBackupError):
+    """Snapshot {what} cannot be used: {problem}"""
+
+
+class RestoreError(LafsBackupError):
+    """Restore failed: {problem}"""
+
+
+def tahoe_exception_name(body: str) -> str:
+    """Pull the last line of a ``text/plain`` Tahoe error body (the exception)."""
+    lines = [ln.strip() for ln in body.strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    last = lines[-1]
+    return last[:300]

@@ -1,0 +1,226 @@
+"""The Tahoe-LAFS gateway client: web API calls through treq, with bounded concurrency, timeouts and retries.
+
+This is the only module that uses treq.  Every request goes through
+:meth:`Gateway._request`, which holds one of ``jobs`` slots per attempt,
+times each attempt out through the injected clock (cancelling it before the
+next attempt starts), and retries connection errors, timeouts and 5xx
+answers with the configured backoff.  Errors carry the URL with caps
+redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from typing import IO, Any, Awaitable, Callable, Mapping, Sequence
+from urllib.parse import quote
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.error import ConnectError, ConnectionLost, TimeoutError as TxTimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.web.client import FileBodyProducer, ResponseFailed, ResponseNeverReceived
+from twisted.web.http_headers import Headers
+
+from .config import RetryPolicy
+from .errors import GatewayError, GridError
+from .log import redact
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE_EXC = (ConnectError, ConnectionLost, ResponseFailed, ResponseNeverReceived,
+                  TxTimeoutError, CancelledError)
+
+
+class _Attempt:
+    """One in-flight attempt; ``expire()`` makes it time out now."""
+
+    def __init__(self, d: Deferred, what: str) -> None:
+        self.deferred = d
+        self.what = what
+        self.forced = False
+
+    def expire(self) -> None:
+        self.forced = True
+        self.deferred.cancel()
+
+
+class Gateway:
+    """Calls to one gateway.  ``http`` is a treq :class:`HTTPClient` (the seam for fakes)."""
+
+    def __init__(self, base_url: str, http: HTTPClient, clock: IReactorTime, retry: RetryPolicy,
+                 jobs: int = 6, debug_requests: bool = False) -> None:
+        self.base = base_url if base_url.endswith("/") else base_url + "/"
+        self._http = http
+        self._clock = clock
+        self._retry = retry
+        self._slots = DeferredSemaphore(jobs)
+        self._debug = debug_requests
+        #: Requests sent, by kind ("put", "mkdir", "get", ...), attempts included.
+        self.counts: Counter[str] = Counter()
+        #: In-flight attempts, for the manhole's ``debug_timeouts``.
+        self.inflight: set[_Attempt] = set()
+
+    # -- plumbing ------------------------------------------------------------
+    def url(self, cap: str | None = None, path: Sequence[str] = ()) -> str:
+        if cap is None:
+            return self.base + "uri"
+        out = self.base + "uri/" + quote(cap, safe=":")
+        for name in path:
+            out += "/" + quote(name, safe="")
+        return out
+
+    def _show(self, url: str) -> str:
+        return url if self._debug else redact(url)
+
+    async def _request(self, kind: str, method: str, url: str, *,
+                       params: Mapping[str, str] | None = None,
+                       body: bytes | Callable[[], IO[bytes]] | None = None,
+                       headers: Mapping[str, str] | None = None,
+                       ok: Sequence[int] = (200,),
+                       on_response: Callable[[Any], Awaitable[Any]] | None = None) -> tuple[int, Any]:
+        """Send a request with retries; return (status, result).
+
+        ``body`` is bytes or a callable that opens a fresh file object for
+        each attempt (closed after it), so no two attempts share a file
+        position.  ``on_response`` consumes the response body (default:
+        read it all).  Raises :class:`GatewayError` after the last attempt or
+        for a status that is neither in ``ok`` nor retryable.
+        """
+        hdrs = Headers({"Accept": ["text/plain"]})
+        for k, v in (headers or {}).items():
+            hdrs.setRawHeaders(k, [v])
+        attempt_no = 0
+        while True:
+            attempt_no += 1
+            await self._slots.acquire()
+            fobj: IO[bytes] | None = None
+            try:
+                data: Any = body
+                if callable(body):
+                    fobj = body()
+                    data = FileBodyProducer(fobj, readSize=1 << 16)
+                self.counts[kind] += 1
+                log.debug("%s %s (attempt %d)", method, self._show(url), attempt_no)
+
+                async def attempt() -> tuple[int, Any]:
+                    resp = await self._http.request(method, url, params=params, data=data, headers=hdrs)
+                    if resp.code in ok:
+                        result = await (on_response(resp) if on_response else treq.content(resp))
+                        return resp.code, result
+                    text = (await treq.content(resp)).decode("utf-8", "replace")
+                    return resp.code, text
+
+                d = Deferred.fromCoroutine(attempt())
+                att = _Attempt(d, kind)
+                self.inflight.add(att)
+                if self._retry.timeout:
+                    d.addTimeout(self._retry.timeout, self._clock)
+                try:
+                    code, result = await d
+                finally:
+                    self.inflight.discard(att)
+                error: GatewayError | None = None
+                if code not in ok:
+                    error = GatewayError(method, self._show(url), code, result)
+                    if code < 500:
+                        raise error
+            except _RETRYABLE_EXC as e:
+                reason = "timed out" if isinstance(e, (CancelledError, TxTimeoutError)) else (
+                    type(e).__name__)
+                error = GatewayError(method, self._show(url), None, "", reason=reason)
+            finally:
+                if fobj is not None:
+                    fobj.close()
+                self._slots.release()
+            if error is None:
+                return code, result
+            if attempt_no >= self._retry.attempts:
+                raise error
+            delay = self._retry.delay(attempt_no)
+            log.info("%s; retry %d of %d in %.1fs", error, attempt_no, self._retry.attempts - 1, delay)
+            await deferLater(self._clock, delay, lambda: None)
+
+    # -- API -----------------------------------------------------------------
+    async def put_file(self, opener: Callable[[], IO[bytes]]) -> str:
+        """Upload an immutable file; return its cap."""
+        _, body = await self._request("put", "PUT", self.url(), body=opener)
+        return _cap_from(body)
+
+    async def put_bytes(self, data: bytes) -> str:
+        _, body = await self._request("put", "PUT", self.url(), body=data)
+        return _cap_from(body)
+
+    async def mkdir_immutable(self, body: bytes) -> str:
+        """Create an immutable directory from a JSON body ``{name: [type, {ro_uri, metadata}]}``."""
+        _, resp = await self._request("mkdir", "POST", self.url(), params={"t": "mkdir-immutable"},
+                                      body=body, headers={"Content-Type": "application/json"})
+        return _cap_from(resp)
+
+    async def mkdir_mutable(self) -> str:
+        _, body = await self._request("mkdir", "POST", self.url(), params={"t": "mkdir"})
+        return _cap_from(body)
+
+    async def get_json(self, cap: str, path: Sequence[str] = ()) -> Any:
+        """``GET /uri/CAP[/path]?t=json``, parsed."""
+        _, body = await self._request("get", "GET", self.url(cap, path), params={"t": "json"})
+        return json.loads(body)
+
+    async def download(self, cap: str, sink: Callable[[bytes], None],
+                       restart: Callable[[], None] | None = None) -> None:
+        """Stream a file's bytes to ``sink``; ``restart`` is called before each retry's data."""
+        async def consume(resp: Any) -> None:
+            if restart is not None:
+                restart()
+            await treq.collect(resp, sink)
+        await self._request("get", "GET", self.url(cap), on_response=consume)
+
+    async def link(self, dircap: str, name: str, cap: str) -> bool:
+        """Link ``cap`` as ``name`` in a mutable directory without replacing; False if taken."""
+        code, _ = await self._request("link", "PUT", self.url(dircap, [name]), params={"t": "uri", "replace": "false"},
+                                      body=cap.encode("ascii"), ok=(200, 201, 409))
+        return code != 409
+
+    async def unlink(self, dircap: str, name: str) -> bool:
+        code, _ = await self._request("unlink", "DELETE", self.url(dircap, [name]), ok=(200, 404))
+        return code == 200
+
+    async def welcome(self) -> Any:
+        _, body = await self._request("status", "GET", self.base, params={"t": "json"})
+        return json.loads(body)
+
+    async def connected_servers(self) -> list[str]:
+        """Nicknames of the storage servers the gateway is connected to."""
+        info = await self.welcome()
+        return [s.get("nickname") or s.get("nodeid", "?") for s in info.get("servers", [])
+                if str(s.get("connection_status", "")).lower().startswith("connected")]
+
+    async def preflight(self) -> None:
+        """Fail early, with a clear message, when no storage server is connected."""
+        try:
+            servers = await self.connected_servers()
+        except GatewayError as e:
+            raise GridError(problem=f"the gateway at {self.base} does not answer ({e.reason or e})")
+        if not servers:
+            raise GridError(problem=f"the gateway at {self.base} is connected to no storage server")
+
+
+def _cap_from(body: bytes) -> str:
+    cap = body.decode("ascii", "replace").strip()
+    if not cap.startswith("URI:"):
+        raise GatewayError("?", "(response)", 200, "", reason="the gateway answered with something that is not a cap")
+    return cap
+
+
+def make_http_client(reactor: Any, pool_size: int = 8) -> HTTPClient:
+    """A treq client with a persistent connection pool."""
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = pool_size
+    pool.cachedConnectionTimeout = 120
+    pool.retryAutomatically = False
+    return HTTPClient(Agent(reactor, pool=pool))

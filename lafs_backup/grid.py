@@ -1,0 +1,275 @@
+"""The embedded local grid: create, start, inspect and stop a real Tahoe-LAFS grid on 127.0.0.1.
+
+One introducer, N storage nodes and a gateway live under one directory,
+described by ``grid.json``.  Nodes run as detached ``tahoe run`` processes;
+the pid and kernel start time of each are recorded, so ``down`` stops
+exactly the processes this grid started and nothing that reused a pid.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from .errors import GridError
+
+log = logging.getLogger(__name__)
+
+STATE = "grid.json"
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    dir: str
+    nodes: int = 3
+    needed: int = 2
+    happy: int = 3
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _proc_start(pid: int) -> str | None:
+    """The kernel start time of ``pid`` (clock ticks since boot), or None if it is not running."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rindex(b")") + 2:].split()
+    if rest[0] in (b"Z", b"X"):  # zombie or dead
+        return None
+    return rest[19].decode()
+
+
+def _tahoe(*args: str) -> list[str]:
+    return [sys.executable, "-m", "allmydata", *args]
+
+
+class LocalGrid:
+    """An embedded grid rooted at ``spec.dir``."""
+
+    def __init__(self, spec: GridSpec) -> None:
+        self.spec = spec
+        self.dir = os.path.abspath(spec.dir)
+
+    # -- state -----------------------------------------------------------------
+    def _state_path(self) -> str:
+        return os.path.join(self.dir, STATE)
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            with open(self._state_path()) as f:
+                return json.load(f)  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise GridError(problem=f"{self._state_path()} is unreadable ({e}); remove the grid directory")
+
+    def _save(self, state: dict[str, Any]) -> None:
+        tmp = self._state_path() + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f, indent=1)
+        os.replace(tmp, self._state_path())
+
+    def _lock(self) -> int:
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(self.dir, "grid.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    @property
+    def url(self) -> str | None:
+        st = self.load()
+        return st["url"] if st else None
+
+    def node_names(self, state: dict[str, Any]) -> list[str]:
+        return ["introducer"] + [f"storage{i}" for i in range(1, state["nodes"] + 1)] + ["gateway"]
+
+    def alive(self, state: dict[str, Any], name: str) -> bool:
+        p = state.get("processes", {}).get(name)
+        return bool(p) and _proc_start(p["pid"]) == p["start"]
+
+    # -- create ------------------------------------------------------------------
+    def _create(self) -> dict[str, Any]:
+        spec = self.spec
+        d = self.dir
+        log.info("creating a local grid in %s", d)
+
+        def run(args: list[str]) -> None:
+            r = subprocess.run(_tahoe(*args), stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise GridError(problem=f"'tahoe {args[0]}' failed: {(r.stderr or r.stdout).strip()[-500:]}")
+
+        wport = _free_port()
+        state: dict[str, Any] = {
+            "creating": True, "nodes": spec.nodes, "needed": spec.needed, "happy": spec.happy,
+            "url": f"http://127.0.0.1:{wport}/", "processes": {}}
+        self._save(state)
+        iport = _free_port()
+        run(["create-introducer", "--port", f"tcp:{iport}:interface=127.0.0.1",
+             "--location", f"tcp:127.0.0.1:{iport}", os.path.join(d, "introducer")])
+        # The introducer writes its FURL when it first starts.
+        self._spawn(state, "introducer")
+        self._save(state)
+        furl_path = os.path.join(d, "introducer", "private", "introducer.furl")
+        for _ in range(600):
+            if os.path.exists(furl_path) and os.path.getsize(furl_path) > 0:
+                break
+            time.sleep(0.05)
+        else:
+            raise GridError(problem="the introducer did not start; see "
+                            f"{d}/introducer/lafs-backup-node.log")
+        with open(furl_path) as f:
+            furl = f.read().strip()
+        for i in range(1, spec.nodes + 1):
+            port = _free_port()
+            nd = os.path.join(d, f"storage{i}")
+            run(["create-node", "--port", f"tcp:{port}:interface=127.0.0.1",
+                 "--location", f"tcp:127.0.0.1:{port}", "--webport", "none", "-i", furl,
+                 "-n", f"storage{i}", nd])
+            cfg = os.path.join(nd, "tahoe.cfg")
+            with open(cfg) as f:
+                text = f.read()
+            with open(cfg, "w") as f:
+                f.write(re.sub(r"(?m)^reserved_space = .*$", "reserved_space = 100M", text))
+        run(["create-node", "--no-storage", "--listen", "none", "--webport",
+             f"tcp:{wport}:interface=127.0.0.1", "-i", furl, "-n", "gateway",
+             "--shares-needed", str(spec.needed), "--shares-happy", str(spec.happy),
+             "--shares-total", str(spec.nodes), os.path.join(d, "gateway")])
+        del state["creating"]
+        self._save(state)
+        return state
+
+    def _discard_partial(self, state: dict[str, Any]) -> None:
+        """Remove what an interrupted creation left behind (only this grid's own node dirs)."""
+        import shutil
+
+        for name in self.node_names(state):
+            p = state.get("processes", {}).get(name)
+            if p and self.alive(state, name):
+                os.kill(p["pid"], signal.SIGKILL)
+            shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
+        os.unlink(self._state_path())
+
+    # -- start/stop ------------------------------------------------------------------
+    def _spawn(self, state: dict[str, Any], name: str) -> None:
+        nd = os.path.join(self.dir, name)
+        # A pid file left by a killed node would make tahoe refuse to start.
+        for leftover in ("running.process", "running.process.lock"):
+            try:
+                os.unlink(os.path.join(nd, leftover))
+            except FileNotFoundError:
+                pass
+        logf = open(os.path.join(nd, "lafs-backup-node.log"), "ab")
+        try:
+            p = subprocess.Popen(_tahoe("run", "--allow-stdin-close", nd), stdin=subprocess.DEVNULL,
+                                 stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+                                 close_fds=True)
+        finally:
+            logf.close()
+        start = None
+        for _ in range(50):
+            start = _proc_start(p.pid)
+            if start:
+                break
+            time.sleep(0.01)
+        if start is None:
+            raise GridError(problem=f"node {name} exited at once; see {nd}/lafs-backup-node.log")
+        state["processes"][name] = {"pid": p.pid, "start": start}
+
+    def start_processes(self) -> tuple[dict[str, Any], bool]:
+        """Create the grid if needed and start every node that is not running.
+
+        Returns (state, whether anything was started).
+        """
+        fd = self._lock()
+        try:
+            state = self.load()
+            if state is not None and state.get("creating"):
+                self._discard_partial(state)
+                state = None
+            if state is None:
+                state = self._create()
+            started = False
+            for name in self.node_names(state):
+                if not self.alive(state, name):
+                    self._spawn(state, name)
+                    started = True
+                    if name == "introducer":
+                        time.sleep(0.3)  # let it bind before the others dial it
+            self._save(state)
+            return state, started
+        finally:
+            os.close(fd)
+
+    def stop(self, timeout: float = 15.0) -> list[str]:
+        """Stop this grid's own processes; return the names stopped."""
+        fd = self._lock()
+        try:
+            state = self.load()
+            if state is None:
+                return []
+            stopped = []
+            procs = state.get("processes", {})
+            for name in reversed(self.node_names(state)):
+                if self.alive(state, name):
+                    try:
+                        os.kill(procs[name]["pid"], signal.SIGTERM)
+                        stopped.append(name)
+                    except ProcessLookupError:
+                        pass
+            deadline = time.monotonic() + timeout
+            for name in stopped:
+                while self.alive(state, name) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if self.alive(state, name):
+                    os.kill(procs[name]["pid"], signal.SIGKILL)
+            state["processes"] = {}
+            self._save(state)
+            return stopped
+        finally:
+            os.close(fd)
+
+    def kill_node(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Stop one node (for fault tests)."""
+        state = self.load()
+        if state and self.alive(state, name):
+            os.kill(state["processes"][name]["pid"], sig)
+            for _ in range(300):
+                if not self.alive(state, name):
+                    break
+                time.sleep(0.05)
+
+
+async def wait_connected(connected: Callable[[], Awaitable[list[str]]], want: int, timeout: float,
+                         sleep: Callable[[float], Awaitable[None]], now: Callable[[], float]) -> list[str]:
+    """Poll ``connected()`` until it lists ``want`` servers; raise :class:`GridError` after ``timeout``."""
+    deadline = now() + timeout
+    last: list[str] = []
+    problem = ""
+    while True:
+        try:
+            last = await connected()
+            problem = ""
+        except Exception as e:  # gateway still starting: connection refused
+            problem = f" (gateway: {getattr(e, 'reason', '') or e})"
+        if len(last) >= want:
+            return last
+        if now() >= deadline:
+            raise GridError(problem=(f"only {len(last)} of {want} required storage servers connected "
+                                     f"after {timeout:.0f}s{problem}"))
+        await sleep(0.25)

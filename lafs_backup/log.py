@@ -1,0 +1,57 @@
+"""Logging set-up: the NOISE level, and the filter that keeps Tahoe caps out of every log line."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+#: Per-path logging, below DEBUG (O(n) in the number of entries).
+NOISE = logging.DEBUG - 1
+logging.addLevelName(NOISE, "NOISE")
+
+# A Tahoe cap: "URI:" then a type tag, then its fields.  LIT caps carry file
+# content, CHK/DIR2 caps carry read keys: both are bearer secrets.
+_CAP_RE = re.compile(r"URI:[A-Za-z0-9-]+:[A-Za-z0-9:_%+-]*")
+_CAP_RE_B = re.compile(rb"URI:[A-Za-z0-9-]+:[A-Za-z0-9:_%+-]*")
+
+
+def redact(text: str) -> str:
+    """Replace every Tahoe cap in ``text`` with a placeholder naming only its type."""
+    return _CAP_RE.sub(lambda m: "URI:" + m.group(0).split(":")[1] + ":<redacted>", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites each record's message, arguments and traceback without caps."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.msg = redact(msg)
+        record.args = None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def setup(level: int | str = logging.WARNING, insecure: bool = False, stream: Any = None) -> None:
+    """Configure the root logger for a CLI run.
+
+    Unless ``insecure`` (``http.debug_requests``) is set, every handler gets a
+    :class:`RedactingFilter`, so no cap reaches any output.
+    """
+    if isinstance(level, str):
+        level = {"noise": NOISE}.get(level.lower(), None) or logging.getLevelName(level.upper())
+        if not isinstance(level, int):
+            level = logging.WARNING
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if not insecure:
+        handler.addFilter(RedactingFilter())
+    root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,254 @@
+"""The queue file: a readable, line-per-entry format that round-trips any name bytes.
+
+Layout::
+
+    #lafs-backup-queue 1<TAB>source=/home/me<TAB>created=2026-11-21T09:00:00Z
+    f<TAB>docs/a.txt<TAB>100644<TAB>1000<TAB>1000<TAB>12<TAB>mtime_ns<TAB>ctime_ns<TAB>dev<TAB>ino<TAB>nlink
+    l<TAB>docs/link<TAB>120777<TAB>...<TAB>target=a.txt
+    d<TAB>docs<TAB>40755<TAB>...
+    d<TAB>.<TAB>40755<TAB>...
+    #end<TAB>entries=4
+
+Children always come before their directory; the root is ``.`` and comes
+last.  Text fields (paths, targets, extra values) are UTF-8 where the bytes
+are printable UTF-8; every other byte, a backslash, and a leading or trailing
+space are written as ``\\xHH`` (``\\\\`` for a backslash), so a name may hold
+newlines, tabs or invalid UTF-8 and still come back byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import IO, Iterable, Iterator
+
+from .entry import KINDS, Entry
+from .errors import QueueError
+
+MAGIC = "#lafs-backup-queue"
+VERSION = 1
+FOOTER = "#end"
+_ROOT = "."
+
+_UNESCAPE_RE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
+
+
+def escape(raw: bytes, extra: str = "") -> str:
+    """Encode name bytes as printable text; :func:`unescape` reverses it."""
+    s = raw.decode("utf-8", "surrogateescape")
+    if (s.isprintable() and "\\" not in s and s[:1] != " " and s[-1:] != " "
+            and not any(c in s for c in extra)):
+        return s
+    out = []
+    last = len(s) - 1
+    for i, c in enumerate(s):
+        o = ord(c)
+        if c == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= o <= 0xDCFF:  # an undecodable byte, via surrogateescape
+            out.append("\\x%02x" % (o - 0xDC00))
+        elif not c.isprintable() or c in extra or (c == " " and (i == 0 or i == last)):
+            out.extend("\\x%02x" % b for b in c.encode("utf-8"))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def unescape(text: str) -> bytes:
+    """Decode a field written by :func:`escape`."""
+    if "\\" not in text:
+        return text.encode("utf-8")
+    out = bytearray()
+    pos = 0
+    for m in _UNESCAPE_RE.finditer(text):
+        out += text[pos:m.start()].encode("utf-8")
+        tok = m.group(1)
+        out += b"\\" if tok == "\\" else bytes([int(tok[1:], 16)])
+        pos = m.end()
+    rest = text[pos:]
+    if "\\" in rest:
+        raise ValueError("bad escape sequence")
+    out += rest.encode("utf-8")
+    return bytes(out)
+
+
+def format_entry(e: Entry) -> str:
+    fields = [
+        e.kind, escape(e.path) if e.path else _ROOT, "%o" % e.mode, str(e.uid), str(e.gid),
+        str(e.size), str(e.mtime_ns), str(e.ctime_ns), str(e.dev), str(e.ino), str(e.nlink),
+    ]
+    if e.target is not None:
+        fields.append("target=" + escape(e.target))
+    for key, value in e.extras:
+        fields.append(escape(key.encode(), "=") + "=" + escape(value))
+    return "\t".join(fields)
+
+
+def parse_entry(line: str) -> Entry:
+    """Parse one entry line; raise ValueError naming what is wrong."""
+    fields = line.split("\t")
+    if len(fields) < 11:
+        raise ValueError(f"expected at least 11 tab-separated fields, got {len(fields)}")
+    kind = fields[0]
+    if kind not in KINDS:
+        raise ValueError(f"unknown entry kind {kind!r}")
+    path = b"" if fields[1] == _ROOT else unescape(fields[1])
+    if path and (path.startswith(b"/") or b"\0" in path
+                 or any(p in (b"", b".", b"..") for p in path.split(b"/"))):
+        raise ValueError("invalid path")
+    try:
+        mode = int(fields[2], 8)
+        nums = [int(x) for x in fields[3:11]]
+    except ValueError:
+        raise ValueError("a numeric field is not a number")
+    if mode < 0 or any(n < 0 for n in nums):
+        raise ValueError("negative number")
+    target = None
+    extras = []
+    for item in fields[11:]:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected key=value, got {item!r}")
+        if key == "target":
+            target = unescape(value)
+        else:
+            extras.append((unescape(key).decode("utf-8"), unescape(value)))
+    if (kind == "l") != (target is not None):
+        raise ValueError("a symlink needs a target, and only a symlink has one")
+    uid, gid, size, mtime_ns, ctime_ns, dev, ino, nlink = nums
+    return Entry(kind, path, mode, uid, gid, size, mtime_ns, ctime_ns, dev, ino, nlink,
+                 target, tuple(extras))
+
+
+@dataclass(frozen=True)
+class Header:
+    source: bytes
+    created: str
+
+
+def format_header(h: Header) -> str:
+    return f"{MAGIC} {VERSION}\tsource={escape(h.source)}\tcreated={h.created}"
+
+
+def parse_header(line: str) -> Header:
+    fields = line.split("\t")
+    if not fields[0].startswith(MAGIC + " "):
+        raise ValueError("not a lafs-backup queue file")
+    if fields[0] != f"{MAGIC} {VERSION}":
+        raise ValueError(f"unsupported queue version {fields[0][len(MAGIC) + 1:]!r}")
+    kv = dict(f.partition("=")[::2] for f in fields[1:])
+    if "source" not in kv:
+        raise ValueError("header names no source")
+    return Header(unescape(kv["source"]), kv.get("created", ""))
+
+
+def write_queue(path: str, source: bytes, entries: Iterable[Entry]) -> int:
+    """Write the queue atomically: a temp file, fsync, then rename over ``path``.
+
+    Returns the number of entries.  On any error the previous queue at
+    ``path`` is left as it was and the temp file is removed.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    count = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n", buffering=1 << 20) as f:
+            created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            f.write(format_header(Header(source, created)) + "\n")
+            for e in entries:
+                f.write(format_entry(e) + "\n")
+                count += 1
+            f.write(f"{FOOTER}\tentries={count}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return count
+
+
+def _last_line(f: IO[bytes]) -> bytes:
+    f.seek(0, os.SEEK_END)
+    end = f.tell()
+    pos = max(0, end - 4096)
+    f.seek(pos)
+    tail = f.read()
+    lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
+    return lines[-1]
+
+
+class QueueReader:
+    """Validates a queue file up front, then streams its entries.
+
+    Raises :class:`QueueError` if the file is missing, not a queue, incomplete
+    (no footer), or made for another source than ``expect_source``.
+    """
+
+    def __init__(self, path: str, expect_source: bytes | None = None) -> None:
+        self.path = path
+        try:
+            self._f = open(path, "rb")
+        except FileNotFoundError:
+            raise QueueError(path=path, problem="it does not exist")
+        except OSError as e:
+            raise QueueError(path=path, problem=e.strerror)
+        try:
+            first = self._f.readline()
+            try:
+                self.header = parse_header(first.decode("utf-8").rstrip("\n"))
+            except (UnicodeDecodeError, ValueError) as e:
+                raise QueueError(path=path, problem=str(e))
+            last = _last_line(self._f).decode("utf-8", "replace")
+            if not last.startswith(FOOTER + "\tentries="):
+                raise QueueError(path=path, problem="it is incomplete (no end marker): "
+                                 "phase one was interrupted; build it again")
+            try:
+                self.count = int(last.split("=", 1)[1])
+            except ValueError:
+                raise QueueError(path=path, problem="its end marker is damaged")
+            if expect_source is not None and self.header.source != expect_source:
+                raise QueueError(path=path, problem=(
+                    f"it was made for source {self.header.source.decode('utf-8', 'replace')!r}, "
+                    f"not {expect_source.decode('utf-8', 'replace')!r}"))
+        except BaseException:
+            self._f.close()
+            raise
+
+    def __iter__(self) -> Iterator[Entry]:
+        f = self._f
+        f.seek(0)
+        f.readline()
+        n = 0
+        for lineno, raw in enumerate(f, start=2):
+            if raw.startswith(b"#"):
+                if raw.startswith(FOOTER.encode()):
+                    break
+                continue
+            try:
+                line = raw.decode("utf-8")
+                if not line.endswith("\n"):
+                    raise ValueError("truncated line")
+                yield parse_entry(line[:-1])
+            except (UnicodeDecodeError, ValueError) as e:
+                raise QueueError(path=self.path, problem=f"line {lineno}: {e}")
+            n += 1
+        if n != self.count:
+            raise QueueError(path=self.path,
+                             problem=f"it holds {n} entries but its end marker says {self.count}")
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "QueueReader":
+        return self
+
+    def __exit__(self, *a: object) -> None:
+        self.close()

@@ -1,0 +1,232 @@
+"""The snapshot format on the grid: edge metadata, child names, LIT caps and the snapshot root (pure).
+
+A snapshot is one immutable directory holding one child, ``tree``: the
+source root's directory, whose edge carries the root's own metadata.  Every
+edge below carries the entry's metadata (see :func:`edge_metadata`).  Tahoe
+normalises child names to NFC and needs them as UTF-8, so when a name's
+bytes differ from its key the exact bytes ride along in ``name_b64``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import stat
+import unicodedata
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from .entry import KIND_DIR, KIND_FILE, KIND_LINK, Entry
+
+FORMAT = 1
+TREE = "tree"
+LIT_MAX = 55  # Tahoe's URI_LIT_SIZE_THRESHOLD
+
+_KIND_NAMES = {KIND_FILE: "file", KIND_DIR: "dir", KIND_LINK: "symlink"}
+_NAME_KINDS = {v: k for k, v in _KIND_NAMES.items()}
+
+
+def lit_cap(data: bytes) -> str:
+    """The LIT cap of ``data`` (at most 55 bytes), computed locally as Tahoe does."""
+    if len(data) > LIT_MAX:
+        raise ValueError("too long for a LIT cap")
+    return "URI:LIT:" + base64.b32encode(data).decode("ascii").lower().rstrip("=")
+
+
+def lit_data(cap: str) -> bytes | None:
+    """The bytes inside a LIT cap, or None if ``cap`` is not a LIT cap."""
+    if not cap.startswith("URI:LIT:"):
+        return None
+    text = cap[len("URI:LIT:"):].upper()
+    return base64.b32decode(text + "=" * (-len(text) % 8))
+
+
+def _text(raw: bytes) -> Any:
+    """Bytes as JSON: a string if valid UTF-8, else {"b64": ...}."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(raw).decode("ascii")}
+
+
+def _untext(value: Any) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, dict) and isinstance(value.get("b64"), str):
+        return base64.b64decode(value["b64"])
+    raise ValueError("bad text field")
+
+
+def edge_metadata(e: Entry, size: int | None = None, mtime_ns: int | None = None,
+                  ctime_ns: int | None = None, sha256: str | None = None) -> dict[str, Any]:
+    """The metadata stored on an entry's edge.
+
+    ``size``/``mtime_ns``/``ctime_ns`` override the queue's values with what
+    phase two actually read.
+    """
+    meta: dict[str, Any] = {
+        "lafs_backup": FORMAT,
+        "type": _KIND_NAMES[e.kind],
+        "mode": e.mode,
+        "uid": e.uid,
+        "gid": e.gid,
+        "mtime_ns": e.mtime_ns if mtime_ns is None else mtime_ns,
+        "ctime_ns": e.ctime_ns if ctime_ns is None else ctime_ns,
+    }
+    if e.kind == KIND_FILE:
+        meta["size"] = e.size if size is None else size
+        if sha256 is not None:
+            meta["sha256"] = sha256
+    if e.kind == KIND_LINK and e.target is not None:
+        meta["target"] = _text(e.target)
+    return meta
+
+
+@dataclass(frozen=True)
+class Child:
+    """A finished entry, ready to be an edge of its parent directory."""
+
+    name: bytes
+    cap: str
+    metadata: Mapping[str, Any]
+
+    @property
+    def is_dir(self) -> bool:
+        return self.metadata.get("type") == "dir"
+
+
+def display_name(name: bytes) -> str:
+    """The NFC text key Tahoe will store for ``name`` (undecodable bytes as \\xNN)."""
+    return unicodedata.normalize("NFC", name.decode("utf-8", "backslashreplace"))
+
+
+def dir_body(children: Iterable[Child]) -> bytes:
+    """The canonical ``mkdir-immutable`` JSON body for ``children``.
+
+    Deterministic: the same children give the same bytes, hence the same
+    cache key and, through convergence, the same dircap.  Keys that would
+    collide after NFC normalisation get a ``~N`` suffix; any key that is not
+    exactly the name's bytes carries ``name_b64``.
+    """
+    out: dict[str, Any] = {}
+    for child in sorted(children, key=lambda c: c.name):
+        key = base = display_name(child.name)
+        n = 0
+        while key in out or key == "":
+            n += 1
+            key = f"{base}~{n}"
+        meta = dict(child.metadata)
+        if key.encode("utf-8") != child.name:
+            meta["name_b64"] = base64.b64encode(child.name).decode("ascii")
+        out[key] = ["dirnode" if child.is_dir else "filenode", {"ro_uri": child.cap, "metadata": meta}]
+    return canonical_json(out)
+
+
+def root_body(tree: Child) -> bytes:
+    """The snapshot root: one ``tree`` child holding the source root and its metadata."""
+    return canonical_json({TREE: ["dirnode", {"ro_uri": tree.cap, "metadata": dict(tree.metadata)}]})
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def body_key(body: bytes) -> bytes:
+    """Cache key of a directory: its exact body, names and metadata included."""
+    return hashlib.sha256(b"dir\0" + body).digest()
+
+
+def file_key(path: bytes, size: int, mtime_ns: int, ctime_ns: int, ino: int) -> bytes:
+    """Cache key of a file's state: trusted to mean unchanged content."""
+    return hashlib.sha256(b"file\0%s\0%d:%d:%d:%d" % (path, size, mtime_ns, ctime_ns, ino)).digest()
+
+
+def blob_key(data: bytes) -> bytes:
+    """Cache key of a small blob uploaded by content (a long symlink target)."""
+    return hashlib.sha256(b"blob\0" + data).digest()
+
+
+# -- reading a snapshot back ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Node:
+    """One edge read back from the grid."""
+
+    name: bytes
+    kind: str  # "f", "d" or "l"
+    cap: str
+    metadata: Mapping[str, Any]
+
+    @property
+    def mode(self) -> int | None:
+        m = self.metadata.get("mode")
+        return m if isinstance(m, int) else None
+
+    @property
+    def target(self) -> bytes | None:
+        t = self.metadata.get("target")
+        return _untext(t) if t is not None else None
+
+
+class BadSnapshot(ValueError):
+    pass
+
+
+def _safe_name(name: bytes) -> bool:
+    return bool(name) and name not in (b".", b"..") and b"/" not in name and b"\0" not in name
+
+
+def parse_children(listing: Any) -> list[Node]:
+    """Edges of a ``?t=json`` directory listing, with exact names.
+
+    Raises :class:`BadSnapshot` for a name that could escape the restore
+    target (empty, '.', '..', containing '/' or NUL) or appears twice.
+    """
+    try:
+        kind, info = listing
+        children = info["children"]
+    except (ValueError, TypeError, KeyError):
+        raise BadSnapshot("not a directory listing")
+    if kind != "dirnode":
+        raise BadSnapshot("not a directory")
+    nodes = []
+    seen: set[bytes] = set()
+    for key, (ntype, ninfo) in children.items():
+        meta = ninfo.get("metadata") or {}
+        if "name_b64" in meta:
+            name = base64.b64decode(meta["name_b64"])
+        else:
+            name = key.encode("utf-8")
+        if not _safe_name(name):
+            raise BadSnapshot(f"unsafe name {name!r}")
+        if name in seen:
+            raise BadSnapshot(f"name {name!r} appears twice")
+        seen.add(name)
+        cap = ninfo.get("ro_uri") or ninfo.get("rw_uri")
+        if not isinstance(cap, str):
+            raise BadSnapshot(f"entry {name!r} has no cap")
+        t = meta.get("type")
+        if t in _NAME_KINDS:
+            k = _NAME_KINDS[t]
+        elif ntype == "dirnode":
+            k = KIND_DIR  # a plain Tahoe directory (not made by lafs-backup)
+        else:
+            k = KIND_FILE
+        nodes.append(Node(name, k, cap, meta))
+    nodes.sort(key=lambda n: n.name)
+    return nodes
+
+
+def parse_root(listing: Any) -> Node:
+    """The ``tree`` edge of a snapshot root listing."""
+    try:
+        info = listing[1]["children"][TREE][1]
+    except (IndexError, KeyError, TypeError):
+        raise BadSnapshot("not a lafs-backup snapshot (no 'tree' entry)")
+    meta = info.get("metadata") or {}
+    return Node(b"", KIND_DIR, info.get("ro_uri") or info.get("rw_uri"), meta)
+
+
+def mode_bits(mode: int | None, default: int) -> int:
+    return stat.S_IMODE(mode) if mode is not None else default

@@ -1,0 +1,288 @@
+"""Phase two: stream the queue to the grid, reusing cached caps, and build the snapshot root.
+
+Entries arrive children-first.  Each file or symlink becomes a task at
+once; each directory becomes a task that waits for its children and then
+creates an immutable dirnode.  A window bounds the tasks in flight (and so
+memory), the gateway's slots bound the requests, and a file is opened only
+when its upload actually starts.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+
+from .cache import EntryCache
+from .entry import KIND_DIR, KIND_FILE, KIND_LINK, Entry
+from .errors import LafsBackupError, QueueError
+from .gateway import Gateway
+from .log import NOISE
+from .report import Reporter
+from .snapshot import (LIT_MAX, Child, blob_key, body_key, dir_body, edge_metadata, file_key,
+                       lit_cap, root_body)
+
+log = logging.getLogger(__name__)
+
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+class FileSlice(io.RawIOBase):
+    """A read-only view of an open fd with its own position (``pread``), hashing what it reads.
+
+    Each upload attempt gets a fresh slice, so a cancelled attempt can never
+    move the position of the next one.  Closing it leaves the fd open.
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self._size = size
+        self._pos = 0
+        self.sha256 = hashlib.sha256()
+        self.hashed_to = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = max(0, self._size - self._pos)
+        n = min(n, max(0, self._size - self._pos))
+        if n == 0:
+            return b""
+        data = os.pread(self._fd, n, self._pos)
+        if self._pos == self.hashed_to:
+            self.sha256.update(data)
+            self.hashed_to += len(data)
+        self._pos += len(data)
+        return data
+
+
+@dataclass
+class _Failed:
+    """Marks a subtree that failed fatally (the error is kept on the uploader)."""
+
+
+_FAILED = _Failed()
+
+
+class Uploader:
+    """Runs phase two for one backup of ``source`` in ``generation``."""
+
+    def __init__(self, source: bytes, gateway: Gateway, cache: EntryCache, generation: int,
+                 reporter: Reporter, window: int = 4000, open_files: int = 12) -> None:
+        self.source = source
+        self.gw = gateway
+        self.cache = cache
+        self.gen = generation
+        self.rep = reporter
+        self.stats = reporter.stats
+        self._window = DeferredSemaphore(window)
+        self._files = DeferredSemaphore(open_files)
+        self.fatal: BaseException | None = None
+        #: Relative paths currently being uploaded (for progress and the manhole).
+        self.in_flight: set[bytes] = set()
+
+    # -- driver ----------------------------------------------------------------
+    async def run(self, entries: Iterable[Entry]) -> str:
+        """Upload every entry; return the snapshot root cap.
+
+        Raises the first fatal error (gateway failure, bad queue).  Per-entry
+        problems are warnings on the reporter.
+        """
+        pending: dict[bytes, list[Deferred]] = {}
+        root: Deferred | None = None
+        for e in entries:
+            await self._window.acquire()
+            if self.fatal is not None:
+                self._window.release()
+                break
+            if root is not None:
+                raise QueueError(path="(queue)", problem="entries after the root")
+            self.stats.entries_scanned += 1
+            if e.kind == KIND_DIR:
+                children = pending.pop(e.path, [])
+                d = self._spawn(self._directory(e, children))
+            elif e.kind == KIND_FILE:
+                d = self._spawn(self._file(e))
+            elif e.kind == KIND_LINK:
+                d = self._spawn(self._symlink(e))
+            else:  # pragma: no cover - the queue parser rejects other kinds
+                raise QueueError(path="(queue)", problem=f"unknown kind {e.kind!r}")
+            if e.path == b"":
+                root = d
+            else:
+                pending.setdefault(e.parent or b"", []).append(d)
+        if self.fatal is None and root is None:
+            raise QueueError(path="(queue)", problem="it has no root directory entry")
+        if self.fatal is None and pending:
+            raise QueueError(path="(queue)", problem="some entries come after their directory")
+        result = await root if root is not None else _FAILED
+        if self.fatal is not None:
+            raise self.fatal
+        assert isinstance(result, Child)
+        body = root_body(result)
+        return await self._mkdir(body)
+
+    def _spawn(self, coro: Any) -> Deferred:
+        async def guarded() -> Any:
+            try:
+                return await coro
+            except LafsBackupError as e:
+                if self.fatal is None:
+                    self.fatal = e
+                return _FAILED
+            except BaseException as e:  # a bug: keep it for the CLI's traceback
+                if self.fatal is None:
+                    self.fatal = e
+                return _FAILED
+            finally:
+                self._window.release()
+        return Deferred.fromCoroutine(guarded())
+
+    # -- entries ------------------------------------------------------------------
+    async def _symlink(self, e: Entry) -> Child | None:
+        self.stats.symlinks += 1
+        target = e.target or b""
+        if len(target) <= LIT_MAX:
+            cap = lit_cap(target)
+        else:
+            key = blob_key(target)
+            hit = self.cache.lookup(key, self.gen)
+            if hit:
+                cap = hit.cap
+            else:
+                cap = await self.gw.put_bytes(target)
+                self.cache.store(key, cap, self.gen)
+        return Child(e.name, cap, edge_metadata(e))
+
+    async def _file(self, e: Entry) -> Child | None:
+        self.stats.files += 1
+        path = self.source + b"/" + e.path
+        try:
+            st = os.lstat(path)
+        except OSError as err:
+            self.rep.warn(e.path, f"skipped: {_why(err)}")
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            self.rep.warn(e.path, "skipped: it is no longer a regular file")
+            return None
+        key = file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        if st.st_size > LIT_MAX:
+            hit = self.cache.lookup(key, self.gen)
+            if hit is not None:
+                self.stats.files_unchanged += 1
+                log.log(NOISE, "unchanged (cache hit): %r", e.path)
+                meta = edge_metadata(e, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                     hit.sha256.hex() if hit.sha256 else None)
+                return Child(e.name, hit.cap, meta)
+        await self._files.acquire()
+        self.in_flight.add(e.path)
+        try:
+            return await self._read_and_upload(e, path, key)
+        finally:
+            self.in_flight.discard(e.path)
+            self._files.release()
+
+    async def _read_and_upload(self, e: Entry, path: bytes, key: bytes) -> Child | None:
+        try:
+            fd = _open_noatime(path)
+        except OSError as err:
+            self.rep.warn(e.path, f"skipped: {_why(err)}")
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self.rep.warn(e.path, "skipped: it is no longer a regular file")
+                return None
+            if st.st_size <= LIT_MAX:
+                data = os.pread(fd, LIT_MAX + 1, 0)
+                if len(data) > LIT_MAX:  # grew since fstat
+                    st = os.fstat(fd)
+                else:
+                    self.stats.files_lit += 1
+                    self.stats.bytes_read += len(data)
+                    meta = edge_metadata(e, len(data), st.st_mtime_ns, st.st_ctime_ns,
+                                         hashlib.sha256(data).hexdigest())
+                    return Child(e.name, lit_cap(data), meta)
+            slices: list[FileSlice] = []
+
+            def opener() -> FileSlice:
+                s = FileSlice(fd, st.st_size)
+                slices.append(s)
+                return s
+
+            cap = await self.gw.put_file(opener)
+            last = slices[-1]
+            if last.hashed_to != st.st_size:
+                raise LafsBackupError(f"upload of a file read {last.hashed_to} of {st.st_size} bytes")
+            after = os.fstat(fd)
+            if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                self.rep.warn(e.path, "changed while it was being read; stored as read")
+            sha = last.sha256.digest()
+            self.stats.files_new += 1
+            self.stats.bytes_read += st.st_size
+            self.stats.bytes_uploaded += st.st_size
+            self.cache.store(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
+                             cap, self.gen, sha)
+            log.log(NOISE, "uploaded: %r (%d bytes)", e.path, st.st_size)
+            return Child(e.name, cap, edge_metadata(e, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha.hex()))
+        except OSError as err:
+            self.rep.warn(e.path, f"skipped: {_why(err)}")
+            return None
+        finally:
+            os.close(fd)
+
+    async def _directory(self, e: Entry, children: list[Deferred]) -> Child | _Failed:
+        self.stats.dirs += 1
+        results = await gatherResults(children) if children else []
+        if any(r is _FAILED for r in results):
+            return _FAILED
+        body = dir_body(r for r in results if r is not None)
+        cap = await self._mkdir(body)
+        return Child(e.name, cap, edge_metadata(e))
+
+    async def _mkdir(self, body: bytes) -> str:
+        key = body_key(body)
+        hit = self.cache.lookup(key, self.gen)
+        if hit is not None:
+            self.stats.dirs_unchanged += 1
+            return hit.cap
+        cap = await self.gw.mkdir_immutable(body)
+        self.cache.store(key, cap, self.gen)
+        self.stats.dirs_new += 1
+        return cap
+
+
+def _open_noatime(path: bytes) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+    if _O_NOATIME:
+        try:
+            return os.open(path, flags | _O_NOATIME)
+        except PermissionError:
+            pass  # O_NOATIME needs ownership (or CAP_FOWNER); read without it
+    return os.open(path, flags)
+
+
+def _why(err: OSError) -> str:
+    if err.errno == errno.ENOENT:
+        return "it vanished since the scan"
+    return err.strerror or str(err)
