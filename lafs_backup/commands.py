@@ -163,7 +163,7 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
     try:
         gen = cache.begin_generation(source)
         uploader = Uploader(source, gw, cache, gen, rep, ctx.get("operation.window"),
-                            max(4, 2 * ctx.get("operation.jobs")))
+                            max(4, 2 * ctx.get("operation.jobs")), ctx.reactor)
         with QueueReader(qpath, expect_source=source) as reader:
             snap = await uploader.run(reader)
         ts = time.time()

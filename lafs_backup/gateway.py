@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections import Counter
 from typing import IO, Any, Awaitable, Callable, Mapping, Sequence
 from urllib.parse import quote
@@ -52,11 +53,12 @@ class Gateway:
     """Calls to one gateway.  ``http`` is a treq :class:`HTTPClient` (the seam for fakes)."""
 
     def __init__(self, base_url: str, http: HTTPClient, clock: IReactorTime, retry: RetryPolicy,
-                 jobs: int = 6, debug_requests: bool = False) -> None:
+                 jobs: int = 6, debug_requests: bool = False, rng: random.Random | None = None) -> None:
         self.base = base_url if base_url.endswith("/") else base_url + "/"
         self._http = http
         self._clock = clock
         self._retry = retry
+        self._rng = rng or random.Random()
         self._slots = DeferredSemaphore(jobs)
         self._debug = debug_requests
         #: Requests sent, by kind ("put", "mkdir", "get", ...), attempts included.
@@ -140,7 +142,8 @@ class Gateway:
                 return code, result
             if attempt_no >= self._retry.attempts:
                 raise error
-            delay = self._retry.delay(attempt_no)
+            # Jitter, so that requests that failed together don't retry in lockstep.
+            delay = self._retry.delay(attempt_no) * self._rng.uniform(0.7, 1.3)
             log.info("%s; retry %d of %d in %.1fs", error, attempt_no, self._retry.attempts - 1, delay)
             await deferLater(self._clock, delay, lambda: None)
 

@@ -55,6 +55,24 @@ def _proc_start(pid: int) -> str | None:
     return rest[19].decode()
 
 
+def _edit_cfg(path: str, storage: bool) -> None:
+    """Adjust a new node's tahoe.cfg for a grid that lives on one machine.
+
+    Foolscap, not the HTTPS storage protocol: with Tahoe 1.20's HTTPS
+    protocol, an upload whose client was killed leaves its shares
+    "incoming" on the servers for 30 minutes (the gateway's abort gets a
+    404), and every retry of the same content fails as unhappy meanwhile.
+    """
+    with open(path) as f:
+        text = f.read()
+    text = text.replace("[client]\n", "[client]\nforce_foolscap = true\n", 1)
+    text = text.replace("[storage]\n", "[storage]\nforce_foolscap = true\n", 1)
+    if storage:
+        text = re.sub(r"(?m)^reserved_space = .*$", "reserved_space = 100M", text)
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def _tahoe(*args: str) -> list[str]:
     return [sys.executable, "-m", "allmydata", *args]
 
@@ -141,15 +159,12 @@ class LocalGrid:
             run(["create-node", "--port", f"tcp:{port}:interface=127.0.0.1",
                  "--location", f"tcp:127.0.0.1:{port}", "--webport", "none", "-i", furl,
                  "-n", f"storage{i}", nd])
-            cfg = os.path.join(nd, "tahoe.cfg")
-            with open(cfg) as f:
-                text = f.read()
-            with open(cfg, "w") as f:
-                f.write(re.sub(r"(?m)^reserved_space = .*$", "reserved_space = 100M", text))
+            _edit_cfg(os.path.join(nd, "tahoe.cfg"), storage=True)
         run(["create-node", "--no-storage", "--listen", "none", "--webport",
              f"tcp:{wport}:interface=127.0.0.1", "-i", furl, "-n", "gateway",
              "--shares-needed", str(spec.needed), "--shares-happy", str(spec.happy),
              "--shares-total", str(spec.nodes), os.path.join(d, "gateway")])
+        _edit_cfg(os.path.join(d, "gateway", "tahoe.cfg"), storage=False)
         del state["creating"]
         self._save(state)
         return state
@@ -176,7 +191,8 @@ class LocalGrid:
                 pass
         logf = open(os.path.join(nd, "lafs-backup-node.log"), "ab")
         try:
-            p = subprocess.Popen(_tahoe("run", "--allow-stdin-close", nd), stdin=subprocess.DEVNULL,
+            env = dict(os.environ, PYTHONUNBUFFERED="1")  # the node log is read live by tests
+            p = subprocess.Popen(_tahoe("run", "--allow-stdin-close", nd), stdin=subprocess.DEVNULL, env=env,
                                  stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
                                  close_fds=True)
         finally:

@@ -13,13 +13,13 @@ logging.addLevelName(NOISE, "NOISE")
 
 # A Tahoe cap: "URI:" then a type tag, then its fields.  LIT caps carry file
 # content, CHK/DIR2 caps carry read keys: both are bearer secrets.
-_CAP_RE = re.compile(r"URI:[A-Za-z0-9-]+:[A-Za-z0-9:_%+-]*")
-_CAP_RE_B = re.compile(rb"URI:[A-Za-z0-9-]+:[A-Za-z0-9:_%+-]*")
+# Percent-encoded caps ("URI%3ACHK%3A...") are caught as well.
+_CAP_RE = re.compile(r"URI(?::|%3[aA])([A-Za-z0-9-]+)(?::|%3[aA])[A-Za-z0-9:_%+-]*")
 
 
 def redact(text: str) -> str:
     """Replace every Tahoe cap in ``text`` with a placeholder naming only its type."""
-    return _CAP_RE.sub(lambda m: "URI:" + m.group(0).split(":")[1] + ":<redacted>", text)
+    return _CAP_RE.sub(lambda m: f"<{m.group(1)} cap>", text)
 
 
 class RedactingFilter(logging.Filter):

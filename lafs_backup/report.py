@@ -19,6 +19,7 @@ class Stats:
     files_new: int = 0
     files_unchanged: int = 0
     files_lit: int = 0
+    files_deduplicated: int = 0
     dirs: int = 0
     dirs_new: int = 0
     dirs_unchanged: int = 0
@@ -93,7 +94,7 @@ class Reporter:
             lines = [f"{kind} finished in {s.seconds:.1f}s"]
             if kind == "backup":
                 lines.append(f"  files: {s.files} ({s.files_new} uploaded, {s.files_unchanged} unchanged, "
-                             f"{s.files_lit} stored inline)")
+                             f"{s.files_deduplicated} deduplicated, {s.files_lit} stored inline)")
                 lines.append(f"  directories: {s.dirs} ({s.dirs_new} created, {s.dirs_unchanged} unchanged); "
                              f"symlinks: {s.symlinks}")
                 lines.append(f"  bytes read: {s.bytes_read}, uploaded: {s.bytes_uploaded}")

@@ -88,7 +88,8 @@ class Uploader:
     """Runs phase two for one backup of ``source`` in ``generation``."""
 
     def __init__(self, source: bytes, gateway: Gateway, cache: EntryCache, generation: int,
-                 reporter: Reporter, window: int = 4000, open_files: int = 12) -> None:
+                 reporter: Reporter, window: int = 4000, open_files: int = 12,
+                 reactor: Any = None) -> None:
         self.source = source
         self.gw = gateway
         self.cache = cache
@@ -97,6 +98,8 @@ class Uploader:
         self.stats = reporter.stats
         self._window = DeferredSemaphore(window)
         self._files = DeferredSemaphore(open_files)
+        self._reactor = reactor
+        self._uploading: dict[bytes, _Shared] = {}
         self.fatal: BaseException | None = None
         #: Relative paths currently being uploaded (for progress and the manhole).
         self.in_flight: set[bytes] = set()
@@ -215,41 +218,80 @@ class Uploader:
                 return None
             if st.st_size <= LIT_MAX:
                 data = os.pread(fd, LIT_MAX + 1, 0)
-                if len(data) > LIT_MAX:  # grew since fstat
-                    st = os.fstat(fd)
-                else:
+                if len(data) <= LIT_MAX:
                     self.stats.files_lit += 1
                     self.stats.bytes_read += len(data)
                     meta = edge_metadata(e, len(data), st.st_mtime_ns, st.st_ctime_ns,
                                          hashlib.sha256(data).hexdigest())
                     return Child(e.name, lit_cap(data), meta)
-            slices: list[FileSlice] = []
-
-            def opener() -> FileSlice:
-                s = FileSlice(fd, st.st_size)
-                slices.append(s)
-                return s
-
-            cap = await self.gw.put_file(opener)
-            last = slices[-1]
-            if last.hashed_to != st.st_size:
-                raise LafsBackupError(f"upload of a file read {last.hashed_to} of {st.st_size} bytes")
+                st = os.fstat(fd)  # grew since the fstat: upload it whole
+            sha = await self._hash(fd, st.st_size)
+            self.stats.bytes_read += st.st_size
+            cap, sha = await self._store_content(fd, st.st_size, sha, e.path)
             after = os.fstat(fd)
             if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
                 self.rep.warn(e.path, "changed while it was being read; stored as read")
-            sha = last.sha256.digest()
-            self.stats.files_new += 1
-            self.stats.bytes_read += st.st_size
-            self.stats.bytes_uploaded += st.st_size
-            self.cache.store(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
-                             cap, self.gen, sha)
-            log.log(NOISE, "uploaded: %r (%d bytes)", e.path, st.st_size)
+            else:
+                self.cache.store(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
+                                 cap, self.gen, sha)
             return Child(e.name, cap, edge_metadata(e, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha.hex()))
         except OSError as err:
             self.rep.warn(e.path, f"skipped: {_why(err)}")
             return None
         finally:
             os.close(fd)
+
+    async def _hash(self, fd: int, size: int) -> bytes:
+        """SHA-256 of the file's bytes; big files are hashed in a thread (hashlib drops the GIL)."""
+        if size < (1 << 20) or self._reactor is None:
+            return _sha256_fd(fd, size)
+        from twisted.internet.threads import deferToThreadPool
+
+        result: bytes = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                                _sha256_fd, fd, size)
+        return result
+
+    async def _store_content(self, fd: int, size: int, sha: bytes, path: bytes) -> tuple[str, bytes]:
+        """The cap of content ``sha``: from the cache, from an identical upload already under
+        way in this run, or from a new upload.  Returns (cap, SHA-256 of what the cap holds)."""
+        ckey = content_key(sha)
+        hit = self.cache.lookup(ckey, self.gen)
+        if hit is not None:
+            self.stats.files_deduplicated += 1
+            log.log(NOISE, "content already stored: %r", path)
+            return hit.cap, sha
+        shared = self._uploading.get(ckey)
+        if shared is not None:
+            cap, got = await shared.wait()
+            if got == sha:
+                self.stats.files_deduplicated += 1
+                return cap, sha
+        shared = _Shared()
+        self._uploading[ckey] = shared
+        try:
+            slices: list[FileSlice] = []
+
+            def opener() -> FileSlice:
+                sl = FileSlice(fd, size)
+                slices.append(sl)
+                return sl
+
+            cap = await self.gw.put_file(opener)
+            last = slices[-1]
+            if last.hashed_to != size:
+                raise LafsBackupError(f"an upload read {last.hashed_to} of {size} bytes")
+            got = last.sha256.digest()
+            shared.fire((cap, got))
+        except BaseException as err:
+            shared.fail(err)
+            raise
+        finally:
+            del self._uploading[ckey]
+        self.cache.store(content_key(got), cap, self.gen, got)
+        self.stats.files_new += 1
+        self.stats.bytes_uploaded += size
+        log.log(NOISE, "uploaded: %r (%d bytes)", path, size)
+        return cap, got
 
     async def _directory(self, e: Entry, children: list[Deferred]) -> Child | _Failed:
         self.stats.dirs += 1
@@ -270,6 +312,43 @@ class Uploader:
         self.cache.store(key, cap, self.gen)
         self.stats.dirs_new += 1
         return cap
+
+
+class _Shared:
+    """The outcome of one upload, awaited by any number of identical-content waiters."""
+
+    def __init__(self) -> None:
+        self._waiters: list[Deferred] = []
+
+    def wait(self) -> Deferred:
+        d: Deferred = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def fire(self, result: Any) -> None:
+        for d in self._waiters:
+            d.callback(result)
+
+    def fail(self, err: BaseException) -> None:
+        for d in self._waiters:
+            d.errback(err)
+
+
+def content_key(sha: bytes) -> bytes:
+    """Cache key of stored content, by its plaintext SHA-256."""
+    return b"content\0" + sha
+
+
+def _sha256_fd(fd: int, size: int) -> bytes:
+    h = hashlib.sha256()
+    pos = 0
+    while pos < size:
+        chunk = os.pread(fd, min(1 << 20, size - pos), pos)
+        if not chunk:
+            break
+        h.update(chunk)
+        pos += len(chunk)
+    return h.digest()
 
 
 def _open_noatime(path: bytes) -> int:
