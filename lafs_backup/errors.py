@@ -96,7 +96,7 @@ class GatewayError(GridError):
         self.url = redact(url)
         self.status = status
         self.body = redact(body)
-        self.reason = reason or tahoe_exception_name(body)
+        self.reason = redact(reason) or tahoe_exception_name(self.body)
         what = f"HTTP {status}" if status is not None else "no response"
         detail = f": {self.reason}" if self.reason else ""
         super().__init__(f"{method} {self.url} failed with {what}{detail}")

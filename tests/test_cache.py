@@ -1,0 +1,64 @@
+"""The entry cache: private file, generations and resume, batched commits, wrong destination, corruption."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from lafs_backup.cache import EntryCache
+from lafs_backup.errors import CacheError
+
+
+def test_created_private_and_generations(tmp_path):
+    p = tmp_path / "c.sqlite"
+    c = EntryCache(str(p), "http://g/")
+    assert oct(p.stat().st_mode & 0o777) == "0o600"
+    g1 = c.begin_generation(b"/src")
+    assert g1 == 1
+    # Interrupted (no backup recorded): the next run resumes the same generation.
+    assert c.begin_generation(b"/src") == 1
+    c.record_backup(g1, "URI:DIR2-CHK:x", b"/src", "src", 100.0)
+    assert c.begin_generation(b"/src") == 2
+    assert c.find_backup("latest").generation == 1
+    assert c.find_backup("1").cap == "URI:DIR2-CHK:x"
+    assert c.find_backup("URI:DIR2-CHK:x").generation == 1
+    assert c.find_backup("7") is None
+    c.close()
+
+
+def test_lookup_marks_rows_with_the_using_generation(tmp_path):
+    c = EntryCache(str(tmp_path / "c"), "http://g/")
+    c.store(b"k", "URI:CHK:a", 1, b"h")
+    hit = c.lookup(b"k", 3)
+    assert hit.cap == "URI:CHK:a" and hit.sha256 == b"h"
+    c.commit()
+    db = sqlite3.connect(str(tmp_path / "c"))
+    assert db.execute("SELECT generation FROM objects").fetchone() == (3,)
+    assert c.lookup(b"missing", 3) is None
+
+
+def test_uncommitted_rows_are_lost_committed_ones_survive(tmp_path):
+    p = str(tmp_path / "c")
+    c = EntryCache(p, "http://g/", commit_rows=2, commit_seconds=0)
+    c.store(b"a", "URI:CHK:a", 1)
+    c.store(b"b", "URI:CHK:b", 1)  # second row: commits
+    c.store(b"c", "URI:CHK:c", 1)  # not committed
+    # A kill: the process dies without closing.  Another connection sees only committed rows.
+    db = sqlite3.connect(p)
+    assert sorted(r[0] for r in db.execute("SELECT key FROM objects")) == [b"a", b"b"]
+
+
+def test_other_destination_is_refused(tmp_path):
+    p = str(tmp_path / "c")
+    EntryCache(p, "http://one/").close()
+    with pytest.raises(CacheError, match="belongs to the gateway http://one/"):
+        EntryCache(p, "http://two/")
+
+
+def test_corrupt_file_gives_a_way_out(tmp_path):
+    p = tmp_path / "c"
+    p.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(CacheError) as e:
+        EntryCache(str(p), "http://g/")
+    assert "Move the file aside" in str(e.value)

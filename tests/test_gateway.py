@@ -1,0 +1,164 @@
+"""The gateway client against fakes: retries, per-attempt timeouts on the injected clock, errors without caps."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import pytest_twisted
+from treq.client import HTTPClient
+from treq.testing import RequestTraversalAgent
+from twisted.internet.task import Clock
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from lafs_backup.config import RetryPolicy
+from lafs_backup.errors import GatewayError
+from lafs_backup.gateway import Gateway
+
+
+class FlakyUpload(Resource):
+    """PUT /uri: fails with the given statuses first, then answers a cap."""
+
+    isLeaf = True
+
+    def __init__(self, failures, hang=0):
+        super().__init__()
+        self.failures = list(failures)
+        self.hang = hang
+        self.bodies = []
+        self.calls = 0
+
+    def render(self, request):
+        self.calls += 1
+        self.bodies.append(request.content.read())
+        if self.hang > 0:
+            self.hang -= 1
+            return NOT_DONE_YET
+        if self.failures:
+            request.setResponseCode(self.failures.pop(0))
+            return b"Traceback...\nallmydata.interfaces.UploadUnhappinessError: URI:CHK:secret:stuff"
+        return b"URI:CHK:aaaa:bbbb:2:3:100"
+
+
+class FakeHTTP:
+    """A treq client served in memory by ``resource``; unlike StubTreq it takes body producers."""
+
+    def __init__(self, resource):
+        self.agent = RequestTraversalAgent(resource)
+        self.client = HTTPClient(self.agent)
+        self.request = self.client.request
+
+    def flush(self):
+        self.agent.flush()
+
+
+def gateway(resource, clock, attempts=3, timeout=10.0):
+    stub = FakeHTTP(resource)
+    gw = Gateway("http://gw/", stub, clock, RetryPolicy(attempts, (1.0, 5.0), timeout), jobs=2)
+    return gw, stub
+
+
+@pytest_twisted.ensureDeferred
+async def test_retries_5xx_with_backoff_then_succeeds():
+    clock = Clock()
+    res = FlakyUpload([500, 500])
+    gw, stub = gateway(res, clock)
+    from twisted.internet.defer import Deferred
+
+    d = Deferred.fromCoroutine(gw.put_bytes(b"x" * 100))
+    await settle(stub)
+    assert res.calls == 1 and not d.called
+    clock.advance(1.5)  # first delay (1 s, jittered +-30%)
+    await settle(stub)
+    assert res.calls == 2 and not d.called
+    clock.advance(7)
+    await settle(stub)
+    assert (await d) == "URI:CHK:aaaa:bbbb:2:3:100"
+    assert gw.counts["put"] == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_4xx_is_not_retried_and_error_hides_caps():
+    clock = Clock()
+    res = FlakyUpload([400])
+    gw, stub = gateway(res, clock)
+    from twisted.internet.defer import Deferred
+
+    d = Deferred.fromCoroutine(gw.get_json("URI:DIR2-CHK:sekrit:key:2:3:10"))
+    await settle(stub)
+    with pytest.raises(GatewayError) as e:
+        await d
+    assert res.calls == 1
+    assert e.value.status == 400
+    assert "sekrit" not in str(e.value) and "URI:" not in str(e.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_gives_up_after_the_last_attempt():
+    clock = Clock()
+    res = FlakyUpload([500, 500, 500, 500])
+    gw, stub = gateway(res, clock, attempts=2)
+    from twisted.internet.defer import Deferred
+
+    d = Deferred.fromCoroutine(gw.put_bytes(b"y" * 100))
+    await settle(stub)
+    clock.advance(2)
+    await settle(stub)
+    with pytest.raises(GatewayError) as e:
+        await d
+    assert res.calls == 2 and e.value.status == 500
+    assert "UploadUnhappinessError" in e.value.reason and "secret" not in str(e.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_timed_out_attempt_is_cancelled_and_retried_with_a_fresh_file():
+    clock = Clock()
+    res = FlakyUpload([], hang=1)
+    gw, stub = gateway(res, clock, timeout=10.0)
+    from twisted.internet.defer import Deferred
+
+    opened = []
+
+    def opener():
+        f = io.BytesIO(b"z" * 1000)
+        opened.append(f)
+        return f
+
+    d = Deferred.fromCoroutine(gw.put_file(opener))
+    await settle(stub)
+    assert res.calls == 1 and not d.called
+    clock.advance(10)  # the attempt times out: cancelled, then retried after the delay
+    assert opened[0].closed
+    clock.advance(2)
+    await settle(stub)
+    assert (await d).startswith("URI:CHK:")
+    assert len(opened) == 2 and res.bodies[-1] == b"z" * 1000
+
+
+async def settle(stub):
+    """Let the real reactor run the body producers, then pump the in-memory connection."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in range(5):
+        stub.flush()
+        await deferLater(reactor, 0.005, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_forced_timeout_from_the_manhole_retries():
+    clock = Clock()
+    res = FlakyUpload([], hang=1)
+    gw, stub = gateway(res, clock, timeout=None)
+    from twisted.internet.defer import Deferred
+
+    d = Deferred.fromCoroutine(gw.put_bytes(b"q" * 100))
+    await settle(stub)
+    assert len(gw.inflight) == 1
+    for att in list(gw.inflight):
+        att.expire()
+    clock.advance(2)
+    await settle(stub)
+    assert (await d).startswith("URI:CHK:")
+    assert res.calls == 2

@@ -1,0 +1,80 @@
+"""The grid-side format: LIT caps, exact names through NFC normalisation, deterministic bodies."""
+
+from __future__ import annotations
+
+import base64
+import json
+import unicodedata
+
+import pytest
+from hypothesis import given, strategies as st
+
+from lafs_backup.entry import Entry
+from lafs_backup.snapshot import (BadSnapshot, Child, dir_body, edge_metadata, lit_cap, lit_data,
+                                  parse_children)
+
+
+def test_lit_caps_match_tahoe():
+    assert lit_cap(b"hello") == "URI:LIT:nbswy3dp"  # measured against the gateway
+    assert lit_cap(b"") == "URI:LIT:"
+    with pytest.raises(ValueError):
+        lit_cap(b"x" * 56)
+
+
+@given(st.binary(max_size=55))
+def test_lit_round_trip(data):
+    assert lit_data(lit_cap(data)) == data
+
+
+def _listing(body: bytes):
+    """What the gateway gives back: keys NFC-normalised, metadata verbatim."""
+    children = {unicodedata.normalize("NFC", k): v for k, v in json.loads(body).items()}
+    return ["dirnode", {"children": children}]
+
+
+def _child(name: bytes, i: int = 0) -> Child:
+    e = Entry("f", name, 0o100644, 0, 0, 1, 1, 1, 1, 1, 1)
+    return Child(name, lit_cap(bytes([i % 256])), edge_metadata(e))
+
+
+def test_nfc_and_nfd_spellings_stay_two_files():
+    nfc, nfd = "caf\u00e9".encode(), "cafe\u0301".encode()
+    body = dir_body([_child(nfc, 1), _child(nfd, 2)])
+    back = {n.name: n.cap for n in parse_children(_listing(body))}
+    assert back == {nfc: lit_cap(b"\x01"), nfd: lit_cap(b"\x02")}
+
+
+names = st.binary(min_size=1, max_size=30).filter(
+    lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b".."))
+
+
+@given(st.lists(names, unique=True, max_size=8))
+def test_any_names_come_back_exactly(ns):
+    body = dir_body([_child(n, i) for i, n in enumerate(ns)])
+    back = [n.name for n in parse_children(_listing(body))]
+    assert back == sorted(ns)
+
+
+def test_body_is_deterministic_and_covers_names_and_metadata():
+    a = dir_body([_child(b"x"), _child(b"y")])
+    assert a == dir_body([_child(b"y"), _child(b"x")])
+    assert a != dir_body([_child(b"x"), _child(b"z")])  # a rename changes the directory
+    e = Entry("f", b"x", 0o100600, 0, 0, 1, 1, 1, 1, 1, 1)
+    assert a != dir_body([Child(b"x", lit_cap(b"\x00"), edge_metadata(e)), _child(b"y")])
+
+
+@pytest.mark.parametrize("name", [b"..", b".", b"a/b", b"", b"a\0b"])
+def test_unsafe_names_are_refused(name):
+    meta = {"name_b64": base64.b64encode(name).decode()}
+    listing = ["dirnode", {"children": {"x": ["filenode", {"ro_uri": "URI:LIT:", "metadata": meta}]}}]
+    with pytest.raises(BadSnapshot):
+        parse_children(listing)
+
+
+def test_duplicate_exact_names_are_refused():
+    meta = {"name_b64": base64.b64encode(b"same").decode()}
+    listing = ["dirnode", {"children": {
+        "a": ["filenode", {"ro_uri": "URI:LIT:", "metadata": meta}],
+        "b": ["dirnode", {"ro_uri": "URI:DIR2-LIT:", "metadata": meta}]}}]
+    with pytest.raises(BadSnapshot, match="twice"):
+        parse_children(listing)
