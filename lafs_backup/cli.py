@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
     r.add_argument("paths", nargs="*", metavar="PATH", help="restore only these subtrees")
     r.add_argument("-t", "--target", required=True, metavar="DIR", help="directory to restore into")
+    r.add_argument("--no-owner", action="store_true", help="don't restore ownership (as tar --no-same-owner)")
+    r.add_argument("--numeric-owner", action="store_true",
+                   help="restore the recorded uid/gid, not the user and group names (as tar)")
 
     sub.add_parser("list", parents=[common], help="list finished backups")
 
@@ -112,7 +115,8 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
         if ns.command == "backup":
             return int(await backup(ctx, ns.source, ns.queue_only, ns.reuse_queue))
         if ns.command == "restore":
-            return int(await restore(ctx, ns.snapshot, ns.paths, ns.target))
+            return int(await restore(ctx, ns.snapshot, ns.paths, ns.target,
+                                     owners=False if ns.no_owner else None, numeric=ns.numeric_owner))
         if ns.command == "list":
             return int(await list_backups(ctx, getattr(ns, "json", False)))
         if ns.command == "grid":

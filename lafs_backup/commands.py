@@ -146,7 +146,7 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
         QueueReader(qpath, expect_source=source).close()  # refuse a bad queue up front
     else:
         t0 = time.monotonic()
-        n = write_queue(qpath, source, scan(source, flt, rep.warn))
+        n = write_queue(qpath, source, scan(source, flt, rep.warn, rep.note_once))
         log.info("phase one: %d entries in %.2fs", n, time.monotonic() - t0)
         if queue_only is not False:
             rep.info(f"queue: {n} entries written to {qpath}")
@@ -230,10 +230,12 @@ async def resolve_snapshot(ctx: Context, ref: str) -> str:
     return b.cap
 
 
-async def restore(ctx: Context, ref: str, paths: list[str], target: str) -> int:
+async def restore(ctx: Context, ref: str, paths: list[str], target: str, owners: bool | None = None,
+                  numeric: bool = False) -> int:
     cap = await resolve_snapshot(ctx, ref)
     gw = await ctx.gateway()
-    r = Restorer(gw, ctx.reporter, target, window=max(16, 4 * ctx.get("operation.jobs")))
+    r = Restorer(gw, ctx.reporter, target, window=max(16, 4 * ctx.get("operation.jobs")),
+                 owners=owners, numeric=numeric)
     await r.run(cap, [os.fsencode(p) for p in paths])
     ctx.reporter.stats.requests = dict(gw.counts)
     ctx.reporter.finish("restore")

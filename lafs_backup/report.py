@@ -24,6 +24,7 @@ class Stats:
     dirs_new: int = 0
     dirs_unchanged: int = 0
     symlinks: int = 0
+    specials: int = 0
     bytes_read: int = 0
     bytes_uploaded: int = 0
     bytes_written: int = 0
@@ -67,6 +68,14 @@ class Reporter:
         else:
             print(f"warning: {_printable(shown)}: {message}", file=self.err)
 
+    def note(self, path: bytes | str, message: str) -> None:
+        """Tell the user something about one path that is not a failure (no effect on the exit code)."""
+        shown = path if isinstance(path, str) else (os.fsdecode(path) if path else ".")
+        if self.json_mode:
+            self._json({"type": "note", "path": _printable(shown), "message": message})
+        else:
+            print(f"note: {_printable(shown)}: {message}", file=self.err)
+
     def note_once(self, key: str, message: str) -> None:
         """Say something once per run (e.g. 'ownership not restored: not root')."""
         if key in self._said_once:
@@ -96,11 +105,11 @@ class Reporter:
                 lines.append(f"  files: {s.files} ({s.files_new} uploaded, {s.files_unchanged} unchanged, "
                              f"{s.files_deduplicated} deduplicated, {s.files_lit} stored inline)")
                 lines.append(f"  directories: {s.dirs} ({s.dirs_new} created, {s.dirs_unchanged} unchanged); "
-                             f"symlinks: {s.symlinks}")
+                             f"symlinks: {s.symlinks}; special files: {s.specials}")
                 lines.append(f"  bytes read: {s.bytes_read}, uploaded: {s.bytes_uploaded}")
             elif kind == "restore":
                 lines.append(f"  files: {s.files}, directories: {s.dirs}, symlinks: {s.symlinks}, "
-                             f"bytes written: {s.bytes_written}")
+                             f"special files: {s.specials}, bytes written: {s.bytes_written}")
             if s.warnings:
                 lines.append(f"  warnings: {s.warnings} (entries skipped or incomplete; see above)")
             print("\n".join(lines), file=self.err)

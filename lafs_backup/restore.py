@@ -1,85 +1,121 @@
-"""Restore: read a snapshot back from the grid into a target directory, never writing outside it."""
+"""Restore: read a snapshot back from the grid into a target directory, never writing outside it.
+
+Every file operation goes through a directory fd reached from the target
+by an ``openat`` chain that never follows a symlink, so a path of any
+length works and nothing can be written outside the target, whatever the
+snapshot or the target already holds.  Attributes are applied in the order
+chown, mode, xattrs, ACLs, capabilities, times; a directory's after all its
+children are done.
+"""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
+from .entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET
 from .errors import GatewayError, RestoreError, SnapshotError
 from .gateway import Gateway
 from .log import NOISE
+from .meta import Applier
+from .paths import open_dir_chain, proc_path
 from .report import Reporter
-from .snapshot import BadSnapshot, Node, lit_data, mode_bits, parse_children, parse_root
-from .entry import KIND_DIR, KIND_FILE, KIND_LINK
+from .snapshot import BadSnapshot, Node, lit_data, parse_children, parse_root, xattrs_of
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class _DirFixup:
-    path: bytes
-    node: Node
+_ZERO_RUN = 4096
 
 
-@dataclass
-class _State:
-    fixups: list[_DirFixup] = field(default_factory=list)
+class _Group:
+    """A hard-link group: the first member restored, awaited by the others."""
+
+    def __init__(self) -> None:
+        self.done: tuple[list[bytes], bytes] | None = None
+        self.failed = False
+        self.waiters: list[Deferred] = []
+
+    def wait(self) -> Deferred:
+        d: Deferred = Deferred()
+        if self.done is not None or self.failed:
+            d.callback(None)
+        else:
+            self.waiters.append(d)
+        return d
+
+    def finish(self, where: tuple[list[bytes], bytes] | None) -> None:
+        self.done = where
+        self.failed = where is None
+        for d in self.waiters:
+            d.callback(None)
+        self.waiters = []
 
 
 class Restorer:
-    """Restores one snapshot (or some of its subtrees) below ``target``."""
+    """Restores one snapshot (or some of its subtrees) below ``target``.
+
+    ``owners``: restore ownership (None: only when running as root).
+    ``numeric``: use the recorded uid/gid, not the user and group names.
+    """
 
     def __init__(self, gateway: Gateway, reporter: Reporter, target: str, window: int = 64,
-                 listings: int = 4) -> None:
+                 listings: int = 4, owners: bool | None = None, numeric: bool = False) -> None:
         self.gw = gateway
         self.rep = reporter
         self.stats = reporter.stats
         self.target = os.fsencode(os.path.abspath(target))
         self._window = DeferredSemaphore(window)
         self._listings = DeferredSemaphore(listings)
-        self._state = _State()
+        self._root_fd = -1
+        self._is_root = os.geteuid() == 0
+        if owners is None:
+            owners = self._is_root
+            if not owners:
+                reporter.note_once("owners", "not running as root: ownership (uid/gid) is not restored")
+        self._owners = owners
+        self._numeric = numeric
+        self._groups: dict[str, _Group] = {}
 
     async def run(self, snapshot_cap: str, paths: Sequence[bytes] = ()) -> None:
         try:
             tree = parse_root(await self.gw.get_json(snapshot_cap))
         except BadSnapshot as e:
             raise SnapshotError(what="(given)", problem=str(e))
-        _make_target(self.target)
-        if not paths:
-            await self._restore_dir(tree, self.target)
-        else:
+        try:
+            os.makedirs(self.target, exist_ok=True)
+            self._root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise RestoreError(problem=f"cannot use target {os.fsdecode(self.target)}: {e.strerror}")
+        try:
+            if not paths:
+                await self._restore_dir(tree, [])
             for p in paths:
                 node, parents = await self._find(tree, p)
-                dest = self.target
-                for comp in parents:
-                    dest = dest + b"/" + comp
-                    _mkdir_plain(dest)
-                dest = dest + b"/" + node.name
+                with self._dir(parents, create=True):
+                    pass
                 if node.kind == KIND_DIR:
-                    await self._restore_dir(node, dest)
+                    await self._restore_dir(node, parents + [node.name])
                 else:
-                    await self._restore_leaf(node, dest)
-        # Directories last, deepest first: their mtime is set after their children.
-        for fix in reversed(self._state.fixups):
-            self._apply_meta(fix.path, fix.node, is_dir=True)
+                    await self._restore_leaf(node, parents)
+        finally:
+            os.close(self._root_fd)
 
+    # -- navigation ---------------------------------------------------------------
     async def _find(self, tree: Node, rel: bytes) -> tuple[Node, list[bytes]]:
         comps = [c for c in rel.strip(b"/").split(b"/") if c not in (b"", b".")]
         if not comps or b".." in comps:
             raise RestoreError(problem=f"invalid path {os.fsdecode(rel)!r}")
         node = tree
-        for i, comp in enumerate(comps):
+        for comp in comps:
             if node.kind != KIND_DIR:
                 raise RestoreError(problem=f"{os.fsdecode(rel)!r} is not in the snapshot")
-            children = await self._list(node)
-            match = [c for c in children if c.name == comp]
+            match = [c for c in await self._list(node) if c.name == comp]
             if not match:
                 raise RestoreError(problem=f"{os.fsdecode(rel)!r} is not in the snapshot")
             node = match[0]
@@ -91,163 +127,206 @@ class Restorer:
         except BadSnapshot as e:
             raise SnapshotError(what="(given)", problem=str(e))
 
-    async def _restore_dir(self, node: Node, dest: bytes) -> None:
-        self.stats.dirs += 1
+    @contextmanager
+    def _dir(self, parts: list[bytes], create: bool = False) -> Iterator[int]:
+        fd = open_dir_chain(self._root_fd, parts, create=create)
         try:
-            _prepare_dir(dest)
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _rel(self, parts: list[bytes], name: bytes | None = None) -> bytes:
+        return b"/".join(parts + ([name] if name is not None else [])) or b"."
+
+    def _applier(self, rel: bytes) -> Applier:
+        return Applier(lambda msg: self.rep.warn(rel, msg), self.rep.note_once, self._owners, self._numeric)
+
+    # -- directories ----------------------------------------------------------------
+    async def _restore_dir(self, node: Node, parts: list[bytes]) -> None:
+        self.stats.dirs += 1
+        rel = self._rel(parts)
+        try:
+            with self._dir(parts, create=True) as fd:
+                os.fchmod(fd, 0o700)  # writable while its children are restored
         except OSError as e:
-            self.rep.warn(self._rel(dest), f"cannot create directory: {e.strerror}")
+            self.rep.warn(rel, f"cannot create directory: {e.strerror}")
             return
-        self._state.fixups.append(_DirFixup(dest, node))
         waits: list[Deferred] = []
         await self._listings.acquire()
         try:
             children = await self._list(node)
             for child in children:
-                path = dest + b"/" + child.name
                 if child.kind == KIND_DIR:
-                    waits.append(Deferred.fromCoroutine(self._restore_dir(child, path)))
+                    waits.append(Deferred.fromCoroutine(self._restore_dir(child, parts + [child.name])))
                 else:
                     await self._window.acquire()
-                    waits.append(Deferred.fromCoroutine(self._windowed_leaf(child, path)))
+                    waits.append(Deferred.fromCoroutine(self._windowed_leaf(child, parts)))
         finally:
             self._listings.release()
         if waits:
             await gatherResults(waits, consumeErrors=True)
-
-    async def _windowed_leaf(self, node: Node, dest: bytes) -> None:
+        # All children done: now the directory's own attributes, mtime last.
         try:
-            await self._restore_leaf(node, dest)
+            if parts:
+                with self._dir(parts[:-1]) as pfd:
+                    self._applier(rel).apply(proc_path(pfd, parts[-1]), node.metadata, KIND_DIR,
+                                             xattrs_of(node.metadata))
+            else:
+                self._applier(rel).apply(self.target, node.metadata, KIND_DIR, xattrs_of(node.metadata))
+        except OSError as e:
+            self.rep.warn(rel, f"cannot set attributes: {e.strerror}")
+
+    async def _windowed_leaf(self, node: Node, parts: list[bytes]) -> None:
+        try:
+            await self._restore_leaf(node, parts)
+        except OSError as e:
+            self.rep.warn(self._rel(parts, node.name), f"cannot restore: {e.strerror}")
         finally:
             self._window.release()
 
-    async def _restore_leaf(self, node: Node, dest: bytes) -> None:
-        log.log(NOISE, "restoring %r", dest)
+    # -- leaves ------------------------------------------------------------------------
+    async def _restore_leaf(self, node: Node, parts: list[bytes]) -> None:
+        rel = self._rel(parts, node.name)
+        log.log(NOISE, "restoring %r", rel)
+        name = node.name
+        meta = node.metadata
+        group = None
+        if node.kind == KIND_FILE and isinstance(meta.get("hardlink"), str):
+            gid = meta["hardlink"]
+            if gid in self._groups:
+                if await self._link_to_group(self._groups[gid], parts, name, rel):
+                    return
+            else:
+                group = self._groups[gid] = _Group()
+        ok = False
         try:
-            _clear(dest)
+            with self._dir(parts, create=True) as dfd:
+                if not _clear(dfd, name, rel, self.rep):
+                    return
+                if node.kind == KIND_SOCKET:
+                    self.rep.note(rel, "socket not restored (sockets cannot be restored)")
+                    return
+                if not await self._create(node, dfd, rel):
+                    return
+                self._applier(rel).apply(proc_path(dfd, name), meta, node.kind, xattrs_of(meta))
+                ok = True
+        finally:
+            if group is not None:
+                group.finish((parts, name) if ok else None)
+
+    async def _link_to_group(self, group: _Group, parts: list[bytes], name: bytes, rel: bytes) -> bool:
+        """Make ``name`` a hard link to the group's first restored member; False to restore it plainly."""
+        await group.wait()
+        if group.done is None:
+            return False
+        src_parts, src_name = group.done
+        try:
+            with self._dir(src_parts) as sfd, self._dir(parts, create=True) as dfd:
+                if not _clear(dfd, name, rel, self.rep):
+                    return True
+                os.link(src_name, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
         except OSError as e:
-            self.rep.warn(self._rel(dest), f"cannot replace existing entry: {e.strerror}")
-            return
+            log.info("cannot hard-link %r (%s); restoring it as a copy", rel, e.strerror)
+            return False
+        self.stats.files += 1
+        return True
+
+    async def _create(self, node: Node, dfd: int, rel: bytes) -> bool:
+        meta = node.metadata
+        name = node.name
         if node.kind == KIND_LINK:
             self.stats.symlinks += 1
-            target = node.target
-            if target is None:
-                self.rep.warn(self._rel(dest), "symlink without a target; skipped")
-                return
-            try:
-                os.symlink(target, dest)
-            except OSError as e:
-                self.rep.warn(self._rel(dest), f"cannot create symlink: {e.strerror}")
-                return
-            self._apply_meta(dest, node, is_dir=False)
-            return
+            if node.target is None:
+                self.rep.warn(rel, "symlink without a target; skipped")
+                return False
+            os.symlink(node.target, name, dir_fd=dfd)
+            return True
+        if node.kind in (KIND_FIFO, KIND_CHAR, KIND_BLOCK):
+            self.stats.specials += 1
+            if node.kind == KIND_FIFO:
+                os.mkfifo(name, 0o600, dir_fd=dfd)
+                return True
+            rdev = meta.get("rdev")
+            if not isinstance(rdev, int):
+                self.rep.warn(rel, "device without a device number; skipped")
+                return False
+            if not self._is_root:
+                self.rep.warn(rel, "device not restored: only root can create devices")
+                return False
+            fmt = stat.S_IFCHR if node.kind == KIND_CHAR else stat.S_IFBLK
+            os.mknod(name, fmt | 0o600, rdev, dir_fd=dfd)
+            return True
         self.stats.files += 1
         try:
-            await self._download(node, dest)
+            await self._download(node, dfd, rel)
         except GatewayError as e:
-            self.rep.warn(self._rel(dest), f"cannot read from the grid: {e.reason or e}")
-            return
-        except OSError as e:
-            self.rep.warn(self._rel(dest), f"cannot write: {e.strerror}")
-            return
-        self._apply_meta(dest, node, is_dir=False)
+            self.rep.warn(rel, f"cannot read from the grid: {e.reason or e}")
+            return False
+        return True
 
-    async def _download(self, node: Node, dest: bytes) -> None:
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    async def _download(self, node: Node, dfd: int, rel: bytes) -> None:
+        fd = os.open(node.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=dfd)
         try:
-            h = hashlib.sha256()
-            written = 0
+            sink = _SparseSink(fd)
             data = lit_data(node.cap)
             if data is not None:
-                os.write(fd, data)
-                h.update(data)
-                written = len(data)
+                sink.write(data)
             else:
-                state = {"h": h, "n": 0}
-
-                def restart() -> None:
-                    os.ftruncate(fd, 0)
-                    os.lseek(fd, 0, os.SEEK_SET)
-                    state["h"] = hashlib.sha256()
-                    state["n"] = 0
-
-                def sink(chunk: bytes) -> None:
-                    view = memoryview(chunk)
-                    while view:
-                        k = os.write(fd, view)
-                        view = view[k:]
-                    state["h"].update(chunk)
-                    state["n"] += len(chunk)
-
-                await self.gw.download(node.cap, sink, restart)
-                h, written = state["h"], state["n"]  # type: ignore[assignment]
-            self.stats.bytes_written += written
+                await self.gw.download(node.cap, sink.write, sink.restart)
+            sink.close()
+            self.stats.bytes_written += sink.size
             want = node.metadata.get("sha256")
-            if isinstance(want, str) and want != h.hexdigest():  # type: ignore[union-attr]
-                self.rep.warn(self._rel(dest), "content does not match the recorded SHA-256")
+            if isinstance(want, str) and want != sink.sha256.hexdigest():
+                self.rep.warn(rel, "content does not match the recorded SHA-256")
             size = node.metadata.get("size")
-            if isinstance(size, int) and size != written:
-                self.rep.warn(self._rel(dest), f"restored {written} bytes, expected {size}")
+            if isinstance(size, int) and size != sink.size:
+                self.rep.warn(rel, f"restored {sink.size} bytes, expected {size}")
         finally:
             os.close(fd)
 
-    def _apply_meta(self, path: bytes, node: Node, is_dir: bool) -> None:
-        meta = node.metadata
-        is_link = node.kind == KIND_LINK
-        try:
-            if not is_link:
-                mode = node.mode
-                os.chmod(path, mode_bits(mode, 0o755 if is_dir else 0o644))
-            mtime = meta.get("mtime_ns")
-            if isinstance(mtime, int):
-                os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
-        except OSError as e:
-            self.rep.warn(self._rel(path), f"cannot set mode or time: {e.strerror}")
 
-    def _rel(self, path: bytes) -> bytes:
-        return path[len(self.target) + 1:] if path.startswith(self.target + b"/") else path
+class _SparseSink:
+    """Writes a download to ``fd``, seeking over runs of zeros so sparse files stay sparse."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.restart()
+
+    def restart(self) -> None:
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+
+    def write(self, chunk: bytes) -> None:
+        self.sha256.update(chunk)
+        self.size += len(chunk)
+        if len(chunk) >= _ZERO_RUN and chunk.count(0) == len(chunk):
+            os.lseek(self.fd, len(chunk), os.SEEK_CUR)
+            return
+        view = memoryview(chunk)
+        while view:
+            k = os.write(self.fd, view)
+            view = view[k:]
+
+    def close(self) -> None:
+        os.ftruncate(self.fd, self.size)  # a trailing hole needs the size set
 
 
-def _make_target(target: bytes) -> None:
+def _clear(dfd: int, name: bytes, rel: bytes, rep: Reporter) -> bool:
+    """Remove a non-directory at ``name`` so a leaf can be created there; False if a directory is in the way."""
     try:
-        os.makedirs(target, exist_ok=True)
-    except OSError as e:
-        raise RestoreError(problem=f"cannot create target {os.fsdecode(target)}: {e.strerror}")
-    if not os.path.isdir(target):
-        raise RestoreError(problem=f"target {os.fsdecode(target)} is not a directory")
-
-
-def _mkdir_plain(path: bytes) -> None:
-    _prepare_dir(path)
-
-
-def _prepare_dir(path: bytes) -> None:
-    """Make ``path`` a real directory (not a symlink to one), replacing a file there."""
-    try:
-        st = os.lstat(path)
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
-        os.mkdir(path, 0o700)
-        return
+        return True
     if stat.S_ISDIR(st.st_mode):
-        os.chmod(path, stat.S_IMODE(st.st_mode) | 0o700)
-        return
-    os.unlink(path)
-    os.mkdir(path, 0o700)
-
-
-def _clear(path: bytes) -> None:
-    """Remove a non-directory at ``path`` so a leaf can be created there."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        raise OSError(errno.EISDIR, "a directory is in the way")
-    os.unlink(path)
+        rep.warn(rel, "a directory is in the way; not restored")
+        return False
+    os.unlink(name, dir_fd=dfd)
+    return True
 
 
 def parse_paths(paths: Sequence[str]) -> list[bytes]:
     return [os.fsencode(p) for p in paths]
 
-
-__all__ = ["Restorer", "parse_paths", "KIND_FILE"]

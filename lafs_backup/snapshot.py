@@ -17,13 +17,15 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from .entry import KIND_DIR, KIND_FILE, KIND_LINK, Entry
+from .entry import (KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET,
+                    Entry)
 
 FORMAT = 1
 TREE = "tree"
 LIT_MAX = 55  # Tahoe's URI_LIT_SIZE_THRESHOLD
 
-_KIND_NAMES = {KIND_FILE: "file", KIND_DIR: "dir", KIND_LINK: "symlink"}
+_KIND_NAMES = {KIND_FILE: "file", KIND_DIR: "dir", KIND_LINK: "symlink", KIND_FIFO: "fifo",
+               KIND_CHAR: "chardev", KIND_BLOCK: "blockdev", KIND_SOCKET: "socket"}
 _NAME_KINDS = {v: k for k, v in _KIND_NAMES.items()}
 
 
@@ -80,7 +82,47 @@ def edge_metadata(e: Entry, size: int | None = None, mtime_ns: int | None = None
             meta["sha256"] = sha256
     if e.kind == KIND_LINK and e.target is not None:
         meta["target"] = _text(e.target)
+    xattrs: dict[str, Any] = {}
+    for key, value in e.extras:
+        if key in ("user", "group"):
+            meta[key] = _text(value)
+        elif key in ("acl", "dacl"):
+            meta["acl" if key == "acl" else "default_acl"] = {
+                "numeric": value.decode("ascii", "replace"),
+                "names": (e.extra(key + "_names") or value).decode("utf-8", "replace")}
+        elif key == "caps":
+            meta["caps"] = value.decode("ascii", "replace")
+        elif key == "rdev":
+            meta["rdev"] = int(value)
+        elif key == "hardlink":
+            meta["hardlink"] = value.decode("ascii", "replace")
+        elif key.startswith("x:"):
+            name = key[2:].encode("utf-8", "surrogateescape")
+            label = name.decode("utf-8") if _is_utf8(name) else "b64:" + base64.b64encode(name).decode()
+            xattrs[label] = base64.b64encode(value).decode("ascii")
+    if xattrs:
+        meta["xattrs"] = xattrs
     return meta
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def xattrs_of(meta: Mapping[str, Any]) -> dict[bytes, bytes]:
+    """The extended attributes recorded in edge metadata, as raw bytes."""
+    out: dict[bytes, bytes] = {}
+    raw = meta.get("xattrs")
+    if not isinstance(raw, dict):
+        return out
+    for label, value in raw.items():
+        name = base64.b64decode(label[4:]) if label.startswith("b64:") else label.encode("utf-8")
+        out[name] = base64.b64decode(value)
+    return out
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from typing import Any, Iterable
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
 from .cache import EntryCache
-from .entry import KIND_DIR, KIND_FILE, KIND_LINK, Entry
+from .entry import KIND_DIR, KIND_FILE, KIND_LINK, KIND_SOCKET, Entry, kind_of
+from .paths import lstat_beneath, open_beneath
 from .errors import LafsBackupError, QueueError
 from .gateway import Gateway
 from .log import NOISE
@@ -30,9 +31,6 @@ from .snapshot import (LIT_MAX, Child, blob_key, body_key, dir_body, edge_metada
                        lit_cap, root_body)
 
 log = logging.getLogger(__name__)
-
-_O_NOATIME = getattr(os, "O_NOATIME", 0)
-
 
 class FileSlice(io.RawIOBase):
     """A read-only view of an open fd with its own position (``pread``), hashing what it reads.
@@ -128,8 +126,8 @@ class Uploader:
                 d = self._spawn(self._file(e))
             elif e.kind == KIND_LINK:
                 d = self._spawn(self._symlink(e))
-            else:  # pragma: no cover - the queue parser rejects other kinds
-                raise QueueError(path="(queue)", problem=f"unknown kind {e.kind!r}")
+            else:
+                d = self._spawn(self._special(e))
             if e.path == b"":
                 root = d
             else:
@@ -164,6 +162,14 @@ class Uploader:
     # -- entries ------------------------------------------------------------------
     async def _symlink(self, e: Entry) -> Child | None:
         self.stats.symlinks += 1
+        try:
+            st = lstat_beneath(self.source, e.path)
+        except OSError as err:
+            self.rep.warn(e.path, f"skipped: {_why(err)}")
+            return None
+        if not stat.S_ISLNK(st.st_mode):
+            self.rep.warn(e.path, "skipped: it is no longer a symlink")
+            return None
         target = e.target or b""
         if len(target) <= LIT_MAX:
             cap = lit_cap(target)
@@ -177,11 +183,26 @@ class Uploader:
                 self.cache.store(key, cap, self.gen)
         return Child(e.name, cap, edge_metadata(e))
 
+    async def _special(self, e: Entry) -> Child | None:
+        """FIFOs, devices and sockets: metadata only (an empty LIT cap), never opened."""
+        self.stats.specials += 1
+        try:
+            st = lstat_beneath(self.source, e.path)
+        except OSError as err:
+            self.rep.warn(e.path, f"skipped: {_why(err)}")
+            return None
+        if kind_of(st.st_mode) != e.kind:
+            self.rep.warn(e.path, "skipped: its type changed since the scan")
+            return None
+        if e.kind == KIND_SOCKET:
+            self.rep.note_once("sockets", "sockets are recorded but cannot be restored")
+        return Child(e.name, lit_cap(b""), edge_metadata(e))
+
     async def _file(self, e: Entry) -> Child | None:
         self.stats.files += 1
-        path = self.source + b"/" + e.path
+        path = e.path
         try:
-            st = os.lstat(path)
+            st = lstat_beneath(self.source, path)
         except OSError as err:
             self.rep.warn(e.path, f"skipped: {_why(err)}")
             return None
@@ -207,34 +228,40 @@ class Uploader:
 
     async def _read_and_upload(self, e: Entry, path: bytes, key: bytes) -> Child | None:
         try:
-            fd = _open_noatime(path)
+            fd = open_beneath(self.source, path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as err:
             self.rep.warn(e.path, f"skipped: {_why(err)}")
             return None
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                self.rep.warn(e.path, "skipped: it is no longer a regular file")
-                return None
-            if st.st_size <= LIT_MAX:
-                data = os.pread(fd, LIT_MAX + 1, 0)
-                if len(data) <= LIT_MAX:
-                    self.stats.files_lit += 1
-                    self.stats.bytes_read += len(data)
-                    meta = edge_metadata(e, len(data), st.st_mtime_ns, st.st_ctime_ns,
-                                         hashlib.sha256(data).hexdigest())
-                    return Child(e.name, lit_cap(data), meta)
-                st = os.fstat(fd)  # grew since the fstat: upload it whole
-            sha = await self._hash(fd, st.st_size)
-            self.stats.bytes_read += st.st_size
-            cap, sha = await self._store_content(fd, st.st_size, sha, e.path)
-            after = os.fstat(fd)
-            if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-                self.rep.warn(e.path, "changed while it was being read; stored as read")
-            else:
-                self.cache.store(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
-                                 cap, self.gen, sha)
-            return Child(e.name, cap, edge_metadata(e, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha.hex()))
+            for attempt in (1, 2):
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    self.rep.warn(e.path, "skipped: it is no longer a regular file")
+                    return None
+                if st.st_size <= LIT_MAX:
+                    data = os.pread(fd, LIT_MAX + 1, 0)
+                    if len(data) <= LIT_MAX:
+                        self.stats.files_lit += 1
+                        self.stats.bytes_read += len(data)
+                        meta = edge_metadata(e, len(data), st.st_mtime_ns, st.st_ctime_ns,
+                                             hashlib.sha256(data).hexdigest())
+                        return Child(e.name, lit_cap(data), meta)
+                    st = os.fstat(fd)  # grew since the fstat: upload it whole
+                sha = await self._hash(fd, st.st_size)
+                self.stats.bytes_read += st.st_size
+                cap, stored = await self._store_content(fd, st.st_size, sha, e.path)
+                after = os.fstat(fd)
+                stable = stored == sha and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+                if stable:
+                    self.cache.store(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
+                                     cap, self.gen, stored)
+                    break
+                if attempt == 1:
+                    log.info("%r changed while it was read; reading it again", e.path)
+                    continue
+                self.rep.warn(e.path, "changed while it was being read (twice); stored as last read")
+            return Child(e.name, cap, edge_metadata(e, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                                    stored.hex()))
         except OSError as err:
             self.rep.warn(e.path, f"skipped: {_why(err)}")
             return None
@@ -293,11 +320,20 @@ class Uploader:
         log.log(NOISE, "uploaded: %r (%d bytes)", path, size)
         return cap, got
 
-    async def _directory(self, e: Entry, children: list[Deferred]) -> Child | _Failed:
+    async def _directory(self, e: Entry, children: list[Deferred]) -> Child | _Failed | None:
         self.stats.dirs += 1
         results = await gatherResults(children) if children else []
         if any(r is _FAILED for r in results):
             return _FAILED
+        if e.path:
+            try:
+                st = lstat_beneath(self.source, e.path)
+            except OSError as err:
+                self.rep.warn(e.path, f"skipped: {_why(err)}")
+                return None
+            if not stat.S_ISDIR(st.st_mode):
+                self.rep.warn(e.path, "skipped: it is no longer a directory (replaced since the scan)")
+                return None
         body = dir_body(r for r in results if r is not None)
         cap = await self._mkdir(body)
         return Child(e.name, cap, edge_metadata(e))
@@ -349,16 +385,6 @@ def _sha256_fd(fd: int, size: int) -> bytes:
         h.update(chunk)
         pos += len(chunk)
     return h.digest()
-
-
-def _open_noatime(path: bytes) -> int:
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-    if _O_NOATIME:
-        try:
-            return os.open(path, flags | _O_NOATIME)
-        except PermissionError:
-            pass  # O_NOATIME needs ownership (or CAP_FOWNER); read without it
-    return os.open(path, flags)
 
 
 def _why(err: OSError) -> str:

@@ -10,7 +10,8 @@ PKG = Path(__file__).resolve().parent.parent / "lafs_backup"
 ONLY_IN = {
     "treq": {"gateway.py"},
     "sqlite3": {"cache.py"},
-    "cffi": {"acl.py", "capabilities.py"},
+    "cffi": {"posix1e.py"},
+    "xattr": {"meta.py"},
     "twisted.internet.reactor": {"cli.py"},
 }
 PURE = {"filters.py", "queue.py", "snapshot.py", "entry.py", "config.py", "errors.py"}
