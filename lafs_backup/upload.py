@@ -336,6 +336,8 @@ class Uploader:
                 return None
         body = dir_body(r for r in results if r is not None)
         cap = await self._mkdir(body)
+        if e.path:  # times as they are now, like the children's (entries may have gone since the scan)
+            return Child(e.name, cap, edge_metadata(e, None, st.st_mtime_ns, st.st_ctime_ns))
         return Child(e.name, cap, edge_metadata(e))
 
     async def _mkdir(self, body: bytes) -> str:
@@ -388,6 +390,6 @@ def _sha256_fd(fd: int, size: int) -> bytes:
 
 
 def _why(err: OSError) -> str:
-    if err.errno == errno.ENOENT:
+    if err.errno in (errno.ENOENT, errno.ENOTDIR):  # ENOTDIR: a parent was replaced by a file
         return "it vanished since the scan"
     return err.strerror or str(err)
