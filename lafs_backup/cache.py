@@ -3,9 +3,12 @@
 This is the only module that talks to sqlite.  Schema history (``meta.schema_version``):
 
 * 1: ``meta``; ``generations(gen, source, started)``; ``objects(key, cap, sha256,
-  generation)`` mapping a file-state or directory-body key to the cap the
-  gateway returned; ``backups(id, generation, cap, source, name, ts, ts_check,
-  link_dir, link_name, result_file)``.
+  generation)`` mapping a file-state, content or directory-body key to the
+  cap the gateway returned; ``backups(id, generation, cap, source, name, ts,
+  ts_check, link_dir, link_name, result_file)``.
+* 2: ``objects.enc`` (how the stored bytes are encoded: null, "lz4", "xz"),
+  ``objects.pack_offset`` and ``objects.pack_length`` (set when the content
+  is a slice of the pack named by ``cap``).
 
 Rows are written only after the gateway confirmed a cap.  Commits are
 batched (rows or seconds, whichever first) in WAL mode, so a kill loses at
@@ -22,14 +25,15 @@ from typing import Callable, Iterator
 
 from .errors import CacheError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS generations (
     gen INTEGER PRIMARY KEY, source BLOB NOT NULL, started REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS objects (
-    key BLOB PRIMARY KEY, cap TEXT NOT NULL, sha256 BLOB, generation INTEGER NOT NULL
+    key BLOB PRIMARY KEY, cap TEXT NOT NULL, sha256 BLOB, generation INTEGER NOT NULL,
+    enc TEXT, pack_offset INTEGER, pack_length INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_generation ON objects (generation);
 CREATE TABLE IF NOT EXISTS backups (
@@ -58,8 +62,13 @@ class Backup:
 
 @dataclass(frozen=True)
 class Hit:
+    """Where content lives: a cap, or a slice (offset, length) of the pack ``cap``."""
+
     cap: str
     sha256: bytes | None
+    enc: str | None = None
+    offset: int | None = None
+    length: int | None = None
 
 
 class EntryCache:
@@ -110,6 +119,9 @@ class EntryCache:
                 for stmt in _SCHEMA.strip().split(";"):
                     if stmt.strip():
                         db.execute(stmt)
+            elif version < 2:
+                for col in ("enc TEXT", "pack_offset INTEGER", "pack_length INTEGER"):
+                    db.execute(f"ALTER TABLE objects ADD COLUMN {col}")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             db.execute("COMMIT")
         except BaseException:
@@ -172,18 +184,25 @@ class EntryCache:
     # -- objects -------------------------------------------------------------
     def lookup(self, key: bytes, generation: int) -> Hit | None:
         """The cached cap for ``key``; marks it as used by ``generation``."""
-        row = self._db.execute("SELECT cap, sha256, generation FROM objects WHERE key=?", (key,)).fetchone()
+        row = self._db.execute(
+            "SELECT cap, sha256, generation, enc, pack_offset, pack_length FROM objects WHERE key=?",
+            (key,)).fetchone()
         if row is None:
             return None
         if row[2] != generation:
             self._db.execute("UPDATE objects SET generation=? WHERE key=?", (generation, key))
             self._wrote()
-        return Hit(row[0], row[1])
+        return Hit(row[0], row[1], row[3], row[4], row[5])
 
-    def store(self, key: bytes, cap: str, generation: int, sha256: bytes | None = None) -> None:
+    def store(self, key: bytes, cap: str, generation: int, sha256: bytes | None = None,
+              enc: str | None = None, offset: int | None = None, length: int | None = None) -> None:
         """Record a cap the gateway returned (never call it with anything else)."""
-        self._db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)", (key, cap, sha256, generation))
+        self._db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (key, cap, sha256, generation, enc, offset, length))
         self._wrote()
+
+    def store_hit(self, key: bytes, hit: Hit, generation: int) -> None:
+        self.store(key, hit.cap, generation, hit.sha256, hit.enc, hit.offset, hit.length)
 
     # -- backups -------------------------------------------------------------
     def record_backup(self, generation: int, cap: str, source: bytes, name: str, ts: float,

@@ -14,6 +14,7 @@ from typing import IO, Any
 import platformdirs
 
 from . import config as cfg
+from . import encode, ratelimit
 from .cache import Backup, EntryCache
 from .errors import ExitCode, GridError, QueueError, SnapshotError, UsageError
 from .filters import compile_from_config
@@ -25,7 +26,7 @@ from .record import append_result, link_into
 from .report import Reporter
 from .restore import Restorer
 from .scan import scan
-from .upload import Uploader
+from .upload import Settings, Uploader
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,22 @@ class Context:
             policy = cfg.RetryPolicy(attempts, policy.delays, policy.timeout)
         j = jobs or self.get("operation.jobs")
         return Gateway(url, make_http_client(self.reactor, j + 2), self.reactor, policy, j,
-                       self.get("http.debug_requests"))
+                       self.get("http.debug_requests"),
+                       limit_bytes=ratelimit.make(self.get("operation.rate_limit.bytes"),
+                                                  "operation.rate_limit.bytes", self.reactor),
+                       limit_objects=ratelimit.make(self.get("operation.rate_limit.objects"),
+                                                    "operation.rate_limit.objects", self.reactor))
+
+    def upload_settings(self) -> Settings:
+        return Settings(
+            window=self.get("operation.window"),
+            open_files=max(4, 2 * self.get("operation.jobs")),
+            pack_max_file_size=self.get("destination.pack.max_file_size"),
+            pack_target_size=self.get("destination.pack.target_size"),
+            encoding=encode.compile_rules(self.get("destination.encoding.method"),
+                                          self.get("destination.encoding.min_size"),
+                                          self.get("destination.encoding.path_filter")),
+        )
 
     async def url(self) -> str:
         """The gateway base URL, starting the embedded grid when none is configured."""
@@ -139,7 +155,11 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
                  reuse_queue: bool | str) -> int:
     rep = ctx.reporter
     source = _source(ctx, source_arg)
-    flt = compile_from_config(ctx.get("filter"))  # a bad rule fails before any work
+    flt = compile_from_config(ctx.get("filter"))  # bad rules fail before any work
+    settings = ctx.upload_settings()
+    for key in ("operation.rate_limit.bytes", "operation.rate_limit.objects"):
+        if ctx.get(key) is not None:
+            ratelimit.parse_spec(ctx.get(key), key)
     qpath = _queue_path(ctx, source, queue_only if isinstance(queue_only, str) else (
         reuse_queue if isinstance(reuse_queue, str) else None))
     if reuse_queue is not False:
@@ -162,8 +182,7 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
     shutdown = ctx.reactor.addSystemEventTrigger("before", "shutdown", cache.close)
     try:
         gen = cache.begin_generation(source)
-        uploader = Uploader(source, gw, cache, gen, rep, ctx.get("operation.window"),
-                            max(4, 2 * ctx.get("operation.jobs")), ctx.reactor)
+        uploader = Uploader(source, gw, cache, gen, rep, settings, ctx.reactor)
         with QueueReader(qpath, expect_source=source) as reader:
             snap = await uploader.run(reader)
         ts = time.time()
@@ -235,7 +254,7 @@ async def restore(ctx: Context, ref: str, paths: list[str], target: str, owners:
     cap = await resolve_snapshot(ctx, ref)
     gw = await ctx.gateway()
     r = Restorer(gw, ctx.reporter, target, window=max(16, 4 * ctx.get("operation.jobs")),
-                 owners=owners, numeric=numeric)
+                 owners=owners, numeric=numeric, whole_packs=not paths)
     await r.run(cap, [os.fsencode(p) for p in paths])
     ctx.reporter.stats.requests = dict(gw.counts)
     ctx.reporter.finish("restore")

@@ -30,6 +30,13 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "destination.result.print_to_stdout": (bool,),
     "destination.result.append_to_file": (str, _NULL),
     "destination.result.append_to_lafs_dir": (str, _NULL),
+    "destination.pack.max_file_size": (int,),
+    "destination.pack.target_size": (int,),
+    "destination.encoding.method": (str, _NULL),
+    "destination.encoding.min_size": (int,),
+    "destination.encoding.path_filter": (list,),
+    "operation.rate_limit.bytes": (str, int, float, _NULL),
+    "operation.rate_limit.objects": (str, int, float, _NULL),
     "grid.dir": (str, _NULL),
     "grid.nodes": (int,),
     "grid.needed": (int,),
@@ -159,6 +166,11 @@ def _check_values(tree: Mapping[str, Any]) -> None:
     for rule in get(tree, "filter"):
         if not isinstance(rule, str):
             raise bad("filter", f"each rule must be a string like '+regex' or '-regex', got {rule!r}")
+    for key in ("destination.pack.max_file_size", "destination.encoding.min_size"):
+        if get(tree, key) < 0:
+            raise bad(key, "must not be negative")
+    if get(tree, "destination.pack.target_size") < 1 << 16:
+        raise bad("destination.pack.target_size", "must be at least 65536")
     if get(tree, "logging.level").lower() not in _LEVELS:
         raise bad("logging.level", f"must be one of {', '.join(_LEVELS)}")
     url = get(tree, "destination.url")

@@ -29,6 +29,7 @@ from twisted.web.http_headers import Headers
 from .config import RetryPolicy
 from .errors import GatewayError, GridError
 from .log import redact
+from .ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,15 @@ class Gateway:
     """Calls to one gateway.  ``http`` is a treq :class:`HTTPClient` (the seam for fakes)."""
 
     def __init__(self, base_url: str, http: HTTPClient, clock: IReactorTime, retry: RetryPolicy,
-                 jobs: int = 6, debug_requests: bool = False, rng: random.Random | None = None) -> None:
+                 jobs: int = 6, debug_requests: bool = False, rng: random.Random | None = None,
+                 limit_bytes: TokenBucket | None = None, limit_objects: TokenBucket | None = None) -> None:
         self.base = base_url if base_url.endswith("/") else base_url + "/"
         self._http = http
         self._clock = clock
         self._retry = retry
         self._rng = rng or random.Random()
+        self._limit_bytes = limit_bytes
+        self._limit_objects = limit_objects
         self._slots = DeferredSemaphore(jobs)
         self._debug = debug_requests
         #: Requests sent, by kind ("put", "mkdir", "get", ...), attempts included.
@@ -98,6 +102,10 @@ class Gateway:
         attempt_no = 0
         while True:
             attempt_no += 1
+            if self._limit_objects is not None:
+                await self._limit_objects.take(1)
+            if self._limit_bytes is not None and body is not None:
+                await self._limit_bytes.take(_body_size(body))
             await self._slots.acquire()
             fobj: IO[bytes] | None = None
             try:
@@ -181,6 +189,21 @@ class Gateway:
             await treq.collect(resp, sink)
         await self._request("get", "GET", self.url(cap), on_response=consume)
 
+    async def get_range(self, cap: str, offset: int, length: int) -> bytes:
+        """Bytes ``offset`` to ``offset+length`` of a file, with one Range GET.
+
+        Tahoe answers some ranges with 200 and the whole file; that is sliced.
+        """
+        if length == 0:
+            return b""
+        code, body = await self._request("get", "GET", self.url(cap), ok=(200, 206),
+                                         headers={"Range": f"bytes={offset}-{offset + length - 1}"})
+        data = body[offset:offset + length] if code == 200 else body
+        if len(data) != length:
+            raise GatewayError("GET", self._show(self.url(cap)), code, "",
+                               reason=f"range answer has {len(data)} bytes, expected {length}")
+        return bytes(data)
+
     async def link(self, dircap: str, name: str, cap: str) -> bool:
         """Link ``cap`` as ``name`` in a mutable directory without replacing; False if taken."""
         code, _ = await self._request("link", "PUT", self.url(dircap, [name]), params={"t": "uri", "replace": "false"},
@@ -209,6 +232,16 @@ class Gateway:
             raise GridError(problem=f"the gateway at {self.base} does not answer ({e.reason or e})")
         if not servers:
             raise GridError(problem=f"the gateway at {self.base} is connected to no storage server")
+
+
+def _body_size(body: bytes | Callable[[], IO[bytes]]) -> int:
+    if isinstance(body, bytes):
+        return len(body)
+    f = body()
+    try:
+        return f.seek(0, 2)
+    finally:
+        f.close()
 
 
 def _cap_from(body: bytes) -> str:

@@ -28,6 +28,7 @@ class Stats:
     bytes_read: int = 0
     bytes_uploaded: int = 0
     bytes_written: int = 0
+    packs: int = 0
     warnings: int = 0
     requests: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0

@@ -21,9 +21,11 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
 from .entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET
 from .errors import GatewayError, RestoreError, SnapshotError
+from .encode import Decoder, decode
 from .gateway import Gateway
 from .log import NOISE
 from .meta import Applier
+from .pack import PackReader, PackRef
 from .paths import open_dir_chain, proc_path
 from .report import Reporter
 from .snapshot import BadSnapshot, Node, lit_data, parse_children, parse_root, xattrs_of
@@ -65,7 +67,8 @@ class Restorer:
     """
 
     def __init__(self, gateway: Gateway, reporter: Reporter, target: str, window: int = 64,
-                 listings: int = 4, owners: bool | None = None, numeric: bool = False) -> None:
+                 listings: int = 4, owners: bool | None = None, numeric: bool = False,
+                 whole_packs: bool = True) -> None:
         self.gw = gateway
         self.rep = reporter
         self.stats = reporter.stats
@@ -81,6 +84,9 @@ class Restorer:
         self._owners = owners
         self._numeric = numeric
         self._groups: dict[str, _Group] = {}
+        # A full restore wants most of every pack: fetch each whole, once.
+        # A few paths want a few members: one Range GET each.
+        self._packs = PackReader(gateway, whole=whole_packs)
 
     async def run(self, snapshot_cap: str, paths: Sequence[bytes] = ()) -> None:
         try:
@@ -105,6 +111,7 @@ class Restorer:
                     await self._restore_leaf(node, parents)
         finally:
             os.close(self._root_fd)
+            self._packs.close()
 
     # -- navigation ---------------------------------------------------------------
     async def _find(self, tree: Node, rel: bytes) -> tuple[Node, list[bytes]]:
@@ -269,11 +276,21 @@ class Restorer:
                      dir_fd=dfd)
         try:
             sink = _SparseSink(fd)
-            data = lit_data(node.cap)
-            if data is not None:
-                sink.write(data)
+            packed = node.pack
+            data = lit_data(node.cap) if packed is None else None
+            if packed is not None:
+                stored = await self._packs.read(PackRef(*packed))
+                sink.write(decode(node.enc, stored))
+            elif data is not None:
+                sink.write(decode(node.enc, data))
             else:
-                await self.gw.download(node.cap, sink.write, sink.restart)
+                decoder: list[Decoder] = [Decoder(node.enc)]
+
+                def restart() -> None:
+                    sink.restart()
+                    decoder[0] = Decoder(node.enc)
+
+                await self.gw.download(node.cap, lambda chunk: sink.write(decoder[0].feed(chunk)), restart)
             sink.close()
             self.stats.bytes_written += sink.size
             want = node.metadata.get("sha256")

@@ -22,11 +22,16 @@ from .entry import (KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_
 
 FORMAT = 1
 TREE = "tree"
+PACKS = "packs"
 LIT_MAX = 55  # Tahoe's URI_LIT_SIZE_THRESHOLD
 
 _KIND_NAMES = {KIND_FILE: "file", KIND_DIR: "dir", KIND_LINK: "symlink", KIND_FIFO: "fifo",
                KIND_CHAR: "chardev", KIND_BLOCK: "blockdev", KIND_SOCKET: "socket"}
 _NAME_KINDS = {v: k for k, v in _KIND_NAMES.items()}
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
 def lit_cap(data: bytes) -> str:
@@ -165,13 +170,25 @@ def dir_body(children: Iterable[Child]) -> bytes:
     return canonical_json(out)
 
 
-def root_body(tree: Child) -> bytes:
-    """The snapshot root: one ``tree`` child holding the source root and its metadata."""
-    return canonical_json({TREE: ["dirnode", {"ro_uri": tree.cap, "metadata": dict(tree.metadata)}]})
+def root_body(tree: Child, packs: str | None = None) -> bytes:
+    """The snapshot root: ``tree``, the source root with its metadata, and ``packs`` if any."""
+    body: dict[str, Any] = {TREE: ["dirnode", {"ro_uri": tree.cap, "metadata": dict(tree.metadata)}]}
+    if packs is not None:
+        body[PACKS] = ["dirnode", {"ro_uri": packs}]
+    return canonical_json(body)
 
 
-def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
+def packs_body(caps: Iterable[str]) -> bytes:
+    """The directory linking every pack a snapshot uses, so one deep-check reaches them all."""
+    return canonical_json({f"pack-{i:06d}": ["filenode", {"ro_uri": cap}]
+                           for i, cap in enumerate(sorted(caps))})
+
+
+#: Where a packed file's edge points: a tiny directory whose one entry says
+#: what happened, so `tahoe cp` makes a directory there, never a file with
+#: wrong contents.  The real location is the edge's "pack" metadata.
+PACKED_MARKER_BODY = canonical_json({
+    "this-file-is-in-a-pack--restore-it-with-lafs-backup": ["filenode", {"ro_uri": "URI:LIT:"}]})
 
 
 def body_key(body: bytes) -> bytes:
@@ -204,6 +221,18 @@ class Node:
     def mode(self) -> int | None:
         m = self.metadata.get("mode")
         return m if isinstance(m, int) else None
+
+    @property
+    def enc(self) -> str | None:
+        e = self.metadata.get("enc")
+        return e if isinstance(e, str) else None
+
+    @property
+    def pack(self) -> tuple[str, int, int] | None:
+        p = self.metadata.get("pack")
+        if isinstance(p, dict) and isinstance(p.get("cap"), str):
+            return p["cap"], int(p["offset"]), int(p["length"])
+        return None
 
     @property
     def target(self) -> bytes | None:

@@ -20,15 +20,17 @@ from typing import Any, Iterable
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
-from .cache import EntryCache
+from .cache import EntryCache, Hit
+from .encode import EncodingRules, compress
 from .entry import KIND_DIR, KIND_FILE, KIND_LINK, KIND_SOCKET, Entry, kind_of
-from .paths import lstat_beneath, open_beneath
 from .errors import LafsBackupError, QueueError
 from .gateway import Gateway
 from .log import NOISE
+from .pack import Packer, PackRef
+from .paths import lstat_beneath, open_beneath
 from .report import Reporter
-from .snapshot import (LIT_MAX, Child, blob_key, body_key, dir_body, edge_metadata, file_key,
-                       lit_cap, root_body)
+from .snapshot import (LIT_MAX, PACKED_MARKER_BODY, Child, blob_key, body_key, dir_body, edge_metadata,
+                       file_key, lit_cap, packs_body, root_body)
 
 log = logging.getLogger(__name__)
 
@@ -82,24 +84,40 @@ class _Failed:
 _FAILED = _Failed()
 
 
+@dataclass(frozen=True)
+class Settings:
+    """How phase two stores files (from the configuration)."""
+
+    window: int = 4000
+    open_files: int = 12
+    pack_max_file_size: int = 1 << 20
+    pack_target_size: int = 4 << 20
+    encoding: EncodingRules = EncodingRules(None, 0)
+    tmpdir: str | None = None
+
+
 class Uploader:
     """Runs phase two for one backup of ``source`` in ``generation``."""
 
     def __init__(self, source: bytes, gateway: Gateway, cache: EntryCache, generation: int,
-                 reporter: Reporter, window: int = 4000, open_files: int = 12,
-                 reactor: Any = None) -> None:
+                 reporter: Reporter, settings: Settings = Settings(), reactor: Any = None) -> None:
         self.source = source
         self.gw = gateway
         self.cache = cache
         self.gen = generation
         self.rep = reporter
         self.stats = reporter.stats
-        self._window = DeferredSemaphore(window)
-        self._files = DeferredSemaphore(open_files)
+        self.settings = settings
+        self._window = DeferredSemaphore(settings.window)
+        self._files = DeferredSemaphore(settings.open_files)
         self._reactor = reactor
         self._uploading: dict[bytes, _Shared] = {}
+        self.packer = Packer(gateway, settings.pack_target_size, max(1, settings.window // 2))
+        #: Every pack the snapshot refers to, old ones included: linked from its root.
+        self.packs_used: set[str] = set()
+        self._marker: _Shared | str | None = None
         self.fatal: BaseException | None = None
-        #: Relative paths currently being uploaded (for progress and the manhole).
+        #: Relative paths currently being read or uploaded (for progress and the manhole).
         self.in_flight: set[bytes] = set()
 
     # -- driver ----------------------------------------------------------------
@@ -112,6 +130,8 @@ class Uploader:
         pending: dict[bytes, list[Deferred]] = {}
         root: Deferred | None = None
         for e in entries:
+            if self._window.tokens == 0:
+                self.packer.seal()  # tasks in the window may be waiting for the open pack
             await self._window.acquire()
             if self.fatal is not None:
                 self._window.release()
@@ -136,22 +156,22 @@ class Uploader:
             raise QueueError(path="(queue)", problem="it has no root directory entry")
         if self.fatal is None and pending:
             raise QueueError(path="(queue)", problem="some entries come after their directory")
+        await self.packer.flush()
         result = await root if root is not None else _FAILED
         if self.fatal is not None:
             raise self.fatal
         assert isinstance(result, Child)
-        body = root_body(result)
-        return await self._mkdir(body)
+        packs = None
+        if self.packs_used:
+            packs = await self._mkdir(packs_body(self.packs_used))
+        self.stats.packs = self.packer.packs_uploaded
+        return await self._mkdir(root_body(result, packs))
 
     def _spawn(self, coro: Any) -> Deferred:
         async def guarded() -> Any:
             try:
                 return await coro
-            except LafsBackupError as e:
-                if self.fatal is None:
-                    self.fatal = e
-                return _FAILED
-            except BaseException as e:  # a bug: keep it for the CLI's traceback
+            except BaseException as e:  # LafsBackupError: fatal; anything else: a bug, for the traceback
                 if self.fatal is None:
                     self.fatal = e
                 return _FAILED
@@ -200,9 +220,8 @@ class Uploader:
 
     async def _file(self, e: Entry) -> Child | None:
         self.stats.files += 1
-        path = e.path
         try:
-            st = lstat_beneath(self.source, path)
+            st = lstat_beneath(self.source, e.path)
         except OSError as err:
             self.rep.warn(e.path, f"skipped: {_why(err)}")
             return None
@@ -215,20 +234,39 @@ class Uploader:
             if hit is not None:
                 self.stats.files_unchanged += 1
                 log.log(NOISE, "unchanged (cache hit): %r", e.path)
-                meta = edge_metadata(e, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                     hit.sha256.hex() if hit.sha256 else None)
-                return Child(e.name, hit.cap, meta)
+                return await self._child(e, st, hit)
         await self._files.acquire()
         self.in_flight.add(e.path)
+        release = True
         try:
-            return await self._read_and_upload(e, path, key)
+            if st.st_size <= self.settings.pack_max_file_size:
+                read = self._read_small(e)
+                self.in_flight.discard(e.path)
+                self._files.release()  # never hold a slot while waiting for a pack
+                release = False
+                if read is None:
+                    return None
+                st, data = read
+                if len(data) <= LIT_MAX:
+                    self.stats.files_lit += 1
+                    meta = edge_metadata(e, len(data), st.st_mtime_ns, st.st_ctime_ns,
+                                         hashlib.sha256(data).hexdigest())
+                    return Child(e.name, lit_cap(data), meta)
+                sha = hashlib.sha256(data).digest()
+                hit = await self._content(sha, lambda: self._pack(data, sha, e.path))
+                self.cache.store_hit(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
+                                     hit, self.gen)
+                return await self._child(e, st, hit)
+            return await self._large(e)
         finally:
-            self.in_flight.discard(e.path)
-            self._files.release()
+            if release:
+                self.in_flight.discard(e.path)
+                self._files.release()
 
-    async def _read_and_upload(self, e: Entry, path: bytes, key: bytes) -> Child | None:
+    def _read_small(self, e: Entry) -> tuple[os.stat_result, bytes] | None:
+        """Read a small file whole; read it again once if it changed meanwhile."""
         try:
-            fd = open_beneath(self.source, path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = open_beneath(self.source, e.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as err:
             self.rep.warn(e.path, f"skipped: {_why(err)}")
             return None
@@ -238,87 +276,161 @@ class Uploader:
                 if not stat.S_ISREG(st.st_mode):
                     self.rep.warn(e.path, "skipped: it is no longer a regular file")
                     return None
-                if st.st_size <= LIT_MAX:
-                    data = os.pread(fd, LIT_MAX + 1, 0)
-                    if len(data) <= LIT_MAX:
-                        self.stats.files_lit += 1
-                        self.stats.bytes_read += len(data)
-                        meta = edge_metadata(e, len(data), st.st_mtime_ns, st.st_ctime_ns,
-                                             hashlib.sha256(data).hexdigest())
-                        return Child(e.name, lit_cap(data), meta)
-                    st = os.fstat(fd)  # grew since the fstat: upload it whole
-                sha = await self._hash(fd, st.st_size)
-                self.stats.bytes_read += st.st_size
-                cap, stored = await self._store_content(fd, st.st_size, sha, e.path)
+                data = _pread_all(fd, st.st_size + 1)
                 after = os.fstat(fd)
-                stable = stored == sha and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
-                if stable:
-                    self.cache.store(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
-                                     cap, self.gen, stored)
-                    break
-                if attempt == 1:
-                    log.info("%r changed while it was read; reading it again", e.path)
-                    continue
-                self.rep.warn(e.path, "changed while it was being read (twice); stored as last read")
-            return Child(e.name, cap, edge_metadata(e, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                                    stored.hex()))
+                self.stats.bytes_read += len(data)
+                if len(data) == st.st_size and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+                    return st, data
+                if attempt == 2:
+                    self.rep.warn(e.path, "changed while it was being read (twice); stored as last read")
+                    return after, data
+            raise AssertionError("unreachable")
         except OSError as err:
             self.rep.warn(e.path, f"skipped: {_why(err)}")
             return None
         finally:
             os.close(fd)
 
-    async def _hash(self, fd: int, size: int) -> bytes:
-        """SHA-256 of the file's bytes; big files are hashed in a thread (hashlib drops the GIL)."""
-        if size < (1 << 20) or self._reactor is None:
-            return _sha256_fd(fd, size)
+    async def _large(self, e: Entry) -> Child | None:
+        """A file above the pack limit: hashed, then uploaded as its own object unless known."""
+        try:
+            fd = open_beneath(self.source, e.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as err:
+            self.rep.warn(e.path, f"skipped: {_why(err)}")
+            return None
+        try:
+            for attempt in (1, 2):
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    self.rep.warn(e.path, "skipped: it is no longer a regular file")
+                    return None
+                sha = await self._in_thread(_sha256_fd, fd, st.st_size)
+                self.stats.bytes_read += st.st_size
+                hit = await self._content(sha, lambda: self._put_file(fd, st.st_size, sha, e.path))
+                after = os.fstat(fd)
+                if hit.sha256 == sha and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+                    self.cache.store_hit(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
+                                         hit, self.gen)
+                    break
+                if attempt == 1:
+                    log.info("%r changed while it was read; reading it again", e.path)
+                    continue
+                self.rep.warn(e.path, "changed while it was being read (twice); stored as last read")
+            return await self._child(e, st, hit)
+        except OSError as err:
+            self.rep.warn(e.path, f"skipped: {_why(err)}")
+            return None
+        finally:
+            os.close(fd)
+
+    async def _in_thread(self, fn: Any, *args: Any) -> Any:
+        if self._reactor is None:
+            return fn(*args)
         from twisted.internet.threads import deferToThreadPool
 
-        result: bytes = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
-                                                _sha256_fd, fd, size)
-        return result
+        return await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
 
-    async def _store_content(self, fd: int, size: int, sha: bytes, path: bytes) -> tuple[str, bytes]:
-        """The cap of content ``sha``: from the cache, from an identical upload already under
-        way in this run, or from a new upload.  Returns (cap, SHA-256 of what the cap holds)."""
+    # -- content --------------------------------------------------------------------
+    async def _content(self, sha: bytes, store: Any) -> Hit:
+        """Where content ``sha`` is stored: the cache, an identical store already under way in this
+        run, or ``store()``, a new one.  The returned Hit's sha256 is what the stored bytes hold."""
         ckey = content_key(sha)
         hit = self.cache.lookup(ckey, self.gen)
         if hit is not None:
             self.stats.files_deduplicated += 1
-            log.log(NOISE, "content already stored: %r", path)
-            return hit.cap, sha
+            return hit
         shared = self._uploading.get(ckey)
         if shared is not None:
-            cap, got = await shared.wait()
-            if got == sha:
+            got: Hit = await shared.wait()
+            if got.sha256 == sha:
                 self.stats.files_deduplicated += 1
-                return cap, sha
+                return got
         shared = _Shared()
         self._uploading[ckey] = shared
         try:
-            slices: list[FileSlice] = []
-
-            def opener() -> FileSlice:
-                sl = FileSlice(fd, size)
-                slices.append(sl)
-                return sl
-
-            cap = await self.gw.put_file(opener)
-            last = slices[-1]
-            if last.hashed_to != size:
-                raise LafsBackupError(f"an upload read {last.hashed_to} of {size} bytes")
-            got = last.sha256.digest()
-            shared.fire((cap, got))
+            hit = await store()
+            shared.fire(hit)
         except BaseException as err:
             shared.fail(err)
             raise
         finally:
             del self._uploading[ckey]
-        self.cache.store(content_key(got), cap, self.gen, got)
+        if hit.sha256 == sha:
+            self.cache.store_hit(ckey, hit, self.gen)
         self.stats.files_new += 1
+        return hit
+
+    async def _pack(self, data: bytes, sha: bytes, path: bytes) -> Hit:
+        enc = self.settings.encoding.choose(path, len(data))
+        stored = compress(enc, data) if enc else None
+        if stored is None:
+            enc, stored = None, data
+        ref: PackRef = await self.packer.add(stored)
+        self.stats.bytes_uploaded += len(stored)
+        log.log(NOISE, "packed: %r (%d bytes, stored %d)", path, len(data), len(stored))
+        return Hit(ref.cap, sha, enc, ref.offset, ref.length)
+
+    async def _put_file(self, fd: int, size: int, sha: bytes, path: bytes) -> Hit:
+        enc = self.settings.encoding.choose(path, size)
+        if enc is not None:
+            probe = os.pread(fd, 64 << 10, 0)
+            if compress(enc, probe) is None:
+                enc = None
+        if enc is not None:
+            tmp, length, got = await self._in_thread(_compress_to_temp, enc, fd, size, self.settings.tmpdir)
+            try:
+                if length >= size * 0.9:
+                    enc = None  # the probe was optimistic: store it raw
+                else:
+                    cap = await self.gw.put_file(lambda: FileSlice(tmp, length))
+                    self.stats.bytes_uploaded += length
+                    log.log(NOISE, "uploaded: %r (%d bytes, stored %d, %s)", path, size, length, enc)
+                    return Hit(cap, got, enc)
+            finally:
+                os.close(tmp)
+        slices: list[FileSlice] = []
+
+        def opener() -> FileSlice:
+            sl = FileSlice(fd, size)
+            slices.append(sl)
+            return sl
+
+        cap = await self.gw.put_file(opener)
+        last = slices[-1]
+        if last.hashed_to != size:
+            raise LafsBackupError(f"an upload read {last.hashed_to} of {size} bytes")
         self.stats.bytes_uploaded += size
         log.log(NOISE, "uploaded: %r (%d bytes)", path, size)
-        return cap, got
+        return Hit(cap, last.sha256.digest(), None)
+
+    async def _child(self, e: Entry, st: os.stat_result, hit: Hit) -> Child:
+        meta = edge_metadata(e, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                             hit.sha256.hex() if hit.sha256 else None)
+        if hit.enc:
+            meta["enc"] = hit.enc
+        if hit.offset is None:
+            return Child(e.name, hit.cap, meta)
+        self.packs_used.add(hit.cap)
+        meta["pack"] = {"cap": hit.cap, "offset": hit.offset, "length": hit.length}
+        return Child(e.name, await self._packed_marker(), meta)
+
+    async def _packed_marker(self) -> str:
+        """The cap every packed file's edge points to: a tiny directory saying how to restore it,
+        so plain Tahoe tools show a directory there instead of wrong file contents."""
+        if isinstance(self._marker, str):
+            return self._marker
+        if self._marker is None:
+            shared = self._marker = _Shared()
+            try:
+                cap = await self._mkdir(PACKED_MARKER_BODY)
+            except BaseException as err:
+                self._marker = None
+                shared.fail(err)
+                raise
+            self._marker = cap
+            shared.fire(cap)
+            return cap
+        return str(await self._marker.wait())
 
     async def _directory(self, e: Entry, children: list[Deferred]) -> Child | _Failed | None:
         self.stats.dirs += 1
@@ -375,6 +487,59 @@ class _Shared:
 def content_key(sha: bytes) -> bytes:
     """Cache key of stored content, by its plaintext SHA-256."""
     return b"content\0" + sha
+
+
+def _pread_all(fd: int, size: int) -> bytes:
+    parts = []
+    pos = 0
+    while pos < size:
+        chunk = os.pread(fd, size - pos, pos)
+        if not chunk:
+            break
+        parts.append(chunk)
+        pos += len(chunk)
+    return b"".join(parts)
+
+
+def _compress_to_temp(enc: str, fd: int, size: int, tmpdir: str | None) -> tuple[int, int, bytes]:
+    """Compress a file into an unnamed temporary file: (its fd, its length, SHA-256 of what was read)."""
+    import tempfile
+
+    from .encode import LZ4, XZ
+
+    tmp = os.open(tmpdir or tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR, 0o600)
+    h = hashlib.sha256()
+    if enc == LZ4:
+        import lz4.frame
+
+        comp: Any = lz4.frame.LZ4FrameCompressor()
+        head = comp.begin()
+    elif enc == XZ:
+        import lzma
+
+        comp = lzma.LZMACompressor(preset=6)
+        head = b""
+    else:
+        raise ValueError(enc)
+    out = 0
+
+    def emit(data: bytes) -> None:
+        nonlocal out
+        if data:
+            os.pwrite(tmp, data, out)
+            out += len(data)
+
+    emit(head)
+    pos = 0
+    while pos < size:
+        chunk = os.pread(fd, min(1 << 20, size - pos), pos)
+        if not chunk:
+            break
+        h.update(chunk)
+        emit(comp.compress(chunk))
+        pos += len(chunk)
+    emit(comp.flush())
+    return tmp, out, h.digest()
 
 
 def _sha256_fd(fd: int, size: int) -> bytes:

@@ -35,17 +35,41 @@ def uploadable_files(root: Path) -> int:
     return len(seen)
 
 
-def test_round_trip_then_unchanged_rerun_sends_nothing(lb, grid, tree, tmp_path):
+def distinct_files(root: Path, low: int, high: int) -> int:
+    """Distinct contents among regular files with low < size <= high."""
+    seen = set()
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if not os.path.islink(p) and low < os.path.getsize(p) <= high:
+                with open(p, "rb") as fh:
+                    seen.add(hashlib.sha256(fh.read()).digest())
+    return len(seen)
+
+
+@pytest.mark.parametrize("packing", [True, False], ids=["packed", "unpacked"])
+def test_round_trip_then_unchanged_rerun_sends_nothing(lb, grid, home, tree, tmp_path, packing):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("" if packing else "destination:\n  pack:\n    max_file_size: 0\n")
     before = grid.requests()
-    r = lb("backup", str(tree), check=True)
-    cap = r.out.strip()
+    r = lb("-c", str(conf), "--json", "backup", str(tree), check=True)
+    summary = json.loads(r.out.splitlines()[-1])
+    cap = summary["cap"]
     assert cap.startswith("URI:DIR2-CHK:")
     after_first = grid.requests()
-    assert after_first["put"] - before["put"] == uploadable_files(tree)
+    puts = after_first["put"] - before["put"]
+    if packing:
+        # Small files travel in packs: one PUT per pack plus one per distinct large file.
+        assert summary["packs"] >= 1
+        assert puts == summary["packs"] + distinct_files(tree, 1 << 20, 1 << 62)
+        assert puts < uploadable_files(tree) / 10
+    else:
+        assert summary["packs"] == 0
+        assert puts == uploadable_files(tree)  # one PUT per distinct content, none for LIT files
     assert after_first["mkdir"] > before["mkdir"]
 
     # Unchanged rerun: zero uploads and zero directories, same snapshot cap.
-    r2 = lb("backup", str(tree), check=True)
+    r2 = lb("-c", str(conf), "backup", str(tree), check=True)
     assert r2.out.strip() == cap
     assert grid.requests() == after_first
 
@@ -108,7 +132,8 @@ def test_kill_during_phase_two_then_resume(grid, home, tmp_path):
     make_tree(src, small=400, medium=3, large=0)
     total = uploadable_files(src)
     conf = tmp_path / "fast-commit.yaml"
-    conf.write_text("source:\n  entry_cache:\n    commit_after:\n      seconds: 0.2\noperation:\n  jobs: 2\n")
+    conf.write_text("source:\n  entry_cache:\n    commit_after:\n      seconds: 0.2\noperation:\n  jobs: 2\n"
+                    "destination:\n  pack:\n    max_file_size: 0\n")
     base = ["--url", grid.url, "-c", str(conf)]
     start = grid.requests()["put"]
     p = subprocess.Popen([sys.executable, "-m", "lafs_backup", *base, "backup", str(src)],

@@ -1,0 +1,119 @@
+"""Content encodings: which files to compress (pure rules), lz4 or xz frames, and early detection of incompressible data."""
+
+from __future__ import annotations
+
+import lzma
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import lz4.frame
+
+from .errors import ConfigError
+
+LZ4 = "lz4"
+XZ = "xz"
+METHODS = (LZ4, XZ)
+
+_PROBE = 64 << 10  # bytes compressed first to judge a file
+_WORTH = 0.9  # keep the compressed form only below this ratio
+
+
+@dataclass(frozen=True)
+class Rule:
+    compress: bool
+    min_size: int | None
+    pattern: "re.Pattern[bytes]"
+
+
+@dataclass(frozen=True)
+class EncodingRules:
+    """Decides per file whether to compress, like the original tool's xz filter.
+
+    Rules are tried in order against the '/'-rooted relative path:
+    ``'+re'`` compresses a matching file of at least ``min_size`` bytes,
+    ``'-re'`` never compresses it, ``[N, 're']`` compresses it from N bytes.
+    A path that matches no rule is compressed from ``min_size``.
+    """
+
+    method: str | None
+    min_size: int
+    rules: tuple[Rule, ...] = ()
+
+    def choose(self, relpath: bytes, size: int) -> str | None:
+        if self.method is None:
+            return None
+        subject = b"/" + relpath
+        for r in self.rules:
+            if r.pattern.search(subject):
+                if not r.compress:
+                    return None
+                return self.method if size >= (r.min_size if r.min_size is not None else self.min_size) else None
+        return self.method if size >= self.min_size else None
+
+
+def compile_rules(method: str | None, min_size: int, raw: Iterable[Any]) -> EncodingRules:
+    """Build :class:`EncodingRules`; raise :class:`ConfigError` naming a bad rule."""
+    key = "destination.encoding.path_filter"
+    if method not in (None, "none", *METHODS):
+        raise ConfigError(source="configuration", key="destination.encoding.method",
+                          problem=f"must be lz4, xz or none, not {method!r}")
+    rules = []
+    for item in raw:
+        size: int | None = None
+        text = item
+        if isinstance(item, list) and len(item) == 2 and isinstance(item[0], int) and isinstance(item[1], str):
+            size, text = item[0], "+" + item[1]
+        if not isinstance(text, str) or not text or text[0] not in "+-":
+            raise ConfigError(source="configuration", key=key,
+                              problem=f"each rule is '+regex', '-regex' or [size, 'regex'], not {item!r}")
+        try:
+            pattern = re.compile(text[1:].encode("utf-8", "surrogateescape"))
+        except re.error as e:
+            raise ConfigError(source="configuration", key=key, problem=f"invalid regex in {item!r}: {e}")
+        rules.append(Rule(text[0] == "+", size, pattern))
+    return EncodingRules(None if method in (None, "none") else method, min_size, tuple(rules))
+
+
+def _compressor(method: str) -> Callable[[bytes], bytes]:
+    if method == LZ4:
+        return lambda data: lz4.frame.compress(data, store_size=False)
+    if method == XZ:
+        return lambda data: lzma.compress(data, preset=6)
+    raise ValueError(method)
+
+
+def compress(method: str, data: bytes) -> bytes | None:
+    """The encoded bytes, or None when compressing does not pay (checked on a probe first)."""
+    fn = _compressor(method)
+    if len(data) > _PROBE and len(fn(data[:_PROBE])) > _PROBE * _WORTH:
+        return None
+    out = fn(data)
+    return out if len(out) < len(data) * _WORTH else None
+
+
+class Decoder:
+    """Streaming decoder for one encoded object."""
+
+    def __init__(self, method: str | None) -> None:
+        if method is None:
+            self._d: Any = None
+        elif method == LZ4:
+            self._d = lz4.frame.LZ4FrameDecompressor()
+        elif method == XZ:
+            self._d = lzma.LZMADecompressor()
+        else:
+            raise ValueError(f"unknown encoding {method!r}")
+
+    def feed(self, chunk: bytes) -> bytes:
+        return chunk if self._d is None else self._d.decompress(chunk)
+
+
+def decode(method: str | None, data: bytes) -> bytes:
+    if method is None:
+        return data
+    if method == LZ4:
+        return lz4.frame.decompress(data)
+    if method == XZ:
+        return lzma.decompress(data)
+    raise ValueError(f"unknown encoding {method!r}")
