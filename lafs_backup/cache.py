@@ -151,11 +151,15 @@ class EntryCache:
         self._last_commit = self._now()
 
     def close(self) -> None:
+        """Commit and close; safe to call twice (a signal's shutdown trigger, then the normal path)."""
+        if self._db is None:
+            return
         try:
             self._db.execute("COMMIT")
-        except sqlite3.OperationalError:
+        except sqlite3.Error:
             pass
         self._db.close()
+        self._db = None  # type: ignore[assignment]
 
     # -- generations ---------------------------------------------------------
     def begin_generation(self, source: bytes) -> int:

@@ -194,7 +194,10 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
         b = cache.record_backup(gen, snap, source, os.path.basename(source).decode("utf-8", "replace"),
                                 ts, link_dir, lname, result_file)
     finally:
-        ctx.reactor.removeSystemEventTrigger(shutdown)
+        try:
+            ctx.reactor.removeSystemEventTrigger(shutdown)
+        except ValueError:
+            pass  # the reactor is already shutting down (a signal): the trigger ran
         cache.close()
         lock.release()
     rep.stats.requests = dict(gw.counts)

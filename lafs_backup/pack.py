@@ -36,8 +36,12 @@ class Packer:
     near ``(uploads + 1) * target_size``.
     """
 
-    def __init__(self, gateway: Gateway, target_size: int, max_files: int, uploads: int = 2) -> None:
+    def __init__(self, gateway: Gateway, target_size: int, max_files: int, uploads: int = 2,
+                 clock: Any = None) -> None:
         self.gw = gateway
+        self._clock = clock
+        self._draining = False
+        self._soon: Any = None
         self.target = target_size
         self.max_files = max_files
         self._buf = bytearray()
@@ -51,14 +55,34 @@ class Packer:
     def open_members(self) -> int:
         return len(self._members)
 
-    def add(self, data: bytes) -> Deferred:
-        """Append ``data``; the Deferred fires with its :class:`PackRef` once the pack is stored."""
+    async def add(self, data: bytes) -> PackRef:
+        """Append ``data``; return where it is stored once its pack is uploaded."""
+        ref: PackRef = await self._append(data)
+        return ref
+
+    def _append(self, data: bytes) -> Deferred:
         d: Deferred = Deferred()
         self._members.append((d, len(self._buf), len(data)))
         self._buf += data
         if len(self._buf) >= self.target or len(self._members) >= self.max_files:
             self.seal()
+        elif self._draining and self._soon is None:
+            # No more entries are coming: whoever is still adding is the last;
+            # seal as soon as this turn of the reactor is over.
+            if self._clock is None:
+                self.seal()
+            else:
+                self._soon = self._clock.callLater(0, self._seal_soon)
         return d
+
+    def _seal_soon(self) -> None:
+        self._soon = None
+        self.seal()
+
+    def drain(self) -> None:
+        """No more entries will be read: seal now, and from now on seal whatever is added."""
+        self._draining = True
+        self.seal()
 
     def seal(self) -> None:
         """Close the open pack and start its upload (no-op when it is empty)."""
@@ -66,6 +90,7 @@ class Packer:
             return
         buf, members = bytes(self._buf), self._members
         self._buf, self._members = bytearray(), []
+        self._pending = [d for d in self._pending if not d.called]
         self._pending.append(Deferred.fromCoroutine(self._upload(buf, members)))
 
     async def _upload(self, buf: bytes, members: list[tuple[Deferred, int, int]]) -> None:
@@ -90,6 +115,33 @@ class Packer:
         pending, self._pending = self._pending, []
         if pending:
             await gatherResults(pending, consumeErrors=True)
+
+
+class Budget:
+    """A count of bytes that may be held in memory at once; :meth:`take` waits for room (FIFO)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free = size
+        self._waiters: list[tuple[int, Deferred]] = []
+
+    async def take(self, n: int) -> int:
+        """Reserve ``n`` bytes (at most the whole budget); returns what was reserved, to give back."""
+        n = min(n, self.size)
+        if self._waiters or self.free < n:
+            d: Deferred = Deferred()
+            self._waiters.append((n, d))
+            await d
+        else:
+            self.free -= n
+        return n
+
+    def give(self, n: int) -> None:
+        self.free += n
+        while self._waiters and self._waiters[0][0] <= self.free:
+            m, d = self._waiters.pop(0)
+            self.free -= m
+            d.callback(None)
 
 
 class PackReader:

@@ -26,7 +26,7 @@ from .entry import KIND_DIR, KIND_FILE, KIND_LINK, KIND_SOCKET, Entry, kind_of
 from .errors import LafsBackupError, QueueError
 from .gateway import Gateway
 from .log import NOISE
-from .pack import Packer, PackRef
+from .pack import Budget, Packer, PackRef
 from .paths import lstat_beneath, open_beneath
 from .report import Reporter
 from .snapshot import (LIT_MAX, PACKED_MARKER_BODY, Child, blob_key, body_key, dir_body, edge_metadata,
@@ -112,7 +112,9 @@ class Uploader:
         self._files = DeferredSemaphore(settings.open_files)
         self._reactor = reactor
         self._uploading: dict[bytes, _Shared] = {}
-        self.packer = Packer(gateway, settings.pack_target_size, max(1, settings.window // 2))
+        self.packer = Packer(gateway, settings.pack_target_size, max(1, settings.window // 2), clock=reactor)
+        # Small files read but not yet stored in an uploaded pack: at most this many bytes.
+        self._budget = Budget(4 * settings.pack_target_size + settings.pack_max_file_size)
         #: Every pack the snapshot refers to, old ones included: linked from its root.
         self.packs_used: set[str] = set()
         self._marker: _Shared | str | None = None
@@ -156,8 +158,9 @@ class Uploader:
             raise QueueError(path="(queue)", problem="it has no root directory entry")
         if self.fatal is None and pending:
             raise QueueError(path="(queue)", problem="some entries come after their directory")
-        await self.packer.flush()
+        self.packer.drain()
         result = await root if root is not None else _FAILED
+        await self.packer.flush()
         if self.fatal is not None:
             raise self.fatal
         assert isinstance(result, Child)
@@ -235,33 +238,53 @@ class Uploader:
                 self.stats.files_unchanged += 1
                 log.log(NOISE, "unchanged (cache hit): %r", e.path)
                 return await self._child(e, st, hit)
+        if st.st_size <= self.settings.pack_max_file_size:
+            return await self._small(e, st.st_size)
         await self._files.acquire()
         self.in_flight.add(e.path)
-        release = True
         try:
-            if st.st_size <= self.settings.pack_max_file_size:
-                read = self._read_small(e)
-                self.in_flight.discard(e.path)
-                self._files.release()  # never hold a slot while waiting for a pack
-                release = False
-                if read is None:
-                    return None
-                st, data = read
-                if len(data) <= LIT_MAX:
-                    self.stats.files_lit += 1
-                    meta = edge_metadata(e, len(data), st.st_mtime_ns, st.st_ctime_ns,
-                                         hashlib.sha256(data).hexdigest())
-                    return Child(e.name, lit_cap(data), meta)
-                sha = hashlib.sha256(data).digest()
-                hit = await self._content(sha, lambda: self._pack(data, sha, e.path))
-                self.cache.store_hit(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
-                                     hit, self.gen)
-                return await self._child(e, st, hit)
             return await self._large(e)
         finally:
-            if release:
+            self.in_flight.discard(e.path)
+            self._files.release()
+
+    async def _small(self, e: Entry, size: int) -> Child | None:
+        """A file that goes into a pack: read whole within the memory budget, then packed unless known.
+
+        Its bytes count against the budget until its pack is uploaded, or
+        until it turns out to be known content (then they are dropped).
+        """
+        hold = _Hold(self._budget, await self._budget.take(size))
+        try:
+            await self._files.acquire()
+            self.in_flight.add(e.path)
+            try:
+                read = self._read_small(e)
+            finally:
                 self.in_flight.discard(e.path)
-                self._files.release()
+                self._files.release()  # never hold a slot while waiting for a pack
+            if read is None:
+                return None
+            st, data = read
+            if len(data) <= LIT_MAX:
+                self.stats.files_lit += 1
+                meta = edge_metadata(e, len(data), st.st_mtime_ns, st.st_ctime_ns,
+                                     hashlib.sha256(data).hexdigest())
+                return Child(e.name, lit_cap(data), meta)
+            sha = hashlib.sha256(data).digest()
+            box = [data]
+            del data
+
+            def drop() -> None:
+                box.clear()
+                hold.release()
+
+            hit = await self._content(sha, lambda: self._pack(box.pop(), sha, e.path), on_wait=drop)
+            self.cache.store_hit(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
+                                 hit, self.gen)
+            return await self._child(e, st, hit)
+        finally:
+            hold.release()
 
     def _read_small(self, e: Entry) -> tuple[os.stat_result, bytes] | None:
         """Read a small file whole; read it again once if it changed meanwhile."""
@@ -331,7 +354,7 @@ class Uploader:
         return await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
 
     # -- content --------------------------------------------------------------------
-    async def _content(self, sha: bytes, store: Any) -> Hit:
+    async def _content(self, sha: bytes, store: Any, on_wait: Any = None) -> Hit:
         """Where content ``sha`` is stored: the cache, an identical store already under way in this
         run, or ``store()``, a new one.  The returned Hit's sha256 is what the stored bytes hold."""
         ckey = content_key(sha)
@@ -341,6 +364,8 @@ class Uploader:
             return hit
         shared = self._uploading.get(ckey)
         if shared is not None:
+            if on_wait is not None:
+                on_wait()  # this copy of the content is not needed: another is being stored
             got: Hit = await shared.wait()
             if got.sha256 == sha:
                 self.stats.files_deduplicated += 1
@@ -462,6 +487,19 @@ class Uploader:
         self.cache.store(key, cap, self.gen)
         self.stats.dirs_new += 1
         return cap
+
+
+class _Hold:
+    """Bytes reserved from a :class:`Budget`, given back exactly once."""
+
+    def __init__(self, budget: Budget, n: int) -> None:
+        self._budget = budget
+        self._n = n
+
+    def release(self) -> None:
+        if self._n:
+            self._budget.give(self._n)
+            self._n = 0
 
 
 class _Shared:
