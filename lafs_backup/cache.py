@@ -8,7 +8,9 @@ This is the only module that talks to sqlite.  Schema history (``meta.schema_ver
   ts_check, link_dir, link_name, result_file)``.
 * 2: ``objects.enc`` (how the stored bytes are encoded: null, "lz4", "xz"),
   ``objects.pack_offset`` and ``objects.pack_length`` (set when the content
-  is a slice of the pack named by ``cap``).
+  is a slice of the pack named by ``cap``); ``paths(key, generation)``, the
+  source paths whose content was ever read, to tell a changed file from a
+  new one.
 
 Rows are written only after the gateway confirmed a cap.  Commits are
 batched (rows or seconds, whichever first) in WAL mode, so a kill loses at
@@ -41,6 +43,7 @@ CREATE TABLE IF NOT EXISTS backups (
     source BLOB NOT NULL, name TEXT NOT NULL, ts REAL NOT NULL, ts_check REAL,
     link_dir TEXT, link_name TEXT, result_file TEXT);
 CREATE INDEX IF NOT EXISTS backups_generation ON backups (generation);
+CREATE TABLE IF NOT EXISTS paths (key BLOB PRIMARY KEY, generation INTEGER NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -122,6 +125,8 @@ class EntryCache:
             elif version < 2:
                 for col in ("enc TEXT", "pack_offset INTEGER", "pack_length INTEGER"):
                     db.execute(f"ALTER TABLE objects ADD COLUMN {col}")
+                db.execute("CREATE TABLE IF NOT EXISTS paths (key BLOB PRIMARY KEY, generation INTEGER NOT NULL) "
+                           "WITHOUT ROWID")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             db.execute("COMMIT")
         except BaseException:
@@ -207,6 +212,16 @@ class EntryCache:
 
     def store_hit(self, key: bytes, hit: Hit, generation: int) -> None:
         self.store(key, hit.cap, generation, hit.sha256, hit.enc, hit.offset, hit.length)
+
+    def saw_path(self, source: bytes, path: bytes, generation: int) -> bool:
+        """Was content ever read at ``path`` of ``source``?  Records that it now is."""
+        import hashlib
+
+        key = hashlib.sha256(source + b"\0" + path).digest()
+        seen = self._db.execute("SELECT 1 FROM paths WHERE key=?", (key,)).fetchone() is not None
+        self._db.execute("INSERT OR REPLACE INTO paths VALUES (?, ?)", (key, generation))
+        self._wrote()
+        return seen
 
     # -- backups -------------------------------------------------------------
     def record_backup(self, generation: int, cap: str, source: bytes, name: str, ts: float,

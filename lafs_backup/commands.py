@@ -9,13 +9,14 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Iterable, Iterator
 
 import platformdirs
 
 from . import config as cfg
 from . import encode, ratelimit
 from .cache import Backup, EntryCache
+from .entry import Entry
 from .errors import ExitCode, GridError, QueueError, SnapshotError, UsageError
 from .filters import compile_from_config
 from .gateway import Gateway, make_http_client
@@ -23,7 +24,7 @@ from .grid import GridSpec, LocalGrid, wait_connected
 from .lock import CacheLock
 from .queue import QueueReader, write_queue
 from .record import append_result, link_into
-from .report import Reporter
+from .report import Progress, Reporter
 from .restore import Restorer
 from .scan import scan
 from .upload import Settings, Uploader
@@ -162,11 +163,15 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
             ratelimit.parse_spec(ctx.get(key), key)
     qpath = _queue_path(ctx, source, queue_only if isinstance(queue_only, str) else (
         reuse_queue if isinstance(reuse_queue, str) else None))
+    totals = [0, 0]  # entries, bytes of regular files
     if reuse_queue is not False:
-        QueueReader(qpath, expect_source=source).close()  # refuse a bad queue up front
+        with QueueReader(qpath, expect_source=source) as r:  # refuse a bad queue up front
+            for e in r:
+                totals[0] += 1
+                totals[1] += e.size if e.kind == "f" else 0
     else:
         t0 = time.monotonic()
-        n = write_queue(qpath, source, scan(source, flt, rep.warn, rep.note_once))
+        n = write_queue(qpath, source, _count(scan(source, flt, rep.warn, rep.note_once), totals))
         log.info("phase one: %d entries in %.2fs", n, time.monotonic() - t0)
         if queue_only is not False:
             rep.info(f"queue: {n} entries written to {qpath}")
@@ -183,8 +188,13 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
     try:
         gen = cache.begin_generation(source)
         uploader = Uploader(source, gw, cache, gen, rep, settings, ctx.reactor)
-        with QueueReader(qpath, expect_source=source) as reader:
-            snap = await uploader.run(reader)
+        progress = Progress(rep, ctx.reactor, totals[0], totals[1])
+        progress.start()
+        try:
+            with QueueReader(qpath, expect_source=source) as reader:
+                snap = await uploader.run(reader)
+        finally:
+            progress.stop()
         ts = time.time()
         link_dir = ctx.get("destination.result.append_to_lafs_dir")
         lname = await link_into(gw, link_dir, source, ts, snap) if link_dir else None
@@ -205,6 +215,15 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
         print(snap, file=ctx.out, flush=True)
     rep.finish("backup", {"cap": snap, "generation": b.generation} if rep.json_mode else None)
     return ExitCode.PARTIAL if rep.stats.warnings else ExitCode.OK
+
+
+def _count(entries: Iterable[Entry], totals: list[int]) -> Iterator[Entry]:
+    """Pass entries through, counting them and their bytes (for progress and ETA)."""
+    for e in entries:
+        totals[0] += 1
+        if e.kind == "f":
+            totals[1] += e.size
+        yield e
 
 
 # -- list ---------------------------------------------------------------------------

@@ -15,18 +15,24 @@ class Stats:
     """Counters of one run (a backup or a restore)."""
 
     entries_scanned: int = 0
+    entries_done: int = 0
     files: int = 0
     files_new: int = 0
+    files_changed: int = 0
     files_unchanged: int = 0
-    files_lit: int = 0
+    files_uploaded: int = 0
     files_deduplicated: int = 0
+    files_lit: int = 0
     dirs: int = 0
     dirs_new: int = 0
     dirs_unchanged: int = 0
     symlinks: int = 0
     specials: int = 0
+    bytes_done: int = 0
     bytes_read: int = 0
     bytes_uploaded: int = 0
+    bytes_deduplicated: int = 0
+    bytes_compression_saved: int = 0
     bytes_written: int = 0
     packs: int = 0
     warnings: int = 0
@@ -103,11 +109,15 @@ class Reporter:
             s = self.stats
             lines = [f"{kind} finished in {s.seconds:.1f}s"]
             if kind == "backup":
-                lines.append(f"  files: {s.files} ({s.files_new} uploaded, {s.files_unchanged} unchanged, "
-                             f"{s.files_deduplicated} deduplicated, {s.files_lit} stored inline)")
+                lines.append(f"  files: {s.files} ({s.files_new} new, {s.files_changed} changed, "
+                             f"{s.files_unchanged} unchanged)")
+                lines.append(f"  contents: {s.files_uploaded} stored, {s.files_deduplicated} already stored "
+                             f"(deduplicated), {s.files_lit} inline; {s.packs} packs uploaded")
                 lines.append(f"  directories: {s.dirs} ({s.dirs_new} created, {s.dirs_unchanged} unchanged); "
                              f"symlinks: {s.symlinks}; special files: {s.specials}")
-                lines.append(f"  bytes read: {s.bytes_read}, uploaded: {s.bytes_uploaded}")
+                lines.append(f"  bytes read: {_size(s.bytes_read)}, uploaded: {_size(s.bytes_uploaded)}; saved by "
+                             f"deduplication: {_size(s.bytes_deduplicated)}, by compression: "
+                             f"{_size(s.bytes_compression_saved)}")
             elif kind == "restore":
                 lines.append(f"  files: {s.files}, directories: {s.dirs}, symlinks: {s.symlinks}, "
                              f"special files: {s.specials}, bytes written: {s.bytes_written}")
@@ -117,7 +127,90 @@ class Reporter:
         return summary
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
 def _printable(text: str) -> str:
     """A path made safe for one terminal line (no raw control characters)."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").encode(
         "unicode_escape").decode("ascii") if not text.isprintable() else text
+
+
+class Progress:
+    """Live progress of phase two.
+
+    On a terminal: a bar on stderr (tqdm) with bytes, rate and ETA, and the
+    counts of entries, new, unchanged and deduplicated files.  With
+    ``--json``: a progress line on stdout every ``interval`` seconds.
+    Otherwise nothing at all.  Driven by a LoopingCall on the injected clock.
+    """
+
+    def __init__(self, reporter: Reporter, clock: Any, total_entries: int, total_bytes: int,
+                 interval: float = 0.5) -> None:
+        self.rep = reporter
+        self.clock = clock
+        self.total_entries = total_entries
+        self.total_bytes = total_bytes
+        self.interval = interval if not reporter.json_mode else max(interval, 1.0)
+        self._bar: Any = None
+        self._loop: Any = None
+        self._shown = 0
+        self._t0 = clock.seconds()
+
+    @property
+    def enabled(self) -> bool:
+        return self.rep.json_mode or _isatty(self.rep.err)
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        from twisted.internet.task import LoopingCall
+
+        if not self.rep.json_mode:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+                             file=self.rep.err, leave=False, desc="backup")
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False)
+
+    def tick(self) -> None:
+        s = self.rep.stats
+        if self._bar is not None:
+            self._bar.update(max(0, s.bytes_done - self._shown))
+            self._shown = s.bytes_done
+            self._bar.set_postfix_str(
+                f"entries {s.entries_done}/{self.total_entries}, stored {s.files_uploaded}, "
+                f"unchanged {s.files_unchanged}, dedup {s.files_deduplicated}", refresh=True)
+        else:
+            elapsed = max(1e-9, self.clock.seconds() - self._t0)
+            rate = s.bytes_done / elapsed
+            left = max(0, self.total_bytes - s.bytes_done)
+            self.rep._json({
+                "type": "progress", "entries_done": s.entries_done, "entries_total": self.total_entries,
+                "bytes_done": s.bytes_done, "bytes_total": self.total_bytes,
+                "bytes_uploaded": s.bytes_uploaded, "files_new": s.files_new, "files_changed": s.files_changed,
+                "files_unchanged": s.files_unchanged, "files_deduplicated": s.files_deduplicated,
+                "rate_bytes_per_second": round(rate), "eta_seconds": round(left / rate, 1) if rate else None,
+            })
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+

@@ -277,7 +277,8 @@ class Restorer:
         try:
             sink = _SparseSink(fd)
             packed = node.pack
-            data = lit_data(node.cap) if packed is None else None
+            source = node.object or node.cap
+            data = lit_data(source) if packed is None else None
             if packed is not None:
                 stored = await self._packs.read(PackRef(*packed))
                 sink.write(decode(node.enc, stored))
@@ -290,7 +291,7 @@ class Restorer:
                     sink.restart()
                     decoder[0] = Decoder(node.enc)
 
-                await self.gw.download(node.cap, lambda chunk: sink.write(decoder[0].feed(chunk)), restart)
+                await self.gw.download(source, lambda chunk: sink.write(decoder[0].feed(chunk)), restart)
             sink.close()
             self.stats.bytes_written += sink.size
             want = node.metadata.get("sha256")

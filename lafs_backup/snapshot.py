@@ -22,7 +22,7 @@ from .entry import (KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_
 
 FORMAT = 1
 TREE = "tree"
-PACKS = "packs"
+OBJECTS = "objects"
 LIT_MAX = 55  # Tahoe's URI_LIT_SIZE_THRESHOLD
 
 _KIND_NAMES = {KIND_FILE: "file", KIND_DIR: "dir", KIND_LINK: "symlink", KIND_FIFO: "fifo",
@@ -170,23 +170,25 @@ def dir_body(children: Iterable[Child]) -> bytes:
     return canonical_json(out)
 
 
-def root_body(tree: Child, packs: str | None = None) -> bytes:
-    """The snapshot root: ``tree``, the source root with its metadata, and ``packs`` if any."""
+def root_body(tree: Child, objects: str | None = None) -> bytes:
+    """The snapshot root: ``tree``, the source root with its metadata, and ``objects`` if any."""
     body: dict[str, Any] = {TREE: ["dirnode", {"ro_uri": tree.cap, "metadata": dict(tree.metadata)}]}
-    if packs is not None:
-        body[PACKS] = ["dirnode", {"ro_uri": packs}]
+    if objects is not None:
+        body[OBJECTS] = ["dirnode", {"ro_uri": objects}]
     return canonical_json(body)
 
 
-def packs_body(caps: Iterable[str]) -> bytes:
-    """The directory linking every pack a snapshot uses, so one deep-check reaches them all."""
-    return canonical_json({f"pack-{i:06d}": ["filenode", {"ro_uri": cap}]
+def objects_body(caps: Iterable[str]) -> bytes:
+    """The directory linking every pack and encoded object a snapshot uses (edges refer to them
+    only from their metadata), so one deep-check with add-lease reaches them all."""
+    return canonical_json({f"object-{i:06d}": ["filenode", {"ro_uri": cap}]
                            for i, cap in enumerate(sorted(caps))})
 
 
-#: Where a packed file's edge points: a tiny directory whose one entry says
-#: what happened, so `tahoe cp` makes a directory there, never a file with
-#: wrong contents.  The real location is the edge's "pack" metadata.
+#: Where the edge of a packed or encoded file points: a tiny directory whose
+#: one entry says what happened, so `tahoe cp` makes a directory there, never
+#: a file with wrong contents.  The real location is the edge's "pack" or
+#: "object" metadata.
 PACKED_MARKER_BODY = canonical_json({
     "this-file-is-in-a-pack--restore-it-with-lafs-backup": ["filenode", {"ro_uri": "URI:LIT:"}]})
 
@@ -196,9 +198,19 @@ def body_key(body: bytes) -> bytes:
     return hashlib.sha256(b"dir\0" + body).digest()
 
 
-def file_key(path: bytes, size: int, mtime_ns: int, ctime_ns: int, ino: int) -> bytes:
-    """Cache key of a file's state: trusted to mean unchanged content."""
-    return hashlib.sha256(b"file\0%s\0%d:%d:%d:%d" % (path, size, mtime_ns, ctime_ns, ino)).digest()
+def file_key(path: bytes, size: int, mtime_ns: int, ctime_ns: int, ino: int, plain: bool = False) -> bytes:
+    """Cache key of a file's state: trusted to mean unchanged content.
+
+    ``plain`` keys (no packing, no encoding) are separate, so switching
+    packing off never reuses a packed or compressed copy.
+    """
+    tag = b"plainfile" if plain else b"file"
+    return hashlib.sha256(b"%s\0%s\0%d:%d:%d:%d" % (tag, path, size, mtime_ns, ctime_ns, ino)).digest()
+
+
+def content_key(sha: bytes, plain: bool = False) -> bytes:
+    """Cache key of stored content, by its plaintext SHA-256 (``plain``: stored as is, alone)."""
+    return (b"plain\0" if plain else b"content\0") + sha
 
 
 def blob_key(data: bytes) -> bytes:
@@ -226,6 +238,12 @@ class Node:
     def enc(self) -> str | None:
         e = self.metadata.get("enc")
         return e if isinstance(e, str) else None
+
+    @property
+    def object(self) -> str | None:
+        """The cap of an encoded (e.g. compressed) file stored on its own."""
+        o = self.metadata.get("object")
+        return o if isinstance(o, str) else None
 
     @property
     def pack(self) -> tuple[str, int, int] | None:

@@ -30,7 +30,7 @@ from .pack import Budget, Packer, PackRef
 from .paths import lstat_beneath, open_beneath
 from .report import Reporter
 from .snapshot import (LIT_MAX, PACKED_MARKER_BODY, Child, blob_key, body_key, dir_body, edge_metadata,
-                       file_key, lit_cap, packs_body, root_body)
+                       content_key, file_key, lit_cap, objects_body, root_body)
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,9 @@ class Uploader:
         self.packer = Packer(gateway, settings.pack_target_size, max(1, settings.window // 2), clock=reactor)
         # Small files read but not yet stored in an uploaded pack: at most this many bytes.
         self._budget = Budget(4 * settings.pack_target_size + settings.pack_max_file_size)
-        #: Every pack the snapshot refers to, old ones included: linked from its root.
-        self.packs_used: set[str] = set()
+        #: Every pack and encoded object the snapshot refers to, old ones included: linked from its root.
+        self.objects_used: set[str] = set()
+        self._plain = settings.pack_max_file_size == 0
         self._marker: _Shared | str | None = None
         self.fatal: BaseException | None = None
         #: Relative paths currently being read or uploaded (for progress and the manhole).
@@ -164,11 +165,11 @@ class Uploader:
         if self.fatal is not None:
             raise self.fatal
         assert isinstance(result, Child)
-        packs = None
-        if self.packs_used:
-            packs = await self._mkdir(packs_body(self.packs_used))
+        objects = None
+        if self.objects_used:
+            objects = await self._mkdir(objects_body(self.objects_used))
         self.stats.packs = self.packer.packs_uploaded
-        return await self._mkdir(root_body(result, packs))
+        return await self._mkdir(root_body(result, objects))
 
     def _spawn(self, coro: Any) -> Deferred:
         async def guarded() -> Any:
@@ -179,6 +180,7 @@ class Uploader:
                     self.fatal = e
                 return _FAILED
             finally:
+                self.stats.entries_done += 1
                 self._window.release()
         return Deferred.fromCoroutine(guarded())
 
@@ -224,6 +226,12 @@ class Uploader:
     async def _file(self, e: Entry) -> Child | None:
         self.stats.files += 1
         try:
+            return await self._file_inner(e)
+        finally:
+            self.stats.bytes_done += e.size
+
+    async def _file_inner(self, e: Entry) -> Child | None:
+        try:
             st = lstat_beneath(self.source, e.path)
         except OSError as err:
             self.rep.warn(e.path, f"skipped: {_why(err)}")
@@ -231,13 +239,17 @@ class Uploader:
         if not stat.S_ISREG(st.st_mode):
             self.rep.warn(e.path, "skipped: it is no longer a regular file")
             return None
-        key = file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        key = file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, self._plain)
         if st.st_size > LIT_MAX:
             hit = self.cache.lookup(key, self.gen)
             if hit is not None:
                 self.stats.files_unchanged += 1
                 log.log(NOISE, "unchanged (cache hit): %r", e.path)
                 return await self._child(e, st, hit)
+        if self.cache.saw_path(self.source, e.path, self.gen):
+            self.stats.files_changed += 1
+        else:
+            self.stats.files_new += 1
         if st.st_size <= self.settings.pack_max_file_size:
             return await self._small(e, st.st_size)
         await self._files.acquire()
@@ -279,8 +291,8 @@ class Uploader:
                 box.clear()
                 hold.release()
 
-            hit = await self._content(sha, lambda: self._pack(box.pop(), sha, e.path), on_wait=drop)
-            self.cache.store_hit(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
+            hit = await self._content(sha, len(box[0]), lambda: self._pack(box.pop(), sha, e.path), on_wait=drop)
+            self.cache.store_hit(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, self._plain),
                                  hit, self.gen)
             return await self._child(e, st, hit)
         finally:
@@ -329,10 +341,10 @@ class Uploader:
                     return None
                 sha = await self._in_thread(_sha256_fd, fd, st.st_size)
                 self.stats.bytes_read += st.st_size
-                hit = await self._content(sha, lambda: self._put_file(fd, st.st_size, sha, e.path))
+                hit = await self._content(sha, st.st_size, lambda: self._put_file(fd, st.st_size, sha, e.path))
                 after = os.fstat(fd)
                 if hit.sha256 == sha and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
-                    self.cache.store_hit(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
+                    self.cache.store_hit(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, self._plain),
                                          hit, self.gen)
                     break
                 if attempt == 1:
@@ -354,13 +366,14 @@ class Uploader:
         return await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
 
     # -- content --------------------------------------------------------------------
-    async def _content(self, sha: bytes, store: Any, on_wait: Any = None) -> Hit:
+    async def _content(self, sha: bytes, size: int, store: Any, on_wait: Any = None) -> Hit:
         """Where content ``sha`` is stored: the cache, an identical store already under way in this
         run, or ``store()``, a new one.  The returned Hit's sha256 is what the stored bytes hold."""
-        ckey = content_key(sha)
+        ckey = content_key(sha, self._plain)
         hit = self.cache.lookup(ckey, self.gen)
         if hit is not None:
             self.stats.files_deduplicated += 1
+            self.stats.bytes_deduplicated += size
             return hit
         shared = self._uploading.get(ckey)
         if shared is not None:
@@ -369,6 +382,7 @@ class Uploader:
             got: Hit = await shared.wait()
             if got.sha256 == sha:
                 self.stats.files_deduplicated += 1
+                self.stats.bytes_deduplicated += size
                 return got
         shared = _Shared()
         self._uploading[ckey] = shared
@@ -382,7 +396,7 @@ class Uploader:
             del self._uploading[ckey]
         if hit.sha256 == sha:
             self.cache.store_hit(ckey, hit, self.gen)
-        self.stats.files_new += 1
+        self.stats.files_uploaded += 1
         return hit
 
     async def _pack(self, data: bytes, sha: bytes, path: bytes) -> Hit:
@@ -392,11 +406,12 @@ class Uploader:
             enc, stored = None, data
         ref: PackRef = await self.packer.add(stored)
         self.stats.bytes_uploaded += len(stored)
+        self.stats.bytes_compression_saved += len(data) - len(stored)
         log.log(NOISE, "packed: %r (%d bytes, stored %d)", path, len(data), len(stored))
         return Hit(ref.cap, sha, enc, ref.offset, ref.length)
 
     async def _put_file(self, fd: int, size: int, sha: bytes, path: bytes) -> Hit:
-        enc = self.settings.encoding.choose(path, size)
+        enc = None if self._plain else self.settings.encoding.choose(path, size)
         if enc is not None:
             probe = os.pread(fd, 64 << 10, 0)
             if compress(enc, probe) is None:
@@ -409,6 +424,7 @@ class Uploader:
                 else:
                     cap = await self.gw.put_file(lambda: FileSlice(tmp, length))
                     self.stats.bytes_uploaded += length
+                    self.stats.bytes_compression_saved += size - length
                     log.log(NOISE, "uploaded: %r (%d bytes, stored %d, %s)", path, size, length, enc)
                     return Hit(cap, got, enc)
             finally:
@@ -433,10 +449,13 @@ class Uploader:
                              hit.sha256.hex() if hit.sha256 else None)
         if hit.enc:
             meta["enc"] = hit.enc
-        if hit.offset is None:
-            return Child(e.name, hit.cap, meta)
-        self.packs_used.add(hit.cap)
-        meta["pack"] = {"cap": hit.cap, "offset": hit.offset, "length": hit.length}
+        if hit.offset is not None:
+            meta["pack"] = {"cap": hit.cap, "offset": hit.offset, "length": hit.length}
+        elif hit.enc:
+            meta["object"] = hit.cap
+        else:
+            return Child(e.name, hit.cap, meta)  # a plain filenode: exactly the file's bytes
+        self.objects_used.add(hit.cap)
         return Child(e.name, await self._packed_marker(), meta)
 
     async def _packed_marker(self) -> str:
@@ -520,11 +539,6 @@ class _Shared:
     def fail(self, err: BaseException) -> None:
         for d in self._waiters:
             d.errback(err)
-
-
-def content_key(sha: bytes) -> bytes:
-    """Cache key of stored content, by its plaintext SHA-256."""
-    return b"content\0" + sha
 
 
 def _pread_all(fd: int, size: int) -> bytes:
