@@ -213,15 +213,20 @@ class EntryCache:
     def store_hit(self, key: bytes, hit: Hit, generation: int) -> None:
         self.store(key, hit.cap, generation, hit.sha256, hit.enc, hit.offset, hit.length)
 
-    def saw_path(self, source: bytes, path: bytes, generation: int) -> bool:
-        """Was content ever read at ``path`` of ``source``?  Records that it now is."""
+    @staticmethod
+    def _path_key(source: bytes, path: bytes) -> bytes:
         import hashlib
 
-        key = hashlib.sha256(source + b"\0" + path).digest()
-        seen = self._db.execute("SELECT 1 FROM paths WHERE key=?", (key,)).fetchone() is not None
-        self._db.execute("INSERT OR REPLACE INTO paths VALUES (?, ?)", (key, generation))
+        return hashlib.sha256(source + b"\0" + path).digest()
+
+    def saw_path(self, source: bytes, path: bytes) -> bool:
+        """Was content at ``path`` of ``source`` stored before (so a file there now is 'changed')?"""
+        return self._db.execute("SELECT 1 FROM paths WHERE key=?",
+                                (self._path_key(source, path),)).fetchone() is not None
+
+    def record_path(self, source: bytes, path: bytes, generation: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO paths VALUES (?, ?)", (self._path_key(source, path), generation))
         self._wrote()
-        return seen
 
     # -- backups -------------------------------------------------------------
     def record_backup(self, generation: int, cap: str, source: bytes, name: str, ts: float,

@@ -99,7 +99,17 @@ class GatewayError(GridError):
         self.reason = redact(reason) or tahoe_exception_name(self.body)
         what = f"HTTP {status}" if status is not None else "no response"
         detail = f": {self.reason}" if self.reason else ""
-        super().__init__(f"{method} {self.url} failed with {what}{detail}")
+        hint = ""
+        if self.unhappy:
+            hint = (" (not enough storage servers took the shares.  If they are all up, an earlier"
+                    " interrupted upload of the same content may still hold its shares as 'incoming':"
+                    " Tahoe releases them within 30 minutes, or when the gateway restarts)")
+        super().__init__(f"{method} {self.url} failed with {what}{detail}{hint}")
+
+    @property
+    def unhappy(self) -> bool:
+        """Did the grid refuse the upload for lack of servers (UploadUnhappinessError)?"""
+        return self.status == 500 and "UploadUnhappinessError" in self.reason
 
 
 class SnapshotError(LafsBackupError):

@@ -87,7 +87,8 @@ class Gateway:
                        body: bytes | Callable[[], IO[bytes]] | None = None,
                        headers: Mapping[str, str] | None = None,
                        ok: Sequence[int] = (200,),
-                       on_response: Callable[[Any], Awaitable[Any]] | None = None) -> tuple[int, Any]:
+                       on_response: Callable[[Any], Awaitable[Any]] | None = None,
+                       retry_unhappy: bool = True) -> tuple[int, Any]:
         """Send a request with retries; return (status, result).
 
         ``body`` is bytes or a callable that opens a fresh file object for
@@ -136,7 +137,7 @@ class Gateway:
                 error: GatewayError | None = None
                 if code not in ok:
                     error = GatewayError(method, self._show(url), code, result)
-                    if code < 500:
+                    if code < 500 or (not retry_unhappy and error.unhappy):
                         raise error
             except _RETRYABLE_EXC as e:
                 reason = "timed out" if isinstance(e, (CancelledError, TxTimeoutError)) else (
@@ -161,8 +162,10 @@ class Gateway:
         _, body = await self._request("put", "PUT", self.url(), body=opener)
         return _cap_from(body)
 
-    async def put_bytes(self, data: bytes) -> str:
-        _, body = await self._request("put", "PUT", self.url(), body=data)
+    async def put_bytes(self, data: bytes, retry_unhappy: bool = True) -> str:
+        """Upload bytes as an immutable file.  ``retry_unhappy=False`` raises at once on
+        UploadUnhappinessError, for callers that can change the bytes instead."""
+        _, body = await self._request("put", "PUT", self.url(), body=data, retry_unhappy=retry_unhappy)
         return _cap_from(body)
 
     async def mkdir_immutable(self, body: bytes) -> str:

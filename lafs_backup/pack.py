@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
+from .errors import GatewayError
 from .gateway import Gateway
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,10 @@ class Packer:
     near ``(uploads + 1) * target_size``.
     """
 
-    def __init__(self, gateway: Gateway, target_size: int, max_files: int, uploads: int = 2,
-                 clock: Any = None) -> None:
+    def __init__(self, gateway: Gateway, target_size: int, max_files: int, uploads: int = 2) -> None:
         self.gw = gateway
-        self._clock = clock
         self._draining = False
-        self._soon: Any = None
+        self.expecting = 0
         self.target = target_size
         self.max_files = max_files
         self._buf = bytearray()
@@ -55,34 +54,34 @@ class Packer:
     def open_members(self) -> int:
         return len(self._members)
 
-    async def add(self, data: bytes) -> PackRef:
-        """Append ``data``; return where it is stored once its pack is uploaded."""
-        ref: PackRef = await self._append(data)
-        return ref
-
-    def _append(self, data: bytes) -> Deferred:
+    def add(self, data: bytes) -> Deferred:
+        """Append ``data`` now; the Deferred fires with its :class:`PackRef` once its pack is uploaded."""
         d: Deferred = Deferred()
         self._members.append((d, len(self._buf), len(data)))
         self._buf += data
         if len(self._buf) >= self.target or len(self._members) >= self.max_files:
             self.seal()
-        elif self._draining and self._soon is None:
-            # No more entries are coming: whoever is still adding is the last;
-            # seal as soon as this turn of the reactor is over.
-            if self._clock is None:
-                self.seal()
-            else:
-                self._soon = self._clock.callLater(0, self._seal_soon)
+        else:
+            self._maybe_last()
         return d
 
-    def _seal_soon(self) -> None:
-        self._soon = None
-        self.seal()
+    def expect(self) -> None:
+        """A member is on its way (being read); the pack is not sealed for lack of members meanwhile."""
+        self.expecting += 1
+
+    def expected(self) -> None:
+        """That member was appended, or turned out not to be needed."""
+        self.expecting -= 1
+        self._maybe_last()
+
+    def _maybe_last(self) -> None:
+        if self._draining and self.expecting == 0:
+            self.seal()  # no more entries, nobody else reading: nothing more will come
 
     def drain(self) -> None:
-        """No more entries will be read: seal now, and from now on seal whatever is added."""
+        """No more entries will be read: seal once the members still being read are in."""
         self._draining = True
-        self.seal()
+        self._maybe_last()
 
     def seal(self) -> None:
         """Close the open pack and start its upload (no-op when it is empty)."""
@@ -96,7 +95,7 @@ class Packer:
     async def _upload(self, buf: bytes, members: list[tuple[Deferred, int, int]]) -> None:
         await self._slots.acquire()
         try:
-            cap = await self.gw.put_bytes(buf)
+            cap = await self._put(buf)
         except BaseException as e:
             for d, _, _ in members:
                 d.errback(e)
@@ -109,6 +108,19 @@ class Packer:
         for d, off, length in members:
             d.callback(PackRef(cap, off, length))
 
+    async def _put(self, buf: bytes) -> str:
+        """Upload a pack.  If the grid refuses it as unhappy, upload it again with a salt after
+        the last member: the bytes differ, so does the storage index, and shares of an
+        interrupted earlier upload of the same pack (left "incoming" on a server) are not in
+        the way.  Members are addressed by offset, so the salt changes nothing for them."""
+        try:
+            return await self.gw.put_bytes(buf, retry_unhappy=False)
+        except GatewayError as e:
+            if not e.unhappy:
+                raise
+            log.info("pack upload was unhappy; uploading it again with a salt")
+        return await self.gw.put_bytes(buf + b"\0lafs-backup-salt:" + os.urandom(16))
+
     async def flush(self) -> None:
         """Seal the open pack and wait for every upload."""
         self.seal()
@@ -118,11 +130,16 @@ class Packer:
 
 
 class Budget:
-    """A count of bytes that may be held in memory at once; :meth:`take` waits for room (FIFO)."""
+    """A count of bytes that may be held in memory at once; :meth:`take` waits for room (FIFO).
 
-    def __init__(self, size: int) -> None:
+    ``starved`` is called whenever a taker has to wait (the packer seals its
+    open pack then, so the memory it holds is freed once it is uploaded).
+    """
+
+    def __init__(self, size: int, starved: Any = None) -> None:
         self.size = size
         self.free = size
+        self._starved = starved
         self._waiters: list[tuple[int, Deferred]] = []
 
     async def take(self, n: int) -> int:
@@ -131,6 +148,8 @@ class Budget:
         if self._waiters or self.free < n:
             d: Deferred = Deferred()
             self._waiters.append((n, d))
+            if self._starved is not None:
+                self._starved()
             await d
         else:
             self.free -= n

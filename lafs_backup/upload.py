@@ -82,6 +82,8 @@ class _Failed:
 
 
 _FAILED = _Failed()
+_SLOW = object()  # "not settled from the cache: start a task"
+
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,9 @@ class Uploader:
         self._files = DeferredSemaphore(settings.open_files)
         self._reactor = reactor
         self._uploading: dict[bytes, _Shared] = {}
-        self.packer = Packer(gateway, settings.pack_target_size, max(1, settings.window // 2), clock=reactor)
+        self.packer = Packer(gateway, settings.pack_target_size, max(1, settings.window // 2))
         # Small files read but not yet stored in an uploaded pack: at most this many bytes.
-        self._budget = Budget(4 * settings.pack_target_size + settings.pack_max_file_size)
+        self._budget = Budget(4 * settings.pack_target_size + settings.pack_max_file_size, self.packer.seal)
         #: Every pack and encoded object the snapshot refers to, old ones included: linked from its root.
         self.objects_used: set[str] = set()
         self._plain = settings.pack_max_file_size == 0
@@ -130,37 +132,41 @@ class Uploader:
         Raises the first fatal error (gateway failure, bad queue).  Per-entry
         problems are warnings on the reporter.
         """
-        pending: dict[bytes, list[Deferred]] = {}
-        root: Deferred | None = None
+        # Each entry's result is a value when it could be settled at once
+        # (unchanged, from the cache: an unchanged rerun never leaves this
+        # loop), or a Deferred for the task that uploads it.
+        pending: dict[bytes, list[Any]] = {}
+        root: Any = None
+        have_root = False
         for e in entries:
-            if self._window.tokens == 0:
-                self.packer.seal()  # tasks in the window may be waiting for the open pack
-            await self._window.acquire()
             if self.fatal is not None:
-                self._window.release()
                 break
-            if root is not None:
+            if have_root:
                 raise QueueError(path="(queue)", problem="entries after the root")
             self.stats.entries_scanned += 1
             if e.kind == KIND_DIR:
                 children = pending.pop(e.path, [])
-                d = self._spawn(self._directory(e, children))
+                r = self._directory_now(e, children)
+                if r is _SLOW:
+                    r = await self._start(self._directory(e, children))
             elif e.kind == KIND_FILE:
-                d = self._spawn(self._file(e))
+                r = self._file_now(e)
+                if r is _SLOW:
+                    r = await self._start(self._file(e))
             elif e.kind == KIND_LINK:
-                d = self._spawn(self._symlink(e))
+                r = await self._start(self._symlink(e))
             else:
-                d = self._spawn(self._special(e))
+                r = await self._start(self._special(e))
             if e.path == b"":
-                root = d
+                root, have_root = r, True
             else:
-                pending.setdefault(e.parent or b"", []).append(d)
-        if self.fatal is None and root is None:
+                pending.setdefault(e.parent or b"", []).append(r)
+        if self.fatal is None and not have_root:
             raise QueueError(path="(queue)", problem="it has no root directory entry")
         if self.fatal is None and pending:
             raise QueueError(path="(queue)", problem="some entries come after their directory")
         self.packer.drain()
-        result = await root if root is not None else _FAILED
+        result = (await root if isinstance(root, Deferred) else root) if have_root else _FAILED
         await self.packer.flush()
         if self.fatal is not None:
             raise self.fatal
@@ -170,6 +176,62 @@ class Uploader:
             objects = await self._mkdir(objects_body(self.objects_used))
         self.stats.packs = self.packer.packs_uploaded
         return await self._mkdir(root_body(result, objects))
+
+    async def _start(self, coro: Any) -> Any:
+        """Run ``coro`` as a task within the window; its Deferred, or its value if it finished at once."""
+        if self._window.tokens == 0:
+            self.packer.seal()  # tasks in the window may be waiting for the open pack
+        await self._window.acquire()
+        d = self._spawn(coro)
+        if d.called:  # settled without waiting: pass the value on, not the Deferred
+            box: list[Any] = []
+            d.addCallback(box.append)
+            return box[0]
+        return d
+
+    # -- the fast path: entries settled from the cache, without a task ---------------
+    def _file_now(self, e: Entry) -> Any:
+        """An unchanged file's Child straight from the cache, or _SLOW."""
+        try:
+            st = lstat_beneath(self.source, e.path)
+        except OSError:
+            return _SLOW
+        if not stat.S_ISREG(st.st_mode):
+            return _SLOW
+        hit = self.cache.lookup(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+                                         self._plain), self.gen)
+        if hit is None:
+            return _SLOW
+        child = self._child_now(e, st, hit)
+        if child is None:
+            return _SLOW
+        self.stats.files += 1
+        self.stats.files_unchanged += 1
+        self.stats.bytes_done += e.size
+        self.stats.entries_done += 1
+        return child
+
+    def _directory_now(self, e: Entry, children: list[Any]) -> Any:
+        """A directory whose children are all settled and whose body is cached, or _SLOW."""
+        if any(isinstance(c, Deferred) or c is _FAILED for c in children):
+            return _SLOW
+        st = None
+        if e.path:
+            try:
+                st = lstat_beneath(self.source, e.path)
+            except OSError:
+                return _SLOW
+            if not stat.S_ISDIR(st.st_mode):
+                return _SLOW
+        hit = self.cache.lookup(body_key(dir_body(c for c in children if c is not None)), self.gen)
+        if hit is None:
+            return _SLOW
+        self.stats.dirs += 1
+        self.stats.dirs_unchanged += 1
+        self.stats.entries_done += 1
+        if st is not None:
+            return Child(e.name, hit.cap, edge_metadata(e, None, st.st_mtime_ns, st.st_ctime_ns))
+        return Child(e.name, hit.cap, edge_metadata(e))
 
     def _spawn(self, coro: Any) -> Deferred:
         async def guarded() -> Any:
@@ -240,18 +302,23 @@ class Uploader:
             self.rep.warn(e.path, "skipped: it is no longer a regular file")
             return None
         key = file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, self._plain)
-        if st.st_size > LIT_MAX:
-            hit = self.cache.lookup(key, self.gen)
-            if hit is not None:
-                self.stats.files_unchanged += 1
-                log.log(NOISE, "unchanged (cache hit): %r", e.path)
-                return await self._child(e, st, hit)
-        if self.cache.saw_path(self.source, e.path, self.gen):
-            self.stats.files_changed += 1
-        else:
-            self.stats.files_new += 1
-        if st.st_size <= self.settings.pack_max_file_size:
-            return await self._small(e, st.st_size)
+        hit = self.cache.lookup(key, self.gen)
+        if hit is not None:
+            self.stats.files_unchanged += 1
+            log.log(NOISE, "unchanged (cache hit): %r", e.path)
+            return await self._child(e, st, hit)
+        changed = self.cache.saw_path(self.source, e.path)
+        child = await (self._small(e, st.st_size) if st.st_size <= self.settings.pack_max_file_size
+                       else self._large_slot(e))
+        if child is not None:
+            self.cache.record_path(self.source, e.path, self.gen)
+            if changed:
+                self.stats.files_changed += 1
+            else:
+                self.stats.files_new += 1
+        return child
+
+    async def _large_slot(self, e: Entry) -> Child | None:
         await self._files.acquire()
         self.in_flight.add(e.path)
         try:
@@ -266,6 +333,14 @@ class Uploader:
         Its bytes count against the budget until its pack is uploaded, or
         until it turns out to be known content (then they are dropped).
         """
+        self.packer.expect()
+        expected = [True]
+
+        def appended() -> None:
+            if expected:
+                expected.clear()
+                self.packer.expected()
+
         hold = _Hold(self._budget, await self._budget.take(size))
         try:
             await self._files.acquire()
@@ -278,12 +353,13 @@ class Uploader:
             if read is None:
                 return None
             st, data = read
-            if len(data) <= LIT_MAX:
-                self.stats.files_lit += 1
-                meta = edge_metadata(e, len(data), st.st_mtime_ns, st.st_ctime_ns,
-                                     hashlib.sha256(data).hexdigest())
-                return Child(e.name, lit_cap(data), meta)
             sha = hashlib.sha256(data).digest()
+            if len(data) <= LIT_MAX:  # the content is the cap: no request
+                self.stats.files_lit += 1
+                hit = Hit(lit_cap(data), sha)
+                self.cache.store_hit(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+                                              self._plain), hit, self.gen)
+                return await self._child(e, st, hit)
             box = [data]
             del data
 
@@ -291,11 +367,13 @@ class Uploader:
                 box.clear()
                 hold.release()
 
-            hit = await self._content(sha, len(box[0]), lambda: self._pack(box.pop(), sha, e.path), on_wait=drop)
+            hit = await self._content(sha, len(box[0]), lambda: self._pack(box.pop(), sha, e.path, appended),
+                                      on_wait=lambda: (drop(), appended()))
             self.cache.store_hit(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, self._plain),
                                  hit, self.gen)
             return await self._child(e, st, hit)
         finally:
+            appended()
             hold.release()
 
     def _read_small(self, e: Entry) -> tuple[os.stat_result, bytes] | None:
@@ -399,12 +477,14 @@ class Uploader:
         self.stats.files_uploaded += 1
         return hit
 
-    async def _pack(self, data: bytes, sha: bytes, path: bytes) -> Hit:
+    async def _pack(self, data: bytes, sha: bytes, path: bytes, appended: Any) -> Hit:
         enc = self.settings.encoding.choose(path, len(data))
         stored = compress(enc, data) if enc else None
         if stored is None:
             enc, stored = None, data
-        ref: PackRef = await self.packer.add(stored)
+        d = self.packer.add(stored)
+        appended()
+        ref: PackRef = await d
         self.stats.bytes_uploaded += len(stored)
         self.stats.bytes_compression_saved += len(data) - len(stored)
         log.log(NOISE, "packed: %r (%d bytes, stored %d)", path, len(data), len(stored))
@@ -445,6 +525,15 @@ class Uploader:
         return Hit(cap, last.sha256.digest(), None)
 
     async def _child(self, e: Entry, st: os.stat_result, hit: Hit) -> Child:
+        child = self._child_now(e, st, hit)
+        if child is None:  # the marker directory is not known yet
+            await self._packed_marker()
+            child = self._child_now(e, st, hit)
+        assert child is not None
+        return child
+
+    def _child_now(self, e: Entry, st: os.stat_result, hit: Hit) -> Child | None:
+        """The edge for a stored file; None if it needs the marker directory and that is unknown."""
         meta = edge_metadata(e, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                              hit.sha256.hex() if hit.sha256 else None)
         if hit.enc:
@@ -455,8 +544,21 @@ class Uploader:
             meta["object"] = hit.cap
         else:
             return Child(e.name, hit.cap, meta)  # a plain filenode: exactly the file's bytes
+        marker = self._marker_now()
+        if marker is None:
+            return None
         self.objects_used.add(hit.cap)
-        return Child(e.name, await self._packed_marker(), meta)
+        return Child(e.name, marker, meta)
+
+    def _marker_now(self) -> str | None:
+        if isinstance(self._marker, str):
+            return self._marker
+        if self._marker is None:
+            hit = self.cache.lookup(body_key(PACKED_MARKER_BODY), self.gen)
+            if hit is not None:
+                self._marker = hit.cap
+                return hit.cap
+        return None
 
     async def _packed_marker(self) -> str:
         """The cap every packed file's edge points to: a tiny directory saying how to restore it,
@@ -478,7 +580,9 @@ class Uploader:
 
     async def _directory(self, e: Entry, children: list[Deferred]) -> Child | _Failed | None:
         self.stats.dirs += 1
-        results = await gatherResults(children) if children else []
+        waits = [c for c in children if isinstance(c, Deferred)]
+        got = iter(await gatherResults(waits) if waits else [])
+        results = [next(got) if isinstance(c, Deferred) else c for c in children]
         if any(r is _FAILED for r in results):
             return _FAILED
         if e.path:

@@ -1,0 +1,291 @@
+#!/usr/bin/env python3
+"""Benchmark lafs-backup against `tahoe backup` and duplicity, side by side, and write bench/RESULTS.md.
+
+usage: python bench/run.py [--work DIR] [--scale N] [--no-scale] [--no-rivals]
+
+Each tool gets its own copy of the tree from ../shared/bench/mktree.py (default
+size) and its own fresh local grid of the same shape (3 storage nodes,
+2-of-3, happy 3), then: full backup, unchanged rerun, the "1% change" (a
+line appended to 22 .txt files, 5 new files) and a full restore.  Peak RSS
+of each command is read from wait4().  The scale run makes a tree of N
+entries (mostly empty or tiny files) and measures phase one (warm page
+cache) and an unchanged rerun.  duplicity comes from Debian (installed here
+when missing); `tahoe` is the one tahoe-lafs installed with lafs-backup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+MKTREE = ROOT.parent / "shared" / "bench" / "mktree.py"
+PY = sys.executable
+
+
+def timed(cmd: list[str], **kw) -> tuple[float, int, str]:
+    """Run a command; return (wall seconds, its own peak RSS in KiB from wait4, stdout)."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                         env=kw.get("env"), cwd=kw.get("cwd"))
+    import threading
+
+    outs: dict[str, bytes] = {}
+
+    def drain(name: str, f) -> None:
+        outs[name] = f.read()
+
+    threads = [threading.Thread(target=drain, args=(n, f)) for n, f in (("out", p.stdout), ("err", p.stderr))]
+    for t in threads:
+        t.start()
+    _, status, usage = os.wait4(p.pid, 0)
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - t0
+    code = os.waitstatus_to_exitcode(status)
+    p.returncode = code
+    if kw.get("check", True) and code not in kw.get("ok", (0,)):
+        raise SystemExit(f"command failed ({code}): {' '.join(cmd)}\n"
+                         f"{outs.get('err', b'').decode(errors='replace')[-3000:]}")
+    return wall, usage.ru_maxrss, outs.get("out", b"").decode(errors="replace")
+
+
+def change_one_percent(tree: Path) -> None:
+    txts = sorted(p for p in tree.rglob("*.txt") if not p.is_symlink())
+    step = max(1, len(txts) // 22)
+    for p in txts[::step][:22]:
+        with open(p, "ab") as f:
+            f.write(b"one more line appended for the 1% change\n")
+    for i in range(5):
+        (tree / f"new-file-{i}.txt").write_bytes(b"new content %d\n" % i * (200 + 50 * i))
+
+
+def grid_up(d: Path, home: Path) -> str:
+    _, _, out = timed([PY, "-m", "lafs_backup", "grid", "up", "--dir", str(d)], env=env_for(home))
+    return out.strip()
+
+
+def grid_down(d: Path, home: Path) -> None:
+    timed([PY, "-m", "lafs_backup", "grid", "down", "--dir", str(d)], env=env_for(home), check=False)
+
+
+def env_for(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XDG_STATE_HOME"] = str(home / "state")
+    env["XDG_DATA_HOME"] = str(home / "data")
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def bench_lafs(work: Path, tree: Path) -> dict[str, tuple[float, int]]:
+    home = work / "lafs-home"
+    gdir = work / "grid-lafs"
+    url = grid_up(gdir, home)
+    env = env_for(home)
+    lb = [PY, "-m", "lafs_backup", "--url", url]
+    res = {}
+    try:
+        w, r, _ = timed(lb + ["backup", str(tree)], env=env)
+        res["full backup"] = (w, r)
+        w, r, _ = timed(lb + ["backup", str(tree)], env=env)
+        res["unchanged rerun"] = (w, r)
+        change_one_percent(tree)
+        w, r, _ = timed(lb + ["backup", str(tree)], env=env)
+        res["after 1% change"] = (w, r)
+        out = work / "restore-lafs"
+        w, r, _ = timed(lb + ["restore", "latest", "--target", str(out)], env=env)
+        res["full restore"] = (w, r)
+        subprocess.run(["diff", "-r", "--no-dereference", str(tree), str(out)], check=True)
+    finally:
+        grid_down(gdir, home)
+    return res
+
+
+def tahoe_env(work: Path, gw: Path) -> dict[str, str]:
+    """PATH with a `tahoe` that talks to this grid's gateway (duplicity calls plain `tahoe`)."""
+    bindir = work / f"tahoe-bin-{gw.parent.name}"
+    bindir.mkdir(exist_ok=True)
+    shim = bindir / "tahoe"
+    shim.write_text(f"#!/bin/sh\nexec {PY} -m allmydata -d {gw} \"$@\"\n")
+    shim.chmod(0o755)
+    env = dict(os.environ)
+    env["PATH"] = f"{bindir}:{env['PATH']}"
+    return env
+
+
+def bench_tahoe_backup(work: Path, tree: Path) -> dict[str, tuple[float, int]]:
+    home = work / "tahoe-home"
+    gdir = work / "grid-tahoe"
+    grid_up(gdir, home)
+    env = tahoe_env(work, gdir / "gateway")
+    res = {}
+    try:
+        timed(["tahoe", "create-alias", "bench"], env=env)
+        for step in ("full backup", "unchanged rerun", "after 1% change"):
+            if step == "after 1% change":
+                change_one_percent(tree)
+            w, r, _ = timed(["tahoe", "backup", str(tree), "bench:"], env=env, ok=(0, 2))
+            res[step] = (w, r)
+        out = work / "restore-tahoe"
+        w, r, _ = timed(["tahoe", "cp", "-r", "bench:Latest", str(out)], env=env)
+        res["full restore"] = (w, r)
+    finally:
+        grid_down(gdir, home)
+    return res
+
+
+def bench_duplicity(work: Path, tree: Path) -> dict[str, tuple[float, int]]:
+    if shutil.which("duplicity") is None:
+        subprocess.run(["apt-get", "install", "-y", "-q", "duplicity"], check=False, capture_output=True)
+        if shutil.which("duplicity") is None:
+            subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "-q", "duplicity"], check=True, capture_output=True)
+    home = work / "dup-home"
+    gdir = work / "grid-dup"
+    grid_up(gdir, home)
+    env = tahoe_env(work, gdir / "gateway")
+    env["HOME"] = str(home)  # duplicity's archive cache goes to ~/.cache
+    target = "tahoe://bench/dup"
+    res = {}
+    try:
+        timed(["tahoe", "create-alias", "bench"], env=env)
+        timed(["tahoe", "mkdir", "bench:dup"], env=env)
+        base = ["duplicity", "--no-encryption", "--no-print-statistics"]
+        w, r, _ = timed(base + ["full", str(tree), target], env=env)
+        res["full backup"] = (w, r)
+        w, r, _ = timed(base + ["incremental", str(tree), target], env=env)
+        res["unchanged rerun"] = (w, r)
+        change_one_percent(tree)
+        w, r, _ = timed(base + ["incremental", str(tree), target], env=env)
+        res["after 1% change"] = (w, r)
+        out = work / "restore-dup"
+        w, r, _ = timed(["duplicity", "--no-encryption", "restore", target, str(out)], env=env)
+        res["full restore"] = (w, r)
+    finally:
+        grid_down(gdir, home)
+    return res
+
+
+def make_scale_tree(dest: Path, n: int) -> None:
+    """``n`` entries: directories of 1,000; nine files in ten empty, the rest of 1-40 bytes."""
+    if (dest / ".complete").exists():
+        return
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    per = 1000
+    made = 0
+    d = 0
+    while made < n:
+        sub = dest / f"d{d // 100:03d}" / f"e{d:05d}"
+        sub.mkdir(parents=True)
+        made += 1
+        for i in range(min(per - 1, n - made)):
+            with open(sub / f"f{i:04d}", "wb") as f:
+                if i % 10 == 0:
+                    f.write(b"tiny %d %d\n" % (d, i))
+            made += 1
+        d += 1
+    (dest / ".complete").write_text("")
+
+
+def bench_scale(work: Path, n: int) -> dict[str, object]:
+    tree = work / f"scale-{n}"
+    make_scale_tree(tree, n)
+    entries = sum(len(ds) + len(fs) for _, ds, fs in os.walk(tree)) + 1
+    home = work / "scale-home"
+    shutil.rmtree(home, ignore_errors=True)
+    gdir = work / "grid-scale"
+    url = grid_up(gdir, home)
+    env = env_for(home)
+    lb = [PY, "-m", "lafs_backup", "--url", url]
+    try:
+        timed(lb + ["backup", "--queue-only", str(tree)], env=env)  # warms the page cache
+        w1, r1, _ = timed(lb + ["backup", "--queue-only", str(tree)], env=env)
+        wf, rf, _ = timed(lb + ["backup", str(tree)], env=env)
+        wu, ru, _ = timed(lb + ["backup", str(tree)], env=env)
+    finally:
+        grid_down(gdir, home)
+    return {"entries": entries, "phase_one_s": w1, "phase_one_rss": r1, "rate": entries / w1,
+            "full_s": wf, "full_rss": rf, "rerun_s": wu, "rerun_rss": ru}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default=str(HERE / "work"))
+    ap.add_argument("--scale", type=int, default=1_000_000)
+    ap.add_argument("--no-scale", action="store_true")
+    ap.add_argument("--no-rivals", action="store_true")
+    a = ap.parse_args()
+    work = Path(a.work).resolve()
+    for p in work.glob("*"):
+        if not p.name.startswith("scale-") or p.name == "scale-home":
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    base = work / "tree"
+    subprocess.run([PY, str(MKTREE), str(base)], check=True, stdout=subprocess.DEVNULL)
+
+    def fresh_copy(name: str) -> Path:
+        dst = work / name
+        shutil.copytree(base, dst, symlinks=True)
+        return dst
+
+    results = {"lafs-backup": bench_lafs(work, fresh_copy("tree-lafs"))}
+    print("lafs-backup:", results["lafs-backup"], file=sys.stderr, flush=True)
+    if not a.no_rivals:
+        results["tahoe backup"] = bench_tahoe_backup(work, fresh_copy("tree-tahoe"))
+        print("tahoe backup:", results["tahoe backup"], file=sys.stderr, flush=True)
+        results["duplicity"] = bench_duplicity(work, fresh_copy("tree-dup"))
+        print("duplicity:", results["duplicity"], file=sys.stderr, flush=True)
+    scale = None if a.no_scale else bench_scale(work, a.scale)
+    write_results(results, scale)
+    print((HERE / "RESULTS.md").read_text())
+
+
+def write_results(results: dict, scale: dict | None) -> None:
+    steps = ["full backup", "unchanged rerun", "after 1% change", "full restore"]
+    lines = [f"# Benchmark results ({datetime.date.today().isoformat()})", "",
+             "Produced by `python bench/run.py` on this machine (2 cores), all tools in one run, each on",
+             "its own copy of the default `mktree.py` tree (2,248 files, 101 directories, 10 symlinks,",
+             "107 MB) and its own fresh local grid (3 storage nodes, 2-of-3, happy 3).", "",
+             "| tool | " + " | ".join(steps) + " |", "|---|" + "---|" * len(steps)]
+    for tool, res in results.items():
+        lines.append(f"| {tool} | " + " | ".join(
+            f"{res[s][0]:.2f} s ({res[s][1] // 1024} MB)" if s in res else "-" for s in steps) + " |")
+    lines += ["", "Times are wall clock; peak RSS of the command in parentheses.", ""]
+    if "tahoe backup" in results and "duplicity" in results:
+        lb, tb, dp = results["lafs-backup"], results["tahoe backup"], results["duplicity"]
+
+        def ratio(b: dict, s: str) -> float:
+            return lb[s][0] / b[s][0]
+
+        checks = [
+            ("full backup", "duplicity", dp, 0.5), ("full backup", "tahoe backup", tb, 0.1),
+            ("unchanged rerun", "tahoe backup", tb, 0.5), ("after 1% change", "tahoe backup", tb, 0.5),
+            ("full restore", "duplicity", dp, 0.5), ("full restore", "tahoe backup (tahoe cp -r)", tb, 0.2),
+        ]
+        lines += ["| target | ratio measured | limit | met |", "|---|---|---|---|"]
+        for step, name, other, limit in checks:
+            r = ratio(other, step)
+            lines.append(f"| {step}: lafs-backup / {name} | {r:.3f} | {limit} | {'yes' if r <= limit else 'NO'} |")
+        lines.append("")
+    if scale:
+        lines += [f"## Scale: {scale['entries']:,} entries (nine in ten files empty, the rest tiny)", "",
+                  "| step | time | entries/s | peak RSS | target |", "|---|---|---|---|---|",
+                  f"| phase one, warm cache | {scale['phase_one_s']:.1f} s | {scale['rate']:,.0f} | "
+                  f"{scale['phase_one_rss'] // 1024} MB | >= 30,000/s, < 150 MB: "
+                  f"{'met' if scale['rate'] >= 30000 and scale['phase_one_rss'] < 150 * 1024 else 'NOT met'} |",
+                  f"| first full backup | {scale['full_s']:.1f} s | | {scale['full_rss'] // 1024} MB | |",
+                  f"| unchanged rerun | {scale['rerun_s']:.1f} s | | {scale['rerun_rss'] // 1024} MB | < 150 MB: "
+                  f"{'met' if scale['rerun_rss'] < 150 * 1024 else 'NOT met'} |", ""]
+    (HERE / "RESULTS.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
