@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator
 
 import platformdirs
 
@@ -20,14 +20,15 @@ from .entry import Entry
 from .errors import ExitCode, GridError, QueueError, SnapshotError, UsageError
 from .filters import compile_from_config
 from .gateway import Gateway, make_http_client
-from .grid import GridSpec, LocalGrid, wait_connected
 from .lock import CacheLock
 from .queue import QueueReader, write_queue
 from .record import append_result, link_into
 from .report import Progress, Reporter
-from .restore import Restorer
 from .scan import scan
 from .upload import Settings, Uploader
+
+if TYPE_CHECKING:
+    from .grid import LocalGrid
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ class Context:
         return cfg.get(self.tree, key)
 
     # -- destination ---------------------------------------------------------
-    def grid(self, directory: str | None = None) -> LocalGrid:
+    def grid(self, directory: str | None = None) -> "LocalGrid":
+        from .grid import GridSpec, LocalGrid
+
         d = directory or cfg.expand(self.get("grid.dir")) or os.path.join(data_dir(), "grid")
         return LocalGrid(GridSpec(d, self.get("grid.nodes"), self.get("grid.needed"), self.get("grid.happy")))
 
@@ -111,7 +114,9 @@ class Context:
                           self.get("source.entry_cache.commit_after.seconds"))
 
 
-async def ensure_grid(ctx: Context, grid: LocalGrid, quiet: bool = False) -> str:
+async def ensure_grid(ctx: Context, grid: "LocalGrid", quiet: bool = False) -> str:
+    from .grid import wait_connected
+
     state, started = grid.start_processes()
     if started and not quiet:
         print(f"lafs-backup: started the embedded local grid in {grid.dir}", file=ctx.err)
@@ -273,6 +278,8 @@ async def resolve_snapshot(ctx: Context, ref: str) -> str:
 
 async def restore(ctx: Context, ref: str, paths: list[str], target: str, owners: bool | None = None,
                   numeric: bool = False) -> int:
+    from .restore import Restorer
+
     cap = await resolve_snapshot(ctx, ref)
     gw = await ctx.gateway()
     r = Restorer(gw, ctx.reporter, target, window=max(16, 4 * ctx.get("operation.jobs")),

@@ -12,15 +12,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import cffi
-
 ACL_TYPE_ACCESS = 0x8000
 ACL_TYPE_DEFAULT = 0x4000
 _TEXT_ABBREVIATE = 0x10
 _TEXT_NUMERIC_IDS = 0x08
 
-_ffi = cffi.FFI()
-_ffi.cdef("""
+_CDEF = """
 typedef void *acl_t;
 typedef unsigned int mode_t;
 acl_t acl_get_file(const char *path_p, unsigned int type);
@@ -39,13 +36,20 @@ int cap_set_file(const char *path_p, cap_t cap_p);
 cap_t cap_from_text(const char *buf_p);
 char *cap_to_text(cap_t caps, ssize_t *length_p);
 int cap_free(void *obj_d);
-""")
+"""
 
 _libs: dict[str, Any] = {}
+_ffi: Any = None
 
 
 def _load(name: str) -> Any:
+    global _ffi
     if name not in _libs:
+        if _ffi is None:  # cffi's parser costs ~15 ms: only pay it when an ACL or capability shows up
+            import cffi
+
+            _ffi = cffi.FFI()
+            _ffi.cdef(_CDEF)
         try:
             _libs[name] = _ffi.dlopen(name)
         except OSError:

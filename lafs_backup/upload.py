@@ -114,6 +114,8 @@ class Uploader:
         self._files = DeferredSemaphore(settings.open_files)
         self._reactor = reactor
         self._uploading: dict[bytes, _Shared] = {}
+        self._files_pending = 0  # file tasks not finished
+        self._files_done: Deferred | None = None
         self.packer = Packer(gateway, settings.pack_target_size, max(1, settings.window // 2))
         # Small files read but not yet stored in an uploaded pack: at most this many bytes.
         self._budget = Budget(4 * settings.pack_target_size + settings.pack_max_file_size, self.packer.seal)
@@ -152,7 +154,8 @@ class Uploader:
             elif e.kind == KIND_FILE:
                 r = self._file_now(e)
                 if r is _SLOW:
-                    r = await self._start(self._file(e))
+                    self._files_pending += 1
+                    r = await self._start(self._counted(self._file(e)))
             elif e.kind == KIND_LINK:
                 r = await self._start(self._symlink(e))
             else:
@@ -166,16 +169,39 @@ class Uploader:
         if self.fatal is None and pending:
             raise QueueError(path="(queue)", problem="some entries come after their directory")
         self.packer.drain()
+        # The objects directory can be made as soon as every file is settled,
+        # while the last directories are still being created.
+        objects = Deferred.fromCoroutine(self._objects_dir())
         result = (await root if isinstance(root, Deferred) else root) if have_root else _FAILED
+        objects_cap = await objects
         await self.packer.flush()
         if self.fatal is not None:
             raise self.fatal
         assert isinstance(result, Child)
-        objects = None
-        if self.objects_used:
-            objects = await self._mkdir(objects_body(self.objects_used))
         self.stats.packs = self.packer.packs_uploaded
-        return await self._mkdir(root_body(result, objects))
+        return await self._mkdir(root_body(result, objects_cap))
+
+    async def _counted(self, coro: Any) -> Any:
+        try:
+            return await coro
+        finally:
+            self._files_pending -= 1
+            if self._files_pending == 0 and self._files_done is not None:
+                d, self._files_done = self._files_done, None
+                d.callback(None)
+
+    async def _objects_dir(self) -> str | None:
+        if self._files_pending:
+            self._files_done = Deferred()
+            await self._files_done
+        if self.fatal is not None or not self.objects_used:
+            return None
+        try:
+            return await self._mkdir(objects_body(self.objects_used))
+        except BaseException as e:
+            if self.fatal is None:
+                self.fatal = e
+            return None
 
     async def _start(self, coro: Any) -> Any:
         """Run ``coro`` as a task within the window; its Deferred, or its value if it finished at once."""
