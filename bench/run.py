@@ -206,8 +206,8 @@ def bench_scale(work: Path, n: int) -> dict[str, object]:
     env = env_for(home)
     lb = [PY, "-m", "lafs_backup", "--url", url]
     try:
-        timed(lb + ["backup", "--queue-only", str(tree)], env=env)  # warms the page cache
-        w1, r1, _ = timed(lb + ["backup", "--queue-only", str(tree)], env=env)
+        timed(lb + ["backup", str(tree), "--queue-only"], env=env)  # warms the page cache
+        w1, r1, _ = timed(lb + ["backup", str(tree), "--queue-only"], env=env)
         wf, rf, _ = timed(lb + ["backup", str(tree)], env=env)
         wu, ru, _ = timed(lb + ["backup", str(tree)], env=env)
     finally:

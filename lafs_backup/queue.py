@@ -33,10 +33,17 @@ FOOTER = "#end"
 _ROOT = "."
 
 _UNESCAPE_RE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
+_BAD_PATH = re.compile(rb"/(?:\.{0,2})/")  # an empty, "." or ".." component, or a leading "/"
+
+
+# Printable ASCII but backslash, with no space at either end: written as is.
+_PLAIN = re.compile(rb"(?:[\x21-\x5b\x5d-\x7e](?:[\x20-\x5b\x5d-\x7e]*[\x21-\x5b\x5d-\x7e])?)?")
 
 
 def escape(raw: bytes, extra: str = "") -> str:
     """Encode name bytes as printable text; :func:`unescape` reverses it."""
+    if not extra and _PLAIN.fullmatch(raw):
+        return raw.decode("ascii")
     s = raw.decode("utf-8", "surrogateescape")
     if (s.isprintable() and "\\" not in s and s[:1] != " " and s[-1:] != " "
             and not any(c in s for c in extra)):
@@ -95,8 +102,7 @@ def parse_entry(line: str) -> Entry:
     if kind not in KINDS:
         raise ValueError(f"unknown entry kind {kind!r}")
     path = b"" if fields[1] == _ROOT else unescape(fields[1])
-    if path and (path.startswith(b"/") or b"\0" in path
-                 or any(p in (b"", b".", b"..") for p in path.split(b"/"))):
+    if path and (b"\0" in path or _BAD_PATH.search(b"/" + path + b"/")):
         raise ValueError("invalid path")
     try:
         mode = int(fields[2], 8)
