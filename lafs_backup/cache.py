@@ -249,6 +249,10 @@ class EntryCache:
         self.commit()
         return self.backup_by_id(int(cur.lastrowid or 0))
 
+    def set_checked(self, backup_id: int, ts: float) -> None:
+        self._db.execute("UPDATE backups SET ts_check=? WHERE id=?", (ts, backup_id))
+        self.commit()
+
     def backups(self) -> Iterator[Backup]:
         for row in self._db.execute("SELECT * FROM backups ORDER BY ts, id").fetchall():
             yield Backup(*row)

@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reuse-queue", nargs="?", const=True, default=False, metavar="PATH",
                    help="skip phase one and upload an existing complete queue for this source")
     b.add_argument("-j", "--jobs", type=int, metavar="N", help="requests in flight (operation.jobs)")
+    b.add_argument("--mode", choices=["stat", "checksum", "verify", "force"], default="stat",
+                   help="stat: trust unchanged size/mtime/ctime/inode (default); checksum: re-hash every "
+                        "file; verify: re-hash and report content changed under unchanged stat data; "
+                        "force: upload everything again")
 
     r = sub.add_parser("restore", parents=[common], help="restore a snapshot into a directory")
     r.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
@@ -64,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restore the recorded uid/gid, not the user and group names (as tar)")
 
     sub.add_parser("list", parents=[common], help="list finished backups")
+
+    c = sub.add_parser("check", parents=[common],
+                       help="deep-check backups: renew leases, optionally repair; exit 6 if anything is unhealthy")
+    c.add_argument("backups", nargs="*", metavar="BACKUP", help="caps or generation numbers (default: all)")
+    c.add_argument("-a", "--least-recently-checked", action="store_true",
+                   help="check only the backup checked least recently (round-robin from cron)")
+    c.add_argument("-r", "--repair", action="store_true", help="repair what is not healthy")
+    c.add_argument("-n", "--no-lease", action="store_true", help="don't renew leases")
+    c.add_argument("-f", "--format", default="{backup[name]} gen {backup[generation]}: {0[path]} ({0[type]}): "
+                   "{0[summary]}", help="line for each unhealthy object")
+    c.add_argument("--healthy-format", default=None, help="line for each healthy object (default: none)")
+    c.add_argument("-e", "--error-output", action="store_true", help="write the lines to stderr")
 
     gr = sub.add_parser("grid", parents=[common], help="manage the embedded local Tahoe-LAFS grid")
     gr.add_argument("action", choices=["up", "down", "status"])
@@ -96,7 +112,7 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
     Every :class:`LafsBackupError` becomes its message and exit code; any
     other exception is a bug and is shown with a (cap-redacted) traceback.
     """
-    from .commands import Context, backup, dump_config, grid_command, list_backups, restore
+    from .commands import Context, backup, check, dump_config, grid_command, list_backups, restore
     from .report import Reporter
 
     out = out or sys.stdout
@@ -113,10 +129,13 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
         rep = Reporter(json_mode=getattr(ns, "json", False), out=out, err=err)
         ctx = Context(tree, reactor, rep, out, err)
         if ns.command == "backup":
-            return int(await backup(ctx, ns.source, ns.queue_only, ns.reuse_queue))
+            return int(await backup(ctx, ns.source, ns.queue_only, ns.reuse_queue, ns.mode))
         if ns.command == "restore":
             return int(await restore(ctx, ns.snapshot, ns.paths, ns.target,
                                      owners=False if ns.no_owner else None, numeric=ns.numeric_owner))
+        if ns.command == "check":
+            return int(await check(ctx, ns.backups, ns.least_recently_checked, ns.repair, not ns.no_lease,
+                                   ns.format, ns.healthy_format, ns.error_output, getattr(ns, "json", False)))
         if ns.command == "list":
             return int(await list_backups(ctx, getattr(ns, "json", False)))
         if ns.command == "grid":

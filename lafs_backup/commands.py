@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -158,11 +159,11 @@ def _queue_path(ctx: Context, source: bytes, override: str | None) -> str:
 # -- backup -----------------------------------------------------------------------
 
 async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
-                 reuse_queue: bool | str) -> int:
+                 reuse_queue: bool | str, mode: str = "stat") -> int:
     rep = ctx.reporter
     source = _source(ctx, source_arg)
     flt = compile_from_config(ctx.get("filter"))  # bad rules fail before any work
-    settings = ctx.upload_settings()
+    settings = dataclasses.replace(ctx.upload_settings(), mode=mode)
     for key in ("operation.rate_limit.bytes", "operation.rate_limit.objects"):
         if ctx.get(key) is not None:
             ratelimit.parse_spec(ctx.get(key), key)
@@ -219,6 +220,12 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
     if ctx.get("destination.result.print_to_stdout") and not rep.json_mode:
         print(snap, file=ctx.out, flush=True)
     rep.finish("backup", {"cap": snap, "generation": b.generation} if rep.json_mode else None)
+    return _outcome(rep)
+
+
+def _outcome(rep: Reporter) -> int:
+    if rep.stats.problems:
+        return ExitCode.PROBLEMS
     return ExitCode.PARTIAL if rep.stats.warnings else ExitCode.OK
 
 
@@ -288,6 +295,97 @@ async def restore(ctx: Context, ref: str, paths: list[str], target: str, owners:
     ctx.reporter.stats.requests = dict(gw.counts)
     ctx.reporter.finish("restore")
     return ExitCode.PARTIAL if ctx.reporter.stats.warnings else ExitCode.OK
+
+
+# -- check --------------------------------------------------------------------------------
+
+def select_backups(cache: EntryCache, refs: list[str]) -> list[Backup]:
+    """Backups named by cap or generation number; all of them when ``refs`` is empty."""
+    if not refs:
+        return list(cache.backups())
+    out = []
+    for ref in refs:
+        if not (ref.startswith("URI:") or ref.isdigit() or ref == "latest"):
+            raise UsageError(f"not a backup cap, generation number or 'latest': {ref!r}")
+        b = cache.find_backup(ref)
+        if b is None:
+            raise SnapshotError(what=ref if not ref.startswith("URI:") else "(cap)",
+                                problem="no such backup is recorded (see 'lafs-backup list')")
+        out.append(b)
+    return out
+
+
+def happy_for(ctx: Context) -> int:
+    configured = ctx.get("destination.happy")
+    if configured is not None:
+        return int(configured)
+    return int(ctx.get("grid.happy")) if not ctx.get("destination.url") else 7
+
+
+async def check(ctx: Context, refs: list[str], least_recent: bool, repair: bool, lease: bool,
+                fmt: str, healthy_fmt: str | None, to_stderr: bool, as_json: bool) -> int:
+    from .check import StreamParser, Verdict, format_line
+
+    for f in (fmt, healthy_fmt):  # a bad format fails before any work
+        if f is not None:
+            try:
+                format_line(f, Verdict("/x", "file", True, True, 3, "s"), {"name": "n", "generation": 1})
+            except ValueError as e:
+                raise UsageError(str(e))
+    cache = await ctx.cache()
+    try:
+        chosen = select_backups(cache, refs)
+        if not chosen:
+            raise UsageError("no finished backups recorded: nothing to check")
+        if least_recent:
+            chosen = [min(chosen, key=lambda b: (b.ts_check or 0.0, b.ts))]
+        gw = await ctx.gateway()
+        happy = happy_for(ctx)
+        out = ctx.err if to_stderr else ctx.out
+        total_bad = 0
+        for b in chosen:
+            info = backup_json(b)
+            bad: list[Verdict] = []
+
+            def seen(v: Verdict, info: dict[str, Any] = info, bad: list[Verdict] = bad) -> None:
+                if not v.healthy:
+                    bad.append(v)
+                    if as_json:
+                        record = {**v.as_dict(), "object_type": v.type, "type": "unhealthy",
+                                  "generation": b.generation}
+                        print(json.dumps(record), file=out)
+                    else:
+                        print(format_line(fmt, v, info), file=out)
+                elif healthy_fmt is not None and not as_json:
+                    print(format_line(healthy_fmt, v, info), file=out)
+
+            parser = StreamParser(happy, seen)
+            await gw.stream_deep_check(b.cap, parser.feed, add_lease=lease, repair=repair)
+            parser.close()
+            if parser.error is not None:
+                bad.append(Verdict("?", "?", False, False, None, parser.error))
+                msg = f"deep-check of generation {b.generation} stopped: {logsetup_redact(parser.error)}"
+                print(json.dumps({"type": "error", "generation": b.generation, "message": msg})
+                      if as_json else msg, file=out)
+            else:
+                cache.set_checked(b.id, time.time())
+            total_bad += len(bad)
+            summary = {"type": "checked", "generation": b.generation, "objects": parser.units,
+                       "unhealthy": len(bad), "repaired": sum(1 for v in bad if v.repaired)}
+            if as_json:
+                print(json.dumps(summary), file=out)
+            else:
+                print(f"generation {b.generation} ({info['time']}): {parser.units} objects checked, "
+                      f"{len(bad)} unhealthy" + (", leases renewed" if lease else ""), file=ctx.err)
+    finally:
+        cache.close()
+    return ExitCode.PROBLEMS if total_bad else ExitCode.OK
+
+
+def logsetup_redact(text: str) -> str:
+    from .log import redact
+
+    return redact(text)
 
 
 # -- grid -------------------------------------------------------------------------------

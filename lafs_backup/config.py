@@ -27,6 +27,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "source.entry_cache.commit_after.seconds": _NUM,
     "filter": (list,),
     "destination.url": (str, _NULL),
+    "destination.happy": (int, _NULL),
     "destination.result.print_to_stdout": (bool,),
     "destination.result.append_to_file": (str, _NULL),
     "destination.result.append_to_lafs_dir": (str, _NULL),

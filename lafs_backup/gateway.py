@@ -88,7 +88,8 @@ class Gateway:
                        headers: Mapping[str, str] | None = None,
                        ok: Sequence[int] = (200,),
                        on_response: Callable[[Any], Awaitable[Any]] | None = None,
-                       retry_unhappy: bool = True) -> tuple[int, Any]:
+                       retry_unhappy: bool = True, attempts: int | None = None,
+                       timeout: bool = True) -> tuple[int, Any]:
         """Send a request with retries; return (status, result).
 
         ``body`` is bytes or a callable that opens a fresh file object for
@@ -128,7 +129,7 @@ class Gateway:
                 d = Deferred.fromCoroutine(attempt())
                 att = _Attempt(d, kind)
                 self.inflight.add(att)
-                if self._retry.timeout:
+                if self._retry.timeout and timeout:
                     d.addTimeout(self._retry.timeout, self._clock)
                 try:
                     code, result = await d
@@ -149,7 +150,7 @@ class Gateway:
                 self._slots.release()
             if error is None:
                 return code, result
-            if attempt_no >= self._retry.attempts:
+            if attempt_no >= (attempts or self._retry.attempts):
                 raise error
             # Jitter, so that requests that failed together don't retry in lockstep.
             delay = self._retry.delay(attempt_no) * self._rng.uniform(0.7, 1.3)
@@ -206,6 +207,23 @@ class Gateway:
             raise GatewayError("GET", self._show(self.url(cap)), code, "",
                                reason=f"range answer has {len(data)} bytes, expected {length}")
         return bytes(data)
+
+    async def stream_deep_check(self, cap: str, sink: Callable[[bytes], None], add_lease: bool = True,
+                                repair: bool = False, verify: bool = False) -> None:
+        """``POST CAP?t=stream-deep-check``, feeding the body to ``sink`` as it arrives.
+
+        Not retried and not timed out: the stream is as long as the tree, and
+        a repeated partial walk would report objects twice.
+        """
+        params = {"t": "stream-deep-check"}
+        for flag, on in (("add-lease", add_lease), ("repair", repair), ("verify", verify)):
+            if on:
+                params[flag] = "true"
+
+        async def consume(resp: Any) -> None:
+            await treq.collect(resp, sink)
+        await self._request("check", "POST", self.url(cap), params=params, on_response=consume,
+                            attempts=1, timeout=False)
 
     async def link(self, dircap: str, name: str, cap: str) -> bool:
         """Link ``cap`` as ``name`` in a mutable directory without replacing; False if taken."""

@@ -36,6 +36,7 @@ class Stats:
     bytes_written: int = 0
     packs: int = 0
     warnings: int = 0
+    problems: int = 0
     requests: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -74,6 +75,15 @@ class Reporter:
             self._json({"type": "warning", "path": _printable(shown), "message": message})
         else:
             print(f"warning: {_printable(shown)}: {message}", file=self.err)
+
+    def problem(self, path: bytes | str, message: str) -> None:
+        """Damage found (corruption, unhealthy object): counted apart, it sets exit code 6."""
+        shown = path if isinstance(path, str) else (os.fsdecode(path) if path else ".")
+        self.stats.problems += 1
+        if self.json_mode:
+            self._json({"type": "problem", "path": _printable(shown), "message": message})
+        else:
+            print(f"problem: {_printable(shown)}: {message}", file=self.err)
 
     def note(self, path: bytes | str, message: str) -> None:
         """Tell the user something about one path that is not a failure (no effect on the exit code)."""
@@ -123,6 +133,8 @@ class Reporter:
                              f"special files: {s.specials}, bytes written: {s.bytes_written}")
             if s.warnings:
                 lines.append(f"  warnings: {s.warnings} (entries skipped or incomplete; see above)")
+            if s.problems:
+                lines.append(f"  problems: {s.problems} (see above)")
             print("\n".join(lines), file=self.err)
         return summary
 

@@ -96,6 +96,11 @@ class Settings:
     pack_target_size: int = 4 << 20
     encoding: EncodingRules = EncodingRules(None, 0)
     tmpdir: str | None = None
+    #: stat: trust the cache when size, mtime, ctime and inode match; checksum:
+    #: re-hash every file, store only new content; verify: like checksum, and
+    #: report content that changed under unchanged stat data; force: store
+    #: every file and directory again.
+    mode: str = "stat"
 
 
 class Uploader:
@@ -110,13 +115,16 @@ class Uploader:
         self.rep = reporter
         self.stats = reporter.stats
         self.settings = settings
-        self._window = DeferredSemaphore(settings.window)
         self._files = DeferredSemaphore(settings.open_files)
         self._reactor = reactor
         self._uploading: dict[bytes, _Shared] = {}
         self._files_pending = 0  # file tasks not finished
         self._files_done: Deferred | None = None
         self.packer = Packer(gateway, settings.pack_target_size, max(1, settings.window // 2))
+        # Entries in flight, weighted: a directory counts its children, whose
+        # results it holds.  When it runs out, tasks may be waiting for the
+        # open pack: seal it.
+        self._window = Budget(settings.window, self.packer.seal)
         # Small files read but not yet stored in an uploaded pack: at most this many bytes.
         self._budget = Budget(4 * settings.pack_target_size + settings.pack_max_file_size, self.packer.seal)
         #: Every pack and encoded object the snapshot refers to, old ones included: linked from its root.
@@ -150,7 +158,7 @@ class Uploader:
                 children = pending.pop(e.path, [])
                 r = self._directory_now(e, children)
                 if r is _SLOW:
-                    r = await self._start(self._directory(e, children))
+                    r = await self._start(self._directory(e, children), 1 + len(children))
             elif e.kind == KIND_FILE:
                 r = self._file_now(e)
                 if r is _SLOW:
@@ -203,12 +211,10 @@ class Uploader:
                 self.fatal = e
             return None
 
-    async def _start(self, coro: Any) -> Any:
+    async def _start(self, coro: Any, weight: int = 1) -> Any:
         """Run ``coro`` as a task within the window; its Deferred, or its value if it finished at once."""
-        if self._window.tokens == 0:
-            self.packer.seal()  # tasks in the window may be waiting for the open pack
-        await self._window.acquire()
-        d = self._spawn(coro)
+        held = await self._window.take(weight)
+        d = self._spawn(coro, held)
         if d.called:  # settled without waiting: pass the value on, not the Deferred
             box: list[Any] = []
             d.addCallback(box.append)
@@ -218,6 +224,8 @@ class Uploader:
     # -- the fast path: entries settled from the cache, without a task ---------------
     def _file_now(self, e: Entry) -> Any:
         """An unchanged file's Child straight from the cache, or _SLOW."""
+        if self.settings.mode != "stat":
+            return _SLOW
         try:
             st = lstat_beneath(self.source, e.path)
         except OSError:
@@ -239,7 +247,7 @@ class Uploader:
 
     def _directory_now(self, e: Entry, children: list[Any]) -> Any:
         """A directory whose children are all settled and whose body is cached, or _SLOW."""
-        if any(isinstance(c, Deferred) or c is _FAILED for c in children):
+        if self.settings.mode == "force" or any(isinstance(c, Deferred) or c is _FAILED for c in children):
             return _SLOW
         st = None
         if e.path:
@@ -259,7 +267,7 @@ class Uploader:
             return Child(e.name, hit.cap, edge_metadata(e, None, st.st_mtime_ns, st.st_ctime_ns))
         return Child(e.name, hit.cap, edge_metadata(e))
 
-    def _spawn(self, coro: Any) -> Deferred:
+    def _spawn(self, coro: Any, held: int) -> Deferred:
         async def guarded() -> Any:
             try:
                 return await coro
@@ -269,7 +277,7 @@ class Uploader:
                 return _FAILED
             finally:
                 self.stats.entries_done += 1
-                self._window.release()
+                self._window.give(held)
         return Deferred.fromCoroutine(guarded())
 
     # -- entries ------------------------------------------------------------------
@@ -328,20 +336,27 @@ class Uploader:
             self.rep.warn(e.path, "skipped: it is no longer a regular file")
             return None
         key = file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, self._plain)
-        hit = self.cache.lookup(key, self.gen)
-        if hit is not None:
+        known = self.cache.lookup(key, self.gen)
+        if known is not None and self.settings.mode == "stat":
             self.stats.files_unchanged += 1
             log.log(NOISE, "unchanged (cache hit): %r", e.path)
-            return await self._child(e, st, hit)
+            return await self._child(e, st, known)
         changed = self.cache.saw_path(self.source, e.path)
         child = await (self._small(e, st.st_size) if st.st_size <= self.settings.pack_max_file_size
                        else self._large_slot(e))
-        if child is not None:
-            self.cache.record_path(self.source, e.path, self.gen)
-            if changed:
-                self.stats.files_changed += 1
-            else:
-                self.stats.files_new += 1
+        if child is None:
+            return None
+        self.cache.record_path(self.source, e.path, self.gen)
+        if known is not None and known.sha256 and child.metadata.get("sha256") == known.sha256.hex():
+            self.stats.files_unchanged += 1
+        elif known is not None and known.sha256 and self.settings.mode == "verify":
+            self.stats.files_changed += 1
+            self.rep.problem(e.path, "content changed although its size, mtime, ctime and inode did not "
+                                     "(silent corruption in the source?)")
+        elif changed:
+            self.stats.files_changed += 1
+        else:
+            self.stats.files_new += 1
         return child
 
     async def _large_slot(self, e: Entry) -> Child | None:
@@ -474,7 +489,7 @@ class Uploader:
         """Where content ``sha`` is stored: the cache, an identical store already under way in this
         run, or ``store()``, a new one.  The returned Hit's sha256 is what the stored bytes hold."""
         ckey = content_key(sha, self._plain)
-        hit = self.cache.lookup(ckey, self.gen)
+        hit = self.cache.lookup(ckey, self.gen) if self.settings.mode != "force" else None
         if hit is not None:
             self.stats.files_deduplicated += 1
             self.stats.bytes_deduplicated += size
@@ -628,7 +643,7 @@ class Uploader:
 
     async def _mkdir(self, body: bytes) -> str:
         key = body_key(body)
-        hit = self.cache.lookup(key, self.gen)
+        hit = self.cache.lookup(key, self.gen) if self.settings.mode != "force" else None
         if hit is not None:
             self.stats.dirs_unchanged += 1
             return hit.cap

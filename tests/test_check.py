@@ -1,0 +1,121 @@
+"""check against a private real grid: lease renewal, a lost share found and repaired, an unrecoverable object."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from conftest import Grid, make_tree, run_cli
+from lafs_backup.check import StreamParser, judge
+from lafs_backup.grid import GridSpec, LocalGrid
+
+
+def _unit(happiness, recoverable=True, corrupt=0, **extra):
+    return {"type": "file", "path": ["a", "b"], "check-results": {"results": {
+        "count-happiness": happiness, "recoverable": recoverable, "healthy": True,
+        "count-corrupt-shares": corrupt}}, **extra}
+
+
+def test_judge_uses_happiness_and_recoverability_not_healthy():
+    assert judge(_unit(3), 3).healthy
+    assert not judge(_unit(1), 3).healthy  # Tahoe said healthy: true, but only one server holds it
+    assert not judge(_unit(3, recoverable=False), 3).healthy
+    assert not judge(_unit(3, corrupt=1), 3).healthy
+    lit = {"type": "file", "path": ["x"], "check-results": {"results": {"healthy": True}}}
+    assert judge(lit, 3).healthy
+    repaired = {"type": "file", "path": ["y"], "check-and-repair-results": {
+        "repair-attempted": True, "repair-successful": True,
+        "pre-repair-results": {"results": {"count-happiness": 2, "recoverable": True}},
+        "post-repair-results": {"results": {"count-happiness": 3, "recoverable": True}}}}
+    v = judge(repaired, 3)
+    assert v.healthy and v.repaired and v.path == "/y"
+
+
+def test_error_line_in_the_stream_is_a_failure():
+    seen = []
+    p = StreamParser(3, seen.append)
+    p.feed(json.dumps(_unit(3)).encode() + b"\n" + b"ERROR: UnrecoverableFileError(no recoverable versions)\n")
+    p.feed(b"Traceback (most recent call last):\n")
+    p.close()
+    assert len(seen) == 1 and p.error.startswith("ERROR: UnrecoverableFileError")
+
+
+@pytest.fixture(scope="module")
+def own_grid(tmp_path_factory):
+    """A grid of its own: these tests delete shares and stop servers."""
+    home = tmp_path_factory.mktemp("checkgrid")
+    gdir = home / "grid"
+    r = run_cli(["grid", "up", "--dir", str(gdir)], home, timeout=180)
+    assert r.code == 0, r.err
+    yield Grid(gdir, r.out.strip()), home
+    run_cli(["grid", "down", "--dir", str(gdir)], home, timeout=60)
+
+
+def _share_files(gdir: Path, node: str) -> list[Path]:
+    return sorted(p for p in (gdir / node / "storage" / "shares").rglob("*")
+                  if p.is_file() and p.parent.parent.name != "incoming" and p.name.isdigit())
+
+
+def test_lost_share_is_reported_then_repaired(own_grid, tmp_path):
+    grid, _ = own_grid
+    home = tmp_path / "h"
+    home.mkdir()
+    lb = ["--url", grid.url, "-o", "destination.happy=3"]
+    src = make_tree(tmp_path / "src", small=5, medium=0, large=0)
+    run_cli([*lb, "backup", str(src)], home, check=True)
+    r = run_cli([*lb, "check"], home)
+    assert r.code == 0, r.err + r.out
+    assert "0 unhealthy, leases renewed" in r.err
+    assert json.loads(run_cli([*lb, "list", "--json"], home, check=True).out)[0]["last_check"]
+
+    victim = _share_files(grid.dir, "storage1")[0]
+    victim.unlink()
+    r = run_cli([*lb, "check", "--json"], home)
+    assert r.code == 6, r.err
+    bad = [json.loads(ln) for ln in r.out.splitlines() if '"unhealthy"' in ln and '"type"' in ln]
+    assert any(u["type"] == "unhealthy" and u["happiness"] == 2 for u in bad), r.out
+    assert "URI:" not in r.out  # object paths, never caps
+
+    r = run_cli([*lb, "check", "-r", "--json"], home)
+    assert r.code == 0, r.out + r.err
+    summary = [json.loads(ln) for ln in r.out.splitlines() if '"checked"' in ln][0]
+    assert summary["unhealthy"] == 0
+
+    r = run_cli([*lb, "check"], home)
+    assert r.code == 0 and "0 unhealthy" in r.err
+
+
+def test_least_recently_checked_goes_round_robin(own_grid, tmp_path):
+    grid, _ = own_grid
+    home = tmp_path / "h"
+    home.mkdir()
+    lb = ["--url", grid.url, "-o", "destination.happy=3"]
+    for i in range(2):
+        src = make_tree(tmp_path / f"src{i}", small=3 + i, medium=0, large=0)
+        run_cli([*lb, "backup", str(src)], home, check=True)
+    for _ in range(2):
+        r = run_cli([*lb, "check", "-a"], home, check=True)
+        assert r.err.count("objects checked") == 1
+    checked = [b["last_check"] for b in json.loads(run_cli([*lb, "list", "--json"], home, check=True).out)]
+    assert all(checked)
+
+
+def test_unrecoverable_object_is_reported(own_grid, tmp_path):
+    grid, ghome = own_grid
+    home = tmp_path / "h"
+    home.mkdir()
+    lb = ["--url", grid.url, "-o", "destination.happy=3"]
+    src = make_tree(tmp_path / "src", small=5, medium=0, large=0)
+    run_cli([*lb, "backup", str(src)], home, check=True)
+    g = LocalGrid(GridSpec(str(grid.dir)))
+    g.kill_node("storage1", signal.SIGTERM)
+    g.kill_node("storage2", signal.SIGTERM)
+    try:
+        r = run_cli([*lb, "check", "--json"], home, timeout=120)
+        assert r.code == 6, r.err
+        assert '"recoverable": false' in r.out or "stopped" in r.out
+    finally:
+        assert run_cli(["grid", "up", "--dir", str(grid.dir)], ghome, timeout=180).code == 0
