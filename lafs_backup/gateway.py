@@ -10,6 +10,7 @@ redacted.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import random
@@ -19,7 +20,7 @@ from urllib.parse import quote
 
 import treq
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectError, ConnectionLost, TimeoutError as TxTimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
@@ -50,6 +51,31 @@ class _Attempt:
         self.deferred.cancel()
 
 
+class _Slots:
+    """A counting semaphore that serves waiters by priority (lower first), then in order of arrival."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        self._waiting: list[tuple[float, int, Deferred]] = []
+        self._seq = 0
+
+    def acquire(self, priority: float = 0.0) -> Deferred:
+        if self.tokens > 0 and not self._waiting:
+            self.tokens -= 1
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._seq += 1
+        heapq.heappush(self._waiting, (priority, self._seq, d))
+        return d
+
+    def release(self) -> None:
+        if self._waiting:
+            _, _, d = heapq.heappop(self._waiting)
+            d.callback(None)
+        else:
+            self.tokens += 1
+
+
 class Gateway:
     """Calls to one gateway.  ``http`` is a treq :class:`HTTPClient` (the seam for fakes)."""
 
@@ -63,7 +89,7 @@ class Gateway:
         self._rng = rng or random.Random()
         self._limit_bytes = limit_bytes
         self._limit_objects = limit_objects
-        self._slots = DeferredSemaphore(jobs)
+        self._slots = _Slots(jobs)
         self._debug = debug_requests
         #: Requests sent, by kind ("put", "mkdir", "get", ...), attempts included.
         self.counts: Counter[str] = Counter()
@@ -89,7 +115,7 @@ class Gateway:
                        ok: Sequence[int] = (200,),
                        on_response: Callable[[Any], Awaitable[Any]] | None = None,
                        retry_unhappy: bool = True, attempts: int | None = None,
-                       timeout: bool = True) -> tuple[int, Any]:
+                       timeout: bool = True, priority: float = 0.0) -> tuple[int, Any]:
         """Send a request with retries; return (status, result).
 
         ``body`` is bytes or a callable that opens a fresh file object for
@@ -108,7 +134,7 @@ class Gateway:
                 await self._limit_objects.take(1)
             if self._limit_bytes is not None and body is not None:
                 await self._limit_bytes.take(_body_size(body))
-            await self._slots.acquire()
+            await self._slots.acquire(priority)
             fobj: IO[bytes] | None = None
             try:
                 data: Any = body
@@ -169,10 +195,15 @@ class Gateway:
         _, body = await self._request("put", "PUT", self.url(), body=data, retry_unhappy=retry_unhappy)
         return _cap_from(body)
 
-    async def mkdir_immutable(self, body: bytes) -> str:
-        """Create an immutable directory from a JSON body ``{name: [type, {ro_uri, metadata}]}``."""
+    async def mkdir_immutable(self, body: bytes, priority: float = 0.0) -> str:
+        """Create an immutable directory from a JSON body ``{name: [type, {ro_uri, metadata}]}``.
+
+        ``priority``: lower goes first when requests queue for a slot (the
+        uploader puts deeper directories first: they are on the longest chain).
+        """
         _, resp = await self._request("mkdir", "POST", self.url(), params={"t": "mkdir-immutable"},
-                                      body=body, headers={"Content-Type": "application/json"})
+                                      body=body, headers={"Content-Type": "application/json"},
+                                      priority=priority)
         return _cap_from(resp)
 
     async def mkdir_mutable(self) -> str:

@@ -636,18 +636,18 @@ class Uploader:
                 self.rep.warn(e.path, "skipped: it is no longer a directory (replaced since the scan)")
                 return None
         body = dir_body(r for r in results if r is not None)
-        cap = await self._mkdir(body)
+        cap = await self._mkdir(body, priority=-(e.path.count(b"/") + 1) if e.path else 0)
         if e.path:  # times as they are now, like the children's (entries may have gone since the scan)
             return Child(e.name, cap, edge_metadata(e, None, st.st_mtime_ns, st.st_ctime_ns))
         return Child(e.name, cap, edge_metadata(e))
 
-    async def _mkdir(self, body: bytes) -> str:
+    async def _mkdir(self, body: bytes, priority: float = 0.0) -> str:
         key = body_key(body)
         hit = self.cache.lookup(key, self.gen) if self.settings.mode != "force" else None
         if hit is not None:
             self.stats.dirs_unchanged += 1
             return hit.cap
-        cap = await self.gw.mkdir_immutable(body)
+        cap = await self.gw.mkdir_immutable(body, priority)
         self.cache.store(key, cap, self.gen)
         self.stats.dirs_new += 1
         return cap

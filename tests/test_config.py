@@ -105,3 +105,10 @@ def test_gateway_url_forms(url):
 def test_retry_policy_repeats_last_delay():
     p = cfg.retry_policy(cfg.load_tree([]))
     assert [p.delay(i) for i in range(1, 7)] == [1, 3, 10, 30, 30, 30]
+
+
+def test_shipped_example_config_is_valid():
+    example = cfg.BASE_CONFIG.resolve().parent / "example.yaml"
+    tree = cfg.load_tree([str(example)])
+    assert cfg.get(tree, "source.path") == "/home"
+    assert cfg.get(tree, "destination.happy") == 7
