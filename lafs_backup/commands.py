@@ -289,7 +289,7 @@ async def restore(ctx: Context, ref: str, paths: list[str], target: str, owners:
 
     cap = await resolve_snapshot(ctx, ref)
     gw = await ctx.gateway()
-    r = Restorer(gw, ctx.reporter, target, window=max(16, 4 * ctx.get("operation.jobs")),
+    r = Restorer(gw, ctx.reporter, target, window=max(256, 4 * ctx.get("operation.jobs")),
                  owners=owners, numeric=numeric, whole_packs=not paths)
     await r.run(cap, [os.fsencode(p) for p in paths])
     ctx.reporter.stats.requests = dict(gw.counts)

@@ -36,8 +36,34 @@ class GridSpec:
     happy: int = 3
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A free port on 127.0.0.1 outside the kernel's ephemeral range.
+
+    A port the kernel hands out for outgoing connections could be taken by
+    one of them before the node binds it (or when the grid restarts later).
+    """
+    import random
+
+    lo, hi = _ephemeral_range()
+    a, b = (10000, lo - 1) if lo > 11000 else (hi + 1, 65535)
+    for _ in range(200):
+        port = random.randint(a, b)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # fall back to any free port
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
