@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -65,13 +66,22 @@ def run_cli(args: list[str], home: Path, timeout: float = 300, check: bool = Fal
 def grid(tmp_path_factory: pytest.TempPathFactory) -> Grid:
     """One real local grid (3 storage nodes, 2-of-3, happy 3) for the whole session."""
     home = tmp_path_factory.mktemp("gridhome")
+    with local_grid(home) as g:
+        yield g
+
+
+@contextlib.contextmanager
+def local_grid(home: Path):
+    """Start a grid in ``home``; always stop it again, even when starting failed half way."""
     gdir = home / "grid"
-    r = run_cli(["grid", "up", "--dir", str(gdir)], home, timeout=180)
-    assert r.code == 0, r.err
-    url = r.out.strip()
-    assert url.startswith("http://127.0.0.1:")
-    yield Grid(gdir, url)
-    run_cli(["grid", "down", "--dir", str(gdir)], home, timeout=60)
+    try:
+        r = run_cli(["grid", "up", "--dir", str(gdir)], home, timeout=180)
+        assert r.code == 0, r.err
+        url = r.out.strip()
+        assert url.startswith("http://127.0.0.1:")
+        yield Grid(gdir, url)
+    finally:
+        run_cli(["grid", "down", "--dir", str(gdir)], home, timeout=120)
 
 
 @pytest.fixture

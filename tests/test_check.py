@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Grid, make_tree, run_cli
+from conftest import local_grid, make_tree, run_cli
 from lafs_backup.check import StreamParser, judge
 from lafs_backup.grid import GridSpec, LocalGrid
 
@@ -47,11 +47,8 @@ def test_error_line_in_the_stream_is_a_failure():
 def own_grid(tmp_path_factory):
     """A grid of its own: these tests delete shares and stop servers."""
     home = tmp_path_factory.mktemp("checkgrid")
-    gdir = home / "grid"
-    r = run_cli(["grid", "up", "--dir", str(gdir)], home, timeout=180)
-    assert r.code == 0, r.err
-    yield Grid(gdir, r.out.strip()), home
-    run_cli(["grid", "down", "--dir", str(gdir)], home, timeout=60)
+    with local_grid(home) as g:
+        yield g, home
 
 
 def _share_files(gdir: Path, node: str) -> list[Path]:
