@@ -332,8 +332,7 @@ class Uploader:
         except OSError as err:
             self.rep.warn(e.path, f"skipped: {_why(err)}")
             return None
-        if not stat.S_ISREG(st.st_mode):
-            self.rep.warn(e.path, "skipped: it is no longer a regular file")
+        if not self._regular(e, st):
             return None
         key = file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, self._plain)
         known = self.cache.lookup(key, self.gen)
@@ -417,18 +416,29 @@ class Uploader:
             appended()
             hold.release()
 
-    def _read_small(self, e: Entry) -> tuple[os.stat_result, bytes] | None:
-        """Read a small file whole; read it again once if it changed meanwhile."""
+    def _open(self, e: Entry) -> int | None:
+        """Open a source file for reading (never through a symlink); None after a warning."""
         try:
-            fd = open_beneath(self.source, e.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            return open_beneath(self.source, e.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as err:
             self.rep.warn(e.path, f"skipped: {_why(err)}")
+            return None
+
+    def _regular(self, e: Entry, st: os.stat_result) -> bool:
+        if stat.S_ISREG(st.st_mode):
+            return True
+        self.rep.warn(e.path, "skipped: it is no longer a regular file")
+        return False
+
+    def _read_small(self, e: Entry) -> tuple[os.stat_result, bytes] | None:
+        """Read a small file whole; read it again once if it changed meanwhile."""
+        fd = self._open(e)
+        if fd is None:
             return None
         try:
             for attempt in (1, 2):
                 st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    self.rep.warn(e.path, "skipped: it is no longer a regular file")
+                if not self._regular(e, st):
                     return None
                 data = _pread_all(fd, st.st_size + 1)
                 after = os.fstat(fd)
@@ -447,16 +457,13 @@ class Uploader:
 
     async def _large(self, e: Entry) -> Child | None:
         """A file above the pack limit: hashed, then uploaded as its own object unless known."""
-        try:
-            fd = open_beneath(self.source, e.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as err:
-            self.rep.warn(e.path, f"skipped: {_why(err)}")
+        fd = self._open(e)
+        if fd is None:
             return None
         try:
             for attempt in (1, 2):
                 st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    self.rep.warn(e.path, "skipped: it is no longer a regular file")
+                if not self._regular(e, st):
                     return None
                 sha = await self._in_thread(_sha256_fd, fd, st.st_size)
                 self.stats.bytes_read += st.st_size
