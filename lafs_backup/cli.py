@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", parents=[common], help="list finished backups")
 
+    v = sub.add_parser("verify", parents=[common],
+                       help="verify every share and read contents back against their SHA-256; exit 6 on damage")
+    v.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
+    v.add_argument("--sample", type=float, default=100.0, metavar="PERCENT",
+                   help="read back only this percentage of the files, chosen at random (default 100)")
+
     c = sub.add_parser("check", parents=[common],
                        help="deep-check backups: renew leases, optionally repair; exit 6 if anything is unhealthy")
     c.add_argument("backups", nargs="*", metavar="BACKUP", help="caps or generation numbers (default: all)")
@@ -112,7 +118,8 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
     Every :class:`LafsBackupError` becomes its message and exit code; any
     other exception is a bug and is shown with a (cap-redacted) traceback.
     """
-    from .commands import Context, backup, check, dump_config, grid_command, list_backups, restore
+    from .commands import (Context, backup, check, dump_config, grid_command, list_backups, restore,
+                           verify)
     from .report import Reporter
 
     out = out or sys.stdout
@@ -120,7 +127,8 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
     try:
         ns = build_parser().parse_args(list(argv))
         if not ns.command:
-            raise UsageError("lafs-backup: a command is required (backup, restore, list, grid, dump-config); "
+            raise UsageError("lafs-backup: a command is required (backup, restore, list, check, verify, grid, "
+                             "dump-config); "
                              "see --help")
         tree = cfg.load_tree(getattr(ns, "config", []), _overrides(ns))
         level = "noise" if getattr(ns, "noise", False) else "debug" if getattr(ns, "debug", False) else (
@@ -136,6 +144,8 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
         if ns.command == "check":
             return int(await check(ctx, ns.backups, ns.least_recently_checked, ns.repair, not ns.no_lease,
                                    ns.format, ns.healthy_format, ns.error_output, getattr(ns, "json", False)))
+        if ns.command == "verify":
+            return int(await verify(ctx, ns.snapshot, ns.sample))
         if ns.command == "list":
             return int(await list_backups(ctx, getattr(ns, "json", False)))
         if ns.command == "grid":

@@ -388,6 +388,22 @@ def logsetup_redact(text: str) -> str:
     return redact(text)
 
 
+# -- verify ---------------------------------------------------------------------------
+
+async def verify(ctx: Context, ref: str, sample: float) -> int:
+    from .verify import Verifier
+
+    if not 0 < sample <= 100:
+        raise UsageError(f"--sample must be a percentage above 0 and at most 100, not {sample}")
+    cap = await resolve_snapshot(ctx, ref)
+    gw = await ctx.gateway()
+    v = Verifier(gw, ctx.reporter, sample, ctx.get("operation.jobs"))
+    await v.run(cap)
+    ctx.reporter.stats.files = v.files_read
+    ctx.reporter.finish("verify")
+    return _outcome(ctx.reporter)
+
+
 # -- grid -------------------------------------------------------------------------------
 
 async def grid_command(ctx: Context, action: str, directory: str | None) -> int:

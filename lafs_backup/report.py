@@ -128,6 +128,9 @@ class Reporter:
                 lines.append(f"  bytes read: {_size(s.bytes_read)}, uploaded: {_size(s.bytes_uploaded)}; saved by "
                              f"deduplication: {_size(s.bytes_deduplicated)}, by compression: "
                              f"{_size(s.bytes_compression_saved)}")
+            elif kind == "verify":
+                lines.append(f"  every share checked; file contents read back: {s.files} "
+                             f"({_size(s.bytes_read)})")
             elif kind == "restore":
                 lines.append(f"  files: {s.files}, directories: {s.dirs}, symlinks: {s.symlinks}, "
                              f"special files: {s.specials}, bytes written: {s.bytes_written}")

@@ -116,3 +116,32 @@ def test_unrecoverable_object_is_reported(own_grid, tmp_path):
         assert '"recoverable": false' in r.out or "stopped" in r.out
     finally:
         assert run_cli(["grid", "up", "--dir", str(grid.dir)], ghome, timeout=180).code == 0
+
+
+def test_verify_reads_back_and_finds_a_corrupted_share(own_grid, tmp_path):
+    grid, _ = own_grid
+    home = tmp_path / "h"
+    home.mkdir()
+    lb = ["--url", grid.url]
+    src = make_tree(tmp_path / "src", small=40, medium=2, large=0)
+    files = sum(1 for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+    run_cli([*lb, "backup", str(src)], home, check=True)
+    r = run_cli([*lb, "verify", "latest", "--json"], home)
+    assert r.code == 0, r.err + r.out
+    summary = json.loads(r.out.splitlines()[-1])
+    assert summary["files"] == files and summary["problems"] == 0
+
+    r = run_cli([*lb, "verify", "latest", "--sample", "50", "--json"], home, check=True)
+    assert 0 < json.loads(r.out.splitlines()[-1])["files"] < files
+
+    # Flip bytes in the middle of this backup's biggest share on one server.
+    victim = max(_share_files(grid.dir, "storage1"), key=lambda p: (p.stat().st_mtime, p.stat().st_size))
+    original = victim.read_bytes()
+    mid = len(original) // 2
+    victim.write_bytes(original[:mid] + bytes(b ^ 0xFF for b in original[mid:mid + 64]) + original[mid + 64:])
+    try:
+        r = run_cli([*lb, "verify", "latest"], home)
+        assert r.code == 6, r.err
+        assert "corrupt share" in r.err
+    finally:
+        victim.write_bytes(original)
