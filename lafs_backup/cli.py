@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", parents=[common], help="list finished backups")
 
+    d = sub.add_parser("diff", parents=[common],
+                       help="what changed between two snapshots, or a snapshot and the live source (exit 1 if any)")
+    d.add_argument("a", metavar="SNAPSHOT", help="a cap, a generation number, or 'latest'")
+    d.add_argument("b", nargs="?", metavar="OTHER", help="the snapshot to compare with")
+    d.add_argument("--live", action="store_true", help="compare with the source directory as it is now")
+
     v = sub.add_parser("verify", parents=[common],
                        help="verify every share and read contents back against their SHA-256; exit 6 on damage")
     v.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
@@ -118,7 +124,7 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
     Every :class:`LafsBackupError` becomes its message and exit code; any
     other exception is a bug and is shown with a (cap-redacted) traceback.
     """
-    from .commands import (Context, backup, check, dump_config, grid_command, list_backups, restore,
+    from .commands import (Context, backup, check, diff, dump_config, grid_command, list_backups, restore,
                            verify)
     from .report import Reporter
 
@@ -144,6 +150,8 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
         if ns.command == "check":
             return int(await check(ctx, ns.backups, ns.least_recently_checked, ns.repair, not ns.no_lease,
                                    ns.format, ns.healthy_format, ns.error_output, getattr(ns, "json", False)))
+        if ns.command == "diff":
+            return int(await diff(ctx, ns.a, ns.b, ns.live, getattr(ns, "json", False)))
         if ns.command == "verify":
             return int(await verify(ctx, ns.snapshot, ns.sample))
         if ns.command == "list":

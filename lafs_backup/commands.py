@@ -388,6 +388,40 @@ def logsetup_redact(text: str) -> str:
     return redact(text)
 
 
+# -- diff -------------------------------------------------------------------------------
+
+async def diff(ctx: Context, a: str, b: str | None, live: bool, as_json: bool) -> int:
+    from .diff import Change, LiveDiff, SnapshotDiff
+
+    if live == (b is not None):
+        raise UsageError("give either two snapshots (diff A B) or one and --live")
+    found: list[Change] = []
+
+    def emit(c: Change) -> None:
+        found.append(c)
+        print(json.dumps(c.as_dict()) if as_json else c.line(), file=ctx.out)
+
+    cap_a = await resolve_snapshot(ctx, a)
+    gw = await ctx.gateway()
+    if b is not None:
+        await SnapshotDiff(gw, emit).run(cap_a, await resolve_snapshot(ctx, b))
+    else:
+        cache = await ctx.cache()
+        try:
+            rec = cache.find_backup(cap_a)
+        finally:
+            cache.close()
+        source = rec.source if rec is not None else (
+            os.fsencode(cfg.expand(ctx.get("source.path")) or "") or None)
+        if not source or not os.path.isdir(source):
+            raise UsageError("--live needs the snapshot's source directory: it is not recorded for this "
+                             "snapshot and source.path is not set")
+        await LiveDiff(gw, source, emit).run(cap_a)
+    if not as_json:
+        print(f"{len(found)} difference(s)", file=ctx.err)
+    return 1 if found else 0
+
+
 # -- verify ---------------------------------------------------------------------------
 
 async def verify(ctx: Context, ref: str, sample: float) -> int:

@@ -1,0 +1,179 @@
+"""Diff: what changed between two snapshots, or between a snapshot and the live source (pure comparison, I/O walkers)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from .entry import KIND_DIR, Entry, kind_of
+from .errors import SnapshotError
+from .gateway import Gateway
+from .meta import Capturer
+from .snapshot import BadSnapshot, Node, edge_metadata, parse_children, parse_root
+
+#: Metadata keys compared, and the word each difference is reported as.
+_ASPECTS = (
+    ("type", "type"), ("mode", "mode"), ("uid", "owner"), ("gid", "owner"), ("mtime_ns", "mtime"),
+    ("target", "link target"), ("acl", "ACL"), ("default_acl", "ACL"), ("xattrs", "xattr"),
+    ("caps", "capabilities"), ("rdev", "device"),
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference: ``what`` is '+' (added), '-' (removed) or 'M' (modified, with ``aspects``)."""
+
+    what: str
+    path: str
+    aspects: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        kind = {"+": "added", "-": "removed", "M": "changed"}[self.what]
+        return {"type": kind, "path": self.path, "changed": list(self.aspects)}
+
+    def line(self) -> str:
+        return f"{self.what} {self.path}" + (f" ({', '.join(self.aspects)})" if self.aspects else "")
+
+
+def compare_meta(a: Mapping[str, Any], b: Mapping[str, Any], content_differs: bool | None) -> tuple[str, ...]:
+    """The aspects in which two entries differ (pure).
+
+    ``content_differs`` is decided by the caller (hashes, sizes); None when
+    content is not comparable (directories, special files).
+    """
+    out: list[str] = []
+    if content_differs:
+        out.append("content")
+    for key, word in _ASPECTS:
+        if a.get(key) != b.get(key) and word not in out:
+            out.append(word)
+    return tuple(out)
+
+
+def _content_differs(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool | None:
+    if a.get("type") != "file" or b.get("type") != "file":
+        return None
+    if a.get("size") != b.get("size"):
+        return True
+    sa, sb = a.get("sha256"), b.get("sha256")
+    return sa != sb if sa and sb else None
+
+
+class SnapshotDiff:
+    """Walks two snapshots side by side; an identical directory cap means an identical subtree."""
+
+    def __init__(self, gateway: Gateway, emit: Callable[[Change], None]) -> None:
+        self.gw = gateway
+        self.emit = emit
+
+    async def run(self, cap_a: str, cap_b: str) -> None:
+        try:
+            a = parse_root(await self.gw.get_json(cap_a))
+            b = parse_root(await self.gw.get_json(cap_b))
+        except BadSnapshot as e:
+            raise SnapshotError(what="(given)", problem=str(e))
+        aspects = compare_meta(a.metadata, b.metadata, None)
+        if aspects:
+            self.emit(Change("M", "/", aspects))
+        await self._dirs(a, b, "")
+
+    async def _list(self, node: Node) -> dict[bytes, Node]:
+        try:
+            return {n.name: n for n in parse_children(await self.gw.get_json(node.cap))}
+        except BadSnapshot as e:
+            raise SnapshotError(what="(given)", problem=str(e))
+
+    async def _dirs(self, a: Node, b: Node, path: str) -> None:
+        if a.cap == b.cap:
+            return  # immutable and convergent: the same cap is the same subtree, metadata included
+        la, lb = await self._list(a), await self._list(b)
+        for name in sorted(set(la) | set(lb)):
+            p = f"{path}/{name.decode('utf-8', 'backslashreplace')}"
+            na, nb = la.get(name), lb.get(name)
+            if nb is None:
+                self.emit(Change("-", p))
+            elif na is None:
+                self.emit(Change("+", p))
+            else:
+                aspects = compare_meta(na.metadata, nb.metadata, _content_differs(na.metadata, nb.metadata))
+                if aspects:
+                    self.emit(Change("M", p, aspects))
+                if na.kind == KIND_DIR and nb.kind == KIND_DIR:
+                    await self._dirs(na, nb, p)
+
+
+class LiveDiff:
+    """Walks a snapshot and the live source side by side.
+
+    A file's content counts as changed when its size differs, or when its
+    mtime differs and its SHA-256 (read now) differs from the recorded one.
+    """
+
+    def __init__(self, gateway: Gateway, source: bytes, emit: Callable[[Change], None]) -> None:
+        self.gw = gateway
+        self.source = source
+        self.emit = emit
+        self._capture = Capturer(lambda k, m: None)
+
+    async def run(self, cap: str) -> None:
+        try:
+            tree = parse_root(await self.gw.get_json(cap))
+        except BadSnapshot as e:
+            raise SnapshotError(what="(given)", problem=str(e))
+        live = self._meta(b"", self.source)
+        aspects = compare_meta(tree.metadata, live, None)
+        if aspects:
+            self.emit(Change("M", "/", aspects))
+        await self._dirs(tree, b"")
+
+    def _meta(self, rel: bytes, path: bytes) -> dict[str, Any]:
+        st = os.lstat(path)
+        target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+        extras, _ = self._capture.extras(path, st)
+        e = Entry.from_stat(rel, st, target, tuple(extras))
+        return edge_metadata(e)
+
+    async def _dirs(self, node: Node, rel: bytes) -> None:
+        snap = {n.name: n for n in parse_children(await self.gw.get_json(node.cap))}
+        base = self.source + (b"/" + rel if rel else b"")
+        try:
+            names = set(os.listdir(base))
+        except OSError:
+            names = set()
+        for name in sorted(set(snap) | names):
+            crel = rel + b"/" + name if rel else name
+            p = "/" + crel.decode("utf-8", "backslashreplace")
+            n = snap.get(name)
+            if name not in names:
+                self.emit(Change("-", p))
+                continue
+            try:
+                live = self._meta(crel, base + b"/" + name)
+            except (OSError, ValueError):
+                continue
+            if n is None:
+                self.emit(Change("+", p))
+                continue
+            content = None
+            if n.metadata.get("type") == "file" and live.get("type") == "file":
+                content = live.get("size") != n.metadata.get("size")
+                if not content and live.get("mtime_ns") != n.metadata.get("mtime_ns"):
+                    content = _sha256(base + b"/" + name) != n.metadata.get("sha256")
+            live.pop("ctime_ns", None)
+            aspects = compare_meta(n.metadata, live, content)
+            if aspects:
+                self.emit(Change("M", p, aspects))
+            if n.kind == KIND_DIR and kind_of(os.lstat(base + b"/" + name).st_mode) == KIND_DIR:
+                await self._dirs(n, crel)
+
+
+def _sha256(path: bytes) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+

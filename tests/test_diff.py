@@ -1,0 +1,65 @@
+"""diff between snapshots and against the live source, against the real grid."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from lafs_backup.diff import compare_meta
+
+
+def test_compare_meta_names_each_aspect():
+    a = {"type": "file", "mode": 0o100644, "uid": 1, "gid": 1, "mtime_ns": 5, "xattrs": {"user.a": "eA=="}}
+    assert compare_meta(a, dict(a), False) == ()
+    b = dict(a, mode=0o100600, uid=2, mtime_ns=6, xattrs={})
+    assert compare_meta(a, b, True) == ("content", "mode", "owner", "mtime", "xattr")
+    assert compare_meta({"type": "symlink", "target": "x"}, {"type": "symlink", "target": "y"}, None) == (
+        "link target",)
+
+
+def _tree(root):
+    (root / "d").mkdir(parents=True)
+    (root / "a.txt").write_bytes(b"alpha " * 30)
+    (root / "b.txt").write_bytes(b"beta " * 30)
+    (root / "d" / "c.txt").write_bytes(b"gamma " * 30)
+    os.symlink("a.txt", root / "l")
+
+
+def test_diff_two_snapshots_and_live(lb, tmp_path):
+    src = tmp_path / "src"
+    _tree(src)
+    lb("backup", str(src), check=True)
+    r = lb("diff", "latest", "--live")
+    assert r.code == 0 and r.out == "", r.out + r.err
+
+    old = 1_600_000_000_000_000_000
+    os.utime(src / "b.txt", ns=(old, old))  # only the mtime
+    with open(src / "a.txt", "ab") as f:
+        f.write(b"more")
+    os.chmod(src / "d" / "c.txt", 0o600)
+    (src / "new.txt").write_bytes(b"new " * 20)
+    os.unlink(src / "l")
+    os.symlink("b.txt", src / "l")
+    os.setxattr(src / "d" / "c.txt", "user.tag", b"x")
+
+    live = lb("diff", "latest", "--live")
+    assert live.code == 1
+    lb("backup", str(src), check=True)
+    r = lb("diff", "1", "2")
+    assert r.code == 1, r.err
+    lines = set(r.out.splitlines())
+    assert "M /a.txt (content, mtime)" in lines
+    assert "M /b.txt (mtime)" in lines
+    assert "M /d/c.txt (mode, xattr)" in lines
+    assert "+ /new.txt" in lines
+    assert any(ln.startswith("M /l (") and "link target" in ln for ln in lines)
+    assert not any(ln.startswith("- ") for ln in lines)
+    assert set(live.out.splitlines()) - {ln for ln in live.out.splitlines() if ln.startswith("M / ")} == \
+        lines - {ln for ln in lines if ln.startswith("M / ")}
+
+    os.unlink(src / "new.txt")
+    j = lb("diff", "2", "1", "--json")
+    recs = [json.loads(x) for x in j.out.splitlines()]
+    assert {"type": "removed", "path": "/new.txt", "changed": []} in recs
+    assert lb("diff", "2", "2").code == 0
+    assert lb("diff", "latest").code == 2  # neither OTHER nor --live: a usage error
