@@ -11,6 +11,9 @@ This is the only module that talks to sqlite.  Schema history (``meta.schema_ver
   is a slice of the pack named by ``cap``); ``paths(key, generation)``, the
   source paths whose content was ever read, to tell a changed file from a
   new one.
+* 3: ``objects.first_gen``, the generation that first stored the row.  A row
+  may be used by any backup whose generation lies in ``[first_gen,
+  generation]``; cleanup deletes a row only when no kept backup does.
 
 Rows are written only after the gateway confirmed a cap.  Commits are
 batched (rows or seconds, whichever first) in WAL mode, so a kill loses at
@@ -27,7 +30,7 @@ from typing import Callable, Iterator
 
 from .errors import CacheError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,7 +38,7 @@ CREATE TABLE IF NOT EXISTS generations (
     gen INTEGER PRIMARY KEY, source BLOB NOT NULL, started REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS objects (
     key BLOB PRIMARY KEY, cap TEXT NOT NULL, sha256 BLOB, generation INTEGER NOT NULL,
-    enc TEXT, pack_offset INTEGER, pack_length INTEGER
+    enc TEXT, pack_offset INTEGER, pack_length INTEGER, first_gen INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_generation ON objects (generation);
 CREATE TABLE IF NOT EXISTS backups (
@@ -123,11 +126,16 @@ class EntryCache:
                 for stmt in _SCHEMA.strip().split(";"):
                     if stmt.strip():
                         db.execute(stmt)
-            elif version < 2:
-                for col in ("enc TEXT", "pack_offset INTEGER", "pack_length INTEGER"):
-                    db.execute(f"ALTER TABLE objects ADD COLUMN {col}")
-                db.execute("CREATE TABLE IF NOT EXISTS paths (key BLOB PRIMARY KEY, generation INTEGER NOT NULL) "
-                           "WITHOUT ROWID")
+            else:
+                if version < 2:
+                    for col in ("enc TEXT", "pack_offset INTEGER", "pack_length INTEGER"):
+                        db.execute(f"ALTER TABLE objects ADD COLUMN {col}")
+                    db.execute("CREATE TABLE IF NOT EXISTS paths (key BLOB PRIMARY KEY, "
+                               "generation INTEGER NOT NULL) WITHOUT ROWID")
+                if version < 3:
+                    # Unknown history: assume every row may be used from generation 1 on (keeps all).
+                    db.execute("ALTER TABLE objects ADD COLUMN first_gen INTEGER")
+                    db.execute("UPDATE objects SET first_gen = 1")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             db.execute("COMMIT")
         except BaseException:
@@ -216,8 +224,11 @@ class EntryCache:
     def store(self, key: bytes, cap: str, generation: int, sha256: bytes | None = None,
               enc: str | None = None, offset: int | None = None, length: int | None = None) -> None:
         """Record a cap the gateway returned (never call it with anything else)."""
-        self._db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (key, cap, sha256, generation, enc, offset, length))
+        self._db.execute(
+            "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+            "cap=excluded.cap, sha256=excluded.sha256, generation=excluded.generation, enc=excluded.enc, "
+            "pack_offset=excluded.pack_offset, pack_length=excluded.pack_length",
+            (key, cap, sha256, generation, enc, offset, length, generation))
         self._wrote()
 
     def store_hit(self, key: bytes, hit: Hit, generation: int) -> None:
@@ -252,6 +263,30 @@ class EntryCache:
     def set_checked(self, backup_id: int, ts: float) -> None:
         self._db.execute("UPDATE backups SET ts_check=? WHERE id=?", (ts, backup_id))
         self.commit()
+
+    def forget(self, backup_ids: list[int]) -> int:
+        """Remove backups from the record, and every cache row no remaining backup can use.
+
+        Returns the number of cache rows deleted.  Rows of interrupted runs
+        newer than every backup are kept: the next run resumes with them.
+        """
+        db = self._db
+        self._flush_bumps()
+        top = db.execute("SELECT MAX(generation) FROM backups").fetchone()[0] or 0
+        for i in backup_ids:
+            db.execute("DELETE FROM backups WHERE id=?", (i,))
+        kept = [r[0] for r in db.execute("SELECT DISTINCT generation FROM backups")]
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS kept (g INTEGER PRIMARY KEY)")
+        db.execute("DELETE FROM kept")
+        db.executemany("INSERT INTO kept VALUES (?)", [(g,) for g in kept])
+        cur = db.execute(
+            "DELETE FROM objects WHERE generation <= ? AND NOT EXISTS "
+            "(SELECT 1 FROM kept WHERE g BETWEEN COALESCE(objects.first_gen, 1) AND objects.generation)",
+            (top,))
+        deleted = cur.rowcount
+        db.execute("DELETE FROM generations WHERE gen <= ? AND gen NOT IN (SELECT g FROM kept)", (top,))
+        self.commit()
+        return deleted
 
     def backups(self) -> Iterator[Backup]:
         for row in self._db.execute("SELECT * FROM backups ORDER BY ts, id").fetchall():

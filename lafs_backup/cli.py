@@ -69,6 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", parents=[common], help="list finished backups")
 
+    cl = sub.add_parser("cleanup", parents=[common],
+                        help="forget backups: named ones, or those a retention policy does not keep")
+    cl.add_argument("backups", nargs="*", metavar="BACKUP", help="caps or generation numbers to forget")
+    cl.add_argument("-g", "--generation", type=int, action="append", default=[], metavar="N",
+                    help="forget this generation (repeatable)")
+    cl.add_argument("--up-to", action="store_true", help="also forget every older backup")
+    periods = {"hourly": "hours", "daily": "days", "weekly": "weeks", "monthly": "months", "yearly": "years"}
+    cl.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the N newest backups")
+    for unit, plural in periods.items():
+        cl.add_argument(f"--keep-{unit}", type=int, default=0, metavar="N",
+                        help=f"keep the newest backup of each of the last N {plural} that have one")
+    cl.add_argument("--keep-within", metavar="DURATION", help="keep all within DURATION (e.g. 30d, 1y6m) of the newest")
+    cl.add_argument("--dry-run", action="store_true", help="only list what would be forgotten and kept, and why")
+    cl.add_argument("-e", "--enumerate-shares", nargs="?", const="-", default=None, metavar="FILE|-",
+                    help="list the storage indexes reachable only from the forgotten backups")
+    cl.add_argument("-n", "--enumerate-only", action="store_true", help="with -e: list, forget nothing")
+
     d = sub.add_parser("diff", parents=[common],
                        help="what changed between two snapshots, or a snapshot and the live source (exit 1 if any)")
     d.add_argument("a", metavar="SNAPSHOT", help="a cap, a generation number, or 'latest'")
@@ -124,8 +141,8 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
     Every :class:`LafsBackupError` becomes its message and exit code; any
     other exception is a bug and is shown with a (cap-redacted) traceback.
     """
-    from .commands import (Context, backup, check, diff, dump_config, grid_command, list_backups, restore,
-                           verify)
+    from .commands import (Context, backup, check, cleanup, diff, dump_config, grid_command, list_backups,
+                           restore, verify)
     from .report import Reporter
 
     out = out or sys.stdout
@@ -150,6 +167,13 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
         if ns.command == "check":
             return int(await check(ctx, ns.backups, ns.least_recently_checked, ns.repair, not ns.no_lease,
                                    ns.format, ns.healthy_format, ns.error_output, getattr(ns, "json", False)))
+        if ns.command == "cleanup":
+            from .retention import Policy, parse_duration
+
+            policy = Policy(ns.keep_last, ns.keep_hourly, ns.keep_daily, ns.keep_weekly, ns.keep_monthly,
+                            ns.keep_yearly, parse_duration(ns.keep_within) if ns.keep_within else None)
+            return int(await cleanup(ctx, ns.backups, ns.generation, ns.up_to, policy, ns.dry_run,
+                                     ns.enumerate_shares, ns.enumerate_only, getattr(ns, "json", False)))
         if ns.command == "diff":
             return int(await diff(ctx, ns.a, ns.b, ns.live, getattr(ns, "json", False)))
         if ns.command == "verify":

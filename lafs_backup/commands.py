@@ -388,6 +388,115 @@ def logsetup_redact(text: str) -> str:
     return redact(text)
 
 
+# -- cleanup ------------------------------------------------------------------------------
+
+async def storage_indexes(gw: Gateway, cap: str) -> set[str]:
+    """Storage indexes of every object reachable from ``cap`` (LIT objects have none)."""
+    out: set[str] = set()
+    buf = [b""]
+
+    def sink(chunk: bytes) -> None:
+        buf[0] += chunk
+        *lines, buf[0] = buf[0].split(b"\n")
+        for line in lines:
+            if line.startswith(b"{"):
+                si = json.loads(line).get("storage-index")
+                if si:
+                    out.add(si)
+
+    await gw.stream_manifest(cap, sink)
+    sink(b"\n")
+    return out
+
+
+async def cleanup(ctx: Context, refs: list[str], generations: list[int], up_to: bool, policy: Any,
+                  dry_run: bool, enumerate_to: str | None, enumerate_only: bool, as_json: bool) -> int:
+    from .record import remove_result_line
+    from .retention import decide
+
+    if enumerate_only and enumerate_to is None:
+        raise UsageError("-n/--enumerate-only needs -e/--enumerate-shares")
+    if (refs or generations) and not policy.empty:
+        raise UsageError("give either backups to forget, or a --keep-* policy, not both")
+    cache = await ctx.cache()
+    lock = CacheLock(cache.path + ".lock", ctx.reporter)
+    lock.acquire()
+    try:
+        everything = list(cache.backups())
+        reasons: dict[int, str] = {}
+        kept_reasons: dict[int, list[str]] = {}
+        if not policy.empty:
+            d = decide([(b.id, b.ts) for b in everything], policy, time.time())
+            for i in d.future:
+                b = next(x for x in everything if x.id == i)
+                ctx.reporter.warn(f"generation {b.generation}",
+                                  "stamped in the future: kept, and not used to expire others")
+            reasons = {i: "not kept by the policy" for i in d.forget}
+            kept_reasons = d.keep
+        else:
+            chosen = select_backups(cache, refs) if refs else []
+            for g in generations:
+                chosen += [b for b in everything if b.generation == g]
+                if not any(b.generation == g for b in everything):
+                    raise SnapshotError(what=str(g), problem="no backup of that generation is recorded")
+            if not chosen:
+                raise UsageError("nothing to forget: name backups (caps or generations, -g) or give a "
+                                 "--keep-* policy")
+            reasons = {b.id: "named" for b in chosen}
+            if up_to:
+                limit = max(b.ts for b in chosen)
+                for b in everything:
+                    if b.ts <= limit:
+                        reasons.setdefault(b.id, "older than a named backup (--up-to)")
+        forget = [b for b in everything if b.id in reasons]
+        keep = [b for b in everything if b.id not in reasons]
+        for b in forget:
+            info = backup_json(b)
+            line = {"type": "forget", "generation": b.generation, "time": info["time"],
+                    "source": info["source"], "reason": reasons[b.id]}
+            # A dry run's listing is its product (stdout); otherwise it is a report (stderr),
+            # and stdout stays free for -e's storage indexes.
+            print(json.dumps(line) if as_json else
+                  f"{'would forget' if dry_run else 'forget'}: generation {b.generation} ({info['time']}, "
+                  f"{info['source']}): {reasons[b.id]}", file=ctx.out if dry_run else ctx.err)
+        if dry_run:
+            for b in keep:
+                why = ", ".join(kept_reasons.get(b.id, [])) or "not named"
+                print(json.dumps({"type": "keep", "generation": b.generation, "reason": why}) if as_json
+                      else f"keep: generation {b.generation} ({backup_json(b)['time']}): {why}", file=ctx.out)
+            return _outcome(ctx.reporter)
+        gw = await ctx.gateway() if (enumerate_to is not None or any(b.link_dir for b in forget)) else None
+        if enumerate_to is not None and gw is not None:
+            gone: set[str] = set()
+            for b in forget:
+                gone |= await storage_indexes(gw, b.cap)
+            for b in keep:
+                gone -= await storage_indexes(gw, b.cap)
+            text = "".join(f"{si}\n" for si in sorted(gone))
+            if enumerate_to == "-":
+                ctx.out.write(text)
+            else:
+                fd = os.open(enumerate_to, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+            if enumerate_only:
+                return _outcome(ctx.reporter)
+        for b in forget:
+            if b.link_dir and b.link_name and gw is not None:
+                await gw.unlink(b.link_dir, b.link_name)
+            if b.result_file:
+                remove_result_line(b.result_file, b.cap)
+        rows = cache.forget([b.id for b in forget])
+        msg = (f"forgot {len(forget)} backup(s), kept {len(keep)}; {rows} cache row(s) that no kept "
+               "backup uses were deleted (nothing is deleted from the grid: leases simply stop being renewed)")
+        print(json.dumps({"type": "summary", "forgotten": len(forget), "kept": len(keep), "rows_deleted": rows})
+              if as_json else msg, file=ctx.err if not as_json else ctx.out)
+    finally:
+        cache.close()
+        lock.release()
+    return _outcome(ctx.reporter)
+
+
 # -- diff -------------------------------------------------------------------------------
 
 async def diff(ctx: Context, a: str, b: str | None, live: bool, as_json: bool) -> int:

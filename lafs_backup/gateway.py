@@ -256,6 +256,13 @@ class Gateway:
         await self._request("check", "POST", self.url(cap), params=params, on_response=consume,
                             attempts=1, timeout=False)
 
+    async def stream_manifest(self, cap: str, sink: Callable[[bytes], None]) -> None:
+        """``POST CAP?t=stream-manifest``: one JSON line per object reachable from ``cap``."""
+        async def consume(resp: Any) -> None:
+            await treq.collect(resp, sink)
+        await self._request("get", "POST", self.url(cap), params={"t": "stream-manifest"}, on_response=consume,
+                            attempts=1, timeout=False)
+
     async def link(self, dircap: str, name: str, cap: str) -> bool:
         """Link ``cap`` as ``name`` in a mutable directory without replacing; False if taken."""
         code, _ = await self._request("link", "PUT", self.url(dircap, [name]), params={"t": "uri", "replace": "false"},
