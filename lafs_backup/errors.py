@@ -19,7 +19,7 @@ class ExitCode(enum.IntEnum):
     FAILED = 4
     #: Another run holds the entry cache lock.
     LOCKED = 5
-    #: check/verify found damage, or diff found differences.
+    #: check or verify found damage (or backup --mode verify found silent corruption).
     PROBLEMS = 6
     #: Interrupted by the user (SIGINT).
     INTERRUPTED = 130
