@@ -41,6 +41,7 @@ class Packer:
         self.gw = gateway
         self._draining = False
         self.expecting = 0
+        self.uploading = 0  # sealed packs not yet stored
         self.target = target_size
         self.max_files = max_files
         self._buf = bytearray()
@@ -78,6 +79,12 @@ class Packer:
         if self._draining and self.expecting == 0:
             self.seal()  # no more entries, nobody else reading: nothing more will come
 
+    def relieve(self) -> None:
+        """Memory or the window ran short: seal the open pack, unless an upload under way
+        will free room when it finishes (sealing now would only make a small pack)."""
+        if self.uploading == 0:
+            self.seal()
+
     def drain(self) -> None:
         """No more entries will be read: seal once the members still being read are in."""
         self._draining = True
@@ -89,6 +96,7 @@ class Packer:
             return
         buf, members = bytes(self._buf), self._members
         self._buf, self._members = bytearray(), []
+        self.uploading += 1
         self._pending = [d for d in self._pending if not d.called]
         self._pending.append(Deferred.fromCoroutine(self._upload(buf, members)))
 
@@ -97,11 +105,13 @@ class Packer:
         try:
             cap = await self._put(buf)
         except BaseException as e:
+            self.uploading -= 1
             for d, _, _ in members:
                 d.errback(e)
             return
         finally:
             self._slots.release()
+        self.uploading -= 1  # before the members resume: they may look at it
         self.packs_uploaded += 1
         self.bytes_uploaded += len(buf)
         log.debug("pack of %d members, %d bytes stored", len(members), len(buf))
@@ -161,6 +171,8 @@ class Budget:
             m, d = self._waiters.pop(0)
             self.free -= m
             d.callback(None)
+        if self._waiters and self._starved is not None:
+            self._starved()  # still short: maybe nothing else will free room now
 
 
 class PackReader:

@@ -124,9 +124,9 @@ class Uploader:
         # Entries in flight, weighted: a directory counts its children, whose
         # results it holds.  When it runs out, tasks may be waiting for the
         # open pack: seal it.
-        self._window = Budget(settings.window, self.packer.seal)
+        self._window = Budget(settings.window, self.packer.relieve)
         # Small files read but not yet stored in an uploaded pack: at most this many bytes.
-        self._budget = Budget(4 * settings.pack_target_size + settings.pack_max_file_size, self.packer.seal)
+        self._budget = Budget(4 * settings.pack_target_size + settings.pack_max_file_size, self.packer.relieve)
         #: Every pack and encoded object the snapshot refers to, old ones included: linked from its root.
         self.objects_used: set[str] = set()
         self._plain = settings.pack_max_file_size == 0
