@@ -244,11 +244,17 @@ def main() -> None:
         results["duplicity"] = bench_duplicity(work, fresh_copy("tree-dup"))
         print("duplicity:", results["duplicity"], file=sys.stderr, flush=True)
     scale = None if a.no_scale else bench_scale(work, a.scale)
-    write_results(results, scale)
+    kept = None
+    if scale is None and (HERE / "RESULTS.md").exists():
+        # Keep the last scale run's section (it is long to repeat), saying so.
+        old = (HERE / "RESULTS.md").read_text()
+        if "\n## Scale" in old:
+            kept = "## Scale" + old.split("\n## Scale", 1)[1].split("\n## ", 1)[0]
+    write_results(results, scale, kept)
     print((HERE / "RESULTS.md").read_text())
 
 
-def write_results(results: dict, scale: dict | None) -> None:
+def write_results(results: dict, scale: dict | None, kept_scale: str | None = None) -> None:
     steps = ["full backup", "unchanged rerun", "after 1% change", "full restore"]
     lines = [f"# Benchmark results ({datetime.date.today().isoformat()})", "",
              "Produced by `python bench/run.py` on this machine (2 cores), all tools in one run, each on",
@@ -284,6 +290,10 @@ def write_results(results: dict, scale: dict | None) -> None:
                   f"| first full backup | {scale['full_s']:.1f} s | | {scale['full_rss'] // 1024} MB | |",
                   f"| unchanged rerun | {scale['rerun_s']:.1f} s | | {scale['rerun_rss'] // 1024} MB | < 150 MB: "
                   f"{'met' if scale['rerun_rss'] < 150 * 1024 else 'NOT met'} |", ""]
+    elif kept_scale:
+        if "(from an earlier run)" not in kept_scale:
+            kept_scale = kept_scale.replace("\n", " (from an earlier run)\n", 1)
+        lines += [kept_scale.rstrip(), ""]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
 
 

@@ -190,6 +190,28 @@ class PackReader:
         self._dir = tempfile.TemporaryDirectory(prefix="lafs-backup-packs-", dir=tmpdir) if whole else None
         self._files: dict[str, Any] = {}
 
+    async def prefetch(self, caps: list[str], concurrency: int) -> None:
+        """Start fetching these whole packs, ``concurrency`` at a time (a full restore needs them all)."""
+        if not self.whole:
+            return
+        slots = DeferredSemaphore(max(1, concurrency))
+        spools = []
+        for cap in caps:
+            if cap not in self._files:
+                self._files[cap] = _Spool(self)
+                spools.append((cap, self._files[cap]))
+
+        async def one(cap: str, spool: "_Spool") -> None:
+            await slots.acquire()
+            try:
+                await spool.fetch(cap)
+            except Exception:
+                pass  # the readers of this pack get the error
+            finally:
+                slots.release()
+
+        await gatherResults([Deferred.fromCoroutine(one(c, sp)) for c, sp in spools], consumeErrors=True)
+
     async def read(self, ref: PackRef) -> bytes:
         if not self.whole:
             return await self.gw.get_range(ref.cap, ref.offset, ref.length)

@@ -28,7 +28,7 @@ from .meta import Applier
 from .pack import PackReader, PackRef
 from .paths import open_dir_chain, proc_path
 from .report import Reporter
-from .snapshot import BadSnapshot, Node, lit_data, parse_children, parse_root, xattrs_of
+from .snapshot import OBJECTS, BadSnapshot, Node, lit_data, pack_caps, parse_children, parse_root, xattrs_of
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,20 @@ class Restorer:
         # A full restore wants most of every pack: fetch each whole, once.
         # A few paths want a few members: one Range GET each.
         self._packs = PackReader(gateway, whole=whole_packs)
+        self._prefetch_jobs = max(1, listings // 2)
 
     async def run(self, snapshot_cap: str, paths: Sequence[bytes] = ()) -> None:
+        listing = await self.gw.get_json(snapshot_cap)
         try:
-            tree = parse_root(await self.gw.get_json(snapshot_cap))
+            tree = parse_root(listing)
         except BadSnapshot as e:
             raise SnapshotError(what="(given)", problem=str(e))
+        prefetch = None
+        objects = (listing[1].get("children") or {}).get(OBJECTS) if isinstance(listing, list) else None
+        if self._packs.whole and not paths and objects:
+            # Every pack is needed: fetch them all now, while the tree is being walked.
+            caps = pack_caps(await self.gw.get_json(objects[1]["ro_uri"]))
+            prefetch = Deferred.fromCoroutine(self._packs.prefetch(caps, self._prefetch_jobs))
         try:
             os.makedirs(self.target, exist_ok=True)
             self._root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -110,6 +118,8 @@ class Restorer:
                 else:
                     await self._restore_leaf(node, parents)
         finally:
+            if prefetch is not None:
+                await prefetch
             os.close(self._root_fd)
             self._packs.close()
 

@@ -178,11 +178,23 @@ def root_body(tree: Child, objects: str | None = None) -> bytes:
     return canonical_json(body)
 
 
-def objects_body(caps: Iterable[str]) -> bytes:
-    """The directory linking every pack and encoded object a snapshot uses (edges refer to them
-    only from their metadata), so one deep-check with add-lease reaches them all."""
-    return canonical_json({f"object-{i:06d}": ["filenode", {"ro_uri": cap}]
-                           for i, cap in enumerate(sorted(caps))})
+def objects_body(packs: Iterable[str], objects: Iterable[str] = ()) -> bytes:
+    """The directory linking every pack (``pack-N``) and encoded object (``object-N``) a snapshot
+    uses (edges refer to them only from their metadata), so one deep-check with add-lease
+    reaches them all, and a full restore can fetch every pack at once."""
+    body = {f"pack-{i:06d}": ["filenode", {"ro_uri": cap}] for i, cap in enumerate(sorted(packs))}
+    body.update({f"object-{i:06d}": ["filenode", {"ro_uri": cap}] for i, cap in enumerate(sorted(objects))})
+    return canonical_json(body)
+
+
+def pack_caps(listing: Any) -> list[str]:
+    """The packs linked from an ``objects`` directory listing."""
+    try:
+        children = listing[1]["children"]
+    except (IndexError, KeyError, TypeError):
+        return []
+    return [info.get("ro_uri") for name, (_, info) in sorted(children.items())
+            if name.startswith("pack-") and isinstance(info.get("ro_uri"), str)]
 
 
 #: Where the edge of a packed or encoded file points: a tiny directory whose

@@ -128,7 +128,8 @@ class Uploader:
         # Small files read but not yet stored in an uploaded pack: at most this many bytes.
         self._budget = Budget(4 * settings.pack_target_size + settings.pack_max_file_size, self.packer.relieve)
         #: Every pack and encoded object the snapshot refers to, old ones included: linked from its root.
-        self.objects_used: set[str] = set()
+        self.packs_used: set[str] = set()
+        self.encoded_used: set[str] = set()
         self._plain = settings.pack_max_file_size == 0
         self._marker: _Shared | str | None = None
         self.fatal: BaseException | None = None
@@ -202,10 +203,10 @@ class Uploader:
         if self._files_pending:
             self._files_done = Deferred()
             await self._files_done
-        if self.fatal is not None or not self.objects_used:
+        if self.fatal is not None or not (self.packs_used or self.encoded_used):
             return None
         try:
-            return await self._mkdir(objects_body(self.objects_used))
+            return await self._mkdir(objects_body(self.packs_used, self.encoded_used))
         except BaseException as e:
             if self.fatal is None:
                 self.fatal = e
@@ -595,7 +596,7 @@ class Uploader:
         marker = self._marker_now()
         if marker is None:
             return None
-        self.objects_used.add(hit.cap)
+        (self.packs_used if hit.offset is not None else self.encoded_used).add(hit.cap)
         return Child(e.name, marker, meta)
 
     def _marker_now(self) -> str | None:
