@@ -282,15 +282,21 @@ class Uploader:
         return Deferred.fromCoroutine(guarded())
 
     # -- entries ------------------------------------------------------------------
-    async def _symlink(self, e: Entry) -> Child | None:
-        self.stats.symlinks += 1
+    def _still(self, e: Entry, is_type: Any, what: str) -> os.stat_result | None:
+        """lstat an entry again in phase two; None after a warning if it vanished or ``is_type`` fails."""
         try:
             st = lstat_beneath(self.source, e.path)
         except OSError as err:
             self.rep.warn(e.path, f"skipped: {_why(err)}")
             return None
-        if not stat.S_ISLNK(st.st_mode):
-            self.rep.warn(e.path, "skipped: it is no longer a symlink")
+        if not is_type(st.st_mode):
+            self.rep.warn(e.path, f"skipped: {what}")
+            return None
+        return st
+
+    async def _symlink(self, e: Entry) -> Child | None:
+        self.stats.symlinks += 1
+        if self._still(e, stat.S_ISLNK, "it is no longer a symlink") is None:
             return None
         target = e.target or b""
         if len(target) <= LIT_MAX:
@@ -308,13 +314,7 @@ class Uploader:
     async def _special(self, e: Entry) -> Child | None:
         """FIFOs, devices and sockets: metadata only (an empty LIT cap), never opened."""
         self.stats.specials += 1
-        try:
-            st = lstat_beneath(self.source, e.path)
-        except OSError as err:
-            self.rep.warn(e.path, f"skipped: {_why(err)}")
-            return None
-        if kind_of(st.st_mode) != e.kind:
-            self.rep.warn(e.path, "skipped: its type changed since the scan")
+        if self._still(e, lambda mode: kind_of(mode) == e.kind, "its type changed since the scan") is None:
             return None
         if e.kind == KIND_SOCKET:
             self.rep.note_once("sockets", "sockets are recorded but cannot be restored")
@@ -328,12 +328,8 @@ class Uploader:
             self.stats.bytes_done += e.size
 
     async def _file_inner(self, e: Entry) -> Child | None:
-        try:
-            st = lstat_beneath(self.source, e.path)
-        except OSError as err:
-            self.rep.warn(e.path, f"skipped: {_why(err)}")
-            return None
-        if not self._regular(e, st):
+        st = self._still(e, stat.S_ISREG, "it is no longer a regular file")
+        if st is None:
             return None
         key = file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, self._plain)
         known = self.cache.lookup(key, self.gen)
@@ -635,13 +631,8 @@ class Uploader:
         if any(r is _FAILED for r in results):
             return _FAILED
         if e.path:
-            try:
-                st = lstat_beneath(self.source, e.path)
-            except OSError as err:
-                self.rep.warn(e.path, f"skipped: {_why(err)}")
-                return None
-            if not stat.S_ISDIR(st.st_mode):
-                self.rep.warn(e.path, "skipped: it is no longer a directory (replaced since the scan)")
+            st = self._still(e, stat.S_ISDIR, "it is no longer a directory (replaced since the scan)")
+            if st is None:
                 return None
         body = dir_body(r for r in results if r is not None)
         cap = await self._mkdir(body, priority=-(e.path.count(b"/") + 1) if e.path else 0)
