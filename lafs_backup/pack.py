@@ -49,11 +49,6 @@ class Packer:
         self._slots = DeferredSemaphore(uploads)
         self._pending: list[Deferred] = []
         self.packs_uploaded = 0
-        self.bytes_uploaded = 0
-
-    @property
-    def open_members(self) -> int:
-        return len(self._members)
 
     def add(self, data: bytes) -> Deferred:
         """Append ``data`` now; the Deferred fires with its :class:`PackRef` once its pack is uploaded."""
@@ -113,7 +108,6 @@ class Packer:
             self._slots.release()
         self.uploading -= 1  # before the members resume: they may look at it
         self.packs_uploaded += 1
-        self.bytes_uploaded += len(buf)
         log.debug("pack of %d members, %d bytes stored", len(members), len(buf))
         for d, off, length in members:
             d.callback(PackRef(cap, off, length))

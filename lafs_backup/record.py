@@ -63,7 +63,3 @@ async def link_into(gw: Gateway, dircap: str, source: bytes, ts: float, cap: str
         n += 1
         name = f"{base}.{n}"
     return name
-
-
-def now() -> float:
-    return time.time()

@@ -353,8 +353,3 @@ def _clear(dfd: int, name: bytes, rel: bytes, rep: Reporter) -> bool:
         return False
     os.unlink(name, dir_fd=dfd)
     return True
-
-
-def parse_paths(paths: Sequence[str]) -> list[bytes]:
-    return [os.fsencode(p) for p in paths]
-
