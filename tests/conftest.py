@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+# The project's shared files sit beside the checkout (as CI lays them out);
+# LAFS_BACKUP_SHARED points elsewhere.
+SHARED = Path(os.environ.get("LAFS_BACKUP_SHARED", ROOT.parent / "shared"))
 MKTREE = SHARED / "bench" / "mktree.py"
 
 
@@ -101,6 +103,9 @@ def lb(grid: Grid, home: Path):
 
 
 def make_tree(dest: Path, small: int = 300, medium: int = 5, large: int = 1) -> Path:
+    if not MKTREE.exists():
+        pytest.fail(f"{MKTREE} is missing: the tests build their trees with the shared mktree.py; "
+                    "clone beside shared/ or set LAFS_BACKUP_SHARED")
     subprocess.run([sys.executable, str(MKTREE), str(dest), "--small", str(small), "--medium",
                     str(medium), "--large", str(large)], check=True)
     return dest
