@@ -141,9 +141,8 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
     Every :class:`LafsBackupError` becomes its message and exit code; any
     other exception is a bug and is shown with a (cap-redacted) traceback.
     """
-    from .commands import (Context, backup, check, cleanup, diff, dump_config, grid_command, list_backups,
-                           restore, verify)
-    from .report import Reporter
+    from .commands import Context, state_dir
+    from .report import Operation, Reporter
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -158,33 +157,16 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
             cfg.get(tree, "logging.level"))
         logsetup.setup(level, insecure=cfg.get(tree, "http.debug_requests"), stream=err)
         rep = Reporter(json_mode=getattr(ns, "json", False), out=out, err=err)
-        ctx = Context(tree, reactor, rep, out, err)
-        if ns.command == "backup":
-            return int(await backup(ctx, ns.source, ns.queue_only, ns.reuse_queue, ns.mode))
-        if ns.command == "restore":
-            return int(await restore(ctx, ns.snapshot, ns.paths, ns.target,
-                                     owners=False if ns.no_owner else None, numeric=ns.numeric_owner))
-        if ns.command == "check":
-            return int(await check(ctx, ns.backups, ns.least_recently_checked, ns.repair, not ns.no_lease,
-                                   ns.format, ns.healthy_format, ns.error_output, getattr(ns, "json", False)))
-        if ns.command == "cleanup":
-            from .retention import Policy, parse_duration
+        ctx = Context(tree, reactor, rep, out, err, op=Operation(ns.command, rep))
+        if ns.command not in _WITH_MANHOLE:
+            return await _dispatch(ctx, ns)
+        from . import manhole
 
-            policy = Policy(ns.keep_last, ns.keep_hourly, ns.keep_daily, ns.keep_weekly, ns.keep_monthly,
-                            ns.keep_yearly, parse_duration(ns.keep_within) if ns.keep_within else None)
-            return int(await cleanup(ctx, ns.backups, ns.generation, ns.up_to, policy, ns.dry_run,
-                                     ns.enumerate_shares, ns.enumerate_only, getattr(ns, "json", False)))
-        if ns.command == "diff":
-            return int(await diff(ctx, ns.a, ns.b, ns.live, getattr(ns, "json", False)))
-        if ns.command == "verify":
-            return int(await verify(ctx, ns.snapshot, ns.sample))
-        if ns.command == "list":
-            return int(await list_backups(ctx, getattr(ns, "json", False)))
-        if ns.command == "grid":
-            return int(await grid_command(ctx, ns.action, ns.dir))
-        if ns.command == "dump-config":
-            return int(dump_config(ctx))
-        raise UsageError(f"unknown command {ns.command!r}")  # pragma: no cover
+        mh = await manhole.start(tree, reactor, ctx.op, state_dir(), lambda m: rep.warn("manhole", m))
+        try:
+            return await _dispatch(ctx, ns)
+        finally:
+            await manhole.stop(mh)
     except LafsBackupError as e:
         print(f"lafs-backup: error: {logsetup.redact(e.message)}", file=err)
         return int(e.exit_code)
@@ -197,6 +179,41 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
         text = logsetup.redact(traceback.format_exc())
         print(f"lafs-backup: internal error (a bug; please report it):\n{text}", file=err)
         return int(ExitCode.INTERNAL)
+
+
+#: Commands that run long enough to be worth a manhole.
+_WITH_MANHOLE = {"backup", "restore", "check", "verify", "cleanup", "diff"}
+
+
+async def _dispatch(ctx: Any, ns: argparse.Namespace) -> int:
+    from .commands import backup, check, cleanup, diff, dump_config, grid_command, list_backups, restore, verify
+
+    if ns.command == "backup":
+        return int(await backup(ctx, ns.source, ns.queue_only, ns.reuse_queue, ns.mode))
+    if ns.command == "restore":
+        return int(await restore(ctx, ns.snapshot, ns.paths, ns.target,
+                                 owners=False if ns.no_owner else None, numeric=ns.numeric_owner))
+    if ns.command == "check":
+        return int(await check(ctx, ns.backups, ns.least_recently_checked, ns.repair, not ns.no_lease,
+                               ns.format, ns.healthy_format, ns.error_output, getattr(ns, "json", False)))
+    if ns.command == "cleanup":
+        from .retention import Policy, parse_duration
+
+        policy = Policy(ns.keep_last, ns.keep_hourly, ns.keep_daily, ns.keep_weekly, ns.keep_monthly,
+                        ns.keep_yearly, parse_duration(ns.keep_within) if ns.keep_within else None)
+        return int(await cleanup(ctx, ns.backups, ns.generation, ns.up_to, policy, ns.dry_run,
+                                 ns.enumerate_shares, ns.enumerate_only, getattr(ns, "json", False)))
+    if ns.command == "diff":
+        return int(await diff(ctx, ns.a, ns.b, ns.live, getattr(ns, "json", False)))
+    if ns.command == "verify":
+        return int(await verify(ctx, ns.snapshot, ns.sample))
+    if ns.command == "list":
+        return int(await list_backups(ctx, getattr(ns, "json", False)))
+    if ns.command == "grid":
+        return int(await grid_command(ctx, ns.action, ns.dir))
+    if ns.command == "dump-config":
+        return int(dump_config(ctx))
+    raise UsageError(f"unknown command {ns.command!r}")  # pragma: no cover
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from .gateway import Gateway, make_http_client
 from .lock import CacheLock
 from .queue import QueueReader, write_queue
 from .record import append_result, link_into
-from .report import Progress, Reporter
+from .report import Operation, Progress, Reporter
 from .scan import scan
 from .upload import Settings, Uploader
 
@@ -53,6 +53,8 @@ class Context:
     reporter: Reporter
     out: IO[str] = field(default_factory=lambda: sys.stdout)
     err: IO[str] = field(default_factory=lambda: sys.stderr)
+    #: The running operation, as the manhole shows it.
+    op: Operation | None = None
     _gateway: Gateway | None = None
     _url: str | None = None
 
@@ -102,6 +104,8 @@ class Context:
     async def gateway(self) -> Gateway:
         if self._gateway is None:
             self._gateway = self.make_gateway(await self.url())
+            if self.op is not None:
+                self.op.gateway = self._gateway
         return self._gateway
 
     async def cache(self) -> EntryCache:
@@ -170,6 +174,8 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
     qpath = _queue_path(ctx, source, queue_only if isinstance(queue_only, str) else (
         reuse_queue if isinstance(reuse_queue, str) else None))
     totals = [0, 0]  # entries, bytes of regular files
+    if ctx.op is not None:
+        ctx.op.totals, ctx.op.frame = totals, sys._getframe()
     if reuse_queue is not False:
         with QueueReader(qpath, expect_source=source) as r:  # refuse a bad queue up front
             for e in r:
@@ -194,6 +200,8 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
     try:
         gen = cache.begin_generation(source)
         uploader = Uploader(source, gw, cache, gen, rep, settings, ctx.reactor)
+        if ctx.op is not None:
+            ctx.op.uploader = uploader
         progress = Progress(rep, ctx.reactor, totals[0], totals[1])
         progress.start()
         try:

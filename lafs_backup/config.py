@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .errors import ConfigError
+from .log import LEVELS
 
 BASE_CONFIG = Path(__file__).with_name("core.yaml")
 
@@ -50,9 +51,13 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "operation.retry.delay": (list,),
     "http.debug_requests": (bool,),
     "logging.level": (str,),
+    "manhole.endpoint": (str, _NULL),
+    "manhole.allow_remote": (bool,),
+    "manhole.authorized_keys": (str, list, _NULL),
+    "manhole.on_signal": (str, _NULL),
 }
 
-_LEVELS = ("warning", "info", "debug", "noise", "error")
+
 
 
 def _type_names(types: tuple[type, ...]) -> str:
@@ -172,8 +177,8 @@ def _check_values(tree: Mapping[str, Any]) -> None:
             raise bad(key, "must not be negative")
     if get(tree, "destination.pack.target_size") < 1 << 16:
         raise bad("destination.pack.target_size", "must be at least 65536")
-    if get(tree, "logging.level").lower() not in _LEVELS:
-        raise bad("logging.level", f"must be one of {', '.join(_LEVELS)}")
+    if get(tree, "logging.level").lower() not in LEVELS:
+        raise bad("logging.level", f"must be one of {', '.join(LEVELS)}")
     url = get(tree, "destination.url")
     if url is not None and not url.startswith(("http://", "https://")):
         raise bad("destination.url", f"must be an http:// or https:// URL, got {url!r}")

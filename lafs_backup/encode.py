@@ -14,6 +14,23 @@ from .errors import ConfigError
 LZ4 = "lz4"
 XZ = "xz"
 METHODS = (LZ4, XZ)
+#: An object stored behind SALT_LEN random bytes ("salted", "salted+lz4"):
+#: a second upload of the same content under a new storage index, for when
+#: the grid still holds the shares of a cancelled first upload as "incoming".
+SALTED = "salted"
+SALT_LEN = 16
+
+
+def salted(method: str | None) -> str:
+    return SALTED if method is None else f"{SALTED}+{method}"
+
+
+def _unsalted(method: str | None) -> tuple[bool, str | None]:
+    if method == SALTED:
+        return True, None
+    if method is not None and method.startswith(SALTED + "+"):
+        return True, method[len(SALTED) + 1:]
+    return False, method
 
 _PROBE = 64 << 10  # bytes compressed first to judge a file
 _WORTH = 0.9  # keep the compressed form only below this ratio
@@ -96,6 +113,8 @@ class Decoder:
     """Streaming decoder for one encoded object."""
 
     def __init__(self, method: str | None) -> None:
+        salt, method = _unsalted(method)
+        self._skip = SALT_LEN if salt else 0
         if method is None:
             self._d: Any = None
         elif method == LZ4:
@@ -106,10 +125,16 @@ class Decoder:
             raise ValueError(f"unknown encoding {method!r}")
 
     def feed(self, chunk: bytes) -> bytes:
+        if self._skip:
+            cut = min(self._skip, len(chunk))
+            chunk, self._skip = chunk[cut:], self._skip - cut
         return chunk if self._d is None else self._d.decompress(chunk)
 
 
 def decode(method: str | None, data: bytes) -> bytes:
+    salt, method = _unsalted(method)
+    if salt:
+        data = data[SALT_LEN:]
     if method is None:
         return data
     if method == LZ4:

@@ -21,10 +21,11 @@ from urllib.parse import quote
 import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.error import ConnectError, ConnectionLost, TimeoutError as TxTimeoutError
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, TimeoutError as TxTimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.web.client import FileBodyProducer, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import (FileBodyProducer, RequestGenerationFailed, RequestTransmissionFailed, ResponseFailed,
+                                ResponseNeverReceived)
 from twisted.web.http_headers import Headers
 
 from .config import RetryPolicy
@@ -34,21 +35,43 @@ from .ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE_EXC = (ConnectError, ConnectionLost, ResponseFailed, ResponseNeverReceived,
+_RETRYABLE_EXC = (ConnectError, ConnectionLost, ConnectionDone, ResponseFailed, ResponseNeverReceived,
                   TxTimeoutError, CancelledError)
+#: Failures of sending a request: retryable when every cause is (a timeout
+#: cancelled the body being sent; the connection dropped), not when the body
+#: itself failed (a file that cannot be read).
+_SEND_FAILED = (RequestGenerationFailed, RequestTransmissionFailed)
+
+
+def _failure_cause(e: BaseException) -> tuple[BaseException | None, bool]:
+    """For a failed attempt: (a cause that must not be retried or None, whether it was a timeout)."""
+    if isinstance(e, (CancelledError, TxTimeoutError)):
+        return None, True
+    reasons = [f.value for f in getattr(e, "reasons", [])]
+    for v in reasons:
+        if isinstance(e, _SEND_FAILED) and not isinstance(v, _RETRYABLE_EXC):
+            return v, False
+    return None, any(isinstance(v, (CancelledError, TxTimeoutError)) for v in reasons)
 
 
 class _Attempt:
-    """One in-flight attempt; ``expire()`` makes it time out now."""
+    """One in-flight attempt; ``expire()`` makes it time out now (it is then retried like any timeout)."""
 
-    def __init__(self, d: Deferred, what: str) -> None:
+    def __init__(self, d: Deferred, what: str, number: int, started: float, clock: IReactorTime) -> None:
         self.deferred = d
         self.what = what
+        self.number = number
+        self.started = started
+        self._clock = clock
         self.forced = False
 
     def expire(self) -> None:
         self.forced = True
         self.deferred.cancel()
+
+    def __repr__(self) -> str:
+        age = self._clock.seconds() - self.started
+        return f"<attempt {self.number} of {self.what}, {age:.1f}s>"
 
 
 class _Slots:
@@ -115,13 +138,15 @@ class Gateway:
                        ok: Sequence[int] = (200,),
                        on_response: Callable[[Any], Awaitable[Any]] | None = None,
                        retry_unhappy: bool = True, attempts: int | None = None,
-                       timeout: bool = True, priority: float = 0.0) -> tuple[int, Any]:
+                       timeout: bool = True, priority: float = 0.0,
+                       label: str | None = None) -> tuple[int, Any]:
         """Send a request with retries; return (status, result).
 
         ``body`` is bytes or a callable that opens a fresh file object for
         each attempt (closed after it), so no two attempts share a file
         position.  ``on_response`` consumes the response body (default:
-        read it all).  Raises :class:`GatewayError` after the last attempt or
+        read it all).  ``label`` names the request in the manhole's list of
+        attempts (a path; the URL, redacted, by default).  Raises :class:`GatewayError` after the last attempt or
         for a status that is neither in ``ok`` nor retryable.
         """
         hdrs = Headers({"Accept": ["text/plain"]})
@@ -136,6 +161,7 @@ class Gateway:
                 await self._limit_bytes.take(_body_size(body))
             await self._slots.acquire(priority)
             fobj: IO[bytes] | None = None
+            att: _Attempt | None = None
             try:
                 data: Any = body
                 if callable(body):
@@ -153,7 +179,8 @@ class Gateway:
                     return resp.code, text
 
                 d = Deferred.fromCoroutine(attempt())
-                att = _Attempt(d, kind)
+                att = _Attempt(d, f"{method} {label or self._show(url)}", attempt_no,
+                               self._clock.seconds(), self._clock)
                 self.inflight.add(att)
                 if self._retry.timeout and timeout:
                     d.addTimeout(self._retry.timeout, self._clock)
@@ -166,9 +193,13 @@ class Gateway:
                     error = GatewayError(method, self._show(url), code, result)
                     if code < 500 or (not retry_unhappy and error.unhappy):
                         raise error
-            except _RETRYABLE_EXC as e:
-                reason = "timed out" if isinstance(e, (CancelledError, TxTimeoutError)) else (
-                    type(e).__name__)
+            except _RETRYABLE_EXC + _SEND_FAILED as e:
+                fatal, timed_out = _failure_cause(e)
+                if fatal is not None:
+                    raise fatal
+                reason = "timed out" if timed_out else type(e).__name__
+                if att is not None and att.forced:
+                    reason = "timed out (forced from the manhole)"
                 error = GatewayError(method, self._show(url), None, "", reason=reason)
             finally:
                 if fobj is not None:
@@ -184,9 +215,11 @@ class Gateway:
             await deferLater(self._clock, delay, lambda: None)
 
     # -- API -----------------------------------------------------------------
-    async def put_file(self, opener: Callable[[], IO[bytes]]) -> str:
-        """Upload an immutable file; return its cap."""
-        _, body = await self._request("put", "PUT", self.url(), body=opener)
+    async def put_file(self, opener: Callable[[], IO[bytes]], label: str | None = None,
+                       retry_unhappy: bool = True) -> str:
+        """Upload an immutable file; return its cap.  ``retry_unhappy`` as for :meth:`put_bytes`."""
+        _, body = await self._request("put", "PUT", self.url(), body=opener, label=label,
+                                      retry_unhappy=retry_unhappy)
         return _cap_from(body)
 
     async def put_bytes(self, data: bytes, retry_unhappy: bool = True) -> str:

@@ -36,16 +36,28 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+LEVELS = ("noise", "debug", "info", "warning", "error")
+
+
+def level_number(name: str | int) -> int:
+    """The logging level for one of :data:`LEVELS` (or a number); ValueError for anything else."""
+    if isinstance(name, int) and not isinstance(name, bool):
+        return name
+    if not isinstance(name, str) or name.lower() not in LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {name!r}")
+    return NOISE if name.lower() == "noise" else int(logging.getLevelName(name.upper()))
+
+
 def setup(level: int | str = logging.WARNING, insecure: bool = False, stream: Any = None) -> None:
     """Configure the root logger for a CLI run.
 
     Unless ``insecure`` (``http.debug_requests``) is set, every handler gets a
     :class:`RedactingFilter`, so no cap reaches any output.
     """
-    if isinstance(level, str):
-        level = {"noise": NOISE}.get(level.lower(), None) or logging.getLevelName(level.upper())
-        if not isinstance(level, int):
-            level = logging.WARNING
+    try:
+        level = level_number(level)
+    except ValueError:
+        level = logging.WARNING
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

@@ -229,3 +229,49 @@ def _isatty(stream: Any) -> bool:
     except (AttributeError, ValueError):
         return False
 
+
+
+class Operation:
+    """The running command, as the manhole shows it: its counters, progress and paths in flight.
+
+    Commands fill in what they have (``gateway``, ``uploader``, ``totals``,
+    ``frame``) as they get it; everything here is read live.
+    """
+
+    def __init__(self, command: str, reporter: Reporter, now: Callable[[], float] = time.monotonic) -> None:
+        self.command = command
+        self.reporter = reporter
+        self.gateway: Any = None
+        self.uploader: Any = None
+        #: Entries and bytes of regular files the run will go through (0 until known).
+        self.totals: list[int] = [0, 0]
+        #: The command's own frame (its coroutine), to inspect its local variables.
+        self.frame: Any = None
+        self._now = now
+        self._start = now()
+
+    @property
+    def stats(self) -> Stats:
+        return self.reporter.stats
+
+    @property
+    def in_flight(self) -> list[str]:
+        """Paths being read or uploaded right now."""
+        paths = sorted(self.uploader.in_flight) if self.uploader is not None else []
+        return ["/" + p.decode("utf-8", "backslashreplace") for p in paths]
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        s = self.stats
+        return {"command": self.command, "seconds": round(self._now() - self._start, 1),
+                "entries_done": s.entries_done, "entries_total": self.totals[0],
+                "bytes_done": s.bytes_done, "bytes_total": self.totals[1],
+                "files_uploaded": s.files_uploaded, "bytes_uploaded": s.bytes_uploaded,
+                "warnings": s.warnings, "in_flight": len(self.in_flight),
+                "requests": dict(self.gateway.counts) if self.gateway is not None else {}}
+
+    def __repr__(self) -> str:
+        p = self.progress
+        return (f"<{self.command}: {p['entries_done']}/{p['entries_total']} entries, "
+                f"{_size(p['bytes_done'])}/{_size(p['bytes_total'])}, {p['in_flight']} in flight, "
+                f"{p['seconds']}s>")

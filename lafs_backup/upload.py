@@ -21,9 +21,9 @@ from typing import Any, Iterable
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
 from .cache import EntryCache, Hit
-from .encode import EncodingRules, compress
+from .encode import SALT_LEN, EncodingRules, compress, salted
 from .entry import KIND_DIR, KIND_FILE, KIND_LINK, KIND_SOCKET, Entry, kind_of
-from .errors import LafsBackupError, QueueError
+from .errors import GatewayError, LafsBackupError, QueueError
 from .gateway import Gateway
 from .log import NOISE
 from .pack import Budget, Packer, PackRef
@@ -38,12 +38,14 @@ class FileSlice(io.RawIOBase):
     """A read-only view of an open fd with its own position (``pread``), hashing what it reads.
 
     Each upload attempt gets a fresh slice, so a cancelled attempt can never
-    move the position of the next one.  Closing it leaves the fd open.
+    move the position of the next one.  ``prefix`` bytes (a salt) come
+    before the file's bytes and are not hashed.  Closing it leaves the fd open.
     """
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, prefix: bytes = b"") -> None:
         self._fd = fd
-        self._size = size
+        self._prefix = prefix
+        self._size = len(prefix) + size
         self._pos = 0
         self.sha256 = hashlib.sha256()
         self.hashed_to = 0
@@ -68,8 +70,14 @@ class FileSlice(io.RawIOBase):
         n = min(n, max(0, self._size - self._pos))
         if n == 0:
             return b""
-        data = os.pread(self._fd, n, self._pos)
-        if self._pos == self.hashed_to:
+        skip = len(self._prefix)
+        if self._pos < skip:
+            data = self._prefix[self._pos:self._pos + n]
+            self._pos += len(data)
+            return data
+        at = self._pos - skip
+        data = os.pread(self._fd, n, at)
+        if at == self.hashed_to:
             self.sha256.update(data)
             self.hashed_to += len(data)
         self._pos += len(data)
@@ -547,27 +555,47 @@ class Uploader:
                 if length >= size * 0.9:
                     enc = None  # the probe was optimistic: store it raw
                 else:
-                    cap = await self.gw.put_file(lambda: FileSlice(tmp, length))
+                    cap, enc, _ = await self._put_object(tmp, length, enc, path)
                     self.stats.bytes_uploaded += length
                     self.stats.bytes_compression_saved += size - length
                     log.log(NOISE, "uploaded: %r (%d bytes, stored %d, %s)", path, size, length, enc)
                     return Hit(cap, got, enc)
             finally:
                 os.close(tmp)
-        slices: list[FileSlice] = []
-
-        def opener() -> FileSlice:
-            sl = FileSlice(fd, size)
-            slices.append(sl)
-            return sl
-
-        cap = await self.gw.put_file(opener)
-        last = slices[-1]
+        cap, enc, last = await self._put_object(fd, size, None, path)
         if last.hashed_to != size:
             raise LafsBackupError(f"an upload read {last.hashed_to} of {size} bytes")
         self.stats.bytes_uploaded += size
         log.log(NOISE, "uploaded: %r (%d bytes)", path, size)
-        return Hit(cap, last.sha256.digest(), None)
+        return Hit(cap, last.sha256.digest(), enc)
+
+    async def _put_object(self, fd: int, size: int, enc: str | None, path: bytes) -> tuple[str, str | None, FileSlice]:
+        """Upload ``size`` bytes of ``fd``; return the cap, the encoding and the last attempt's slice.
+
+        When the grid refuses the upload as unhappy, it may be holding the
+        shares of a cancelled earlier upload of the same bytes as "incoming"
+        (Tahoe keeps them up to 30 minutes), so the object is uploaded again
+        behind a random salt, under a new storage index.  A plain tree
+        (packing off) must hold the exact bytes, so it cannot do that.
+        """
+        slices: list[FileSlice] = []
+
+        def opener(prefix: bytes = b"") -> FileSlice:
+            sl = FileSlice(fd, size, prefix)
+            slices.append(sl)
+            return sl
+
+        label = _label(path)
+        try:
+            cap = await self.gw.put_file(opener, label=label, retry_unhappy=self._plain)
+            return cap, enc, slices[-1]
+        except GatewayError as e:
+            if self._plain or not e.unhappy:
+                raise
+        log.info("upload of %r was unhappy; uploading it again with a salt", path)
+        salt = os.urandom(SALT_LEN)
+        cap = await self.gw.put_file(lambda: opener(salt), label=label)
+        return cap, salted(enc), slices[-1]
 
     async def _child(self, e: Entry, st: os.stat_result, hit: Hit) -> Child:
         child = self._child_now(e, st, hit)
@@ -754,3 +782,8 @@ def _why(err: OSError) -> str:
     if err.errno in (errno.ENOENT, errno.ENOTDIR):  # ENOTDIR: a parent was replaced by a file
         return "it vanished since the scan"
     return err.strerror or str(err)
+
+
+def _label(path: bytes) -> str:
+    """A path as the manhole shows it next to an upload attempt."""
+    return "/" + path.decode("utf-8", "backslashreplace") if path else "/"

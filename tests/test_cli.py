@@ -59,7 +59,7 @@ def test_usage_errors_are_one_line_with_code_2(argv, fragment):
                                  "--json", "-t", "x", "=", "--queue-only", "--reuse-queue", "latest",
                                  "up", "--nodes", "-1", "\udcff"]), max_size=5))
 def test_fuzzed_arguments_never_give_a_traceback(argv):
-    if argv and argv[0] in ("backup", "restore", "list", "grid") and "-c" not in argv:
+    if any(a in ("backup", "restore", "list", "grid") for a in argv):
         # Those would reach the grid; only argument handling is fuzzed here.
         argv = ["-c", "/nonexistent.yaml", *argv]
     code, out, err = call(argv)
