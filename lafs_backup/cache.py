@@ -22,11 +22,13 @@ most one batch, which the next run uploads again.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import time
+import types
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable
 
 from .errors import CacheError
 
@@ -77,6 +79,33 @@ class Hit:
     length: int | None = None
 
 
+def corrupt(path: str, e: Exception) -> CacheError:
+    return CacheError(path=path, problem=(
+        f"{e}. Run 'lafs-backup backup --rebuild-cache' (it moves the file aside and starts a new "
+        "cache), or move it aside yourself: content already on the grid is found again through "
+        "convergence, and the moved file still lists the old backups"))
+
+
+def move_aside(path: str, now: Callable[[], float] = time.time) -> str:
+    """Rename a cache (and its -wal and -shm files) out of the way; return the new name."""
+    dest = f"{path}.moved-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now()))}"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, dest + suffix)
+    return dest
+
+
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn sqlite's errors in the middle of a run (a file damaged under us) into :class:`CacheError`."""
+    @functools.wraps(method)
+    def call(self: "EntryCache", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as e:
+            raise corrupt(self.path, e) from None
+    return call
+
+
 class EntryCache:
     """Open (creating, mode 0600) and migrate the cache at ``path``.
 
@@ -104,9 +133,7 @@ class EntryCache:
             self._migrate()
             self._check_destination(destination)
         except sqlite3.DatabaseError as e:
-            raise CacheError(path=path, problem=(
-                f"{e}. Move the file aside (or delete it) and run again: the next backup "
-                "finds already-stored content again through convergence"))
+            raise corrupt(path, e)
         except OSError as e:
             raise CacheError(path=path, problem=e.strerror)
         self._db.execute("BEGIN")
@@ -288,9 +315,8 @@ class EntryCache:
         self.commit()
         return deleted
 
-    def backups(self) -> Iterator[Backup]:
-        for row in self._db.execute("SELECT * FROM backups ORDER BY ts, id").fetchall():
-            yield Backup(*row)
+    def backups(self) -> list[Backup]:
+        return [Backup(*row) for row in self._db.execute("SELECT * FROM backups ORDER BY ts, id").fetchall()]
 
     def backup_by_id(self, id_: int) -> Backup:
         row = self._db.execute("SELECT * FROM backups WHERE id=?", (id_,)).fetchone()
@@ -307,3 +333,8 @@ class EntryCache:
         else:
             row = db.execute("SELECT * FROM backups WHERE cap=? LIMIT 1", (ref,)).fetchone()
         return Backup(*row) if row else None
+
+
+for _name, _fn in list(vars(EntryCache).items()):
+    if isinstance(_fn, types.FunctionType) and not _name.startswith("_"):
+        setattr(EntryCache, _name, _guarded(_fn))

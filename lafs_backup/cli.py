@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stat: trust unchanged size/mtime/ctime/inode (default); checksum: re-hash every "
                         "file; verify: re-hash and report content changed under unchanged stat data; "
                         "force: upload everything again")
+    b.add_argument("--rebuild-cache", action="store_true",
+                   help="move the entry cache aside (e.g. a damaged one) and start a new one; content "
+                        "already on the grid is found again through convergence")
 
     r = sub.add_parser("restore", parents=[common], help="restore a snapshot into a directory")
     r.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
@@ -189,7 +192,7 @@ async def _dispatch(ctx: Any, ns: argparse.Namespace) -> int:
     from .commands import backup, check, cleanup, diff, dump_config, grid_command, list_backups, restore, verify
 
     if ns.command == "backup":
-        return int(await backup(ctx, ns.source, ns.queue_only, ns.reuse_queue, ns.mode))
+        return int(await backup(ctx, ns.source, ns.queue_only, ns.reuse_queue, ns.mode, ns.rebuild_cache))
     if ns.command == "restore":
         return int(await restore(ctx, ns.snapshot, ns.paths, ns.target,
                                  owners=False if ns.no_owner else None, numeric=ns.numeric_owner))

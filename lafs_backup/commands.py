@@ -16,9 +16,9 @@ import platformdirs
 
 from . import config as cfg
 from . import encode, ratelimit
-from .cache import Backup, EntryCache
+from .cache import Backup, EntryCache, move_aside
 from .entry import Entry
-from .errors import ExitCode, GridError, QueueError, SnapshotError, UsageError
+from .errors import ExitCode, GatewayError, GridError, QueueError, SnapshotError, UsageError
 from .filters import compile_from_config
 from .gateway import Gateway, make_http_client
 from .lock import CacheLock
@@ -108,14 +108,17 @@ class Context:
                 self.op.gateway = self._gateway
         return self._gateway
 
-    async def cache(self) -> EntryCache:
-        url = await self.url()
+    async def cache_path(self) -> str:
         path = cfg.expand(self.get("source.entry_cache.path"))
         if not path:
             name = "entry-cache.local.sqlite" if not self.get("destination.url") else (
-                "entry-cache." + hashlib.sha256(url.encode()).hexdigest()[:12] + ".sqlite")
+                "entry-cache." + hashlib.sha256((await self.url()).encode()).hexdigest()[:12] + ".sqlite")
             path = os.path.join(state_dir(), name)
-        return EntryCache(path, url, self.get("source.entry_cache.commit_after.rows"),
+        return path
+
+    async def cache(self) -> EntryCache:
+        url = await self.url()
+        return EntryCache(await self.cache_path(), url, self.get("source.entry_cache.commit_after.rows"),
                           self.get("source.entry_cache.commit_after.seconds"))
 
 
@@ -163,7 +166,7 @@ def _queue_path(ctx: Context, source: bytes, override: str | None) -> str:
 # -- backup -----------------------------------------------------------------------
 
 async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
-                 reuse_queue: bool | str, mode: str = "stat") -> int:
+                 reuse_queue: bool | str, mode: str = "stat", rebuild_cache: bool = False) -> int:
     rep = ctx.reporter
     source = _source(ctx, source_arg)
     flt = compile_from_config(ctx.get("filter"))  # bad rules fail before any work
@@ -193,6 +196,17 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
 
     gw = await ctx.gateway()
     await gw.preflight()
+    if rebuild_cache:
+        cpath = await ctx.cache_path()
+        if os.path.exists(cpath):
+            held = CacheLock(cpath + ".lock", rep)
+            held.acquire()
+            try:
+                moved = move_aside(cpath)
+            finally:
+                held.release()
+            rep.note_once("cache", f"moved the entry cache aside to {moved} (it still lists the backups "
+                                   "recorded before); starting a new one")
     cache = await ctx.cache()
     lock = CacheLock(cache.path + ".lock", rep)
     lock.acquire()
@@ -207,6 +221,10 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
         try:
             with QueueReader(qpath, expect_source=source) as reader:
                 snap = await uploader.run(reader)
+        except GatewayError as e:
+            if e.unhappy:
+                raise await _unhappy(ctx, gw, e) from None
+            raise
         finally:
             progress.stop()
         ts = time.time()
@@ -229,6 +247,21 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
         print(snap, file=ctx.out, flush=True)
     rep.finish("backup", {"cap": snap, "generation": b.generation} if rep.json_mode else None)
     return _outcome(rep)
+
+
+async def _unhappy(ctx: Context, gw: Gateway, e: GatewayError) -> GridError:
+    """Say why the grid refused an upload: usually storage servers are missing."""
+    want = happy_for(ctx)
+    after = "Nothing was recorded; what was uploaded is kept, so a rerun continues from there."
+    try:
+        have = len(await gw.connected_servers())
+    except GatewayError as g:
+        return GridError(problem=f"the grid refused an upload (UploadUnhappinessError) and the gateway "
+                                 f"no longer answers ({g.reason or g}). {after}")
+    if have < want:
+        return GridError(problem=f"only {have} of {want} required storage servers connected: the grid "
+                                 f"refused an upload (UploadUnhappinessError). {after}")
+    return GridError(problem=f"{e}. {after}")
 
 
 def _outcome(rep: Reporter) -> int:

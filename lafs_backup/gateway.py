@@ -10,10 +10,12 @@ redacted.
 
 from __future__ import annotations
 
+import base64
 import heapq
 import json
 import logging
 import random
+import re
 from collections import Counter
 from typing import IO, Any, Awaitable, Callable, Mapping, Sequence
 from urllib.parse import quote
@@ -118,6 +120,12 @@ class Gateway:
         self.counts: Counter[str] = Counter()
         #: In-flight attempts, for the manhole's ``debug_timeouts``.
         self.inflight: set[_Attempt] = set()
+        self._halted: BaseException | None = None
+
+    def halt(self, why: BaseException) -> None:
+        """Send no more uploads: the run has failed, so uploads still queued fail at once with ``why``."""
+        if self._halted is None:
+            self._halted = why
 
     # -- plumbing ------------------------------------------------------------
     def url(self, cap: str | None = None, path: Sequence[str] = ()) -> str:
@@ -139,7 +147,8 @@ class Gateway:
                        on_response: Callable[[Any], Awaitable[Any]] | None = None,
                        retry_unhappy: bool = True, attempts: int | None = None,
                        timeout: bool = True, priority: float = 0.0,
-                       label: str | None = None) -> tuple[int, Any]:
+                       label: str | None = None,
+                       check: Callable[[bytes], str | None] | None = None) -> tuple[int, Any]:
         """Send a request with retries; return (status, result).
 
         ``body`` is bytes or a callable that opens a fresh file object for
@@ -160,6 +169,9 @@ class Gateway:
             if self._limit_bytes is not None and body is not None:
                 await self._limit_bytes.take(_body_size(body))
             await self._slots.acquire(priority)
+            if self._halted is not None and kind in ("put", "mkdir"):
+                self._slots.release()
+                raise self._halted
             fobj: IO[bytes] | None = None
             att: _Attempt | None = None
             try:
@@ -189,7 +201,10 @@ class Gateway:
                 finally:
                     self.inflight.discard(att)
                 error: GatewayError | None = None
-                if code not in ok:
+                problem = check(result) if check is not None and code in ok else None
+                if problem is not None:
+                    error = GatewayError(method, self._show(url), None, "", reason=f"bad answer: {problem}")
+                elif code not in ok:
                     error = GatewayError(method, self._show(url), code, result)
                     if code < 500 or (not retry_unhappy and error.unhappy):
                         raise error
@@ -218,14 +233,16 @@ class Gateway:
     async def put_file(self, opener: Callable[[], IO[bytes]], label: str | None = None,
                        retry_unhappy: bool = True) -> str:
         """Upload an immutable file; return its cap.  ``retry_unhappy`` as for :meth:`put_bytes`."""
+        size = _body_size(opener)
         _, body = await self._request("put", "PUT", self.url(), body=opener, label=label,
-                                      retry_unhappy=retry_unhappy)
+                                      retry_unhappy=retry_unhappy, check=lambda b: cap_problem(b, ("CHK", "LIT"), size))
         return _cap_from(body)
 
     async def put_bytes(self, data: bytes, retry_unhappy: bool = True) -> str:
         """Upload bytes as an immutable file.  ``retry_unhappy=False`` raises at once on
         UploadUnhappinessError, for callers that can change the bytes instead."""
-        _, body = await self._request("put", "PUT", self.url(), body=data, retry_unhappy=retry_unhappy)
+        _, body = await self._request("put", "PUT", self.url(), body=data, retry_unhappy=retry_unhappy,
+                                      check=lambda b: cap_problem(b, ("CHK", "LIT"), len(data)))
         return _cap_from(body)
 
     async def mkdir_immutable(self, body: bytes, priority: float = 0.0) -> str:
@@ -236,26 +253,39 @@ class Gateway:
         """
         _, resp = await self._request("mkdir", "POST", self.url(), params={"t": "mkdir-immutable"},
                                       body=body, headers={"Content-Type": "application/json"},
-                                      priority=priority)
+                                      priority=priority, check=lambda b: cap_problem(b, ("DIR2-CHK", "DIR2-LIT")))
         return _cap_from(resp)
 
     async def mkdir_mutable(self) -> str:
-        _, body = await self._request("mkdir", "POST", self.url(), params={"t": "mkdir"})
+        _, body = await self._request("mkdir", "POST", self.url(), params={"t": "mkdir"},
+                                      check=lambda b: cap_problem(b, ("DIR2",)))
         return _cap_from(body)
 
     async def get_json(self, cap: str, path: Sequence[str] = ()) -> Any:
         """``GET /uri/CAP[/path]?t=json``, parsed."""
-        _, body = await self._request("get", "GET", self.url(cap, path), params={"t": "json"})
-        return json.loads(body)
+        parsed: list[Any] = []
+        await self._request("get", "GET", self.url(cap, path), params={"t": "json"},
+                            check=lambda b: _parse_json(b, parsed))
+        return parsed[-1]
 
     async def download(self, cap: str, sink: Callable[[bytes], None],
                        restart: Callable[[], None] | None = None) -> None:
         """Stream a file's bytes to ``sink``; ``restart`` is called before each retry's data."""
-        async def consume(resp: Any) -> None:
+        expected = chk_size(cap)
+
+        async def consume(resp: Any) -> int:
             if restart is not None:
                 restart()
-            await treq.collect(resp, sink)
-        await self._request("get", "GET", self.url(cap), on_response=consume)
+            got = [0]
+
+            def count(chunk: bytes) -> None:
+                got[0] += len(chunk)
+                sink(chunk)
+            await treq.collect(resp, count)
+            return got[0]
+        await self._request("get", "GET", self.url(cap), on_response=consume,
+                            check=lambda n: None if expected is None or n == expected else
+                            f"{n} of {expected} bytes (the answer was cut short)")
 
     async def get_range(self, cap: str, offset: int, length: int) -> bytes:
         """Bytes ``offset`` to ``offset+length`` of a file, with one Range GET.
@@ -265,7 +295,9 @@ class Gateway:
         if length == 0:
             return b""
         code, body = await self._request("get", "GET", self.url(cap), ok=(200, 206),
-                                         headers={"Range": f"bytes={offset}-{offset + length - 1}"})
+                                         headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+                                         check=lambda b: None if len(b) in (length, chk_size(cap))
+                                         else f"{len(b)} bytes for a range of {length}")
         data = body[offset:offset + length] if code == 200 else body
         if len(data) != length:
             raise GatewayError("GET", self._show(self.url(cap)), code, "",
@@ -307,8 +339,9 @@ class Gateway:
         return code == 200
 
     async def welcome(self) -> Any:
-        _, body = await self._request("status", "GET", self.base, params={"t": "json"})
-        return json.loads(body)
+        parsed: list[Any] = []
+        await self._request("status", "GET", self.base, params={"t": "json"}, check=lambda b: _parse_json(b, parsed))
+        return parsed[-1]
 
     async def connected_servers(self) -> list[str]:
         """Nicknames of the storage servers the gateway is connected to."""
@@ -334,6 +367,50 @@ def _body_size(body: bytes | Callable[[], IO[bytes]]) -> int:
         return f.seek(0, 2)
     finally:
         f.close()
+
+
+_B32 = "[a-z2-7]"
+_CAP_FORMS = {
+    "CHK": re.compile(rf"URI:CHK:{_B32}{{26}}:{_B32}{{52}}:(\d+):(\d+):(\d+)"),
+    "LIT": re.compile(rf"URI:LIT:{_B32}*"),
+    "DIR2-CHK": re.compile(rf"URI:DIR2-CHK:{_B32}{{26}}:{_B32}{{52}}:(\d+):(\d+):(\d+)"),
+    "DIR2-LIT": re.compile(rf"URI:DIR2-LIT:{_B32}*"),
+    "DIR2": re.compile(rf"URI:DIR2:{_B32}{{26}}:{_B32}{{52}}"),
+}
+
+
+def cap_problem(body: bytes, kinds: Sequence[str], size: int | None = None) -> str | None:
+    """What is wrong with a cap the gateway answered (None: it is well formed, of the right size)."""
+    text = body.decode("ascii", "replace").strip()
+    for kind in kinds:
+        m = _CAP_FORMS[kind].fullmatch(text)
+        if m is None:
+            continue
+        if kind == "CHK" and size is not None and int(m.group(3)) != size:
+            return f"a cap for {m.group(3)} bytes, not {size}"
+        if kind == "LIT" and size is not None and len(lit_bytes(text)) != size:
+            return f"a literal cap of the wrong size, not {size} bytes"
+        return None
+    return f"not a whole {' or '.join(kinds)} cap ({len(text)} characters)"
+
+
+def lit_bytes(cap: str) -> bytes:
+    data = cap[len("URI:LIT:"):].upper()
+    return base64.b32decode(data + "=" * (-len(data) % 8))
+
+
+def chk_size(cap: str) -> int | None:
+    """The size a CHK file cap records (None for other caps)."""
+    m = _CAP_FORMS["CHK"].fullmatch(cap)
+    return int(m.group(3)) if m else None
+
+
+def _parse_json(body: bytes, out: list[Any]) -> str | None:
+    try:
+        out.append(json.loads(body))
+    except ValueError as e:
+        return f"not valid JSON ({type(e).__name__}), perhaps cut short"
+    return None
 
 
 def _cap_from(body: bytes) -> str:

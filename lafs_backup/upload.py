@@ -283,6 +283,7 @@ class Uploader:
             except BaseException as e:  # LafsBackupError: fatal; anything else: a bug, for the traceback
                 if self.fatal is None:
                     self.fatal = e
+                    self.gw.halt(e)  # what is still queued would fail the same way: don't send it
                 return _FAILED
             finally:
                 self.stats.entries_done += 1

@@ -22,23 +22,33 @@ class FlakyUpload(Resource):
 
     isLeaf = True
 
-    def __init__(self, failures, hang=0):
+    def __init__(self, failures, hang=0, cut=0):
         super().__init__()
         self.failures = list(failures)
         self.hang = hang
+        self.cut = cut
         self.bodies = []
         self.calls = 0
 
     def render(self, request):
         self.calls += 1
-        self.bodies.append(request.content.read())
+        body = request.content.read()
+        self.bodies.append(body)
         if self.hang > 0:
             self.hang -= 1
             return NOT_DONE_YET
         if self.failures:
             request.setResponseCode(self.failures.pop(0))
             return b"Traceback...\nallmydata.interfaces.UploadUnhappinessError: URI:CHK:secret:stuff"
-        return b"URI:CHK:aaaa:bbbb:2:3:100"
+        cap = chk(len(body))
+        if self.cut:
+            self.cut -= 1
+            return cap[:30]  # what a connection closed half way leaves
+        return cap
+
+
+def chk(size):
+    return b"URI:CHK:" + b"a" * 26 + b":" + b"b" * 52 + b":2:3:%d" % size
 
 
 class FakeHTTP:
@@ -74,7 +84,7 @@ async def test_retries_5xx_with_backoff_then_succeeds():
     assert res.calls == 2 and not d.called
     clock.advance(7)
     await settle(stub)
-    assert (await d) == "URI:CHK:aaaa:bbbb:2:3:100"
+    assert (await d) == chk(100).decode()
     assert gw.counts["put"] == 3
 
 
@@ -129,11 +139,11 @@ async def test_timed_out_attempt_is_cancelled_and_retried_with_a_fresh_file():
     await settle(stub)
     assert res.calls == 1 and not d.called
     clock.advance(10)  # the attempt times out: cancelled, then retried after the delay
-    assert opened[0].closed
+    assert len(opened) == 2 and all(f.closed for f in opened)  # opened[0] only measured the size
     clock.advance(2)
     await settle(stub)
     assert (await d).startswith("URI:CHK:")
-    assert len(opened) == 2 and res.bodies[-1] == b"z" * 1000
+    assert len(opened) == 3 and res.bodies[-1] == b"z" * 1000
 
 
 async def settle(stub):
@@ -162,3 +172,29 @@ async def test_forced_timeout_from_the_manhole_retries():
     await settle(stub)
     assert (await d).startswith("URI:CHK:")
     assert res.calls == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cap_cut_short_is_retried_never_recorded():
+    clock = Clock()
+    res = FlakyUpload([], cut=1)
+    gw, stub = gateway(res, clock)
+    from twisted.internet.defer import Deferred
+
+    d = Deferred.fromCoroutine(gw.put_bytes(b"c" * 100))
+    await settle(stub)
+    clock.advance(2)
+    await settle(stub)
+    assert (await d) == chk(100).decode()
+    assert res.calls == 2
+
+
+def test_cap_problems():
+    from lafs_backup.gateway import cap_problem
+
+    assert cap_problem(chk(100), ("CHK",), 100) is None
+    assert "100 bytes, not 99" in cap_problem(chk(100), ("CHK",), 99)
+    assert "not a whole CHK" in cap_problem(chk(100)[:-1] + b"x", ("CHK",), 100)
+    assert cap_problem(b"URI:LIT:nbswy3dp", ("CHK", "LIT"), 5) is None  # "hello"
+    assert cap_problem(b"URI:LIT:nbswy3dp", ("CHK", "LIT"), 4) is not None
+    assert cap_problem(b"<html>", ("DIR2-CHK",)) is not None
