@@ -10,7 +10,6 @@ redacted.
 
 from __future__ import annotations
 
-import base64
 import heapq
 import json
 import logging
@@ -34,6 +33,7 @@ from .config import RetryPolicy
 from .errors import GatewayError, GridError
 from .log import redact
 from .ratelimit import TokenBucket
+from .snapshot import lit_data
 
 log = logging.getLogger(__name__)
 
@@ -388,15 +388,10 @@ def cap_problem(body: bytes, kinds: Sequence[str], size: int | None = None) -> s
             continue
         if kind == "CHK" and size is not None and int(m.group(3)) != size:
             return f"a cap for {m.group(3)} bytes, not {size}"
-        if kind == "LIT" and size is not None and len(lit_bytes(text)) != size:
+        if kind == "LIT" and size is not None and len(lit_data(text) or b"") != size:
             return f"a literal cap of the wrong size, not {size} bytes"
         return None
     return f"not a whole {' or '.join(kinds)} cap ({len(text)} characters)"
-
-
-def lit_bytes(cap: str) -> bytes:
-    data = cap[len("URI:LIT:"):].upper()
-    return base64.b32decode(data + "=" * (-len(data) % 8))
 
 
 def chk_size(cap: str) -> int | None:

@@ -24,6 +24,9 @@ from lafs_backup.grid import GridSpec, LocalGrid
 
 pytestmark = pytest.mark.slow
 
+#: Files stored one by one, paced, so that a run is still uploading when the test strikes.
+PACED = ["-o", "destination.pack.max_file_size=1", "-o", "operation.rate_limit.objects=1/40:1",
+         "-o", "logging.level=info"]
 FAST_RETRY = ["-o", "operation.retry.attempts=6", "-o", "operation.retry.delay=[0.2, 0.5, 1]",
               "-o", "operation.timeout=3"]
 
@@ -76,9 +79,7 @@ def test_servers_lost_mid_backup_then_back(rgrid, tmp_path):
     src = make_tree(tmp_path / "src", small=200, medium=2, large=0)
     home = tmp_path / "h"
     home.mkdir()
-    # Files stored one by one, paced, so the run is still uploading when the servers go.
-    lb = ["--url", g.url, "-o", "destination.pack.max_file_size=1", "-o", "operation.rate_limit.objects=1/40:1",
-          "-o", "destination.happy=3", "-o", "logging.level=info", *FAST_RETRY]
+    lb = ["--url", g.url, *PACED, "-o", "destination.happy=3", *FAST_RETRY]
     before = g.requests()["put"]
     p = start([*lb, "backup", str(src)], home)
     wait_puts(g, before, 40, p)
@@ -115,9 +116,8 @@ def test_gateway_restarted_mid_run(rgrid, tmp_path):
     src = make_tree(tmp_path / "src", small=150, medium=2, large=0)
     home = tmp_path / "h"
     home.mkdir()
-    lb = ["--url", g.url, "-o", "destination.pack.max_file_size=1", "-o", "operation.rate_limit.objects=1/40:1",
-          "-o", "operation.retry.attempts=10", "-o", "operation.retry.delay=[1, 2, 3]", "-o", "operation.timeout=10",
-          "-o", "logging.level=info"]
+    lb = ["--url", g.url, *PACED, "-o", "operation.retry.attempts=10", "-o", "operation.retry.delay=[1, 2, 3]",
+          "-o", "operation.timeout=10"]
     before = g.requests()["put"]
     p = start([*lb, "backup", str(src)], home)
     wait_puts(g, before, 30, p)
