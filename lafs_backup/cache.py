@@ -15,9 +15,12 @@ This is the only module that talks to sqlite.  Schema history (``meta.schema_ver
   may be used by any backup whose generation lies in ``[first_gen,
   generation]``; cleanup deletes a row only when no kept backup does.
 
-Rows are written only after the gateway confirmed a cap.  Commits are
-batched (rows or seconds, whichever first) in WAL mode, so a kill loses at
-most one batch, which the next run uploads again.
+Rows are written only after the gateway confirmed a cap.  The uploader
+commits rows that record an upload at once; other writes are batched (rows or
+seconds, whichever first).  In WAL mode with synchronous=NORMAL a killed
+process loses no committed row, and a power cut may roll back the last
+commits but never leaves a damaged file.  A recorded backup is made durable
+at once (a commit at synchronous=FULL).
 """
 
 from __future__ import annotations
@@ -80,6 +83,14 @@ class Hit:
 
 
 def corrupt(path: str, e: Exception) -> CacheError:
+    """The error for sqlite's ``e``: a full disk is not damage, and has another way out."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "disk is full" in str(e):
+        return CacheError(path=path, problem=(
+            f"{e}: the disk holding it is full. Free some space and run again: sqlite rolled back "
+            "the unfinished transaction, so the cache is intact and nothing it recorded is lost"))
+    if code is not None and code & 0xFF == sqlite3.SQLITE_IOERR:
+        return CacheError(path=path, problem=f"{e}: the disk holding it failed to read or write")
     return CacheError(path=path, problem=(
         f"{e}. Run 'lafs-backup backup --rebuild-cache' (it moves the file aside and starts a new "
         "cache), or move it aside yourself: content already on the grid is found again through "
@@ -185,9 +196,16 @@ class EntryCache:
                 self._commit_seconds > 0 and self._now() - self._last_commit >= self._commit_seconds):
             self.commit()
 
-    def commit(self) -> None:
+    def commit(self, durable: bool = False) -> None:
+        """Commit; ``durable``: also sync, so that the commit survives a power cut."""
         self._flush_bumps()
         self._db.execute("COMMIT")
+        if durable:
+            # One small transaction at synchronous=FULL syncs the write-ahead
+            # log, and with it every commit before it.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('synced', ?)", (repr(self._now()),))
+            self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("BEGIN")
         self._dirty = 0
         self._last_commit = self._now()
@@ -284,7 +302,7 @@ class EntryCache:
             "INSERT INTO backups (generation, cap, source, name, ts, link_dir, link_name, result_file) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (generation, cap, source, name, ts, link_dir, link_name, result_file))
-        self.commit()
+        self.commit(durable=True)  # the record of a finished backup must survive a power cut
         return self.backup_by_id(int(cur.lastrowid or 0))
 
     def set_checked(self, backup_id: int, ts: float) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from . import config as cfg
 from . import encode, ratelimit
 from .cache import Backup, EntryCache, move_aside
 from .entry import Entry
-from .errors import ExitCode, GatewayError, GridError, QueueError, SnapshotError, UsageError
+from .errors import ExitCode, GatewayError, GridError, LocalError, QueueError, SnapshotError, UsageError
 from .filters import compile_from_config
 from .gateway import Gateway, make_http_client
 from .lock import CacheLock
@@ -186,7 +187,11 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
                 totals[1] += e.size if e.kind == "f" else 0
     else:
         t0 = time.monotonic()
-        n = write_queue(qpath, source, _count(scan(source, flt, rep.warn, rep.note_once), totals))
+        try:
+            n = write_queue(qpath, source, _count(scan(source, flt, rep.warn, rep.note_once), totals))
+        except OSError as e:  # a full disk: the previous queue is still in place
+            raise LocalError(path=qpath, problem=f"{e.strerror}; the previous queue file, if any, "
+                             "is kept as it was") from None
         log.info("phase one: %d entries in %.2fs", n, time.monotonic() - t0)
         if queue_only is not False:
             rep.info(f"queue: {n} entries written to {qpath}")
@@ -232,7 +237,12 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
         lname = await link_into(gw, link_dir, source, ts, snap) if link_dir else None
         result_file = cfg.expand(ctx.get("destination.result.append_to_file"))
         if result_file:
-            append_result(result_file, ts, source, snap)
+            try:
+                append_result(result_file, ts, source, snap)
+            except OSError as e:  # the backup is complete on the grid: record it all the same
+                rep.warn(result_file, f"the result line could not be appended ({e.strerror}); the "
+                                      "backup is recorded in the entry cache ('lafs-backup list')")
+                result_file = None
         b = cache.record_backup(gen, snap, source, os.path.basename(source).decode("utf-8", "replace"),
                                 ts, link_dir, lname, result_file)
     finally:
@@ -251,7 +261,8 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
 
 async def _unhappy(ctx: Context, gw: Gateway, e: GatewayError) -> GridError:
     """Say why the grid refused an upload: usually storage servers are missing."""
-    want = happy_for(ctx)
+    asked = re.search(r"asked to place shares on at least (\d+) server", e.body)
+    want = int(asked.group(1)) if asked else happy_for(ctx)  # the gateway's own setting first
     after = "Nothing was recorded; what was uploaded is kept, so a rerun continues from there."
     try:
         have = len(await gw.connected_servers())

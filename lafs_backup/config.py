@@ -60,6 +60,11 @@ SCHEMA: dict[str, tuple[type, ...]] = {
 
 
 
+#: Keys naming a local file or directory.
+_PATH_KEYS = ("source.path", "source.queue.path", "source.entry_cache.path",
+              "destination.result.append_to_file", "grid.dir", "manhole.authorized_keys")
+
+
 def _type_names(types: tuple[type, ...]) -> str:
     names = {int: "integer", float: "number", str: "string", bool: "boolean",
              list: "list", dict: "mapping", _NULL: "null"}
@@ -179,6 +184,12 @@ def _check_values(tree: Mapping[str, Any]) -> None:
         raise bad("destination.pack.target_size", "must be at least 65536")
     if get(tree, "logging.level").lower() not in LEVELS:
         raise bad("logging.level", f"must be one of {', '.join(LEVELS)}")
+    for key in _PATH_KEYS:
+        value = get(tree, key)
+        if isinstance(value, str) and "\0" in value:
+            raise bad(key, "a path cannot contain a NUL character")
+        if isinstance(value, str) and not value:
+            raise bad(key, "an empty path; use null for the default")
     url = get(tree, "destination.url")
     if url is not None and not url.startswith(("http://", "https://")):
         raise bad("destination.url", f"must be an http:// or https:// URL, got {url!r}")

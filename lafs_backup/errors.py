@@ -70,6 +70,10 @@ class CacheError(LafsBackupError):
     """The entry cache {path} cannot be used: {problem}"""
 
 
+class LocalError(LafsBackupError):
+    """Cannot write {path}: {problem}"""
+
+
 class LockedError(LafsBackupError):
     """Another lafs-backup run (pid {pid}, started {started}) holds the lock {path}."""
 

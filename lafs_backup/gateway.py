@@ -245,15 +245,17 @@ class Gateway:
                                       check=lambda b: cap_problem(b, ("CHK", "LIT"), len(data)))
         return _cap_from(body)
 
-    async def mkdir_immutable(self, body: bytes, priority: float = 0.0) -> str:
+    async def mkdir_immutable(self, body: bytes, priority: float = 0.0, retry_unhappy: bool = True) -> str:
         """Create an immutable directory from a JSON body ``{name: [type, {ro_uri, metadata}]}``.
 
         ``priority``: lower goes first when requests queue for a slot (the
         uploader puts deeper directories first: they are on the longest chain).
+        ``retry_unhappy`` as for :meth:`put_bytes`.
         """
         _, resp = await self._request("mkdir", "POST", self.url(), params={"t": "mkdir-immutable"},
                                       body=body, headers={"Content-Type": "application/json"},
-                                      priority=priority, check=lambda b: cap_problem(b, ("DIR2-CHK", "DIR2-LIT")))
+                                      priority=priority, retry_unhappy=retry_unhappy,
+                                      check=lambda b: cap_problem(b, ("DIR2-CHK", "DIR2-LIT")))
         return _cap_from(resp)
 
     async def mkdir_mutable(self) -> str:

@@ -158,6 +158,7 @@ def write_queue(path: str, source: bytes, entries: Iterable[Entry]) -> int:
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
+    remove_stale_temps(path)
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     count = 0
@@ -172,6 +173,7 @@ def write_queue(path: str, source: bytes, entries: Iterable[Entry]) -> int:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _sync_dir(directory)  # the rename itself survives a power cut
     except BaseException:
         try:
             os.unlink(tmp)
@@ -179,6 +181,39 @@ def write_queue(path: str, source: bytes, entries: Iterable[Entry]) -> int:
             pass
         raise
     return count
+
+
+def remove_stale_temps(path: str) -> None:
+    """Remove ``path.tmp.PID`` files left by killed runs (PID no longer running)."""
+    directory, base = os.path.split(os.path.abspath(path))
+    prefix = base + ".tmp."
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):]
+        if not (name.startswith(prefix) and pid.isdigit()) or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (or the pid was reused): leave it
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass
+
+
+def _sync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _last_line(f: IO[bytes]) -> bytes:

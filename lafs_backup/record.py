@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -20,35 +21,73 @@ def link_name(source: bytes, ts: float) -> str:
     return f"{base}.{utc_stamp(ts)}"
 
 
+def _open_locked(path: str, flags: int) -> int:
+    """Open ``path`` and lock it; the fd is of the file now at ``path``, even if it was replaced
+    (by :func:`remove_result_line`) while we waited for the lock."""
+    while True:
+        fd = os.open(path, flags, 0o600)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
 def append_result(path: str, ts: float, source: bytes, cap: str) -> None:
-    """Append ``<UTC time> <source> <cap>`` to ``path`` (created 0600) under an exclusive lock."""
+    """Append ``<UTC time> <source> <cap>`` to ``path`` (created 0600) under an exclusive lock.
+
+    A write that fails (a full disk) leaves the file as it was: no half line.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = _open_locked(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
         src = source.decode("utf-8", "backslashreplace").replace(" ", "\\x20")
-        os.write(fd, f"{utc_stamp(ts)} {src} {cap}\n".encode("utf-8"))
-        os.fsync(fd)
+        line = f"{utc_stamp(ts)} {src} {cap}\n".encode("utf-8")
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
     finally:
         os.close(fd)
 
 
 def remove_result_line(path: str, cap: str) -> bool:
-    """Remove the line(s) whose last field is ``cap``; True if one was removed."""
+    """Remove the line(s) whose last field is ``cap``; True if one was removed.
+
+    The file is replaced whole (a temp file, synced, renamed over it), so a
+    kill or a full disk leaves either the old file or the new one.
+    """
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = _open_locked(path, os.O_RDWR)
     except FileNotFoundError:
         return False
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX)
-        with os.fdopen(os.dup(fd), "r+", encoding="utf-8") as f:
+        with os.fdopen(os.dup(fd), "r", encoding="utf-8") as f:
             lines = f.readlines()
-            keep = [ln for ln in lines if ln.rstrip("\n").rsplit(" ", 1)[-1] != cap]
-            if len(keep) == len(lines):
-                return False
-            f.seek(0)
-            f.writelines(keep)
-            f.truncate()
+        keep = [ln for ln in lines if ln.rstrip("\n").rsplit(" ", 1)[-1] != cap]
+        if len(keep) == len(lines):
+            return False
+        tmp = f"{path}.tmp.{os.getpid()}"
+        try:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
+                      encoding="utf-8") as out:
+                out.writelines(keep)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         return True
     finally:
         os.close(fd)

@@ -178,6 +178,19 @@ def root_body(tree: Child, objects: str | None = None) -> bytes:
     return canonical_json(body)
 
 
+def salted_body(body: bytes, salt: str) -> bytes:
+    """``body`` with ``salt`` in its first child's edge metadata: the same directory to every
+    reader (no reader looks at that key), but other bytes, hence another storage index.  An
+    empty body is returned as it is (Tahoe stores it as a LIT cap, which is never refused)."""
+    children = json.loads(body)
+    if not children:
+        return body
+    first = min(children)
+    info = children[first][1]
+    info["metadata"] = {**info.get("metadata", {}), "salt": salt}
+    return canonical_json(children)
+
+
 def objects_body(packs: Iterable[str], objects: Iterable[str] = ()) -> bytes:
     """The directory linking every pack (``pack-N``) and encoded object (``object-N``) a snapshot
     uses (edges refer to them only from their metadata), so one deep-check with add-lease

@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import stat
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -23,14 +24,14 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from .cache import EntryCache, Hit
 from .encode import SALT_LEN, EncodingRules, compress, salted
 from .entry import KIND_DIR, KIND_FILE, KIND_LINK, KIND_SOCKET, Entry, kind_of
-from .errors import GatewayError, LafsBackupError, QueueError
+from .errors import GatewayError, LafsBackupError, LocalError, QueueError
 from .gateway import Gateway
 from .log import NOISE
 from .pack import Budget, Packer, PackRef
 from .paths import lstat_beneath, open_beneath
 from .report import Reporter
-from .snapshot import (LIT_MAX, PACKED_MARKER_BODY, Child, blob_key, body_key, dir_body, edge_metadata,
-                       content_key, file_key, lit_cap, objects_body, root_body)
+from .snapshot import (LIT_MAX, PACKED_MARKER_BODY, Child, blob_key, body_key, content_key, dir_body,
+                       edge_metadata, file_key, lit_cap, objects_body, root_body, salted_body)
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class Uploader:
         self.fatal: BaseException | None = None
         #: Relative paths currently being read or uploaded (for progress and the manhole).
         self.in_flight: set[bytes] = set()
+        self._commit_call: Any = None
 
     # -- driver ----------------------------------------------------------------
     async def run(self, entries: Iterable[Entry]) -> str:
@@ -151,6 +153,14 @@ class Uploader:
         Raises the first fatal error (gateway failure, bad queue).  Per-entry
         problems are warnings on the reporter.
         """
+        try:
+            return await self._run(entries)
+        finally:
+            if self._commit_call is not None:  # the caller commits (or closes) the cache itself
+                self._commit_call.cancel()
+                self._commit_call = None
+
+    async def _run(self, entries: Iterable[Entry]) -> str:
         # Each entry's result is a value when it could be settled at once
         # (unchanged, from the cache: an unchanged rerun never leaves this
         # loop), or a Deferred for the task that uploads it.
@@ -197,6 +207,28 @@ class Uploader:
         assert isinstance(result, Child)
         self.stats.packs = self.packer.packs_uploaded
         return await self._mkdir(root_body(result, objects_cap))
+
+    def _confirmed(self) -> None:
+        """Rows for an upload the gateway confirmed were stored: commit them soon.
+
+        A commit costs ~30 us, an upload tens of milliseconds, so rows that
+        record an upload are committed once per reactor turn (which gathers
+        every member of a pack) rather than in batches: a kill then loses
+        only the uploads still in flight, and the rerun sends nothing twice.
+        """
+        if self._reactor is None:
+            self._commit_confirmed()
+        elif self._commit_call is None:
+            self._commit_call = self._reactor.callLater(0, self._commit_confirmed)
+
+    def _commit_confirmed(self) -> None:
+        self._commit_call = None
+        try:
+            self.cache.commit()
+        except BaseException as e:  # CacheError: the file was damaged under us
+            if self.fatal is None:
+                self.fatal = e
+                self.gw.halt(e)
 
     async def _counted(self, coro: Any) -> Any:
         try:
@@ -316,8 +348,15 @@ class Uploader:
             if hit:
                 cap = hit.cap
             else:
-                cap = await self.gw.put_bytes(target)
+                try:
+                    cap = await self.gw.put_bytes(target, retry_unhappy=False)
+                except GatewayError as err:
+                    if not err.unhappy:
+                        raise
+                    # As for packs: only the target in the metadata is ever read back.
+                    cap = await self.gw.put_bytes(target + b"\0lafs-backup-salt:" + os.urandom(SALT_LEN))
                 self.cache.store(key, cap, self.gen)
+                self._confirmed()
         return Child(e.name, cap, edge_metadata(e))
 
     async def _special(self, e: Entry) -> Child | None:
@@ -528,6 +567,7 @@ class Uploader:
             del self._uploading[ckey]
         if hit.sha256 == sha:
             self.cache.store_hit(ckey, hit, self.gen)
+            self._confirmed()
         self.stats.files_uploaded += 1
         return hit
 
@@ -551,7 +591,15 @@ class Uploader:
             if compress(enc, probe) is None:
                 enc = None
         if enc is not None:
-            tmp, length, got = await self._in_thread(_compress_to_temp, enc, fd, size, self.settings.tmpdir)
+            try:
+                tmp, length, got = await self._in_thread(_compress_to_temp, enc, fd, size, self.settings.tmpdir)
+            except OSError as err:
+                if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                # Not this file's fault: every later one would be skipped the same way.
+                raise LocalError(path=self.settings.tmpdir or tempfile.gettempdir(), problem=(
+                    f"{err.strerror} (compressing {_label(path)}). Free space there, or point "
+                    "TMPDIR at a larger disk")) from None
             try:
                 if length >= size * 0.9:
                     enc = None  # the probe was optimistic: store it raw
@@ -675,8 +723,17 @@ class Uploader:
         if hit is not None:
             self.stats.dirs_unchanged += 1
             return hit.cap
-        cap = await self.gw.mkdir_immutable(body, priority)
+        try:
+            cap = await self.gw.mkdir_immutable(body, priority, retry_unhappy=False)
+        except GatewayError as e:
+            if not e.unhappy:
+                raise
+            # Shares of an interrupted creation of this very directory may be held "incoming"
+            # on the servers: make it under another storage index.
+            log.info("directory creation was unhappy; creating it again with a salt")
+            cap = await self.gw.mkdir_immutable(salted_body(body, os.urandom(SALT_LEN).hex()), priority)
         self.cache.store(key, cap, self.gen)
+        self._confirmed()
         self.stats.dirs_new += 1
         return cap
 
@@ -728,8 +785,6 @@ def _pread_all(fd: int, size: int) -> bytes:
 
 def _compress_to_temp(enc: str, fd: int, size: int, tmpdir: str | None) -> tuple[int, int, bytes]:
     """Compress a file into an unnamed temporary file: (its fd, its length, SHA-256 of what was read)."""
-    import tempfile
-
     from .encode import LZ4, XZ
 
     tmp = os.open(tmpdir or tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR, 0o600)
@@ -750,32 +805,39 @@ def _compress_to_temp(enc: str, fd: int, size: int, tmpdir: str | None) -> tuple
 
     def emit(data: bytes) -> None:
         nonlocal out
-        if data:
-            os.pwrite(tmp, data, out)
-            out += len(data)
+        view = memoryview(data)
+        while view:  # a nearly full disk may take part of a write
+            n = os.pwrite(tmp, view, out)
+            out += n
+            view = view[n:]
 
-    emit(head)
+    try:
+        emit(head)
+        for chunk in _chunks(fd, size):
+            h.update(chunk)
+            emit(comp.compress(chunk))
+        emit(comp.flush())
+    except BaseException:
+        os.close(tmp)
+        raise
+    return tmp, out, h.digest()
+
+
+def _chunks(fd: int, size: int) -> Iterable[bytes]:
+    """The first ``size`` bytes of ``fd`` (fewer if it shrank), in 1 MiB reads."""
     pos = 0
     while pos < size:
         chunk = os.pread(fd, min(1 << 20, size - pos), pos)
         if not chunk:
-            break
-        h.update(chunk)
-        emit(comp.compress(chunk))
+            return
+        yield chunk
         pos += len(chunk)
-    emit(comp.flush())
-    return tmp, out, h.digest()
 
 
 def _sha256_fd(fd: int, size: int) -> bytes:
     h = hashlib.sha256()
-    pos = 0
-    while pos < size:
-        chunk = os.pread(fd, min(1 << 20, size - pos), pos)
-        if not chunk:
-            break
+    for chunk in _chunks(fd, size):
         h.update(chunk)
-        pos += len(chunk)
     return h.digest()
 
 

@@ -7,6 +7,8 @@ among requests of that method (1-based) and returns an action:
 - ``None``: forward it;
 - ``"500"`` / ``"410"``: answer that status without forwarding;
 - ``"unhappy"``: answer 500 with Tahoe's UploadUnhappinessError text;
+- ``"500-echo"``: answer 500 with a Tahoe-style traceback quoting the request's
+  path and body (as Tahoe's own errors quote caps);
 - ``"drop"``: read the request, then close the connection unanswered;
 - ``"stall"``: read the request, answer nothing for ``stall`` seconds, close;
 - ``"truncate"``: forward, then send the full Content-Length but half the body;
@@ -94,6 +96,12 @@ class FaultProxy:
                 text = (b"allmydata.interfaces.UploadUnhappinessError: fault injected by the test proxy\n"
                         if action == "unhappy" else b"fault injected by the test proxy\n")
                 self._send(conn, status, "Fault", [("Content-Type", "text/plain")], text)
+                continue
+            if action == "500-echo":
+                text = (b"Traceback (most recent call last):\n  File \"allmydata/web/common.py\"\n"
+                        b"allmydata.mutable.common.UnrecoverableFileError: " + target.encode("latin-1")
+                        + b" " + body[:300] + b"\n")
+                self._send(conn, 500, "Internal Server Error", [("Content-Type", "text/plain")], text)
                 continue
             if action == "drop":
                 conn.close()

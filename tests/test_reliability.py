@@ -138,7 +138,7 @@ def faulty(method: str, path: str, n: int) -> str | None:
         return {3: "500", 4: "truncate-close", 6: "unhappy", 9: "stall", 12: "drop", 15: "truncate",
                 18: "500", 21: "drop"}.get(n)
     if method == "POST" and "mkdir-immutable" in path:
-        return {2: "500", 3: "drop", 4: "truncate-close", 5: "stall"}.get(n)
+        return {2: "500", 3: "drop", 4: "truncate-close", 5: "stall", 6: "unhappy"}.get(n)
     if method == "GET":
         return {3: "500", 5: "drop", 7: "truncate", 9: "stall", 11: "truncate-close"}.get(n)
     return None
@@ -153,9 +153,11 @@ def test_misbehaving_gateway_retries_what_it_can(grid, home, tmp_path):
         assert r.code == 0, r.err
         for action in ("500", "unhappy", "drop", "stall", "truncate", "truncate-close"):
             assert proxy.injected(action) >= 1, (action, proxy.faults)
-        assert "timed out" in r.err and "bad answer" in r.err and "again with a salt" in r.err
+        assert "timed out" in r.err and "bad answer" in r.err and "uploading it again with a salt" in r.err
+        assert "creating it again with a salt" in r.err  # the unhappy directory
         puts = [f for f in proxy.faults if f[1] == "PUT"]
         assert len(puts) == 8
+        assert sum(1 for f in proxy.faults if "mkdir-immutable" in f[2]) == 5
         # Restore through the same proxy, with its own faults on the downloads.
         rr = run_cli(["--url", proxy.url, *conf, "restore", r.out.strip(), "--target", str(tmp_path / "out")],
                      home, timeout=600)

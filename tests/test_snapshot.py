@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from lafs_backup.entry import Entry
-from lafs_backup.snapshot import (BadSnapshot, Child, dir_body, edge_metadata, lit_cap, lit_data,
+from lafs_backup.snapshot import (BadSnapshot, Child, dir_body, edge_metadata, lit_cap, lit_data, salted_body,
                                   parse_children)
 
 
@@ -78,3 +78,15 @@ def test_duplicate_exact_names_are_refused():
         "b": ["dirnode", {"ro_uri": "URI:DIR2-LIT:", "metadata": meta}]}}]
     with pytest.raises(BadSnapshot, match="twice"):
         parse_children(listing)
+
+
+def test_salted_directory_body_differs_only_in_an_unread_key():
+    e = Entry("f", b"a", 0o100644, 1, 2, 3, 4, 5, 6, 7, 1)
+    children = [Child(b"b", "URI:LIT:aa", edge_metadata(e)), Child(b"a", "URI:LIT:bb", edge_metadata(e))]
+    body = dir_body(children)
+    salted = salted_body(body, "00ff")
+    assert salted != body and salted_body(body, "01ff") != salted
+    plain, mixed = json.loads(body), json.loads(salted)
+    assert mixed["a"][1]["metadata"].pop("salt") == "00ff"  # the first entry carries it
+    assert mixed == plain
+    assert salted_body(b"{}", "00ff") == b"{}"  # nothing to salt: stored as a LIT cap anyway
