@@ -1,8 +1,9 @@
 """Reliability, scenario 1: SIGKILL at random moments of phase one and phase two.
 
 A tree of a few thousand files, packs and deduplication in play, changed a
-little before each round.  Each round first measures what an uninterrupted
-run from the same cache sends (a reference run on a copy of the cache), then
+little before each round; rounds go on until at least 5 kills landed in
+phase one and 16 in phase two.  Each round first measures what an
+uninterrupted run from the same cache sends (a reference run on a copy of the cache), then
 kills the real run several times at random points, checks the cache after
 each kill, and finally lets a run finish.  Together the killed runs and the
 finishing one may send only what the reference run sent, plus what was in
@@ -29,7 +30,10 @@ from treecompare import differences
 
 pytestmark = pytest.mark.slow
 
-ROUNDS = 10
+#: Rounds go on until this many kills landed in each phase (a run that finishes before its
+#: kill lands does not count), within MAX_ROUNDS.
+ENOUGH = {"phase one": 5, "phase two": 16}
+MAX_ROUNDS = 16
 KILLS_PER_ROUND = 3
 JOBS = 6  # operation.jobs: uploads in flight when a kill lands
 
@@ -105,7 +109,7 @@ def test_sigkill_at_random_moments(grid, tmp_path):
     finished = 0
     backups = 0  # recorded in the cache so far
 
-    for round_no in range(ROUNDS):
+    for round_no in range(MAX_ROUNDS):
         if round_no:
             mutate(src, rng, round_no)
             # What an uninterrupted run from the same cache sends.
@@ -179,6 +183,8 @@ def test_sigkill_at_random_moments(grid, tmp_path):
                 check=True)
         assert differences(src, dest) == []
         shutil.rmtree(dest)
+        if all(kills[k] >= n for k, n in ENOUGH.items()):
+            break
 
     print("kill points:", kills, "runs that finished before the kill:", finished)
     assert sum(kills.values()) >= 20, kills
