@@ -152,10 +152,11 @@ def test_sigkill_at_random_moments(grid, tmp_path):
                 backups += 1
                 assert cache_consistent(state) == backups
                 break
-            in_phase_one = tmp_queue is not None and tmp_queue.exists()
             p.kill()
             p.wait()
             p.stderr.close()
+            # Still there after the kill: the run died before renaming it over the queue.
+            in_phase_one = tmp_queue is not None and tmp_queue.exists()
             # The killed run left a consistent cache, and recorded its backup only if it had
             # finished it (the record is its last step: the kill landed while it exited).
             now = cache_consistent(state)
