@@ -82,7 +82,7 @@ class Hit:
     length: int | None = None
 
 
-def corrupt(path: str, e: Exception) -> CacheError:
+def db_error(path: str, e: Exception) -> CacheError:
     """The error for sqlite's ``e``: a full disk is not damage, and has another way out."""
     code = getattr(e, "sqlite_errorcode", None)
     if code == sqlite3.SQLITE_FULL or "disk is full" in str(e):
@@ -113,7 +113,7 @@ def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as e:
-            raise corrupt(self.path, e) from None
+            raise db_error(self.path, e) from None
     return call
 
 
@@ -144,7 +144,7 @@ class EntryCache:
             self._migrate()
             self._check_destination(destination)
         except sqlite3.DatabaseError as e:
-            raise corrupt(path, e)
+            raise db_error(path, e)
         except OSError as e:
             raise CacheError(path=path, problem=e.strerror)
         self._db.execute("BEGIN")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import os
 import random
 import re
 from collections import Counter
@@ -36,6 +37,24 @@ from .ratelimit import TokenBucket
 from .snapshot import lit_data
 
 log = logging.getLogger(__name__)
+
+
+async def salted_if_unhappy(first: Callable[[], Awaitable[str]], again: Callable[[], Awaitable[str]],
+                            note: str) -> str:
+    """``first()``, which must not retry an unhappy upload; if the grid refuses it as unhappy, log
+    ``note`` and return ``again()``, the same object made under a salt.
+
+    A refusal with every server connected usually means the servers still hold shares of an
+    interrupted upload of the same bytes as "incoming" (Tahoe keeps them up to 30 minutes);
+    other bytes have another storage index, which those shares are not in the way of.
+    """
+    try:
+        return await first()
+    except GatewayError as e:
+        if not e.unhappy:
+            raise
+    log.info(note)
+    return await again()
 
 _RETRYABLE_EXC = (ConnectError, ConnectionLost, ConnectionDone, ResponseFailed, ResponseNeverReceived,
                   TxTimeoutError, CancelledError)
@@ -245,6 +264,13 @@ class Gateway:
                                       check=lambda b: cap_problem(b, ("CHK", "LIT"), len(data)))
         return _cap_from(body)
 
+
+    async def put_bytes_salting(self, data: bytes, note: str) -> str:
+        """Upload bytes; if the grid refuses them as unhappy, upload them again followed by a
+        random salt (for objects read back by offset, or never read back)."""
+        return await salted_if_unhappy(
+            lambda: self.put_bytes(data, retry_unhappy=False),
+            lambda: self.put_bytes(data + b"\0lafs-backup-salt:" + os.urandom(16)), note)
     async def mkdir_immutable(self, body: bytes, priority: float = 0.0, retry_unhappy: bool = True) -> str:
         """Create an immutable directory from a JSON body ``{name: [type, {ro_uri, metadata}]}``.
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from .errors import GridError
+from .paths import replacing
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +125,8 @@ class LocalGrid:
             raise GridError(problem=f"{self._state_path()} is unreadable ({e}); remove the grid directory")
 
     def _save(self, state: dict[str, Any]) -> None:
-        tmp = self._state_path() + ".tmp"
-        with open(tmp, "w") as f:
+        with replacing(self._state_path()) as f:
             json.dump(state, f, indent=1)
-        os.replace(tmp, self._state_path())
 
     def _lock(self) -> int:
         os.makedirs(self.dir, mode=0o700, exist_ok=True)

@@ -17,7 +17,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
-from .errors import GatewayError
 from .gateway import Gateway
 
 log = logging.getLogger(__name__)
@@ -117,13 +116,7 @@ class Packer:
         the last member: the bytes differ, so does the storage index, and shares of an
         interrupted earlier upload of the same pack (left "incoming" on a server) are not in
         the way.  Members are addressed by offset, so the salt changes nothing for them."""
-        try:
-            return await self.gw.put_bytes(buf, retry_unhappy=False)
-        except GatewayError as e:
-            if not e.unhappy:
-                raise
-            log.info("pack upload was unhappy; uploading it again with a salt")
-        return await self.gw.put_bytes(buf + b"\0lafs-backup-salt:" + os.urandom(16))
+        return await self.gw.put_bytes_salting(buf, "pack upload was unhappy; uploading it again with a salt")
 
     async def flush(self) -> None:
         """Seal the open pack and wait for every upload."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import IO, Iterator
 
 O_NOATIME = getattr(os, "O_NOATIME", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -87,3 +87,64 @@ def lstat_beneath(root: bytes, rel: bytes) -> os.stat_result:
         return os.lstat(root + b"/" + rel)
     with parent_dir(root, rel) as (fd, name):
         return os.stat(name, dir_fd=fd, follow_symlinks=False)
+
+
+@contextmanager
+def replacing(path: str, buffering: int = -1) -> Iterator[IO[str]]:
+    """A new text file (mode 0600) that replaces ``path`` when the block ends without error.
+
+    It is written as ``path.tmp.PID``, synced, renamed over ``path``, and the
+    directory synced: a kill or a power cut leaves the old file or the new
+    one, never a mix.  On an error the temp file is removed and ``path`` is
+    untouched.  Temp files of killed runs (their PID gone) are removed first.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    remove_stale_temps(path)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n", buffering=buffering) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _sync_dir(directory)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def remove_stale_temps(path: str) -> None:
+    """Remove ``path.tmp.PID`` files left by killed runs (PID no longer running)."""
+    directory, base = os.path.split(os.path.abspath(path))
+    prefix = base + ".tmp."
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):]
+        if not (name.startswith(prefix) and pid.isdigit()) or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (or the pid was reused): leave it
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass
+
+
+def _sync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

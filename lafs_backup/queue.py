@@ -26,6 +26,7 @@ from typing import IO, Iterable, Iterator
 
 from .entry import KINDS, Entry
 from .errors import QueueError
+from .paths import replacing
 
 MAGIC = "#lafs-backup-queue"
 VERSION = 1
@@ -151,69 +152,20 @@ def parse_header(line: str) -> Header:
 
 
 def write_queue(path: str, source: bytes, entries: Iterable[Entry]) -> int:
-    """Write the queue atomically: a temp file, fsync, then rename over ``path``.
+    """Write the queue atomically (see :func:`paths.replacing`); return the number of entries.
 
-    Returns the number of entries.  On any error the previous queue at
-    ``path`` is left as it was and the temp file is removed.
+    On any error the previous queue at ``path`` is left as it was.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    remove_stale_temps(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n", buffering=1 << 20) as f:
-            created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            f.write(format_header(Header(source, created)) + "\n")
-            for e in entries:
-                f.write(format_entry(e) + "\n")
-                count += 1
-            f.write(f"{FOOTER}\tentries={count}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _sync_dir(directory)  # the rename itself survives a power cut
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with replacing(path, buffering=1 << 20) as f:
+        created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        f.write(format_header(Header(source, created)) + "\n")
+        for e in entries:
+            f.write(format_entry(e) + "\n")
+            count += 1
+        f.write(f"{FOOTER}\tentries={count}\n")
     return count
-
-
-def remove_stale_temps(path: str) -> None:
-    """Remove ``path.tmp.PID`` files left by killed runs (PID no longer running)."""
-    directory, base = os.path.split(os.path.abspath(path))
-    prefix = base + ".tmp."
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        pid = name[len(prefix):]
-        if not (name.startswith(prefix) and pid.isdigit()) or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # still running (or the pid was reused): leave it
-        except ProcessLookupError:
-            pass
-        except OSError:
-            continue
-        try:
-            os.unlink(os.path.join(directory, name))
-        except OSError:
-            pass
-
-
-def _sync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _last_line(f: IO[bytes]) -> bytes:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import time
 from datetime import datetime, timezone
 
 from .gateway import Gateway
+from .paths import replacing
 
 
 def utc_stamp(ts: float) -> str:
@@ -63,8 +63,8 @@ def append_result(path: str, ts: float, source: bytes, cap: str) -> None:
 def remove_result_line(path: str, cap: str) -> bool:
     """Remove the line(s) whose last field is ``cap``; True if one was removed.
 
-    The file is replaced whole (a temp file, synced, renamed over it), so a
-    kill or a full disk leaves either the old file or the new one.
+    The file is replaced whole (:func:`paths.replacing`), so a kill or a full
+    disk leaves either the old file or the new one.
     """
     try:
         fd = _open_locked(path, os.O_RDWR)
@@ -76,18 +76,8 @@ def remove_result_line(path: str, cap: str) -> bool:
         keep = [ln for ln in lines if ln.rstrip("\n").rsplit(" ", 1)[-1] != cap]
         if len(keep) == len(lines):
             return False
-        tmp = f"{path}.tmp.{os.getpid()}"
-        try:
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
-                      encoding="utf-8") as out:
-                out.writelines(keep)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with replacing(path) as out:
+            out.writelines(keep)
         return True
     finally:
         os.close(fd)

@@ -24,8 +24,8 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from .cache import EntryCache, Hit
 from .encode import SALT_LEN, EncodingRules, compress, salted
 from .entry import KIND_DIR, KIND_FILE, KIND_LINK, KIND_SOCKET, Entry, kind_of
-from .errors import GatewayError, LafsBackupError, LocalError, QueueError
-from .gateway import Gateway
+from .errors import LafsBackupError, LocalError, QueueError
+from .gateway import Gateway, salted_if_unhappy
 from .log import NOISE
 from .pack import Budget, Packer, PackRef
 from .paths import lstat_beneath, open_beneath
@@ -46,6 +46,7 @@ class FileSlice(io.RawIOBase):
     def __init__(self, fd: int, size: int, prefix: bytes = b"") -> None:
         self._fd = fd
         self._prefix = prefix
+        self.salted = bool(prefix)
         self._size = len(prefix) + size
         self._pos = 0
         self.sha256 = hashlib.sha256()
@@ -348,13 +349,9 @@ class Uploader:
             if hit:
                 cap = hit.cap
             else:
-                try:
-                    cap = await self.gw.put_bytes(target, retry_unhappy=False)
-                except GatewayError as err:
-                    if not err.unhappy:
-                        raise
-                    # As for packs: only the target in the metadata is ever read back.
-                    cap = await self.gw.put_bytes(target + b"\0lafs-backup-salt:" + os.urandom(SALT_LEN))
+                # Only the target in the metadata is ever read back: a salt after it is harmless.
+                cap = await self.gw.put_bytes_salting(
+                    target, "symlink target upload was unhappy; uploading it again with a salt")
                 self.cache.store(key, cap, self.gen)
                 self._confirmed()
         return Child(e.name, cap, edge_metadata(e))
@@ -635,16 +632,14 @@ class Uploader:
             return sl
 
         label = _label(path)
-        try:
-            cap = await self.gw.put_file(opener, label=label, retry_unhappy=self._plain)
-            return cap, enc, slices[-1]
-        except GatewayError as e:
-            if self._plain or not e.unhappy:
-                raise
-        log.info("upload of %r was unhappy; uploading it again with a salt", path)
+        if self._plain:
+            return await self.gw.put_file(opener, label=label), enc, slices[-1]
         salt = os.urandom(SALT_LEN)
-        cap = await self.gw.put_file(lambda: opener(salt), label=label)
-        return cap, salted(enc), slices[-1]
+        cap = await salted_if_unhappy(
+            lambda: self.gw.put_file(opener, label=label, retry_unhappy=False),
+            lambda: self.gw.put_file(lambda: opener(salt), label=label),
+            f"upload of {label} was unhappy; uploading it again with a salt")
+        return cap, (salted(enc) if slices[-1].salted else enc), slices[-1]
 
     async def _child(self, e: Entry, st: os.stat_result, hit: Hit) -> Child:
         child = self._child_now(e, st, hit)
@@ -723,15 +718,10 @@ class Uploader:
         if hit is not None:
             self.stats.dirs_unchanged += 1
             return hit.cap
-        try:
-            cap = await self.gw.mkdir_immutable(body, priority, retry_unhappy=False)
-        except GatewayError as e:
-            if not e.unhappy:
-                raise
-            # Shares of an interrupted creation of this very directory may be held "incoming"
-            # on the servers: make it under another storage index.
-            log.info("directory creation was unhappy; creating it again with a salt")
-            cap = await self.gw.mkdir_immutable(salted_body(body, os.urandom(SALT_LEN).hex()), priority)
+        cap = await salted_if_unhappy(
+            lambda: self.gw.mkdir_immutable(body, priority, retry_unhappy=False),
+            lambda: self.gw.mkdir_immutable(salted_body(body, os.urandom(SALT_LEN).hex()), priority),
+            "directory creation was unhappy; creating it again with a salt")
         self.cache.store(key, cap, self.gen)
         self._confirmed()
         self.stats.dirs_new += 1

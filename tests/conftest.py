@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sqlite3
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -30,18 +31,24 @@ class Result:
 class Grid:
     dir: Path
     url: str
+    _read: int = 0  # bytes of the gateway log counted so far (whole lines)
+    _counts: dict[str, int] = field(default_factory=lambda: {"put": 0, "mkdir": 0})
 
     @property
     def gateway_log(self) -> Path:
         return self.dir / "gateway" / "lafs-backup-node.log"
 
     def requests(self) -> dict[str, int]:
-        """Upload and mkdir requests the gateway has served so far, counted from its own log."""
-        text = self.gateway_log.read_text(errors="replace")
-        return {
-            "put": len(re.findall(r"web: \S+ PUT /uri ", text)),
-            "mkdir": len(re.findall(r"web: \S+ POST /uri\?t=mkdir-immutable ", text)),
-        }
+        """Upload and mkdir requests the gateway has served so far, counted from its own log
+        (read on from where the last call stopped: cheap enough to poll)."""
+        with open(self.gateway_log, "rb") as f:
+            f.seek(self._read)
+            chunk = f.read()
+        chunk = chunk[:chunk.rfind(b"\n") + 1]
+        self._read += len(chunk)
+        self._counts["put"] += len(re.findall(rb"web: \S+ PUT /uri ", chunk))
+        self._counts["mkdir"] += len(re.findall(rb"web: \S+ POST /uri\?t=mkdir-immutable ", chunk))
+        return dict(self._counts)
 
 
 def cli_env(home: Path) -> dict[str, str]:
@@ -109,3 +116,28 @@ def make_tree(dest: Path, small: int = 300, medium: int = 5, large: int = 1) -> 
     subprocess.run([sys.executable, str(MKTREE), str(dest), "--small", str(small), "--medium",
                     str(medium), "--large", str(large)], check=True)
     return dest
+
+
+def cache_backups(db_path: Path) -> int:
+    """Open an entry cache read-only, as another process would: sqlite's integrity check passes and
+    every stored row names a cap (never a placeholder).  Returns the number of backups recorded."""
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert db.execute("SELECT COUNT(*) FROM objects WHERE cap NOT LIKE 'URI:%'").fetchone()[0] == 0
+        return db.execute("SELECT COUNT(*) FROM backups").fetchone()[0]
+    finally:
+        db.close()
+
+
+def restored_ok(url: str, home: Path, src: Path, dest: Path, ref: str = "latest") -> None:
+    """Restore ``ref`` into ``dest``: identical to ``src`` in bytes and metadata."""
+    from treecompare import differences
+
+    run_cli(["--url", url, "restore", ref, "--target", str(dest)], home, check=True)
+    assert differences(src, dest) == []
+
+
+def check_ok(url: str, home: Path, happy: int = 3) -> None:
+    r = run_cli(["--url", url, "-o", f"destination.happy={happy}", "check"], home)
+    assert r.code == 0, r.err + r.out

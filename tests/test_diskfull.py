@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import make_tree, run_cli
+from conftest import cache_backups, make_tree, run_cli
 from treecompare import differences
 
 pytestmark = [
@@ -60,15 +59,6 @@ def fill(where: Path, leave: int = 0) -> Path:
     return ballast
 
 
-def recorded(db: Path) -> int:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        return con.execute("SELECT COUNT(*) FROM backups").fetchone()[0]
-    finally:
-        con.close()
-
-
 def test_full_disk_under_queue_and_cache(grid, tmp_path):
     src = make_tree(tmp_path / "src", small=300, medium=2, large=0)
     home = tmp_path / "home"
@@ -103,7 +93,7 @@ def test_full_disk_under_queue_and_cache(grid, tmp_path):
         assert "Traceback" not in r.err
         assert "disk holding it is full" in r.err and "cache.sqlite" in r.err, r.err
         assert "--rebuild-cache" not in r.err  # a full disk is not damage
-        assert recorded(cachedir / "cache.sqlite") == 1
+        assert cache_backups(cachedir / "cache.sqlite") == 1
         # The first backup is still listed, restorable, and checks out.
         ballast.unlink()
         listed = run_cli([*lb, "list"], home, check=True).out
@@ -114,7 +104,7 @@ def test_full_disk_under_queue_and_cache(grid, tmp_path):
         # 3. Space is back: the rerun completes.
         resize(cachedir, "128m")
         r = run_cli([*lb, "backup", str(src)], home, check=True)
-        assert recorded(cachedir / "cache.sqlite") == 2
+        assert cache_backups(cachedir / "cache.sqlite") == 2
         run_cli([*lb, "restore", r.out.strip(), "--target", str(tmp_path / "new")], home, check=True)
         assert differences(src, tmp_path / "new") == []
         assert run_cli([*lb, "check"], home).code == 0

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Grid, cli_env, local_grid, make_tree, run_cli
+from conftest import Grid, check_ok, cli_env, local_grid, make_tree, restored_ok, run_cli
 from faultproxy import FaultProxy
 from treecompare import differences
 
@@ -42,16 +42,6 @@ def rgrid(tmp_path_factory):
 def grid_up(g: Grid, ghome: Path) -> None:
     r = run_cli(["grid", "up", "--dir", str(g.dir)], ghome, timeout=180)
     assert r.code == 0, r.err
-
-
-def restored_ok(url: str, home: Path, src: Path, dest: Path, ref: str = "latest") -> None:
-    run_cli(["--url", url, "restore", ref, "--target", str(dest)], home, check=True)
-    assert differences(src, dest) == []
-
-
-def check_ok(url: str, home: Path, happy: int = 3) -> None:
-    r = run_cli(["--url", url, "-o", f"destination.happy={happy}", "check"], home)
-    assert r.code == 0, r.err + r.out
 
 
 def recorded(url: str, home: Path) -> list[dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli_env, make_tree
+from conftest import cli_env, make_tree
 from treecompare import differences
 
 

@@ -14,7 +14,6 @@ import json
 import re
 import stat
 import urllib.request
-from pathlib import Path
 
 import pytest
 from conftest import make_tree, run_cli
