@@ -3,7 +3,7 @@
 
 usage: python bench/run.py [--work DIR] [--scale N] [--no-scale] [--no-rivals]
 
-Each tool gets its own copy of the tree from ../shared/bench/mktree.py (default
+Each tool gets its own copy of the tree from bench/mktree.py (default
 size) and its own fresh local grid of the same shape (3 storage nodes,
 2-of-3, happy 3), then: full backup, unchanged rerun, the "1% change" (a
 line appended to 22 .txt files, 5 new files) and a full restore.  Peak RSS
@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-MKTREE = ROOT.parent / "shared" / "bench" / "mktree.py"
+MKTREE = HERE / "mktree.py"
 PY = sys.executable
 
 

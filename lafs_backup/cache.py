@@ -14,6 +14,9 @@ This is the only module that talks to sqlite.  Schema history (``meta.schema_ver
 * 3: ``objects.first_gen``, the generation that first stored the row.  A row
   may be used by any backup whose generation lies in ``[first_gen,
   generation]``; cleanup deletes a row only when no kept backup does.
+* 4: ``backups.host`` (the host name the backup was made on; retention and
+  ``latest`` group by host and source) and ``backups.ts_lease``, the time
+  of the last check that renewed the leases of every object of the backup.
 
 Rows are written only after the gateway confirmed a cap.  The uploader
 commits rows that record an upload at once; other writes are batched (rows or
@@ -33,9 +36,10 @@ import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import CacheError
+from .errors import CacheBusyError, CacheError
+from .history import Backup
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,26 +53,10 @@ CREATE INDEX IF NOT EXISTS objects_generation ON objects (generation);
 CREATE TABLE IF NOT EXISTS backups (
     id INTEGER PRIMARY KEY, generation INTEGER NOT NULL, cap TEXT NOT NULL,
     source BLOB NOT NULL, name TEXT NOT NULL, ts REAL NOT NULL, ts_check REAL,
-    link_dir TEXT, link_name TEXT, result_file TEXT);
+    link_dir TEXT, link_name TEXT, result_file TEXT, host TEXT, ts_lease REAL);
 CREATE INDEX IF NOT EXISTS backups_generation ON backups (generation);
 CREATE TABLE IF NOT EXISTS paths (key BLOB PRIMARY KEY, generation INTEGER NOT NULL) WITHOUT ROWID;
 """
-
-
-@dataclass(frozen=True)
-class Backup:
-    """A finished backup as recorded in the cache."""
-
-    id: int
-    generation: int
-    cap: str
-    source: bytes
-    name: str
-    ts: float
-    ts_check: float | None
-    link_dir: str | None
-    link_name: str | None
-    result_file: str | None
 
 
 @dataclass(frozen=True)
@@ -83,8 +71,10 @@ class Hit:
 
 
 def db_error(path: str, e: Exception) -> CacheError:
-    """The error for sqlite's ``e``: a full disk is not damage, and has another way out."""
+    """The error for sqlite's ``e``: a full disk or a busy file is not damage, and has another way out."""
     code = getattr(e, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return CacheBusyError(path=path)
     if code == sqlite3.SQLITE_FULL or "disk is full" in str(e):
         return CacheError(path=path, problem=(
             f"{e}: the disk holding it is full. Free some space and run again: sqlite rolled back "
@@ -121,12 +111,17 @@ class EntryCache:
     """Open (creating, mode 0600) and migrate the cache at ``path``.
 
     Raises :class:`CacheError` if the file is not a usable cache, or was
-    used with another gateway than ``destination``.
+    used with another gateway than ``destination``.  A writer holds the
+    cache's lock (see ``lock.py``) before it opens it; a ``reader`` does not,
+    sees every commit as it lands, and never writes (but to create or
+    migrate the file, which no writer of this version needs then).
     """
 
     def __init__(self, path: str, destination: str, commit_rows: int = 500,
-                 commit_seconds: float = 2.0, now: Callable[[], float] = time.time) -> None:
+                 commit_seconds: float = 2.0, now: Callable[[], float] = time.time,
+                 reader: bool = False) -> None:
         self.path = path
+        self.reader = reader
         self._now = now
         self._commit_rows = commit_rows
         self._commit_seconds = commit_seconds
@@ -139,19 +134,29 @@ class EntryCache:
             # its -wal and -shm files the same mode.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             self._db = sqlite3.connect(path, isolation_level=None)
+            # A writer's commit holds the file for milliseconds: wait for it rather than fail.
+            self._db.execute("PRAGMA busy_timeout=10000")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
             self._check_destination(destination)
+            if reader:
+                self._db.execute("PRAGMA query_only=ON")
         except sqlite3.DatabaseError as e:
             raise db_error(path, e)
         except OSError as e:
             raise CacheError(path=path, problem=e.strerror)
-        self._db.execute("BEGIN")
+        if not reader:
+            self._db.execute("BEGIN")
 
     # -- schema ------------------------------------------------------------
     def _migrate(self) -> None:
         db = self._db
+        if self.reader:
+            row = db.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone()
+            version = row and db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if version and int(version[0]) == SCHEMA_VERSION:
+                return  # nothing to write
         db.execute("BEGIN IMMEDIATE")
         try:
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -174,6 +179,9 @@ class EntryCache:
                     # Unknown history: assume every row may be used from generation 1 on (keeps all).
                     db.execute("ALTER TABLE objects ADD COLUMN first_gen INTEGER")
                     db.execute("UPDATE objects SET first_gen = 1")
+                if version < 4:
+                    db.execute("ALTER TABLE backups ADD COLUMN host TEXT")
+                    db.execute("ALTER TABLE backups ADD COLUMN ts_lease REAL")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             db.execute("COMMIT")
         except BaseException:
@@ -183,7 +191,7 @@ class EntryCache:
     def _check_destination(self, destination: str) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE key='destination'").fetchone()
         if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('destination', ?)", (destination,))
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('destination', ?)", (destination,))
         elif row[0] != destination:
             raise CacheError(path=self.path, problem=(
                 f"it belongs to the gateway {row[0]}, not {destination}; caps from one grid "
@@ -214,11 +222,12 @@ class EntryCache:
         """Commit and close; safe to call twice (a signal's shutdown trigger, then the normal path)."""
         if self._db is None:
             return
-        try:
-            self._flush_bumps()
-            self._db.execute("COMMIT")
-        except sqlite3.Error:
-            pass
+        if not self.reader:
+            try:
+                self._flush_bumps()
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                pass
         self._db.close()
         self._db = None  # type: ignore[assignment]
 
@@ -297,16 +306,19 @@ class EntryCache:
     # -- backups -------------------------------------------------------------
     def record_backup(self, generation: int, cap: str, source: bytes, name: str, ts: float,
                       link_dir: str | None = None, link_name: str | None = None,
-                      result_file: str | None = None) -> Backup:
+                      result_file: str | None = None, host: str | None = None) -> Backup:
         cur = self._db.execute(
-            "INSERT INTO backups (generation, cap, source, name, ts, link_dir, link_name, result_file) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (generation, cap, source, name, ts, link_dir, link_name, result_file))
+            "INSERT INTO backups (generation, cap, source, name, ts, link_dir, link_name, result_file, host) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (generation, cap, source, name, ts, link_dir, link_name, result_file, host))
         self.commit(durable=True)  # the record of a finished backup must survive a power cut
         return self.backup_by_id(int(cur.lastrowid or 0))
 
-    def set_checked(self, backup_id: int, ts: float) -> None:
-        self._db.execute("UPDATE backups SET ts_check=? WHERE id=?", (ts, backup_id))
+    def set_checked(self, backup_ids: list[int], ts: float, leases: bool) -> None:
+        """Record a completed check of these backups (``leases``: it renewed every object's lease)."""
+        self._db.executemany("UPDATE backups SET ts_check=? WHERE id=?", [(ts, i) for i in backup_ids])
+        if leases:
+            self._db.executemany("UPDATE backups SET ts_lease=? WHERE id=?", [(ts, i) for i in backup_ids])
         self.commit()
 
     def forget(self, backup_ids: list[int]) -> int:

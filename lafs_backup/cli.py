@@ -36,7 +36,17 @@ def _common() -> argparse.ArgumentParser:
                    help="log every path (below DEBUG)")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="machine-readable output (JSON lines)")
+    p.add_argument("--wait-lock", type=float, metavar="SECONDS", default=argparse.SUPPRESS,
+                   help="wait up to SECONDS for another run holding the entry cache's lock "
+                        "(operation.lock_wait; default: exit at once with code 5)")
     return p
+
+
+def _which(p: argparse.ArgumentParser, what: str = "backups") -> None:
+    """--source and --host: which source's backups a 'latest' (or a listing) means."""
+    p.add_argument("--source", metavar="PATH",
+                   help=f"only {what} of this source directory (default for 'latest': source.path)")
+    p.add_argument("--host", metavar="NAME", help=f"only {what} made on this host")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rebuild-cache", action="store_true",
                    help="move the entry cache aside (e.g. a damaged one) and start a new one; content "
                         "already on the grid is found again through convergence")
+    b.add_argument("--host", metavar="NAME", help="record the backup as made on this host (default: the "
+                                                 "host name)")
 
     r = sub.add_parser("restore", parents=[common], help="restore a snapshot into a directory")
     r.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
@@ -69,8 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-owner", action="store_true", help="don't restore ownership (as tar --no-same-owner)")
     r.add_argument("--numeric-owner", action="store_true",
                    help="restore the recorded uid/gid, not the user and group names (as tar)")
+    _which(r)
 
-    sub.add_parser("list", parents=[common], help="list finished backups")
+    ls = sub.add_parser("list", parents=[common], help="list finished backups")
+    _which(ls)
 
     cl = sub.add_parser("cleanup", parents=[common],
                         help="forget backups: named ones, or those a retention policy does not keep")
@@ -88,18 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("-e", "--enumerate-shares", nargs="?", const="-", default=None, metavar="FILE|-",
                     help="list the storage indexes reachable only from the forgotten backups")
     cl.add_argument("-n", "--enumerate-only", action="store_true", help="with -e: list, forget nothing")
+    cl.add_argument("--group-by", default="host,source", metavar="KEYS",
+                    help="apply the policy to each group of backups with the same host and source "
+                         "(default 'host,source'; also 'source', 'host', or 'none' for all together)")
+    _which(cl)
 
     d = sub.add_parser("diff", parents=[common],
                        help="what changed between two snapshots, or a snapshot and the live source (exit 1 if any)")
     d.add_argument("a", metavar="SNAPSHOT", help="a cap, a generation number, or 'latest'")
     d.add_argument("b", nargs="?", metavar="OTHER", help="the snapshot to compare with")
     d.add_argument("--live", action="store_true", help="compare with the source directory as it is now")
+    _which(d)
 
     v = sub.add_parser("verify", parents=[common],
                        help="verify every share and read contents back against their SHA-256; exit 6 on damage")
     v.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
     v.add_argument("--sample", type=float, default=100.0, metavar="PERCENT",
                    help="read back only this percentage of the files, chosen at random (default 100)")
+    _which(v)
 
     c = sub.add_parser("check", parents=[common],
                        help="deep-check backups: renew leases, optionally repair; exit 6 if anything is unhealthy")
@@ -112,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "{0[summary]}", help="line for each unhealthy object")
     c.add_argument("--healthy-format", default=None, help="line for each healthy object (default: none)")
     c.add_argument("-e", "--error-output", action="store_true", help="write the lines to stderr")
+    _which(c)
 
     gr = sub.add_parser("grid", parents=[common], help="manage the embedded local Tahoe-LAFS grid")
     gr.add_argument("action", choices=["up", "down", "status"])
@@ -135,15 +156,83 @@ def _overrides(ns: argparse.Namespace) -> list[tuple[str, Any]]:
             out.append((f"grid.{opt}", getattr(ns, opt)))
     if getattr(ns, "dir", None):
         out.append(("grid.dir", ns.dir))
+    if getattr(ns, "wait_lock", None) is not None:
+        out.append(("operation.lock_wait", ns.wait_lock))
     return out
 
 
-async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = None) -> int:
+class Stopper:
+    """SIGINT and SIGTERM: say so in one line, cancel the running command (it unwinds, keeping
+    what is done, so the next run goes on from there), and make sure the process is gone within
+    two seconds whatever it was doing.  A second signal ends it at once."""
+
+    GRACE = 1.8
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._reactor: Any = None
+        self._command: Any = None
+
+    @property
+    def exit_code(self) -> int:
+        import signal
+
+        return int(ExitCode.TERMINATED if self.signum == signal.SIGTERM else ExitCode.INTERRUPTED)
+
+    def watch(self, reactor: Any, command: Any) -> None:
+        """Take over SIGINT and SIGTERM once ``reactor`` runs; ``command`` is the Deferred to cancel."""
+        self._reactor, self._command = reactor, command
+        reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._caught)
+
+    def _caught(self, signum: int, frame: Any) -> None:
+        self._reactor.callFromThread(self._stop, signum)
+
+    def _stop(self, signum: int) -> None:
+        import signal
+        import threading
+
+        if self.signum is not None:
+            _hard_exit(self.exit_code)
+        self.signum = signum
+        name = signal.Signals(signum).name
+        print(f"lafs-backup: {'interrupted' if signum == signal.SIGINT else 'terminated'} ({name}): "
+              "stopping; what is finished is kept and the next run goes on from there", file=sys.stderr,
+              flush=True)
+        timer = threading.Timer(self.GRACE, _hard_exit, (self.exit_code,))
+        timer.daemon = True
+        timer.start()
+        if self._command is not None and not self._command.called:
+            self._command.cancel()
+
+
+def _hard_exit(code: int) -> None:
+    """End the process now (a thread stuck in a system call would otherwise hold it)."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = None,
+              stopper: Stopper | None = None) -> int:
     """Run one command with an injected reactor; return its exit code.
 
     Every :class:`LafsBackupError` becomes its message and exit code; any
     other exception is a bug and is shown with a (cap-redacted) traceback.
+    A command cancelled by a signal (see :class:`Stopper`) returns 130 or 143.
     """
+    from twisted.internet.defer import CancelledError
+
     from .commands import Context, state_dir
     from .report import Operation, Reporter
 
@@ -178,6 +267,10 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
     except KeyboardInterrupt:
         print("lafs-backup: interrupted", file=err)
         return int(ExitCode.INTERRUPTED)
+    except CancelledError:
+        if stopper is not None and stopper.signum is not None:
+            return stopper.exit_code
+        raise
     except Exception:
         text = logsetup.redact(traceback.format_exc())
         print(f"lafs-backup: internal error (a bug; please report it):\n{text}", file=err)
@@ -192,26 +285,31 @@ async def _dispatch(ctx: Any, ns: argparse.Namespace) -> int:
     from .commands import backup, check, cleanup, diff, dump_config, grid_command, list_backups, restore, verify
 
     if ns.command == "backup":
-        return int(await backup(ctx, ns.source, ns.queue_only, ns.reuse_queue, ns.mode, ns.rebuild_cache))
+        return int(await backup(ctx, ns.source, ns.queue_only, ns.reuse_queue, ns.mode, ns.rebuild_cache,
+                                ns.host))
     if ns.command == "restore":
         return int(await restore(ctx, ns.snapshot, ns.paths, ns.target,
-                                 owners=False if ns.no_owner else None, numeric=ns.numeric_owner))
+                                 owners=False if ns.no_owner else None, numeric=ns.numeric_owner,
+                                 source=ns.source, host=ns.host))
     if ns.command == "check":
         return int(await check(ctx, ns.backups, ns.least_recently_checked, ns.repair, not ns.no_lease,
-                               ns.format, ns.healthy_format, ns.error_output, getattr(ns, "json", False)))
+                               ns.format, ns.healthy_format, ns.error_output, getattr(ns, "json", False),
+                               ns.source, ns.host))
     if ns.command == "cleanup":
+        from .history import parse_grouping
         from .retention import Policy, parse_duration
 
         policy = Policy(ns.keep_last, ns.keep_hourly, ns.keep_daily, ns.keep_weekly, ns.keep_monthly,
                         ns.keep_yearly, parse_duration(ns.keep_within) if ns.keep_within else None)
         return int(await cleanup(ctx, ns.backups, ns.generation, ns.up_to, policy, ns.dry_run,
-                                 ns.enumerate_shares, ns.enumerate_only, getattr(ns, "json", False)))
+                                 ns.enumerate_shares, ns.enumerate_only, getattr(ns, "json", False),
+                                 parse_grouping(ns.group_by), ns.source, ns.host))
     if ns.command == "diff":
-        return int(await diff(ctx, ns.a, ns.b, ns.live, getattr(ns, "json", False)))
+        return int(await diff(ctx, ns.a, ns.b, ns.live, getattr(ns, "json", False), ns.source, ns.host))
     if ns.command == "verify":
-        return int(await verify(ctx, ns.snapshot, ns.sample))
+        return int(await verify(ctx, ns.snapshot, ns.sample, ns.source, ns.host))
     if ns.command == "list":
-        return int(await list_backups(ctx, getattr(ns, "json", False)))
+        return int(await list_backups(ctx, getattr(ns, "json", False), ns.source, ns.host))
     if ns.command == "grid":
         return int(await grid_command(ctx, ns.action, ns.dir))
     if ns.command == "dump-config":
@@ -224,19 +322,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     from twisted.internet import defer, task
 
     args = sys.argv[1:] if argv is None else list(argv)
-    if args in (["-h"], ["--help"], []) or "--version" in args:
+    if not args:
+        build_parser().print_help(sys.stderr)
+        print("\nlafs-backup: a command is required", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    if args in (["-h"], ["--help"]) or "--version" in args:
         try:
-            build_parser().parse_args(args or ["--help"])
+            build_parser().parse_args(args)
         except SystemExit as e:
             return int(e.code or 0)
         except UsageError as e:
             print(e.message, file=sys.stderr)
             return int(ExitCode.USAGE)
-    # Stays INTERRUPTED only if the reactor stopped (SIGINT/SIGTERM) before the command returned.
+    stopper = Stopper()
+    # Stays INTERRUPTED only if the reactor stopped before the command returned.
     code: list[int] = [int(ExitCode.INTERRUPTED)]
 
     async def go(reactor: Any) -> None:
-        code[0] = await run(reactor, args)
+        command = defer.Deferred.fromCoroutine(run(reactor, args, stopper=stopper))
+        stopper.watch(reactor, command)
+        code[0] = await command
 
     try:
         task.react(lambda reactor: defer.Deferred.fromCoroutine(go(reactor)))

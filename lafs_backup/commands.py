@@ -8,20 +8,23 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import platformdirs
 
 from . import config as cfg
-from . import encode, ratelimit
-from .cache import Backup, EntryCache, move_aside
+from . import encode, history, ratelimit
+from .cache import EntryCache, move_aside
 from .entry import Entry
-from .errors import ExitCode, GatewayError, GridError, LocalError, QueueError, SnapshotError, UsageError
+from .errors import ExitCode, GatewayError, GridError, LocalError, QueueError, UsageError
 from .filters import compile_from_config
 from .gateway import Gateway, make_http_client
+from .history import Backup
 from .lock import CacheLock
 from .queue import QueueReader, write_queue
 from .record import append_result, link_into
@@ -43,6 +46,10 @@ def state_dir() -> str:
 
 def data_dir() -> str:
     return platformdirs.user_data_dir(APP)
+
+
+class Interrupted(Exception):
+    """A thread's work was stopped because the command is being interrupted."""
 
 
 @dataclass
@@ -72,7 +79,7 @@ class Context:
     def make_gateway(self, url: str, jobs: int | None = None, attempts: int | None = None) -> Gateway:
         policy = cfg.retry_policy(self.tree)
         if attempts is not None:
-            policy = cfg.RetryPolicy(attempts, policy.delays, policy.timeout)
+            policy = dataclasses.replace(policy, attempts=attempts)
         j = jobs or self.get("operation.jobs")
         return Gateway(url, make_http_client(self.reactor, j + 2), self.reactor, policy, j,
                        self.get("http.debug_requests"),
@@ -117,16 +124,47 @@ class Context:
             path = os.path.join(state_dir(), name)
         return path
 
-    async def cache(self) -> EntryCache:
+    async def cache(self, reader: bool = False) -> EntryCache:
+        """The entry cache: a writer (the caller holds :meth:`lock`), or a reader, which works
+        while another run writes."""
         url = await self.url()
         return EntryCache(await self.cache_path(), url, self.get("source.entry_cache.commit_after.rows"),
-                          self.get("source.entry_cache.commit_after.seconds"))
+                          self.get("source.entry_cache.commit_after.seconds"), reader=reader)
+
+    async def lock(self) -> CacheLock:
+        """Take the entry cache's lock, waiting up to ``operation.lock_wait`` seconds for a holder."""
+        path = await self.cache_path()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        lock = CacheLock(path + ".lock", self.reporter)
+        await lock.acquire_waiting(float(self.get("operation.lock_wait")), self.reactor)
+        return lock
+
+    async def in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking work off the reactor thread, so signals, timers and the manhole stay live
+        (inline when the injected reactor has no threads, as a test's memory reactor)."""
+        from twisted.internet.interfaces import IReactorThreads
+        from twisted.internet.threads import deferToThreadPool
+
+        if not IReactorThreads.providedBy(self.reactor):
+            return fn(*args)
+        return await deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
+
+    def threadsafe(self, fn: Callable[..., None]) -> Callable[..., None]:
+        """``fn``, called on the reactor thread whoever calls it (a reporter method, from a thread)."""
+        from twisted.internet.interfaces import IReactorThreads
+
+        if not IReactorThreads.providedBy(self.reactor):
+            return fn
+
+        def call(*args: Any) -> None:
+            self.reactor.callFromThread(fn, *args)
+        return call
 
 
 async def ensure_grid(ctx: Context, grid: "LocalGrid", quiet: bool = False) -> str:
     from .grid import wait_connected
 
-    state, started = grid.start_processes()
+    state, started = await ctx.in_thread(grid.start_processes)
     if started and not quiet:
         print(f"lafs-backup: started the embedded local grid in {grid.dir}", file=ctx.err)
     gw = ctx.make_gateway(state["url"], jobs=2, attempts=1)
@@ -164,12 +202,46 @@ def _queue_path(ctx: Context, source: bytes, override: str | None) -> str:
     return os.path.join(state_dir(), "queues", f"{base}.{digest}.queue")
 
 
+def this_host() -> str:
+    return socket.gethostname() or "localhost"
+
+
 # -- backup -----------------------------------------------------------------------
 
+async def _phase_one(ctx: Context, source: bytes, flt: Any, qpath: str, totals: list[int]) -> int:
+    """Walk the source into the queue, in a thread; the reactor stays free meanwhile.
+
+    Interrupting the command stops the walk at its next entry; the previous
+    queue, if any, is then left as it was.
+    """
+    rep = ctx.reporter
+    stop = threading.Event()
+    warn, note = ctx.threadsafe(rep.warn), ctx.threadsafe(rep.note_once)
+
+    def until_stopped(entries: Iterable[Entry]) -> Iterator[Entry]:
+        for e in entries:
+            if stop.is_set():
+                raise Interrupted()
+            yield e
+
+    def work() -> int:
+        return write_queue(qpath, source, until_stopped(_count(scan(source, flt, warn, note), totals)))
+
+    try:
+        return int(await ctx.in_thread(work))
+    except OSError as e:  # a full disk: the previous queue is still in place
+        raise LocalError(path=qpath, problem=f"{e.strerror}; the previous queue file, if any, "
+                         "is kept as it was") from None
+    finally:
+        stop.set()
+
+
 async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
-                 reuse_queue: bool | str, mode: str = "stat", rebuild_cache: bool = False) -> int:
+                 reuse_queue: bool | str, mode: str = "stat", rebuild_cache: bool = False,
+                 host: str | None = None) -> int:
     rep = ctx.reporter
     source = _source(ctx, source_arg)
+    host = host or this_host()
     flt = compile_from_config(ctx.get("filter"))  # bad rules fail before any work
     settings = dataclasses.replace(ctx.upload_settings(), mode=mode)
     for key in ("operation.rate_limit.bytes", "operation.rate_limit.objects"):
@@ -181,17 +253,15 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
     if ctx.op is not None:
         ctx.op.totals, ctx.op.frame = totals, sys._getframe()
     if reuse_queue is not False:
-        with QueueReader(qpath, expect_source=source) as r:  # refuse a bad queue up front
-            for e in r:
-                totals[0] += 1
-                totals[1] += e.size if e.kind == "f" else 0
+        def count() -> None:
+            with QueueReader(qpath, expect_source=source) as r:  # refuse a bad queue up front
+                for e in r:
+                    totals[0] += 1
+                    totals[1] += e.size if e.kind == "f" else 0
+        await ctx.in_thread(count)
     else:
         t0 = time.monotonic()
-        try:
-            n = write_queue(qpath, source, _count(scan(source, flt, rep.warn, rep.note_once), totals))
-        except OSError as e:  # a full disk: the previous queue is still in place
-            raise LocalError(path=qpath, problem=f"{e.strerror}; the previous queue file, if any, "
-                             "is kept as it was") from None
+        n = await _phase_one(ctx, source, flt, qpath, totals)
         log.info("phase one: %d entries in %.2fs", n, time.monotonic() - t0)
         if queue_only is not False:
             rep.info(f"queue: {n} entries written to {qpath}")
@@ -201,56 +271,53 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
 
     gw = await ctx.gateway()
     await gw.preflight()
-    if rebuild_cache:
-        cpath = await ctx.cache_path()
-        if os.path.exists(cpath):
-            held = CacheLock(cpath + ".lock", rep)
-            held.acquire()
-            try:
-                moved = move_aside(cpath)
-            finally:
-                held.release()
-            rep.note_once("cache", f"moved the entry cache aside to {moved} (it still lists the backups "
-                                   "recorded before); starting a new one")
-    cache = await ctx.cache()
-    lock = CacheLock(cache.path + ".lock", rep)
-    lock.acquire()
-    shutdown = ctx.reactor.addSystemEventTrigger("before", "shutdown", cache.close)
+    lock = await ctx.lock()
     try:
-        gen = cache.begin_generation(source)
-        uploader = Uploader(source, gw, cache, gen, rep, settings, ctx.reactor)
-        if ctx.op is not None:
-            ctx.op.uploader = uploader
-        progress = Progress(rep, ctx.reactor, totals[0], totals[1])
-        progress.start()
+        if rebuild_cache:
+            cpath = await ctx.cache_path()
+            if os.path.exists(cpath):
+                moved = move_aside(cpath)
+                rep.note_once("cache", f"moved the entry cache aside to {moved} (it still lists the backups "
+                                       "recorded before); starting a new one")
+        cache = await ctx.cache()
+        shutdown = ctx.reactor.addSystemEventTrigger("before", "shutdown", cache.close)
         try:
-            with QueueReader(qpath, expect_source=source) as reader:
-                snap = await uploader.run(reader)
-        except GatewayError as e:
-            if e.unhappy:
-                raise await _unhappy(ctx, gw, e) from None
-            raise
-        finally:
-            progress.stop()
-        ts = time.time()
-        link_dir = ctx.get("destination.result.append_to_lafs_dir")
-        lname = await link_into(gw, link_dir, source, ts, snap) if link_dir else None
-        result_file = cfg.expand(ctx.get("destination.result.append_to_file"))
-        if result_file:
+            gen = cache.begin_generation(source)
+            uploader = Uploader(source, gw, cache, gen, rep, settings, ctx.reactor)
+            if ctx.op is not None:
+                ctx.op.uploader = uploader
+            progress = Progress(rep, ctx.reactor, totals[0], totals[1])
+            progress.start()
             try:
-                append_result(result_file, ts, source, snap)
-            except OSError as e:  # the backup is complete on the grid: record it all the same
-                rep.warn(result_file, f"the result line could not be appended ({e.strerror}); the "
-                                      "backup is recorded in the entry cache ('lafs-backup list')")
-                result_file = None
-        b = cache.record_backup(gen, snap, source, os.path.basename(source).decode("utf-8", "replace"),
-                                ts, link_dir, lname, result_file)
+                with QueueReader(qpath, expect_source=source) as reader:
+                    snap = await uploader.run(reader)
+            except GatewayError as e:
+                if e.unhappy:
+                    raise await _unhappy(ctx, gw, e) from None
+                raise
+            finally:
+                progress.stop()
+            ts = time.time()
+            link_dir = ctx.get("destination.result.append_to_lafs_dir")
+            lname = await link_into(gw, link_dir, source, ts, snap) if link_dir else None
+            result_file = cfg.expand(ctx.get("destination.result.append_to_file"))
+            if result_file:
+                try:
+                    append_result(result_file, ts, source, snap)
+                except OSError as e:  # the backup is complete on the grid: record it all the same
+                    rep.warn(result_file, f"the result line could not be appended ({e.strerror}); the "
+                                          "backup is recorded in the entry cache ('lafs-backup list')")
+                    result_file = None
+            b = cache.record_backup(gen, snap, source, os.path.basename(source).decode("utf-8", "replace"),
+                                    ts, link_dir, lname, result_file, host)
+            _warn_expiring(ctx, cache.backups())
+        finally:
+            try:
+                ctx.reactor.removeSystemEventTrigger(shutdown)
+            except ValueError:
+                pass  # the reactor is already shutting down (a signal): the trigger ran
+            cache.close()
     finally:
-        try:
-            ctx.reactor.removeSystemEventTrigger(shutdown)
-        except ValueError:
-            pass  # the reactor is already shutting down (a signal): the trigger ran
-        cache.close()
         lock.release()
     rep.stats.requests = dict(gw.counts)
     if ctx.get("destination.result.print_to_stdout") and not rep.json_mode:
@@ -262,13 +329,13 @@ async def backup(ctx: Context, source_arg: str | None, queue_only: bool | str,
 async def _unhappy(ctx: Context, gw: Gateway, e: GatewayError) -> GridError:
     """Say why the grid refused an upload: usually storage servers are missing."""
     asked = re.search(r"asked to place shares on at least (\d+) server", e.body)
-    want = int(asked.group(1)) if asked else happy_for(ctx)  # the gateway's own setting first
     after = "Nothing was recorded; what was uploaded is kept, so a rerun continues from there."
     try:
         have = len(await gw.connected_servers())
     except GatewayError as g:
         return GridError(problem=f"the grid refused an upload (UploadUnhappinessError) and the gateway "
                                  f"no longer answers ({g.reason or g}). {after}")
+    want = int(asked.group(1)) if asked else await happy_for(ctx, gw)
     if have < want:
         return GridError(problem=f"only {have} of {want} required storage servers connected: the grid "
                                  f"refused an upload (UploadUnhappinessError). {after}")
@@ -290,93 +357,128 @@ def _count(entries: Iterable[Entry], totals: list[int]) -> Iterator[Entry]:
         yield e
 
 
+def _warn_expiring(ctx: Context, backups: list[Backup]) -> None:
+    """Warn about kept backups some of whose leases may end within a week."""
+    days = ctx.get("destination.lease_days")
+    if days is None or not backups:
+        return
+    soon = history.expiring(backups, time.time(), days)
+    if soon:
+        first = min(when for _, when in soon)
+        gens = ", ".join(str(b.generation) for b, _ in soon[:10]) + (" ..." if len(soon) > 10 else "")
+        ctx.reporter.advise("leases", f"{len(soon)} kept backup(s) (generation {gens}) may lose objects "
+                                    f"whose leases end from {_iso(first)} on; run 'lafs-backup check' to "
+                                    "renew them")
+
+
 # -- list ---------------------------------------------------------------------------
 
-def backup_json(b: Backup) -> dict[str, Any]:
+def backup_json(b: Backup, floors: dict[int, float] | None = None) -> dict[str, Any]:
+    floor = (floors or {}).get(b.id)
     return {"generation": b.generation, "time": _iso(b.ts), "timestamp": b.ts,
-            "source": b.source.decode("utf-8", "backslashreplace"), "name": b.name, "cap": b.cap,
-            "last_check": _iso(b.ts_check) if b.ts_check else None}
+            "host": b.host, "source": b.source_text, "name": b.name, "cap": b.cap,
+            "last_check": _iso(b.ts_check) if b.ts_check else None,
+            "leases_renewed": _iso(b.ts_lease) if b.ts_lease else None,
+            "leases_end": _iso(floor + history.LEASE_DAYS * 86400) if floor is not None else None}
 
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-async def list_backups(ctx: Context, as_json: bool) -> int:
-    cache = await ctx.cache()
+async def list_backups(ctx: Context, as_json: bool, source: str | None = None, host: str | None = None) -> int:
+    cache = await ctx.cache(reader=True)
     try:
-        items = [backup_json(b) for b in cache.backups()]
+        everything = cache.backups()
     finally:
         cache.close()
+    floors = history.lease_floors(everything)
+    chosen = history.matching(everything, _source_filter(source), host)
+    items = [backup_json(b, floors) for b in chosen]
     if as_json:
         print(json.dumps(items, indent=1), file=ctx.out)
     elif not items:
         print("no finished backups recorded", file=ctx.err)
     else:
         for it in items:
-            print(f"{it['generation']:>5}  {it['time']}  {it['source']}  {it['cap']}", file=ctx.out)
+            renewed = it["leases_renewed"] or "never"
+            print(f"{it['generation']:>5}  {it['time']}  {it['host'] or '-'}  {it['source']}  "
+                  f"leases renewed: {renewed}  {it['cap']}", file=ctx.out)
     return ExitCode.OK
+
+
+# -- snapshots by reference ---------------------------------------------------------
+
+def _source_filter(source: str | None) -> bytes | None:
+    return os.fsencode(os.path.abspath(os.path.expanduser(source))) if source else None
+
+
+def snapshot_source(ctx: Context, source: str | None) -> bytes | None:
+    """The source a ``latest`` refers to: the one given, else ``source.path``, else any."""
+    return _source_filter(source or cfg.expand(ctx.get("source.path")))
+
+
+async def resolve_snapshot(ctx: Context, ref: str, source: str | None = None, host: str | None = None) -> str:
+    """The cap a SNAPSHOT argument names (a cap needs no record)."""
+    if ref.startswith("URI:"):
+        return ref
+    cache = await ctx.cache(reader=True)
+    try:
+        everything = cache.backups()
+    finally:
+        cache.close()
+    return history.resolve(everything, ref, snapshot_source(ctx, source), host).cap
 
 
 # -- restore ------------------------------------------------------------------------
 
-async def resolve_snapshot(ctx: Context, ref: str) -> str:
-    if ref.startswith("URI:"):
-        return ref
-    if not (ref == "latest" or ref.isdigit()):
-        raise UsageError(f"SNAPSHOT must be a cap, a generation number or 'latest', not {ref!r}")
-    cache = await ctx.cache()
-    try:
-        b = cache.find_backup(ref)
-    finally:
-        cache.close()
-    if b is None:
-        raise SnapshotError(what=ref, problem="no such backup is recorded (see 'lafs-backup list')")
-    return b.cap
-
-
 async def restore(ctx: Context, ref: str, paths: list[str], target: str, owners: bool | None = None,
-                  numeric: bool = False) -> int:
+                  numeric: bool = False, source: str | None = None, host: str | None = None) -> int:
     from .restore import Restorer
 
-    cap = await resolve_snapshot(ctx, ref)
+    cap = await resolve_snapshot(ctx, ref, source, host)
     gw = await ctx.gateway()
     r = Restorer(gw, ctx.reporter, target, window=max(256, 4 * ctx.get("operation.jobs")),
                  owners=owners, numeric=numeric, whole_packs=not paths)
     await r.run(cap, [os.fsencode(p) for p in paths])
     ctx.reporter.stats.requests = dict(gw.counts)
     ctx.reporter.finish("restore")
-    return ExitCode.PARTIAL if ctx.reporter.stats.warnings else ExitCode.OK
+    return _outcome(ctx.reporter)
 
 
 # -- check --------------------------------------------------------------------------------
 
-def select_backups(cache: EntryCache, refs: list[str]) -> list[Backup]:
-    """Backups named by cap or generation number; all of them when ``refs`` is empty."""
+def select_backups(ctx: Context, everything: list[Backup], refs: list[str], source: str | None = None,
+                   host: str | None = None) -> list[Backup]:
+    """Backups named by cap, generation number or 'latest'; all of them (of ``source`` and
+    ``host``, if given) when ``refs`` is empty."""
     if not refs:
-        return list(cache.backups())
-    out = []
+        return history.matching(everything, _source_filter(source), host)
+    out: list[Backup] = []
     for ref in refs:
-        if not (ref.startswith("URI:") or ref.isdigit() or ref == "latest"):
-            raise UsageError(f"not a backup cap, generation number or 'latest': {ref!r}")
-        b = cache.find_backup(ref)
-        if b is None:
-            raise SnapshotError(what=ref if not ref.startswith("URI:") else "(cap)",
-                                problem="no such backup is recorded (see 'lafs-backup list')")
-        out.append(b)
+        b = history.resolve(everything, ref, snapshot_source(ctx, source), host)
+        if b not in out:
+            out.append(b)
     return out
 
 
-def happy_for(ctx: Context) -> int:
+async def happy_for(ctx: Context, gw: Gateway | None = None) -> int:
+    """The happiness the grid asks of an upload: ``destination.happy``; the embedded grid's own;
+    else, for another gateway, the number of storage servers it is connected to now."""
     configured = ctx.get("destination.happy")
     if configured is not None:
         return int(configured)
-    return int(ctx.get("grid.happy")) if not ctx.get("destination.url") else 7
+    if not ctx.get("destination.url"):
+        state = ctx.grid().load()
+        return int(state["happy"]) if state else int(ctx.get("grid.happy"))
+    gw = gw or await ctx.gateway()
+    return max(1, len(await gw.connected_servers()))
 
 
 async def check(ctx: Context, refs: list[str], least_recent: bool, repair: bool, lease: bool,
-                fmt: str, healthy_fmt: str | None, to_stderr: bool, as_json: bool) -> int:
-    from .check import StreamParser, Verdict, format_line
+                fmt: str, healthy_fmt: str | None, to_stderr: bool, as_json: bool,
+                source: str | None = None, host: str | None = None) -> int:
+    from .check import Checker, Verdict, format_line
 
     for f in (fmt, healthy_fmt):  # a bad format fails before any work
         if f is not None:
@@ -384,57 +486,70 @@ async def check(ctx: Context, refs: list[str], least_recent: bool, repair: bool,
                 format_line(f, Verdict("/x", "file", True, True, 3, "s"), {"name": "n", "generation": 1})
             except ValueError as e:
                 raise UsageError(str(e))
-    cache = await ctx.cache()
+    lock = await ctx.lock()
     try:
-        chosen = select_backups(cache, refs)
-        if not chosen:
-            raise UsageError("no finished backups recorded: nothing to check")
-        if least_recent:
-            chosen = [min(chosen, key=lambda b: (b.ts_check or 0.0, b.ts))]
-        gw = await ctx.gateway()
-        happy = happy_for(ctx)
-        out = ctx.err if to_stderr else ctx.out
-        total_bad = 0
-        for b in chosen:
-            info = backup_json(b)
-            bad: list[Verdict] = []
+        cache = await ctx.cache()
+        try:
+            everything = cache.backups()
+            chosen = select_backups(ctx, everything, refs, source, host)
+            if not chosen:
+                raise UsageError("no finished backups recorded: nothing to check")
+            if least_recent:
+                chosen = [min(chosen, key=lambda b: (b.ts_check or 0.0, b.ts))]
+            gw = await ctx.gateway()
+            happy = await happy_for(ctx, gw)
+            out = ctx.err if to_stderr else ctx.out
+            current: list[dict[str, Any]] = [{}]
 
-            def seen(v: Verdict, info: dict[str, Any] = info, bad: list[Verdict] = bad) -> None:
+            def seen(v: Verdict) -> None:
+                info = current[0]
                 if not v.healthy:
-                    bad.append(v)
                     if as_json:
                         record = {**v.as_dict(), "object_type": v.type, "type": "unhealthy",
-                                  "generation": b.generation}
+                                  "generation": info["generation"]}
                         print(json.dumps(record), file=out)
                     else:
                         print(format_line(fmt, v, info), file=out)
                 elif healthy_fmt is not None and not as_json:
                     print(format_line(healthy_fmt, v, info), file=out)
 
-            parser = StreamParser(happy, seen)
-            await gw.stream_deep_check(b.cap, parser.feed, add_lease=lease, repair=repair)
-            parser.close()
-            if parser.error is not None:
-                bad.append(Verdict("?", "?", False, False, None, parser.error))
-                msg = f"deep-check of generation {b.generation} stopped: {logsetup_redact(parser.error)}"
-                print(json.dumps({"type": "error", "generation": b.generation, "message": msg})
-                      if as_json else msg, file=out)
-            else:
-                cache.set_checked(b.id, time.time())
-            total_bad += len(bad)
-            summary = {"type": "checked", "generation": b.generation, "objects": parser.units,
-                       "unhealthy": len(bad), "repaired": sum(1 for v in bad if v.repaired)}
-            if as_json:
-                print(json.dumps(summary), file=out)
-            else:
-                print(f"generation {b.generation} ({info['time']}): {parser.units} objects checked, "
-                      f"{len(bad)} unhealthy" + (", leases renewed" if lease else ""), file=ctx.err)
+            checker = Checker(gw, happy, lease, repair, seen, ctx.get("operation.jobs"))
+            total_bad = 0
+            # Newest first: the newest backup holds most of what the older ones share.
+            for b in sorted(chosen, key=lambda x: (x.ts, x.id), reverse=True):
+                info = current[0] = backup_json(b)
+                started = time.time()
+                result = await checker.check(b.cap)
+                bad = result.unhealthy
+                if result.error is not None:
+                    bad.append(Verdict("?", "?", False, False, None, result.error))
+                    msg = f"deep-check of generation {b.generation} stopped: {_redact(result.error)}"
+                    print(json.dumps({"type": "error", "generation": b.generation, "message": msg})
+                          if as_json else msg, file=out)
+                else:
+                    cache.set_checked([b.id], started, lease)
+                total_bad += len(bad)
+                summary = {"type": "checked", "generation": b.generation, "objects": result.checked,
+                           "shared": result.shared, "unhealthy": len(bad),
+                           "repaired": sum(1 for v in bad if v.repaired)}
+                if as_json:
+                    print(json.dumps(summary), file=out)
+                else:
+                    print(f"generation {b.generation} ({info['time']}): {result.checked} objects checked"
+                          + (f" ({result.shared} more shared with backups checked before)" if result.shared
+                             else "")
+                          + f", {len(bad)} unhealthy" + (", leases renewed" if lease else ""), file=ctx.err)
+            _warn_expiring(ctx, cache.backups())
+        finally:
+            cache.close()
     finally:
-        cache.close()
-    return ExitCode.PROBLEMS if total_bad else ExitCode.OK
+        lock.release()
+    if total_bad:
+        return ExitCode.PROBLEMS
+    return ExitCode.PARTIAL if ctx.reporter.stats.warnings else ExitCode.OK
 
 
-def logsetup_redact(text: str) -> str:
+def _redact(text: str) -> str:
     from .log import redact
 
     return redact(text)
@@ -462,7 +577,9 @@ async def storage_indexes(gw: Gateway, cap: str) -> set[str]:
 
 
 async def cleanup(ctx: Context, refs: list[str], generations: list[int], up_to: bool, policy: Any,
-                  dry_run: bool, enumerate_to: str | None, enumerate_only: bool, as_json: bool) -> int:
+                  dry_run: bool, enumerate_to: str | None, enumerate_only: bool, as_json: bool,
+                  group_by: tuple[str, ...] = ("host", "source"), source: str | None = None,
+                  host: str | None = None) -> int:
     from .record import remove_result_line
     from .retention import decide
 
@@ -470,88 +587,106 @@ async def cleanup(ctx: Context, refs: list[str], generations: list[int], up_to: 
         raise UsageError("-n/--enumerate-only needs -e/--enumerate-shares")
     if (refs or generations) and not policy.empty:
         raise UsageError("give either backups to forget, or a --keep-* policy, not both")
-    cache = await ctx.cache()
-    lock = CacheLock(cache.path + ".lock", ctx.reporter)
-    lock.acquire()
+    lock = await ctx.lock()
     try:
-        everything = list(cache.backups())
-        reasons: dict[int, str] = {}
-        kept_reasons: dict[int, list[str]] = {}
-        if not policy.empty:
-            d = decide([(b.id, b.ts) for b in everything], policy, time.time())
+        cache = await ctx.cache()
+        try:
+            return await _cleanup(ctx, cache, refs, generations, up_to, policy, dry_run, enumerate_to,
+                                  enumerate_only, as_json, group_by, source, host, decide, remove_result_line)
+        finally:
+            cache.close()
+    finally:
+        lock.release()
+
+
+async def _cleanup(ctx: Context, cache: EntryCache, refs: list[str], generations: list[int], up_to: bool,
+                   policy: Any, dry_run: bool, enumerate_to: str | None, enumerate_only: bool, as_json: bool,
+                   group_by: tuple[str, ...], source: str | None, host: str | None, decide: Any,
+                   remove_result_line: Any) -> int:
+    everything = cache.backups()
+    scope = history.matching(everything, _source_filter(source), host)
+    reasons: dict[int, str] = {}
+    kept_reasons: dict[int, list[str]] = {}
+    if not policy.empty:
+        # Each group (by default: each source on each host) keeps its own backups: a source's
+        # newest backup is never forgotten because another source has a newer one.
+        for key, members in history.groups(scope, group_by).items():
+            d = decide([(b.id, b.ts) for b in members], policy, time.time())
+            label = " on ".join(reversed(key)) if key else ""
             for i in d.future:
-                b = next(x for x in everything if x.id == i)
+                b = next(x for x in members if x.id == i)
                 ctx.reporter.warn(f"generation {b.generation}",
                                   "stamped in the future: kept, and not used to expire others")
-            reasons = {i: "not kept by the policy" for i in d.forget}
-            kept_reasons = d.keep
+            reasons.update({i: "not kept by the policy" + (f" for {label}" if label else "") for i in d.forget})
+            kept_reasons.update(d.keep)
+    else:
+        chosen = select_backups(ctx, everything, refs, source, host) if refs else []
+        for g in generations:
+            chosen += [b for b in everything if b.generation == g]
+            if not any(b.generation == g for b in everything):
+                from .errors import SnapshotError
+
+                raise SnapshotError(what=str(g), problem="no backup of that generation is recorded")
+        if not chosen:
+            raise UsageError("nothing to forget: name backups (caps or generations, -g) or give a "
+                             "--keep-* policy")
+        reasons = {b.id: "named" for b in chosen}
+        if up_to:
+            for b in list(chosen):
+                same = history.group_key(b, group_by)
+                for other in everything:
+                    if other.ts <= b.ts and history.group_key(other, group_by) == same:
+                        reasons.setdefault(other.id, "older than a named backup (--up-to)")
+    forget = [b for b in everything if b.id in reasons]
+    keep = [b for b in everything if b.id not in reasons]
+    for b in forget:
+        info = backup_json(b)
+        line = {"type": "forget", "generation": b.generation, "time": info["time"], "host": b.host,
+                "source": info["source"], "reason": reasons[b.id]}
+        # A dry run's listing is its product (stdout); otherwise it is a report (stderr),
+        # and stdout stays free for -e's storage indexes.
+        print(json.dumps(line) if as_json else
+              f"{'would forget' if dry_run else 'forget'}: generation {b.generation} ({info['time']}, "
+              f"{info['source']}): {reasons[b.id]}", file=ctx.out if dry_run else ctx.err)
+    if dry_run:
+        for b in keep:
+            why = ", ".join(kept_reasons.get(b.id, [])) or ("not named" if policy.empty else "not in scope")
+            print(json.dumps({"type": "keep", "generation": b.generation, "reason": why}) if as_json
+                  else f"keep: generation {b.generation} ({backup_json(b)['time']}): {why}", file=ctx.out)
+        return _outcome(ctx.reporter)
+    gw = await ctx.gateway() if (enumerate_to is not None or any(b.link_dir for b in forget)) else None
+    if enumerate_to is not None and gw is not None:
+        gone: set[str] = set()
+        for b in forget:
+            gone |= await storage_indexes(gw, b.cap)
+        for b in keep:
+            gone -= await storage_indexes(gw, b.cap)
+        text = "".join(f"{si}\n" for si in sorted(gone))
+        if enumerate_to == "-":
+            ctx.out.write(text)
         else:
-            chosen = select_backups(cache, refs) if refs else []
-            for g in generations:
-                chosen += [b for b in everything if b.generation == g]
-                if not any(b.generation == g for b in everything):
-                    raise SnapshotError(what=str(g), problem="no backup of that generation is recorded")
-            if not chosen:
-                raise UsageError("nothing to forget: name backups (caps or generations, -g) or give a "
-                                 "--keep-* policy")
-            reasons = {b.id: "named" for b in chosen}
-            if up_to:
-                limit = max(b.ts for b in chosen)
-                for b in everything:
-                    if b.ts <= limit:
-                        reasons.setdefault(b.id, "older than a named backup (--up-to)")
-        forget = [b for b in everything if b.id in reasons]
-        keep = [b for b in everything if b.id not in reasons]
-        for b in forget:
-            info = backup_json(b)
-            line = {"type": "forget", "generation": b.generation, "time": info["time"],
-                    "source": info["source"], "reason": reasons[b.id]}
-            # A dry run's listing is its product (stdout); otherwise it is a report (stderr),
-            # and stdout stays free for -e's storage indexes.
-            print(json.dumps(line) if as_json else
-                  f"{'would forget' if dry_run else 'forget'}: generation {b.generation} ({info['time']}, "
-                  f"{info['source']}): {reasons[b.id]}", file=ctx.out if dry_run else ctx.err)
-        if dry_run:
-            for b in keep:
-                why = ", ".join(kept_reasons.get(b.id, [])) or "not named"
-                print(json.dumps({"type": "keep", "generation": b.generation, "reason": why}) if as_json
-                      else f"keep: generation {b.generation} ({backup_json(b)['time']}): {why}", file=ctx.out)
+            fd = os.open(enumerate_to, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        if enumerate_only:
             return _outcome(ctx.reporter)
-        gw = await ctx.gateway() if (enumerate_to is not None or any(b.link_dir for b in forget)) else None
-        if enumerate_to is not None and gw is not None:
-            gone: set[str] = set()
-            for b in forget:
-                gone |= await storage_indexes(gw, b.cap)
-            for b in keep:
-                gone -= await storage_indexes(gw, b.cap)
-            text = "".join(f"{si}\n" for si in sorted(gone))
-            if enumerate_to == "-":
-                ctx.out.write(text)
-            else:
-                fd = os.open(enumerate_to, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(text)
-            if enumerate_only:
-                return _outcome(ctx.reporter)
-        for b in forget:
-            if b.link_dir and b.link_name and gw is not None:
-                await gw.unlink(b.link_dir, b.link_name)
-            if b.result_file:
-                remove_result_line(b.result_file, b.cap)
-        rows = cache.forget([b.id for b in forget])
-        msg = (f"forgot {len(forget)} backup(s), kept {len(keep)}; {rows} cache row(s) that no kept "
-               "backup uses were deleted (nothing is deleted from the grid: leases simply stop being renewed)")
-        print(json.dumps({"type": "summary", "forgotten": len(forget), "kept": len(keep), "rows_deleted": rows})
-              if as_json else msg, file=ctx.err if not as_json else ctx.out)
-    finally:
-        cache.close()
-        lock.release()
+    for b in forget:
+        if b.link_dir and b.link_name and gw is not None:
+            await gw.unlink(b.link_dir, b.link_name)
+        if b.result_file:
+            remove_result_line(b.result_file, b.cap)
+    rows = cache.forget([b.id for b in forget])
+    msg = (f"forgot {len(forget)} backup(s), kept {len(keep)}; {rows} cache row(s) that no kept "
+           "backup uses were deleted (nothing is deleted from the grid: leases simply stop being renewed)")
+    print(json.dumps({"type": "summary", "forgotten": len(forget), "kept": len(keep), "rows_deleted": rows})
+          if as_json else msg, file=ctx.err if not as_json else ctx.out)
     return _outcome(ctx.reporter)
 
 
 # -- diff -------------------------------------------------------------------------------
 
-async def diff(ctx: Context, a: str, b: str | None, live: bool, as_json: bool) -> int:
+async def diff(ctx: Context, a: str, b: str | None, live: bool, as_json: bool, source: str | None = None,
+               host: str | None = None) -> int:
     from .diff import Change, LiveDiff, SnapshotDiff
 
     if live == (b is not None):
@@ -562,22 +697,22 @@ async def diff(ctx: Context, a: str, b: str | None, live: bool, as_json: bool) -
         found.append(c)
         print(json.dumps(c.as_dict()) if as_json else c.line(), file=ctx.out)
 
-    cap_a = await resolve_snapshot(ctx, a)
+    cap_a = await resolve_snapshot(ctx, a, source, host)
     gw = await ctx.gateway()
     if b is not None:
-        await SnapshotDiff(gw, emit).run(cap_a, await resolve_snapshot(ctx, b))
+        await SnapshotDiff(gw, emit).run(cap_a, await resolve_snapshot(ctx, b, source, host))
     else:
-        cache = await ctx.cache()
+        cache = await ctx.cache(reader=True)
         try:
-            rec = cache.find_backup(cap_a)
+            rec = next((x for x in cache.backups() if x.cap == cap_a), None)
         finally:
             cache.close()
-        source = rec.source if rec is not None else (
-            os.fsencode(cfg.expand(ctx.get("source.path")) or "") or None)
-        if not source or not os.path.isdir(source):
+        src = rec.source if rec is not None else snapshot_source(ctx, source)
+        if not src or not os.path.isdir(src):
             raise UsageError("--live needs the snapshot's source directory: it is not recorded for this "
                              "snapshot and source.path is not set")
-        await LiveDiff(gw, source, emit).run(cap_a)
+        flt = compile_from_config(ctx.get("filter"))
+        await LiveDiff(gw, src, emit, flt).run(cap_a)
     if not as_json:
         print(f"{len(found)} difference(s)", file=ctx.err)
     return 1 if found else 0
@@ -585,12 +720,12 @@ async def diff(ctx: Context, a: str, b: str | None, live: bool, as_json: bool) -
 
 # -- verify ---------------------------------------------------------------------------
 
-async def verify(ctx: Context, ref: str, sample: float) -> int:
+async def verify(ctx: Context, ref: str, sample: float, source: str | None = None, host: str | None = None) -> int:
     from .verify import Verifier
 
     if not 0 < sample <= 100:
         raise UsageError(f"--sample must be a percentage above 0 and at most 100, not {sample}")
-    cap = await resolve_snapshot(ctx, ref)
+    cap = await resolve_snapshot(ctx, ref, source, host)
     gw = await ctx.gateway()
     v = Verifier(gw, ctx.reporter, sample, ctx.get("operation.jobs"))
     await v.run(cap)
@@ -608,7 +743,7 @@ async def grid_command(ctx: Context, action: str, directory: str | None) -> int:
         print(url, file=ctx.out)
         return ExitCode.OK
     if action == "down":
-        stopped = grid.stop()
+        stopped = await ctx.in_thread(grid.stop)
         print(f"stopped {len(stopped)} node(s)" + (f": {', '.join(stopped)}" if stopped else ""),
               file=ctx.err)
         return ExitCode.OK

@@ -29,6 +29,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "filter": (list,),
     "destination.url": (str, _NULL),
     "destination.happy": (int, _NULL),
+    "destination.lease_days": (int, float, _NULL),
     "destination.result.print_to_stdout": (bool,),
     "destination.result.append_to_file": (str, _NULL),
     "destination.result.append_to_lafs_dir": (str, _NULL),
@@ -45,8 +46,10 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "grid.happy": (int,),
     "grid.start_timeout": _NUM,
     "operation.jobs": (int,),
+    "operation.lock_wait": _NUM,
     "operation.window": (int,),
     "operation.timeout": (int, float, _NULL),
+    "operation.answer_timeout": (int, float, _NULL),
     "operation.retry.attempts": (int,),
     "operation.retry.delay": (list,),
     "http.debug_requests": (bool,),
@@ -177,7 +180,7 @@ def _check_values(tree: Mapping[str, Any]) -> None:
     for rule in get(tree, "filter"):
         if not isinstance(rule, str):
             raise bad("filter", f"each rule must be a string like '+regex' or '-regex', got {rule!r}")
-    for key in ("destination.pack.max_file_size", "destination.encoding.min_size"):
+    for key in ("destination.pack.max_file_size", "destination.encoding.min_size", "operation.lock_wait"):
         if get(tree, key) < 0:
             raise bad(key, "must not be negative")
     if get(tree, "destination.pack.target_size") < 1 << 16:
@@ -211,7 +214,10 @@ def gateway_base(url: str) -> str:
 class RetryPolicy:
     attempts: int
     delays: tuple[float, ...]
+    #: Seconds an attempt may go with no byte moving in either direction (None: no limit).
     timeout: float | None
+    #: Seconds to wait for the first answer byte once a request is sent (None: no limit).
+    answer_timeout: float | None = None
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
@@ -220,10 +226,12 @@ class RetryPolicy:
 
 def retry_policy(tree: Mapping[str, Any]) -> RetryPolicy:
     t = get(tree, "operation.timeout")
+    a = get(tree, "operation.answer_timeout")
     return RetryPolicy(
         attempts=get(tree, "operation.retry.attempts"),
         delays=tuple(get(tree, "operation.retry.delay")),
         timeout=float(t) if t and t > 0 else None,
+        answer_timeout=float(a) if a and a > 0 else None,
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 
 from .entry import KIND_DIR, Entry, kind_of
 from .errors import SnapshotError
+from .filters import Filter
 from .gateway import Gateway
 from .meta import Capturer
 from .snapshot import BadSnapshot, Node, edge_metadata, parse_children, parse_root
@@ -112,11 +113,14 @@ class LiveDiff:
     mtime differs and its SHA-256 (read now) differs from the recorded one.
     """
 
-    def __init__(self, gateway: Gateway, source: bytes, emit: Callable[[Change], None]) -> None:
+    def __init__(self, gateway: Gateway, source: bytes, emit: Callable[[Change], None],
+                 flt: Filter | None = None) -> None:
         self.gw = gateway
         self.source = source
         self.emit = emit
         self._capture = Capturer(lambda k, m: None)
+        #: The backup's filter rules: what they exclude is not part of the source as a backup sees it.
+        self._filter = flt
 
     async def run(self, cap: str) -> None:
         try:
@@ -140,7 +144,7 @@ class LiveDiff:
         snap = {n.name: n for n in parse_children(await self.gw.get_json(node.cap))}
         base = self.source + (b"/" + rel if rel else b"")
         try:
-            names = set(os.listdir(base))
+            names = {n for n in os.listdir(base) if self._included(rel + b"/" + n if rel else n, base + b"/" + n)}
         except OSError:
             names = set()
         for name in sorted(set(snap) | names):
@@ -168,6 +172,16 @@ class LiveDiff:
                 self.emit(Change("M", p, aspects))
             if n.kind == KIND_DIR and kind_of(os.lstat(base + b"/" + name).st_mode) == KIND_DIR:
                 await self._dirs(n, crel)
+
+
+    def _included(self, rel: bytes, path: bytes) -> bool:
+        if self._filter is None:
+            return True
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+        except OSError:
+            return True
+        return self._filter.included(rel, is_dir)
 
 
 def _sha256(path: bytes) -> str:

@@ -23,6 +23,8 @@ class ExitCode(enum.IntEnum):
     PROBLEMS = 6
     #: Interrupted by the user (SIGINT).
     INTERRUPTED = 130
+    #: Stopped by SIGTERM (a service manager, a shutdown).
+    TERMINATED = 143
     #: A bug: an unexpected exception, reported with a traceback.
     INTERNAL = 70
 
@@ -68,6 +70,12 @@ class QueueError(LafsBackupError):
 
 class CacheError(LafsBackupError):
     """The entry cache {path} cannot be used: {problem}"""
+
+
+class CacheBusyError(LafsBackupError):
+    """The entry cache {path} is busy: another lafs-backup process is writing it.  Nothing is wrong with it; run again when that one has finished."""
+
+    exit_code = ExitCode.LOCKED
 
 
 class LocalError(LafsBackupError):

@@ -1,11 +1,18 @@
 """The Tahoe-LAFS gateway client: web API calls through treq, with bounded concurrency, timeouts and retries.
 
-This is the only module that uses treq.  Every request goes through
-:meth:`Gateway._request`, which holds one of ``jobs`` slots per attempt,
-times each attempt out through the injected clock (cancelling it before the
-next attempt starts), and retries connection errors, timeouts and 5xx
-answers with the configured backoff.  Errors carry the URL with caps
-redacted.
+This is the only module that uses treq, and it knows HTTP and the web API,
+nothing of snapshots.  Every request is a :class:`Call` sent by
+:meth:`Gateway.send`, which holds one of ``jobs`` slots per attempt and
+retries connection errors, timeouts and 5xx answers with the configured
+backoff.  A refusal for lack of storage servers (``UploadUnhappinessError``)
+is not retried here: the caller decides (see ``store.py``).
+
+Timeouts follow the bytes, not the clock on the wall: an attempt fails when
+no byte moved in either direction for ``timeout`` seconds, so a large file
+on a slow link is never cut off while it is moving.  Once the request has
+been sent, the gateway may encode and place a whole upload before it
+answers; that wait for the first answer byte has its own, longer limit.
+Errors carry the URL with caps redacted.
 """
 
 from __future__ import annotations
@@ -13,10 +20,10 @@ from __future__ import annotations
 import heapq
 import json
 import logging
-import os
 import random
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import IO, Any, Awaitable, Callable, Mapping, Sequence
 from urllib.parse import quote
 
@@ -24,11 +31,13 @@ import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, TimeoutError as TxTimeoutError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.web.client import (FileBodyProducer, RequestGenerationFailed, RequestTransmissionFailed, ResponseFailed,
                                 ResponseNeverReceived)
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 from .config import RetryPolicy
 from .errors import GatewayError, GridError
@@ -38,30 +47,15 @@ from .snapshot import lit_data
 
 log = logging.getLogger(__name__)
 
-
-async def salted_if_unhappy(first: Callable[[], Awaitable[str]], again: Callable[[], Awaitable[str]],
-                            note: str) -> str:
-    """``first()``, which must not retry an unhappy upload; if the grid refuses it as unhappy, log
-    ``note`` and return ``again()``, the same object made under a salt.
-
-    A refusal with every server connected usually means the servers still hold shares of an
-    interrupted upload of the same bytes as "incoming" (Tahoe keeps them up to 30 minutes);
-    other bytes have another storage index, which those shares are not in the way of.
-    """
-    try:
-        return await first()
-    except GatewayError as e:
-        if not e.unhappy:
-            raise
-    log.info(note)
-    return await again()
-
 _RETRYABLE_EXC = (ConnectError, ConnectionLost, ConnectionDone, ResponseFailed, ResponseNeverReceived,
                   TxTimeoutError, CancelledError)
 #: Failures of sending a request: retryable when every cause is (a timeout
 #: cancelled the body being sent; the connection dropped), not when the body
-#: itself failed (a file that cannot be read).
+#: itself failed (a file that cannot be read, or that changed while it was read).
 _SEND_FAILED = (RequestGenerationFailed, RequestTransmissionFailed)
+#: Bytes per second the gateway is assumed to encode and place an upload at, at
+#: worst, before it answers: the answer wait grows with the body.
+_PLACEMENT_RATE = 256 << 10
 
 
 def _failure_cause(e: BaseException) -> tuple[BaseException | None, bool]:
@@ -75,24 +69,158 @@ def _failure_cause(e: BaseException) -> tuple[BaseException | None, bool]:
     return None, any(isinstance(v, (CancelledError, TxTimeoutError)) for v in reasons)
 
 
+Body = bytes | Callable[[], IO[bytes]] | None
+#: Reads a response: gets it and ``collect(sink)``, which feeds its body to ``sink`` as it arrives.
+Reader = Callable[[Any, Callable[[Callable[[bytes], None]], Awaitable[None]]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One web API request, as :meth:`Gateway.send` sends it (with retries).
+
+    ``body`` is bytes or a callable that opens a fresh file object for each
+    attempt (closed after it), so no two attempts share a file position.
+    ``headers`` may be a callable, asked again for each attempt (a resumed
+    download asks for the rest).  ``read`` consumes the response body
+    (default: all of it, as bytes).  ``check`` looks at the result of an
+    answer with an ``ok`` status and says what is wrong with it (None: it is
+    fine); a wrong answer is retried like a dropped connection.
+    """
+
+    kind: str
+    method: str
+    url: str
+    params: Mapping[str, str] | None = None
+    body: Body = None
+    headers: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None
+    ok: tuple[int, ...] = (200,)
+    read: Reader | None = None
+    check: Callable[[Any], str | None] | None = None
+    #: None: the retry policy's attempts.
+    attempts: int | None = None
+    #: False: no timeouts at all (a stream as long as the tree).
+    timed: bool = True
+    #: Lower goes first when requests queue for a slot.
+    priority: float = 0.0
+    #: How the manhole names it (a path); the redacted URL by default.
+    label: str | None = None
+    #: Refused at once once the run has failed (see :meth:`Gateway.halt`).
+    upload: bool = False
+    #: The body's size, when the caller knows it (else measured).
+    size: int | None = None
+
+
 class _Attempt:
     """One in-flight attempt; ``expire()`` makes it time out now (it is then retried like any timeout)."""
 
-    def __init__(self, d: Deferred, what: str, number: int, started: float, clock: IReactorTime) -> None:
-        self.deferred = d
+    def __init__(self, what: str, number: int, clock: IReactorTime) -> None:
+        self.deferred: Deferred | None = None
         self.what = what
         self.number = number
-        self.started = started
+        self.started = clock.seconds()
         self._clock = clock
         self.forced = False
+        self.timed_out = False
 
     def expire(self) -> None:
         self.forced = True
-        self.deferred.cancel()
+        if self.deferred is not None:
+            self.deferred.cancel()
 
     def __repr__(self) -> str:
         age = self._clock.seconds() - self.started
         return f"<attempt {self.number} of {self.what}, {age:.1f}s>"
+
+
+class _Watchdog:
+    """Cancels an attempt when no byte moved for ``idle`` seconds, or no answer came ``answer``
+    seconds after the request was sent.  Activity pushes the deadline back."""
+
+    def __init__(self, clock: IReactorTime, idle: float | None, answer: float | None,
+                 attempt: _Attempt) -> None:
+        self._clock = clock
+        self._idle = idle
+        self._answer = answer
+        self._attempt = attempt
+        self._call: Any = None
+        self._limit: float | None = None
+
+    def _arm(self, seconds: float | None) -> None:
+        self.stop()
+        self._limit = seconds
+        if seconds is not None:
+            self._call = self._clock.callLater(seconds, self._fire)
+
+    def _fire(self) -> None:
+        self._call = None
+        self._attempt.timed_out = True
+        if self._attempt.deferred is not None:
+            self._attempt.deferred.cancel()
+
+    def sending(self) -> None:
+        self._arm(self._idle)
+
+    def sent(self) -> None:
+        self._arm(self._answer)
+
+    def receiving(self) -> None:
+        self._arm(self._idle)
+
+    def activity(self) -> None:
+        if self._call is not None and self._call.active() and self._limit is not None:
+            self._call.reset(self._limit)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
+@implementer(IConsumer)
+class _TickingConsumer:
+    """Passes body bytes on to the transport, telling the watchdog that bytes moved."""
+
+    def __init__(self, consumer: Any, tick: Callable[[], None]) -> None:
+        self._consumer = consumer
+        self._tick = tick
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._consumer.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._consumer.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        self._tick()
+        self._consumer.write(data)
+
+
+@implementer(IBodyProducer)
+class _WatchedBody:
+    """A request body read from a file object, watched by a :class:`_Watchdog`."""
+
+    def __init__(self, fobj: IO[bytes], watchdog: _Watchdog) -> None:
+        self._inner = FileBodyProducer(fobj, readSize=1 << 16)
+        self.length = self._inner.length
+        self._wd = watchdog
+
+    def startProducing(self, consumer: Any) -> Deferred:
+        d = self._inner.startProducing(_TickingConsumer(consumer, self._wd.activity))
+
+        def done(result: Any) -> Any:
+            self._wd.sent()
+            return result
+        d.addCallback(done)
+        return d
+
+    def pauseProducing(self) -> None:
+        self._inner.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._inner.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._inner.stopProducing()
 
 
 class _Slots:
@@ -120,25 +248,27 @@ class _Slots:
             self.tokens += 1
 
 
+@dataclass(eq=False)
 class Gateway:
     """Calls to one gateway.  ``http`` is a treq :class:`HTTPClient` (the seam for fakes)."""
 
-    def __init__(self, base_url: str, http: HTTPClient, clock: IReactorTime, retry: RetryPolicy,
-                 jobs: int = 6, debug_requests: bool = False, rng: random.Random | None = None,
-                 limit_bytes: TokenBucket | None = None, limit_objects: TokenBucket | None = None) -> None:
-        self.base = base_url if base_url.endswith("/") else base_url + "/"
-        self._http = http
-        self._clock = clock
-        self._retry = retry
-        self._rng = rng or random.Random()
-        self._limit_bytes = limit_bytes
-        self._limit_objects = limit_objects
-        self._slots = _Slots(jobs)
-        self._debug = debug_requests
-        #: Requests sent, by kind ("put", "mkdir", "get", ...), attempts included.
-        self.counts: Counter[str] = Counter()
-        #: In-flight attempts, for the manhole's ``debug_timeouts``.
-        self.inflight: set[_Attempt] = set()
+    base_url: str
+    http: HTTPClient
+    clock: IReactorTime
+    retry: RetryPolicy
+    jobs: int = 6
+    debug_requests: bool = False
+    rng: random.Random = field(default_factory=random.Random)
+    limit_bytes: TokenBucket | None = None
+    limit_objects: TokenBucket | None = None
+    #: Requests sent, by kind ("put", "mkdir", "get", ...), attempts included.
+    counts: Counter[str] = field(default_factory=Counter)
+    #: In-flight attempts, for the manhole's ``debug_timeouts``.
+    inflight: set[_Attempt] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.base = self.base_url if self.base_url.endswith("/") else self.base_url + "/"
+        self._slots = _Slots(self.jobs)
         self._halted: BaseException | None = None
 
     def halt(self, why: BaseException) -> None:
@@ -156,164 +286,201 @@ class Gateway:
         return out
 
     def _show(self, url: str) -> str:
-        return url if self._debug else redact(url)
+        return url if self.debug_requests else redact(url)
 
-    async def _request(self, kind: str, method: str, url: str, *,
-                       params: Mapping[str, str] | None = None,
-                       body: bytes | Callable[[], IO[bytes]] | None = None,
-                       headers: Mapping[str, str] | None = None,
-                       ok: Sequence[int] = (200,),
-                       on_response: Callable[[Any], Awaitable[Any]] | None = None,
-                       retry_unhappy: bool = True, attempts: int | None = None,
-                       timeout: bool = True, priority: float = 0.0,
-                       label: str | None = None,
-                       check: Callable[[bytes], str | None] | None = None) -> tuple[int, Any]:
-        """Send a request with retries; return (status, result).
+    def _answer_wait(self, size: int) -> float | None:
+        if self.retry.answer_timeout is None:
+            return None
+        return max(self.retry.answer_timeout, size / _PLACEMENT_RATE)
 
-        ``body`` is bytes or a callable that opens a fresh file object for
-        each attempt (closed after it), so no two attempts share a file
-        position.  ``on_response`` consumes the response body (default:
-        read it all).  ``label`` names the request in the manhole's list of
-        attempts (a path; the URL, redacted, by default).  Raises :class:`GatewayError` after the last attempt or
-        for a status that is neither in ``ok`` nor retryable.
+    async def send(self, call: Call) -> tuple[int, Any]:
+        """Send ``call``, retrying what is worth retrying; return (status, result).
+
+        Raises :class:`GatewayError` after the last attempt, for a status that
+        is neither ``ok`` nor retryable, and at once when the grid refuses an
+        upload as unhappy.
         """
-        hdrs = Headers({"Accept": ["text/plain"]})
-        for k, v in (headers or {}).items():
-            hdrs.setRawHeaders(k, [v])
+        show = self._show(call.url)
         attempt_no = 0
+        attempts = call.attempts or self.retry.attempts
+        size = call.size if call.size is not None else _body_size(call.body)
         while True:
             attempt_no += 1
-            if self._limit_objects is not None:
-                await self._limit_objects.take(1)
-            if self._limit_bytes is not None and body is not None:
-                await self._limit_bytes.take(_body_size(body))
-            await self._slots.acquire(priority)
-            if self._halted is not None and kind in ("put", "mkdir"):
+            if self.limit_objects is not None:
+                await self.limit_objects.take(1)
+            if self.limit_bytes is not None and call.body is not None:
+                await self.limit_bytes.take(size)
+            await self._slots.acquire(call.priority)
+            if self._halted is not None and call.upload:
                 self._slots.release()
                 raise self._halted
-            fobj: IO[bytes] | None = None
-            att: _Attempt | None = None
+            att = _Attempt(f"{call.method} {call.label or show}", attempt_no, self.clock)
             try:
-                data: Any = body
-                if callable(body):
-                    fobj = body()
-                    data = FileBodyProducer(fobj, readSize=1 << 16)
-                self.counts[kind] += 1
-                log.debug("%s %s (attempt %d)", method, self._show(url), attempt_no)
-
-                async def attempt() -> tuple[int, Any]:
-                    resp = await self._http.request(method, url, params=params, data=data, headers=hdrs)
-                    if resp.code in ok:
-                        result = await (on_response(resp) if on_response else treq.content(resp))
-                        return resp.code, result
-                    text = (await treq.content(resp)).decode("utf-8", "replace")
-                    return resp.code, text
-
-                d = Deferred.fromCoroutine(attempt())
-                att = _Attempt(d, f"{method} {label or self._show(url)}", attempt_no,
-                               self._clock.seconds(), self._clock)
-                self.inflight.add(att)
-                if self._retry.timeout and timeout:
-                    d.addTimeout(self._retry.timeout, self._clock)
-                try:
-                    code, result = await d
-                finally:
-                    self.inflight.discard(att)
-                error: GatewayError | None = None
-                problem = check(result) if check is not None and code in ok else None
-                if problem is not None:
-                    error = GatewayError(method, self._show(url), None, "", reason=f"bad answer: {problem}")
-                elif code not in ok:
-                    error = GatewayError(method, self._show(url), code, result)
-                    if code < 500 or (not retry_unhappy and error.unhappy):
-                        raise error
+                self.counts[call.kind] += 1
+                log.debug("%s %s (attempt %d)", call.method, show, attempt_no)
+                code, result, error = await self._attempt(call, att, size)
             except _RETRYABLE_EXC + _SEND_FAILED as e:
                 fatal, timed_out = _failure_cause(e)
                 if fatal is not None:
                     raise fatal
-                reason = "timed out" if timed_out else type(e).__name__
-                if att is not None and att.forced:
+                if timed_out and not (att.timed_out or att.forced):
+                    raise CancelledError() from None  # the command itself was cancelled (a signal)
+                reason = "timed out" if (timed_out or att.timed_out) else type(e).__name__
+                if att.forced:
                     reason = "timed out (forced from the manhole)"
-                error = GatewayError(method, self._show(url), None, "", reason=reason)
+                elif att.timed_out:
+                    reason = "timed out (no data moved)" if self.retry.timeout else "timed out"
+                error = GatewayError(call.method, show, None, "", reason=reason)
             finally:
-                if fobj is not None:
-                    fobj.close()
                 self._slots.release()
             if error is None:
                 return code, result
-            if attempt_no >= (attempts or self._retry.attempts):
+            if error.unhappy or (error.status is not None and error.status < 500):
+                raise error
+            if attempt_no >= attempts:
                 raise error
             # Jitter, so that requests that failed together don't retry in lockstep.
-            delay = self._retry.delay(attempt_no) * self._rng.uniform(0.7, 1.3)
-            log.info("%s; retry %d of %d in %.1fs", error, attempt_no, self._retry.attempts - 1, delay)
-            await deferLater(self._clock, delay, lambda: None)
+            delay = self.retry.delay(attempt_no) * self.rng.uniform(0.7, 1.3)
+            log.info("%s; retry %d of %d in %.1fs", error, attempt_no, attempts - 1, delay)
+            await deferLater(self.clock, delay, lambda: None)
+
+    async def _attempt(self, call: Call, att: _Attempt, size: int) -> tuple[int, Any, GatewayError | None]:
+        hdrs = Headers({"Accept": ["text/plain"]})
+        extra = call.headers() if callable(call.headers) else call.headers
+        for k, v in (extra or {}).items():
+            hdrs.setRawHeaders(k, [v])
+        wd = _Watchdog(self.clock, self.retry.timeout if call.timed else None,
+                       self._answer_wait(size) if call.timed else None, att)
+        fobj: IO[bytes] | None = None
+        try:
+            data: Any = None
+            if call.body is not None:
+                fobj = call.body() if callable(call.body) else _bytes_file(call.body)
+                data = _WatchedBody(fobj, wd)
+
+            async def collect(resp: Any, sink: Callable[[bytes], None]) -> None:
+                def fed(chunk: bytes) -> None:
+                    wd.activity()
+                    sink(chunk)
+                await treq.collect(resp, fed)
+
+            async def run() -> tuple[int, Any]:
+                resp = await self.http.request(call.method, call.url, params=call.params, data=data,
+                                               headers=hdrs, unbuffered=True)
+                wd.receiving()
+                if resp.code in call.ok:
+                    if call.read is not None:
+                        return resp.code, await call.read(resp, lambda sink: collect(resp, sink))
+                    parts: list[bytes] = []
+                    await collect(resp, parts.append)
+                    return resp.code, b"".join(parts)
+                parts = []
+                await collect(resp, parts.append)
+                return resp.code, b"".join(parts).decode("utf-8", "replace")
+
+            d = Deferred.fromCoroutine(run())
+            att.deferred = d
+            self.inflight.add(att)
+            if call.body is None:
+                wd.sent()
+            else:
+                wd.sending()
+            try:
+                code, result = await d
+            finally:
+                self.inflight.discard(att)
+                wd.stop()
+        finally:
+            if fobj is not None:
+                fobj.close()
+        show = self._show(call.url)
+        if code not in call.ok:
+            return code, result, GatewayError(call.method, show, code, result)
+        problem = call.check(result) if call.check is not None else None
+        if problem is not None:
+            return code, result, GatewayError(call.method, show, None, "", reason=f"bad answer: {problem}")
+        return code, result, None
 
     # -- API -----------------------------------------------------------------
-    async def put_file(self, opener: Callable[[], IO[bytes]], label: str | None = None,
-                       retry_unhappy: bool = True) -> str:
-        """Upload an immutable file; return its cap.  ``retry_unhappy`` as for :meth:`put_bytes`."""
+    async def put_file(self, opener: Callable[[], IO[bytes]], label: str | None = None) -> str:
+        """Upload an immutable file whose bytes ``opener()`` reads; return its cap."""
         size = _body_size(opener)
-        _, body = await self._request("put", "PUT", self.url(), body=opener, label=label,
-                                      retry_unhappy=retry_unhappy, check=lambda b: cap_problem(b, ("CHK", "LIT"), size))
+        _, body = await self.send(Call("put", "PUT", self.url(), body=opener, label=label, upload=True,
+                                       size=size, check=lambda b: cap_problem(b, ("CHK", "LIT"), size)))
         return _cap_from(body)
 
-    async def put_bytes(self, data: bytes, retry_unhappy: bool = True) -> str:
-        """Upload bytes as an immutable file.  ``retry_unhappy=False`` raises at once on
-        UploadUnhappinessError, for callers that can change the bytes instead."""
-        _, body = await self._request("put", "PUT", self.url(), body=data, retry_unhappy=retry_unhappy,
-                                      check=lambda b: cap_problem(b, ("CHK", "LIT"), len(data)))
+    async def put_bytes(self, data: bytes, label: str | None = None) -> str:
+        """Upload bytes as an immutable file; return its cap."""
+        _, body = await self.send(Call("put", "PUT", self.url(), body=data, label=label, upload=True,
+                                       check=lambda b: cap_problem(b, ("CHK", "LIT"), len(data))))
         return _cap_from(body)
 
-
-    async def put_bytes_salting(self, data: bytes, note: str) -> str:
-        """Upload bytes; if the grid refuses them as unhappy, upload them again followed by a
-        random salt (for objects read back by offset, or never read back)."""
-        return await salted_if_unhappy(
-            lambda: self.put_bytes(data, retry_unhappy=False),
-            lambda: self.put_bytes(data + b"\0lafs-backup-salt:" + os.urandom(16)), note)
-    async def mkdir_immutable(self, body: bytes, priority: float = 0.0, retry_unhappy: bool = True) -> str:
+    async def mkdir_immutable(self, body: bytes, priority: float = 0.0) -> str:
         """Create an immutable directory from a JSON body ``{name: [type, {ro_uri, metadata}]}``.
 
-        ``priority``: lower goes first when requests queue for a slot (the
-        uploader puts deeper directories first: they are on the longest chain).
-        ``retry_unhappy`` as for :meth:`put_bytes`.
+        ``priority``: lower goes first when requests queue for a slot.
         """
-        _, resp = await self._request("mkdir", "POST", self.url(), params={"t": "mkdir-immutable"},
-                                      body=body, headers={"Content-Type": "application/json"},
-                                      priority=priority, retry_unhappy=retry_unhappy,
-                                      check=lambda b: cap_problem(b, ("DIR2-CHK", "DIR2-LIT")))
+        _, resp = await self.send(Call("mkdir", "POST", self.url(), params={"t": "mkdir-immutable"},
+                                       body=body, headers={"Content-Type": "application/json"},
+                                       priority=priority, upload=True,
+                                       check=lambda b: cap_problem(b, ("DIR2-CHK", "DIR2-LIT"))))
         return _cap_from(resp)
 
     async def mkdir_mutable(self) -> str:
-        _, body = await self._request("mkdir", "POST", self.url(), params={"t": "mkdir"},
-                                      check=lambda b: cap_problem(b, ("DIR2",)))
+        """Create an empty mutable directory; return its write cap."""
+        _, body = await self.send(Call("mkdir", "POST", self.url(), params={"t": "mkdir"},
+                                       check=lambda b: cap_problem(b, ("DIR2",))))
         return _cap_from(body)
 
     async def get_json(self, cap: str, path: Sequence[str] = ()) -> Any:
         """``GET /uri/CAP[/path]?t=json``, parsed."""
         parsed: list[Any] = []
-        await self._request("get", "GET", self.url(cap, path), params={"t": "json"},
-                            check=lambda b: _parse_json(b, parsed))
+        await self.send(Call("get", "GET", self.url(cap, path), params={"t": "json"},
+                             check=lambda b: _parse_json(b, parsed)))
         return parsed[-1]
 
     async def download(self, cap: str, sink: Callable[[bytes], None],
-                       restart: Callable[[], None] | None = None) -> None:
-        """Stream a file's bytes to ``sink``; ``restart`` is called before each retry's data."""
-        expected = chk_size(cap)
+                       restart: Callable[[], None] | None = None) -> int:
+        """Stream a file's bytes to ``sink``; return how many there were.
 
-        async def consume(resp: Any) -> int:
-            if restart is not None:
-                restart()
-            got = [0]
+        A retry after a fault asks for the rest only (a Range request) and
+        goes on feeding ``sink`` where it stopped.  Only when the gateway
+        answers a retry with the whole file again is ``restart`` called first,
+        to start over.
+        """
+        expected = chk_size(cap)
+        got = [0]
+
+        def headers() -> Mapping[str, str]:
+            return {"Range": f"bytes={got[0]}-"} if got[0] else {}
+
+        async def read(resp: Any, collect: Any) -> int | str:
+            if resp.code == 206:
+                start = _range_start(resp)
+                if start != got[0]:
+                    await collect(lambda chunk: None)
+                    return f"a range answer from byte {start}, not {got[0]}"
+            elif got[0]:  # 200 to a Range request: the whole file again
+                if restart is not None:
+                    restart()
+                got[0] = 0
 
             def count(chunk: bytes) -> None:
                 got[0] += len(chunk)
                 sink(chunk)
-            await treq.collect(resp, count)
+            await collect(count)
             return got[0]
-        await self._request("get", "GET", self.url(cap), on_response=consume,
-                            check=lambda n: None if expected is None or n == expected else
-                            f"{n} of {expected} bytes (the answer was cut short)")
+
+        def problem(n: int | str) -> str | None:
+            if isinstance(n, str):
+                return n
+            if expected is not None and n != expected:
+                return f"{n} of {expected} bytes (the answer was cut short)"
+            return None
+
+        await self.send(Call("get", "GET", self.url(cap), ok=(200, 206), headers=headers, read=read,
+                             check=problem))
+        return got[0]
 
     async def get_range(self, cap: str, offset: int, length: int) -> bytes:
         """Bytes ``offset`` to ``offset+length`` of a file, with one Range GET.
@@ -322,15 +489,31 @@ class Gateway:
         """
         if length == 0:
             return b""
-        code, body = await self._request("get", "GET", self.url(cap), ok=(200, 206),
-                                         headers={"Range": f"bytes={offset}-{offset + length - 1}"},
-                                         check=lambda b: None if len(b) in (length, chk_size(cap))
-                                         else f"{len(b)} bytes for a range of {length}")
+        code, body = await self.send(Call(
+            "get", "GET", self.url(cap), ok=(200, 206), headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+            check=lambda b: None if len(b) in (length, chk_size(cap)) else f"{len(b)} bytes for a range of {length}"))
         data = body[offset:offset + length] if code == 200 else body
         if len(data) != length:
             raise GatewayError("GET", self._show(self.url(cap)), code, "",
                                reason=f"range answer has {len(data)} bytes, expected {length}")
         return bytes(data)
+
+    async def check(self, cap: str, add_lease: bool = True, repair: bool = False,
+                    verify: bool = False) -> Any:
+        """``POST CAP?t=check&output=JSON`` for one object (not its children), parsed."""
+        params = {"t": "check", "output": "JSON"}
+        for flag, on in (("add-lease", add_lease), ("repair", repair), ("verify", verify)):
+            if on:
+                params[flag] = "true"
+        parsed: list[Any] = []
+        await self.send(Call("check", "POST", self.url(cap), params=params,
+                             check=lambda b: _parse_json(b, parsed)))
+        return parsed[-1]
+
+    async def _stream(self, kind: str, cap: str, params: Mapping[str, str], sink: Callable[[bytes], None]) -> None:
+        async def read(resp: Any, collect: Any) -> None:
+            await collect(sink)
+        await self.send(Call(kind, "POST", self.url(cap), params=params, read=read, attempts=1, timed=False))
 
     async def stream_deep_check(self, cap: str, sink: Callable[[bytes], None], add_lease: bool = True,
                                 repair: bool = False, verify: bool = False) -> None:
@@ -343,32 +526,39 @@ class Gateway:
         for flag, on in (("add-lease", add_lease), ("repair", repair), ("verify", verify)):
             if on:
                 params[flag] = "true"
-
-        async def consume(resp: Any) -> None:
-            await treq.collect(resp, sink)
-        await self._request("check", "POST", self.url(cap), params=params, on_response=consume,
-                            attempts=1, timeout=False)
+        await self._stream("check", cap, params, sink)
 
     async def stream_manifest(self, cap: str, sink: Callable[[bytes], None]) -> None:
         """``POST CAP?t=stream-manifest``: one JSON line per object reachable from ``cap``."""
-        async def consume(resp: Any) -> None:
-            await treq.collect(resp, sink)
-        await self._request("get", "POST", self.url(cap), params={"t": "stream-manifest"}, on_response=consume,
-                            attempts=1, timeout=False)
+        await self._stream("get", cap, {"t": "stream-manifest"}, sink)
+
+    async def child_cap(self, dircap: str, name: str) -> str | None:
+        """The read cap linked as ``name`` in a directory, or None if there is no such child."""
+        code, body = await self.send(Call("get", "GET", self.url(dircap, [name]), params={"t": "readonly-uri"},
+                                          ok=(200, 404)))
+        return body.decode("ascii", "replace").strip() if code == 200 else None
 
     async def link(self, dircap: str, name: str, cap: str) -> bool:
-        """Link ``cap`` as ``name`` in a mutable directory without replacing; False if taken."""
-        code, _ = await self._request("link", "PUT", self.url(dircap, [name]), params={"t": "uri", "replace": "false"},
-                                      body=cap.encode("ascii"), ok=(200, 201, 409))
-        return code != 409
+        """Link ``cap`` as ``name`` in a mutable directory without replacing; False if another cap has it.
+
+        A retry whose first attempt did link (its answer was lost) finds its own cap there: True.
+        """
+        code, _ = await self.send(Call("link", "PUT", self.url(dircap, [name]),
+                                       params={"t": "uri", "replace": "false"},
+                                       body=cap.encode("ascii"), ok=(200, 201, 409)))
+        if code != 409:
+            return True
+        there = await self.child_cap(dircap, name)
+        return there is not None and _same_object(there, cap)
 
     async def unlink(self, dircap: str, name: str) -> bool:
-        code, _ = await self._request("unlink", "DELETE", self.url(dircap, [name]), ok=(200, 404))
+        code, _ = await self.send(Call("unlink", "DELETE", self.url(dircap, [name]), ok=(200, 404)))
         return code == 200
 
     async def welcome(self) -> Any:
         parsed: list[Any] = []
-        await self._request("status", "GET", self.base, params={"t": "json"}, check=lambda b: _parse_json(b, parsed))
+        await self.send(Call("status", "GET", self.base, params={"t": "json"},
+                             check=lambda b: _parse_json(b, parsed)))
         return parsed[-1]
 
     async def connected_servers(self) -> list[str]:
@@ -387,7 +577,15 @@ class Gateway:
             raise GridError(problem=f"the gateway at {self.base} is connected to no storage server")
 
 
-def _body_size(body: bytes | Callable[[], IO[bytes]]) -> int:
+def _bytes_file(data: bytes) -> IO[bytes]:
+    import io
+
+    return io.BytesIO(data)
+
+
+def _body_size(body: Body) -> int:
+    if body is None:
+        return 0
     if isinstance(body, bytes):
         return len(body)
     f = body()
@@ -395,6 +593,17 @@ def _body_size(body: bytes | Callable[[], IO[bytes]]) -> int:
         return f.seek(0, 2)
     finally:
         f.close()
+
+
+def _range_start(resp: Any) -> int | None:
+    values = resp.headers.getRawHeaders("content-range") or []
+    m = re.match(r"bytes (\d+)-", values[0]) if values else None
+    return int(m.group(1)) if m else None
+
+
+def _same_object(a: str, b: str) -> bool:
+    """Two caps of one immutable object (a read cap is the cap of an immutable object)."""
+    return a.strip() == b.strip()
 
 
 _B32 = "[a-z2-7]"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import LockedError
 
@@ -26,6 +26,25 @@ class CacheLock:
         self.path = path
         self._rep = reporter
         self._fd: int | None = None
+        self._said_waiting = False
+
+    async def acquire_waiting(self, wait: float, clock: Any, poll: float = 0.5) -> None:
+        """:meth:`acquire`, waiting up to ``wait`` seconds (on ``clock``) for a live holder to finish."""
+        from twisted.internet.task import deferLater
+
+        deadline = clock.seconds() + wait
+        while True:
+            try:
+                self.acquire()
+                return
+            except LockedError as e:
+                if clock.seconds() >= deadline:
+                    raise
+                if not self._said_waiting:
+                    self._said_waiting = True
+                    self._rep.note_once("lock-wait", f"waiting for pid {e.details.get('pid')} to release the "
+                                        f"lock (up to {wait:.0f}s)")
+            await deferLater(clock, min(poll, max(0.0, deadline - clock.seconds())), lambda: None)
 
     def acquire(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -45,6 +64,10 @@ class CacheLock:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         os.pwrite(fd, f"{os.getpid()} {stamp}\n".encode(), 0)
         self._fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def release(self) -> None:
         if self._fd is not None:

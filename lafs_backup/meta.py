@@ -114,6 +114,89 @@ class Capturer:
             out.append(("caps", text.encode()))
 
 
+class Handle:
+    """Where recorded attributes are applied: exactly one inode the restore made or opened.
+
+    An attacker who owns a directory being restored into can swap names in
+    it at any moment, so nothing here takes a path that a swap could
+    redirect: a descriptor (:class:`FdHandle`), or a symlink named in a
+    directory held open, never followed (:class:`LinkHandle`).
+    """
+
+    def chown(self, uid: int, gid: int) -> None:
+        raise NotImplementedError
+
+    def chmod(self, mode: int) -> None:
+        raise NotImplementedError
+
+    def setxattr(self, name: bytes, value: bytes) -> None:
+        raise NotImplementedError
+
+    def set_acl(self, text: str, default: bool) -> None:
+        raise NotImplementedError
+
+    def set_caps(self, text: str) -> None:
+        raise NotImplementedError
+
+    def utime(self, ns: int) -> None:
+        raise NotImplementedError
+
+
+class FdHandle(Handle):
+    """An open file or directory.  ``o_path``: a descriptor opened with O_PATH (a FIFO or a
+    device, which are never opened for reading), reached through ``/proc/self/fd/N``, a name
+    the kernel resolves to that very inode."""
+
+    def __init__(self, fd: int, o_path: bool = False) -> None:
+        self.fd = fd
+        self.o_path = o_path
+        self.proc = b"/proc/self/fd/%d" % fd
+
+    def chown(self, uid: int, gid: int) -> None:
+        if self.o_path:
+            os.chown(self.proc, uid, gid)
+        else:
+            os.fchown(self.fd, uid, gid)
+
+    def chmod(self, mode: int) -> None:
+        if self.o_path:
+            os.chmod(self.proc, mode)
+        else:
+            os.fchmod(self.fd, mode)
+
+    def setxattr(self, name: bytes, value: bytes) -> None:
+        xattr.set(self.proc if self.o_path else self.fd, name, value)
+
+    def set_acl(self, text: str, default: bool) -> None:
+        if self.o_path:
+            posix1e.set_acl(self.proc, text, default)
+        else:
+            posix1e.set_acl_fd(self.fd, text, default)
+
+    def set_caps(self, text: str) -> None:
+        posix1e.set_caps_fd(self.fd, text)
+
+    def utime(self, ns: int) -> None:
+        os.utime(self.proc if self.o_path else self.fd, ns=(ns, ns))
+
+
+class LinkHandle(Handle):
+    """A symlink, named in the directory open as ``dir_fd``; every call acts on the link itself."""
+
+    def __init__(self, dir_fd: int, name: bytes) -> None:
+        self.dir_fd = dir_fd
+        self.name = name
+
+    def chown(self, uid: int, gid: int) -> None:
+        os.chown(self.name, uid, gid, dir_fd=self.dir_fd, follow_symlinks=False)
+
+    def setxattr(self, name: bytes, value: bytes) -> None:
+        xattr.set(b"/proc/self/fd/%d/%s" % (self.dir_fd, self.name), name, value, nofollow=True)
+
+    def utime(self, ns: int) -> None:
+        os.utime(self.name, ns=(ns, ns), dir_fd=self.dir_fd, follow_symlinks=False)
+
+
 class Applier:
     """Applies recorded attributes to a restored entry; each failure is one warning, the rest go on.
 
@@ -145,35 +228,37 @@ class Applier:
                     pass
         return uid, gid
 
-    def apply(self, path: bytes, meta: Mapping[str, object], kind: str, xattrs: Mapping[bytes, bytes],
+    def apply(self, target: Handle, meta: Mapping[str, object], kind: str, xattrs: Mapping[bytes, bytes],
               times: bool = True) -> None:
-        """Apply ``meta`` to ``path`` (a short path, never followed if it is a symlink)."""
+        """Apply ``meta`` to ``target``."""
         link = kind == "l"
         if self.owners:
             ids = self.owner_ids(meta)
             if ids is not None:
-                self._try("set owner", lambda: os.chown(path, ids[0], ids[1], follow_symlinks=False))
+                self._try("set owner", lambda: target.chown(ids[0], ids[1]))
         mode = meta.get("mode")
         if not link and isinstance(mode, int):
-            self._try("set mode", lambda: os.chmod(path, stat.S_IMODE(mode)))
+            self._try("set mode", lambda: target.chmod(stat.S_IMODE(mode)))
         for name, value in xattrs.items():
             self._try(f"set extended attribute {name.decode('utf-8', 'replace')}",
-                      lambda n=name, v=value: xattr.set(path, n, v, nofollow=True))
+                      lambda n=name, v=value: target.setxattr(n, v))
         if not link:
             for key, default in (("acl", False), ("default_acl", True)):
                 acl = meta.get(key)
                 if isinstance(acl, dict):
-                    self._apply_acl(path, acl, default)
+                    self._apply_acl(target, acl, default)
             caps = meta.get("caps")
             if isinstance(caps, str):
                 if posix1e.caps_available():
-                    self._try("set capabilities", lambda: posix1e.set_caps(path, caps))
+                    self._try("set capabilities", lambda: target.set_caps(caps))
                 else:
                     self._warn(f"capabilities not restored: {posix1e.CAP_LIBRARY} is not available")
         if times:
-            self.set_mtime(path, meta)
+            mtime = meta.get("mtime_ns")
+            if isinstance(mtime, int):
+                self._try("set modification time", lambda: target.utime(mtime))
 
-    def _apply_acl(self, path: bytes, acl: Mapping[str, object], default: bool) -> None:
+    def _apply_acl(self, target: Handle, acl: Mapping[str, object], default: bool) -> None:
         if not posix1e.acl_available():
             self._warn(f"ACL not restored: {posix1e.ACL_LIBRARY} is not available")
             return
@@ -182,12 +267,7 @@ class Applier:
         if not self.numeric and isinstance(names, str) and posix1e.parses(names):
             text = names
         if isinstance(text, str):
-            self._try("set ACL", lambda: posix1e.set_acl(path, text, default))
-
-    def set_mtime(self, path: bytes, meta: Mapping[str, object]) -> None:
-        mtime = meta.get("mtime_ns")
-        if isinstance(mtime, int):
-            self._try("set modification time", lambda: os.utime(path, ns=(mtime, mtime), follow_symlinks=False))
+            self._try("set ACL", lambda: target.set_acl(text, default))
 
     def _try(self, what: str, fn: Callable[[], object]) -> None:
         try:

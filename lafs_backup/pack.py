@@ -22,6 +22,10 @@ from .gateway import Gateway
 log = logging.getLogger(__name__)
 
 
+#: Separates a pack's last member from the salt of a pack stored again under a salt.
+SALT_MARK = b"\0lafs-backup-salt:"
+
+
 @dataclass(frozen=True)
 class PackRef:
     cap: str
@@ -116,7 +120,10 @@ class Packer:
         the last member: the bytes differ, so does the storage index, and shares of an
         interrupted earlier upload of the same pack (left "incoming" on a server) are not in
         the way.  Members are addressed by offset, so the salt changes nothing for them."""
-        return await self.gw.put_bytes_salting(buf, "pack upload was unhappy; uploading it again with a salt")
+        from .store import despite_unhappiness
+
+        return await despite_unhappiness(lambda salt: self.gw.put_bytes(buf + (SALT_MARK + salt if salt else b"")),
+                                         self.gw, "a pack")
 
     async def flush(self) -> None:
         """Seal the open pack and wait for every upload."""

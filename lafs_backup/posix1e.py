@@ -22,6 +22,7 @@ typedef void *acl_t;
 typedef unsigned int mode_t;
 acl_t acl_get_file(const char *path_p, unsigned int type);
 int acl_set_file(const char *path_p, unsigned int type, acl_t acl);
+int acl_set_fd(int fd, acl_t acl);
 acl_t acl_from_text(const char *buf_p);
 char *acl_to_any_text(acl_t acl, const char *prefix, char separator, int options);
 int acl_equiv_mode(acl_t acl, mode_t *mode_p);
@@ -33,6 +34,7 @@ int acl_delete_def_file(const char *path_p);
 typedef void *cap_t;
 cap_t cap_get_file(const char *path_p);
 int cap_set_file(const char *path_p, cap_t cap_p);
+int cap_set_fd(int fd, cap_t cap_p);
 cap_t cap_from_text(const char *buf_p);
 char *cap_to_text(cap_t caps, ssize_t *length_p);
 int cap_free(void *obj_d);
@@ -129,6 +131,23 @@ def set_acl(path: bytes, text: str, default: bool = False) -> None:
         lib.acl_free(acl)
 
 
+def set_acl_fd(fd: int, text: str, default: bool = False) -> None:
+    """Apply an ACL to the file open as ``fd``: the access ACL through the descriptor itself, a
+    directory's default ACL through ``/proc/self/fd/N``, which names exactly that directory."""
+    if default:
+        set_acl(b"/proc/self/fd/%d" % fd, text, True)
+        return
+    lib = _acl()
+    acl = lib.acl_from_text(text.encode("utf-8", "surrogateescape"))
+    if acl == _ffi.NULL:
+        raise _err("acl_from_text", b"(fd)")
+    try:
+        if lib.acl_set_fd(fd, acl) != 0:
+            raise _err("acl_set_fd", b"(fd)")
+    finally:
+        lib.acl_free(acl)
+
+
 def parses(text: str) -> bool:
     """Does libacl accept ``text`` here (e.g. do its user and group names exist)?"""
     lib = _acl()
@@ -157,6 +176,19 @@ def get_caps(path: bytes) -> str | None:
             return _ffi.string(p).decode("ascii")
         finally:
             lib.cap_free(p)
+    finally:
+        lib.cap_free(caps)
+
+
+def set_caps_fd(fd: int, text: str) -> None:
+    """Set file capabilities on the file open as ``fd``."""
+    lib = _cap()
+    caps = lib.cap_from_text(text.encode("ascii"))
+    if caps == _ffi.NULL:
+        raise _err("cap_from_text", b"(fd)")
+    try:
+        if lib.cap_set_fd(fd, caps) != 0:
+            raise _err("cap_set_fd", b"(fd)")
     finally:
         lib.cap_free(caps)
 

@@ -76,6 +76,14 @@ class Reporter:
         else:
             print(f"warning: {_printable(shown)}: {message}", file=self.err)
 
+    def advise(self, topic: str, message: str) -> None:
+        """A warning about the backups as a whole, not about one entry: it does not make the run
+        partial (its exit code stays 0)."""
+        if self.json_mode:
+            self._json({"type": "warning", "topic": topic, "message": message})
+        else:
+            print(f"warning: {message}", file=self.err)
+
     def problem(self, path: bytes | str, message: str) -> None:
         """Damage found (corruption, unhealthy object): counted apart, it sets exit code 6."""
         shown = path if isinstance(path, str) else (os.fsdecode(path) if path else ".")

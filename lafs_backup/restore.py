@@ -10,6 +10,7 @@ children are done.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -24,9 +25,9 @@ from .errors import GatewayError, RestoreError, SnapshotError
 from .encode import Decoder, decode
 from .gateway import Gateway
 from .log import NOISE
-from .meta import Applier
+from .meta import Applier, FdHandle, LinkHandle
 from .pack import PackReader, PackRef
-from .paths import open_dir_chain, proc_path
+from .paths import open_dir_chain
 from .report import Reporter
 from .snapshot import OBJECTS, BadSnapshot, Node, lit_data, pack_caps, parse_children, parse_root, xattrs_of
 
@@ -164,10 +165,15 @@ class Restorer:
         rel = self._rel(parts)
         try:
             with self._dir(parts, create=True) as fd:
-                os.fchmod(fd, 0o700)  # writable while its children are restored
+                st = os.fstat(fd)
+                if st.st_uid == os.geteuid() and st.st_mode & 0o700 != 0o700:
+                    # Ours but not writable (a read-only directory restored before): writable while
+                    # its children are restored; its recorded mode is applied after them.
+                    os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
         except OSError as e:
             self.rep.warn(rel, f"cannot create directory: {e.strerror}")
             return
+        made = (st.st_dev, st.st_ino)
         waits: list[Deferred] = []
         await self._listings.acquire()
         try:
@@ -182,14 +188,16 @@ class Restorer:
             self._listings.release()
         if waits:
             await gatherResults(waits, consumeErrors=True)
-        # All children done: now the directory's own attributes, mtime last.
+        # All children done: now the directory's own attributes, mtime last, through a descriptor
+        # of the very directory made above (never a path that could have been swapped meanwhile).
         try:
-            if parts:
-                with self._dir(parts[:-1]) as pfd:
-                    self._applier(rel).apply(proc_path(pfd, parts[-1]), node.metadata, KIND_DIR,
-                                             xattrs_of(node.metadata))
-            else:
-                self._applier(rel).apply(self.target, node.metadata, KIND_DIR, xattrs_of(node.metadata))
+            with self._dir(parts) as fd:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != made:
+                    self.rep.warn(rel, "the directory was replaced while it was restored; its attributes "
+                                       "were not applied")
+                    return
+                self._applier(rel).apply(FdHandle(fd), node.metadata, KIND_DIR, xattrs_of(node.metadata))
         except OSError as e:
             self.rep.warn(rel, f"cannot set attributes: {e.strerror}")
 
@@ -205,31 +213,25 @@ class Restorer:
     async def _restore_leaf(self, node: Node, parts: list[bytes]) -> None:
         rel = self._rel(parts, node.name)
         log.log(NOISE, "restoring %r", rel)
-        name = node.name
         meta = node.metadata
         group = None
         if node.kind == KIND_FILE and isinstance(meta.get("hardlink"), str):
             gid = meta["hardlink"]
             if gid in self._groups:
-                if await self._link_to_group(self._groups[gid], parts, name, rel):
+                if await self._link_to_group(self._groups[gid], parts, node.name, rel):
                     return
             else:
                 group = self._groups[gid] = _Group()
         ok = False
         try:
             with self._dir(parts, create=True) as dfd:
-                if not _clear(dfd, name, rel, self.rep):
-                    return
                 if node.kind == KIND_SOCKET:
                     self.rep.note(rel, "socket not restored (sockets cannot be restored)")
                     return
-                if not await self._create(node, dfd, rel):
-                    return
-                self._applier(rel).apply(proc_path(dfd, name), meta, node.kind, xattrs_of(meta))
-                ok = True
+                ok = await self._create(node, dfd, rel)
         finally:
             if group is not None:
-                group.finish((parts, name) if ok else None)
+                group.finish((parts, node.name) if ok else None)
 
     async def _link_to_group(self, group: _Group, parts: list[bytes], name: bytes, rel: bytes) -> bool:
         """Make ``name`` a hard link to the group's first restored member; False to restore it plainly."""
@@ -249,20 +251,27 @@ class Restorer:
         return True
 
     async def _create(self, node: Node, dfd: int, rel: bytes) -> bool:
+        """Create one non-directory entry with its attributes; False if it was not restored."""
         meta = node.metadata
         name = node.name
+        applier = self._applier(rel)
+        if node.kind == KIND_FILE:
+            self.stats.files += 1
+            return await self._file(node, dfd, rel, applier)
+        if not _clear(dfd, name, rel, self.rep):
+            return False
         if node.kind == KIND_LINK:
             self.stats.symlinks += 1
             if node.target is None:
                 self.rep.warn(rel, "symlink without a target; skipped")
                 return False
             os.symlink(node.target, name, dir_fd=dfd)
+            applier.apply(LinkHandle(dfd, name), meta, KIND_LINK, xattrs_of(meta))
             return True
-        if node.kind in (KIND_FIFO, KIND_CHAR, KIND_BLOCK):
-            self.stats.specials += 1
-            if node.kind == KIND_FIFO:
-                os.mkfifo(name, 0o600, dir_fd=dfd)
-                return True
+        self.stats.specials += 1
+        if node.kind == KIND_FIFO:
+            os.mkfifo(name, 0o600, dir_fd=dfd)
+        else:
             rdev = meta.get("rdev")
             if not isinstance(rdev, int):
                 self.rep.warn(rel, "device without a device number; skipped")
@@ -272,46 +281,86 @@ class Restorer:
                 return False
             fmt = stat.S_IFCHR if node.kind == KIND_CHAR else stat.S_IFBLK
             os.mknod(name, fmt | 0o600, rdev, dir_fd=dfd)
-            return True
-        self.stats.files += 1
+        # A FIFO or a device is never opened for reading: its attributes go through an O_PATH
+        # descriptor, checked to be the kind of file just made.
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
         try:
-            await self._download(node, dfd, rel)
-        except GatewayError as e:
-            self.rep.warn(rel, f"cannot read from the grid: {e.reason or e}")
-            return False
+            want = {KIND_FIFO: stat.S_IFIFO, KIND_CHAR: stat.S_IFCHR, KIND_BLOCK: stat.S_IFBLK}[node.kind]
+            if stat.S_IFMT(os.fstat(fd).st_mode) != want:
+                self.rep.warn(rel, "it was replaced while it was restored; its attributes were not applied")
+                return False
+            applier.apply(FdHandle(fd, o_path=True), meta, node.kind, xattrs_of(meta))
+        finally:
+            os.close(fd)
         return True
 
-    async def _download(self, node: Node, dfd: int, rel: bytes) -> None:
-        fd = os.open(node.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=dfd)
+    async def _file(self, node: Node, dfd: int, rel: bytes, applier: Applier) -> bool:
+        """Download a file under a temporary name, check it, apply its attributes through its
+        descriptor, then rename it into place: its final name never holds wrong content."""
+        tmp = _partial_name(node.name)
+        _clear(dfd, tmp, rel, self.rep)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+        placed = False
         try:
-            sink = _SparseSink(fd)
-            packed = node.pack
-            source = node.object or node.cap
-            data = lit_data(source) if packed is None else None
-            if packed is not None:
-                stored = await self._packs.read(PackRef(*packed))
-                sink.write(decode(node.enc, stored))
-            elif data is not None:
-                sink.write(decode(node.enc, data))
-            else:
-                decoder: list[Decoder] = [Decoder(node.enc)]
-
-                def restart() -> None:
-                    sink.restart()
-                    decoder[0] = Decoder(node.enc)
-
-                await self.gw.download(source, lambda chunk: sink.write(decoder[0].feed(chunk)), restart)
-            sink.close()
+            try:
+                sink = await self._download(node, fd)
+            except GatewayError as e:
+                self.rep.warn(rel, f"cannot read from the grid: {e.reason or e}")
+                return False
             self.stats.bytes_written += sink.size
             want = node.metadata.get("sha256")
             if isinstance(want, str) and want != sink.sha256.hexdigest():
-                self.rep.warn(rel, "content does not match the recorded SHA-256")
+                self.rep.problem(rel, "its content does not match the SHA-256 recorded at backup time; "
+                                      "not restored")
+                return False
             size = node.metadata.get("size")
             if isinstance(size, int) and size != sink.size:
-                self.rep.warn(rel, f"restored {sink.size} bytes, expected {size}")
+                self.rep.problem(rel, f"{sink.size} bytes read back, {size} recorded; not restored")
+                return False
+            applier.apply(FdHandle(fd), node.metadata, KIND_FILE, xattrs_of(node.metadata))
+            try:
+                os.rename(tmp, node.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except OSError as e:
+                if e.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                    self.rep.warn(rel, "a directory is in the way; not restored")
+                    return False
+                raise
+            placed = True
+            return True
         finally:
             os.close(fd)
+            if not placed:
+                try:
+                    os.unlink(tmp, dir_fd=dfd)
+                except OSError:
+                    pass
+
+    async def _download(self, node: Node, fd: int) -> "_SparseSink":
+        sink = _SparseSink(fd)
+        packed = node.pack
+        source = node.object or node.cap
+        data = lit_data(source) if packed is None else None
+        if packed is not None:
+            stored = await self._packs.read(PackRef(*packed))
+            sink.write(decode(node.enc, stored))
+        elif data is not None:
+            sink.write(decode(node.enc, data))
+        else:
+            decoder: list[Decoder] = [Decoder(node.enc)]
+
+            def restart() -> None:
+                sink.restart()
+                decoder[0] = Decoder(node.enc)
+
+            await self.gw.download(source, lambda chunk: sink.write(decoder[0].feed(chunk)), restart)
+        sink.close()
+        return sink
+
+
+def _partial_name(name: bytes) -> bytes:
+    """Where a file is written before it is checked and renamed into place (short enough for
+    any name; the same for the same name, so a killed restore's leftover is replaced)."""
+    return b".lafs-restore-" + hashlib.sha256(name).hexdigest()[:20].encode() + b".part"
 
 
 class _SparseSink:

@@ -22,10 +22,12 @@ from typing import Any, Iterable
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
 from .cache import EntryCache, Hit
-from .encode import SALT_LEN, EncodingRules, compress, salted
+from .encode import EncodingRules, compress, salted
 from .entry import KIND_DIR, KIND_FILE, KIND_LINK, KIND_SOCKET, Entry, kind_of
 from .errors import LafsBackupError, LocalError, QueueError
-from .gateway import Gateway, salted_if_unhappy
+from .gateway import Gateway
+from .pack import SALT_MARK
+from .store import despite_unhappiness
 from .log import NOISE
 from .pack import Budget, Packer, PackRef
 from .paths import lstat_beneath, open_beneath
@@ -78,7 +80,9 @@ class FileSlice(io.RawIOBase):
             self._pos += len(data)
             return data
         at = self._pos - skip
-        data = os.pread(self._fd, n, at)
+        data = _pread_all(self._fd, n, at)
+        if len(data) < n:  # the file shrank under the upload: its body would come up short
+            raise SourceChanged(f"the file shrank to {at + len(data)} bytes while it was uploaded")
         if at == self.hashed_to:
             self.sha256.update(data)
             self.hashed_to += len(data)
@@ -350,8 +354,9 @@ class Uploader:
                 cap = hit.cap
             else:
                 # Only the target in the metadata is ever read back: a salt after it is harmless.
-                cap = await self.gw.put_bytes_salting(
-                    target, "symlink target upload was unhappy; uploading it again with a salt")
+                cap = await despite_unhappiness(
+                    lambda salt: self.gw.put_bytes(target + (SALT_MARK + salt if salt else b"")),
+                    self.gw, "a symlink target")
                 self.cache.store(key, cap, self.gen)
                 self._confirmed()
         return Child(e.name, cap, edge_metadata(e))
@@ -498,33 +503,56 @@ class Uploader:
             os.close(fd)
 
     async def _large(self, e: Entry) -> Child | None:
-        """A file above the pack limit: hashed, then uploaded as its own object unless known."""
+        """A file above the pack limit: hashed, then uploaded as its own object unless known.
+
+        A file that changes while it is read (its size or mtime move, or it
+        shrinks under an upload) is read once more; the second time from a
+        private copy, so what is stored is whole and matches its SHA-256.
+        """
         fd = self._open(e)
         if fd is None:
             return None
+        copy: int | None = None
+        attempt = 0
         try:
             for attempt in (1, 2):
                 st = os.fstat(fd)
                 if not self._regular(e, st):
                     return None
-                sha = await self._in_thread(_sha256_fd, fd, st.st_size)
-                self.stats.bytes_read += st.st_size
-                hit = await self._content(sha, st.st_size, lambda: self._put_file(fd, st.st_size, sha, e.path))
+                src, size = fd, st.st_size
+                if attempt == 2:
+                    copy = await self._in_thread(_private_copy, fd, st.st_size, self.settings.tmpdir)
+                    src, size = copy, os.fstat(copy).st_size
+                sha = await self._in_thread(_sha256_fd, src, size)
+                self.stats.bytes_read += size
+                try:
+                    hit = await self._content(sha, size, lambda: self._put_file(src, size, sha, e.path))
+                except SourceChanged:
+                    if copy is not None:
+                        raise
+                    log.info("%r changed while it was uploaded; reading it again", e.path)
+                    continue
                 after = os.fstat(fd)
-                if hit.sha256 == sha and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
-                    self.cache.store_hit(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, self._plain),
-                                         hit, self.gen)
+                if (hit.sha256 == sha and size == st.st_size
+                        and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)):
+                    self.cache.store_hit(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                                  st.st_ino, self._plain), hit, self.gen)
                     break
                 if attempt == 1:
                     log.info("%r changed while it was read; reading it again", e.path)
                     continue
-                self.rep.warn(e.path, "changed while it was being read (twice); stored as last read")
-            return await self._child(e, st, hit)
+                self.rep.warn(e.path, "changed while it was being read (twice); stored as it was when "
+                                      "last read")
+            return await self._child(e, st, hit, size)
         except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT) and attempt == 2:
+                raise _tmpdir_full(self.settings.tmpdir, err, e.path) from None
             self.rep.warn(e.path, f"skipped: {_why(err)}")
             return None
         finally:
             os.close(fd)
+            if copy is not None:
+                os.close(copy)
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         if self._reactor is None:
@@ -561,7 +589,10 @@ class Uploader:
             shared.fail(err)
             raise
         finally:
-            del self._uploading[ckey]
+            # A waiter may already have registered its own store under this key (the
+            # content it wanted turned out different): that one is not ours to remove.
+            if self._uploading.get(ckey) is shared:
+                del self._uploading[ckey]
         if hit.sha256 == sha:
             self.cache.store_hit(ckey, hit, self.gen)
             self._confirmed()
@@ -593,10 +624,7 @@ class Uploader:
             except OSError as err:
                 if err.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
-                # Not this file's fault: every later one would be skipped the same way.
-                raise LocalError(path=self.settings.tmpdir or tempfile.gettempdir(), problem=(
-                    f"{err.strerror} (compressing {_label(path)}). Free space there, or point "
-                    "TMPDIR at a larger disk")) from None
+                raise _tmpdir_full(self.settings.tmpdir, err, path) from None
             try:
                 if length >= size * 0.9:
                     enc = None  # the probe was optimistic: store it raw
@@ -632,26 +660,22 @@ class Uploader:
             return sl
 
         label = _label(path)
-        if self._plain:
-            return await self.gw.put_file(opener, label=label), enc, slices[-1]
-        salt = os.urandom(SALT_LEN)
-        cap = await salted_if_unhappy(
-            lambda: self.gw.put_file(opener, label=label, retry_unhappy=False),
-            lambda: self.gw.put_file(lambda: opener(salt), label=label),
-            f"upload of {label} was unhappy; uploading it again with a salt")
+        cap = await despite_unhappiness(lambda salt: self.gw.put_file(lambda: opener(salt or b""), label=label),
+                                        self.gw, f"the upload of {label}", can_salt=not self._plain)
         return cap, (salted(enc) if slices[-1].salted else enc), slices[-1]
 
-    async def _child(self, e: Entry, st: os.stat_result, hit: Hit) -> Child:
-        child = self._child_now(e, st, hit)
+    async def _child(self, e: Entry, st: os.stat_result, hit: Hit, size: int | None = None) -> Child:
+        child = self._child_now(e, st, hit, size)
         if child is None:  # the marker directory is not known yet
             await self._packed_marker()
-            child = self._child_now(e, st, hit)
+            child = self._child_now(e, st, hit, size)
         assert child is not None
         return child
 
-    def _child_now(self, e: Entry, st: os.stat_result, hit: Hit) -> Child | None:
-        """The edge for a stored file; None if it needs the marker directory and that is unknown."""
-        meta = edge_metadata(e, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+    def _child_now(self, e: Entry, st: os.stat_result, hit: Hit, size: int | None = None) -> Child | None:
+        """The edge for a stored file (of ``size`` bytes, st_size by default); None if it needs the
+        marker directory and that is unknown."""
+        meta = edge_metadata(e, st.st_size if size is None else size, st.st_mtime_ns, st.st_ctime_ns,
                              hit.sha256.hex() if hit.sha256 else None)
         if hit.enc:
             meta["enc"] = hit.enc
@@ -718,10 +742,9 @@ class Uploader:
         if hit is not None:
             self.stats.dirs_unchanged += 1
             return hit.cap
-        cap = await salted_if_unhappy(
-            lambda: self.gw.mkdir_immutable(body, priority, retry_unhappy=False),
-            lambda: self.gw.mkdir_immutable(salted_body(body, os.urandom(SALT_LEN).hex()), priority),
-            "directory creation was unhappy; creating it again with a salt")
+        cap = await despite_unhappiness(
+            lambda salt: self.gw.mkdir_immutable(salted_body(body, salt.hex()) if salt else body, priority),
+            self.gw, "a directory")
         self.cache.store(key, cap, self.gen)
         self._confirmed()
         self.stats.dirs_new += 1
@@ -761,16 +784,46 @@ class _Shared:
             d.errback(err)
 
 
-def _pread_all(fd: int, size: int) -> bytes:
+def _pread_all(fd: int, size: int, offset: int = 0) -> bytes:
+    """Up to ``size`` bytes from ``offset`` (fewer only at the end of the file)."""
     parts = []
     pos = 0
     while pos < size:
-        chunk = os.pread(fd, size - pos, pos)
+        chunk = os.pread(fd, size - pos, offset + pos)
         if not chunk:
             break
         parts.append(chunk)
         pos += len(chunk)
     return b"".join(parts)
+
+
+class SourceChanged(Exception):
+    """A source file changed under a read that must see it whole (an upload of its raw bytes)."""
+
+
+def _private_copy(fd: int, size: int, tmpdir: str | None) -> int:
+    """A copy of the first ``size`` bytes of ``fd`` (fewer if it shrank) in an unnamed temporary
+    file: bytes that no longer change, to hash and upload.  Returns its fd."""
+    tmp = os.open(tmpdir or tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR, 0o600)
+    try:
+        out = 0
+        for chunk in _chunks(fd, size):
+            view = memoryview(chunk)
+            while view:
+                n = os.pwrite(tmp, view, out)
+                out += n
+                view = view[n:]
+        return tmp
+    except BaseException:
+        os.close(tmp)
+        raise
+
+
+def _tmpdir_full(tmpdir: str | None, err: OSError, path: bytes) -> LocalError:
+    """A full TMPDIR is not one file's fault: every later large file would fail the same way."""
+    return LocalError(path=tmpdir or tempfile.gettempdir(), problem=(
+        f"{err.strerror} (copying or compressing {_label(path)}). Free space there, or point "
+        "TMPDIR at a larger disk"))
 
 
 def _compress_to_temp(enc: str, fd: int, size: int, tmpdir: str | None) -> tuple[int, int, bytes]:

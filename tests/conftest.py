@@ -14,10 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# The project's shared files sit beside the checkout (as CI lays them out);
-# LAFS_BACKUP_SHARED points elsewhere.
-SHARED = Path(os.environ.get("LAFS_BACKUP_SHARED", ROOT.parent / "shared"))
-MKTREE = SHARED / "bench" / "mktree.py"
+sys.path.insert(0, str(ROOT / "bench"))
+import mktree  # noqa: E402  (the project's own tree generator, shared with the benchmark)
 
 
 @dataclass
@@ -80,11 +78,12 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Grid:
 
 
 @contextlib.contextmanager
-def local_grid(home: Path):
+def local_grid(home: Path, nodes: int = 3, needed: int = 2, happy: int = 3):
     """Start a grid in ``home``; always stop it again, even when starting failed half way."""
     gdir = home / "grid"
     try:
-        r = run_cli(["grid", "up", "--dir", str(gdir)], home, timeout=180)
+        r = run_cli(["grid", "up", "--dir", str(gdir), "--nodes", str(nodes), "--needed", str(needed),
+                     "--happy", str(happy)], home, timeout=180)
         assert r.code == 0, r.err
         url = r.out.strip()
         assert url.startswith("http://127.0.0.1:")
@@ -109,13 +108,9 @@ def lb(grid: Grid, home: Path):
     return run
 
 
-def make_tree(dest: Path, small: int = 300, medium: int = 5, large: int = 1) -> Path:
-    if not MKTREE.exists():
-        pytest.fail(f"{MKTREE} is missing: the tests build their trees with the shared mktree.py; "
-                    "clone beside shared/ or set LAFS_BACKUP_SHARED")
-    subprocess.run([sys.executable, str(MKTREE), str(dest), "--small", str(small), "--medium",
-                    str(medium), "--large", str(large)], check=True)
-    return dest
+def make_tree(dest: Path, small: int = 300, medium: int = 5, large: int = 1, seed: int = 1) -> Path:
+    """The benchmark tree's shape at a smaller size (bench/mktree.py), deterministic by ``seed``."""
+    return mktree.build(dest, small=small, medium=medium, large=large, seed=seed)
 
 
 def cache_backups(db_path: Path) -> int:
@@ -138,6 +133,7 @@ def restored_ok(url: str, home: Path, src: Path, dest: Path, ref: str = "latest"
     assert differences(src, dest) == []
 
 
-def check_ok(url: str, home: Path, happy: int = 3) -> None:
-    r = run_cli(["--url", url, "-o", f"destination.happy={happy}", "check"], home)
+def check_ok(url: str, home: Path) -> None:
+    """Every recorded backup checks clean (the grid's happiness learned from the gateway)."""
+    r = run_cli(["--url", url, "check"], home)
     assert r.code == 0, r.err + r.out

@@ -24,14 +24,36 @@ def test_judge_uses_happiness_and_recoverability_not_healthy():
     assert not judge(_unit(1), 3).healthy  # Tahoe said healthy: true, but only one server holds it
     assert not judge(_unit(3, recoverable=False), 3).healthy
     assert not judge(_unit(3, corrupt=1), 3).healthy
-    lit = {"type": "file", "path": ["x"], "check-results": {"results": {"healthy": True}}}
+    lit = {"type": "file", "path": ["x"], "storage-index": "", "check-results": {"results": {"healthy": True}}}
     assert judge(lit, 3).healthy
     repaired = {"type": "file", "path": ["y"], "check-and-repair-results": {
         "repair-attempted": True, "repair-successful": True,
         "pre-repair-results": {"results": {"count-happiness": 2, "recoverable": True}},
-        "post-repair-results": {"results": {"count-happiness": 3, "recoverable": True}}}}
+        "post-repair-results": {"results": {"count-happiness": 3, "recoverable": True, "count-corrupt-shares": 0}}}}
     v = judge(repaired, 3)
     assert v.healthy and v.repaired and v.path == "/y"
+
+
+def test_missing_result_fields_are_never_health():
+    for missing in ("recoverable", "count-happiness", "count-corrupt-shares"):
+        unit = _unit(3)
+        del unit["check-results"]["results"][missing]
+        v = judge(unit, 3)
+        assert not v.healthy and missing in v.summary
+    assert not judge({"type": "file", "path": ["x"], "storage-index": "abc", "check-results": {}}, 3).healthy
+    assert not judge({"type": "file", "path": ["x"], "storage-index": "abc"}, 3).healthy
+
+
+def test_an_object_is_judged_by_what_it_can_have():
+    """k-of-N never spreads over more than N servers: a 2-of-3 object on 3 servers is healthy on a
+    grid whose happiness is 7, and a lost server is still found."""
+    unit = _unit(3, **{"verifycap": "URI:CHK-Verifier:" + "a" * 26 + ":" + "b" * 52 + ":2:3:1000"})
+    assert judge(unit, 7).healthy and "needed>=3" in judge(unit, 7).summary
+    lost = _unit(2, **{"verifycap": "URI:CHK-Verifier:" + "a" * 26 + ":" + "b" * 52 + ":2:3:1000"})
+    assert not judge(lost, 7).healthy
+    expected = _unit(4)
+    expected["check-results"]["results"]["count-shares-expected"] = 5  # a mutable object says its N
+    assert judge(expected, 4).healthy and not judge(expected, 5).healthy
 
 
 def test_error_line_in_the_stream_is_a_failure():
@@ -45,9 +67,10 @@ def test_error_line_in_the_stream_is_a_failure():
 
 @pytest.fixture(scope="module")
 def own_grid(tmp_path_factory):
-    """A grid of its own: these tests delete shares and stop servers."""
+    """A grid of its own, shaped unlike the embedded one (3-of-5, happiness 4), used as a user's
+    own gateway (--url, no destination.happy): these tests delete shares and stop servers."""
     home = tmp_path_factory.mktemp("checkgrid")
-    with local_grid(home) as g:
+    with local_grid(home, nodes=5, needed=3, happy=4) as g:
         yield g, home
 
 
@@ -60,20 +83,22 @@ def test_lost_share_is_reported_then_repaired(own_grid, tmp_path):
     grid, _ = own_grid
     home = tmp_path / "h"
     home.mkdir()
-    lb = ["--url", grid.url, "-o", "destination.happy=3"]
+    lb = ["--url", grid.url]
     src = make_tree(tmp_path / "src", small=5, medium=0, large=0)
     run_cli([*lb, "backup", str(src)], home, check=True)
     r = run_cli([*lb, "check"], home)
-    assert r.code == 0, r.err + r.out
+    assert r.code == 0, r.err + r.out  # a healthy grid of another shape checks clean
     assert "0 unhealthy, leases renewed" in r.err
-    assert json.loads(run_cli([*lb, "list", "--json"], home, check=True).out)[0]["last_check"]
+    listed = json.loads(run_cli([*lb, "list", "--json"], home, check=True).out)[0]
+    assert listed["last_check"] and listed["leases_renewed"]
 
     victim = _share_files(grid.dir, "storage1")[0]
     victim.unlink()
     r = run_cli([*lb, "check", "--json"], home)
     assert r.code == 6, r.err
     bad = [json.loads(ln) for ln in r.out.splitlines() if '"unhealthy"' in ln and '"type"' in ln]
-    assert any(u["type"] == "unhealthy" and u["happiness"] == 2 for u in bad), r.out
+    assert any(u["type"] == "unhealthy" and u["happiness"] == 4 and "needed>=5" in u["summary"]
+               for u in bad), r.out
     assert "URI:" not in r.out  # object paths, never caps
 
     r = run_cli([*lb, "check", "-r", "--json"], home)
@@ -85,11 +110,51 @@ def test_lost_share_is_reported_then_repaired(own_grid, tmp_path):
     assert r.code == 0 and "0 unhealthy" in r.err
 
 
+def _manifest(url: str, cap: str) -> set[str]:
+    """Storage indexes of every object a snapshot reaches, as Tahoe itself walks it."""
+    import urllib.request
+
+    req = urllib.request.Request(f"{url}uri/{cap}?t=stream-manifest", method="POST")
+    with urllib.request.urlopen(req) as resp:
+        units = [json.loads(ln) for ln in resp.read().decode().splitlines() if ln.startswith("{")]
+    return {u["storage-index"] for u in units if u.get("storage-index")}
+
+
+def test_every_backup_checked_each_distinct_object_once(own_grid, tmp_path):
+    grid, _ = own_grid
+    home = tmp_path / "h"
+    home.mkdir()
+    lb = ["--url", grid.url]
+    src = make_tree(tmp_path / "src", small=400, medium=3, large=0)
+    caps = []
+    for i in range(4):
+        if i:
+            victim = sorted(src.rglob("f*.txt"))[i * 7]
+            victim.write_bytes(victim.read_bytes() + b"changed %d\n" % i)
+        caps.append(run_cli([*lb, "backup", str(src)], home, check=True).out.strip())
+    distinct = set().union(*(_manifest(grid.url, c) for c in caps))
+    newest = _manifest(grid.url, caps[-1])
+
+    r = run_cli([*lb, "check", "--json"], home)
+    assert r.code == 0, r.err + r.out
+    runs = [json.loads(ln) for ln in r.out.splitlines() if '"checked"' in ln]
+    assert [x["generation"] for x in runs] == [4, 3, 2, 1]  # newest first
+    assert runs[0]["objects"] == len(newest)
+    # Together, every distinct object once: no object twice, none left out.
+    assert sum(x["objects"] for x in runs) == len(distinct)
+    for older in runs[1:]:
+        # What one changed file makes new: the snapshot root, its objects directory, the
+        # directories from the tree's root down to the file (at most five deep), its pack.
+        assert older["objects"] <= 8 and older["shared"] > 0, older
+    listed = json.loads(run_cli([*lb, "list", "--json"], home, check=True).out)
+    assert all(b["leases_renewed"] for b in listed)
+
+
 def test_least_recently_checked_goes_round_robin(own_grid, tmp_path):
     grid, _ = own_grid
     home = tmp_path / "h"
     home.mkdir()
-    lb = ["--url", grid.url, "-o", "destination.happy=3"]
+    lb = ["--url", grid.url]
     for i in range(2):
         src = make_tree(tmp_path / f"src{i}", small=3 + i, medium=0, large=0)
         run_cli([*lb, "backup", str(src)], home, check=True)
@@ -100,24 +165,47 @@ def test_least_recently_checked_goes_round_robin(own_grid, tmp_path):
     assert all(checked)
 
 
+def test_leases_about_to_end_are_warned_about(own_grid, tmp_path):
+    import sqlite3
+    import time
+
+    grid, _ = own_grid
+    home = tmp_path / "h"
+    home.mkdir()
+    lb = ["--url", grid.url]
+    src = make_tree(tmp_path / "src", small=4, medium=0, large=0)
+    run_cli([*lb, "backup", str(src)], home, check=True)
+    assert "leases" not in run_cli([*lb, "backup", str(src)], home, check=True).err
+    # Make the first backup 26 days old, never checked since: its objects' leases end within a week.
+    db = next((home / "state" / "lafs-backup").glob("entry-cache.*.sqlite"))
+    con = sqlite3.connect(db)
+    con.execute("UPDATE backups SET ts = ? WHERE generation = 1", (time.time() - 26 * 86400,))
+    con.commit()
+    con.close()
+    r = run_cli([*lb, "backup", str(src)], home)
+    assert r.code == 0 and "may lose objects whose leases end" in r.err, r.err
+    assert "leases renewed: never" in run_cli([*lb, "list"], home, check=True).out
+    r = run_cli([*lb, "check"], home)
+    assert r.code == 0 and "may lose objects" not in r.err, r.err
+    assert "leases renewed: never" not in run_cli([*lb, "list"], home, check=True).out
+
+
 def test_unrecoverable_object_is_reported(own_grid, tmp_path):
     grid, ghome = own_grid
     home = tmp_path / "h"
     home.mkdir()
-    lb = ["--url", grid.url, "-o", "destination.happy=3"]
+    lb = ["--url", grid.url]
     src = make_tree(tmp_path / "src", small=5, medium=0, large=0)
     run_cli([*lb, "backup", str(src)], home, check=True)
     g = LocalGrid(GridSpec(str(grid.dir)))
-    g.kill_node("storage1", signal.SIGTERM)
-    g.kill_node("storage2", signal.SIGTERM)
+    for node in ("storage1", "storage2", "storage3"):
+        g.kill_node(node, signal.SIGTERM)
     try:
         r = run_cli([*lb, "check", "--json"], home, timeout=120)
         assert r.code == 6, r.err
         assert '"recoverable": false' in r.out or "stopped" in r.out
     finally:
         assert run_cli(["grid", "up", "--dir", str(grid.dir)], ghome, timeout=180).code == 0
-
-
 def test_verify_reads_back_and_finds_a_corrupted_share(own_grid, tmp_path):
     grid, _ = own_grid
     home = tmp_path / "h"

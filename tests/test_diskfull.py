@@ -64,8 +64,7 @@ def test_full_disk_under_queue_and_cache(grid, tmp_path):
     home = tmp_path / "home"
     state = home / "state"
     cachedir = tmp_path / "cachefs"
-    lb = ["--url", grid.url, "-o", f"source.entry_cache.path={cachedir}/cache.sqlite",
-          "-o", "destination.happy=3"]
+    lb = ["--url", grid.url, "-o", f"source.entry_cache.path={cachedir}/cache.sqlite"]
     with tmpfs(state, "64m"), tmpfs(cachedir, "64m"):
         first = run_cli([*lb, "backup", str(src)], home, check=True).out.strip()
         (queue,) = (state / "lafs-backup" / "queues").iterdir()

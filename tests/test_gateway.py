@@ -38,8 +38,12 @@ class FlakyUpload(Resource):
             self.hang -= 1
             return NOT_DONE_YET
         if self.failures:
-            request.setResponseCode(self.failures.pop(0))
-            return b"Traceback...\nallmydata.interfaces.UploadUnhappinessError: URI:CHK:secret:stuff"
+            code = self.failures.pop(0)
+            if code == "unhappy":
+                request.setResponseCode(500)
+                return b"Traceback...\nallmydata.interfaces.UploadUnhappinessError: URI:CHK:secret:stuff"
+            request.setResponseCode(code)
+            return b"Traceback...\nallmydata.mutable.common.NotEnoughServersError: URI:CHK:secret:stuff"
         cap = chk(len(body))
         if self.cut:
             self.cut -= 1
@@ -65,7 +69,7 @@ class FakeHTTP:
 
 def gateway(resource, clock, attempts=3, timeout=10.0):
     stub = FakeHTTP(resource)
-    gw = Gateway("http://gw/", stub, clock, RetryPolicy(attempts, (1.0, 5.0), timeout), jobs=2)
+    gw = Gateway("http://gw/", stub, clock, RetryPolicy(attempts, (1.0, 5.0), timeout, timeout), jobs=2)
     return gw, stub
 
 
@@ -118,7 +122,22 @@ async def test_gives_up_after_the_last_attempt():
     with pytest.raises(GatewayError) as e:
         await d
     assert res.calls == 2 and e.value.status == 500
-    assert "UploadUnhappinessError" in e.value.reason and "secret" not in str(e.value)
+    assert "NotEnoughServersError" in e.value.reason and "secret" not in str(e.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unhappiness_is_left_to_the_caller():
+    """Refused for lack of servers: not retried here (the store salts, then waits), and said so."""
+    clock = Clock()
+    res = FlakyUpload(["unhappy"])
+    gw, stub = gateway(res, clock)
+    from twisted.internet.defer import Deferred
+
+    d = Deferred.fromCoroutine(gw.put_bytes(b"u" * 100))
+    await settle(stub)
+    with pytest.raises(GatewayError) as e:
+        await d
+    assert res.calls == 1 and e.value.unhappy
 
 
 @pytest_twisted.ensureDeferred

@@ -69,7 +69,7 @@ def test_servers_lost_mid_backup_then_back(rgrid, tmp_path):
     src = make_tree(tmp_path / "src", small=200, medium=2, large=0)
     home = tmp_path / "h"
     home.mkdir()
-    lb = ["--url", g.url, *PACED, "-o", "destination.happy=3", *FAST_RETRY]
+    lb = ["--url", g.url, *PACED, *FAST_RETRY]
     before = g.requests()["put"]
     p = start([*lb, "backup", str(src)], home)
     wait_puts(g, before, 40, p)

@@ -1,0 +1,133 @@
+"""The record of finished backups, and which of them a reference names (pure).
+
+A reference is a snapshot cap, a generation number or ``latest``.
+``latest`` is the newest backup of one source: the one the user named
+(``--source``, or ``source.path``), else the only one there is.  Backups
+are grouped by host and source, as restic groups snapshots by host and
+paths: retention and ``latest`` look at one group at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from .errors import SnapshotError, UsageError
+
+
+@dataclass(frozen=True)
+class Backup:
+    """A finished backup as recorded in the cache."""
+
+    id: int
+    generation: int
+    cap: str
+    source: bytes
+    name: str
+    ts: float
+    ts_check: float | None
+    link_dir: str | None
+    link_name: str | None
+    result_file: str | None
+    host: str | None = None
+    #: When a check last renewed the lease of every object of this backup (None: never).
+    ts_lease: float | None = None
+
+    @property
+    def source_text(self) -> str:
+        return self.source.decode("utf-8", "backslashreplace")
+
+
+#: What retention and ``latest`` may group backups by.
+GROUPINGS = ("host", "source")
+
+
+def parse_grouping(text: str) -> tuple[str, ...]:
+    """``host,source`` (the default), ``source``, ``host`` or ``none``; UsageError otherwise."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    parts = tuple(p.strip().lower() for p in text.split(","))
+    bad = [p for p in parts if p not in GROUPINGS]
+    if bad or len(set(parts)) != len(parts):
+        raise UsageError(f"--group-by takes host, source, 'host,source' or none, not {text!r}")
+    return parts
+
+
+def group_key(b: Backup, by: Sequence[str]) -> tuple[str, ...]:
+    return tuple((b.host or "") if k == "host" else b.source_text for k in by)
+
+
+def groups(backups: Iterable[Backup], by: Sequence[str]) -> dict[tuple[str, ...], list[Backup]]:
+    """Backups by group, each group oldest first."""
+    out: dict[tuple[str, ...], list[Backup]] = {}
+    for b in sorted(backups, key=lambda x: (x.ts, x.id)):
+        out.setdefault(group_key(b, by), []).append(b)
+    return out
+
+
+def matching(backups: Iterable[Backup], source: bytes | None = None, host: str | None = None,
+             tag: str | None = None) -> list[Backup]:
+    """Backups of ``source`` (a path, compared after normalising) on ``host``, oldest first."""
+    want = os.path.normpath(source) if source else None
+    return sorted((b for b in backups
+                   if (want is None or os.path.normpath(b.source) == want)
+                   and (host is None or b.host == host)),
+                  key=lambda x: (x.ts, x.id))
+
+
+def resolve(backups: Sequence[Backup], ref: str, source: bytes | None = None,
+            host: str | None = None) -> Backup:
+    """The backup ``ref`` names; raises :class:`SnapshotError` when there is none, and
+    :class:`UsageError` when ``latest`` could mean the newest of several sources."""
+    if ref.startswith("URI:"):
+        for b in backups:
+            if b.cap == ref:
+                return b
+        raise SnapshotError(what="(cap)", problem="no such backup is recorded (see 'lafs-backup list')")
+    if ref.isdigit():
+        found = [b for b in backups if b.generation == int(ref)]
+        if not found:
+            raise SnapshotError(what=ref, problem="no such backup is recorded (see 'lafs-backup list')")
+        return max(found, key=lambda x: (x.ts, x.id))
+    if ref != "latest":
+        raise UsageError(f"a snapshot is a cap, a generation number or 'latest', not {ref!r}")
+    candidates = matching(backups, source, host)
+    if not candidates:
+        what = "latest" + (f" of {os.fsdecode(source)}" if source else "") + (f" on {host}" if host else "")
+        raise SnapshotError(what=what, problem="no such backup is recorded (see 'lafs-backup list')")
+    kinds = groups(candidates, ("host", "source") if host is None else ("source",))
+    if len(kinds) > 1:
+        names = ", ".join(sorted(" on ".join(reversed(k)) if len(k) == 2 else k[0] for k in kinds))
+        raise UsageError(f"'latest' could be the newest backup of several sources ({names}): say which "
+                         "with --source (and --host)")
+    return candidates[-1]
+
+
+#: Days a Tahoe lease lasts (``DEFAULT_RENEWAL_TIME``).
+LEASE_DAYS = 31
+
+
+def lease_floors(backups: Sequence[Backup]) -> dict[int, float]:
+    """For each backup (by id), the earliest time any of its objects may have had its lease
+    renewed: when a check last renewed them all, or else the oldest of its own time and the
+    floors of the backups before it (an object it reuses from the cache came from one of them)."""
+    out: dict[int, float] = {}
+    running = float("inf")
+    for b in sorted(backups, key=lambda x: (x.ts, x.id)):
+        floor = b.ts_lease if b.ts_lease is not None else min(b.ts, running)
+        out[b.id] = floor
+        running = min(running, floor)
+    return out
+
+
+def expiring(backups: Sequence[Backup], now: float, days: float = LEASE_DAYS,
+             margin_days: float = 7) -> list[tuple[Backup, float]]:
+    """Backups some of whose objects' leases may end within ``margin_days``: (backup, when)."""
+    floors = lease_floors(backups)
+    out = []
+    for b in backups:
+        ends = floors[b.id] + days * 86400
+        if ends - now < margin_days * 86400:
+            out.append((b, ends))
+    return out
