@@ -216,13 +216,102 @@ def bench_scale(work: Path, n: int) -> dict[str, object]:
             "full_s": wf, "full_rss": rf, "rerun_s": wu, "rerun_rss": ru}
 
 
+def _change_one_document(tree: Path, night: int) -> None:
+    """A night's work on one document: one text file in one directory edited, one added beside it."""
+    txts = sorted(p for p in tree.rglob("*.txt") if not p.is_symlink() and p.parent != tree)
+    doc = txts[len(txts) // 2]
+    with open(doc, "ab") as f:
+        f.write(b"edited on night %d\n" % night)
+    (doc.parent / f"notes-{night}.txt").write_bytes(b"notes of night %d\n" % night * 20)
+
+
+def _check_workload(work: Path, base: Path, name: str, change, kept: int) -> dict[str, float]:
+    tree = work / f"tree-check-{name}"
+    shutil.rmtree(tree, ignore_errors=True)
+    shutil.copytree(base, tree, symlinks=True)
+    home = work / f"check-home-{name}"
+    shutil.rmtree(home, ignore_errors=True)
+    gdir = work / f"grid-check-{name}"
+    shutil.rmtree(gdir, ignore_errors=True)
+    url = grid_up(gdir, home)
+    env = env_for(home)
+    lb = [PY, "-m", "lafs_backup", "--url", url]
+    try:
+        for i in range(kept):
+            if i:
+                change(tree, i)
+            timed(lb + ["backup", str(tree)], env=env)
+        import json
+
+        runs = [json.loads(ln) for ln in timed(lb + ["--json", "check"], env=env)[2].splitlines()
+                if '"checked"' in ln]
+        distinct, newest_objects = sum(r["objects"] for r in runs), runs[0]["objects"]
+        newest, every, one_by_one = [], [], []
+        for _ in range(2):  # interleaved, so that drift hits both alike
+            newest.append(timed(lb + ["check", str(kept)], env=env)[0])
+            every.append(timed(lb + ["check"], env=env)[0])
+            one_by_one.append(sum(timed(lb + ["check", str(g)], env=env)[0] for g in range(1, kept + 1)))
+    finally:
+        grid_down(gdir, home)
+    return {"newest": min(newest), "every": min(every), "one_by_one": min(one_by_one),
+            "distinct": distinct, "newest_objects": newest_objects}
+
+
+def bench_check(work: Path, base: Path, kept: int = 8) -> str:
+    """``check`` of every kept backup against ``check`` of the newest alone, ``kept`` backups of the
+    standard tree: after a night's work on one document each (they share nearly every object),
+    and after the "1% change" each (22 files in as many directories: each backup makes about a
+    third of the directories anew)."""
+    lines = [f"## check: every kept backup against the newest ({datetime.date.today().isoformat()})", "",
+             f"{kept} backups of the standard tree; best of two interleaved runs of each.  \"Distinct\" "
+             "counts the objects (storage indexes) of all the backups together.", "",
+             f"| backups made after | distinct objects / newest's | `check {kept}` (newest) | `check` (all) "
+             "| all / newest | target <= 1.5 | ms per distinct object (newest, all) "
+             "| one `check GEN` per backup (as before) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, label, change in (("document", "one document edited each night", _change_one_document),
+                                ("percent", "the 1% change each time", lambda t, i: change_one_percent(t))):
+        r = _check_workload(work, base, name, change, kept)
+        ratio = r["every"] / r["newest"]
+        lines.append(
+            f"| {label} | {int(r['distinct'])} / {int(r['newest_objects'])} "
+            f"({r['distinct'] / r['newest_objects']:.2f}) | {r['newest']:.2f} s | {r['every']:.2f} s | {ratio:.2f} "
+            f"| {'met' if ratio <= 1.5 else 'not met'} | {1000 * r['newest'] / r['newest_objects']:.1f}, "
+            f"{1000 * r['every'] / r['distinct']:.1f} | {r['one_by_one']:.2f} s "
+            f"({r['one_by_one'] / r['newest']:.2f}) |")
+    lines += ["", "Each distinct object costs one check however many backups hold it; where the "
+              "backups themselves differ in more objects (the 1% change rewrites about a third of the "
+              "directories each time), the cost follows their distinct objects.", ""]
+    return "\n".join(lines)
+
+
+def update_section(title_start: str, text: str) -> None:
+    """Replace (or add) the section of RESULTS.md whose heading starts with ``title_start``."""
+    path = HERE / "RESULTS.md"
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    parts = old.split("\n## ")
+    head, sections = parts[0], ["## " + p for p in parts[1:]]
+    sections = [x for x in sections if not x.startswith("## " + title_start)] + [text.rstrip() + "\n"]
+    path.write_text(head.rstrip() + "\n\n" + "\n".join(x.rstrip() + "\n" for x in sections))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default=str(HERE / "work"))
     ap.add_argument("--scale", type=int, default=1_000_000)
     ap.add_argument("--no-scale", action="store_true")
     ap.add_argument("--no-rivals", action="store_true")
+    ap.add_argument("--only", metavar="SECTION", choices=["check"],
+                    help="measure only this section and update it in RESULTS.md")
     a = ap.parse_args()
+    if a.only:
+        work = Path(a.work).resolve()
+        shutil.rmtree(work / "tree", ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+        subprocess.run([PY, str(MKTREE), str(work / "tree")], check=True, stdout=subprocess.DEVNULL)
+        update_section("check:", bench_check(work, work / "tree"))
+        print((HERE / "RESULTS.md").read_text())
+        return
     work = Path(a.work).resolve()
     for p in work.glob("*"):
         if not p.name.startswith("scale-") or p.name == "scale-home":

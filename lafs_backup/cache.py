@@ -40,6 +40,8 @@ from .errors import CacheBusyError, CacheError
 from .history import Backup
 
 SCHEMA_VERSION = 4
+#: How long to wait for another process's write to finish before calling the cache busy.
+BUSY_TIMEOUT_MS = 10000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -135,7 +137,7 @@ class EntryCache:
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             self._db = sqlite3.connect(path, isolation_level=None)
             # A writer's commit holds the file for milliseconds: wait for it rather than fail.
-            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()

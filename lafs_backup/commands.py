@@ -164,7 +164,11 @@ class Context:
 async def ensure_grid(ctx: Context, grid: "LocalGrid", quiet: bool = False) -> str:
     from .grid import wait_connected
 
-    state, started = await ctx.in_thread(grid.start_processes)
+    try:
+        state, started = await ctx.in_thread(grid.start_processes)
+    except BaseException:
+        grid.cancel()  # interrupted: stop the thread's subprocess now
+        raise
     if started and not quiet:
         print(f"lafs-backup: started the embedded local grid in {grid.dir}", file=ctx.err)
     gw = ctx.make_gateway(state["url"], jobs=2, attempts=1)

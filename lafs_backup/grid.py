@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -110,6 +111,16 @@ class LocalGrid:
     def __init__(self, spec: GridSpec) -> None:
         self.spec = spec
         self.dir = os.path.abspath(spec.dir)
+        self._stop = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop a start-up running in another thread: its ``tahoe`` subprocess is killed at once and
+        it raises :class:`GridError`; a half-made grid is discarded by the next start."""
+        self._stop.set()
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise GridError(problem="start-up interrupted")
 
     # -- state -----------------------------------------------------------------
     def _state_path(self) -> str:
@@ -153,9 +164,16 @@ class LocalGrid:
         log.info("creating a local grid in %s", d)
 
         def run(args: list[str]) -> None:
-            r = subprocess.run(_tahoe(*args), stdin=subprocess.DEVNULL, capture_output=True, text=True)
-            if r.returncode != 0:
-                raise GridError(problem=f"'tahoe {args[0]}' failed: {(r.stderr or r.stdout).strip()[-500:]}")
+            p = subprocess.Popen(_tahoe(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+            while p.poll() is None:
+                if self._stop.wait(0.05):
+                    p.kill()
+                    p.wait()
+                    raise GridError(problem="start-up interrupted")
+            output = p.stdout.read() if p.stdout is not None else ""
+            if p.returncode != 0:
+                raise GridError(problem=f"'tahoe {args[0]}' failed: {output.strip()[-500:]}")
 
         wport = _free_port()
         state: dict[str, Any] = {
@@ -172,7 +190,7 @@ class LocalGrid:
         for _ in range(600):
             if os.path.exists(furl_path) and os.path.getsize(furl_path) > 0:
                 break
-            time.sleep(0.05)
+            self._sleep(0.05)
         else:
             raise GridError(problem="the introducer did not start; see "
                             f"{d}/introducer/lafs-backup-node.log")
@@ -227,7 +245,7 @@ class LocalGrid:
             start = _proc_start(p.pid)
             if start:
                 break
-            time.sleep(0.01)
+            self._sleep(0.01)
         if start is None:
             raise GridError(problem=f"node {name} exited at once; see {nd}/lafs-backup-node.log")
         state["processes"][name] = {"pid": p.pid, "start": start}
@@ -251,7 +269,7 @@ class LocalGrid:
                     self._spawn(state, name)
                     started = True
                     if name == "introducer":
-                        time.sleep(0.3)  # let it bind before the others dial it
+                        self._sleep(0.3)  # let it bind before the others dial it
             self._save(state)
             return state, started
         finally:

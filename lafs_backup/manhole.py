@@ -307,6 +307,17 @@ class _Repl(ColoredManhole):
     def connectionMade(self) -> None:
         self.namespace["debug_frame"] = main_loop_frame()
         super().connectionMade()
+        run = self.interpreter.runcode
+
+        def runcode(*a: Any, **kw: Any) -> None:
+            # exit() or quit() leaves this session, as Ctrl-D does; the run goes on, and nothing
+            # reaches the command's log.
+            try:
+                run(*a, **kw)
+            except SystemExit:
+                self.terminal.write(b"leaving the manhole; the run goes on\r\n")
+                self.terminal.loseConnection()
+        self.interpreter.runcode = runcode  # type: ignore[method-assign]
 
     def initializeScreen(self) -> None:
         self.terminal.reset()

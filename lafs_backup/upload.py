@@ -541,12 +541,11 @@ class Uploader:
                 if attempt == 1:
                     log.info("%r changed while it was read; reading it again", e.path)
                     continue
-                self.rep.warn(e.path, "changed while it was being read (twice); stored as it was when "
-                                      "last read")
+                self.rep.warn(e.path, "changed while it was being read (twice); stored as last read")
             return await self._child(e, st, hit, size)
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT) and attempt == 2:
-                raise _tmpdir_full(self.settings.tmpdir, err, e.path) from None
+                raise _tmpdir_full(self.settings.tmpdir, err, e.path, "copying") from None
             self.rep.warn(e.path, f"skipped: {_why(err)}")
             return None
         finally:
@@ -624,7 +623,7 @@ class Uploader:
             except OSError as err:
                 if err.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
-                raise _tmpdir_full(self.settings.tmpdir, err, path) from None
+                raise _tmpdir_full(self.settings.tmpdir, err, path, "compressing") from None
             try:
                 if length >= size * 0.9:
                     enc = None  # the probe was optimistic: store it raw
@@ -819,11 +818,10 @@ def _private_copy(fd: int, size: int, tmpdir: str | None) -> int:
         raise
 
 
-def _tmpdir_full(tmpdir: str | None, err: OSError, path: bytes) -> LocalError:
+def _tmpdir_full(tmpdir: str | None, err: OSError, path: bytes, doing: str) -> LocalError:
     """A full TMPDIR is not one file's fault: every later large file would fail the same way."""
     return LocalError(path=tmpdir or tempfile.gettempdir(), problem=(
-        f"{err.strerror} (copying or compressing {_label(path)}). Free space there, or point "
-        "TMPDIR at a larger disk"))
+        f"{err.strerror} ({doing} {_label(path)}). Free space there, or point TMPDIR at a larger disk"))
 
 
 def _compress_to_temp(enc: str, fd: int, size: int, tmpdir: str | None) -> tuple[int, int, bytes]:

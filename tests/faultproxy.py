@@ -12,7 +12,9 @@ among requests of that method (1-based) and returns an action:
 - ``"drop"``: read the request, then close the connection unanswered;
 - ``"stall"``: read the request, answer nothing for ``stall`` seconds, close;
 - ``"truncate"``: forward, then send the full Content-Length but half the body;
-- ``"truncate-close"``: forward, then send half the body with no length, and close.
+- ``"truncate-close"``: forward, then send half the body with no length, and close;
+- ``"forward-drop"``: forward (the gateway does the work), then close the connection
+  without answering, as a link lost just after the request was served.
 
 Every fault is recorded in ``faults`` as (action, method, path).
 """
@@ -111,6 +113,9 @@ class FaultProxy:
                 conn.close()
                 return
             status, reason, rheaders, rbody = self._forward(method, target, headers, body)
+            if action == "forward-drop":
+                conn.close()
+                return
             if action == "truncate":
                 self._send(conn, status, reason, rheaders, rbody[: len(rbody) // 2], length=len(rbody))
                 conn.close()

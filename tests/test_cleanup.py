@@ -108,3 +108,35 @@ def test_retention_policy_with_controlled_times(lb, home, tmp_path):
     assert r.code == 1, r.err  # a warning: one backup is stamped in the future
     assert "stamped in the future" in r.err
     assert sorted(b["generation"] for b in json.loads(lb("list", "--json", check=True).out)) == [2, 3, 4, 5]
+
+
+def test_retention_and_latest_go_by_source(lb, grid, home, tmp_path):
+    """Two sources in one cache: each keeps its own newest backup, and 'latest' is per source."""
+    a = make_tree(tmp_path / "a", small=6, medium=0, large=0)
+    b = make_tree(tmp_path / "b", small=4, medium=0, large=0, seed=2)
+    for i in range(2):
+        (a / "n.txt").write_bytes(b"a version %d\n" % i * 10)
+        lb("backup", str(a), check=True)
+    (b / "n.txt").write_bytes(b"b only\n" * 10)
+    lb("backup", str(b), check=True)  # b's backup is the newest of all
+
+    r = lb("restore", "latest", "--target", str(tmp_path / "x"))
+    assert r.code == 2 and "several sources" in r.err and "--source" in r.err, r.err
+    out = tmp_path / "ra"
+    lb("restore", "latest", "--source", str(a), "--target", str(out), check=True)
+    assert (out / "n.txt").read_bytes() == b"a version 1\n" * 10
+    lb("-o", f"source.path={b}", "restore", "latest", "--target", str(tmp_path / "rb"), check=True)
+    assert (tmp_path / "rb" / "n.txt").read_bytes() == b"b only\n" * 10
+
+    r = lb("cleanup", "--keep-last", "1", "--dry-run", check=True)
+    assert "would forget: generation 1" in r.out and "keep: generation 2" in r.out and "keep: generation 3" in r.out
+    lb("cleanup", "--keep-last", "1", check=True)
+    left = json.loads(lb("list", "--json", check=True).out)
+    assert sorted((x["source"], x["generation"]) for x in left) == [(str(a), 2), (str(b), 3)]
+    # The backups kept for a still check clean: its rows and leases were not dropped with b's newer one.
+    before = grid.requests()
+    lb("backup", str(a), check=True)
+    assert grid.requests() == before
+    # All together, as before, on request.
+    lb("cleanup", "--keep-last", "1", "--group-by", "none", check=True)
+    assert [x["generation"] for x in json.loads(lb("list", "--json", check=True).out)] == [4]

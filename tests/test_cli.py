@@ -65,3 +65,12 @@ def test_fuzzed_arguments_never_give_a_traceback(argv):
     code, out, err = call(argv)
     assert "Traceback" not in err
     assert code in (0, ExitCode.USAGE)
+
+
+def test_the_console_command_with_no_command_is_a_usage_error(capsys):
+    from lafs_backup.cli import main
+
+    assert main([]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "a command is required" in err and "usage:" in err
+    assert main(["--help"]) == 0

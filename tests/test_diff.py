@@ -63,3 +63,19 @@ def test_diff_two_snapshots_and_live(lb, tmp_path):
     assert {"type": "removed", "path": "/new.txt", "changed": []} in recs
     assert lb("diff", "2", "2").code == 0
     assert lb("diff", "latest").code == 2  # neither OTHER nor --live: a usage error
+
+
+def test_diff_live_follows_the_filter_rules(lb, tmp_path):
+    from conftest import make_tree
+
+    src = make_tree(tmp_path / "src", small=10, medium=0, large=0)
+    (src / "cache").mkdir()
+    (src / "cache" / "junk.bin").write_bytes(b"j" * 500)
+    conf = tmp_path / "f.yaml"
+    conf.write_text("filter:\n  - '-^/cache/'\n")
+    lb("-c", str(conf), "backup", str(src), check=True)
+    r = lb("-c", str(conf), "diff", "latest", "--live")
+    assert r.code == 0 and r.out == "", r.out  # the excluded directory is not "added"
+    (src / "new.txt").write_text("n" * 100)
+    r = lb("-c", str(conf), "diff", "latest", "--live")
+    assert r.code == 1 and r.out.splitlines() == ["M / (mtime)", "+ /new.txt"], r.out

@@ -106,3 +106,38 @@ def test_file_changing_while_read_is_read_again_then_warned(lb, tmp_path):
     busy.unlink()
     (out / "growing.log").unlink()
     assert differences(src, out, root_mtime=False) == []
+
+
+def test_file_shrinking_under_its_raw_upload_is_read_again_not_a_crash(lb, tmp_path):
+    """A file uploaded as its raw bytes (here: a plain tree, packing off) that shrinks while its
+    body is being sent: read again from a private copy, with a warning, never an internal error."""
+    src = tmp_path / "src"
+    src.mkdir()
+    busy = src / "rotating.img"
+    full = os.urandom(40 << 20)
+    busy.write_bytes(full)
+    stop = threading.Event()
+
+    def rotator() -> None:  # truncated and written again, like a log rotated in place
+        while not stop.is_set():
+            with open(busy, "r+b") as f:
+                f.truncate(1 << 20)
+                f.seek(0, 2)
+                f.write(full[1 << 20:])
+            time.sleep(0.001)
+
+    conf = tmp_path / "plain.yaml"
+    conf.write_text("destination:\n  pack:\n    max_file_size: 0\n")
+    t = threading.Thread(target=rotator)
+    t.start()
+    try:
+        r = lb("-c", str(conf), "backup", str(src))
+    finally:
+        stop.set()
+        t.join()
+    assert "internal error" not in r.err and "Traceback" not in r.err, r.err
+    assert r.code in (0, PARTIAL), r.err
+    out = tmp_path / "out"
+    lb("restore", r.out.strip(), "--target", str(out), check=True)  # its SHA-256 matches what was stored
+    got = (out / "rotating.img").read_bytes()
+    assert full.startswith(got) and len(got) >= 1 << 20

@@ -268,6 +268,9 @@ def test_live_session_on_a_running_backup(grid, home, tmp_path):
     # The namespace persists between connections.
     s = ssh(port, key, kh, 'print("S", seen + 1)\n')
     assert re.search(rb"S 42", s.stdout), s.stdout
+    # exit() leaves the session like Ctrl-D: no traceback, here or in the backup's log.
+    s = ssh(port, key, kh, 'exit()\nprint("after exit")\n')
+    assert s.returncode == 0 and b"leaving the manhole" in s.stdout and b"after exit" not in s.stdout, s
 
     # An unknown key is refused, and so is a login by password.
     s = ssh(port, stranger, kh, "print(1)\n")
@@ -292,6 +295,7 @@ def test_live_session_on_a_running_backup(grid, home, tmp_path):
     assert code == 0, run.log
     log = run.log
     assert "timed out (forced from the manhole); retry" in log
+    assert "Traceback" not in log and "SystemExit" not in log
     fp_admin = manhole.fingerprint(keys.Key.fromString(pub.encode()))
     fp_stranger = manhole.fingerprint(keys.Key.fromString((tmp_path / "stranger.pub").read_bytes()))
     assert re.search(rf"accepted key {re.escape(fp_admin)} for 'admin' from 127\.0\.0\.1:\d+", log)

@@ -83,3 +83,93 @@ def test_second_run_is_refused_and_a_stale_lock_is_taken_over(lb, grid, home, tm
     r = lb("backup", str(src))
     assert r.code == 0, r.err
     assert f"taking over the lock left by pid {holder.pid}" in r.err
+
+
+# -- runs that meet each other ---------------------------------------------------------------
+
+PACED = ["-o", "destination.pack.max_file_size=1", "-o", "operation.rate_limit.objects=1/8:1"]
+
+
+def _start(args, home):
+    return subprocess.Popen([sys.executable, "-m", "lafs_backup", *args], env=cli_env(home),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+
+def test_readers_work_and_writers_wait_or_refuse_while_a_backup_runs(lb, grid, home, tmp_path):
+    src = make_tree(tmp_path / "src", small=120, medium=1, large=0)
+    first = lb("backup", str(src), check=True).out.strip()
+    for p in sorted(src.rglob("*.txt"))[:100]:
+        p.write_bytes(p.read_bytes() + b"more\n")
+    running = _start(["--url", grid.url, *PACED, "backup", str(src)], home)
+    try:
+        time.sleep(1.5)  # the backup takes some 13 s: 100 uploads paced at 8 a second
+        assert running.poll() is None
+        # Readers: no lock, no waiting, no "damaged cache".
+        r = lb("list", "--json")
+        assert r.code == 0 and [b["cap"] for b in json.loads(r.out)] == [first], r.err
+        out = tmp_path / "out"
+        r = lb("restore", "1", "--target", str(out))
+        assert r.code == 0, r.err
+        r = lb("diff", "1", "--live")
+        assert r.code == 1 and "rebuild" not in r.err, r.err
+        r = lb("verify", "latest", "--sample", "10")
+        assert r.code == 0, r.err
+        # Writers: refused at once (exit 5) by default ...
+        r = lb("cleanup", "--keep-last", "5")
+        assert r.code == 5 and "holds the lock" in r.err and "rebuild" not in r.err, r.err
+        # ... or wait for the lock, and then run.
+        r = lb("--wait-lock", "300", "check")
+        assert r.code == 0, r.err
+        assert running.poll() is not None  # it waited for the backup to end
+    finally:
+        running.communicate(timeout=300)
+    assert running.returncode == 0
+    assert len(json.loads(lb("list", "--json", check=True).out)) == 2
+
+
+def test_the_shipped_timers_firing_together_run_one_after_the_other(lb, grid, home, tmp_path):
+    """After downtime, Persistent=true timers start the backup, check and cleanup units at once;
+    the units wait for the lock (as config/*.service do), so all three succeed."""
+    import re
+    from pathlib import Path
+
+    units = Path(__file__).resolve().parent.parent / "config"
+    waits = {}
+    for name in ("lafs-backup.service", "lafs-backup-check.service", "lafs-backup-cleanup.service"):
+        m = re.search(r"--wait-lock (\d+)", (units / name).read_text())
+        assert m, f"{name} does not wait for the lock"
+        waits[name] = m.group(1)
+    src = make_tree(tmp_path / "src", small=40, medium=1, large=0)
+    lb("backup", str(src), check=True)
+    for p in sorted(src.rglob("*.txt"))[:20]:
+        p.write_bytes(p.read_bytes() + b"more\n")
+    runs = [_start(["--url", grid.url, "--wait-lock", waits["lafs-backup.service"], "backup", str(src)], home),
+            _start(["--url", grid.url, "--wait-lock", waits["lafs-backup-check.service"], "check", "-r"], home),
+            _start(["--url", grid.url, "--wait-lock", waits["lafs-backup-cleanup.service"], "cleanup",
+                    "--keep-daily", "7"], home)]
+    for p in runs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        assert "Traceback" not in err and "rebuild" not in err
+
+
+def test_a_busy_cache_is_not_called_damaged(tmp_path, monkeypatch):
+    """A writer that holds the database longer than the busy timeout: exit 5 saying so, never
+    the --rebuild-cache advice that would set a healthy cache aside."""
+    import pytest
+
+    from lafs_backup import cache as cache_mod
+    from lafs_backup.errors import CacheBusyError
+
+    path = str(tmp_path / "c.sqlite")
+    cache_mod.EntryCache(path, "http://g/").close()
+    monkeypatch.setattr(cache_mod, "BUSY_TIMEOUT_MS", 50)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(CacheBusyError) as e:
+            cache_mod.EntryCache(path, "http://g/")
+        assert e.value.exit_code == 5 and "rebuild" not in str(e.value) and "busy" in str(e.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

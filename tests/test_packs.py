@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 
 from treecompare import differences
 
@@ -133,3 +134,40 @@ def test_tahoe_cp_of_a_packed_tree_never_gives_wrong_contents(lb, grid, tmp_path
         else:
             assert got.read_bytes() == p.read_bytes(), p
     assert (out / "tree" / "a" / "notes.txt").is_dir()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_content_waiter_that_stores_its_own_copy_keeps_its_registration():
+    """Two files with the same SHA-256 read at once; the first upload turns out to hold other
+    bytes (the file changed under it), so the waiter stores its own copy.  Neither may remove
+    the other's registration (before: a KeyError ended the run as an internal error)."""
+    from twisted.internet.defer import Deferred
+
+    from lafs_backup.cache import Hit
+    from lafs_backup.report import Reporter
+    from lafs_backup.upload import Uploader
+
+    class Cache:
+        def lookup(self, key, gen):
+            return None
+
+        def store_hit(self, key, hit, gen):
+            self.stored = hit
+
+        def commit(self):
+            pass
+
+    class Gw:
+        def halt(self, e):
+            pass
+
+    u = Uploader(b"/src", Gw(), Cache(), 1, Reporter(), reactor=None)
+    sha = b"s" * 32
+    first, second = Deferred(), Deferred()
+    d1 = Deferred.fromCoroutine(u._content(sha, 10, lambda: first))
+    d2 = Deferred.fromCoroutine(u._content(sha, 10, lambda: second))
+    first.callback(Hit("URI:CHK:first", b"x" * 32))  # the first store holds other bytes
+    second.callback(Hit("URI:CHK:second", sha))
+    assert (await d1).cap == "URI:CHK:first"
+    assert (await d2).cap == "URI:CHK:second"
+    assert u._uploading == {}
