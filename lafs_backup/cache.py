@@ -33,11 +33,11 @@ import os
 import sqlite3
 import time
 import types
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import CacheBusyError, CacheError
 from .history import Backup
+from .store.snapshot import Hit
 
 SCHEMA_VERSION = 4
 #: How long to wait for another process's write to finish before calling the cache busy.
@@ -59,17 +59,6 @@ CREATE TABLE IF NOT EXISTS backups (
 CREATE INDEX IF NOT EXISTS backups_generation ON backups (generation);
 CREATE TABLE IF NOT EXISTS paths (key BLOB PRIMARY KEY, generation INTEGER NOT NULL) WITHOUT ROWID;
 """
-
-
-@dataclass(frozen=True)
-class Hit:
-    """Where content lives: a cap, or a slice (offset, length) of the pack ``cap``."""
-
-    cap: str
-    sha256: bytes | None
-    enc: str | None = None
-    offset: int | None = None
-    length: int | None = None
 
 
 def db_error(path: str, e: Exception) -> CacheError:

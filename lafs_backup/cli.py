@@ -168,7 +168,8 @@ class Stopper:
 
     GRACE = 1.8
 
-    def __init__(self) -> None:
+    def __init__(self, say: Any) -> None:
+        self._say = say
         self.signum: int | None = None
         self._reactor: Any = None
         self._command: Any = None
@@ -201,9 +202,8 @@ class Stopper:
             _hard_exit(self.exit_code)
         self.signum = signum
         name = signal.Signals(signum).name
-        print(f"lafs-backup: {'interrupted' if signum == signal.SIGINT else 'terminated'} ({name}): "
-              "stopping; what is finished is kept and the next run goes on from there", file=sys.stderr,
-              flush=True)
+        self._say(f"lafs-backup: {'interrupted' if signum == signal.SIGINT else 'terminated'} ({name}): "
+                  "stopping; what is finished is kept and the next run goes on from there")
         timer = threading.Timer(self.GRACE, _hard_exit, (self.exit_code,))
         timer.daemon = True
         timer.start()
@@ -233,39 +233,37 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
     """
     from twisted.internet.defer import CancelledError
 
-    from .commands import Context, state_dir
+    from .commands.context import Context, state_dir
     from .report import Operation, Reporter
 
-    out = out or sys.stdout
-    err = err or sys.stderr
+    rep = Reporter(out=out or sys.stdout, err=err or sys.stderr)
     try:
         ns = build_parser().parse_args(list(argv))
         if not ns.command:
             raise UsageError("lafs-backup: a command is required (backup, restore, list, check, verify, grid, "
-                             "dump-config); "
-                             "see --help")
-        tree = cfg.load_tree(getattr(ns, "config", []), _overrides(ns))
+                             "dump-config); see --help")
+        config = cfg.load(getattr(ns, "config", []), _overrides(ns))
         level = "noise" if getattr(ns, "noise", False) else "debug" if getattr(ns, "debug", False) else (
-            cfg.get(tree, "logging.level"))
-        logsetup.setup(level, insecure=cfg.get(tree, "http.debug_requests"), stream=err)
-        rep = Reporter(json_mode=getattr(ns, "json", False), out=out, err=err)
-        ctx = Context(tree, reactor, rep, out, err, op=Operation(ns.command, rep))
+            config.log_level)
+        logsetup.setup(level, insecure=config.debug_requests, stream=rep.err)
+        rep.json_mode = getattr(ns, "json", False)
+        ctx = Context(config, reactor, rep, op=Operation(ns.command, rep))
         if ns.command not in _WITH_MANHOLE:
             return await _dispatch(ctx, ns)
         from . import manhole
 
-        mh = await manhole.start(tree, reactor, ctx.op, state_dir(), lambda m: rep.warn("manhole", m))
+        mh = await manhole.start(config, reactor, ctx.op, state_dir(), lambda m: rep.warn("manhole", m))
         try:
             return await _dispatch(ctx, ns)
         finally:
             await manhole.stop(mh)
     except LafsBackupError as e:
-        print(f"lafs-backup: error: {logsetup.redact(e.message)}", file=err)
+        rep.error(logsetup.redact(e.message))
         return int(e.exit_code)
     except SystemExit as e:  # argparse's --help
         return int(e.code or 0)
     except KeyboardInterrupt:
-        print("lafs-backup: interrupted", file=err)
+        rep.say("lafs-backup: interrupted")
         return int(ExitCode.INTERRUPTED)
     except CancelledError:
         if stopper is not None and stopper.signum is not None:
@@ -273,7 +271,7 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
         raise
     except Exception:
         text = logsetup.redact(traceback.format_exc())
-        print(f"lafs-backup: internal error (a bug; please report it):\n{text}", file=err)
+        rep.say(f"lafs-backup: internal error (a bug; please report it):\n{text}")
         return int(ExitCode.INTERNAL)
 
 
@@ -282,49 +280,24 @@ _WITH_MANHOLE = {"backup", "restore", "check", "verify", "cleanup", "diff"}
 
 
 async def _dispatch(ctx: Any, ns: argparse.Namespace) -> int:
-    from .commands import backup, check, cleanup, diff, dump_config, grid_command, list_backups, restore, verify
+    import importlib
 
-    if ns.command == "backup":
-        return int(await backup(ctx, ns.source, ns.queue_only, ns.reuse_queue, ns.mode, ns.rebuild_cache,
-                                ns.host))
-    if ns.command == "restore":
-        return int(await restore(ctx, ns.snapshot, ns.paths, ns.target,
-                                 owners=False if ns.no_owner else None, numeric=ns.numeric_owner,
-                                 source=ns.source, host=ns.host))
-    if ns.command == "check":
-        return int(await check(ctx, ns.backups, ns.least_recently_checked, ns.repair, not ns.no_lease,
-                               ns.format, ns.healthy_format, ns.error_output, getattr(ns, "json", False),
-                               ns.source, ns.host))
-    if ns.command == "cleanup":
-        from .history import parse_grouping
-        from .retention import Policy, parse_duration
+    from .commands import COMMANDS
 
-        policy = Policy(ns.keep_last, ns.keep_hourly, ns.keep_daily, ns.keep_weekly, ns.keep_monthly,
-                        ns.keep_yearly, parse_duration(ns.keep_within) if ns.keep_within else None)
-        return int(await cleanup(ctx, ns.backups, ns.generation, ns.up_to, policy, ns.dry_run,
-                                 ns.enumerate_shares, ns.enumerate_only, getattr(ns, "json", False),
-                                 parse_grouping(ns.group_by), ns.source, ns.host))
-    if ns.command == "diff":
-        return int(await diff(ctx, ns.a, ns.b, ns.live, getattr(ns, "json", False), ns.source, ns.host))
-    if ns.command == "verify":
-        return int(await verify(ctx, ns.snapshot, ns.sample, ns.source, ns.host))
-    if ns.command == "list":
-        return int(await list_backups(ctx, getattr(ns, "json", False), ns.source, ns.host))
-    if ns.command == "grid":
-        return int(await grid_command(ctx, ns.action, ns.dir))
-    if ns.command == "dump-config":
-        return int(dump_config(ctx))
-    raise UsageError(f"unknown command {ns.command!r}")  # pragma: no cover
+    module = importlib.import_module(f".commands.{COMMANDS[ns.command]}", __package__)
+    return int(await module.run(ctx, ns))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: run the command under the global reactor."""
     from twisted.internet import defer, task
 
+    from .report import Reporter
+
+    rep = Reporter()
     args = sys.argv[1:] if argv is None else list(argv)
     if not args:
-        build_parser().print_help(sys.stderr)
-        print("\nlafs-backup: a command is required", file=sys.stderr)
+        rep.say(build_parser().format_help() + "\nlafs-backup: a command is required")
         return int(ExitCode.USAGE)
     if args in (["-h"], ["--help"]) or "--version" in args:
         try:
@@ -332,9 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as e:
             return int(e.code or 0)
         except UsageError as e:
-            print(e.message, file=sys.stderr)
+            rep.say(e.message)
             return int(ExitCode.USAGE)
-    stopper = Stopper()
+    stopper = Stopper(rep.say)
     # Stays INTERRUPTED only if the reactor stopped before the command returned.
     code: list[int] = [int(ExitCode.INTERRUPTED)]
 

@@ -1,4 +1,5 @@
-"""Configuration: layer YAML files over the base config, validate every key, give typed records."""
+"""Configuration: layer YAML files over the base config, validate every key, and read it once into
+frozen, typed records (:class:`Config`): code below the CLI never looks up a dotted key."""
 
 from __future__ import annotations
 
@@ -241,3 +242,140 @@ def dump(tree: Mapping[str, Any]) -> str:
 
 def expand(path: str | None) -> str | None:
     return os.path.expanduser(path) if path else path
+
+
+def parse_rate(spec: str | float | int, key: str) -> tuple[float, float]:
+    """Parse a token bucket ``interval[:burst]``; ``interval`` may be ``a/b``.  Returns (seconds per
+    token, burst)."""
+    def num(text: str) -> float:
+        if "/" in text:
+            a, _, b = text.partition("/")
+            return float(a) / float(b)
+        return float(text)
+
+    try:
+        text = str(spec)
+        head, _, tail = text.partition(":")
+        interval = num(head)
+        burst = num(tail) if tail else max(1.0, 1.0 / interval)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(source="configuration", key=key,
+                          problem=f"expected 'interval[:burst]' such as '1/3e6:50e6', got {spec!r}")
+    if interval <= 0 or burst <= 0:
+        raise ConfigError(source="configuration", key=key, problem="interval and burst must be positive")
+    return interval, burst
+
+
+# -- the records ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SourceConfig:
+    path: str | None
+    queue_path: str | None
+    cache_path: str | None
+    commit_rows: int
+    commit_seconds: float
+
+
+@dataclass(frozen=True)
+class ResultConfig:
+    print_to_stdout: bool
+    append_to_file: str | None
+    append_to_lafs_dir: str | None
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    url: str | None
+    happy: int | None
+    lease_days: float | None
+    result: ResultConfig
+    pack_max_file_size: int
+    pack_target_size: int
+    encoding: Any  # EncodingRules, compiled
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    dir: str | None
+    nodes: int
+    needed: int
+    happy: int
+    start_timeout: float
+
+
+@dataclass(frozen=True)
+class OperationConfig:
+    jobs: int
+    window: int
+    retry: RetryPolicy
+    lock_wait: float
+    #: Token buckets (seconds per token, burst): bytes uploaded, requests sent.
+    rate_bytes: tuple[float, float] | None
+    rate_objects: tuple[float, float] | None
+
+
+@dataclass(frozen=True)
+class ManholeConfig:
+    endpoint: str | None
+    allow_remote: bool
+    authorized_keys: str | list[str] | None
+    on_signal: str | None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, checked: every value the commands use, typed."""
+
+    source: SourceConfig
+    filter: Any  # Filter, compiled
+    destination: DestinationConfig
+    grid: GridConfig
+    operation: OperationConfig
+    debug_requests: bool
+    log_level: str
+    manhole: ManholeConfig
+    #: The merged tree itself, for ``dump-config`` and the manhole's ``config``.
+    tree: Mapping[str, Any]
+
+
+def from_tree(tree: Mapping[str, Any]) -> Config:
+    """Read a merged, validated tree (:func:`load_tree`) into records.  Filter rules, encoding
+    rules and rate limits are compiled here, so a bad one stops the tool before any work."""
+    from .backup.filters import compile_from_config
+    from .store.encode import compile_rules
+
+    def g(key: str) -> Any:
+        return get(tree, key)
+
+    def rate(key: str) -> tuple[float, float] | None:
+        return None if g(key) is None else parse_rate(g(key), key)
+
+    return Config(
+        source=SourceConfig(expand(g("source.path")), expand(g("source.queue.path")),
+                            expand(g("source.entry_cache.path")), g("source.entry_cache.commit_after.rows"),
+                            float(g("source.entry_cache.commit_after.seconds"))),
+        filter=compile_from_config(g("filter")),
+        destination=DestinationConfig(
+            g("destination.url"), g("destination.happy"), g("destination.lease_days"),
+            ResultConfig(g("destination.result.print_to_stdout"), expand(g("destination.result.append_to_file")),
+                         g("destination.result.append_to_lafs_dir")),
+            g("destination.pack.max_file_size"), g("destination.pack.target_size"),
+            compile_rules(g("destination.encoding.method"), g("destination.encoding.min_size"),
+                          g("destination.encoding.path_filter"))),
+        grid=GridConfig(expand(g("grid.dir")), g("grid.nodes"), g("grid.needed"), g("grid.happy"),
+                        float(g("grid.start_timeout"))),
+        operation=OperationConfig(g("operation.jobs"), g("operation.window"), retry_policy(tree),
+                                  float(g("operation.lock_wait")), rate("operation.rate_limit.bytes"),
+                                  rate("operation.rate_limit.objects")),
+        debug_requests=g("http.debug_requests"),
+        log_level=g("logging.level"),
+        manhole=ManholeConfig(g("manhole.endpoint"), g("manhole.allow_remote"), g("manhole.authorized_keys"),
+                              g("manhole.on_signal")),
+        tree=tree,
+    )
+
+
+def load(files: Iterable[str] = (), overrides: Iterable[tuple[str, Any]] = ()) -> Config:
+    """The configuration of one run: base, then ``files``, then ``overrides``, read into records."""
+    return from_tree(load_tree(files, overrides))

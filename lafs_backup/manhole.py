@@ -140,16 +140,16 @@ def parse_keys(lines: list[str], where: str) -> tuple[keys.Key, ...]:
     return tuple(out)
 
 
-def settings(tree: dict[str, Any]) -> Settings | None:
+def settings(mc: cfg.ManholeConfig) -> Settings | None:
     """The manhole settings of a configuration, checked; None when the manhole is off."""
-    endpoint = cfg.get(tree, "manhole.endpoint")
-    on_signal = cfg.get(tree, "manhole.on_signal")
+    endpoint = mc.endpoint
+    on_signal = mc.on_signal
     if endpoint is None:
         if on_signal is not None:
             raise ConfigError(source="configuration", key="manhole.on_signal",
                               problem="needs manhole.endpoint (where to listen when the signal opens it)")
         return None
-    if not is_loopback(endpoint) and not cfg.get(tree, "manhole.allow_remote"):
+    if not is_loopback(endpoint) and not mc.allow_remote:
         raise ConfigError(source="configuration", key="manhole.endpoint",
                           problem=f"{endpoint!r} listens beyond loopback; use an interface=127.0.0.1 "
                                   f"endpoint, or set manhole.allow_remote: true to mean it")
@@ -159,7 +159,7 @@ def settings(tree: dict[str, Any]) -> Settings | None:
             signum = parse_signal(on_signal)
         except ValueError as e:
             raise ConfigError(source="configuration", key="manhole.on_signal", problem=str(e)) from None
-    spec = cfg.get(tree, "manhole.authorized_keys")
+    spec = mc.authorized_keys
     if spec is None:
         raise ConfigError(source="configuration", key="manhole.authorized_keys",
                           problem="the manhole is on but no key may log in; give a file or a list of "
@@ -286,7 +286,7 @@ def main_loop_frame() -> FrameType:
     return outer
 
 
-def namespace(tree: dict[str, Any], op: Any) -> dict[str, Any]:
+def namespace(tree: Any, op: Any) -> dict[str, Any]:
     return {"__name__": "__manhole__", "__doc__": None, "config": tree, "op": op, "debug_frame": None,
             "debug_timeouts": Timeouts(op), "log": logging.getLogger("lafs_backup"),
             "log_level": log_level}
@@ -519,7 +519,7 @@ class Manhole:
             self._old_handler = None
 
 
-async def start(tree: dict[str, Any], reactor: Any, op: Any, state_dir: str,
+async def start(config: cfg.Config, reactor: Any, op: Any, state_dir: str,
                 warn: Callable[[str], None]) -> Manhole | None:
     """Start the manhole a configuration asks for (None when it is off).
 
@@ -527,10 +527,10 @@ async def start(tree: dict[str, Any], reactor: Any, op: Any, state_dir: str,
     A configuration error raises :class:`ConfigError`; a port that cannot be
     opened is reported through ``warn`` and the run goes on.
     """
-    s = settings(tree)
+    s = settings(config.manhole)
     if s is None:
         return None
-    mh = Manhole(s, reactor, make_factory(s, host_key(state_dir), namespace(tree, op)), warn)
+    mh = Manhole(s, reactor, make_factory(s, host_key(state_dir), namespace(config.tree, op)), warn)
     if s.signum is not None:
         mh.install_signal()
     else:

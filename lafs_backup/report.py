@@ -112,10 +112,32 @@ class Reporter:
             print(f"note: {message}", file=self.err)
 
     def info(self, message: str) -> None:
+        """A line for the user on stderr, in text mode only (JSON mode has its records)."""
         if not self.json_mode:
             print(message, file=self.err)
 
-    def _json(self, obj: dict[str, Any]) -> None:
+    def say(self, message: str) -> None:
+        """A line for the user on stderr, in either mode (e.g. that the embedded grid was started)."""
+        print(message, file=self.err, flush=True)
+
+    def error(self, message: str) -> None:
+        """The one line that says why a command failed."""
+        print(f"lafs-backup: error: {message}", file=self.err, flush=True)
+
+    def output(self, text: str, end: str = "\n") -> None:
+        """A command's product on stdout, as text (a cap, a listing, a configuration)."""
+        print(text, file=self.out, end=end, flush=True)
+
+    def record(self, obj: Any) -> None:
+        """A command's product on stdout as one JSON line."""
+        self._json(obj)
+
+    def emit(self, text: str, obj: dict[str, Any], err: bool = False) -> None:
+        """One result line: ``obj`` as JSON in JSON mode, else ``text``; on stdout (stderr with ``err``)."""
+        line = json.dumps(obj, sort_keys=True) if self.json_mode else text
+        print(line, file=self.err if err else self.out, flush=True)
+
+    def _json(self, obj: Any) -> None:
         print(json.dumps(obj, sort_keys=True), file=self.out, flush=True)
 
     def finish(self, kind: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """A slow link to put in front of a real gateway: a TCP relay that moves at most ``rate`` bytes per
-second in each direction, and can cut one answer short after ``cut_after`` bytes.
+second in each direction, and can cut the first answer longer than ``cut_after`` bytes short there
+(once: the connection drops in the middle of it).
 
 It records the requests it relays (their first lines and Range headers) and the bytes it moved.
 """
@@ -14,13 +15,11 @@ from urllib.parse import urlsplit
 
 
 class SlowLink:
-    def __init__(self, upstream: str, rate: float, cut_after: int | None = None,
-                 cut_when: str = "GET /uri/URI:CHK:") -> None:
+    def __init__(self, upstream: str, rate: float, cut_after: int | None = None) -> None:
         u = urlsplit(upstream)
         self.upstream = (u.hostname, u.port)
         self.rate = rate
         self.cut_after = cut_after
-        self.cut_when = cut_when
         self.cuts = 0
         self.requests: list[str] = []
         self.ranges: list[str] = []
@@ -49,12 +48,11 @@ class SlowLink:
             except OSError:
                 return
             server = socket.create_connection(self.upstream)
-            state = {"cut": False}
+            state = {"since": 0}  # bytes answered since the connection's last request
             threading.Thread(target=self._pump, args=(client, server, True, state), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, False, state), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, upward: bool, state: dict) -> None:
-        sent = 0
         try:
             while True:
                 data = src.recv(16384)
@@ -65,24 +63,26 @@ class SlowLink:
                     for line in re.findall(r"(?m)^(?:GET|PUT|POST|DELETE|HEAD) [^\r\n]*", text):
                         with self._lock:
                             self.requests.append(line)
-                            if self.cut_after is not None and self.cuts == 0 and self.cut_when in line:
-                                state["cut"] = True
+                        state["since"] = 0
                     self.ranges += re.findall(r"(?mi)^Range: ([^\r\n]*)", text)
                     with self._lock:
                         self.bytes_up += len(data)
                 else:
-                    if state["cut"] and sent + len(data) > self.cut_after:
-                        data = data[:max(0, self.cut_after - sent)]
+                    with self._lock:
+                        cut = (self.cut_after is not None and self.cuts == 0
+                               and state["since"] + len(data) > self.cut_after)
+                        if cut:
+                            self.cuts += 1
+                    if cut:
+                        data = data[:max(0, self.cut_after - state["since"])]
                         dst.sendall(data)
                         with self._lock:
-                            self.cuts += 1
                             self.bytes_down += len(data)
-                        state["cut"] = False
                         break  # the link drops in the middle of the answer
+                    state["since"] += len(data)
                     with self._lock:
                         self.bytes_down += len(data)
                 dst.sendall(data)
-                sent += len(data)
                 time.sleep(len(data) / self.rate)  # the pace of the link, chunk by chunk
         except OSError:
             pass

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import local_grid, make_tree, run_cli
-from lafs_backup.check import StreamParser, judge
-from lafs_backup.grid import GridSpec, LocalGrid
+from lafs_backup.upkeep.check import StreamParser, judge
+from lafs_backup.grid.local import GridSpec, LocalGrid
 
 
 def _unit(happiness, recoverable=True, corrupt=0, **extra):

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import make_tree
 from lafs_backup.errors import UsageError
-from lafs_backup.retention import Policy, decide, parse_duration
+from lafs_backup.upkeep.retention import Policy, decide, parse_duration
 
 DAY = 86400.0
 NOW = 1_800_000_000.0

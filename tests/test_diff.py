@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from lafs_backup.diff import compare_meta
+from lafs_backup.read.diff import compare_meta
 
 
 def test_compare_meta_names_each_aspect():

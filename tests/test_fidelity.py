@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lafs_backup import posix1e
+from lafs_backup.system import posix1e
 from treecompare import describe_tree, full_differences
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
@@ -173,8 +173,8 @@ def test_numeric_owner_and_no_owner(lb, tmp_path):
 
 
 def test_missing_libacl_records_nothing_false(tmp_path, monkeypatch):
-    from lafs_backup.filters import compile_rules
-    from lafs_backup.scan import scan
+    from lafs_backup.backup.filters import compile_rules
+    from lafs_backup.backup.scan import scan
 
     f = tmp_path / "f"
     f.write_text("x")

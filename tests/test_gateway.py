@@ -14,7 +14,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from lafs_backup.config import RetryPolicy
 from lafs_backup.errors import GatewayError
-from lafs_backup.gateway import Gateway
+from lafs_backup.grid.gateway import Gateway
 
 
 class FlakyUpload(Resource):
@@ -209,7 +209,7 @@ async def test_a_cap_cut_short_is_retried_never_recorded():
 
 
 def test_cap_problems():
-    from lafs_backup.gateway import cap_problem
+    from lafs_backup.grid.gateway import cap_problem
 
     assert cap_problem(chk(100), ("CHK",), 100) is None
     assert "100 bytes, not 99" in cap_problem(chk(100), ("CHK",), 99)

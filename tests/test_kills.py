@@ -185,8 +185,8 @@ for i in range(start, start + 100000):
 
 _QUEUE_WRITER = r"""
 import sys
-from lafs_backup.entry import Entry
-from lafs_backup.queue import write_queue
+from lafs_backup.store.entry import Entry
+from lafs_backup.backup.queue import write_queue
 n = int(sys.argv[2])
 while True:
     entries = (Entry("f", b"dir/file%08d" % i, 0o100644, 0, 0, i, i, i, 1, i, 1) for i in range(n))
@@ -237,7 +237,7 @@ def test_kills_during_cache_commits(tmp_path):
 
 def test_kills_while_the_queue_is_written(tmp_path):
     """The queue file is always a whole queue: the previous one or the new one, never a mix."""
-    from lafs_backup.queue import QueueReader
+    from lafs_backup.backup.queue import QueueReader
 
     rng = random.Random(6)
     path = tmp_path / "queue"

@@ -33,8 +33,8 @@ def keypair(path: Path) -> tuple[Path, str]:
     return path, (path.parent / (path.name + ".pub")).read_text().strip()
 
 
-def tree_with(**manhole_keys: object) -> dict:
-    return cfg.load_tree(overrides=[(f"manhole.{k}", v) for k, v in manhole_keys.items()])
+def tree_with(**manhole_keys: object) -> cfg.ManholeConfig:
+    return cfg.load(overrides=[(f"manhole.{k}", v) for k, v in manhole_keys.items()]).manhole
 
 
 # -- settings, pure ---------------------------------------------------------------------
@@ -58,7 +58,7 @@ def test_loopback_judgement(endpoint, local):
 
 
 def test_off_by_default():
-    assert manhole.settings(cfg.load_tree()) is None
+    assert manhole.settings(cfg.load().manhole) is None
 
 
 def test_remote_listener_needs_allow_remote(tmp_path):

@@ -10,7 +10,7 @@ import sys
 import time
 
 from conftest import cli_env, make_tree
-from lafs_backup.snapshot import file_key
+from lafs_backup.store.snapshot import file_key
 
 
 def _summary(r) -> dict:
@@ -64,7 +64,7 @@ def test_second_run_is_refused_and_a_stale_lock_is_taken_over(lb, grid, home, tm
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time; sys.path.insert(0, sys.argv[2]);"
-         "from lafs_backup.lock import CacheLock;"
+         "from lafs_backup.system.lock import CacheLock;"
          "l = CacheLock(sys.argv[1], None); l.acquire(); print('held', flush=True); time.sleep(60)",
          str(lock), str(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))],
         stdout=subprocess.PIPE, env=cli_env(home))

@@ -143,31 +143,24 @@ async def test_a_content_waiter_that_stores_its_own_copy_keeps_its_registration(
     the other's registration (before: a KeyError ended the run as an internal error)."""
     from twisted.internet.defer import Deferred
 
-    from lafs_backup.cache import Hit
-    from lafs_backup.report import Reporter
-    from lafs_backup.upload import Uploader
+    from lafs_backup.report import Stats
+    from lafs_backup.store.snapshot import Hit
+    from lafs_backup.store.store import Store, StoreSettings
 
     class Cache:
-        def lookup(self, key, gen):
-            return None
-
         def store_hit(self, key, hit, gen):
             self.stored = hit
 
         def commit(self):
             pass
 
-    class Gw:
-        def halt(self, e):
-            pass
-
-    u = Uploader(b"/src", Gw(), Cache(), 1, Reporter(), reactor=None)
+    store = Store(object(), Cache(), 1, StoreSettings(), Stats())
     sha = b"s" * 32
     first, second = Deferred(), Deferred()
-    d1 = Deferred.fromCoroutine(u._content(sha, 10, lambda: first))
-    d2 = Deferred.fromCoroutine(u._content(sha, 10, lambda: second))
+    d1 = Deferred.fromCoroutine(store.content(sha, 10, None, lambda: first))
+    d2 = Deferred.fromCoroutine(store.content(sha, 10, None, lambda: second))
     first.callback(Hit("URI:CHK:first", b"x" * 32))  # the first store holds other bytes
     second.callback(Hit("URI:CHK:second", sha))
     assert (await d1).cap == "URI:CHK:first"
     assert (await d2).cap == "URI:CHK:second"
-    assert u._uploading == {}
+    assert store._uploading == {}

@@ -7,9 +7,9 @@ import os
 import pytest
 from hypothesis import given, strategies as st
 
-from lafs_backup.entry import Entry
+from lafs_backup.store.entry import Entry
 from lafs_backup.errors import QueueError
-from lafs_backup.queue import QueueReader, escape, format_entry, parse_entry, unescape, write_queue
+from lafs_backup.backup.queue import QueueReader, escape, format_entry, parse_entry, unescape, write_queue
 
 names = st.binary(min_size=1, max_size=60).filter(
     lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b".."))

@@ -9,9 +9,10 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from lafs_backup.encode import SALT_LEN, Decoder, compile_rules, compress, decode, salted
+from lafs_backup.store.encode import SALT_LEN, SALT_MARK, Decoder, compile_rules, compress, decode
 from lafs_backup.errors import ConfigError
-from lafs_backup.ratelimit import TokenBucket, parse_spec
+from lafs_backup.config import parse_rate as parse_spec
+from lafs_backup.grid.ratelimit import TokenBucket
 
 
 def test_spec_parsing():
@@ -81,26 +82,40 @@ def test_incompressible_is_detected_and_compressible_round_trips(method):
 
 @pytest.mark.parametrize("method", [None, "lz4", "xz"])
 def test_salted_objects_decode_whole_and_streamed(method, tmp_path):
-    """A salted object (uploaded again under a new storage index) decodes to the original bytes."""
-    from lafs_backup.upload import FileSlice
+    """An object stored again under a salt (after its bytes) decodes to the original bytes, whole
+    or fed in small chunks: a frame ends before the salt, a raw object at its recorded size."""
+    from lafs_backup.backup.source import LocalFile
+    from lafs_backup.store.store import _FileSlice
 
     data = b"some file contents\n" * 5000
     stored = compress(method, data) if method else data
     assert stored is not None
     f = tmp_path / "obj"
     f.write_bytes(stored)
-    salt = os.urandom(SALT_LEN)
-    fd = os.open(f, os.O_RDONLY)
+    salt = SALT_MARK + os.urandom(SALT_LEN)
+    src = LocalFile(os.open(f, os.O_RDONLY))
     try:
-        sl = FileSlice(fd, len(stored), salt)
+        sl = _FileSlice(src, len(stored), salt)
         body = b""
         while chunk := sl.read(4097):
             body += chunk
     finally:
-        os.close(fd)
-    assert body == salt + stored
+        src.close()
+    assert body == stored + salt
     assert sl.hashed_to == len(stored)  # the salt is not part of the content hash
-    assert decode(salted(method), body) == data
-    d = Decoder(salted(method))
+    assert decode(method, body, len(data)) == data
+    d = Decoder(method, len(data))
     out = b"".join(d.feed(body[i:i + 7]) for i in range(0, len(body), 7))
     assert out == data
+
+
+@pytest.mark.parametrize("method", [None, "lz4", "xz"])
+def test_objects_salted_by_earlier_versions_still_decode(method):
+    """Earlier versions put the salt before the bytes ("salted", "salted+lz4"): still read."""
+    data = b"older backups stay readable\n" * 3000
+    stored = compress(method, data) if method else data
+    legacy = "salted" if method is None else f"salted+{method}"
+    body = os.urandom(SALT_LEN) + stored
+    assert decode(legacy, body) == data
+    d = Decoder(legacy)
+    assert b"".join(d.feed(body[i:i + 5]) for i in range(0, len(body), 5)) == data

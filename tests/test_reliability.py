@@ -21,7 +21,7 @@ from conftest import Grid, check_ok, cli_env, local_grid, make_tree, restored_ok
 from faultproxy import FaultProxy
 from treecompare import differences
 
-from lafs_backup.grid import GridSpec, LocalGrid
+from lafs_backup.grid.local import GridSpec, LocalGrid
 
 pytestmark = pytest.mark.slow
 

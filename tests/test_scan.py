@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from lafs_backup.filters import compile_rules
-from lafs_backup.scan import scan
+from lafs_backup.backup.filters import compile_rules
+from lafs_backup.backup.scan import scan
 
 
 def test_children_come_before_their_directory_whatever_the_names(tmp_path):

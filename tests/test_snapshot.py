@@ -9,8 +9,8 @@ import unicodedata
 import pytest
 from hypothesis import given, strategies as st
 
-from lafs_backup.entry import Entry
-from lafs_backup.snapshot import (BadSnapshot, Child, dir_body, edge_metadata, lit_cap, lit_data, salted_body,
+from lafs_backup.store.entry import Entry
+from lafs_backup.store.snapshot import (BadSnapshot, Child, dir_body, edge_metadata, lit_cap, lit_data, salted_body,
                                   parse_children)
 
 

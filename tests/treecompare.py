@@ -14,7 +14,7 @@ import stat
 from collections import defaultdict
 from pathlib import Path
 
-from lafs_backup import posix1e
+from lafs_backup.system import posix1e
 
 _ACL_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default")
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from .config import RetryPolicy
-from .errors import GatewayError, GridError
-from .log import redact
+from ..config import RetryPolicy
+from ..errors import GatewayError, GridError
+from ..log import redact
 from .ratelimit import TokenBucket
-from .snapshot import lit_data
+from ..store.snapshot import lit_data
 
 log = logging.getLogger(__name__)
 

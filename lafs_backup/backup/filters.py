@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .errors import FilterError
+from ..errors import FilterError
 
 
 @dataclass(frozen=True)

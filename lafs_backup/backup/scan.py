@@ -14,12 +14,12 @@ import stat
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from .entry import Entry, join, kind_of
-from .errors import UsageError
+from ..store.entry import Entry, join, kind_of
+from ..errors import UsageError
 from .filters import Filter
-from .log import NOISE
-from .meta import Capturer
-from .paths import open_noatime, proc_path
+from ..log import NOISE
+from ..system.meta import Capturer
+from ..system.paths import open_noatime, proc_path
 
 log = logging.getLogger(__name__)
 

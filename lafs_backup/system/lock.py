@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any, Protocol
 
-from .errors import LockedError
+from ..errors import LockedError
 
 
 class _Warner(Protocol):

@@ -131,6 +131,17 @@ def xattrs_of(meta: Mapping[str, Any]) -> dict[bytes, bytes]:
 
 
 @dataclass(frozen=True)
+class Hit:
+    """Where content lives: a cap, or a slice (offset, length) of the pack ``cap``."""
+
+    cap: str
+    sha256: bytes | None
+    enc: str | None = None
+    offset: int | None = None
+    length: int | None = None
+
+
+@dataclass(frozen=True)
 class Child:
     """A finished entry, ready to be an edge of its parent directory."""
 

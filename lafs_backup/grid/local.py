@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from .errors import GridError
-from .paths import replacing
+from ..errors import GridError
+from ..system.paths import replacing
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
-from .errors import GatewayError
+from ..errors import GatewayError
 
 
 @dataclass(frozen=True)

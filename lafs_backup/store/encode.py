@@ -1,4 +1,5 @@
-"""Content encodings: which files to compress (pure rules), lz4 or xz frames, and early detection of incompressible data."""
+"""Content encodings: which files to compress (pure rules), lz4 or xz frames, early detection of
+incompressible data, and the one decoder that turns stored bytes back into a file's content."""
 
 from __future__ import annotations
 
@@ -9,20 +10,20 @@ from typing import Any, Callable, Iterable
 
 import lz4.frame
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 LZ4 = "lz4"
 XZ = "xz"
 METHODS = (LZ4, XZ)
-#: An object stored behind SALT_LEN random bytes ("salted", "salted+lz4"):
-#: a second upload of the same content under a new storage index, for when
-#: the grid still holds the shares of a cancelled first upload as "incoming".
-SALTED = "salted"
+#: Random bytes that make a second upload of an object differ from the first (another storage
+#: index), for when the grid still holds a cancelled first upload's shares as "incoming".  The
+#: store puts them after an object's bytes, behind SALT_MARK: readers never read that far (a
+#: compressed frame ends before it, a raw file at its recorded size, a pack member at its length).
 SALT_LEN = 16
-
-
-def salted(method: str | None) -> str:
-    return SALTED if method is None else f"{SALTED}+{method}"
+SALT_MARK = b"\0lafs-backup-salt:"
+#: Objects stored by earlier versions behind a SALT_LEN salt *before* their bytes ("salted",
+#: "salted+lz4"): still read.
+SALTED = "salted"
 
 
 def _unsalted(method: str | None) -> tuple[bool, str | None]:
@@ -110,11 +111,16 @@ def compress(method: str, data: bytes) -> bytes | None:
 
 
 class Decoder:
-    """Streaming decoder for one encoded object."""
+    """Turns an object's stored bytes, fed in chunks, back into the file's content.
 
-    def __init__(self, method: str | None) -> None:
+    ``size``: the content's recorded length; a raw object's bytes beyond it
+    (a salt) are dropped, as is anything after the end of a compressed frame.
+    """
+
+    def __init__(self, method: str | None, size: int | None = None) -> None:
         salt, method = _unsalted(method)
         self._skip = SALT_LEN if salt else 0
+        self._left = size if method is None else None
         if method is None:
             self._d: Any = None
         elif method == LZ4:
@@ -128,17 +134,17 @@ class Decoder:
         if self._skip:
             cut = min(self._skip, len(chunk))
             chunk, self._skip = chunk[cut:], self._skip - cut
-        return chunk if self._d is None else self._d.decompress(chunk)
+        if self._d is None:
+            if self._left is None:
+                return chunk
+            chunk = chunk[:self._left]
+            self._left -= len(chunk)
+            return chunk
+        if self._d.eof:
+            return b""  # past the end of the frame: a salt
+        return self._d.decompress(chunk)  # type: ignore[no-any-return]
 
 
-def decode(method: str | None, data: bytes) -> bytes:
-    salt, method = _unsalted(method)
-    if salt:
-        data = data[SALT_LEN:]
-    if method is None:
-        return data
-    if method == LZ4:
-        return lz4.frame.decompress(data)
-    if method == XZ:
-        return lzma.decompress(data)
-    raise ValueError(f"unknown encoding {method!r}")
+def decode(method: str | None, data: bytes, size: int | None = None) -> bytes:
+    """The content of an object stored whole in ``data``."""
+    return Decoder(method, size).feed(data)

@@ -20,16 +20,14 @@ from typing import Iterator, Sequence
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
-from .entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET
-from .errors import GatewayError, RestoreError, SnapshotError
-from .encode import Decoder, decode
-from .gateway import Gateway
-from .log import NOISE
-from .meta import Applier, FdHandle, LinkHandle
-from .pack import PackReader, PackRef
-from .paths import open_dir_chain
-from .report import Reporter
-from .snapshot import OBJECTS, BadSnapshot, Node, lit_data, pack_caps, parse_children, parse_root, xattrs_of
+from ..store.entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET
+from ..errors import GatewayError, RestoreError
+from ..log import NOISE
+from ..system.meta import Applier, FdHandle, LinkHandle
+from ..system.paths import open_dir_chain
+from ..report import Reporter
+from ..store.snapshot import Node, xattrs_of
+from .reader import Reader
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +65,9 @@ class Restorer:
     ``numeric``: use the recorded uid/gid, not the user and group names.
     """
 
-    def __init__(self, gateway: Gateway, reporter: Reporter, target: str, window: int = 64,
-                 listings: int = 4, owners: bool | None = None, numeric: bool = False,
-                 whole_packs: bool = True) -> None:
-        self.gw = gateway
+    def __init__(self, reader: Reader, reporter: Reporter, target: str, window: int = 64,
+                 listings: int = 4, owners: bool | None = None, numeric: bool = False) -> None:
+        self.reader = reader
         self.rep = reporter
         self.stats = reporter.stats
         self.target = os.fsencode(os.path.abspath(target))
@@ -85,23 +82,14 @@ class Restorer:
         self._owners = owners
         self._numeric = numeric
         self._groups: dict[str, _Group] = {}
-        # A full restore wants most of every pack: fetch each whole, once.
-        # A few paths want a few members: one Range GET each.
-        self._packs = PackReader(gateway, whole=whole_packs)
         self._prefetch_jobs = max(1, listings // 2)
 
     async def run(self, snapshot_cap: str, paths: Sequence[bytes] = ()) -> None:
-        listing = await self.gw.get_json(snapshot_cap)
-        try:
-            tree = parse_root(listing)
-        except BadSnapshot as e:
-            raise SnapshotError(what="(given)", problem=str(e))
+        tree, objects = await self.reader.root(snapshot_cap)
         prefetch = None
-        objects = (listing[1].get("children") or {}).get(OBJECTS) if isinstance(listing, list) else None
-        if self._packs.whole and not paths and objects:
-            # Every pack is needed: fetch them all now, while the tree is being walked.
-            caps = pack_caps(await self.gw.get_json(objects[1]["ro_uri"]))
-            prefetch = Deferred.fromCoroutine(self._packs.prefetch(caps, self._prefetch_jobs))
+        if not paths:
+            # A full restore needs every pack: fetch them all now, while the tree is being walked.
+            prefetch = Deferred.fromCoroutine(self.reader.prefetch(objects, self._prefetch_jobs))
         try:
             os.makedirs(self.target, exist_ok=True)
             self._root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -122,7 +110,6 @@ class Restorer:
             if prefetch is not None:
                 await prefetch
             os.close(self._root_fd)
-            self._packs.close()
 
     # -- navigation ---------------------------------------------------------------
     async def _find(self, tree: Node, rel: bytes) -> tuple[Node, list[bytes]]:
@@ -140,10 +127,7 @@ class Restorer:
         return node, comps[:-1]
 
     async def _list(self, node: Node) -> list[Node]:
-        try:
-            return parse_children(await self.gw.get_json(node.cap))
-        except BadSnapshot as e:
-            raise SnapshotError(what="(given)", problem=str(e))
+        return await self.reader.children(node)
 
     @contextmanager
     def _dir(self, parts: list[bytes], create: bool = False) -> Iterator[int]:
@@ -302,20 +286,16 @@ class Restorer:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
         placed = False
         try:
+            sink = _SparseSink(fd)
             try:
-                sink = await self._download(node, fd)
+                got = await self.reader.content(node, sink.write, sink.restart)
             except GatewayError as e:
                 self.rep.warn(rel, f"cannot read from the grid: {e.reason or e}")
                 return False
+            sink.close()
             self.stats.bytes_written += sink.size
-            want = node.metadata.get("sha256")
-            if isinstance(want, str) and want != sink.sha256.hexdigest():
-                self.rep.problem(rel, "its content does not match the SHA-256 recorded at backup time; "
-                                      "not restored")
-                return False
-            size = node.metadata.get("size")
-            if isinstance(size, int) and size != sink.size:
-                self.rep.problem(rel, f"{sink.size} bytes read back, {size} recorded; not restored")
+            if got.matches is False:
+                self.rep.problem(rel, f"{got.mismatch}; not restored")
                 return False
             applier.apply(FdHandle(fd), node.metadata, KIND_FILE, xattrs_of(node.metadata))
             try:
@@ -335,27 +315,6 @@ class Restorer:
                 except OSError:
                     pass
 
-    async def _download(self, node: Node, fd: int) -> "_SparseSink":
-        sink = _SparseSink(fd)
-        packed = node.pack
-        source = node.object or node.cap
-        data = lit_data(source) if packed is None else None
-        if packed is not None:
-            stored = await self._packs.read(PackRef(*packed))
-            sink.write(decode(node.enc, stored))
-        elif data is not None:
-            sink.write(decode(node.enc, data))
-        else:
-            decoder: list[Decoder] = [Decoder(node.enc)]
-
-            def restart() -> None:
-                sink.restart()
-                decoder[0] = Decoder(node.enc)
-
-            await self.gw.download(source, lambda chunk: sink.write(decoder[0].feed(chunk)), restart)
-        sink.close()
-        return sink
-
 
 def _partial_name(name: bytes) -> bytes:
     """Where a file is written before it is checked and renamed into place (short enough for
@@ -374,10 +333,8 @@ class _SparseSink:
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
         self.size = 0
-        self.sha256 = hashlib.sha256()
 
     def write(self, chunk: bytes) -> None:
-        self.sha256.update(chunk)
         self.size += len(chunk)
         if len(chunk) >= _ZERO_RUN and chunk.count(0) == len(chunk):
             os.lseek(self.fd, len(chunk), os.SEEK_CUR)

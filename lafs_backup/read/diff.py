@@ -8,12 +8,11 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from .entry import KIND_DIR, Entry, kind_of
-from .errors import SnapshotError
-from .filters import Filter
-from .gateway import Gateway
-from .meta import Capturer
-from .snapshot import BadSnapshot, Node, edge_metadata, parse_children, parse_root
+from ..backup.filters import Filter
+from ..store.entry import KIND_DIR, Entry, kind_of
+from ..store.snapshot import Node, edge_metadata
+from ..system.meta import Capturer
+from .reader import Reader
 
 #: Metadata keys compared, and the word each difference is reported as.
 _ASPECTS = (
@@ -66,26 +65,20 @@ def _content_differs(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool | None:
 class SnapshotDiff:
     """Walks two snapshots side by side; an identical directory cap means an identical subtree."""
 
-    def __init__(self, gateway: Gateway, emit: Callable[[Change], None]) -> None:
-        self.gw = gateway
+    def __init__(self, reader: Reader, emit: Callable[[Change], None]) -> None:
+        self.reader = reader
         self.emit = emit
 
     async def run(self, cap_a: str, cap_b: str) -> None:
-        try:
-            a = parse_root(await self.gw.get_json(cap_a))
-            b = parse_root(await self.gw.get_json(cap_b))
-        except BadSnapshot as e:
-            raise SnapshotError(what="(given)", problem=str(e))
+        a, _ = await self.reader.root(cap_a)
+        b, _ = await self.reader.root(cap_b)
         aspects = compare_meta(a.metadata, b.metadata, None)
         if aspects:
             self.emit(Change("M", "/", aspects))
         await self._dirs(a, b, "")
 
     async def _list(self, node: Node) -> dict[bytes, Node]:
-        try:
-            return {n.name: n for n in parse_children(await self.gw.get_json(node.cap))}
-        except BadSnapshot as e:
-            raise SnapshotError(what="(given)", problem=str(e))
+        return {n.name: n for n in await self.reader.children(node)}
 
     async def _dirs(self, a: Node, b: Node, path: str) -> None:
         if a.cap == b.cap:
@@ -113,9 +106,9 @@ class LiveDiff:
     mtime differs and its SHA-256 (read now) differs from the recorded one.
     """
 
-    def __init__(self, gateway: Gateway, source: bytes, emit: Callable[[Change], None],
+    def __init__(self, reader: Reader, source: bytes, emit: Callable[[Change], None],
                  flt: Filter | None = None) -> None:
-        self.gw = gateway
+        self.reader = reader
         self.source = source
         self.emit = emit
         self._capture = Capturer(lambda k, m: None)
@@ -123,10 +116,7 @@ class LiveDiff:
         self._filter = flt
 
     async def run(self, cap: str) -> None:
-        try:
-            tree = parse_root(await self.gw.get_json(cap))
-        except BadSnapshot as e:
-            raise SnapshotError(what="(given)", problem=str(e))
+        tree, _ = await self.reader.root(cap)
         live = self._meta(b"", self.source)
         aspects = compare_meta(tree.metadata, live, None)
         if aspects:
@@ -141,7 +131,7 @@ class LiveDiff:
         return edge_metadata(e)
 
     async def _dirs(self, node: Node, rel: bytes) -> None:
-        snap = {n.name: n for n in parse_children(await self.gw.get_json(node.cap))}
+        snap = {n.name: n for n in await self.reader.children(node)}
         base = self.source + (b"/" + rel if rel else b"")
         try:
             names = {n for n in os.listdir(base) if self._included(rel + b"/" + n if rel else n, base + b"/" + n)}

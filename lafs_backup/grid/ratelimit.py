@@ -2,33 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from .errors import ConfigError
-
-
-def parse_spec(spec: str | float | int, key: str) -> tuple[float, float]:
-    """Parse ``interval[:burst]``; ``interval`` may be ``a/b``.  Returns (seconds per token, burst)."""
-    def num(text: str) -> float:
-        if "/" in text:
-            a, _, b = text.partition("/")
-            return float(a) / float(b)
-        return float(text)
-
-    try:
-        text = str(spec)
-        head, _, tail = text.partition(":")
-        interval = num(head)
-        burst = num(tail) if tail else max(1.0, 1.0 / interval)
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(source="configuration", key=key,
-                          problem=f"expected 'interval[:burst]' such as '1/3e6:50e6', got {spec!r}")
-    if interval <= 0 or burst <= 0:
-        raise ConfigError(source="configuration", key=key, problem="interval and burst must be positive")
-    return interval, burst
 
 
 class TokenBucket:
@@ -62,8 +38,8 @@ class TokenBucket:
             await deferLater(self._clock, wait, lambda: None)
 
 
-def make(spec: Any, key: str, clock: IReactorTime) -> TokenBucket | None:
-    if spec is None:
+def make(rate: tuple[float, float] | None, clock: IReactorTime) -> TokenBucket | None:
+    """A bucket for a parsed ``operation.rate_limit`` value (see ``config.parse_rate``), or None."""
+    if rate is None:
         return None
-    interval, burst = parse_spec(spec, key)
-    return TokenBucket(interval, burst, clock)
+    return TokenBucket(rate[0], rate[1], clock)

@@ -6,9 +6,15 @@ import errno
 import fcntl
 import os
 from datetime import datetime, timezone
+from typing import Protocol
 
-from .gateway import Gateway
-from .paths import replacing
+from ..system.paths import replacing
+
+
+class Linker(Protocol):
+    """What linking needs of the gateway client."""
+
+    async def link(self, dircap: str, name: str, cap: str) -> bool: ...
 
 
 def utc_stamp(ts: float) -> str:
@@ -83,7 +89,7 @@ def remove_result_line(path: str, cap: str) -> bool:
         os.close(fd)
 
 
-async def link_into(gw: Gateway, dircap: str, source: bytes, ts: float, cap: str) -> str:
+async def link_into(gw: Linker, dircap: str, source: bytes, ts: float, cap: str) -> str:
     """Link ``cap`` into ``dircap`` under a fresh name; never replace another backup's link."""
     base = link_name(source, ts)
     name = base

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Iterable, Iterator
 
-from .entry import KINDS, Entry
-from .errors import QueueError
-from .paths import replacing
+from ..store.entry import KINDS, Entry
+from ..errors import QueueError
+from ..system.paths import replacing
 
 MAGIC = "#lafs-backup-queue"
 VERSION = 1

@@ -1,0 +1,333 @@
+"""Saving one entry: look at it again, let the planner decide, read what must be read, store it.
+
+The saver does the work of one file, symlink or special file; the uploader
+(``upload.py``) decides when.  A file is re-stat'ed from the source, then
+decided by the planner from the cache (``plan.py``): unchanged files are
+not read.  Small files are read whole and go into a pack; large ones are
+hashed, then uploaded on their own unless their content is known.  A file
+that changes while it is read is read once more (a large one from a
+private copy), then stored as last read with a warning.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import stat
+from typing import Any, Callable
+
+from twisted.internet.defer import DeferredSemaphore
+
+from ..log import NOISE
+from ..store.entry import KIND_SOCKET, Entry, kind_of
+from ..store.snapshot import LIT_MAX, Child, Hit, edge_metadata, file_key, lit_cap
+from ..store.store import SourceChanged, Store
+from . import plan
+
+log = logging.getLogger(__name__)
+
+#: A decision and the stat it was made from.
+Decided = tuple[plan.Decision, "os.stat_result | None"]
+
+
+class FileSaver:
+    """Saves the entries of one backup of ``source`` through ``store``.
+
+    ``budget`` bounds the bytes of small files held in memory until their
+    pack is uploaded; ``open_files`` bounds the files open at once.
+    """
+
+    def __init__(self, source: Any, store: Store, cache: Any, generation: int, reporter: Any,
+                 budget: Any, open_files: int = 12, mode: str = "stat") -> None:
+        self.source = source
+        self.store = store
+        self.cache = cache
+        self.gen = generation
+        self.rep = reporter
+        self.stats = reporter.stats
+        self.budget = budget
+        self.mode = mode
+        self._files = DeferredSemaphore(open_files)
+        self._small_max = store.settings.pack_max_file_size
+        self._plain = store.settings.plain
+        #: Relative paths being read or uploaded right now (for progress and the manhole).
+        self.in_flight: set[bytes] = set()
+
+    # -- the planner's first decision -----------------------------------------------------------
+    def _key(self, e: Entry, st: os.stat_result) -> bytes:
+        return file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, self._plain)
+
+    def decide(self, e: Entry) -> Decided:
+        """The planner's first decision for a file, from its stat now and the cache."""
+        try:
+            st: os.stat_result | None = self.source.lstat(e.path)
+            why = ""
+        except OSError as err:
+            st, why = None, _why(err)
+        cached = self.cache.lookup(self._key(e, st), self.gen) if st is not None and stat.S_ISREG(st.st_mode) \
+            else None
+        d = plan.for_file(st, cached, self.mode, why) if st is None else plan.for_file(st, cached, self.mode)
+        log.debug("%s: %r", d, e.path)
+        return d, st
+
+    def unchanged_now(self, e: Entry) -> tuple[Child | None, Decided]:
+        """An unchanged file's edge straight from the cache, without a task (an unchanged rerun
+        never leaves the reactor turn), or None and the decision for :meth:`file` to go on from."""
+        d, st = decided = self.decide(e)
+        if d.action != plan.UNCHANGED or d.hit is None or st is None:
+            return None, decided
+        child = self.store.child_now(e, st, d.hit)
+        if child is not None:
+            self._count_unchanged(e)
+        return child, decided
+
+    def _count_unchanged(self, e: Entry) -> None:
+        self.stats.files += 1
+        self.stats.files_unchanged += 1
+        self.stats.bytes_done += e.size
+
+    # -- files -------------------------------------------------------------------------------------
+    async def file(self, e: Entry, decided: Decided | None = None) -> Child | None:
+        d, st = decided or self.decide(e)
+        if d.action == plan.SKIP or st is None:
+            self.stats.files += 1
+            self.stats.bytes_done += e.size
+            self.rep.warn(e.path, f"skipped: {d.reason}")
+            return None
+        if d.action == plan.UNCHANGED and d.hit is not None:
+            self._count_unchanged(e)
+            return await self.store.child(e, st, d.hit)
+        self.stats.files += 1
+        try:
+            seen = self.cache.saw_path(self.source.label, e.path)
+            cached = self.cache.lookup(self._key(e, st), self.gen) if self.mode != "stat" else None
+            if st.st_size <= self._small_max:
+                done = await self._small(e, st.st_size, cached, seen)
+            else:
+                done = await self._in_slot(e, self._large(e, cached, seen))
+            if done is None:
+                return None
+            child, decision = done
+            self.cache.record_path(self.source.label, e.path, self.gen)
+            if decision.problem is not None:
+                self.rep.problem(e.path, decision.problem)
+            if decision.change == "unchanged":
+                self.stats.files_unchanged += 1
+            elif decision.change == "changed":
+                self.stats.files_changed += 1
+            else:
+                self.stats.files_new += 1
+            return child
+        finally:
+            self.stats.bytes_done += e.size
+
+    async def _in_slot(self, e: Entry, work: Any) -> Any:
+        await self._files.acquire()
+        self.in_flight.add(e.path)
+        try:
+            return await work
+        finally:
+            self.in_flight.discard(e.path)
+            self._files.release()
+
+    def _content_decision(self, e: Entry, sha: bytes, cached: Hit | None, seen: bool) -> plan.Decision:
+        d = plan.for_content(sha, self.store.known_content(sha), cached, seen, self.mode)
+        log.debug("%s: %r", d, e.path)
+        return d
+
+    async def _small(self, e: Entry, size: int, cached: Hit | None,
+                     seen: bool) -> tuple[Child, plan.Decision] | None:
+        """A file that goes into a pack: read whole within the memory budget, then packed unless
+        known.  Its bytes count against the budget until its pack is uploaded, or until it turns
+        out to be known content (then they are dropped)."""
+        packer = self.store.packer
+        packer.expect()
+        expected = [True]
+
+        def appended() -> None:
+            if expected:
+                expected.clear()
+                packer.expected()
+
+        hold = _Hold(self.budget, await self.budget.take(size))
+        try:
+            read = await self._in_slot(e, self._read_small(e))  # never hold a slot while waiting for a pack
+            if read is None:
+                return None
+            st, data = read
+            sha = hashlib.sha256(data).digest()
+            key = self._key(e, st)
+            if len(data) <= LIT_MAX:  # the content is the cap: no request
+                self.stats.files_lit += 1
+                hit = Hit(lit_cap(data), sha)
+                self.cache.store_hit(key, hit, self.gen)
+                d = plan.for_content(sha, hit, cached, seen, self.mode)
+                return await self.store.child(e, st, hit), d
+            d = self._content_decision(e, sha, cached, seen)
+            box = [data]
+            del data
+
+            def drop() -> None:
+                box.clear()
+                hold.release()
+
+            hit = await self.store.content(sha, len(box[0]), d.hit, lambda: self.store.member(box.pop(), sha, e.path,
+                                                                                                  appended),
+                                           on_wait=lambda: (drop(), appended()))
+            self.cache.store_hit(key, hit, self.gen)
+            return await self.store.child(e, st, hit), d
+        finally:
+            appended()
+            hold.release()
+
+    def _open(self, e: Entry) -> Any:
+        """Open a source file for reading (never through a symlink); None after a warning."""
+        try:
+            return self.source.open(e.path)
+        except OSError as err:
+            self.rep.warn(e.path, f"skipped: {_why(err)}")
+            return None
+
+    def _regular(self, e: Entry, st: os.stat_result) -> bool:
+        if stat.S_ISREG(st.st_mode):
+            return True
+        self.rep.warn(e.path, "skipped: it is no longer a regular file")
+        return False
+
+    async def _read_small(self, e: Entry) -> tuple[os.stat_result, bytes] | None:
+        """Read a small file whole; read it again once if it changed meanwhile."""
+        f = self._open(e)
+        if f is None:
+            return None
+        try:
+            for attempt in (1, 2):
+                st = f.fstat()
+                if not self._regular(e, st):
+                    return None
+                data = _read_all(f, st.st_size + 1)
+                after = f.fstat()
+                self.stats.bytes_read += len(data)
+                if len(data) == st.st_size and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+                    return st, data
+                if attempt == 2:
+                    self.rep.warn(e.path, "changed while it was being read (twice); stored as last read")
+                    return after, data
+            raise AssertionError("unreachable")
+        except OSError as err:
+            self.rep.warn(e.path, f"skipped: {_why(err)}")
+            return None
+        finally:
+            f.close()
+
+    async def _large(self, e: Entry, cached: Hit | None, seen: bool) -> tuple[Child, plan.Decision] | None:
+        """A file above the pack limit: hashed, then uploaded as its own object unless known.
+
+        A file that changes while it is read (its size or mtime move, or it
+        shrinks under an upload) is read once more, the second time from a
+        private copy, so what is stored is whole and matches its SHA-256.
+        """
+        f = self._open(e)
+        if f is None:
+            return None
+        copy = None
+        try:
+            for attempt in (1, 2):
+                st = f.fstat()
+                if not self._regular(e, st):
+                    return None
+                src, size = f, st.st_size
+                if attempt == 2:
+                    copy = await self.store.private_copy(f, st.st_size, e.path)
+                    src, size = copy, copy.fstat().st_size
+                sha = await self.store.hash(src, size)
+                self.stats.bytes_read += size
+                d = self._content_decision(e, sha, cached, seen)
+                try:
+                    hit = await self.store.content(sha, size, d.hit,
+                                                   lambda: self.store.file(src, size, sha, e.path))
+                except SourceChanged:
+                    if copy is not None:
+                        raise
+                    log.info("%r changed while it was uploaded; reading it again", e.path)
+                    continue
+                after = f.fstat()
+                if (hit.sha256 == sha and size == st.st_size
+                        and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)):
+                    self.cache.store_hit(self._key(e, st), hit, self.gen)
+                    break
+                if attempt == 1:
+                    log.info("%r changed while it was read; reading it again", e.path)
+                    continue
+                self.rep.warn(e.path, "changed while it was being read (twice); stored as last read")
+            return await self.store.child(e, st, hit, size), d
+        except OSError as err:
+            self.rep.warn(e.path, f"skipped: {_why(err)}")
+            return None
+        finally:
+            f.close()
+            if copy is not None:
+                copy.close()
+
+    # -- symlinks and special files ----------------------------------------------------------------
+    def still(self, e: Entry, is_type: Callable[[int], bool], what: str) -> os.stat_result | None:
+        """lstat an entry again in phase two; None after a warning if it vanished or ``is_type`` fails."""
+        try:
+            st = self.source.lstat(e.path)
+        except OSError as err:
+            self.rep.warn(e.path, f"skipped: {_why(err)}")
+            return None
+        if not is_type(st.st_mode):
+            self.rep.warn(e.path, f"skipped: {what}")
+            return None
+        return st
+
+    async def symlink(self, e: Entry) -> Child | None:
+        self.stats.symlinks += 1
+        if self.still(e, stat.S_ISLNK, "it is no longer a symlink") is None:
+            return None
+        return Child(e.name, await self.store.symlink(e.target or b""), edge_metadata(e))
+
+    async def special(self, e: Entry) -> Child | None:
+        """FIFOs, devices and sockets: metadata only (an empty LIT cap), never opened."""
+        self.stats.specials += 1
+        if self.still(e, lambda mode: kind_of(mode) == e.kind, "its type changed since the scan") is None:
+            return None
+        if e.kind == KIND_SOCKET:
+            self.rep.note_once("sockets", "sockets are recorded but cannot be restored")
+        return Child(e.name, lit_cap(b""), edge_metadata(e))
+
+
+class _Hold:
+    """Bytes reserved from a budget, given back exactly once."""
+
+    def __init__(self, budget: Any, n: int) -> None:
+        self._budget = budget
+        self._n = n
+
+    def release(self) -> None:
+        if self._n:
+            self._budget.give(self._n)
+            self._n = 0
+
+
+def _read_all(f: Any, size: int) -> bytes:
+    parts = []
+    pos = 0
+    while pos < size:
+        chunk = f.pread(size - pos, pos)
+        if not chunk:
+            break
+        parts.append(chunk)
+        pos += len(chunk)
+    return b"".join(parts)
+
+
+def _why(err: OSError) -> str:
+    if err.errno in (errno.ENOENT, errno.ENOTDIR):  # ENOTDIR: a parent was replaced by a file
+        return "it vanished since the scan"
+    return err.strerror or str(err)
+
+
+__all__ = ["FileSaver", "NOISE"]

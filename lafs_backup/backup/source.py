@@ -1,0 +1,81 @@
+"""Sources: where a backup's entries and their bytes come from (today: a local directory tree).
+
+Phase one asks a source to walk itself into entries; phase two asks it
+again for each entry's current state and for its bytes.  A source is
+blocking code: phase one runs it in a thread, phase two reads small files
+whole and large ones in a thread.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator, Protocol
+
+from ..store.entry import Entry
+from ..system.paths import lstat_beneath, open_beneath
+
+WarnFn = Callable[[bytes, str], None]
+NoteFn = Callable[[str, str], None]
+
+
+class SourceFile(Protocol):
+    """An open source file, read by offset (so uploads and hashes never share a position)."""
+
+    def pread(self, n: int, offset: int) -> bytes: ...
+
+    def fstat(self) -> os.stat_result: ...
+
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """What phase one walks and phase two reads.  ``label`` is what backups of it are recorded as."""
+
+    label: bytes
+
+    def walk(self, flt: object, warn: WarnFn, note_once: NoteFn) -> Iterator[Entry]:
+        """Every included entry, each child before its directory, the root (``b""``) last."""
+        ...
+
+    def lstat(self, rel: bytes) -> os.stat_result:
+        """The entry's state now (never following a symlink); raises OSError."""
+        ...
+
+    def open(self, rel: bytes) -> SourceFile:
+        """Open a regular file for reading (never through a symlink); raises OSError."""
+        ...
+
+
+class LocalFile:
+    """A local file open for reading."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def pread(self, n: int, offset: int) -> bytes:
+        return os.pread(self.fd, n, offset)
+
+    def fstat(self) -> os.stat_result:
+        return os.fstat(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class LocalSource:
+    """A directory on a local file system, reached beneath its root by openat chains."""
+
+    def __init__(self, root: bytes) -> None:
+        self.root = os.fsencode(os.path.abspath(os.fsdecode(root)))
+        self.label = self.root
+
+    def walk(self, flt: object, warn: WarnFn, note_once: NoteFn) -> Iterator[Entry]:
+        from .scan import scan
+
+        return scan(self.root, flt, warn, note_once)  # type: ignore[arg-type]
+
+    def lstat(self, rel: bytes) -> os.stat_result:
+        return lstat_beneath(self.root, rel)
+
+    def open(self, rel: bytes) -> LocalFile:
+        return LocalFile(open_beneath(self.root, rel, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))

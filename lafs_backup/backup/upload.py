@@ -1,0 +1,276 @@
+"""Phase two's scheduler: stream the queue into tasks, within bounds, and assemble the snapshot.
+
+Entries arrive children-first.  An entry the cache settles at once (an
+unchanged file, a directory whose body is stored) costs no task, so an
+unchanged rerun never leaves the loop.  Every other file, symlink or
+special file becomes a task of the saver (``saver.py``); a directory
+becomes a task that waits for its children, then has the store make it.
+Two budgets bound memory: the window (entries in flight, a directory
+weighing as much as the results it holds) and the bytes of small files
+waiting for their pack.  Deeper directories get their slot first: they are
+on the longest chain to the root.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
+
+from ..errors import QueueError
+from ..store.entry import KIND_DIR, KIND_FILE, KIND_LINK, Entry
+from ..store.snapshot import Child, dir_body, edge_metadata
+from ..store.store import Store
+from .saver import FileSaver
+
+log = logging.getLogger(__name__)
+
+#: Marks a subtree that failed fatally (the error is kept on the uploader).
+_FAILED = object()
+#: Entries handled between two returns to the reactor, so signals and timers stay live.
+_SLICE = 2000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How phase two is scheduled (from the configuration)."""
+
+    window: int = 4000
+    open_files: int = 12
+    mode: str = "stat"
+
+
+class Uploader:
+    """Runs phase two for one backup: ``source`` is read, ``store`` stores, ``cache`` remembers."""
+
+    def __init__(self, source: Any, store: Store, cache: Any, generation: int, reporter: Any,
+                 settings: Settings = Settings(), clock: Any = None) -> None:
+        self.store = store
+        self.rep = reporter
+        self.stats = reporter.stats
+        self.settings = settings
+        self._clock = clock
+        packer = store.packer
+        s = store.settings
+        # Small files read but not yet stored in an uploaded pack: at most this many bytes.
+        self.budget = Budget(4 * s.pack_target_size + s.pack_max_file_size, packer.relieve)
+        # Entries in flight, weighted: a directory counts its children, whose results it holds.
+        # When it runs out, tasks may be waiting for the open pack: seal it.
+        self._window = Budget(settings.window, packer.relieve)
+        self.saver = FileSaver(source, store, cache, generation, reporter, self.budget, settings.open_files,
+                               settings.mode)
+        self.fatal: BaseException | None = None
+        store.on_fatal = self.fail
+        self._files_pending = 0
+        self._files_done: Deferred | None = None
+
+    @property
+    def in_flight(self) -> set[bytes]:
+        """Relative paths being read or uploaded right now (for progress and the manhole)."""
+        return self.saver.in_flight
+
+    def fail(self, e: BaseException) -> None:
+        """The run has failed: remember the first cause, and send nothing more."""
+        if self.fatal is None:
+            self.fatal = e
+            self.store.gw.halt(e)
+
+    async def run(self, entries: Iterable[Entry]) -> str:
+        """Upload every entry; return the snapshot root cap.
+
+        Raises the first fatal error (gateway failure, bad queue).  Per-entry
+        problems are warnings on the reporter.
+        """
+        try:
+            return await self._run(entries)
+        finally:
+            self.store.close()
+
+    async def _run(self, entries: Iterable[Entry]) -> str:
+        # Each entry's result is a value when it could be settled at once, or a Deferred
+        # for the task that makes it.
+        pending: dict[bytes, list[Any]] = {}
+        root: Any = None
+        have_root = False
+        handled = 0
+        for e in entries:
+            if self.fatal is not None:
+                break
+            if have_root:
+                raise QueueError(path="(queue)", problem="entries after the root")
+            handled += 1
+            if handled % _SLICE == 0 and self._clock is not None:
+                await deferLater(self._clock, 0, lambda: None)
+            self.stats.entries_scanned += 1
+            r = await self._entry(e, pending.pop(e.path, []) if e.kind == KIND_DIR else [])
+            if e.path == b"":
+                root, have_root = r, True
+            else:
+                pending.setdefault(e.parent or b"", []).append(r)
+        if self.fatal is None and not have_root:
+            raise QueueError(path="(queue)", problem="it has no root directory entry")
+        if self.fatal is None and pending:
+            raise QueueError(path="(queue)", problem="some entries come after their directory")
+        self.store.packer.drain()
+        # The objects directory can be made as soon as every file is settled, while the last
+        # directories are still being made.
+        objects = Deferred.fromCoroutine(self._objects_dir())
+        tree = (await root if isinstance(root, Deferred) else root) if have_root else _FAILED
+        objects_cap = await objects
+        if self.fatal is None:
+            assert isinstance(tree, Child)
+            try:
+                return await self.store.root(tree, objects_cap)
+            except BaseException as e:
+                self.fail(e)
+        await self.store.packer.flush()
+        assert self.fatal is not None
+        raise self.fatal
+
+    async def _entry(self, e: Entry, children: list[Any]) -> Any:
+        """The result of one entry: settled now (a value), or the Deferred of its task."""
+        if e.kind == KIND_DIR:
+            now = self._directory_now(e, children)
+            if now is not None:
+                return now
+            return await self._start(self._directory(e, children), 1 + len(children))
+        if e.kind == KIND_FILE:
+            child, decided = self.saver.unchanged_now(e)
+            if child is not None:
+                self.stats.entries_done += 1
+                return child
+            self._files_pending += 1
+            return await self._start(self._counted(self.saver.file(e, decided)))
+        if e.kind == KIND_LINK:
+            return await self._start(self.saver.symlink(e))
+        return await self._start(self.saver.special(e))
+
+    async def _start(self, coro: Any, weight: int = 1) -> Any:
+        """Run ``coro`` as a task within the window; its Deferred, or its value if it finished at once."""
+        held = await self._window.take(weight)
+        d = self._spawn(coro, held)
+        if d.called:  # settled without waiting: pass the value on, not the Deferred
+            box: list[Any] = []
+            d.addCallback(box.append)
+            return box[0]
+        return d
+
+    def _spawn(self, coro: Any, held: int) -> Deferred:
+        async def guarded() -> Any:
+            try:
+                return await coro
+            except BaseException as e:  # LafsBackupError: fatal; anything else: a bug, for the traceback
+                self.fail(e)  # what is still queued would fail the same way: don't send it
+                return _FAILED
+            finally:
+                self.stats.entries_done += 1
+                self._window.give(held)
+        return Deferred.fromCoroutine(guarded())
+
+    async def _counted(self, coro: Any) -> Any:
+        try:
+            return await coro
+        finally:
+            self._files_pending -= 1
+            if self._files_pending == 0 and self._files_done is not None:
+                d, self._files_done = self._files_done, None
+                d.callback(None)
+
+    async def _objects_dir(self) -> str | None:
+        if self._files_pending:
+            self._files_done = Deferred()
+            await self._files_done
+        if self.fatal is not None:
+            return None
+        try:
+            return await self.store.objects_dir()
+        except BaseException as e:
+            self.fail(e)
+            return None
+
+    # -- directories -------------------------------------------------------------------------------
+    def _directory_now(self, e: Entry, children: list[Any]) -> Child | None:
+        """A directory whose children are all settled and whose body is stored, or None."""
+        if self.settings.mode == "force" or any(isinstance(c, Deferred) or c is _FAILED for c in children):
+            return None
+        st = None
+        if e.path:
+            try:
+                st = self.saver.source.lstat(e.path)
+            except OSError:
+                return None  # the task says what happened
+            if not _is_dir(st):
+                return None
+        d = self.store.plan_directory(dir_body(c for c in children if c is not None))
+        log.debug("%s: %r", d, e.path)
+        if d.hit is None:
+            return None
+        self.stats.dirs += 1
+        self.stats.dirs_unchanged += 1
+        self.stats.entries_done += 1
+        times = (st.st_mtime_ns, st.st_ctime_ns) if st is not None else (None, None)
+        return Child(e.name, d.hit.cap, edge_metadata(e, None, *times))
+
+    async def _directory(self, e: Entry, children: list[Any]) -> Any:
+        self.stats.dirs += 1
+        waits = [c for c in children if isinstance(c, Deferred)]
+        got = iter(await gatherResults(waits) if waits else [])
+        results = [next(got) if isinstance(c, Deferred) else c for c in children]
+        if any(r is _FAILED for r in results):
+            return _FAILED
+        st = None
+        if e.path:
+            st = self.saver.still(e, _is_dir, "it is no longer a directory (replaced since the scan)")
+            if st is None:
+                return None
+        body = dir_body(r for r in results if r is not None)
+        cap = await self.store.directory(body, priority=-(e.path.count(b"/") + 1) if e.path else 0, path=e.path)
+        if st is not None:  # times as they are now, like the children's (entries may have gone since the scan)
+            return Child(e.name, cap, edge_metadata(e, None, st.st_mtime_ns, st.st_ctime_ns))
+        return Child(e.name, cap, edge_metadata(e))
+
+
+def _is_dir(mode_or_st: Any) -> bool:
+    import stat
+
+    mode = getattr(mode_or_st, "st_mode", mode_or_st)
+    return stat.S_ISDIR(mode)
+
+
+class Budget:
+    """A count (bytes, or entries) that may be held at once; :meth:`take` waits for room (FIFO).
+
+    ``starved`` is called whenever a taker has to wait (the packer seals its
+    open pack then, so the memory it holds is freed once it is uploaded).
+    """
+
+    def __init__(self, size: int, starved: Any = None) -> None:
+        self.size = size
+        self.free = size
+        self._starved = starved
+        self._waiters: list[tuple[int, Deferred]] = []
+
+    async def take(self, n: int) -> int:
+        """Reserve ``n`` (at most the whole budget); returns what was reserved, to give back."""
+        n = min(n, self.size)
+        if self._waiters or self.free < n:
+            d: Deferred = Deferred()
+            self._waiters.append((n, d))
+            if self._starved is not None:
+                self._starved()
+            await d
+        else:
+            self.free -= n
+        return n
+
+    def give(self, n: int) -> None:
+        self.free += n
+        while self._waiters and self._waiters[0][0] <= self.free:
+            m, d = self._waiters.pop(0)
+            self.free -= m
+            d.callback(None)
+        if self._waiters and self._starved is not None:
+            self._starved()  # still short: maybe nothing else will free room now

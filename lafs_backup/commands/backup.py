@@ -1,0 +1,194 @@
+"""``backup``: phase one (walk the source into the queue, in a thread), then phase two (upload), then record."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from typing import Any, Iterable, Iterator
+
+from ..backup.queue import QueueReader, write_queue
+from ..backup.record import append_result, link_into
+from ..backup.source import LocalSource, Source
+from ..backup.upload import Settings, Uploader
+from ..cache import move_aside
+from ..errors import ExitCode, GatewayError, GridError, LocalError, UsageError
+from ..report import Progress
+from ..store.entry import Entry
+from ..store.store import Store, StoreSettings
+from .context import Context, outcome, state_dir, this_host
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """A thread's work was stopped because the command is being interrupted."""
+
+
+def local_source(ctx: Context, arg: str | None) -> LocalSource:
+    src = arg or ctx.config.source.path
+    if not src:
+        raise UsageError("No source to back up: give SOURCE or set source.path")
+    path = os.path.abspath(os.path.expanduser(src))
+    if not os.path.isdir(path):
+        raise UsageError(f"Source {path} is not a directory")
+    return LocalSource(os.fsencode(path))
+
+
+def queue_path(ctx: Context, source: bytes, override: str | None) -> str:
+    if override:
+        return override
+    if ctx.config.source.queue_path:
+        return ctx.config.source.queue_path
+    base = os.path.basename(source).decode("utf-8", "replace") or "root"
+    digest = hashlib.sha256(source).hexdigest()[:12]
+    return os.path.join(state_dir(), "queues", f"{base}.{digest}.queue")
+
+
+async def phase_one(ctx: Context, source: Source, qpath: str, totals: list[int]) -> int:
+    """Walk the source into the queue, in a thread; the reactor stays free meanwhile.
+
+    Interrupting the command stops the walk at its next entry; the previous
+    queue, if any, is then left as it was.
+    """
+    rep = ctx.reporter
+    stop = threading.Event()
+    warn, note = ctx.threadsafe(rep.warn), ctx.threadsafe(rep.note_once)
+
+    def until_stopped(entries: Iterable[Entry]) -> Iterator[Entry]:
+        for e in entries:
+            if stop.is_set():
+                raise Interrupted()
+            totals[0] += 1
+            if e.kind == "f":
+                totals[1] += e.size
+            yield e
+
+    def work() -> int:
+        return write_queue(qpath, source.label, until_stopped(source.walk(ctx.config.filter, warn, note)))
+
+    try:
+        return int(await ctx.in_thread(work))
+    except OSError as e:  # a full disk: the previous queue is still in place
+        raise LocalError(path=qpath, problem=f"{e.strerror}; the previous queue file, if any, "
+                         "is kept as it was") from None
+    finally:
+        stop.set()
+
+
+async def run(ctx: Context, ns: argparse.Namespace) -> int:
+    rep = ctx.reporter
+    conf = ctx.config
+    source = local_source(ctx, ns.source)
+    host = ns.host or this_host()
+    queue_only, reuse_queue = ns.queue_only, ns.reuse_queue
+    qpath = queue_path(ctx, source.label, queue_only if isinstance(queue_only, str) else (
+        reuse_queue if isinstance(reuse_queue, str) else None))
+    totals = [0, 0]  # entries, bytes of regular files
+    if ctx.op is not None:
+        ctx.op.totals, ctx.op.frame = totals, sys._getframe()
+    if reuse_queue is not False:
+        def count() -> None:
+            with QueueReader(qpath, expect_source=source.label) as r:  # refuse a bad queue up front
+                for e in r:
+                    totals[0] += 1
+                    totals[1] += e.size if e.kind == "f" else 0
+        await ctx.in_thread(count)
+    else:
+        t0 = time.monotonic()
+        n = await phase_one(ctx, source, qpath, totals)
+        log.info("phase one: %d entries in %.2fs", n, time.monotonic() - t0)
+        if queue_only is not False:
+            rep.info(f"queue: {n} entries written to {qpath}")
+            if rep.json_mode:
+                rep.record({"type": "queue", "path": qpath, "entries": n, "warnings": rep.stats.warnings})
+            return ExitCode.PARTIAL if rep.stats.warnings else ExitCode.OK
+
+    gw = await ctx.gateway()
+    await gw.preflight()
+    lock = await ctx.lock()
+    try:
+        if ns.rebuild_cache:
+            cpath = await ctx.cache_path()
+            if os.path.exists(cpath):
+                moved = move_aside(cpath)
+                rep.note_once("cache", f"moved the entry cache aside to {moved} (it still lists the backups "
+                                       "recorded before); starting a new one")
+        cache = await ctx.cache()
+        shutdown = ctx.reactor.addSystemEventTrigger("before", "shutdown", cache.close)
+        try:
+            gen = cache.begin_generation(source.label)
+            dest = conf.destination
+            store = Store(gw, cache, gen, StoreSettings(dest.pack_max_file_size, dest.pack_target_size,
+                                                        max(1, conf.operation.window // 2), dest.encoding,
+                                                        mode=ns.mode),
+                          rep.stats, ctx.reactor, ctx.in_thread)
+            uploader = Uploader(source, store, cache, gen, rep,
+                                Settings(conf.operation.window, max(4, 2 * conf.operation.jobs), ns.mode),
+                                ctx.reactor)
+            if ctx.op is not None:
+                ctx.op.uploader = uploader
+            progress = Progress(rep, ctx.reactor, totals[0], totals[1])
+            progress.start()
+            try:
+                with QueueReader(qpath, expect_source=source.label) as reader:
+                    snap = await uploader.run(reader)
+            except GatewayError as e:
+                if e.unhappy:
+                    raise await _unhappy(ctx, gw, e) from None
+                raise
+            finally:
+                progress.stop()
+            b = await _record(ctx, cache, gw, gen, snap, source.label, host)
+            ctx.warn_expiring(cache.backups())
+        finally:
+            try:
+                ctx.reactor.removeSystemEventTrigger(shutdown)
+            except ValueError:
+                pass  # the reactor is already shutting down (a signal): the trigger ran
+            cache.close()
+    finally:
+        lock.release()
+    rep.stats.requests = dict(gw.counts)
+    if conf.destination.result.print_to_stdout and not rep.json_mode:
+        rep.output(snap)
+    rep.finish("backup", {"cap": snap, "generation": b.generation} if rep.json_mode else None)
+    return outcome(rep)
+
+
+async def _record(ctx: Context, cache: Any, gw: Any, gen: int, snap: str, source: bytes, host: str) -> Any:
+    """Record a finished backup: the link, the result file, and (made durable) the cache row."""
+    result = ctx.config.destination.result
+    ts = time.time()
+    lname = await link_into(gw, result.append_to_lafs_dir, source, ts, snap) if result.append_to_lafs_dir else None
+    result_file = result.append_to_file
+    if result_file:
+        try:
+            append_result(result_file, ts, source, snap)
+        except OSError as e:  # the backup is complete on the grid: record it all the same
+            ctx.reporter.warn(result_file, f"the result line could not be appended ({e.strerror}); the "
+                                           "backup is recorded in the entry cache ('lafs-backup list')")
+            result_file = None
+    return cache.record_backup(gen, snap, source, os.path.basename(source).decode("utf-8", "replace"),
+                               ts, result.append_to_lafs_dir, lname, result_file, host)
+
+
+async def _unhappy(ctx: Context, gw: Any, e: GatewayError) -> GridError:
+    """Say why the grid refused an upload: usually storage servers are missing."""
+    asked = re.search(r"asked to place shares on at least (\d+) server", e.body)
+    after = "Nothing was recorded; what was uploaded is kept, so a rerun continues from there."
+    try:
+        have = len(await gw.connected_servers())
+    except GatewayError as g:
+        return GridError(problem=f"the grid refused an upload (UploadUnhappinessError) and the gateway "
+                                 f"no longer answers ({g.reason or g}). {after}")
+    want = int(asked.group(1)) if asked else await ctx.happy(gw)
+    if have < want:
+        return GridError(problem=f"only {have} of {want} required storage servers connected: the grid "
+                                 f"refused an upload (UploadUnhappinessError). {after}")
+    return GridError(problem=f"{e}. {after}")

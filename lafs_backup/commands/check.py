@@ -1,0 +1,78 @@
+"""``check``: deep-check recorded backups, each distinct object once, renewing leases and repairing."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from ..errors import ExitCode, UsageError
+from ..log import redact
+from ..upkeep.check import Checker, Verdict, format_line
+from .context import Context, backup_json
+
+
+async def run(ctx: Context, ns: argparse.Namespace) -> int:
+    rep = ctx.reporter
+    for f in (ns.format, ns.healthy_format):  # a bad format fails before any work
+        if f is not None:
+            try:
+                format_line(f, Verdict("/x", "file", True, True, 3, "s"), {"name": "n", "generation": 1})
+            except ValueError as e:
+                raise UsageError(str(e))
+    lease = not ns.no_lease
+    to_err = ns.error_output
+    lock = await ctx.lock()
+    try:
+        cache = await ctx.cache()
+        try:
+            chosen = ctx.select(cache.backups(), ns.backups, ns.source, ns.host)
+            if not chosen:
+                raise UsageError("no finished backups recorded: nothing to check")
+            if ns.least_recently_checked:
+                chosen = [min(chosen, key=lambda b: (b.ts_check or 0.0, b.ts))]
+            gw = await ctx.gateway()
+            current: list[dict[str, Any]] = [{}]
+
+            def seen(v: Verdict) -> None:
+                info = current[0]
+                if not v.healthy:
+                    rep.emit(format_line(ns.format, v, info),
+                             {**v.as_dict(), "object_type": v.type, "type": "unhealthy",
+                              "generation": info["generation"]}, err=to_err)
+                elif ns.healthy_format is not None and not rep.json_mode:
+                    rep.emit(format_line(ns.healthy_format, v, info), {}, err=to_err)
+
+            checker = Checker(gw, await ctx.happy(gw), lease, ns.repair, seen, ctx.config.operation.jobs)
+            total_bad = 0
+            # Newest first: the newest backup holds most of what the older ones share.
+            for b in sorted(chosen, key=lambda x: (x.ts, x.id), reverse=True):
+                info = current[0] = backup_json(b)
+                started = time.time()
+                result = await checker.check(b.cap)
+                bad = result.unhealthy
+                if result.error is not None:
+                    bad.append(Verdict("?", "?", False, False, None, result.error))
+                    msg = f"deep-check of generation {b.generation} stopped: {redact(result.error)}"
+                    rep.emit(msg, {"type": "error", "generation": b.generation, "message": msg}, err=to_err)
+                else:
+                    cache.set_checked([b.id], started, lease)
+                total_bad += len(bad)
+                summary = {"type": "checked", "generation": b.generation, "objects": result.checked,
+                           "shared": result.shared, "unhealthy": len(bad),
+                           "repaired": sum(1 for v in bad if v.repaired)}
+                if rep.json_mode:
+                    rep.emit("", summary, err=to_err)
+                else:
+                    rep.info(f"generation {b.generation} ({info['time']}): {result.checked} objects checked"
+                             + (f" ({result.shared} more shared with backups checked before)" if result.shared
+                                else "")
+                             + f", {len(bad)} unhealthy" + (", leases renewed" if lease else ""))
+            ctx.warn_expiring(cache.backups())
+        finally:
+            cache.close()
+    finally:
+        lock.release()
+    if total_bad:
+        return ExitCode.PROBLEMS
+    return ExitCode.PARTIAL if rep.stats.warnings else ExitCode.OK

@@ -1,0 +1,236 @@
+"""What every command is given: the configuration, the reactor, the reporter, and the shared plumbing
+(the grid, the gateway, the entry cache and its lock, threads, the record of backups)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import platformdirs
+
+from .. import history
+from ..cache import EntryCache
+from ..config import Config
+from ..errors import ExitCode
+from ..grid import ratelimit
+from ..grid.gateway import Gateway, make_http_client
+from ..history import Backup
+from ..report import Operation, Reporter
+from ..system.lock import CacheLock
+
+if TYPE_CHECKING:
+    from ..grid.local import LocalGrid
+
+APP = "lafs-backup"
+
+
+def state_dir() -> str:
+    return platformdirs.user_state_dir(APP)
+
+
+def data_dir() -> str:
+    return platformdirs.user_data_dir(APP)
+
+
+def this_host() -> str:
+    return socket.gethostname() or "localhost"
+
+
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def outcome(rep: Reporter) -> int:
+    """The exit code of a finished run: damage found, entries skipped, or success."""
+    if rep.stats.problems:
+        return ExitCode.PROBLEMS
+    return ExitCode.PARTIAL if rep.stats.warnings else ExitCode.OK
+
+
+@dataclass
+class Context:
+    """Everything a command needs, injected by the CLI (or a test)."""
+
+    config: Config
+    reactor: Any
+    reporter: Reporter
+    #: The running operation, as the manhole shows it.
+    op: Operation | None = None
+    _gateway: Gateway | None = None
+    _url: str | None = None
+
+    # -- the grid -----------------------------------------------------------------------------
+    def grid(self, directory: str | None = None) -> "LocalGrid":
+        from ..grid.local import GridSpec, LocalGrid
+
+        g = self.config.grid
+        d = directory or g.dir or os.path.join(data_dir(), "grid")
+        return LocalGrid(GridSpec(d, g.nodes, g.needed, g.happy))
+
+    def make_gateway(self, url: str, jobs: int | None = None, attempts: int | None = None) -> Gateway:
+        op = self.config.operation
+        policy = op.retry if attempts is None else dataclasses.replace(op.retry, attempts=attempts)
+        j = jobs or op.jobs
+        return Gateway(url, make_http_client(self.reactor, j + 2), self.reactor, policy, j,
+                       self.config.debug_requests,
+                       limit_bytes=ratelimit.make(op.rate_bytes, self.reactor),
+                       limit_objects=ratelimit.make(op.rate_objects, self.reactor))
+
+    async def url(self) -> str:
+        """The gateway base URL, starting the embedded grid when none is configured."""
+        if self._url is None:
+            from ..config import gateway_base
+
+            configured = self.config.destination.url
+            self._url = gateway_base(configured) if configured else await self.ensure_grid(self.grid())
+        return self._url
+
+    async def ensure_grid(self, grid: "LocalGrid") -> str:
+        """Start the embedded grid if needed (off the reactor thread) and wait for its servers."""
+        from ..grid.local import wait_connected
+
+        try:
+            state, started = await self.in_thread(grid.start_processes)
+        except BaseException:
+            grid.cancel()  # interrupted: stop the thread's subprocess now
+            raise
+        if started:
+            self.reporter.say(f"lafs-backup: started the embedded local grid in {grid.dir}")
+        gw = self.make_gateway(state["url"], jobs=2, attempts=1)
+        await wait_connected(gw.connected_servers, state["happy"], self.config.grid.start_timeout,
+                             self.sleep, self.reactor.seconds)
+        return str(state["url"])
+
+    async def sleep(self, seconds: float) -> None:
+        from twisted.internet.task import deferLater
+
+        await deferLater(self.reactor, seconds, lambda: None)
+
+    async def gateway(self) -> Gateway:
+        if self._gateway is None:
+            self._gateway = self.make_gateway(await self.url())
+            if self.op is not None:
+                self.op.gateway = self._gateway
+        return self._gateway
+
+    async def happy(self, gw: Gateway | None = None) -> int:
+        """The happiness the grid asks of an upload: ``destination.happy``; the embedded grid's own;
+        else, for another gateway, the number of storage servers it is connected to now (Tahoe's
+        web API does not tell a client its ``shares.happy``)."""
+        configured = self.config.destination.happy
+        if configured is not None:
+            return int(configured)
+        if not self.config.destination.url:
+            state = self.grid().load()
+            return int(state["happy"]) if state else self.config.grid.happy
+        gw = gw or await self.gateway()
+        return max(1, len(await gw.connected_servers()))
+
+    # -- the entry cache ----------------------------------------------------------------------
+    async def cache_path(self) -> str:
+        path = self.config.source.cache_path
+        if not path:
+            name = "entry-cache.local.sqlite" if not self.config.destination.url else (
+                "entry-cache." + hashlib.sha256((await self.url()).encode()).hexdigest()[:12] + ".sqlite")
+            path = os.path.join(state_dir(), name)
+        return path
+
+    async def cache(self, reader: bool = False) -> EntryCache:
+        """The entry cache: a writer (the caller holds :meth:`lock`), or a reader, which works
+        while another run writes."""
+        url = await self.url()
+        s = self.config.source
+        return EntryCache(await self.cache_path(), url, s.commit_rows, s.commit_seconds, reader=reader)
+
+    async def lock(self) -> CacheLock:
+        """Take the entry cache's lock, waiting up to ``operation.lock_wait`` seconds for a holder."""
+        path = await self.cache_path()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        lock = CacheLock(path + ".lock", self.reporter)
+        await lock.acquire_waiting(self.config.operation.lock_wait, self.reactor)
+        return lock
+
+    async def backups(self) -> list[Backup]:
+        """Every finished backup recorded (read without the lock)."""
+        cache = await self.cache(reader=True)
+        try:
+            return cache.backups()
+        finally:
+            cache.close()
+
+    # -- which backups a command means ------------------------------------------------------------
+    def source_filter(self, source: str | None) -> bytes | None:
+        return os.fsencode(os.path.abspath(os.path.expanduser(source))) if source else None
+
+    def snapshot_source(self, source: str | None) -> bytes | None:
+        """The source a ``latest`` refers to: the one given, else ``source.path``, else any."""
+        return self.source_filter(source or self.config.source.path)
+
+    async def resolve(self, ref: str, source: str | None = None, host: str | None = None) -> str:
+        """The cap a SNAPSHOT argument names (a cap needs no record)."""
+        if ref.startswith("URI:"):
+            return ref
+        return history.resolve(await self.backups(), ref, self.snapshot_source(source), host).cap
+
+    def select(self, everything: list[Backup], refs: list[str], source: str | None = None,
+               host: str | None = None) -> list[Backup]:
+        """Backups named by cap, generation number or 'latest'; all of them (of ``source`` and
+        ``host``, if given) when ``refs`` is empty."""
+        if not refs:
+            return history.matching(everything, self.source_filter(source), host)
+        out: list[Backup] = []
+        for ref in refs:
+            b = history.resolve(everything, ref, self.snapshot_source(source), host)
+            if b not in out:
+                out.append(b)
+        return out
+
+    def warn_expiring(self, backups: list[Backup]) -> None:
+        """Warn about kept backups some of whose leases may end within a week."""
+        days = self.config.destination.lease_days
+        if days is None or not backups:
+            return
+        soon = history.expiring(backups, time.time(), days)
+        if soon:
+            first = min(when for _, when in soon)
+            gens = ", ".join(str(b.generation) for b, _ in soon[:10]) + (" ..." if len(soon) > 10 else "")
+            self.reporter.advise("leases", f"{len(soon)} kept backup(s) (generation {gens}) may lose objects "
+                                           f"whose leases end from {iso(first)} on; run 'lafs-backup check' to "
+                                           "renew them")
+
+    # -- threads --------------------------------------------------------------------------------
+    async def in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking work off the reactor thread, so signals, timers and the manhole stay live
+        (inline when the injected reactor has no threads, as a test's memory reactor)."""
+        from twisted.internet.interfaces import IReactorThreads
+        from twisted.internet.threads import deferToThreadPool
+
+        if not IReactorThreads.providedBy(self.reactor):
+            return fn(*args)
+        return await deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
+
+    def threadsafe(self, fn: Callable[..., None]) -> Callable[..., None]:
+        """``fn``, called on the reactor thread whoever calls it (a reporter method, from a thread)."""
+        from twisted.internet.interfaces import IReactorThreads
+
+        if not IReactorThreads.providedBy(self.reactor):
+            return fn
+
+        def call(*args: Any) -> None:
+            self.reactor.callFromThread(fn, *args)
+        return call
+
+
+def backup_json(b: Backup, floors: dict[int, float] | None = None) -> dict[str, Any]:
+    """A backup as ``list --json`` and the reports show it."""
+    floor = (floors or {}).get(b.id)
+    return {"generation": b.generation, "time": iso(b.ts), "timestamp": b.ts,
+            "host": b.host, "source": b.source_text, "name": b.name, "cap": b.cap,
+            "last_check": iso(b.ts_check) if b.ts_check else None,
+            "leases_renewed": iso(b.ts_lease) if b.ts_lease else None,
+            "leases_end": iso(floor + history.LEASE_DAYS * 86400) if floor is not None else None}

@@ -1,0 +1,26 @@
+"""``list``: every finished backup, with its host, source, lease renewal and cap."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .. import history
+from ..errors import ExitCode
+from .context import Context, backup_json
+
+
+async def run(ctx: Context, ns: argparse.Namespace) -> int:
+    everything = await ctx.backups()
+    floors = history.lease_floors(everything)
+    items = [backup_json(b, floors) for b in history.matching(everything, ctx.source_filter(ns.source), ns.host)]
+    rep = ctx.reporter
+    if rep.json_mode:
+        rep.output(json.dumps(items, indent=1))
+    elif not items:
+        rep.info("no finished backups recorded")
+    else:
+        for it in items:
+            rep.output(f"{it['generation']:>5}  {it['time']}  {it['host'] or '-'}  {it['source']}  "
+                       f"leases renewed: {it['leases_renewed'] or 'never'}  {it['cap']}")
+    return ExitCode.OK

@@ -1,0 +1,568 @@
+"""The store: the only way an object reaches the grid (files, packs, directories, symlink objects).
+
+It owns packing, compression and the one way an upload refused as unhappy
+is stored again (a random salt); it shares one upload between identical
+contents met in the same run; and it records a cap in the entry cache only
+after the gateway confirmed it, committing such rows in the reactor turn
+that confirmed them, so a kill loses only the uploads in flight.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterator
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+
+from ..backup import plan
+from ..errors import GatewayError, LafsBackupError, LocalError
+from ..log import NOISE
+from .encode import LZ4, SALT_LEN, SALT_MARK, XZ, EncodingRules, compress
+from .entry import Entry
+from .packer import Packer, PackRef
+from .snapshot import (LIT_MAX, PACKED_MARKER_BODY, Child, Hit, blob_key, body_key, content_key, edge_metadata,
+                       lit_cap, objects_body, root_body, salted_body)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """How objects are stored (from the configuration)."""
+
+    pack_max_file_size: int = 1 << 20
+    pack_target_size: int = 4 << 20
+    #: Members a pack may hold before it is sealed (bounds the results held for it).
+    pack_max_files: int = 2000
+    encoding: EncodingRules = EncodingRules(None, 0)
+    tmpdir: str | None = None
+    #: stat, checksum, verify or force (force stores every object again).
+    mode: str = "stat"
+
+    @property
+    def plain(self) -> bool:
+        """Packing off: every file a plain filenode of exactly its bytes (no pack, no encoding, no salt)."""
+        return self.pack_max_file_size == 0
+
+
+class SourceChanged(Exception):
+    """A source file changed under a read that must see it whole (the upload of its raw bytes)."""
+
+
+class Store:
+    """Stores the objects of one backup in ``generation`` (see the module docstring).
+
+    ``stats`` is the run's counters; ``clock`` schedules commits and retry
+    waits (None: commit at once); ``in_thread`` runs blocking work (hashing,
+    compression) off the reactor; ``on_fatal`` is told when committing fails.
+    """
+
+    def __init__(self, gateway: Any, cache: Any, generation: int, settings: StoreSettings, stats: Any,
+                 clock: Any = None, in_thread: Callable[..., Awaitable[Any]] | None = None,
+                 on_fatal: Callable[[BaseException], None] = lambda e: None) -> None:
+        self.gw = gateway
+        self.cache = cache
+        self.gen = generation
+        self.settings = settings
+        self.stats = stats
+        self._clock = clock
+        self._in_thread = in_thread
+        #: Told when committing fails (the uploader halts the run).
+        self.on_fatal = on_fatal
+        self.packer = Packer(self._put_pack, settings.pack_target_size, settings.pack_max_files)
+        self._uploading: dict[bytes, _Shared] = {}
+        self._marker: _Shared | str | None = None
+        self._commit_call: Any = None
+        #: Every pack and encoded object the snapshot refers to, old ones included: linked from its root.
+        self.packs_used: set[str] = set()
+        self.encoded_used: set[str] = set()
+
+    # -- salting: the one way around an unhappy refusal ------------------------------------
+    async def _despite_unhappiness(self, put: Callable[[bytes | None], Awaitable[str]], what: str,
+                                   can_salt: bool = True) -> str:
+        """``put(salt)`` stores an object (``salt`` None: exactly as it is) and returns its cap.
+
+        When the grid refuses it as unhappy although servers are up, they
+        usually still hold an interrupted upload's shares of the same bytes as
+        "incoming" (Tahoe keeps them up to 30 minutes): the same object under
+        a random salt has another storage index, so it is stored again at once
+        with one.  Further refusals (servers really missing) wait the retry
+        policy's delays, each try under a new salt, until its attempts are
+        spent.  ``can_salt`` False (an object that must hold exact bytes)
+        only waits and retries.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            salt = os.urandom(SALT_LEN) if can_salt and attempt > 1 else None
+            try:
+                return await put(salt)
+            except GatewayError as e:
+                if not e.unhappy or attempt >= self.gw.retry.attempts:
+                    raise
+            if attempt == 1 and can_salt:
+                log.info("%s was refused as unhappy; storing it again under a salt", what)
+                continue
+            delay = self.gw.retry.delay(attempt - (1 if can_salt else 0)) * self.gw.rng.uniform(0.7, 1.3)
+            log.info("%s was refused as unhappy; trying again in %.1fs", what, delay)
+            await deferLater(self.gw.clock, delay, lambda: None)
+
+    def _salted(self, data: bytes, salt: bytes | None) -> bytes:
+        return data + SALT_MARK + salt if salt else data
+
+    # -- commits ----------------------------------------------------------------------------
+    def confirmed(self) -> None:
+        """Rows for an upload the gateway confirmed: commit them in this reactor turn.
+
+        A commit costs ~30 us, an upload tens of milliseconds, so one commit per
+        turn (which gathers every member of a pack) loses nothing to a kill but
+        the uploads in flight, and the rerun sends nothing twice.
+        """
+        if self._clock is None:
+            self._commit()
+        elif self._commit_call is None:
+            self._commit_call = self._clock.callLater(0, self._commit)
+
+    def _commit(self) -> None:
+        self._commit_call = None
+        try:
+            self.cache.commit()
+        except BaseException as e:  # CacheError: the file was damaged under us
+            self.on_fatal(e)
+
+    def close(self) -> None:
+        """Stop committing (the caller commits or closes the cache itself)."""
+        if self._commit_call is not None:
+            self._commit_call.cancel()
+            self._commit_call = None
+
+    # -- content shared within the run and across runs --------------------------------------
+    async def content(self, sha: bytes, size: int, known: Hit | None,
+                      store: Callable[[], Awaitable[Hit]], on_wait: Callable[[], None] | None = None) -> Hit:
+        """Where content ``sha`` is stored: ``known`` (its cache row, as the planner saw it), an
+        identical store already under way in this run, or ``store()``, a new one.  The Hit's
+        sha256 is what the stored bytes hold (another content if the file changed meanwhile)."""
+        ckey = content_key(sha, self.settings.plain)
+        if known is not None:
+            self.stats.files_deduplicated += 1
+            self.stats.bytes_deduplicated += size
+            return known
+        shared = self._uploading.get(ckey)
+        if shared is not None:
+            if on_wait is not None:
+                on_wait()  # this copy of the content is not needed: another is being stored
+            got: Hit = await shared.wait()
+            if got.sha256 == sha:
+                self.stats.files_deduplicated += 1
+                self.stats.bytes_deduplicated += size
+                return got
+        shared = _Shared()
+        self._uploading[ckey] = shared
+        try:
+            hit = await store()
+            shared.fire(hit)
+        except BaseException as err:
+            shared.fail(err)
+            raise
+        finally:
+            # A waiter may already have registered its own store under this key (the content it
+            # wanted turned out different): that one is not ours to remove.
+            if self._uploading.get(ckey) is shared:
+                del self._uploading[ckey]
+        if hit.sha256 == sha:
+            self.cache.store_hit(ckey, hit, self.gen)
+            self.confirmed()
+        self.stats.files_uploaded += 1
+        return hit
+
+    def known_content(self, sha: bytes) -> Hit | None:
+        """The cache row for content ``sha`` (None in force mode: everything is stored again)."""
+        if self.settings.mode == "force":
+            return None
+        return self.cache.lookup(content_key(sha, self.settings.plain), self.gen)
+
+    # -- files ------------------------------------------------------------------------------
+    async def member(self, data: bytes, sha: bytes, path: bytes, appended: Callable[[], None]) -> Hit:
+        """Store a small file's bytes in a pack (compressed if the rules say so and it pays)."""
+        enc = self.settings.encoding.choose(path, len(data))
+        stored = compress(enc, data) if enc else None
+        if stored is None:
+            enc, stored = None, data
+        d = self.packer.add(stored)
+        appended()
+        ref: PackRef = await d
+        self.stats.bytes_uploaded += len(stored)
+        self.stats.bytes_compression_saved += len(data) - len(stored)
+        log.log(NOISE, "packed: %r (%d bytes, stored %d)", path, len(data), len(stored))
+        return Hit(ref.cap, sha, enc, ref.offset, ref.length)
+
+    async def _put_pack(self, buf: bytes) -> str:
+        # Members are addressed by offset: a salt after the last one changes nothing for them.
+        return await self._despite_unhappiness(lambda salt: self.gw.put_bytes(self._salted(buf, salt)), "a pack")
+
+    async def file(self, src: Any, size: int, sha: bytes, path: bytes) -> Hit:
+        """Store a large file read from ``src`` (a :class:`~..backup.source.SourceFile`) as its own
+        object: compressed into a temporary file when that pays, else its raw bytes.
+
+        Raises :class:`SourceChanged` when the file shrinks under the raw upload.
+        """
+        plain = self.settings.plain
+        enc = None if plain else self.settings.encoding.choose(path, size)
+        if enc is not None and compress(enc, src.pread(64 << 10, 0)) is None:
+            enc = None
+        if enc is not None:
+            tmp, length, got = await self._blocking(_compress_to_temp, enc, src, size, self.settings.tmpdir, path)
+            try:
+                if length < size * 0.9:
+                    cap = await self._put_object(_Local(tmp), length, path)
+                    self.stats.bytes_uploaded += length
+                    self.stats.bytes_compression_saved += size - length
+                    log.log(NOISE, "uploaded: %r (%d bytes, stored %d, %s)", path, size, length, enc)
+                    return Hit(cap, got, enc)
+            finally:
+                os.close(tmp)
+        slices: list[_FileSlice] = []
+        cap = await self._put_object(src, size, path, slices)
+        last = slices[-1]
+        if last.hashed_to != size:
+            raise LafsBackupError(f"an upload read {last.hashed_to} of {size} bytes")
+        self.stats.bytes_uploaded += size
+        log.log(NOISE, "uploaded: %r (%d bytes)", path, size)
+        return Hit(cap, last.sha256.digest(), None)
+
+    async def _put_object(self, src: Any, size: int, path: bytes, slices: list["_FileSlice"] | None = None) -> str:
+        """Upload ``size`` bytes of ``src``, each attempt through a fresh view of it."""
+        seen = slices if slices is not None else []
+
+        def opener(salt: bytes | None) -> _FileSlice:
+            view = _FileSlice(src, size, SALT_MARK + salt if salt else b"")
+            seen.append(view)
+            return view
+
+        label = _label(path)
+        return await self._despite_unhappiness(
+            lambda salt: self.gw.put_file(lambda: opener(salt), label=label), f"the upload of {label}",
+            can_salt=not self.settings.plain)
+
+    async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._in_thread is None:
+            return fn(*args)
+        return await self._in_thread(fn, *args)
+
+    async def hash(self, src: Any, size: int) -> bytes:
+        """SHA-256 of the first ``size`` bytes of ``src``, off the reactor thread."""
+        return await self._blocking(_sha256, src, size)  # type: ignore[no-any-return]
+
+    async def private_copy(self, src: Any, size: int, path: bytes) -> Any:
+        """A copy of a changing file in an unnamed temporary file: bytes that stay put."""
+        fd = await self._blocking(_copy_to_temp, src, size, self.settings.tmpdir, path)
+        return _Local(fd)
+
+    # -- symlinks and directories ------------------------------------------------------------
+    async def symlink(self, target: bytes) -> str:
+        """The cap a symlink's edge points to: its target, as a LIT cap or an object (only the
+        target in the metadata is ever read back)."""
+        if len(target) <= LIT_MAX:
+            return lit_cap(target)
+        key = blob_key(target)
+        hit = self.cache.lookup(key, self.gen) if self.settings.mode != "force" else None
+        if hit is not None:
+            return hit.cap
+        cap = await self._despite_unhappiness(lambda salt: self.gw.put_bytes(self._salted(target, salt)),
+                                              "a symlink target")
+        self.cache.store(key, cap, self.gen)
+        self.confirmed()
+        return cap
+
+    def plan_directory(self, body: bytes) -> "plan.Decision":
+        """The planner's decision for a directory of this exact body (names, caps, metadata)."""
+        known = self.cache.lookup(body_key(body), self.gen) if self.settings.mode != "force" else None
+        return plan.for_directory(known, self.settings.mode)
+
+    async def directory(self, body: bytes, priority: float = 0.0, path: bytes | None = None) -> str:
+        """The cap of an immutable directory with this exact body, made unless already stored."""
+        d = self.plan_directory(body)
+        if path is not None:
+            log.debug("%s: %r", d, path)
+        if d.hit is not None:
+            self.stats.dirs_unchanged += 1
+            return d.hit.cap
+        cap = await self._despite_unhappiness(
+            lambda salt: self.gw.mkdir_immutable(salted_body(body, salt.hex()) if salt else body, priority),
+            "a directory")
+        self.cache.store(body_key(body), cap, self.gen)
+        self.confirmed()
+        self.stats.dirs_new += 1
+        return cap
+
+    # -- the edges of stored files -------------------------------------------------------------
+    def child_now(self, e: Entry, st: Any, hit: Hit, size: int | None = None) -> Child | None:
+        """The edge for a stored file (of ``size`` bytes, st_size by default); None if it needs
+        the marker directory and that is not known yet (see :meth:`child`)."""
+        meta = edge_metadata(e, st.st_size if size is None else size, st.st_mtime_ns, st.st_ctime_ns,
+                             hit.sha256.hex() if hit.sha256 else None)
+        if hit.enc:
+            meta["enc"] = hit.enc
+        if hit.offset is not None:
+            meta["pack"] = {"cap": hit.cap, "offset": hit.offset, "length": hit.length}
+        elif hit.enc:
+            meta["object"] = hit.cap
+        else:
+            return Child(e.name, hit.cap, meta)  # a plain filenode: exactly the file's bytes
+        marker = self._marker_now()
+        if marker is None:
+            return None
+        (self.packs_used if hit.offset is not None else self.encoded_used).add(hit.cap)
+        return Child(e.name, marker, meta)
+
+    async def child(self, e: Entry, st: Any, hit: Hit, size: int | None = None) -> Child:
+        found = self.child_now(e, st, hit, size)
+        if found is None:
+            await self._packed_marker()
+            found = self.child_now(e, st, hit, size)
+        assert found is not None
+        return found
+
+    def _marker_now(self) -> str | None:
+        if isinstance(self._marker, str):
+            return self._marker
+        if self._marker is None:
+            hit = self.cache.lookup(body_key(PACKED_MARKER_BODY), self.gen)
+            if hit is not None:
+                self._marker = hit.cap
+                return hit.cap
+        return None
+
+    async def _packed_marker(self) -> str:
+        """The cap every packed file's edge points to: a tiny directory saying how to restore it,
+        so plain Tahoe tools show a directory there instead of wrong file contents."""
+        if isinstance(self._marker, str):
+            return self._marker
+        if self._marker is None:
+            shared = self._marker = _Shared()
+            try:
+                cap = await self.directory(PACKED_MARKER_BODY)
+            except BaseException as err:
+                self._marker = None
+                shared.fail(err)
+                raise
+            self._marker = cap
+            shared.fire(cap)
+            return cap
+        return str(await self._marker.wait())
+
+    # -- the snapshot's own objects -----------------------------------------------------------------
+    async def objects_dir(self) -> str | None:
+        """The directory linking every pack and encoded object the snapshot uses (None: none)."""
+        if not (self.packs_used or self.encoded_used):
+            return None
+        return await self.directory(objects_body(self.packs_used, self.encoded_used))
+
+    async def root(self, tree: Child, objects: str | None) -> str:
+        """Seal the last pack and make the snapshot's root; returns the snapshot cap."""
+        await self.packer.flush()
+        self.stats.packs = self.packer.packs_uploaded
+        return await self.directory(root_body(tree, objects))
+
+
+class _Shared:
+    """The outcome of one upload, awaited by any number of identical-content waiters."""
+
+    def __init__(self) -> None:
+        self._waiters: list[Deferred] = []
+
+    def wait(self) -> Deferred:
+        d: Deferred = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def fire(self, result: Any) -> None:
+        for d in self._waiters:
+            d.callback(result)
+
+    def fail(self, err: BaseException) -> None:
+        for d in self._waiters:
+            d.errback(err)
+
+
+class _Local:
+    """A temporary file of the store's own, read like a source file."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def pread(self, n: int, offset: int) -> bytes:
+        return os.pread(self.fd, n, offset)
+
+    def fstat(self) -> os.stat_result:
+        return os.fstat(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _FileSlice(io.RawIOBase):
+    """A read-only view of a source file with its own position, hashing what it reads.
+
+    Each upload attempt gets a fresh slice, so a cancelled attempt can never
+    move the position of the next one.  ``suffix`` bytes (a salt) come after
+    the file's bytes and are not hashed.  Closing it leaves the file open.
+    """
+
+    def __init__(self, src: Any, size: int, suffix: bytes = b"") -> None:
+        self._src = src
+        self._size = size
+        self._suffix = suffix
+        self._total = size + len(suffix)
+        self._pos = 0
+        self.sha256 = hashlib.sha256()
+        self.hashed_to = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._total}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            n = max(0, self._total - self._pos)
+        n = min(n, max(0, self._total - self._pos))
+        if n == 0:
+            return b""
+        if self._pos >= self._size:
+            at = self._pos - self._size
+            data = self._suffix[at:at + n]
+            self._pos += len(data)
+            return data
+        want = min(n, self._size - self._pos)
+        data = _read_exactly(self._src, want, self._pos)
+        if len(data) < want:  # the file shrank under the upload: its body would come up short
+            raise SourceChanged(f"the file shrank to {self._pos + len(data)} bytes while it was uploaded")
+        if self._pos == self.hashed_to:
+            self.sha256.update(data)
+            self.hashed_to += len(data)
+        self._pos += len(data)
+        return data
+
+
+def _read_exactly(src: Any, n: int, offset: int) -> bytes:
+    """Up to ``n`` bytes from ``offset`` (fewer only at the end of the file)."""
+    parts = []
+    got = 0
+    while got < n:
+        chunk = src.pread(n - got, offset + got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _chunks(src: Any, size: int) -> Iterator[bytes]:
+    """The first ``size`` bytes of ``src`` (fewer if it shrank), in 1 MiB reads."""
+    pos = 0
+    while pos < size:
+        chunk = src.pread(min(1 << 20, size - pos), pos)
+        if not chunk:
+            return
+        yield chunk
+        pos += len(chunk)
+
+
+def _sha256(src: Any, size: int) -> bytes:
+    h = hashlib.sha256()
+    for chunk in _chunks(src, size):
+        h.update(chunk)
+    return h.digest()
+
+
+def _temp_file(tmpdir: str | None) -> int:
+    return os.open(tmpdir or tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR, 0o600)
+
+
+def _write_all(fd: int, data: bytes, at: int) -> int:
+    view = memoryview(data)
+    start = at
+    while view:  # a nearly full disk may take part of a write
+        n = os.pwrite(fd, view, at)
+        at += n
+        view = view[n:]
+    return at - start
+
+
+def _full(tmpdir: str | None, err: OSError, path: bytes, doing: str) -> LocalError:
+    """A full TMPDIR is not one file's fault: every later large file would fail the same way."""
+    return LocalError(path=tmpdir or tempfile.gettempdir(), problem=(
+        f"{err.strerror} ({doing} {_label(path)}). Free space there, or point TMPDIR at a larger disk"))
+
+
+def _copy_to_temp(src: Any, size: int, tmpdir: str | None, path: bytes) -> int:
+    """Copy the first ``size`` bytes of ``src`` (fewer if it shrank) into an unnamed temporary file."""
+    tmp = _temp_file(tmpdir)
+    try:
+        out = 0
+        for chunk in _chunks(src, size):
+            out += _write_all(tmp, chunk, out)
+        return tmp
+    except OSError as err:
+        os.close(tmp)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _full(tmpdir, err, path, "copying") from None
+        raise
+    except BaseException:
+        os.close(tmp)
+        raise
+
+
+def _compress_to_temp(enc: str, src: Any, size: int, tmpdir: str | None, path: bytes) -> tuple[int, int, bytes]:
+    """Compress a file into an unnamed temporary file: (its fd, its length, SHA-256 of what was read)."""
+    if enc == LZ4:
+        import lz4.frame
+
+        comp: Any = lz4.frame.LZ4FrameCompressor()
+        head = comp.begin()
+    elif enc == XZ:
+        import lzma
+
+        comp = lzma.LZMACompressor(preset=6)
+        head = b""
+    else:
+        raise ValueError(enc)
+    tmp = _temp_file(tmpdir)
+    h = hashlib.sha256()
+    try:
+        out = _write_all(tmp, head, 0)
+        for chunk in _chunks(src, size):
+            h.update(chunk)
+            out += _write_all(tmp, comp.compress(chunk), out)
+        out += _write_all(tmp, comp.flush(), out)
+    except OSError as err:
+        os.close(tmp)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _full(tmpdir, err, path, "compressing") from None
+        raise
+    except BaseException:
+        os.close(tmp)
+        raise
+    return tmp, out, h.digest()
+
+
+def _label(path: bytes) -> str:
+    """A path as the manhole shows it next to an upload attempt."""
+    return "/" + path.decode("utf-8", "backslashreplace") if path else "/"

@@ -1,0 +1,1 @@
+"""Keeping backups alive: check (leases, repair, health) and retention."""
