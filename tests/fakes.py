@@ -1,0 +1,174 @@
+"""In-memory fakes of the gateway and the entry cache, for fast unit tests of the core classes.
+
+They behave like the real ones where the core relies on it: caps are
+content-derived (the same bytes give the same cap), a directory's cap names
+its exact body, listings come back in the web API's shape, downloads can be
+cut short and resumed.  They are never a substitute for the real grid: the
+integration tests run against that.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections import Counter
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+
+from lafs_backup.config import RetryPolicy
+from lafs_backup.errors import GatewayError
+from lafs_backup.store.snapshot import Hit, lit_cap, lit_data
+
+
+def _b32(data: bytes, n: int) -> str:
+    return base64.b32encode(hashlib.sha256(data).digest() * 2).decode().lower().rstrip("=")[:n]
+
+
+class FakeGateway:
+    """Stores objects in a dict.  ``fail`` maps (kind, call number) to an error to raise once:
+    "unhappy" (UploadUnhappinessError), a status, or a callable returning an exception.
+    ``hold`` makes uploads wait for :meth:`release` (to observe concurrency)."""
+
+    def __init__(self, clock: Any = None, attempts: int = 3) -> None:
+        import random
+
+        from twisted.internet.task import Clock
+
+        self.clock = clock or Clock()
+        self.retry = RetryPolicy(attempts, (1.0, 2.0), None, None)
+        self.rng = random.Random(0)
+        self.objects: dict[str, bytes] = {}
+        self.dirs: dict[str, bytes] = {}
+        self.counts: Counter[str] = Counter()
+        self.fail: dict[tuple[str, int], Any] = {}
+        self.halted: BaseException | None = None
+        self.hold = False
+        self.waiting: list[Deferred] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.priorities: list[float] = []
+        self.ranges: list[int] = []
+        #: Cut the next download of an object after this many bytes (a dropped connection).
+        self.cut_download_at: int | None = None
+
+    def halt(self, why: BaseException) -> None:
+        self.halted = why
+
+    def _maybe_fail(self, kind: str) -> None:
+        self.counts[kind] += 1
+        f = self.fail.pop((kind, self.counts[kind]), None)
+        if f is None:
+            return
+        if f == "unhappy":
+            raise GatewayError("PUT", "(fake)", 500, "allmydata.interfaces.UploadUnhappinessError: fake")
+        if isinstance(f, int):
+            raise GatewayError("PUT", "(fake)", f, "fake failure")
+        raise f()
+
+    async def _held(self) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.hold:
+                d: Deferred = Deferred()
+                self.waiting.append(d)
+                await d
+        finally:
+            self.in_flight -= 1
+
+    def release(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def _file_cap(self, data: bytes) -> str:
+        if len(data) <= 55:
+            return lit_cap(data)
+        cap = f"URI:CHK:{_b32(data, 26)}:{_b32(data + b'x', 52)}:2:3:{len(data)}"
+        self.objects[cap] = data
+        return cap
+
+    async def put_bytes(self, data: bytes, label: str | None = None) -> str:
+        self._maybe_fail("put")
+        await self._held()
+        return self._file_cap(data)
+
+    async def put_file(self, opener: Callable[[], Any], label: str | None = None) -> str:
+        self._maybe_fail("put")
+        f = opener()
+        data = b""
+        while chunk := f.read(1 << 16):
+            data += chunk
+        f.close()
+        await self._held()
+        return self._file_cap(data)
+
+    async def mkdir_immutable(self, body: bytes, priority: float = 0.0) -> str:
+        self._maybe_fail("mkdir")
+        self.priorities.append(priority)
+        await self._held()
+        if body in (b"{}", b""):
+            return "URI:DIR2-LIT:"
+        cap = f"URI:DIR2-CHK:{_b32(body, 26)}:{_b32(body + b'x', 52)}:2:3:{len(body)}"
+        self.dirs[cap] = body
+        return cap
+
+    async def get_json(self, cap: str, path: Any = ()) -> Any:
+        self.counts["get"] += 1
+        body = json.loads(self.dirs.get(cap, b"{}"))
+        children = {}
+        for name, (ntype, info) in body.items():
+            child = dict(info)
+            child.setdefault("metadata", {})
+            children[name] = [ntype, child]
+        return ["dirnode", {"ro_uri": cap, "children": children}]
+
+    async def download(self, cap: str, sink: Callable[[bytes], None],
+                       restart: Callable[[], None] | None = None) -> int:
+        self.counts["get"] += 1
+        data = self.objects[cap]
+        start = 0
+        if self.cut_download_at is not None:  # the first attempt drops; the retry asks for the rest
+            cut, self.cut_download_at = self.cut_download_at, None
+            sink(data[:cut])
+            start = cut
+            self.ranges.append(cut)
+        sink(data[start:])
+        return len(data)
+
+    async def get_range(self, cap: str, offset: int, length: int) -> bytes:
+        self.counts["range"] += 1
+        return self.objects[cap][offset:offset + length]
+
+
+class FakeCache:
+    """The entry cache's interface over dicts (no sqlite)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[bytes, Hit] = {}
+        self.paths: set[tuple[bytes, bytes]] = set()
+        self.commits = 0
+
+    def lookup(self, key: bytes, generation: int) -> Hit | None:
+        return self.rows.get(key)
+
+    def store(self, key: bytes, cap: str, generation: int, sha256: bytes | None = None, enc: str | None = None,
+              offset: int | None = None, length: int | None = None) -> None:
+        self.rows[key] = Hit(cap, sha256, enc, offset, length)
+
+    def store_hit(self, key: bytes, hit: Hit, generation: int) -> None:
+        self.rows[key] = hit
+
+    def commit(self) -> None:
+        self.commits += 1
+
+    def saw_path(self, source: bytes, path: bytes) -> bool:
+        return (source, path) in self.paths
+
+    def record_path(self, source: bytes, path: bytes, generation: int) -> None:
+        self.paths.add((source, path))
+
+
+__all__ = ["FakeGateway", "FakeCache", "lit_data"]

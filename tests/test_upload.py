@@ -1,0 +1,115 @@
+"""The uploader (the scheduler) with an in-memory gateway and a Clock: order, bounds, reuse, failure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from fakes import FakeCache, FakeGateway
+from lafs_backup.backup.filters import compile_rules
+from lafs_backup.backup.source import LocalSource
+from lafs_backup.backup.upload import Budget, Settings, Uploader
+from lafs_backup.errors import GatewayError
+from lafs_backup.report import Reporter
+from lafs_backup.store.store import Store, StoreSettings
+
+
+def tree(root, dirs=3, files=4):
+    for d in range(dirs):
+        sub = root / f"d{d}" / "deeper"
+        sub.mkdir(parents=True)
+        for f in range(files):
+            (sub / f"f{f}.txt").write_text(f"file {d}/{f} " * 20)
+            (root / f"d{d}" / f"g{f}.txt").write_text(f"other {d}/{f} " * 30)
+    (root / "link").symlink_to("d0")
+    return root
+
+
+def uploader(root, gw, cache, window=4000):
+    src = LocalSource(bytes(root))
+    store = Store(gw, cache, 1, StoreSettings(pack_target_size=1 << 16), Reporter().stats, clock=None)
+    rep = Reporter()
+    store.stats = rep.stats
+    return Uploader(src, store, cache, 1, rep, Settings(window=window), clock=Clock()), src
+
+
+async def run(root, gw, cache, **kw):
+    up, src = uploader(root, gw, cache, **kw)
+    entries = list(src.walk(compile_rules([]), lambda p, m: None, lambda k, m: None))
+    return await up.run(entries), up
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tree_becomes_one_snapshot_and_an_unchanged_rerun_sends_nothing(tmp_path):
+    root = tree(tmp_path / "src")
+    gw, cache = FakeGateway(), FakeCache()
+    cap, up = await run(root, gw, cache)
+    listing = json.loads(gw.dirs[cap])
+    assert set(listing) == {"tree", "objects"}  # the source root, and the packs it uses
+    s = up.stats
+    assert (s.files, s.files_new, s.dirs, s.symlinks) == (24, 24, 7, 1) and s.packs == 1
+    before = dict(gw.counts)
+    cap2, up2 = await run(root, gw, cache)
+    assert cap2 == cap and dict(gw.counts) == before  # settled from the cache, no request at all
+    assert up2.stats.files_unchanged == 24 and up2.stats.dirs_unchanged == 7 + 2  # and objects, root
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_window_bounds_the_entries_in_flight(tmp_path):
+    root = tree(tmp_path / "src", dirs=1, files=10)
+    gw, cache = FakeGateway(), FakeCache()
+    gw.hold = True
+    up, src = uploader(root, gw, cache, window=3)
+    entries = list(src.walk(compile_rules([]), lambda p, m: None, lambda k, m: None))
+    store = up.store
+    store.settings = StoreSettings(pack_max_file_size=0)  # one upload per file: each a task in flight
+    up.saver._small_max = 0
+    d = Deferred.fromCoroutine(up.run(entries))
+    while not d.called:
+        assert gw.in_flight <= 3
+        gw.release()
+        await _turn()
+    assert gw.most_in_flight <= 3
+    await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_deeper_directories_ask_for_their_slot_first(tmp_path):
+    root = tree(tmp_path / "src", dirs=2, files=1)
+    gw, cache = FakeGateway(), FakeCache()
+    await run(root, gw, cache)
+    # d0/deeper and d1/deeper (depth 2) ask with priority -2, d0 and d1 with -1, the root with 0.
+    assert sorted(p for p in gw.priorities if p < 0) == [-2, -2, -1, -1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fatal_error_halts_the_run_and_nothing_more_is_sent(tmp_path):
+    root = tree(tmp_path / "src", dirs=2, files=3)
+    gw, cache = FakeGateway(), FakeCache()
+    gw.fail[("mkdir", 1)] = 400
+    with pytest.raises(GatewayError):
+        await run(root, gw, cache)
+    assert isinstance(gw.halted, GatewayError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_byte_budget_waits_in_order_and_asks_for_relief():
+    starved = []
+    b = Budget(100, lambda: starved.append(1))
+    assert await b.take(60) == 60
+    d1 = Deferred.fromCoroutine(b.take(50))
+    d2 = Deferred.fromCoroutine(b.take(10))  # would fit, but waits its turn behind d1
+    assert not d1.called and not d2.called and starved
+    b.give(60)
+    assert d1.called and d2.called and b.free == 40
+
+
+async def _turn():
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, 0, lambda: None)
