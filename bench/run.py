@@ -383,7 +383,14 @@ def write_results(results: dict, scale: dict | None, kept_scale: str | None = No
         if "(from an earlier run)" not in kept_scale:
             kept_scale = kept_scale.replace("\n", " (from an earlier run)\n", 1)
         lines += [kept_scale.rstrip(), ""]
-    (HERE / "RESULTS.md").write_text("\n".join(lines))
+    # The sections measured apart (--only ...) and the notes of earlier runs are kept as they are.
+    path = HERE / "RESULTS.md"
+    kept = []
+    if path.exists():
+        for sec in path.read_text().split("\n## ")[1:]:
+            if not sec.startswith("Scale"):
+                kept.append("## " + sec.rstrip() + "\n")
+    path.write_text("\n".join(lines).rstrip() + "\n\n" + "\n".join(kept))
 
 
 if __name__ == "__main__":
