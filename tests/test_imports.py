@@ -22,7 +22,7 @@ PURE = {"backup/plan.py", "backup/filters.py", "backup/queue.py", "store/snapsho
 IO_MODULES = {"treq", "sqlite3", "twisted", "cffi", "subprocess", "socket", "threading", "xattr", "urllib"}
 #: Packages and what they may import from the project: the layers.
 LAYERS = {
-    "store": {"store", "errors", "log", "backup/plan"},
+    "store": {"store", "errors", "log", "backup/plan", "system/paths"},
     "backup": {"backup", "store", "errors", "log", "system", "cache"},
     "read": {"read", "store", "errors", "log", "system", "report", "backup/filters", "upkeep/check"},
     "upkeep": {"upkeep", "errors", "log"},

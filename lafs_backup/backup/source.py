@@ -12,7 +12,7 @@ import os
 from typing import Callable, Iterator, Protocol
 
 from ..store.entry import Entry
-from ..system.paths import lstat_beneath, open_beneath
+from ..system.paths import LocalFile, lstat_beneath, open_beneath
 
 WarnFn = Callable[[bytes, str], None]
 NoteFn = Callable[[str, str], None]
@@ -44,22 +44,6 @@ class Source(Protocol):
     def open(self, rel: bytes) -> SourceFile:
         """Open a regular file for reading (never through a symlink); raises OSError."""
         ...
-
-
-class LocalFile:
-    """A local file open for reading."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def pread(self, n: int, offset: int) -> bytes:
-        return os.pread(self.fd, n, offset)
-
-    def fstat(self) -> os.stat_result:
-        return os.fstat(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 class LocalSource:

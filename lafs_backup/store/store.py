@@ -27,6 +27,7 @@ from ..log import NOISE
 from .encode import LZ4, SALT_LEN, SALT_MARK, XZ, EncodingRules, compress
 from .entry import Entry
 from .packer import Packer, PackRef
+from ..system.paths import LocalFile
 from .snapshot import (LIT_MAX, PACKED_MARKER_BODY, Child, Hit, blob_key, body_key, content_key, edge_metadata,
                        lit_cap, objects_body, root_body, salted_body)
 
@@ -221,7 +222,7 @@ class Store:
             tmp, length, got = await self._blocking(_compress_to_temp, enc, src, size, self.settings.tmpdir, path)
             try:
                 if length < size * 0.9:
-                    cap = await self._put_object(_Local(tmp), length, path)
+                    cap = await self._put_object(LocalFile(tmp), length, path)
                     self.stats.bytes_uploaded += length
                     self.stats.bytes_compression_saved += size - length
                     log.log(NOISE, "uploaded: %r (%d bytes, stored %d, %s)", path, size, length, enc)
@@ -263,7 +264,7 @@ class Store:
     async def private_copy(self, src: Any, size: int, path: bytes) -> Any:
         """A copy of a changing file in an unnamed temporary file: bytes that stay put."""
         fd = await self._blocking(_copy_to_temp, src, size, self.settings.tmpdir, path)
-        return _Local(fd)
+        return LocalFile(fd)
 
     # -- symlinks and directories ------------------------------------------------------------
     async def symlink(self, target: bytes) -> str:
@@ -392,22 +393,6 @@ class _Shared:
             d.errback(err)
 
 
-class _Local:
-    """A temporary file of the store's own, read like a source file."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def pread(self, n: int, offset: int) -> bytes:
-        return os.pread(self.fd, n, offset)
-
-    def fstat(self) -> os.stat_result:
-        return os.fstat(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 class _FileSlice(io.RawIOBase):
     """A read-only view of a source file with its own position, hashing what it reads.
 
@@ -512,22 +497,25 @@ def _full(tmpdir: str | None, err: OSError, path: bytes, doing: str) -> LocalErr
         f"{err.strerror} ({doing} {_label(path)}). Free space there, or point TMPDIR at a larger disk"))
 
 
-def _copy_to_temp(src: Any, size: int, tmpdir: str | None, path: bytes) -> int:
-    """Copy the first ``size`` bytes of ``src`` (fewer if it shrank) into an unnamed temporary file."""
+def _into_temp(tmpdir: str | None, path: bytes, doing: str, chunks: Iterator[bytes]) -> tuple[int, int]:
+    """Write ``chunks`` into a new unnamed temporary file: (its fd, its length).  A full disk is
+    an error naming TMPDIR; on any error the file is gone."""
     tmp = _temp_file(tmpdir)
     try:
         out = 0
-        for chunk in _chunks(src, size):
+        for chunk in chunks:
             out += _write_all(tmp, chunk, out)
-        return tmp
-    except OSError as err:
+        return tmp, out
+    except BaseException as err:
         os.close(tmp)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _full(tmpdir, err, path, "copying") from None
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _full(tmpdir, err, path, doing) from None
         raise
-    except BaseException:
-        os.close(tmp)
-        raise
+
+
+def _copy_to_temp(src: Any, size: int, tmpdir: str | None, path: bytes) -> int:
+    """Copy the first ``size`` bytes of ``src`` (fewer if it shrank) into an unnamed temporary file."""
+    return _into_temp(tmpdir, path, "copying", _chunks(src, size))[0]
 
 
 def _compress_to_temp(enc: str, src: Any, size: int, tmpdir: str | None, path: bytes) -> tuple[int, int, bytes]:
@@ -544,22 +532,16 @@ def _compress_to_temp(enc: str, src: Any, size: int, tmpdir: str | None, path: b
         head = b""
     else:
         raise ValueError(enc)
-    tmp = _temp_file(tmpdir)
     h = hashlib.sha256()
-    try:
-        out = _write_all(tmp, head, 0)
+
+    def compressed() -> Iterator[bytes]:
+        yield head
         for chunk in _chunks(src, size):
             h.update(chunk)
-            out += _write_all(tmp, comp.compress(chunk), out)
-        out += _write_all(tmp, comp.flush(), out)
-    except OSError as err:
-        os.close(tmp)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _full(tmpdir, err, path, "compressing") from None
-        raise
-    except BaseException:
-        os.close(tmp)
-        raise
+            yield comp.compress(chunk)
+        yield comp.flush()
+
+    tmp, out = _into_temp(tmpdir, path, "compressing", compressed())
     return tmp, out, h.digest()
 
 

@@ -12,6 +12,22 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _LONG = 3800  # beyond this, don't hand the kernel a whole path (PATH_MAX is 4096)
 
 
+class LocalFile:
+    """A local file open for reading by offset (so uploads and hashes never share a position)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def pread(self, n: int, offset: int) -> bytes:
+        return os.pread(self.fd, n, offset)
+
+    def fstat(self) -> os.stat_result:
+        return os.fstat(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 def proc_path(dir_fd: int, name: bytes) -> bytes:
     """A short path naming ``name`` in the directory open as ``dir_fd`` (for libraries that take paths)."""
     return b"/proc/self/fd/%d/%s" % (dir_fd, name)
