@@ -256,6 +256,7 @@ def test_live_session_on_a_running_backup(grid, home, tmp_path):
     run = Run(["--url", grid.url, "-c", str(conf), "backup", str(src)], home)
     port = int(run.wait_for(r"manhole: listening on 127\.0\.0\.1:(\d+)").group(1))
     kh = known_hosts_for(home, port, tmp_path / "known_hosts")
+    run.wait_for(r"phase one: \d+ entries")  # the manhole answers during the walk too; here, the uploads
 
     # An authorized key reads the live progress of the running backup.
     s = ssh(port, key, kh, 'p = op.progress\nprint("P", op.command, p["entries_done"], p["entries_total"])\n'
