@@ -17,6 +17,11 @@ This is the only module that talks to sqlite.  Schema history (``meta.schema_ver
 * 4: ``backups.host`` (the host name the backup was made on; retention and
   ``latest`` group by host and source) and ``backups.ts_lease``, the time
   of the last check that renewed the leases of every object of the backup.
+* 5: ``backups.tags`` (JSON list), ``backups.summary`` (JSON counters),
+  ``backups.writer`` and ``backups.record`` (where the repository records it;
+  null until it does, so the next run records it); ``checked(cap, ts_check,
+  ts_lease)``, the checks of any backup (this machine's or another's, from
+  the repository), by snapshot cap, replacing the backups columns.
 
 Rows are written only after the gateway confirmed a cap.  The uploader
 commits rows that record an upload at once; other writes are batched (rows or
@@ -29,6 +34,7 @@ at once (a commit at synchronous=FULL).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sqlite3
 import time
@@ -39,7 +45,7 @@ from .errors import CacheBusyError, CacheError
 from .history import Backup
 from .store.snapshot import Hit
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: How long to wait for another process's write to finish before calling the cache busy.
 BUSY_TIMEOUT_MS = 10000
 
@@ -55,8 +61,10 @@ CREATE INDEX IF NOT EXISTS objects_generation ON objects (generation);
 CREATE TABLE IF NOT EXISTS backups (
     id INTEGER PRIMARY KEY, generation INTEGER NOT NULL, cap TEXT NOT NULL,
     source BLOB NOT NULL, name TEXT NOT NULL, ts REAL NOT NULL, ts_check REAL,
-    link_dir TEXT, link_name TEXT, result_file TEXT, host TEXT, ts_lease REAL);
+    link_dir TEXT, link_name TEXT, result_file TEXT, host TEXT, ts_lease REAL,
+    tags TEXT, summary TEXT, writer TEXT, record TEXT);
 CREATE INDEX IF NOT EXISTS backups_generation ON backups (generation);
+CREATE TABLE IF NOT EXISTS checked (cap TEXT PRIMARY KEY, ts_check REAL, ts_lease REAL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS paths (key BLOB PRIMARY KEY, generation INTEGER NOT NULL) WITHOUT ROWID;
 """
 
@@ -173,6 +181,13 @@ class EntryCache:
                 if version < 4:
                     db.execute("ALTER TABLE backups ADD COLUMN host TEXT")
                     db.execute("ALTER TABLE backups ADD COLUMN ts_lease REAL")
+                if version < 5:
+                    for col in ("tags TEXT", "summary TEXT", "writer TEXT", "record TEXT"):
+                        db.execute(f"ALTER TABLE backups ADD COLUMN {col}")
+                    db.execute("CREATE TABLE IF NOT EXISTS checked (cap TEXT PRIMARY KEY, ts_check REAL, "
+                               "ts_lease REAL) WITHOUT ROWID")
+                    db.execute("INSERT OR REPLACE INTO checked SELECT cap, MAX(ts_check), MAX(ts_lease) FROM backups "
+                               "WHERE ts_check IS NOT NULL GROUP BY cap")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             db.execute("COMMIT")
         except BaseException:
@@ -295,25 +310,41 @@ class EntryCache:
         self._wrote()
 
     # -- backups -------------------------------------------------------------
+    _COLUMNS = ("id, generation, cap, source, name, ts, link_dir, link_name, result_file, host, tags, summary, "
+                "writer, record")
+
     def record_backup(self, generation: int, cap: str, source: bytes, name: str, ts: float,
                       link_dir: str | None = None, link_name: str | None = None,
-                      result_file: str | None = None, host: str | None = None) -> Backup:
+                      result_file: str | None = None, host: str | None = None, tags: tuple[str, ...] = (),
+                      summary: dict[str, Any] | None = None) -> Backup:
         cur = self._db.execute(
-            "INSERT INTO backups (generation, cap, source, name, ts, link_dir, link_name, result_file, host) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (generation, cap, source, name, ts, link_dir, link_name, result_file, host))
+            "INSERT INTO backups (generation, cap, source, name, ts, link_dir, link_name, result_file, host, "
+            "tags, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (generation, cap, source, name, ts, link_dir, link_name, result_file, host, json.dumps(list(tags)),
+             json.dumps(summary or {})))
         self.commit(durable=True)  # the record of a finished backup must survive a power cut
-        return self.backup_by_id(int(cur.lastrowid or 0))
+        return self._backup_row(int(cur.lastrowid or 0))
 
-    def set_checked(self, backup_ids: list[int], ts: float, leases: bool) -> None:
-        """Record a completed check of these backups (``leases``: it renewed every object's lease)."""
-        self._db.executemany("UPDATE backups SET ts_check=? WHERE id=?", [(ts, i) for i in backup_ids])
-        if leases:
-            self._db.executemany("UPDATE backups SET ts_lease=? WHERE id=?", [(ts, i) for i in backup_ids])
+    def set_recorded(self, row: int, writer: str, record: str) -> None:
+        """The repository now records backup ``row`` as ``writer/record``."""
+        self._db.execute("UPDATE backups SET writer=?, record=? WHERE id=?", (writer, record, row))
         self.commit()
 
-    def forget(self, backup_ids: list[int]) -> int:
-        """Remove backups from the record, and every cache row no remaining backup can use.
+    def set_checked(self, caps: list[str], ts: float, leases: bool) -> None:
+        """Record a completed check of these backups (``leases``: it renewed every object's lease)."""
+        for cap in caps:
+            self._db.execute("INSERT INTO checked VALUES (?, ?, NULL) ON CONFLICT(cap) DO UPDATE SET "
+                             "ts_check=excluded.ts_check", (cap, ts))
+            if leases:
+                self._db.execute("UPDATE checked SET ts_lease=? WHERE cap=?", (ts, cap))
+        self.commit()
+
+    def checks(self) -> dict[str, tuple[float | None, float | None]]:
+        """cap -> (last check, last lease renewal) of every backup ever checked from here."""
+        return {r[0]: (r[1], r[2]) for r in self._db.execute("SELECT cap, ts_check, ts_lease FROM checked")}
+
+    def forget(self, rows: list[int]) -> int:
+        """Remove this cache's backups from the record, and every cache row no remaining backup can use.
 
         Returns the number of cache rows deleted.  Rows of interrupted runs
         newer than every backup are kept: the next run resumes with them.
@@ -321,7 +352,7 @@ class EntryCache:
         db = self._db
         self._flush_bumps()
         top = db.execute("SELECT MAX(generation) FROM backups").fetchone()[0] or 0
-        for i in backup_ids:
+        for i in rows:
             db.execute("DELETE FROM backups WHERE id=?", (i,))
         kept = [r[0] for r in db.execute("SELECT DISTINCT generation FROM backups")]
         db.execute("CREATE TEMP TABLE IF NOT EXISTS kept (g INTEGER PRIMARY KEY)")
@@ -337,23 +368,27 @@ class EntryCache:
         return deleted
 
     def backups(self) -> list[Backup]:
-        return [Backup(*row) for row in self._db.execute("SELECT * FROM backups ORDER BY ts, id").fetchall()]
+        """The backups this cache made, oldest first, with their checks."""
+        checks = self.checks()
+        return [self._backup(r, checks) for r in self._db.execute(
+            f"SELECT {self._COLUMNS} FROM backups ORDER BY ts, id").fetchall()]
 
-    def backup_by_id(self, id_: int) -> Backup:
-        row = self._db.execute("SELECT * FROM backups WHERE id=?", (id_,)).fetchone()
-        return Backup(*row)
+    def has_objects(self) -> bool:
+        """Does the cache remember any stored object (False: new, or set aside)?"""
+        return self._db.execute("SELECT 1 FROM objects LIMIT 1").fetchone() is not None
 
-    def find_backup(self, ref: str) -> Backup | None:
-        """A backup by cap, generation number, or 'latest'."""
-        db = self._db
-        if ref == "latest":
-            row = db.execute("SELECT * FROM backups ORDER BY ts DESC, id DESC LIMIT 1").fetchone()
-        elif ref.isdigit():
-            row = db.execute("SELECT * FROM backups WHERE generation=? ORDER BY ts DESC LIMIT 1",
-                             (int(ref),)).fetchone()
-        else:
-            row = db.execute("SELECT * FROM backups WHERE cap=? LIMIT 1", (ref,)).fetchone()
-        return Backup(*row) if row else None
+    def _backup_row(self, row: int) -> Backup:
+        r = self._db.execute(f"SELECT {self._COLUMNS} FROM backups WHERE id=?", (row,)).fetchone()
+        return self._backup(r, self.checks())
+
+    @staticmethod
+    def _backup(r: Any, checks: dict[str, tuple[float | None, float | None]]) -> Backup:
+        (row, gen, cap, source, name, ts, link_dir, link_name, result_file, host, tags, summary, writer,
+         record) = r
+        ts_check, ts_lease = checks.get(cap, (None, None))
+        return Backup(f"local:{row}", gen, cap, source, name, ts, ts_check, link_dir, link_name, result_file,
+                      host, ts_lease, tuple(json.loads(tags or "[]")), json.loads(summary or "{}"), row,
+                      writer, record)
 
 
 for _name, _fn in list(vars(EntryCache).items()):

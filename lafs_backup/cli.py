@@ -36,6 +36,9 @@ def _common() -> argparse.ArgumentParser:
                    help="log every path (below DEBUG)")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="machine-readable output (JSON lines)")
+    p.add_argument("--repo", metavar="KEY|FILE|-", default=argparse.SUPPRESS,
+                   help="the repository's recovery key: the key itself, a file holding it, or - to read it "
+                        "from stdin (also LAFS_BACKUP_REPO, or repository.key_file; default: this machine's)")
     p.add_argument("--wait-lock", type=float, metavar="SECONDS", default=argparse.SUPPRESS,
                    help="wait up to SECONDS for another run holding the entry cache's lock "
                         "(operation.lock_wait; default: exit at once with code 5)")
@@ -47,6 +50,7 @@ def _which(p: argparse.ArgumentParser, what: str = "backups") -> None:
     p.add_argument("--source", metavar="PATH",
                    help=f"only {what} of this source directory (default for 'latest': source.path)")
     p.add_argument("--host", metavar="NAME", help=f"only {what} made on this host")
+    p.add_argument("--tag", action="append", metavar="TAG", help=f"only {what} with this tag (repeatable: all of them)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "already on the grid is found again through convergence")
     b.add_argument("--host", metavar="NAME", help="record the backup as made on this host (default: the "
                                                  "host name)")
+    b.add_argument("--tag", action="append", metavar="TAG", help="record this tag with the backup (repeatable)")
 
     r = sub.add_parser("restore", parents=[common], help="restore a snapshot into a directory")
     r.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
@@ -134,8 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-e", "--error-output", action="store_true", help="write the lines to stderr")
     _which(c)
 
-    gr = sub.add_parser("grid", parents=[common], help="manage the embedded local Tahoe-LAFS grid")
-    gr.add_argument("action", choices=["up", "down", "status"])
+    sub.add_parser("init", parents=[common], help="make a repository on the grid (the first backup does it too)")
+    sub.add_parser("key", parents=[common], help="print the repository's recovery key (a secret: keep a copy "
+                                                "off this machine)")
+
+    gr = sub.add_parser("grid", parents=[common], help="manage the embedded local Tahoe-LAFS grid, or join one")
+    gr.add_argument("action", choices=["up", "down", "status", "furl", "join"],
+                    help="up/down/status: this machine's grid; furl: print its introducer's FURL (a secret); "
+                         "join FURL: run a node of a grid made elsewhere")
+    gr.add_argument("furl", nargs="?", metavar="FURL", help="for join: the grid's introducer FURL")
+    gr.add_argument("--storage", action="store_true", help="for join: run a storage node (default: a gateway)")
+    gr.add_argument("--listen", metavar="HOST", help="for up (when the grid is made) and join --storage: listen "
+                                                    "on every interface, reachable as HOST by other machines")
     gr.add_argument("--dir", help="grid directory (default: grid.dir, or the user data directory)")
     gr.add_argument("--nodes", type=int, help="storage nodes (grid.nodes; used when creating)")
     gr.add_argument("--needed", type=int, help="shares needed, k (grid.needed)")
@@ -247,7 +262,7 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
             config.log_level)
         logsetup.setup(level, insecure=config.debug_requests, stream=rep.err)
         rep.json_mode = getattr(ns, "json", False)
-        ctx = Context(config, reactor, rep, op=Operation(ns.command, rep))
+        ctx = Context(config, reactor, rep, op=Operation(ns.command, rep), repo_arg=getattr(ns, "repo", None))
         if ns.command not in _WITH_MANHOLE:
             return await _dispatch(ctx, ns)
         from . import manhole

@@ -55,6 +55,8 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "operation.retry.delay": (list,),
     "http.debug_requests": (bool,),
     "logging.level": (str,),
+    "repository.key_file": (str, _NULL),
+    "repository.introducer_furl": (str, _NULL),
     "manhole.endpoint": (str, _NULL),
     "manhole.allow_remote": (bool,),
     "manhole.authorized_keys": (str, list, _NULL),
@@ -66,7 +68,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
 
 #: Keys naming a local file or directory.
 _PATH_KEYS = ("source.path", "source.queue.path", "source.entry_cache.path",
-              "destination.result.append_to_file", "grid.dir", "manhole.authorized_keys")
+              "destination.result.append_to_file", "grid.dir", "manhole.authorized_keys", "repository.key_file")
 
 
 def _type_names(types: tuple[type, ...]) -> str:
@@ -194,6 +196,9 @@ def _check_values(tree: Mapping[str, Any]) -> None:
             raise bad(key, "a path cannot contain a NUL character")
         if isinstance(value, str) and not value:
             raise bad(key, "an empty path; use null for the default")
+    furl = get(tree, "repository.introducer_furl")
+    if furl is not None and not furl.startswith("pb://"):
+        raise bad("repository.introducer_furl", "must be a Foolscap FURL (pb://...)")
     url = get(tree, "destination.url")
     if url is not None and not url.startswith(("http://", "https://")):
         raise bad("destination.url", f"must be an http:// or https:// URL, got {url!r}")
@@ -316,6 +321,12 @@ class OperationConfig:
 
 
 @dataclass(frozen=True)
+class RepositoryConfig:
+    key_file: str | None
+    introducer_furl: str | None
+
+
+@dataclass(frozen=True)
 class ManholeConfig:
     endpoint: str | None
     allow_remote: bool
@@ -334,6 +345,7 @@ class Config:
     operation: OperationConfig
     debug_requests: bool
     log_level: str
+    repository: RepositoryConfig
     manhole: ManholeConfig
     #: The merged tree itself, for ``dump-config`` and the manhole's ``config``.
     tree: Mapping[str, Any]
@@ -370,6 +382,7 @@ def from_tree(tree: Mapping[str, Any]) -> Config:
                                   rate("operation.rate_limit.objects")),
         debug_requests=g("http.debug_requests"),
         log_level=g("logging.level"),
+        repository=RepositoryConfig(expand(g("repository.key_file")), g("repository.introducer_furl")),
         manhole=ManholeConfig(g("manhole.endpoint"), g("manhole.allow_remote"), g("manhole.authorized_keys"),
                               g("manhole.on_signal")),
         tree=tree,

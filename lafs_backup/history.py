@@ -10,33 +10,67 @@ paths: retention and ``latest`` look at one group at a time.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
 
 from .errors import SnapshotError, UsageError
 
 
 @dataclass(frozen=True)
 class Backup:
-    """A finished backup as recorded in the cache."""
+    """A finished backup: as the repository records it, and as this machine's cache knows it."""
 
-    id: int
+    #: Its identity: ``writer/record`` once the repository records it, ``local:ROW`` before.
+    id: str
     generation: int
     cap: str
     source: bytes
     name: str
     ts: float
-    ts_check: float | None
-    link_dir: str | None
-    link_name: str | None
-    result_file: str | None
+    ts_check: float | None = None
+    link_dir: str | None = None
+    link_name: str | None = None
+    result_file: str | None = None
     host: str | None = None
     #: When a check last renewed the lease of every object of this backup (None: never).
     ts_lease: float | None = None
+    tags: tuple[str, ...] = ()
+    summary: dict[str, Any] = field(default_factory=dict)
+    #: The row in this machine's cache (None: another machine made it).
+    row: int | None = None
+    #: Where the repository records it (None: not yet).
+    writer: str | None = None
+    record: str | None = None
 
     @property
     def source_text(self) -> str:
         return self.source.decode("utf-8", "backslashreplace")
+
+    @property
+    def short_id(self) -> str:
+        """A short name for it, the same on every machine (from its snapshot cap and time)."""
+        import hashlib
+
+        return hashlib.sha256(f"{self.cap}\0{self.ts!r}".encode()).hexdigest()[:8]
+
+
+def merge(local: Sequence[Backup], records: Sequence[Any], checks: dict[str, tuple[float | None, float | None]]
+          ) -> list[Backup]:
+    """The backups the repository ``records`` (every machine's), each joined with this machine's own
+    cache row when it made it, and this machine's backups the repository does not record yet."""
+    own = {(b.writer, b.record): b for b in local if b.record}
+    out = []
+    for r in records:
+        mine = own.pop((r.writer, r.name), None)
+        ts_check, ts_lease = checks.get(r.cap, (None, None))
+        name = os.path.basename(r.source.rstrip(b"/")).decode("utf-8", "replace")
+        out.append(Backup(f"{r.writer}/{r.name}", r.generation, r.cap, r.source, mine.name if mine else name,
+                          r.ts, ts_check, mine.link_dir if mine else None, mine.link_name if mine else None,
+                          mine.result_file if mine else None, r.host, ts_lease, r.tags, r.summary,
+                          mine.row if mine else None, r.writer, r.name))
+    # Not recorded there yet (the repository could not be written): this machine's own record stands.
+    out += [b for b in local if not b.record]
+    return sorted(out, key=lambda x: (x.ts, x.id))
 
 
 #: What retention and ``latest`` may group backups by.
@@ -67,17 +101,19 @@ def groups(backups: Iterable[Backup], by: Sequence[str]) -> dict[tuple[str, ...]
 
 
 def matching(backups: Iterable[Backup], source: bytes | None = None, host: str | None = None,
-             tag: str | None = None) -> list[Backup]:
-    """Backups of ``source`` (a path, compared after normalising) on ``host``, oldest first."""
+             tags: Sequence[str] = ()) -> list[Backup]:
+    """Backups of ``source`` (a path, compared after normalising) on ``host``, carrying every one
+    of ``tags``, oldest first."""
     want = os.path.normpath(source) if source else None
     return sorted((b for b in backups
                    if (want is None or os.path.normpath(b.source) == want)
-                   and (host is None or b.host == host)),
+                   and (host is None or b.host == host)
+                   and all(t in b.tags for t in tags)),
                   key=lambda x: (x.ts, x.id))
 
 
 def resolve(backups: Sequence[Backup], ref: str, source: bytes | None = None,
-            host: str | None = None) -> Backup:
+            host: str | None = None, tags: Sequence[str] = ()) -> Backup:
     """The backup ``ref`` names; raises :class:`SnapshotError` when there is none, and
     :class:`UsageError` when ``latest`` could mean the newest of several sources."""
     if ref.startswith("URI:"):
@@ -85,14 +121,23 @@ def resolve(backups: Sequence[Backup], ref: str, source: bytes | None = None,
             if b.cap == ref:
                 return b
         raise SnapshotError(what="(cap)", problem="no such backup is recorded (see 'lafs-backup list')")
+    if len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref) and not ref.isdigit():
+        found = [b for b in backups if b.short_id.startswith(ref)]
+        if len(found) == 1:
+            return found[0]
+        raise SnapshotError(what=ref, problem="no such backup is recorded (see 'lafs-backup list')" if not found
+                            else "several backups have an id starting so; give more of it")
     if ref.isdigit():
         found = [b for b in backups if b.generation == int(ref)]
+        mine = [b for b in found if b.row is not None]  # generations number this machine's own backups
         if not found:
             raise SnapshotError(what=ref, problem="no such backup is recorded (see 'lafs-backup list')")
-        return max(found, key=lambda x: (x.ts, x.id))
+        if not mine and len({(b.host, b.source) for b in found}) > 1:
+            raise UsageError(f"generation {ref} is a backup of several hosts or sources: name it by its cap")
+        return max(mine or found, key=lambda x: (x.ts, x.id))
     if ref != "latest":
-        raise UsageError(f"a snapshot is a cap, a generation number or 'latest', not {ref!r}")
-    candidates = matching(backups, source, host)
+        raise UsageError(f"a snapshot is a cap, an id (from 'list'), a generation number or 'latest', not {ref!r}")
+    candidates = matching(backups, source, host, tags)
     if not candidates:
         what = "latest" + (f" of {os.fsdecode(source)}" if source else "") + (f" on {host}" if host else "")
         raise SnapshotError(what=what, problem="no such backup is recorded (see 'lafs-backup list')")
@@ -108,11 +153,11 @@ def resolve(backups: Sequence[Backup], ref: str, source: bytes | None = None,
 LEASE_DAYS = 31
 
 
-def lease_floors(backups: Sequence[Backup]) -> dict[int, float]:
+def lease_floors(backups: Sequence[Backup]) -> dict[str, float]:
     """For each backup (by id), the earliest time any of its objects may have had its lease
     renewed: when a check last renewed them all, or else the oldest of its own time and the
     floors of the backups before it (an object it reuses from the cache came from one of them)."""
-    out: dict[int, float] = {}
+    out: dict[str, float] = {}
     running = float("inf")
     for b in sorted(backups, key=lambda x: (x.ts, x.id)):
         floor = b.ts_lease if b.ts_lease is not None else min(b.ts, running)

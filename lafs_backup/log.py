@@ -15,10 +15,16 @@ logging.addLevelName(NOISE, "NOISE")
 # content, CHK/DIR2 caps carry read keys: both are bearer secrets.
 # Percent-encoded caps ("URI%3ACHK%3A...") are caught as well.
 _CAP_RE = re.compile(r"URI(?::|%3[aA])([A-Za-z0-9-]+)(?::|%3[aA])[A-Za-z0-9:_%+-]*")
+#: A recovery key (it holds a repository's write cap) and a Foolscap FURL (whoever has an
+#: introducer's FURL can join its grid): secrets too.
+_KEY_RE = re.compile(r"lafs-backup-key-v1:[A-Za-z0-9_-]*")
+_FURL_RE = re.compile(r"pb://[^\s'\"<>]+")
 
 
 def redact(text: str) -> str:
-    """Replace every Tahoe cap in ``text`` with a placeholder naming only its type."""
+    """Replace every Tahoe cap, recovery key and FURL in ``text`` with a placeholder."""
+    text = _KEY_RE.sub("<recovery key>", text)
+    text = _FURL_RE.sub("<FURL>", text)
     return _CAP_RE.sub(lambda m: f"<{m.group(1)} cap>", text)
 
 

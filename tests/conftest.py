@@ -59,8 +59,8 @@ def cli_env(home: Path) -> dict[str, str]:
 
 
 def run_cli(args: list[str], home: Path, timeout: float = 300, check: bool = False,
-            input: str | None = None) -> Result:
-    p = subprocess.run([sys.executable, "-m", "lafs_backup", *args], env=cli_env(home),
+            input: str | None = None, env: dict[str, str] | None = None) -> Result:
+    p = subprocess.run([sys.executable, "-m", "lafs_backup", *args], env={**cli_env(home), **(env or {})},
                        capture_output=True, text=True, timeout=timeout, input=input,
                        stdin=None if input is not None else subprocess.DEVNULL)
     r = Result(p.returncode, p.stdout, p.stderr)
@@ -137,3 +137,37 @@ def check_ok(url: str, home: Path) -> None:
     """Every recorded backup checks clean (the grid's happiness learned from the gateway)."""
     r = run_cli(["--url", url, "check"], home)
     assert r.code == 0, r.err + r.out
+
+
+def restamp(url: str, home: Path, stamps: dict[int, float]) -> None:
+    """Give backups other times (generation -> UTC timestamp), where they are recorded: the
+    repository's records (their link metadata) and the entry cache (as a test of retention or of
+    leases needs backups made long ago)."""
+    import json
+    import urllib.request
+
+    from lafs_backup.repository import RepoKey
+
+    def listing(cap: str) -> dict:
+        with urllib.request.urlopen(f"{url}uri/{cap}?t=json") as r:
+            return json.load(r)[1]["children"]
+
+    (keyfile,) = (home / "state" / "lafs-backup" / "repositories").glob("*.key")
+    root = RepoKey.decode(keyfile.read_text()).writecap
+    writers = listing(root)["writers"][1]["rw_uri"]
+    for _, (_, winfo) in listing(writers).items():
+        wcap = winfo["rw_uri"]
+        for name, (_, info) in listing(wcap).items():
+            meta = info["metadata"]
+            if meta.get("generation") in stamps:
+                meta = {**meta, "time": stamps[meta["generation"]]}
+                meta.pop("tahoe", None)
+                body = json.dumps({name: ["dirnode", {"ro_uri": info["ro_uri"], "metadata": meta}]}).encode()
+                req = urllib.request.Request(f"{url}uri/{wcap}?t=set_children", data=body, method="POST")
+                urllib.request.urlopen(req).read()
+    (db_path,) = [p for p in (home / "state" / "lafs-backup").glob("entry-cache.*.sqlite")]
+    db = sqlite3.connect(db_path)
+    for gen, ts in stamps.items():
+        db.execute("UPDATE backups SET ts=? WHERE generation=?", (ts, gen))
+    db.commit()
+    db.close()

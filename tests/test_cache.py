@@ -20,10 +20,17 @@ def test_created_private_and_generations(tmp_path):
     assert c.begin_generation(b"/src") == 1
     c.record_backup(g1, "URI:DIR2-CHK:x", b"/src", "src", 100.0)
     assert c.begin_generation(b"/src") == 2
-    assert c.find_backup("latest").generation == 1
-    assert c.find_backup("1").cap == "URI:DIR2-CHK:x"
-    assert c.find_backup("URI:DIR2-CHK:x").generation == 1
-    assert c.find_backup("7") is None
+    from lafs_backup import history
+    from lafs_backup.errors import SnapshotError
+
+    backups = c.backups()
+    assert history.resolve(backups, "latest").generation == 1
+    assert history.resolve(backups, "1").cap == "URI:DIR2-CHK:x"
+    assert history.resolve(backups, "URI:DIR2-CHK:x").generation == 1
+    with pytest.raises(SnapshotError):
+        history.resolve(backups, "7")
+    c.set_recorded(backups[0].row, "host.abc", "20261202T000000.000000Z.g1")
+    assert c.backups()[0].record == "20261202T000000.000000Z.g1"
     c.close()
 
 

@@ -92,7 +92,9 @@ def test_lost_share_is_reported_then_repaired(own_grid, tmp_path):
     listed = json.loads(run_cli([*lb, "list", "--json"], home, check=True).out)[0]
     assert listed["last_check"] and listed["leases_renewed"]
 
-    victim = _share_files(grid.dir, "storage1")[0]
+    cap = json.loads(run_cli([*lb, "list", "--json"], home, check=True).out)[0]["cap"]
+    ours = _manifest(grid.url, cap)  # the grid also holds the repository: take a share of the backup's
+    victim = next(p for p in _share_files(grid.dir, "storage1") if p.parent.name in ours)
     victim.unlink()
     r = run_cli([*lb, "check", "--json"], home)
     assert r.code == 6, r.err
@@ -166,7 +168,6 @@ def test_least_recently_checked_goes_round_robin(own_grid, tmp_path):
 
 
 def test_leases_about_to_end_are_warned_about(own_grid, tmp_path):
-    import sqlite3
     import time
 
     grid, _ = own_grid
@@ -177,11 +178,9 @@ def test_leases_about_to_end_are_warned_about(own_grid, tmp_path):
     run_cli([*lb, "backup", str(src)], home, check=True)
     assert "leases" not in run_cli([*lb, "backup", str(src)], home, check=True).err
     # Make the first backup 26 days old, never checked since: its objects' leases end within a week.
-    db = next((home / "state" / "lafs-backup").glob("entry-cache.*.sqlite"))
-    con = sqlite3.connect(db)
-    con.execute("UPDATE backups SET ts = ? WHERE generation = 1", (time.time() - 26 * 86400,))
-    con.commit()
-    con.close()
+    from conftest import restamp
+
+    restamp(grid.url, home, {1: time.time() - 26 * 86400})
     r = run_cli([*lb, "backup", str(src)], home)
     assert r.code == 0 and "may lose objects whose leases end" in r.err, r.err
     assert "leases renewed: never" in run_cli([*lb, "list"], home, check=True).out
@@ -223,7 +222,10 @@ def test_verify_reads_back_and_finds_a_corrupted_share(own_grid, tmp_path):
     assert 0 < json.loads(r.out.splitlines()[-1])["files"] < files
 
     # Flip bytes in the middle of this backup's biggest share on one server.
-    victim = max(_share_files(grid.dir, "storage1"), key=lambda p: (p.stat().st_mtime, p.stat().st_size))
+    cap = json.loads(run_cli([*lb, "list", "--json"], home, check=True).out)[-1]["cap"]
+    ours = _manifest(grid.url, cap)
+    victim = max((p for p in _share_files(grid.dir, "storage1") if p.parent.name in ours),
+                 key=lambda p: p.stat().st_size)
     original = victim.read_bytes()
     mid = len(original) // 2
     victim.write_bytes(original[:mid] + bytes(b ^ 0xFF for b in original[mid:mid + 64]) + original[mid + 64:])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import urllib.request
 
@@ -92,18 +91,16 @@ def test_cleanup_forgets_exactly_the_named_backup(lb, grid, home, tmp_path):
     assert grid.requests() == before  # the rows kept backups use are all still there
 
 
-def test_retention_policy_with_controlled_times(lb, home, tmp_path):
+def test_retention_policy_with_controlled_times(lb, grid, home, tmp_path):
+    from conftest import restamp
+
     src = make_tree(tmp_path / "src", small=5, medium=0, large=0)
     for i in range(5):
         (src / "n.txt").write_bytes(b"%d" % i * 100)
         lb("backup", str(src), check=True)
     now = time.time()
-    stamps = {1: now - 10 * DAY, 2: now - 3 * DAY, 3: now - 2 * DAY, 4: now - 2 * DAY + 60, 5: now + 3 * DAY}
-    db = sqlite3.connect(next(home.rglob("*.sqlite")))
-    for gen, ts in stamps.items():
-        db.execute("UPDATE backups SET ts=? WHERE generation=?", (ts, gen))
-    db.commit()
-    db.close()
+    restamp(grid.url, home, {1: now - 10 * DAY, 2: now - 3 * DAY, 3: now - 2 * DAY, 4: now - 2 * DAY + 60,
+                             5: now + 3 * DAY})
     r = lb("cleanup", "--keep-daily", "1", "--keep-within", "2d")
     assert r.code == 1, r.err  # a warning: one backup is stamped in the future
     assert "stamped in the future" in r.err

@@ -23,7 +23,7 @@ IO_MODULES = {"treq", "sqlite3", "twisted", "cffi", "subprocess", "socket", "thr
 #: Packages and what they may import from the project: the layers.
 LAYERS = {
     "store": {"store", "errors", "log", "backup/plan", "system/paths"},
-    "backup": {"backup", "store", "errors", "log", "system", "cache"},
+    "backup": {"backup", "store", "errors", "log", "system", "cache", "read/reader"},
     "read": {"read", "store", "errors", "log", "system", "report", "backup/filters", "upkeep/check"},
     "upkeep": {"upkeep", "errors", "log"},
     "grid": {"grid", "errors", "log", "config", "store/snapshot", "system/paths"},

@@ -86,7 +86,14 @@ def test_no_cap_in_any_output_or_log(grid, tmp_path):
         assert any("UnrecoverableFileError" in o for o in outputs.values())  # the echo was seen
         assert proxy.injected("500-echo") >= 4
 
+    # The recovery key: printed by 'key' alone, one line on stdout; kept in a 0600 file; nowhere else.
+    k = run_cli(["--url", grid.url, "key"], home, check=True)
+    assert k.out.startswith("lafs-backup-key-v1:") and k.out.count("\n") == 1 and k.err == ""
+    (keyfile,) = (home / "state" / "lafs-backup" / "repositories").glob("*.key")
+    assert stat.S_IMODE(keyfile.stat().st_mode) == 0o600
+    assert "made a repository on the grid" in outputs["backup 1"] and str(keyfile) in outputs["backup 1"]
     for name, text in outputs.items():
+        assert "lafs-backup-key-v1:" not in text and k.out.strip() not in text, name
         if name.startswith("list"):
             continue
         assert caps_in(text) == [], f"{name} printed a cap: {caps_in(text)[:3]}"

@@ -66,8 +66,12 @@ class FileSaver:
             why = ""
         except OSError as err:
             st, why = None, _why(err)
-        cached = self.cache.lookup(self._key(e, st), self.gen) if st is not None and stat.S_ISREG(st.st_mode) \
-            else None
+        cached = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            cached = self.cache.lookup(self._key(e, st), self.gen)
+            if cached is None:  # a state known from a snapshot (a rebuilt cache) has no inode
+                cached = self.cache.lookup(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, None,
+                                                    self._plain), self.gen)
         d = plan.for_file(st, cached, self.mode, why) if st is None else plan.for_file(st, cached, self.mode)
         log.debug("%s: %r", d, e.path)
         return d, st

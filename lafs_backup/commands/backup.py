@@ -21,7 +21,7 @@ from ..errors import ExitCode, GatewayError, GridError, LocalError, UsageError
 from ..report import Progress
 from ..store.entry import Entry
 from ..store.store import Store, StoreSettings
-from .context import Context, outcome, state_dir, this_host
+from .context import Context, iso, outcome, state_dir, this_host
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,10 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
         cache = await ctx.cache()
         shutdown = ctx.reactor.addSystemEventTrigger("before", "shutdown", cache.close)
         try:
+            repo = await ctx.repository(create=True)
             gen = cache.begin_generation(source.label)
+            if ns.rebuild_cache or not cache.has_objects():
+                await _rebuild(ctx, cache, gw, gen, source.label, host)
             dest = conf.destination
             store = Store(gw, cache, gen, StoreSettings(dest.pack_max_file_size, dest.pack_target_size,
                                                         max(1, conf.operation.window // 2), dest.encoding,
@@ -144,8 +147,9 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
                 raise
             finally:
                 progress.stop()
-            b = await _record(ctx, cache, gw, gen, snap, source.label, host)
-            ctx.warn_expiring(cache.backups())
+            b = await _record(ctx, cache, gw, gen, snap, source.label, host, tuple(ns.tag or ()))
+            await _publish(ctx, repo, cache)
+            ctx.warn_expiring(await ctx.backups())
         finally:
             try:
                 ctx.reactor.removeSystemEventTrigger(shutdown)
@@ -161,7 +165,8 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     return outcome(rep)
 
 
-async def _record(ctx: Context, cache: Any, gw: Any, gen: int, snap: str, source: bytes, host: str) -> Any:
+async def _record(ctx: Context, cache: Any, gw: Any, gen: int, snap: str, source: bytes, host: str,
+                  tags: tuple[str, ...]) -> Any:
     """Record a finished backup: the link, the result file, and (made durable) the cache row."""
     result = ctx.config.destination.result
     ts = time.time()
@@ -174,8 +179,49 @@ async def _record(ctx: Context, cache: Any, gw: Any, gen: int, snap: str, source
             ctx.reporter.warn(result_file, f"the result line could not be appended ({e.strerror}); the "
                                            "backup is recorded in the entry cache ('lafs-backup list')")
             result_file = None
+    st = ctx.reporter.stats
+    summary = {k: getattr(st, k) for k in ("files", "files_new", "files_changed", "files_unchanged", "dirs",
+                                           "symlinks", "bytes_read", "bytes_uploaded", "packs", "warnings")}
     return cache.record_backup(gen, snap, source, os.path.basename(source).decode("utf-8", "replace"),
-                               ts, result.append_to_lafs_dir, lname, result_file, host)
+                               ts, result.append_to_lafs_dir, lname, result_file, host, tags, summary)
+
+
+async def _publish(ctx: Context, repo: Any, cache: Any) -> None:
+    """Record in the repository every backup of this cache it does not hold yet (this one, and any a
+    run before could not record there)."""
+    from ..repository import Record
+
+    for b in cache.backups():
+        if b.record or b.row is None:
+            continue
+        try:
+            placed = await repo.add(Record(b.cap, b.host or this_host(), b.source, b.ts, b.generation, b.tags,
+                                           b.summary))
+        except (GatewayError, GridError) as e:
+            ctx.reporter.warn("repository", f"the backup is not recorded in the repository yet ({e.message}); it "
+                                            "is kept in the local cache, and the next backup records it there")
+            return
+        cache.set_recorded(b.row, placed.writer, placed.name)
+    ctx._history = None
+
+
+async def _rebuild(ctx: Context, cache: Any, gw: Any, gen: int, source: bytes, host: str) -> None:
+    """A new cache (a new machine, or one set aside): fill it from the newest recorded backup of this
+    source, so that what is stored already is not uploaded again."""
+    from .. import history
+    from ..backup.rebuild import Rebuilder
+    from ..read.reader import Reader
+
+    everything = await ctx.backups()
+    mine = history.matching(everything, source, host) or history.matching(everything, source)
+    if not mine:
+        return
+    newest = mine[-1]
+    t0 = time.monotonic()
+    rows = await Rebuilder(Reader(gw), cache, gen).snapshot(newest.cap)
+    ctx.reporter.note_once("rebuilt", f"the entry cache was rebuilt from the backup of {iso(newest.ts)} "
+                                      f"({rows} rows in {time.monotonic() - t0:.1f}s): content already stored is "
+                                      "not uploaded again")
 
 
 async def _unhappy(ctx: Context, gw: Any, e: GatewayError) -> GridError:

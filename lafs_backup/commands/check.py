@@ -26,7 +26,7 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     try:
         cache = await ctx.cache()
         try:
-            chosen = ctx.select(cache.backups(), ns.backups, ns.source, ns.host)
+            chosen = ctx.select(await ctx.backups(), ns.backups, ns.source, ns.host, ns.tag)
             if not chosen:
                 raise UsageError("no finished backups recorded: nothing to check")
             if ns.least_recently_checked:
@@ -56,7 +56,7 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
                     msg = f"deep-check of generation {b.generation} stopped: {redact(result.error)}"
                     rep.emit(msg, {"type": "error", "generation": b.generation, "message": msg}, err=to_err)
                 else:
-                    cache.set_checked([b.id], started, lease)
+                    cache.set_checked([b.cap], started, lease)
                 total_bad += len(bad)
                 summary = {"type": "checked", "generation": b.generation, "objects": result.checked,
                            "shared": result.shared, "unhealthy": len(bad),
@@ -68,7 +68,8 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
                              + (f" ({result.shared} more shared with backups checked before)" if result.shared
                                 else "")
                              + f", {len(bad)} unhealthy" + (", leases renewed" if lease else ""))
-            ctx.warn_expiring(cache.backups())
+            ctx._history = None
+            ctx.warn_expiring(await ctx.backups())
         finally:
             cache.close()
     finally:

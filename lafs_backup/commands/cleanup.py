@@ -27,7 +27,7 @@ def choose(ctx: Context, everything: list[Backup], ns: argparse.Namespace, polic
     reasons: dict[int, str] = {}
     kept: dict[int, list[str]] = {}
     if not policy.empty:
-        scope = history.matching(everything, ctx.source_filter(ns.source), ns.host)
+        scope = history.matching(everything, ctx.source_filter(ns.source), ns.host, ns.tag or ())
         # Each group (by default: each source on each host) keeps its own backups: a source's
         # newest backup is never forgotten because another source has a newer one.
         for key, members in history.groups(scope, group_by).items():
@@ -40,7 +40,7 @@ def choose(ctx: Context, everything: list[Backup], ns: argparse.Namespace, polic
             reasons.update({i: "not kept by the policy" + (f" for {label}" if label else "") for i in d.forget})
             kept.update(d.keep)
         return reasons, kept
-    chosen = ctx.select(everything, ns.backups, ns.source, ns.host) if ns.backups else []
+    chosen = ctx.select(everything, ns.backups, ns.source, ns.host, ns.tag) if ns.backups else []
     for g in ns.generation:
         found = [b for b in everything if b.generation == g]
         if not found:
@@ -69,7 +69,7 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     try:
         cache = await ctx.cache()
         try:
-            everything = cache.backups()
+            everything = await ctx.backups()
             reasons, kept = choose(ctx, everything, ns, policy, group_by)
             forget = [b for b in everything if b.id in reasons]
             keep = [b for b in everything if b.id not in reasons]
@@ -82,12 +82,15 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
                 await _enumerate(ctx, gw, forget, keep, ns.enumerate_shares)
                 if ns.enumerate_only:
                     return outcome(ctx.reporter)
+            repo = await ctx.repository()
+            if repo is not None:
+                await repo.forget(_records(forget))
             for b in forget:
-                if b.link_dir and b.link_name and gw is not None:
-                    await gw.unlink(b.link_dir, b.link_name)
+                if b.link_dir and b.link_name:
+                    await (gw or await ctx.gateway()).unlink(b.link_dir, b.link_name)
                 if b.result_file:
                     remove_result_line(b.result_file, b.cap)
-            rows = cache.forget([b.id for b in forget])
+            rows = cache.forget([b.row for b in forget if b.row is not None])
         finally:
             cache.close()
     finally:
@@ -100,6 +103,13 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
         rep.info(f"forgot {len(forget)} backup(s), kept {len(keep)}; {rows} cache row(s) that no kept backup "
                  "uses were deleted (nothing is deleted from the grid: leases simply stop being renewed)")
     return outcome(rep)
+
+
+def _records(backups: list[Backup]) -> list[Any]:
+    from ..repository import Record
+
+    return [Record(b.cap, b.host or "", b.source, b.ts, b.generation, b.tags, b.summary, writer=b.writer,
+                   name=b.record) for b in backups if b.writer and b.record]
 
 
 def _report(ctx: Context, forget: list[Backup], keep: list[Backup], reasons: dict[int, str],

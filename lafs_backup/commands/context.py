@@ -61,16 +61,22 @@ class Context:
     reporter: Reporter
     #: The running operation, as the manhole shows it.
     op: Operation | None = None
+    #: The recovery key as given (--repo: a key, a file, or - for stdin); else LAFS_BACKUP_REPO.
+    repo_arg: str | None = None
     _gateway: Gateway | None = None
     _url: str | None = None
+    _key: Any = None
+    _key_read: bool = False
+    _repo: Any = None
+    _history: list[Backup] | None = None
 
     # -- the grid -----------------------------------------------------------------------------
-    def grid(self, directory: str | None = None) -> "LocalGrid":
+    def grid(self, directory: str | None = None, listen: str | None = None) -> "LocalGrid":
         from ..grid.local import GridSpec, LocalGrid
 
         g = self.config.grid
         d = directory or g.dir or os.path.join(data_dir(), "grid")
-        return LocalGrid(GridSpec(d, g.nodes, g.needed, g.happy))
+        return LocalGrid(GridSpec(d, g.nodes, g.needed, g.happy, listen=listen))
 
     def make_gateway(self, url: str, jobs: int | None = None, attempts: int | None = None) -> Gateway:
         op = self.config.operation
@@ -82,13 +88,30 @@ class Context:
                        limit_objects=ratelimit.make(op.rate_objects, self.reactor))
 
     async def url(self) -> str:
-        """The gateway base URL, starting the embedded grid when none is configured."""
+        """The gateway base URL: the configured one; else, when the recovery key says how to reach a
+        grid, a gateway node of this machine's that joins it; else the embedded grid."""
         if self._url is None:
             from ..config import gateway_base
 
             configured = self.config.destination.url
-            self._url = gateway_base(configured) if configured else await self.ensure_grid(self.grid())
+            if configured:
+                self._url = gateway_base(configured)
+            else:
+                key = self.explicit_key()
+                if key is not None and key.furl is not None and key.furl != self.grid().furl():
+                    self._url = await self.ensure_grid(self.joined_gateway(key))
+                else:
+                    self._url = await self.ensure_grid(self.grid())
         return self._url
+
+    def joined_gateway(self, key: Any) -> "LocalGrid":
+        """This machine's gateway node for the grid a recovery key names (made on first use)."""
+        from ..grid.local import GridSpec, LocalGrid
+
+        d = os.path.join(data_dir(), "gateways", hashlib.sha256(key.furl.encode()).hexdigest()[:12])
+        g = self.config.grid
+        return LocalGrid(GridSpec(d, key.total or g.nodes, key.needed or g.needed, key.happy or g.happy,
+                                  join=key.furl))
 
     async def ensure_grid(self, grid: "LocalGrid") -> str:
         """Start the embedded grid if needed (off the reactor thread) and wait for its servers."""
@@ -100,7 +123,10 @@ class Context:
             grid.cancel()  # interrupted: stop the thread's subprocess now
             raise
         if started:
-            self.reporter.say(f"lafs-backup: started the embedded local grid in {grid.dir}")
+            what = "a gateway for the grid of the recovery key" if state.get("join") else "the embedded local grid"
+            self.reporter.say(f"lafs-backup: started {what} in {grid.dir}")
+        if state.get("url") is None:  # a storage node of a grid made elsewhere: nothing to wait for here
+            return ""
         gw = self.make_gateway(state["url"], jobs=2, attempts=1)
         await wait_connected(gw.connected_servers, state["happy"], self.config.grid.start_timeout,
                              self.sleep, self.reactor.seconds)
@@ -155,13 +181,120 @@ class Context:
         await lock.acquire_waiting(self.config.operation.lock_wait, self.reactor)
         return lock
 
+    # -- the repository -------------------------------------------------------------------------
+    def explicit_key(self) -> Any:
+        """The recovery key given by --repo, LAFS_BACKUP_REPO or ``repository.key_file`` (None: none)."""
+        from ..errors import UsageError
+        from ..repository import KEY_PREFIX, RepoKey
+
+        if self._key_read:
+            return self._key
+        self._key_read = True
+        arg = self.repo_arg or os.environ.get("LAFS_BACKUP_REPO")
+        text = None
+        if arg:
+            if arg == "-":
+                import sys
+
+                text = sys.stdin.readline()
+            elif arg.strip().startswith(KEY_PREFIX):
+                text = arg
+            else:
+                text = _read_key(arg, "--repo / LAFS_BACKUP_REPO")
+        elif self.config.repository.key_file and os.path.exists(self.config.repository.key_file):
+            text = _read_key(self.config.repository.key_file, "repository.key_file")
+        elif self.config.repository.key_file:
+            raise UsageError(f"repository.key_file {self.config.repository.key_file} does not exist "
+                             "(run 'lafs-backup init', or give the recovery key with --repo)")
+        self._key = RepoKey.decode(text) if text else None
+        return self._key
+
+    async def key_path(self) -> str:
+        """Where this machine keeps its recovery key (mode 0600)."""
+        if self.config.repository.key_file:
+            return self.config.repository.key_file
+        name = "local" if not self.config.destination.url else hashlib.sha256(
+            (await self.url()).encode()).hexdigest()[:12]
+        return os.path.join(state_dir(), "repositories", f"{name}.key")
+
+    async def repo_key(self) -> Any:
+        """The recovery key: given, or this machine's own (None: there is no repository yet)."""
+        from ..repository import RepoKey
+
+        key = self.explicit_key()
+        if key is None:
+            path = await self.key_path()
+            if os.path.exists(path):
+                key = self._key = RepoKey.decode(_read_key(path, path))
+        return key
+
+    async def repository(self, create: bool = False) -> Any:
+        """The repository (None: none is configured, and ``create`` is False)."""
+        from ..repository import Repository
+
+        if self._repo is None:
+            key = await self.repo_key()
+            if key is not None:
+                self._repo = Repository(await self.gateway(), key)
+            elif create:
+                self._repo = await self.create_repository()
+        return self._repo
+
+    async def create_repository(self) -> Any:
+        """Make a repository on the grid and keep its key, mode 0600; say where, once."""
+        from ..errors import UsageError
+        from ..repository import Repository
+
+        path = await self.key_path()
+        if os.path.exists(path):
+            raise UsageError(f"a repository is already configured (its key is in {path})")
+        furl = self.config.repository.introducer_furl
+        needed = happy = total = None
+        if not self.config.destination.url:
+            grid = self.grid()
+            state = grid.load() or {}
+            furl = furl or grid.furl()
+            needed, happy, total = state.get("needed"), state.get("happy"), state.get("nodes")
+        repo = await Repository.create(await self.gateway(), furl, needed, happy, total)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(repo.key.encode() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._key = repo.key
+        self.reporter.say(f"lafs-backup: made a repository on the grid; its recovery key is in {path}. Keep a "
+                          "copy of it off this machine ('lafs-backup key' prints it): with it alone a new "
+                          "machine lists and restores every backup")
+        return repo
+
     async def backups(self) -> list[Backup]:
-        """Every finished backup recorded (read without the lock)."""
+        """Every finished backup: those the repository records (every machine's), and this cache's
+        own that it does not record yet (read without the lock)."""
+        if self._history is not None:
+            return self._history
         cache = await self.cache(reader=True)
         try:
-            return cache.backups()
+            local, checks = cache.backups(), cache.checks()
         finally:
             cache.close()
+        repo = await self.repository()
+        if repo is None:
+            return local
+        from ..repository import Record
+
+        try:
+            records: list[Record] = await repo.records()
+        except Exception as e:
+            from ..errors import GatewayError, GridError
+
+            if not isinstance(e, (GatewayError, GridError)):
+                raise
+            self.reporter.warn("repository", f"cannot be read ({getattr(e, 'message', e)}); listing this "
+                                             "machine's own backups only")
+            return local
+        self._history = history.merge(local, records, checks)
+        return self._history
 
     # -- which backups a command means ------------------------------------------------------------
     def source_filter(self, source: str | None) -> bytes | None:
@@ -171,21 +304,22 @@ class Context:
         """The source a ``latest`` refers to: the one given, else ``source.path``, else any."""
         return self.source_filter(source or self.config.source.path)
 
-    async def resolve(self, ref: str, source: str | None = None, host: str | None = None) -> str:
+    async def resolve(self, ref: str, source: str | None = None, host: str | None = None,
+                      tags: list[str] | None = None) -> str:
         """The cap a SNAPSHOT argument names (a cap needs no record)."""
         if ref.startswith("URI:"):
             return ref
-        return history.resolve(await self.backups(), ref, self.snapshot_source(source), host).cap
+        return history.resolve(await self.backups(), ref, self.snapshot_source(source), host, tags or ()).cap
 
     def select(self, everything: list[Backup], refs: list[str], source: str | None = None,
-               host: str | None = None) -> list[Backup]:
-        """Backups named by cap, generation number or 'latest'; all of them (of ``source`` and
-        ``host``, if given) when ``refs`` is empty."""
+               host: str | None = None, tags: list[str] | None = None) -> list[Backup]:
+        """Backups named by cap, id, generation number or 'latest'; all of them (of ``source``,
+        ``host`` and ``tags``, if given) when ``refs`` is empty."""
         if not refs:
-            return history.matching(everything, self.source_filter(source), host)
+            return history.matching(everything, self.source_filter(source), host, tags or ())
         out: list[Backup] = []
         for ref in refs:
-            b = history.resolve(everything, ref, self.snapshot_source(source), host)
+            b = history.resolve(everything, ref, self.snapshot_source(source), host, tags or ())
             if b not in out:
                 out.append(b)
         return out
@@ -226,11 +360,21 @@ class Context:
         return call
 
 
-def backup_json(b: Backup, floors: dict[int, float] | None = None) -> dict[str, Any]:
+def _read_key(path: str, what: str) -> str:
+    from ..errors import UsageError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline()
+    except OSError as e:
+        raise UsageError(f"cannot read the recovery key from {what} ({path}): {e.strerror}") from None
+
+
+def backup_json(b: Backup, floors: dict[str, float] | None = None) -> dict[str, Any]:
     """A backup as ``list --json`` and the reports show it."""
     floor = (floors or {}).get(b.id)
-    return {"generation": b.generation, "time": iso(b.ts), "timestamp": b.ts,
-            "host": b.host, "source": b.source_text, "name": b.name, "cap": b.cap,
+    return {"id": b.short_id, "generation": b.generation, "time": iso(b.ts), "timestamp": b.ts,
+            "host": b.host, "source": b.source_text, "name": b.name, "cap": b.cap, "tags": list(b.tags),
             "last_check": iso(b.ts_check) if b.ts_check else None,
             "leases_renewed": iso(b.ts_lease) if b.ts_lease else None,
             "leases_end": iso(floor + history.LEASE_DAYS * 86400) if floor is not None else None}

@@ -21,11 +21,11 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
         found.append(c)
         rep.emit(c.line(), c.as_dict())
 
-    cap_a = await ctx.resolve(ns.a, ns.source, ns.host)
+    cap_a = await ctx.resolve(ns.a, ns.source, ns.host, ns.tag)
     reader = Reader(await ctx.gateway())
     try:
         if ns.b is not None:
-            await SnapshotDiff(reader, emit).run(cap_a, await ctx.resolve(ns.b, ns.source, ns.host))
+            await SnapshotDiff(reader, emit).run(cap_a, await ctx.resolve(ns.b, ns.source, ns.host, ns.tag))
         else:
             rec = next((x for x in await ctx.backups() if x.cap == cap_a), None)
             src = rec.source if rec is not None else ctx.snapshot_source(ns.source)

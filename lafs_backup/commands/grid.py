@@ -4,15 +4,47 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import ExitCode, GridError
-from .context import Context
+from ..errors import ExitCode, GridError, UsageError
+from .context import Context, data_dir
+
+
+async def _join(ctx: Context, ns: argparse.Namespace) -> int:
+    """Run a gateway (the default) or a storage node of a grid made on another machine."""
+    import hashlib
+    import os
+
+    from ..grid.local import GridSpec, LocalGrid
+
+    furl = ns.furl or ctx.config.repository.introducer_furl
+    if not furl or not furl.startswith("pb://"):
+        raise UsageError("grid join needs the grid's introducer FURL (pb://...): 'lafs-backup grid furl' on the "
+                         "machine that made it prints it")
+    kind = "storage" if ns.storage else "gateway"
+    d = ns.dir or os.path.join(data_dir(), "joined", f"{kind}-{hashlib.sha256(furl.encode()).hexdigest()[:12]}")
+    g = ctx.config.grid
+    node = LocalGrid(GridSpec(d, g.nodes, g.needed, g.happy, listen=ns.listen, join=furl, storage=ns.storage))
+    url = await ctx.ensure_grid(node)
+    ctx.reporter.say(f"lafs-backup: {kind} node of that grid running in {d}")
+    if url:
+        ctx.reporter.output(url)
+    return ExitCode.OK
 
 
 async def run(ctx: Context, ns: argparse.Namespace) -> int:
     rep = ctx.reporter
-    grid = ctx.grid(ns.dir)
+    if ns.action == "join":
+        return await _join(ctx, ns)
+    if ns.furl is not None:
+        raise UsageError("only 'grid join' takes a FURL")
+    grid = ctx.grid(ns.dir, listen=ns.listen)
     if ns.action == "up":
         rep.output(await ctx.ensure_grid(grid))
+        return ExitCode.OK
+    if ns.action == "furl":
+        furl = grid.furl()
+        if furl is None:
+            raise GridError(problem=f"no local grid in {grid.dir} (run 'lafs-backup grid up')")
+        rep.output(furl)
         return ExitCode.OK
     if ns.action == "down":
         stopped = await ctx.in_thread(grid.stop)

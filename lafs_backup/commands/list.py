@@ -13,7 +13,8 @@ from .context import Context, backup_json
 async def run(ctx: Context, ns: argparse.Namespace) -> int:
     everything = await ctx.backups()
     floors = history.lease_floors(everything)
-    items = [backup_json(b, floors) for b in history.matching(everything, ctx.source_filter(ns.source), ns.host)]
+    chosen = history.matching(everything, ctx.source_filter(ns.source), ns.host, ns.tag or ())
+    items = [backup_json(b, floors) for b in chosen]
     rep = ctx.reporter
     if rep.json_mode:
         rep.output(json.dumps(items, indent=1))
@@ -21,6 +22,7 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
         rep.info("no finished backups recorded")
     else:
         for it in items:
-            rep.output(f"{it['generation']:>5}  {it['time']}  {it['host'] or '-'}  {it['source']}  "
+            tags = f"  [{','.join(it['tags'])}]" if it["tags"] else ""
+            rep.output(f"{it['id']}  {it['generation']:>5}  {it['time']}  {it['host'] or '-'}  {it['source']}{tags}  "
                        f"leases renewed: {it['leases_renewed'] or 'never'}  {it['cap']}")
     return ExitCode.OK

@@ -11,7 +11,7 @@ from .context import Context, outcome
 
 
 async def run(ctx: Context, ns: argparse.Namespace) -> int:
-    cap = await ctx.resolve(ns.snapshot, ns.source, ns.host)
+    cap = await ctx.resolve(ns.snapshot, ns.source, ns.host, ns.tag)
     gw = await ctx.gateway()
     # A full restore wants most of every pack: each is fetched whole, once.  A few paths want a
     # few members: one Range GET each.

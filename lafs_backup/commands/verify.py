@@ -13,7 +13,7 @@ from .context import Context, outcome
 async def run(ctx: Context, ns: argparse.Namespace) -> int:
     if not 0 < ns.sample <= 100:
         raise UsageError(f"--sample must be a percentage above 0 and at most 100, not {ns.sample}")
-    cap = await ctx.resolve(ns.snapshot, ns.source, ns.host)
+    cap = await ctx.resolve(ns.snapshot, ns.source, ns.host, ns.tag)
     gw = await ctx.gateway()
     reader = Reader(gw, whole_packs=ns.sample >= 50)
     try:

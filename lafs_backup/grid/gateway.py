@@ -551,6 +551,23 @@ class Gateway:
         there = await self.child_cap(dircap, name)
         return there is not None and _same_object(there, cap)
 
+    async def set_children(self, dircap: str, children: Mapping[str, tuple[str, Any]], replace: bool = True) -> bool:
+        """Link children into a mutable directory in one write: ``{name: (cap, metadata or None)}``.
+
+        With ``replace`` False an existing name is left as it is, and False is returned.
+        """
+        body: dict[str, Any] = {}
+        for name, (cap, metadata) in children.items():
+            info: dict[str, Any] = {"rw_uri" if cap.startswith("URI:DIR2:") else "ro_uri": cap}
+            if metadata is not None:
+                info["metadata"] = metadata
+            body[name] = ["dirnode" if cap.startswith("URI:DIR2") else "filenode", info]
+        code, _ = await self.send(Call("link", "POST", self.url(dircap),
+                                       params={"t": "set_children", "replace": "true" if replace else "false"},
+                                       body=json.dumps(body).encode(), headers={"Content-Type": "application/json"},
+                                       ok=(200, 409)))
+        return code == 200
+
     async def unlink(self, dircap: str, name: str) -> bool:
         code, _ = await self.send(Call("unlink", "DELETE", self.url(dircap, [name]), ok=(200, 404)))
         return code == 200

@@ -1,9 +1,13 @@
-"""The embedded local grid: create, start, inspect and stop a real Tahoe-LAFS grid on 127.0.0.1.
+"""The embedded local grid: create, start, inspect and stop a real Tahoe-LAFS grid on this machine.
 
 One introducer, N storage nodes and a gateway live under one directory,
-described by ``grid.json``.  Nodes run as detached ``tahoe run`` processes;
-the pid and kernel start time of each are recorded, so ``down`` stops
-exactly the processes this grid started and nothing that reused a pid.
+described by ``grid.json``; by default they listen on 127.0.0.1 only, or
+(``listen``) on every interface, reachable at that host name, so that other
+machines can join.  The same machinery runs the nodes of a machine that
+*joins* a grid made elsewhere (``join``: its introducer's FURL): a gateway,
+or a storage node.  Nodes run as detached ``tahoe run`` processes; the pid
+and kernel start time of each are recorded, so ``down`` stops exactly the
+processes this grid started and nothing that reused a pid.
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ class GridSpec:
     nodes: int = 3
     needed: int = 2
     happy: int = 3
+    #: Host name other machines reach this grid at (None: loopback only).
+    listen: str | None = None
+    #: Join the grid whose introducer this is, instead of making one.
+    join: str | None = None
+    #: When joining: run a storage node (else a gateway).
+    storage: bool = False
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -151,6 +161,8 @@ class LocalGrid:
         return st["url"] if st else None
 
     def node_names(self, state: dict[str, Any]) -> list[str]:
+        if state.get("join"):
+            return [state["node"]]
         return ["introducer"] + [f"storage{i}" for i in range(1, state["nodes"] + 1)] + ["gateway"]
 
     def alive(self, state: dict[str, Any], name: str) -> bool:
@@ -158,31 +170,74 @@ class LocalGrid:
         return bool(p) and _proc_start(p["pid"]) == p["start"]
 
     # -- create ------------------------------------------------------------------
+    def _run(self, args: list[str]) -> None:
+        """Run one ``tahoe`` command to its end; a cancel kills it at once."""
+        p = subprocess.Popen(_tahoe(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        while p.poll() is None:
+            if self._stop.wait(0.05):
+                p.kill()
+                p.wait()
+                raise GridError(problem="start-up interrupted")
+        output = p.stdout.read() if p.stdout is not None else ""
+        if p.returncode != 0:
+            raise GridError(problem=f"'tahoe {args[0]}' failed: {output.strip()[-500:]}")
+
+    def _where(self, port: int) -> list[str]:
+        """``--port`` and ``--location`` of a node listening on ``port``."""
+        if self.spec.listen:
+            return ["--port", f"tcp:{port}", "--location", f"tcp:{self.spec.listen}:{port}"]
+        return ["--port", f"tcp:{port}:interface=127.0.0.1", "--location", f"tcp:127.0.0.1:{port}"]
+
+    def _create_joined(self) -> dict[str, Any]:
+        """A node of a grid made elsewhere: a gateway, or a storage node."""
+        spec = self.spec
+        assert spec.join is not None
+        wport = _free_port()
+        name = "storage" if spec.storage else "gateway"
+        state: dict[str, Any] = {"creating": True, "join": True, "node": name, "nodes": spec.nodes,
+                                 "needed": spec.needed, "happy": spec.happy, "processes": {},
+                                 "url": None if spec.storage else f"http://127.0.0.1:{wport}/"}
+        self._save(state)
+        nd = os.path.join(self.dir, name)
+        if spec.storage:
+            port = _free_port()
+            self._run(["create-node", *self._where(port), "--webport", "none", "-i", spec.join,
+                       "-n", f"storage-{socket.gethostname()}-{port}", nd])
+        else:
+            self._run(["create-node", "--no-storage", "--listen", "none", "--webport",
+                       f"tcp:{wport}:interface=127.0.0.1", "-i", spec.join, "-n", "gateway",
+                       "--shares-needed", str(spec.needed), "--shares-happy", str(spec.happy),
+                       "--shares-total", str(spec.nodes), nd])
+        _edit_cfg(os.path.join(nd, "tahoe.cfg"), storage=spec.storage)
+        del state["creating"]
+        self._save(state)
+        return state
+
+    def furl(self) -> str | None:
+        """The introducer's FURL of this grid (a secret: whoever has it can join), if it made one."""
+        path = os.path.join(self.dir, "introducer", "private", "introducer.furl")
+        try:
+            with open(path) as f:
+                return f.read().strip() or None
+        except OSError:
+            return None
+
     def _create(self) -> dict[str, Any]:
+        if self.spec.join:
+            return self._create_joined()
         spec = self.spec
         d = self.dir
         log.info("creating a local grid in %s", d)
-
-        def run(args: list[str]) -> None:
-            p = subprocess.Popen(_tahoe(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
-            while p.poll() is None:
-                if self._stop.wait(0.05):
-                    p.kill()
-                    p.wait()
-                    raise GridError(problem="start-up interrupted")
-            output = p.stdout.read() if p.stdout is not None else ""
-            if p.returncode != 0:
-                raise GridError(problem=f"'tahoe {args[0]}' failed: {output.strip()[-500:]}")
+        run = self._run
 
         wport = _free_port()
         state: dict[str, Any] = {
             "creating": True, "nodes": spec.nodes, "needed": spec.needed, "happy": spec.happy,
-            "url": f"http://127.0.0.1:{wport}/", "processes": {}}
+            "url": f"http://127.0.0.1:{wport}/", "processes": {}, "listen": spec.listen}
         self._save(state)
         iport = _free_port()
-        run(["create-introducer", "--port", f"tcp:{iport}:interface=127.0.0.1",
-             "--location", f"tcp:127.0.0.1:{iport}", os.path.join(d, "introducer")])
+        run(["create-introducer", *self._where(iport), os.path.join(d, "introducer")])
         # The introducer writes its FURL when it first starts.
         self._spawn(state, "introducer")
         self._save(state)
@@ -199,8 +254,7 @@ class LocalGrid:
         for i in range(1, spec.nodes + 1):
             port = _free_port()
             nd = os.path.join(d, f"storage{i}")
-            run(["create-node", "--port", f"tcp:{port}:interface=127.0.0.1",
-                 "--location", f"tcp:127.0.0.1:{port}", "--webport", "none", "-i", furl,
+            run(["create-node", *self._where(port), "--webport", "none", "-i", furl,
                  "-n", f"storage{i}", nd])
             _edit_cfg(os.path.join(nd, "tahoe.cfg"), storage=True)
         run(["create-node", "--no-storage", "--listen", "none", "--webport",

@@ -75,6 +75,16 @@ class Reader:
         objects = (listing[1].get("children") or {}).get(OBJECTS) if isinstance(listing, list) else None
         return tree, (objects[1].get("ro_uri") if objects else None)
 
+    async def listing(self, cap: str) -> dict[str, tuple[str, str, dict[str, Any]]]:
+        """A directory's children as the grid holds them: key -> (type, read cap, metadata)."""
+        listing = await self.gw.get_json(cap)
+        try:
+            children = listing[1]["children"]
+            return {key: (ntype, info.get("ro_uri") or info.get("rw_uri"), info.get("metadata") or {})
+                    for key, (ntype, info) in children.items()}
+        except (IndexError, KeyError, TypeError, ValueError):
+            raise SnapshotError(what="(given)", problem="a directory listing is not one")
+
     async def children(self, node: Node) -> list[Node]:
         """A directory's edges, with exact names; unsafe or duplicate names are refused."""
         try:

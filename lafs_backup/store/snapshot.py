@@ -234,14 +234,17 @@ def body_key(body: bytes) -> bytes:
     return hashlib.sha256(b"dir\0" + body).digest()
 
 
-def file_key(path: bytes, size: int, mtime_ns: int, ctime_ns: int, ino: int, plain: bool = False) -> bytes:
+def file_key(path: bytes, size: int, mtime_ns: int, ctime_ns: int, ino: int | None, plain: bool = False) -> bytes:
     """Cache key of a file's state: trusted to mean unchanged content.
 
     ``plain`` keys (no packing, no encoding) are separate, so switching
-    packing off never reuses a packed or compressed copy.
+    packing off never reuses a packed or compressed copy.  ``ino`` None: the
+    key of a state known from a snapshot, which records no inode (a cache
+    rebuilt from the repository).
     """
     tag = b"plainfile" if plain else b"file"
-    return hashlib.sha256(b"%s\0%s\0%d:%d:%d:%d" % (tag, path, size, mtime_ns, ctime_ns, ino)).digest()
+    last = b"-" if ino is None else b"%d" % ino
+    return hashlib.sha256(b"%s\0%s\0%d:%d:%d:%s" % (tag, path, size, mtime_ns, ctime_ns, last)).digest()
 
 
 def content_key(sha: bytes, plain: bool = False) -> bytes:

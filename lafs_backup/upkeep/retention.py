@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import UsageError
 
@@ -28,9 +28,9 @@ class Policy:
 
 @dataclass
 class Decision:
-    keep: dict[int, list[str]] = field(default_factory=dict)  # backup id -> reasons
-    forget: list[int] = field(default_factory=list)
-    future: list[int] = field(default_factory=list)
+    keep: dict[Any, list[str]] = field(default_factory=dict)  # backup id -> reasons
+    forget: list[Any] = field(default_factory=list)
+    future: list[Any] = field(default_factory=list)
 
 
 _UNITS = {"y": 365 * 86400, "m": 30 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600}
@@ -54,7 +54,7 @@ def _buckets() -> list[tuple[str, Callable[[time.struct_time], tuple[int, ...]]]
     ]
 
 
-def decide(backups: Sequence[tuple[int, float]], policy: Policy, now: float) -> Decision:
+def decide(backups: Sequence[tuple[Any, float]], policy: Policy, now: float) -> Decision:
     """Apply ``policy`` to ``(id, timestamp)`` pairs.
 
     As in restic: walking from the newest, ``last`` keeps the n newest; each
@@ -66,7 +66,7 @@ def decide(backups: Sequence[tuple[int, float]], policy: Policy, now: float) -> 
     """
     d = Decision()
     future = [(i, ts) for i, ts in backups if ts > now]
-    present = sorted(((i, ts) for i, ts in backups if ts <= now), key=lambda x: (-x[1], -x[0]))
+    present = sorted(((i, ts) for i, ts in backups if ts <= now), key=lambda x: (x[1], x[0]), reverse=True)
     for i, _ in future:
         d.keep[i] = ["stamped in the future"]
         d.future.append(i)

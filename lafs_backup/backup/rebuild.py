@@ -1,0 +1,119 @@
+"""Rebuilding an entry cache from a snapshot: a new machine picks up deduplication where the old one left off.
+
+A snapshot records, on every file's edge, its size, times, SHA-256 and where
+its content lives, and every directory's exact body can be read back.  From
+those, the cache gets a row for each content (so known content is not
+uploaded again), each file state (path, size, mtime, ctime: a snapshot
+records no inode), each directory body and each long symlink target: a
+backup of the same data sends next to nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+
+from ..read.reader import Reader
+from ..store.snapshot import (LIT_MAX, OBJECTS, PACKED_MARKER_BODY, TREE, Hit, blob_key, body_key, canonical_json,
+                              content_key, file_key)
+
+log = logging.getLogger(__name__)
+
+
+class Rebuilder:
+    """Fills ``cache`` (as generation ``gen``) from snapshots read through ``reader``."""
+
+    def __init__(self, reader: Reader, cache: Any, generation: int, listings: int = 8) -> None:
+        self.reader = reader
+        self.cache = cache
+        self.gen = generation
+        self.rows = 0
+        self._slots = DeferredSemaphore(listings)
+        self._seen: set[str] = set()
+
+    def _row(self, key: bytes, hit: Hit) -> None:
+        self.cache.store_hit(key, hit, self.gen)
+        self.rows += 1
+
+    async def snapshot(self, cap: str) -> int:
+        """Add the rows one snapshot gives; returns how many rows were added so far."""
+        root = await self._directory(cap, [])
+        objects = root.get(OBJECTS)
+        if objects is not None:
+            await self._directory(objects[1], [])
+        tree = root.get(TREE)
+        if tree is not None:
+            await self._walk(tree[1], [])
+        self.cache.commit()
+        return self.rows
+
+    async def _directory(self, cap: str, path: list[bytes]) -> dict[str, Any]:
+        """A directory's children; its exact body gets a row (a backup making it again finds it)."""
+        await self._slots.acquire()
+        try:
+            children = await self.reader.listing(cap)
+        finally:
+            self._slots.release()
+        body = {}
+        for key, (ntype, ro, meta) in children.items():
+            if isinstance(meta, dict) and "type" in meta:  # the type string a snapshot directory was made with
+                ntype = "dirnode" if meta["type"] == "dir" else "filenode"
+            info: dict[str, Any] = {"ro_uri": ro}
+            if meta:
+                info["metadata"] = meta
+            body[key] = [ntype, info]
+        self._row(body_key(canonical_json(body)), Hit(cap, None))
+        return children
+
+    async def _walk(self, cap: str, path: list[bytes]) -> None:
+        if cap in self._seen:
+            return
+        self._seen.add(cap)
+        children = await self._directory(cap, path)
+        waits = []
+        for key, (ntype, ro, meta) in children.items():
+            meta = meta or {}
+            name = _name(key, meta)
+            kind = meta.get("type")
+            if kind == "dir" or (kind is None and ntype == "dirnode"):
+                waits.append(Deferred.fromCoroutine(self._walk(ro, path + [name])))
+            elif kind == "file":
+                self._file(b"/".join(path + [name]), ro, meta)
+            elif kind == "symlink" and ro and not ro.startswith("URI:LIT:"):
+                target = meta.get("target")
+                if isinstance(target, str) and len(target.encode()) > LIT_MAX:
+                    self._row(blob_key(target.encode()), Hit(ro, None))
+        if waits:
+            await gatherResults(waits, consumeErrors=True)
+
+    def _file(self, rel: bytes, cap: str, meta: dict[str, Any]) -> None:
+        sha_hex, size = meta.get("sha256"), meta.get("size")
+        mtime, ctime = meta.get("mtime_ns"), meta.get("ctime_ns")
+        if not (isinstance(sha_hex, str) and isinstance(size, int) and isinstance(mtime, int)
+                and isinstance(ctime, int)):
+            return
+        sha = bytes.fromhex(sha_hex)
+        enc = meta.get("enc") if isinstance(meta.get("enc"), str) else None
+        pack = meta.get("pack")
+        if isinstance(pack, dict):
+            hit = Hit(pack["cap"], sha, enc, int(pack["offset"]), int(pack["length"]))
+            self._row(body_key(PACKED_MARKER_BODY), Hit(cap, None))  # what the edge points to
+        elif isinstance(meta.get("object"), str):
+            hit = Hit(meta["object"], sha, enc)
+            self._row(body_key(PACKED_MARKER_BODY), Hit(cap, None))
+        else:
+            hit = Hit(cap, sha, enc)  # a plain filenode: exactly the file's bytes
+        plains = (False, True) if hit.enc is None and hit.offset is None else (False,)
+        for plain in plains:
+            if not hit.cap.startswith("URI:LIT:"):  # a LIT file's content is its cap: computed, not looked up
+                self._row(content_key(sha, plain), hit)
+            self._row(file_key(rel, size, mtime, ctime, None, plain), hit)
+
+
+def _name(key: str, meta: dict[str, Any]) -> bytes:
+    import base64
+
+    raw = meta.get("name_b64")
+    return base64.b64decode(raw) if isinstance(raw, str) else key.encode("utf-8")

@@ -1,0 +1,231 @@
+"""The repository: the record of every backup, kept on the grid, so a new machine recovers all from one key.
+
+A repository is a mutable Tahoe directory::
+
+    lafs-backup-repository      a small file saying what this directory is
+    writers/                    one directory per host and source, written only by that writer
+        ann.3f2a9c0d51e7/       a writer: one child per backup, the snapshot's own cap, whose
+            20261202T023012.481516Z.g41    link metadata is the backup's record
+
+Tahoe's mutable directories are last-writer-wins, and two gateways writing
+one directory at once can lose an update (``UncoordinatedWriteError``), so
+each writer has a directory that only it writes, and the one shared write
+(a writer's first link into ``writers/``) is verified by reading it back
+and repeated until it holds.  Listing the repository costs one request for
+``writers/`` and one per writer.
+
+The recovery key (:class:`RepoKey`) is a bearer secret: the repository's
+write cap, and how to reach the grid (its introducer FURL and encoding).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from . import __version__
+from .errors import GatewayError, GridError, UsageError
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "lafs-backup-key-v1:"
+MARKER = "lafs-backup-repository"
+WRITERS = "writers"
+RECORD_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class RepoKey:
+    """What a machine needs to find a repository: its write cap and, when known, the grid."""
+
+    writecap: str
+    furl: str | None = None
+    needed: int | None = None
+    happy: int | None = None
+    total: int | None = None
+
+    def encode(self) -> str:
+        body = {"repo": self.writecap, "furl": self.furl, "needed": self.needed, "happy": self.happy,
+                "total": self.total}
+        raw = json.dumps({k: v for k, v in body.items() if v is not None}, separators=(",", ":"))
+        return KEY_PREFIX + base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> "RepoKey":
+        """Parse a key; :class:`UsageError` (never naming the key's content) when it is not one."""
+        text = text.strip()
+        if not text.startswith(KEY_PREFIX):
+            raise UsageError("not a lafs-backup recovery key (it starts with 'lafs-backup-key-v1:')")
+        payload = text[len(KEY_PREFIX):]
+        try:
+            body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            cap = body["repo"]
+            if not (isinstance(cap, str) and cap.startswith("URI:DIR2:")):
+                raise ValueError
+            ints = {k: body.get(k) for k in ("needed", "happy", "total")}
+            if any(v is not None and not isinstance(v, int) for v in ints.values()):
+                raise ValueError
+            furl = body.get("furl")
+            if furl is not None and not (isinstance(furl, str) and furl.startswith("pb://")):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            raise UsageError("the recovery key is damaged (copy it again, whole, from the machine that made it)")
+        return cls(cap, furl, ints["needed"], ints["happy"], ints["total"])
+
+
+@dataclass(frozen=True)
+class Record:
+    """One backup as the repository records it."""
+
+    cap: str
+    host: str
+    source: bytes
+    ts: float
+    generation: int
+    tags: tuple[str, ...] = ()
+    summary: dict[str, Any] = field(default_factory=dict)
+    version: str = __version__
+    #: Where it is: the writer's directory and the entry's name in it.
+    writer: str = ""
+    name: str = ""
+
+    def metadata(self) -> dict[str, Any]:
+        """The link metadata that is the record on the grid."""
+        try:
+            source: Any = self.source.decode("utf-8")
+        except UnicodeDecodeError:
+            source = {"b64": base64.b64encode(self.source).decode()}
+        return {"lafs_backup_record": RECORD_FORMAT, "host": self.host, "source": source, "time": self.ts,
+                "generation": self.generation, "tags": list(self.tags), "summary": self.summary,
+                "version": self.version}
+
+    @classmethod
+    def from_metadata(cls, cap: str, meta: Any, writer: str, name: str) -> "Record | None":
+        """The record an entry's link metadata holds (None: not a record this version can read)."""
+        if not isinstance(meta, dict) or meta.get("lafs_backup_record") != RECORD_FORMAT:
+            return None
+        try:
+            src = meta["source"]
+            source = src.encode("utf-8") if isinstance(src, str) else base64.b64decode(src["b64"])
+            return cls(cap, str(meta["host"]), source, float(meta["time"]), int(meta["generation"]),
+                       tuple(str(t) for t in meta.get("tags") or ()), dict(meta.get("summary") or {}),
+                       str(meta.get("version", "")), writer, name)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def writer_name(host: str, source: bytes) -> str:
+    """The directory of one writer: its host, and a digest of its source (names stay short and safe)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", host)[:64] or "host"
+    return f"{safe}.{hashlib.sha256(source).hexdigest()[:12]}"
+
+
+def record_name(ts: float, generation: int) -> str:
+    import time
+
+    frac = f"{ts % 1:.6f}"[2:]
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(ts)) + f".{frac}Z.g{generation}"
+
+
+class Repository:
+    """A repository on the grid, through ``gateway`` (see the module docstring)."""
+
+    def __init__(self, gateway: Any, key: RepoKey, attempts: int = 8) -> None:
+        self.gw = gateway
+        self.key = key
+        self._attempts = attempts
+        self._writers_cap: str | None = None
+
+    @classmethod
+    async def create(cls, gateway: Any, furl: str | None = None, needed: int | None = None,
+                     happy: int | None = None, total: int | None = None) -> "Repository":
+        """Make a new, empty repository on the grid."""
+        from .store.snapshot import lit_cap
+
+        root = await gateway.mkdir_mutable()
+        writers = await gateway.mkdir_mutable()
+        marker = lit_cap(json.dumps({"lafs_backup_repository": 1}).encode())  # small enough to live in its cap
+        await gateway.set_children(root, {MARKER: (marker, None), WRITERS: (writers, None)})
+        return cls(gateway, RepoKey(root, furl, needed, happy, total))
+
+    async def _writers(self) -> str:
+        if self._writers_cap is None:
+            listing = await self._listing(self.key.writecap)
+            if MARKER not in listing:
+                raise GridError(problem="the recovery key's directory is not a lafs-backup repository")
+            entry = listing.get(WRITERS)
+            if entry is None or not entry[1]:
+                raise GridError(problem="the repository is damaged: it has no writers directory")
+            self._writers_cap = entry[1]
+        return self._writers_cap
+
+    async def _listing(self, cap: str) -> dict[str, tuple[str, str | None, str | None, Any]]:
+        """name -> (type, write cap or None, read cap, metadata) of a directory's children."""
+        try:
+            listing = await self.gw.get_json(cap)
+            children = listing[1]["children"]
+        except (IndexError, KeyError, TypeError):
+            raise GridError(problem="the repository is damaged: a directory listing is not one")
+        except GatewayError as e:
+            if e.status in (404, 410):
+                raise GridError(problem=f"the repository cannot be read from the grid ({e.reason or e.status}): "
+                                        "is this the grid it was made on?")
+            raise
+        return {name: (ntype, info.get("rw_uri"), info.get("ro_uri"), info.get("metadata"))
+                for name, (ntype, info) in children.items()}
+
+    async def records(self) -> list[Record]:
+        """Every backup recorded by every writer, oldest first."""
+        out: list[Record] = []
+        for writer, (_, rw, ro, _) in sorted((await self._listing(await self._writers())).items()):
+            cap = rw or ro
+            if cap is None:
+                continue
+            for name, (_, _, snap, meta) in (await self._listing(cap)).items():
+                rec = Record.from_metadata(snap or "", meta, writer, name) if snap else None
+                if rec is not None:
+                    out.append(rec)
+        out.sort(key=lambda r: (r.ts, r.name))
+        return out
+
+    async def _writer_dir(self, writer: str, create: bool) -> str | None:
+        """The write cap of a writer's directory, made and linked (verified) when ``create``."""
+        writers = await self._writers()
+        for _ in range(self._attempts):
+            entry = (await self._listing(writers)).get(writer)
+            if entry is not None and entry[1]:
+                return entry[1]
+            if not create:
+                return None
+            made = await self.gw.mkdir_mutable()
+            # The one write others may make at the same time: link, then read back to be sure it held.
+            await self.gw.set_children(writers, {writer: (made, None)}, replace=False)
+        raise GridError(problem="could not add this machine's directory to the repository (other writers "
+                                "kept changing it); try again")
+
+    async def add(self, rec: Record) -> Record:
+        """Record a backup under its writer; returns the record with its place."""
+        writer = rec.writer or writer_name(rec.host, rec.source)
+        name = rec.name or record_name(rec.ts, rec.generation)
+        wcap = await self._writer_dir(writer, create=True)
+        assert wcap is not None
+        for _ in range(self._attempts):
+            await self.gw.set_children(wcap, {name: (rec.cap, rec.metadata())}, replace=False)
+            there = (await self._listing(wcap)).get(name)
+            if there is not None and there[2] == rec.cap:
+                return Record(rec.cap, rec.host, rec.source, rec.ts, rec.generation, rec.tags, rec.summary,
+                              rec.version, writer, name)
+        raise GridError(problem="the backup could not be recorded in the repository; it is kept in the "
+                                "local cache and recorded there by the next run")
+
+    async def forget(self, recs: Iterable[Record]) -> None:
+        """Remove records from their writers' directories."""
+        for rec in recs:
+            wcap = await self._writer_dir(rec.writer, create=False)
+            if wcap is not None:
+                await self.gw.unlink(wcap, rec.name)
