@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("action", choices=["up", "down", "status", "furl", "join"],
                     help="up/down/status: this machine's grid; furl: print its introducer's FURL (a secret); "
                          "join FURL: run a node of a grid made elsewhere")
-    gr.add_argument("furl", nargs="?", metavar="FURL", help="for join: the grid's introducer FURL")
+    gr.add_argument("furl", nargs="?", metavar="FURL|FILE|-", help="for join: the grid's introducer FURL, a file "
+                    "holding it, or - for stdin (default: LAFS_BACKUP_FURL, then repository.introducer_furl)")
     gr.add_argument("--storage", action="store_true", help="for join: run a storage node (default: a gateway)")
     gr.add_argument("--listen", metavar="HOST", help="for up (when the grid is made) and join --storage: listen "
                                                     "on every interface, reachable as HOST by other machines")

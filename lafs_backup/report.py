@@ -78,9 +78,11 @@ class Reporter:
 
     def advise(self, topic: str, message: str) -> None:
         """A warning about the backups as a whole, not about one entry: it does not make the run
-        partial (its exit code stays 0)."""
+        partial (its exit code stays 0).  In JSON mode it is a JSON line on stderr, so that a
+        command whose stdout is one document (``list --json``) keeps it parseable."""
         if self.json_mode:
-            self._json({"type": "warning", "topic": topic, "message": message})
+            print(json.dumps({"type": "warning", "topic": topic, "message": message}, sort_keys=True),
+                  file=self.err, flush=True)
         else:
             print(f"warning: {message}", file=self.err)
 

@@ -143,15 +143,18 @@ def test_a_grid_of_several_machines_on_this_one(tmp_path):
         assert furl.startswith("pb://")
         try:
             # Machine 2 lends a storage node; machine 3 runs a gateway of its own.
-            r = run_cli(["grid", "join", furl, "--storage"], m2, timeout=180)
+            # The FURL is a secret: it comes from stdin or the environment, never a command line.
+            r = run_cli(["grid", "join", "-", "--storage"], m2, timeout=180, input=furl + "\n")
             assert r.code == 0, r.err
-            r = run_cli(["grid", "join", furl, "-o", "grid.happy=4", "-o", "grid.nodes=4"], m3, timeout=180)
+            r = run_cli(["grid", "join", "-o", "grid.happy=4", "-o", "grid.nodes=4"], m3, timeout=180,
+                        env={"LAFS_BACKUP_FURL": furl})
             assert r.code == 0, r.err
             url = r.out.strip()
             assert url.startswith("http://127.0.0.1:") and url != g.url
             with urllib.request.urlopen(url + "?t=json") as resp:
                 servers = [s for s in json.load(resp)["servers"] if s["connection_status"].startswith("Connected")]
             assert len(servers) == 4  # three of machine 1, one of machine 2
+            assert furl not in r.out + r.err
             src = make_tree(tmp_path / "src", small=40, medium=1, large=0)
             run_cli(["--url", url, "backup", str(src)], m3, check=True)
             out = tmp_path / "out"

@@ -61,7 +61,7 @@ def stop_and_time(p: subprocess.Popen, sig: int) -> tuple[float, int, str]:
 
 def assert_one_line_stop(err: str, word: str, name: str) -> None:
     assert "Traceback" not in err and "internal error" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("lafs-backup:")]
+    lines = [ln for ln in err.splitlines() if "stopping;" in ln]
     assert len(lines) == 1 and f"{word} ({name})" in lines[0], err
 
 

@@ -290,8 +290,8 @@ class Context:
 
             if not isinstance(e, (GatewayError, GridError)):
                 raise
-            self.reporter.warn("repository", f"cannot be read ({getattr(e, 'message', e)}); listing this "
-                                             "machine's own backups only")
+            self.reporter.advise("repository", f"{getattr(e, 'message', e)}; listing this machine's own "
+                                               "backups only")
             return local
         self._history = history.merge(local, records, checks)
         return self._history

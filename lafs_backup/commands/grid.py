@@ -15,7 +15,15 @@ async def _join(ctx: Context, ns: argparse.Namespace) -> int:
 
     from ..grid.local import GridSpec, LocalGrid
 
-    furl = ns.furl or ctx.config.repository.introducer_furl
+    furl = ns.furl
+    if furl == "-":  # from stdin, so that the FURL (a secret) never sits on a command line
+        import sys
+
+        furl = sys.stdin.readline().strip()
+    elif furl and os.path.isfile(furl):  # or from a file that holds it
+        with open(furl, encoding="utf-8") as f:
+            furl = f.read().strip()
+    furl = furl or os.environ.get("LAFS_BACKUP_FURL") or ctx.config.repository.introducer_furl
     if not furl or not furl.startswith("pb://"):
         raise UsageError("grid join needs the grid's introducer FURL (pb://...): 'lafs-backup grid furl' on the "
                          "machine that made it prints it")
