@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark lafs-backup against `tahoe backup` and duplicity, side by side, and write bench/RESULTS.md.
 
-usage: python bench/run.py [--work DIR] [--scale N] [--no-scale] [--no-rivals]
+usage: python bench/run.py [--work DIR] [--scale N] [--no-scale] [--no-rivals] [--only check|browse]
 
 Each tool gets its own copy of the tree from bench/mktree.py (default
 size) and its own fresh local grid of the same shape (3 storage nodes,
@@ -285,6 +285,98 @@ def bench_check(work: Path, base: Path, kept: int = 8) -> str:
     return "\n".join(lines)
 
 
+def _mounted(lb: list[str], env: dict[str, str], mnt: Path) -> subprocess.Popen:
+    p = subprocess.Popen(lb + ["mount", str(mnt)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (mnt / "snapshots").exists():
+        if p.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the mount did not appear: {p.communicate()[1].decode(errors='replace')}")
+        time.sleep(0.05)
+    return p
+
+
+def bench_browse(work: Path, entries: int = 100_000, big_mib: int = 256) -> str:
+    """ls -R of a snapshot of ``entries`` entries (beside a local find of the same tree), the
+    requests of a dump of one packed file, the first listing through the mount, and the mount's
+    read throughput of a large file beside a restore of it."""
+    import json
+    import re
+    import signal
+
+    tree = work / f"scale-{entries}"
+    make_scale_tree(tree, entries)
+    big = work / "tree-big"
+    shutil.rmtree(big, ignore_errors=True)
+    big.mkdir(parents=True)
+    with open(big / "large.bin", "wb") as f:
+        for _ in range(big_mib):
+            f.write(os.urandom(1 << 20))
+    (big / "small").mkdir()
+    (big / "small" / "note.txt").write_bytes(b"a small packed file\n" * 10)
+    home = work / "browse-home"
+    shutil.rmtree(home, ignore_errors=True)
+    gdir = work / "grid-browse"
+    shutil.rmtree(gdir, ignore_errors=True)
+    url = grid_up(gdir, home)
+    env = env_for(home)
+    lb = [PY, "-m", "lafs_backup", "--url", url]
+    try:
+        many = timed(lb + ["backup", str(tree)], env=env)[2].strip()
+        large = timed(lb + ["backup", str(big)], env=env)[2].strip()
+        w_find, _, _ = timed(["find", str(tree)])
+        w_ls, r_ls, out = timed(lb + ["ls", "-R", many], env=env)
+        listed = len(out.splitlines())
+        w_ls1, _, _ = timed(lb + ["ls", many], env=env)
+        p = subprocess.run(lb + ["-o", "logging.level=info", "dump", large, "small/note.txt"], env=env,
+                           capture_output=True, stdin=subprocess.DEVNULL)
+        counts = json.loads(re.search(r"dump: gateway requests (\{.*\})", p.stderr.decode()).group(1)
+                            .replace("'", '"'))
+        restores, reads, firsts = [], [], []
+        for i in range(2):  # interleaved, so that drift hits both alike
+            out_dir = work / f"browse-restore-{i}"
+            shutil.rmtree(out_dir, ignore_errors=True)
+            restores.append(timed(lb + ["restore", large, "--target", str(out_dir)], env=env)[0])
+            shutil.rmtree(out_dir, ignore_errors=True)
+            mnt = work / f"browse-mnt-{i}"
+            mnt.mkdir(exist_ok=True)
+            m = _mounted(lb, env, mnt)
+            try:
+                snaps = mnt / "snapshots"
+                t0 = time.monotonic()
+                name = sorted(x for x in os.listdir(snaps) if x != "latest")[0]  # the many-entry backup
+                os.listdir(snaps / name)
+                firsts.append(time.monotonic() - t0)
+                newest = snaps / os.readlink(snaps / "latest")
+                t0 = time.monotonic()
+                with open(newest / "large.bin", "rb") as f:
+                    while f.read(1 << 20):
+                        pass
+                reads.append(time.monotonic() - t0)
+            finally:
+                m.send_signal(signal.SIGTERM)
+                m.wait(timeout=30)
+    finally:
+        grid_down(gdir, home)
+    mib = big_mib
+    rate_restore, rate_mount = mib / min(restores), mib / min(reads)
+    return "\n".join([
+        f"## Browse: ls, dump and mount ({datetime.date.today().isoformat()})", "",
+        "| measure | value | beside | target |", "|---|---|---|---|",
+        f"| `ls -R` of a snapshot of {entries:,} entries ({listed:,} lines) | {w_ls:.2f} s (peak RSS "
+        f"{r_ls // 1024} MB) | local `find` of the same tree: {w_find:.2f} s | |",
+        f"| `ls` of its root (one directory, whole command) | {w_ls1:.2f} s | | |",
+        f"| first listing through the mount (a backup's root) | {1000 * min(firsts):.0f} ms | | |",
+        f"| requests of `dump` of one packed file (by cap) | {sum(counts.values())} ({counts}) | the snapshot "
+        "root, the tree and one directory, then one Range read of the pack | |",
+        f"| reading a {mib} MiB file through the mount | {rate_mount:.1f} MiB/s | `restore` of it: "
+        f"{rate_restore:.1f} MiB/s | mount / restore = {rate_mount / rate_restore:.2f} (>= 0.8: "
+        f"{'met' if rate_mount / rate_restore >= 0.8 else 'not met'}) |",
+        "", f"Best of two interleaved runs for the mount read and the restore "
+        f"(restore {', '.join(f'{x:.2f}' for x in restores)} s; mount read {', '.join(f'{x:.2f}' for x in reads)} s).",
+        ""])
+
+
 def update_section(title_start: str, text: str) -> None:
     """Replace (or add) the section of RESULTS.md whose heading starts with ``title_start``."""
     path = HERE / "RESULTS.md"
@@ -301,13 +393,17 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=1_000_000)
     ap.add_argument("--no-scale", action="store_true")
     ap.add_argument("--no-rivals", action="store_true")
-    ap.add_argument("--only", metavar="SECTION", choices=["check"],
+    ap.add_argument("--only", metavar="SECTION", choices=["check", "browse"],
                     help="measure only this section and update it in RESULTS.md")
     a = ap.parse_args()
     if a.only:
         work = Path(a.work).resolve()
         shutil.rmtree(work / "tree", ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
+        if a.only == "browse":
+            update_section("Browse:", bench_browse(work))
+            print((HERE / "RESULTS.md").read_text())
+            return
         subprocess.run([PY, str(MKTREE), str(work / "tree")], check=True, stdout=subprocess.DEVNULL)
         update_section("check:", bench_check(work, work / "tree"))
         print((HERE / "RESULTS.md").read_text())

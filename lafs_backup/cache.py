@@ -116,7 +116,7 @@ class EntryCache:
     migrate the file, which no writer of this version needs then).
     """
 
-    def __init__(self, path: str, destination: str, commit_rows: int = 500,
+    def __init__(self, path: str, destination: str | None, commit_rows: int = 500,
                  commit_seconds: float = 2.0, now: Callable[[], float] = time.time,
                  reader: bool = False) -> None:
         self.path = path
@@ -194,7 +194,9 @@ class EntryCache:
             db.execute("ROLLBACK")
             raise
 
-    def _check_destination(self, destination: str) -> None:
+    def _check_destination(self, destination: str | None) -> None:
+        if destination is None:  # a reader that asks nothing of a gateway (backup --dry-run)
+            return
         row = self._db.execute("SELECT value FROM meta WHERE key='destination'").fetchone()
         if row is None:
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('destination', ?)", (destination,))
@@ -269,7 +271,7 @@ class EntryCache:
             (key,)).fetchone()
         if row is None:
             return None
-        if row[2] != generation:
+        if row[2] != generation and not self.reader:
             # Marking rows as used is batched: an unchanged rerun touches every row once.
             self._bumps.append((generation, key))
             if len(self._bumps) >= 20000:

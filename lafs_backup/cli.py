@@ -78,6 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--host", metavar="NAME", help="record the backup as made on this host (default: the "
                                                  "host name)")
     b.add_argument("--tag", action="append", metavar="TAG", help="record this tag with the backup (repeatable)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="walk and plan only: say what would be uploaded (files and bytes, after dedup against "
+                        "the cache); nothing is written to the grid or the cache")
+    sel = b.add_argument_group("what to back up (each adds to its source.* configuration key)")
+    sel.add_argument("-x", "--one-file-system", action="store_true", default=None,
+                     help="never cross a mount point (the mount point directory itself is recorded)")
+    sel.add_argument("--exclude-caches", action="store_true", default=None,
+                     help="skip the contents of directories holding a valid CACHEDIR.TAG (keeping the tag)")
+    sel.add_argument("--exclude-if-present", action="append", metavar="NAME[:HEADER]",
+                     help="skip directories holding a file NAME (that starts with HEADER) (repeatable)")
+    sel.add_argument("--exclude-larger-than", metavar="SIZE", help="skip files larger than SIZE ('500M', '2G')")
+    sel.add_argument("--files-from", action="append", metavar="FILE",
+                     help="back up exactly the paths listed in FILE, one a line ('#' comments, globs) (repeatable)")
+    sel.add_argument("--files-from-verbatim", action="append", metavar="FILE",
+                     help="the same, each line taken exactly (repeatable)")
+    sel.add_argument("--files-from-raw", action="append", metavar="FILE",
+                     help="the same, NUL-separated, each path taken exactly (repeatable)")
+    sel.add_argument("--git-ignore", action="store_true", default=None,
+                     help="honour .gitignore files as well as .lafsbackupignore")
 
     r = sub.add_parser("restore", parents=[common], help="restore a snapshot into a directory")
     r.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
@@ -90,6 +109,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", parents=[common], help="list finished backups")
     _which(ls)
+
+    lsp = sub.add_parser("ls", parents=[common], help="list the entries of a snapshot, without restoring it")
+    lsp.add_argument("snapshot", help="a snapshot cap, a generation number, an id, or 'latest'")
+    lsp.add_argument("path", nargs="?", default="", help="a directory (or file) in the snapshot (default: its root)")
+    lsp.add_argument("-l", "--long", action="store_true", help="mode, owner, group, size and mtime too")
+    lsp.add_argument("-R", "--recursive", action="store_true", help="every entry below, not only the children")
+    _which(lsp)
+
+    fd = sub.add_parser("find", parents=[common], help="find paths in every backup (or the ones given)")
+    fd.add_argument("pattern", help="a glob matched against names (against whole paths if it has a '/')")
+    fd.add_argument("--regex", action="store_true", help="PATTERN is a regular expression searched in paths")
+    fd.add_argument("--snapshot", action="append", metavar="S", help="only this backup (repeatable)")
+    _which(fd)
+
+    dp = sub.add_parser("dump", parents=[common], help="write a file's bytes, or a directory as a tar stream, "
+                                                      "to stdout")
+    dp.add_argument("snapshot", help="a snapshot cap, a generation number, an id, or 'latest'")
+    dp.add_argument("path", help="the file or directory in the snapshot ('.' for all of it)")
+    dp.add_argument("--force", action="store_true", help="write to stdout even when it is a terminal")
+    _which(dp)
+
+    mt = sub.add_parser("mount", parents=[common], help="mount every backup as a read-only FUSE file system "
+                                                       "(in the foreground, until Ctrl-C or SIGTERM)")
+    mt.add_argument("mountpoint", help="an empty directory")
+    mt.add_argument("--allow-other", action="store_true", help="let other users see the mount (FUSE's "
+                                                              "allow_other; file modes still apply)")
+    _which(mt)
 
     cl = sub.add_parser("cleanup", parents=[common],
                         help="forget backups: named ones, or those a retention policy does not keep")
@@ -278,6 +324,14 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
         return int(e.exit_code)
     except SystemExit as e:  # argparse's --help
         return int(e.code or 0)
+    except BrokenPipeError:  # the reader of stdout went away (| head): stop quietly
+        import os
+
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return int(ExitCode.PIPE)
     except KeyboardInterrupt:
         rep.say("lafs-backup: interrupted")
         return int(ExitCode.INTERRUPTED)

@@ -27,6 +27,16 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "source.entry_cache.path": (str, _NULL),
     "source.entry_cache.commit_after.rows": (int,),
     "source.entry_cache.commit_after.seconds": _NUM,
+    "source.pick_policy": (str,),
+    "source.one_file_system": (bool,),
+    "source.exclude_caches": (bool,),
+    "source.exclude_if_present": (list,),
+    "source.exclude_larger_than": (str, int, _NULL),
+    "source.files_from": (list,),
+    "source.files_from_verbatim": (list,),
+    "source.files_from_raw": (list,),
+    "source.ignore_file": (str, _NULL),
+    "source.git_ignore": (bool,),
     "filter": (list,),
     "destination.url": (str, _NULL),
     "destination.happy": (int, _NULL),
@@ -271,7 +281,33 @@ def parse_rate(spec: str | float | int, key: str) -> tuple[float, float]:
     return interval, burst
 
 
+def pick_policy(tree: Mapping[str, Any]) -> str:
+    value = get(tree, "source.pick_policy")
+    if value not in PICK_POLICIES:
+        raise ConfigError(source="configuration", key="source.pick_policy",
+                          problem=f"expected one of {', '.join(PICK_POLICIES)}, got {value!r}")
+    return str(value)
+
+
 # -- the records ----------------------------------------------------------------------------------
+
+PICK_POLICIES = ("alphasort_last", "alphasort_first", "mtime_newest", "mtime_oldest")
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """What phase one backs up besides the filter rules (see ``backup/select.py``)."""
+
+    one_file_system: bool = False
+    exclude_caches: bool = False
+    exclude_if_present: tuple[str, ...] = ()
+    exclude_larger_than: int | None = None
+    files_from: tuple[str, ...] = ()
+    files_from_verbatim: tuple[str, ...] = ()
+    files_from_raw: tuple[str, ...] = ()
+    ignore_file: str | None = ".lafsbackupignore"
+    git_ignore: bool = False
+
 
 @dataclass(frozen=True)
 class SourceConfig:
@@ -280,6 +316,8 @@ class SourceConfig:
     cache_path: str | None
     commit_rows: int
     commit_seconds: float
+    pick_policy: str = "alphasort_last"
+    select: SelectConfig = SelectConfig()
 
 
 @dataclass(frozen=True)
@@ -351,6 +389,37 @@ class Config:
     tree: Mapping[str, Any]
 
 
+def _select(tree: Mapping[str, Any]) -> SelectConfig:
+    from .backup.select import parse_if_present, parse_size
+    from .errors import UsageError
+
+    def g(key: str) -> Any:
+        return get(tree, "source." + key)
+
+    def strings(key: str) -> tuple[str, ...]:
+        items = g(key)
+        for x in items:
+            if not isinstance(x, str) or not x:
+                raise ConfigError(source="configuration", key="source." + key, problem="expected a list of "
+                                  "non-empty strings")
+        return tuple(items)
+
+    try:
+        for item in strings("exclude_if_present"):
+            parse_if_present(item)
+        size = None if g("exclude_larger_than") is None else parse_size(g("exclude_larger_than"))
+    except UsageError as e:
+        raise ConfigError(source="configuration", key="source.exclude_if_present" if "present" in e.message
+                          else "source.exclude_larger_than", problem=e.message.split(": ", 1)[-1])
+    name = g("ignore_file")
+    if name is not None and (not name or "/" in name):
+        raise ConfigError(source="configuration", key="source.ignore_file", problem="expected a file name")
+    return SelectConfig(g("one_file_system"), g("exclude_caches"), strings("exclude_if_present"), size,
+                        tuple(expand(x) or x for x in strings("files_from")),
+                        tuple(expand(x) or x for x in strings("files_from_verbatim")),
+                        tuple(expand(x) or x for x in strings("files_from_raw")), name, g("git_ignore"))
+
+
 def from_tree(tree: Mapping[str, Any]) -> Config:
     """Read a merged, validated tree (:func:`load_tree`) into records.  Filter rules, encoding
     rules and rate limits are compiled here, so a bad one stops the tool before any work."""
@@ -366,7 +435,7 @@ def from_tree(tree: Mapping[str, Any]) -> Config:
     return Config(
         source=SourceConfig(expand(g("source.path")), expand(g("source.queue.path")),
                             expand(g("source.entry_cache.path")), g("source.entry_cache.commit_after.rows"),
-                            float(g("source.entry_cache.commit_after.seconds"))),
+                            float(g("source.entry_cache.commit_after.seconds")), pick_policy(tree), _select(tree)),
         filter=compile_from_config(g("filter")),
         destination=DestinationConfig(
             g("destination.url"), g("destination.happy"), g("destination.lease_days"),

@@ -23,6 +23,8 @@ class ExitCode(enum.IntEnum):
     PROBLEMS = 6
     #: Interrupted by the user (SIGINT).
     INTERRUPTED = 130
+    #: stdout was closed by its reader (``lafs-backup ls | head``): stopped quietly.
+    PIPE = 141
     #: Stopped by SIGTERM (a service manager, a shutdown).
     TERMINATED = 143
     #: A bug: an unexpected exception, reported with a traceback.
@@ -80,6 +82,10 @@ class CacheBusyError(LafsBackupError):
 
 class LocalError(LafsBackupError):
     """Cannot write {path}: {problem}"""
+
+
+class MountError(LafsBackupError):
+    """Cannot mount at {path}: {problem}"""
 
 
 class LockedError(LafsBackupError):

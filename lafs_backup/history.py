@@ -9,6 +9,8 @@ paths: retention and ``latest`` look at one group at a time.
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -88,15 +90,19 @@ def parse_grouping(text: str) -> tuple[str, ...]:
     return parts
 
 
-def group_key(b: Backup, by: Sequence[str]) -> tuple[str, ...]:
-    return tuple((b.host or "") if k == "host" else b.source_text for k in by)
+def group_key(b: Backup, by: Sequence[str], pattern: str | None = None) -> tuple[str, ...]:
+    """``pattern``: a glob source; the backups of every path it matches are one source."""
+    src = pattern if pattern is not None and fnmatch.fnmatchcase(os.path.normpath(b.source_text), pattern) \
+        else b.source_text
+    return tuple((b.host or "") if k == "host" else src for k in by)
 
 
-def groups(backups: Iterable[Backup], by: Sequence[str]) -> dict[tuple[str, ...], list[Backup]]:
+def groups(backups: Iterable[Backup], by: Sequence[str],
+           pattern: str | None = None) -> dict[tuple[str, ...], list[Backup]]:
     """Backups by group, each group oldest first."""
     out: dict[tuple[str, ...], list[Backup]] = {}
     for b in sorted(backups, key=lambda x: (x.ts, x.id)):
-        out.setdefault(group_key(b, by), []).append(b)
+        out.setdefault(group_key(b, by, pattern), []).append(b)
     return out
 
 
@@ -105,6 +111,12 @@ def matching(backups: Iterable[Backup], source: bytes | None = None, host: str |
     """Backups of ``source`` (a path, compared after normalising) on ``host``, carrying every one
     of ``tags``, oldest first."""
     want = os.path.normpath(source) if source else None
+    if want is not None and glob.has_magic(want):  # a glob source: the backups of every path it matches
+        return sorted((b for b in backups
+                       if fnmatch.fnmatchcase(os.path.normpath(b.source), want)
+                       and (host is None or b.host == host)
+                       and all(t in b.tags for t in tags)),
+                      key=lambda x: (x.ts, x.id))
     return sorted((b for b in backups
                    if (want is None or os.path.normpath(b.source) == want)
                    and (host is None or b.host == host)

@@ -38,6 +38,8 @@ class Stats:
     warnings: int = 0
     problems: int = 0
     requests: dict[str, int] = field(default_factory=dict)
+    #: What each rule or option left out: reason -> {"entries": n, "bytes": b}.
+    excluded: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -142,6 +144,17 @@ class Reporter:
     def _json(self, obj: Any) -> None:
         print(json.dumps(obj, sort_keys=True), file=self.out, flush=True)
 
+    def excluded(self, counts: dict[str, list[int]]) -> None:
+        """Add what the selection left out, by reason (shown in the summary)."""
+        for reason, (n, size) in counts.items():
+            c = self.stats.excluded.setdefault(reason, {"entries": 0, "bytes": 0})
+            c["entries"] += n
+            c["bytes"] += size
+
+    def excluded_lines(self) -> list[str]:
+        return [f"  excluded by {reason}: {c['entries']} entries, {_size(c['bytes'])} of files"
+                for reason, c in sorted(self.stats.excluded.items(), key=lambda kv: (-kv[1]["entries"], kv[0]))]
+
     def finish(self, kind: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         self.stats.seconds = round(self._now() - self._start, 3)
         summary = {"type": "summary", "operation": kind, **asdict(self.stats), **(extra or {})}
@@ -160,6 +173,7 @@ class Reporter:
                 lines.append(f"  bytes read: {_size(s.bytes_read)}, uploaded: {_size(s.bytes_uploaded)}; saved by "
                              f"deduplication: {_size(s.bytes_deduplicated)}, by compression: "
                              f"{_size(s.bytes_compression_saved)}")
+                lines.extend(self.excluded_lines())
             elif kind == "verify":
                 lines.append(f"  every share checked; file contents read back: {s.files} "
                              f"({_size(s.bytes_read)})")

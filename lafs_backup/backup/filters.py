@@ -22,6 +22,16 @@ class Filter:
 
     rules: tuple[Rule, ...]
 
+    def rule_for(self, relpath: bytes, is_dir: bool) -> Rule | None:
+        """The first rule that matches (None: none does, and the entry is included)."""
+        if not self.rules:
+            return None
+        subject = b"/" + relpath + (b"/" if is_dir else b"")
+        for rule in self.rules:
+            if rule.pattern.search(subject):
+                return rule
+        return None
+
     def included(self, relpath: bytes, is_dir: bool) -> bool:
         """Is the entry at ``relpath`` (bytes, relative, no leading '/') included?
 

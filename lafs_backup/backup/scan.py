@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 from ..store.entry import Entry, join, kind_of
 from ..errors import UsageError
 from .filters import Filter
+from .select import DirState, Selection
 from ..log import NOISE
 from ..system.meta import Capturer
 from ..system.paths import open_noatime, proc_path
@@ -36,6 +37,7 @@ class _Frame:
     fd: int
     entry: Entry
     children: Iterator[tuple[bytes, os.stat_result]]
+    state: DirState
 
 
 def _list_dir(fd: int) -> list[tuple[bytes, os.stat_result]]:
@@ -63,7 +65,54 @@ def _raise_fd_limit() -> None:
         pass
 
 
-def scan(source: str | bytes, flt: Filter, warn: WarnFn,
+def _head(fd: int) -> Callable[[bytes, int], "bytes | None"]:
+    """Read the first bytes of a regular file in the directory ``fd`` (never through a symlink)."""
+    def head(name: bytes, n: int) -> bytes | None:
+        try:
+            f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(f).st_mode):
+                return None
+            chunks, left = [], n
+            while left > 0:
+                b = os.read(f, min(left, 1 << 16))
+                if not b:
+                    break
+                chunks.append(b)
+                left -= len(b)
+            return b"".join(chunks)
+        except OSError:
+            return None
+        finally:
+            os.close(f)
+    return head
+
+
+def _enter(parent: _Frame, name: bytes, entry: Entry, st: os.stat_result, sel: Selection,
+           warn: WarnFn) -> _Frame | None:
+    """Open and list a child directory (None: it cannot be read, or the selection excludes it)."""
+    try:
+        fd = open_noatime(name, _DIR_FLAGS, dir_fd=parent.fd)
+        try:
+            children = _list_dir(fd)
+        except OSError:
+            os.close(fd)
+            raise
+    except OSError as e:
+        warn(entry.path, f"cannot read directory: {e.strerror}; skipped")
+        return None
+    state = sel.enter(entry.path, dict(children), parent.state, _head(fd), warn)
+    if state.excluded is not None:
+        os.close(fd)
+        sel.count(state.excluded, st)
+        log.log(NOISE, "excluded by %s: %r", state.excluded, entry.path)
+        return None
+    return _Frame(entry.path, fd, entry, iter(children), state)
+
+
+def scan(source: str | bytes, flt: Filter | Selection, warn: WarnFn,
          note_once: NoteFn = lambda key, msg: None) -> Iterator[Entry]:
     """Yield an :class:`Entry` for every included entry below ``source``, then the root.
 
@@ -71,8 +120,10 @@ def scan(source: str | bytes, flt: Filter, warn: WarnFn,
     byte order of names, so the output is the same whatever the locale.
     Memory holds one directory listing per level, never the tree.  Entries
     that cannot be read are passed to ``warn`` and skipped; an unusable
-    source raises :class:`UsageError`.
+    source raises :class:`UsageError`.  ``flt`` is the filter rules alone,
+    or a :class:`Selection` (rules and options), which counts what it excludes.
     """
+    sel = flt if isinstance(flt, Selection) else Selection(filter=flt)
     root = os.fsencode(os.path.abspath(os.fsdecode(source)))
     capture = Capturer(note_once)
     _raise_fd_limit()
@@ -84,10 +135,12 @@ def scan(source: str | bytes, flt: Filter, warn: WarnFn,
         children = _list_dir(fd)
     except OSError as e:
         raise UsageError(f"Cannot back up {os.fsdecode(root)}: {e.strerror}")
+    root_dev = st.st_dev
     extras, problems = capture.extras(root, st)
     for p in problems:
         warn(b"", p)
-    stack = [_Frame(b"", fd, Entry.from_stat(b"", st, extras=tuple(extras)), iter(children))]
+    state = sel.enter(b"", dict(children), None, _head(fd), warn)
+    stack = [_Frame(b"", fd, Entry.from_stat(b"", st, extras=tuple(extras)), iter(children), state)]
     try:
         while stack:
             frame = stack[-1]
@@ -101,8 +154,10 @@ def scan(source: str | bytes, flt: Filter, warn: WarnFn,
             rel = join(frame.rel, name)
             kind = kind_of(cst.st_mode)
             is_dir = stat.S_ISDIR(cst.st_mode)
-            if not flt.included(rel, is_dir):
-                log.log(NOISE, "excluded by filter: %r", rel)
+            why = sel.exclude(rel, cst, frame.state)
+            if why is not None:
+                sel.count(why, cst)
+                log.log(NOISE, "excluded by %s: %r", why, rel)
                 continue
             if kind is None:
                 warn(rel, "unknown file type; skipped")
@@ -112,17 +167,16 @@ def scan(source: str | bytes, flt: Filter, warn: WarnFn,
             for p in problems:
                 warn(rel, p)
             if is_dir:
-                try:
-                    sub_fd = open_noatime(name, _DIR_FLAGS, dir_fd=frame.fd)
-                    try:
-                        sub = _list_dir(sub_fd)
-                    except OSError:
-                        os.close(sub_fd)
-                        raise
-                except OSError as e:
-                    warn(rel, f"cannot read directory: {e.strerror}; skipped")
+                entry = Entry.from_stat(rel, cst, extras=tuple(extras))
+                if sel.one_file_system and cst.st_dev != root_dev:
+                    # A mount point: recorded itself, as an empty directory, never crossed.
+                    sel.count("--one-file-system", cst)
+                    log.log(NOISE, "not crossing into another file system: %r", rel)
+                    yield entry
                     continue
-                stack.append(_Frame(rel, sub_fd, Entry.from_stat(rel, cst, extras=tuple(extras)), iter(sub)))
+                sub_frame = _enter(frame, name, entry, cst, sel, warn)
+                if sub_frame is not None:
+                    stack.append(sub_frame)
                 continue
             target = None
             if stat.S_ISLNK(cst.st_mode):
@@ -135,3 +189,6 @@ def scan(source: str | bytes, flt: Filter, warn: WarnFn,
     finally:
         for frame in stack:
             os.close(frame.fd)
+    if sel.listed is not None:
+        for rel in sel.listed.missing():
+            warn(rel, "listed by --files-from, but not in the source (or excluded by another rule)")

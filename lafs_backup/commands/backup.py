@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import logging
 import os
@@ -14,6 +15,7 @@ from typing import Any, Iterable, Iterator
 
 from ..backup.queue import QueueReader, write_queue
 from ..backup.record import append_result, link_into
+from ..backup.select import Selection, listed_paths, parse_if_present, parse_size, read_list
 from ..backup.source import LocalSource, Source
 from ..backup.upload import Settings, Uploader
 from ..cache import move_aside
@@ -35,9 +37,58 @@ def local_source(ctx: Context, arg: str | None) -> LocalSource:
     if not src:
         raise UsageError("No source to back up: give SOURCE or set source.path")
     path = os.path.abspath(os.path.expanduser(src))
+    if not os.path.isdir(path) and glob.has_magic(path):
+        path = pick(ctx, path)
     if not os.path.isdir(path):
         raise UsageError(f"Source {path} is not a directory")
     return LocalSource(os.fsencode(path))
+
+
+def pick(ctx: Context, pattern: str) -> str:
+    """The directory a glob source names, by ``source.pick_policy``; the backup is recorded under it."""
+    policy = ctx.config.source.pick_policy
+    found = [m for m in glob.glob(pattern) if os.path.isdir(m) and not os.path.islink(m)]
+    if not found:
+        raise UsageError(f"Source {pattern} matches no directory")
+
+    def mtime(p: str) -> tuple[int, bytes]:
+        return os.stat(p).st_mtime_ns, os.fsencode(p)
+
+    if policy.startswith("mtime"):
+        ordered = sorted(found, key=mtime)
+    else:
+        ordered = sorted(found, key=os.fsencode)
+    chosen = ordered[-1] if policy in ("alphasort_last", "mtime_newest") else ordered[0]
+    ctx.reporter.info(f"lafs-backup: backing up {chosen} ({policy} of {len(found)} directories matching "
+                      f"{pattern})")
+    return os.path.abspath(chosen)
+
+
+def selection(ctx: Context, ns: argparse.Namespace, root: bytes) -> Selection:
+    """The filter rules and selection options of this run: the configuration's, plus the options'."""
+    c = ctx.config.source.select
+    present = [*c.exclude_if_present, *(getattr(ns, "exclude_if_present", None) or ())]
+    larger = getattr(ns, "exclude_larger_than", None)
+    names = [n for n in (".gitignore" if (c.git_ignore or getattr(ns, "git_ignore", None)) else None,
+                         c.ignore_file) if n]
+    lists: list[tuple[bytes, bool]] = []
+    for style, files in (("plain", [*c.files_from, *(getattr(ns, "files_from", None) or ())]),
+                         ("verbatim", [*c.files_from_verbatim, *(getattr(ns, "files_from_verbatim", None) or ())]),
+                         ("raw", [*c.files_from_raw, *(getattr(ns, "files_from_raw", None) or ())])):
+        for f in files:
+            lists.extend((p, style == "plain") for p in read_list(f, style))
+    given = bool(c.files_from or c.files_from_verbatim or c.files_from_raw or getattr(ns, "files_from", None)
+                 or getattr(ns, "files_from_verbatim", None) or getattr(ns, "files_from_raw", None))
+    if given and not lists:
+        raise UsageError("--files-from: the lists name no path (nothing would be backed up)")
+    return Selection(
+        filter=ctx.config.filter,
+        one_file_system=bool(c.one_file_system or getattr(ns, "one_file_system", None)),
+        exclude_caches=bool(c.exclude_caches or getattr(ns, "exclude_caches", None)),
+        if_present=tuple(parse_if_present(x) for x in present),
+        larger_than=parse_size(larger) if larger is not None else c.exclude_larger_than,
+        ignore_names=tuple(os.fsencode(n) for n in names),
+        listed=listed_paths(root, lists) if lists else None)
 
 
 def queue_path(ctx: Context, source: bytes, override: str | None) -> str:
@@ -50,7 +101,7 @@ def queue_path(ctx: Context, source: bytes, override: str | None) -> str:
     return os.path.join(state_dir(), "queues", f"{base}.{digest}.queue")
 
 
-async def phase_one(ctx: Context, source: Source, qpath: str, totals: list[int]) -> int:
+async def phase_one(ctx: Context, source: Source, qpath: str, totals: list[int], sel: Selection) -> int:
     """Walk the source into the queue, in a thread; the reactor stays free meanwhile.
 
     Interrupting the command stops the walk at its next entry; the previous
@@ -70,7 +121,7 @@ async def phase_one(ctx: Context, source: Source, qpath: str, totals: list[int])
             yield e
 
     def work() -> int:
-        return write_queue(qpath, source.label, until_stopped(source.walk(ctx.config.filter, warn, note)))
+        return write_queue(qpath, source.label, until_stopped(source.walk(sel, warn, note)))
 
     try:
         return int(await ctx.in_thread(work))
@@ -79,12 +130,17 @@ async def phase_one(ctx: Context, source: Source, qpath: str, totals: list[int])
                          "is kept as it was") from None
     finally:
         stop.set()
+        rep.excluded(sel.excluded.counts)
 
 
 async def run(ctx: Context, ns: argparse.Namespace) -> int:
     rep = ctx.reporter
     conf = ctx.config
     source = local_source(ctx, ns.source)
+    if ns.dry_run:  # (argparse keeps it apart from --queue-only and --reuse-queue)
+        from .dry_run import dry_run
+
+        return await dry_run(ctx, ns, source, selection(ctx, ns, source.label))
     host = ns.host or this_host()
     queue_only, reuse_queue = ns.queue_only, ns.reuse_queue
     qpath = queue_path(ctx, source.label, queue_only if isinstance(queue_only, str) else (
@@ -93,15 +149,10 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     if ctx.op is not None:
         ctx.op.totals, ctx.op.frame = totals, sys._getframe()
     if reuse_queue is not False:
-        def count() -> None:
-            with QueueReader(qpath, expect_source=source.label) as r:  # refuse a bad queue up front
-                for e in r:
-                    totals[0] += 1
-                    totals[1] += e.size if e.kind == "f" else 0
-        await ctx.in_thread(count)
+        await ctx.in_thread(_count_queue, qpath, source.label, totals)
     else:
         t0 = time.monotonic()
-        n = await phase_one(ctx, source, qpath, totals)
+        n = await phase_one(ctx, source, qpath, totals, selection(ctx, ns, source.label))
         log.info("phase one: %d entries in %.2fs", n, time.monotonic() - t0)
         if queue_only is not False:
             rep.info(f"queue: {n} entries written to {qpath}")
@@ -163,6 +214,14 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
         rep.output(snap)
     rep.finish("backup", {"cap": snap, "generation": b.generation} if rep.json_mode else None)
     return outcome(rep)
+
+
+def _count_queue(qpath: str, label: bytes, totals: list[int]) -> None:
+    """Count a queue's entries and bytes (refusing a bad queue up front)."""
+    with QueueReader(qpath, expect_source=label) as r:
+        for e in r:
+            totals[0] += 1
+            totals[1] += e.size if e.kind == "f" else 0
 
 
 async def _record(ctx: Context, cache: Any, gw: Any, gen: int, snap: str, source: bytes, host: str,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import time
@@ -27,10 +28,13 @@ def choose(ctx: Context, everything: list[Backup], ns: argparse.Namespace, polic
     reasons: dict[int, str] = {}
     kept: dict[int, list[str]] = {}
     if not policy.empty:
-        scope = history.matching(everything, ctx.source_filter(ns.source), ns.host, ns.tag or ())
+        wanted = ctx.source_filter(ns.source)
+        scope = history.matching(everything, wanted, ns.host, ns.tag or ())
         # Each group (by default: each source on each host) keeps its own backups: a source's
-        # newest backup is never forgotten because another source has a newer one.
-        for key, members in history.groups(scope, group_by).items():
+        # newest backup is never forgotten because another source has a newer one.  A glob
+        # source (dated snapshot directories) is one source.
+        pattern = os.fsdecode(wanted) if wanted is not None and glob.has_magic(wanted) else None
+        for key, members in history.groups(scope, group_by, pattern).items():
             d = decide([(b.id, b.ts) for b in members], policy, time.time())
             label = " on ".join(reversed(key)) if key else ""
             for i in d.future:

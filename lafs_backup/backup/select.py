@@ -1,0 +1,264 @@
+"""What phase one backs up: the filter rules, plus the selection options users of other tools expect.
+
+Each exclusion has a reason (the rule, option or ignore file that made it),
+and every excluded entry is counted under its reason, with the bytes of the
+files excluded.  An excluded directory counts as one entry: it is never
+descended into, so its contents are neither read nor counted.
+
+The decisions are pure; the few bytes they need from the source (a
+``CACHEDIR.TAG``'s signature, an ignore file) are read by the walker and
+handed in.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+from ..errors import UsageError
+from .filters import Filter
+
+#: The signature a valid ``CACHEDIR.TAG`` starts with (the Cache Directory Tagging specification).
+CACHEDIR_TAG = b"CACHEDIR.TAG"
+CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+#: Ignore files larger than this are refused (a mistake, never a list of patterns).
+IGNORE_FILE_MAX = 1 << 20
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.I)
+
+
+def parse_size(text: str | int, what: str = "--exclude-larger-than") -> int:
+    """``500M``, ``2G``, ``1.5GiB``, ``4096``: bytes (units are powers of 1024)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise UsageError(f"{what}: a size cannot be negative")
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise UsageError(f"{what}: {text!r} is not a size (a number with an optional unit K, M, G or T: "
+                         "'500M', '2G')")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def parse_if_present(text: str) -> tuple[bytes, bytes | None]:
+    """``NAME`` or ``NAME:HEADER``: the marker file, and what it must start with."""
+    name, sep, header = text.partition(":")
+    if not name or "/" in name or name in (".", ".."):
+        raise UsageError(f"--exclude-if-present: {text!r} does not start with a file name")
+    return os.fsencode(name), (header.encode("utf-8", "surrogateescape") if sep else None)
+
+
+# -- --files-from ------------------------------------------------------------------------------
+class Listed:
+    """The paths of ``--files-from``: exactly these are backed up, each with its subtree.
+
+    Their parent directories are walked too, but hold only what leads to a
+    listed path.
+    """
+
+    def __init__(self, paths: Iterable[bytes]) -> None:
+        self.paths = set(paths)
+        self.through: set[bytes] = set()
+        for p in self.paths:
+            parts = p.split(b"/")
+            for i in range(1, len(parts)):
+                self.through.add(b"/".join(parts[:i]))
+        self.seen: set[bytes] = set()
+
+    def wants(self, rel: bytes) -> bool:
+        if rel in self.through:
+            return True
+        parts = rel.split(b"/")
+        for i in range(1, len(parts) + 1):
+            head = b"/".join(parts[:i])
+            if head in self.paths:
+                if i == len(parts):
+                    self.seen.add(rel)
+                return True
+        return False
+
+    def missing(self) -> list[bytes]:
+        return sorted(self.paths - self.seen)
+
+
+def read_list(path: str, style: str) -> list[bytes]:
+    """The entries of a ``--files-from`` file: ``plain`` (one a line; ``#`` comments, blank lines
+    and surrounding blanks dropped; globs expanded later), ``verbatim`` (one a line, exactly) or
+    ``raw`` (NUL-separated, exactly).  ``-`` reads stdin."""
+    try:
+        if path == "-":
+            import sys
+
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        raise UsageError(f"--files-from{'' if style == 'plain' else '-' + style} {path}: {e.strerror}")
+    if style == "raw":
+        return [x for x in data.split(b"\0") if x]
+    lines = data.split(b"\n")
+    if style == "verbatim":
+        return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines if ln]
+    out = []
+    for ln in lines:
+        ln = ln.strip()
+        if ln and not ln.startswith(b"#"):
+            out.append(ln)
+    return out
+
+
+def listed_paths(root: bytes, entries: Sequence[tuple[bytes, bool]]) -> Listed:
+    """Relative paths below ``root`` for listed entries ``(path, expand_globs)``.
+
+    A relative entry is taken relative to the source; an absolute one must
+    lie below it.  A glob that matches nothing is kept as written, so it is
+    reported as missing.
+    """
+    out: list[bytes] = []
+    for raw, expand in entries:
+        full = raw if raw.startswith(b"/") else os.path.join(root, raw)
+        matches = sorted(glob.glob(full)) if expand and glob.has_magic(full) else [full]
+        for m in matches or [full]:
+            norm = os.path.normpath(m)
+            if norm == root:
+                rel = b""
+            elif norm.startswith(root.rstrip(b"/") + b"/"):
+                rel = norm[len(root.rstrip(b"/")) + 1:]
+            else:
+                raise UsageError(f"--files-from: {os.fsdecode(raw)} is not below the source {os.fsdecode(root)}")
+            out.append(rel)
+    if b"" in out:
+        return Listed([])  # the whole source
+    return Listed(out)
+
+
+# -- ignore files ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IgnoreLayer:
+    """One ignore file: its patterns apply to the subtree of the directory ``base``."""
+
+    base: bytes
+    spec: object  # pathspec.GitIgnoreSpec
+    label: str
+
+    def verdict(self, rel: bytes, is_dir: bool) -> bool | None:
+        """True: ignored; False: re-included by a ``!`` pattern; None: no pattern matches."""
+        sub = rel[len(self.base) + 1:] if self.base else rel
+        name = os.fsdecode(sub) + ("/" if is_dir else "")
+        return self.spec.check_file(name).include  # type: ignore[attr-defined]
+
+
+def parse_ignore(base: bytes, name: bytes, data: bytes) -> IgnoreLayer:
+    import pathspec
+
+    lines = data.decode("utf-8", "surrogateescape").splitlines()
+    label = os.fsdecode(os.path.join(base, name)) if base else os.fsdecode(name)
+    return IgnoreLayer(base, pathspec.GitIgnoreSpec.from_lines(lines), label)
+
+
+def ignored_by(layers: Sequence[IgnoreLayer], rel: bytes, is_dir: bool) -> IgnoreLayer | None:
+    """The ignore file that excludes ``rel``: the deepest one with a matching pattern decides."""
+    for layer in reversed(layers):
+        v = layer.verdict(rel, is_dir)
+        if v is True:
+            return layer
+        if v is False:
+            return None
+    return None
+
+
+# -- the selection -----------------------------------------------------------------------------
+@dataclass
+class Excluded:
+    """What each rule excluded: reason -> [entries, bytes of files]."""
+
+    counts: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, reason: str, size: int) -> None:
+        c = self.counts.setdefault(reason, [0, 0])
+        c[0] += 1
+        c[1] += size
+
+
+@dataclass
+class DirState:
+    """What the selection knows about one directory being walked."""
+
+    layers: tuple[IgnoreLayer, ...] = ()
+    cache_dir: bool = False
+    excluded: str | None = None  # the whole directory is excluded, for this reason
+
+
+#: Reads the first ``n`` bytes of a child of the directory being entered (None: unreadable).
+HeadFn = Callable[[bytes, int], "bytes | None"]
+
+
+@dataclass
+class Selection:
+    """The filter rules and the selection options, with the counts of what they excluded."""
+
+    filter: Filter = field(default_factory=lambda: Filter(()))
+    one_file_system: bool = False
+    exclude_caches: bool = False
+    if_present: tuple[tuple[bytes, bytes | None], ...] = ()
+    larger_than: int | None = None
+    ignore_names: tuple[bytes, ...] = ()
+    listed: Listed | None = None
+    excluded: Excluded = field(default_factory=Excluded)
+
+    def enter(self, rel: bytes, children: dict[bytes, os.stat_result], parent: DirState | None,
+              head: HeadFn, warn: Callable[[bytes, str], None]) -> DirState:
+        """The state of a directory about to be walked, from its listing (the root: ``parent`` None)."""
+        layers = parent.layers if parent else ()
+        if parent is not None:
+            for name, header in self.if_present:
+                st = children.get(name)
+                if st is not None and stat.S_ISREG(st.st_mode) and (
+                        header is None or head(name, len(header)) == header):
+                    shown = os.fsdecode(name) + (":" + header.decode("utf-8", "replace") if header else "")
+                    return DirState(layers, excluded=f"--exclude-if-present {shown}")
+        cache_dir = False
+        if self.exclude_caches and parent is not None:
+            st = children.get(CACHEDIR_TAG)
+            cache_dir = bool(st is not None and stat.S_ISREG(st.st_mode)
+                             and head(CACHEDIR_TAG, len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE)
+        for name in self.ignore_names:
+            st = children.get(name)
+            if st is None or not stat.S_ISREG(st.st_mode):
+                continue
+            if st.st_size > IGNORE_FILE_MAX:
+                warn(os.path.join(rel, name) if rel else name, "ignore file larger than 1 MiB; not used")
+                continue
+            data = head(name, IGNORE_FILE_MAX)
+            if data is None:
+                warn(os.path.join(rel, name) if rel else name, "ignore file cannot be read; not used")
+                continue
+            layers = layers + (parse_ignore(rel, name, data),)
+        return DirState(layers, cache_dir)
+
+    def exclude(self, rel: bytes, st: os.stat_result, state: DirState) -> str | None:
+        """Why the child ``rel`` of a directory in ``state`` is left out (None: it is backed up)."""
+        is_dir = stat.S_ISDIR(st.st_mode)
+        rule = self.filter.rule_for(rel, is_dir)
+        if rule is not None and not rule.include:
+            return f"filter rule {rule.text!r}"
+        if self.listed is not None and self.listed.paths and not self.listed.wants(rel):
+            return "not listed by --files-from"
+        if state.cache_dir and os.path.basename(rel) != CACHEDIR_TAG:
+            return "--exclude-caches"
+        if state.layers:
+            layer = ignored_by(state.layers, rel, is_dir)
+            if layer is not None:
+                return f"ignore file {layer.label}"
+        if self.larger_than is not None and stat.S_ISREG(st.st_mode) and st.st_size > self.larger_than:
+            return "--exclude-larger-than"
+        return None
+
+    def count(self, reason: str, st: os.stat_result) -> None:
+        self.excluded.add(reason, st.st_size if stat.S_ISREG(st.st_mode) else 0)

@@ -1,0 +1,187 @@
+"""``backup --dry-run``: walk the source and plan every file against the cache; write nothing.
+
+Phase one runs as usual, but into no queue file (an existing queue stays as
+it is).  Each file is then put to the planner as phase two would: a stat
+found in the cache is unchanged; any other file is read and hashed, and its
+content is either stored already (deduplicated, by the cache or by an
+earlier file of this run), small enough to be its own cap (inline), or
+would be uploaded.  The cache is opened read-only, and no gateway is asked
+anything, so a dry run works with the grid down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from .. import cache as cache_mod
+from ..backup import plan
+from ..backup.select import Selection
+from ..backup.source import Source
+from ..log import NOISE
+from ..report import _size
+from ..store.snapshot import LIT_MAX, content_key, file_key
+from .context import Context, outcome
+
+_CHUNK = 1 << 20
+
+
+@dataclass
+class Plan:
+    """What a backup would do (counters of the dry run)."""
+
+    entries: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    specials: int = 0
+    files: int = 0
+    files_unchanged: int = 0
+    files_read: int = 0
+    files_deduplicated: int = 0
+    files_inline: int = 0
+    files_to_upload: int = 0
+    bytes_total: int = 0
+    bytes_read: int = 0
+    bytes_deduplicated: int = 0
+    bytes_to_upload: int = 0
+    to_upload: list[str] = field(default_factory=list)
+
+
+async def dry_run(ctx: Context, ns: argparse.Namespace, source: Source, sel: Selection) -> int:
+    rep = ctx.reporter
+    conf = ctx.config
+    plain = conf.destination.pack_max_file_size == 0
+    where = await _cache_place(ctx)
+    stop = threading.Event()
+    warn, note = ctx.threadsafe(rep.warn), ctx.threadsafe(rep.note_once)
+    p = Plan()
+    noise = not rep.json_mode and logging.getLogger().isEnabledFor(NOISE)
+
+    def work() -> None:
+        # sqlite objects stay in the thread that made them: the cache is opened here.
+        cache = cache_mod.EntryCache(where[0], where[1], reader=True) if where else None
+        try:
+            plan_all(cache)
+        finally:
+            if cache is not None:
+                cache.close()
+
+    def plan_all(cache: Any) -> None:
+        seen: set[bytes] = set()
+        for e in source.walk(sel, warn, note):
+            if stop.is_set():
+                raise _Stopped()
+            p.entries += 1
+            if e.kind == "d":
+                p.dirs += 1
+            elif e.kind == "l":
+                p.symlinks += 1
+            elif e.kind != "f":
+                p.specials += 1
+            else:
+                _plan_file(p, e, cache, source, ns.mode, plain, seen, warn, noise)
+
+    try:
+        await ctx.in_thread(work)
+    finally:
+        stop.set()
+        rep.excluded(sel.excluded.counts)
+    _report(rep, os.fsdecode(source.label), p)
+    return outcome(rep)
+
+
+def _report(rep: Any, source: str, p: Plan) -> None:
+    for path in p.to_upload:
+        rep.output(f"would upload: {path}")
+    result = {k: v for k, v in vars(p).items() if k != "to_upload"}
+    if rep.json_mode:
+        rep.record({"type": "dry-run", "source": source, **result, "excluded": rep.stats.excluded,
+                    "warnings": rep.stats.warnings})
+        return
+    lines = [f"dry run of a backup of {source}: nothing was written",
+             f"  files: {p.files} ({_size(p.bytes_total)}): {p.files_unchanged} unchanged, {p.files_read} "
+             f"to read and hash",
+             f"  would upload: {p.files_to_upload} files, {_size(p.bytes_to_upload)} (before compression); "
+             f"already stored (deduplicated): {p.files_deduplicated} files, {_size(p.bytes_deduplicated)}; "
+             f"inline: {p.files_inline}",
+             f"  directories: {p.dirs}; symlinks: {p.symlinks}; special files: {p.specials}",
+             *rep.excluded_lines()]
+    if rep.stats.warnings:
+        lines.append(f"  warnings: {rep.stats.warnings} (entries that would be skipped; see above)")
+    rep.info("\n".join(lines))
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _plan_file(p: Plan, e: Any, cache: Any, source: Source, mode: str, plain: bool, seen: set[bytes],
+               warn: Any, noise: bool) -> None:
+    """One file, as phase two would decide it."""
+    p.files += 1
+    p.bytes_total += e.size
+    cached = None
+    if cache is not None:
+        cached = cache.lookup(file_key(e.path, e.size, e.mtime_ns, e.ctime_ns, e.ino, plain), 0) or \
+            cache.lookup(file_key(e.path, e.size, e.mtime_ns, e.ctime_ns, None, plain), 0)
+    if plan.for_file(SimpleNamespace(st_mode=e.mode), cached, mode).action == plan.UNCHANGED:
+        p.files_unchanged += 1
+        return
+    sha = _hash(source, e.path, warn)
+    if sha is None:
+        return
+    p.files_read += 1
+    p.bytes_read += e.size
+    known = cache.lookup(content_key(sha, plain), 0) if cache is not None and mode != "force" else None
+    if e.size <= LIT_MAX:
+        p.files_inline += 1
+    elif known is not None or (sha in seen and mode != "force"):
+        p.files_deduplicated += 1
+        p.bytes_deduplicated += e.size
+    else:
+        seen.add(sha)
+        p.files_to_upload += 1
+        p.bytes_to_upload += e.size
+        if noise and len(p.to_upload) < 100000:
+            p.to_upload.append(os.fsdecode(e.path))
+
+
+def _hash(source: Source, rel: bytes, warn: Any) -> bytes | None:
+    try:
+        f = source.open(rel)
+    except OSError as e:
+        warn(rel, f"cannot be read: {e.strerror}; it would be skipped")
+        return None
+    try:
+        h = hashlib.sha256()
+        offset = 0
+        while True:
+            chunk = f.pread(_CHUNK, offset)
+            if not chunk:
+                break
+            h.update(chunk)
+            offset += len(chunk)
+        return h.digest()
+    except OSError as e:
+        warn(rel, f"cannot be read: {e.strerror}; it would be skipped")
+        return None
+    finally:
+        f.close()
+
+
+async def _cache_place(ctx: Context) -> tuple[str, str | None] | None:
+    """Where the entry cache is, and its gateway, found without asking the gateway anything
+    (None: there is no cache yet)."""
+    from ..config import gateway_base
+
+    path = await ctx.cache_path()
+    if not os.path.exists(path):
+        return None
+    url = ctx.config.destination.url
+    return path, (gateway_base(url) if url else None)

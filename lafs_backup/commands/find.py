@@ -1,0 +1,45 @@
+"""``find``: paths matching a glob (or a regex) across every recorded backup, newest first."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..read.browse import Browser, Finder, matcher
+from ..read.reader import Reader
+from ..report import _printable
+from .context import Context, iso, outcome
+
+
+async def run(ctx: Context, ns: argparse.Namespace) -> int:
+    rep = ctx.reporter
+    everything = await ctx.backups()
+    chosen = ctx.select(everything, ns.snapshot or [], ns.source, ns.host, ns.tag)
+    chosen = sorted(chosen, key=lambda b: (b.ts, b.id), reverse=True)
+    finder = Finder(Browser(Reader(await ctx.gateway()), ahead=max(4, ctx.config.operation.jobs)),
+                    matcher(ns.pattern, ns.regex))
+    seen: dict[bytes, list] = {}  # path -> [first backup, last backup, backups]
+    total = 0
+    for b in chosen:
+        for item in await finder.matches(b.cap):
+            total += 1
+            s = seen.setdefault(item.path, [b, b, 0])
+            s[0], s[2] = b, s[2] + 1  # walking newest first: the first appearance is the last one met
+            if rep.json_mode:
+                rep.output(json.dumps({"type": "match", "id": b.id, "generation": b.generation, "time": iso(b.ts),
+                                       "host": b.host, "source": b.source_text, "path": item.json()["path"],
+                                       "entry": item.json()}, sort_keys=True))
+            else:
+                name = _printable(item.path.decode("utf-8", "surrogateescape"))
+                rep.output(f"{b.id}  {b.generation:>5}  {iso(b.ts)}  {name}{'/' if item.kind == 'd' else ''}")
+    if rep.json_mode:
+        rep.output(json.dumps({"type": "summary", "matches": total, "backups": len(chosen), "paths": [
+            {"path": p.decode("utf-8", "backslashreplace"), "first": iso(f.ts), "last": iso(last.ts), "backups": n}
+            for p, (f, last, n) in sorted(seen.items())]}, sort_keys=True))
+    else:
+        rep.info(f"{total} matches of {len(seen)} paths in {len(chosen)} backups")
+        if len(seen) <= 50:
+            for p, (f, last, n) in sorted(seen.items()):
+                rep.info(f"  {_printable(p.decode('utf-8', 'surrogateescape'))}: in {n} backups, first "
+                         f"{iso(f.ts)}, last {iso(last.ts)}")
+    return outcome(rep)

@@ -1,0 +1,245 @@
+"""Looking inside a snapshot without restoring it: walking, finding, and writing entries out.
+
+Everything here reads through the :class:`~lafs_backup.read.reader.Reader`:
+directories are listed lazily, a subtree's listings are fetched a few
+ahead of the walk (bounded), and a directory met twice under the same cap
+(an unchanged subtree in another backup) is listed once.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import os
+import re
+import stat
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, ensureDeferred, gatherResults
+
+from ..errors import SnapshotError
+from ..store.entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET
+from ..store.snapshot import Node
+from .reader import Reader
+
+TYPE_NAMES = {KIND_FILE: "file", KIND_DIR: "dir", KIND_LINK: "symlink", KIND_FIFO: "fifo", KIND_CHAR: "chardev",
+              KIND_BLOCK: "blockdev", KIND_SOCKET: "socket"}
+_MODE_TYPE = {KIND_FILE: stat.S_IFREG, KIND_DIR: stat.S_IFDIR, KIND_LINK: stat.S_IFLNK, KIND_FIFO: stat.S_IFIFO,
+              KIND_CHAR: stat.S_IFCHR, KIND_BLOCK: stat.S_IFBLK, KIND_SOCKET: stat.S_IFSOCK}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One entry of a snapshot, at its path relative to the source root (``b""``: the root)."""
+
+    path: bytes
+    node: Node
+
+    @property
+    def kind(self) -> str:
+        return self.node.kind
+
+    @property
+    def meta(self) -> Any:
+        return self.node.metadata
+
+    def st_mode(self) -> int:
+        perm = self.node.mode
+        return _MODE_TYPE.get(self.kind, 0) | ((perm & 0o7777) if perm is not None else
+                                               (0o755 if self.kind == KIND_DIR else 0o644))
+
+    def size(self) -> int:
+        if self.kind == KIND_FILE:
+            s = self.meta.get("size")
+            return s if isinstance(s, int) else 0
+        if self.kind == KIND_LINK:
+            return len(self.node.target or b"")
+        return 0
+
+    def int_meta(self, key: str, default: int = 0) -> int:
+        v = self.meta.get(key)
+        return v if isinstance(v, int) and not isinstance(v, bool) else default
+
+    def json(self) -> dict[str, Any]:
+        """The entry as ``ls --json`` gives it; a name that is not UTF-8 also as ``path_b64``."""
+        out: dict[str, Any] = {"path": os.fsdecode(self.path) or ".", "type": TYPE_NAMES.get(self.kind, self.kind),
+                               "size": self.size(), "mode": self.st_mode() & 0o7777,
+                               "mtime_ns": self.int_meta("mtime_ns"), "uid": self.int_meta("uid"),
+                               "gid": self.int_meta("gid")}
+        try:
+            self.path.decode("utf-8")
+        except UnicodeDecodeError:
+            out["path"] = self.path.decode("utf-8", "backslashreplace")
+            out["path_b64"] = base64.b64encode(self.path).decode("ascii")
+        for key in ("user", "group", "sha256", "hardlink"):
+            if isinstance(self.meta.get(key), str):
+                out[key] = self.meta[key]
+        if self.kind == KIND_LINK and self.node.target is not None:
+            out["target"] = self.node.target.decode("utf-8", "backslashreplace")
+        if self.kind in (KIND_CHAR, KIND_BLOCK) and isinstance(self.meta.get("rdev"), int):
+            out["rdev"] = self.meta["rdev"]
+        return out
+
+
+def join(a: bytes, b: bytes) -> bytes:
+    return a + b"/" + b if a else b
+
+
+class Browser:
+    """Snapshots as trees of :class:`Item`, read lazily through ``reader``.
+
+    ``ahead``: directory listings fetched ahead of the walk, at most.
+    ``remember``: listings kept by cap (an LRU), so that a subtree shared
+    by several backups, or visited again, is listed once.
+    """
+
+    def __init__(self, reader: Reader, ahead: int = 8, remember: int = 4096) -> None:
+        self.reader = reader
+        self._sem = DeferredSemaphore(max(1, ahead))
+        self._memo: OrderedDict[str, list[Node]] = OrderedDict()
+        self._roots: OrderedDict[str, Item] = OrderedDict()
+        self._index: OrderedDict[str, dict[bytes, Node]] = OrderedDict()
+        self._remember = remember
+        self.listed = 0  # directory listings fetched from the grid
+
+    async def root(self, cap: str) -> Item:
+        hit = self._roots.get(cap)
+        if hit is None:
+            tree, _objects = await self.reader.root(cap)
+            hit = self._roots[cap] = Item(b"", tree)
+            if len(self._roots) > self._remember:
+                self._roots.popitem(last=False)
+        return hit
+
+    async def child(self, item: Item, name: bytes) -> Item | None:
+        """The child ``name`` of the directory ``item`` (None: there is none), by a name index."""
+        if item.kind != KIND_DIR:
+            return None
+        cap = item.node.cap
+        index = self._index.get(cap)
+        if index is None:
+            index = {n.name: n for n in await self._listing(item.node)}
+            self._index[cap] = index
+            if len(self._index) > self._remember:
+                self._index.popitem(last=False)
+        else:
+            self._index.move_to_end(cap)
+        node = index.get(name)
+        return Item(join(item.path, name), node) if node is not None else None
+
+    async def children(self, item: Item) -> list[Item]:
+        if item.kind != KIND_DIR:
+            return []
+        return [Item(join(item.path, n.name), n) for n in await self._listing(item.node)]
+
+    async def _listing(self, node: Node) -> list[Node]:
+        hit = self._memo.get(node.cap)
+        if hit is not None:
+            self._memo.move_to_end(node.cap)
+            return hit
+        nodes = await self._sem.run(lambda: ensureDeferred(self.reader.children(node)))
+        self.listed += 1
+        self._memo[node.cap] = nodes
+        if len(self._memo) > self._remember:
+            self._memo.popitem(last=False)
+        return nodes
+
+    async def lookup(self, cap: str, path: str | bytes) -> Item:
+        """The entry at ``path`` below the snapshot's root (raises :class:`SnapshotError`)."""
+        item = await self.root(cap)
+        raw = os.fsencode(path) if isinstance(path, str) else path
+        for part in [p for p in raw.split(b"/") if p and p != b"."]:
+            if item.kind != KIND_DIR:
+                raise SnapshotError(what=os.fsdecode(raw), problem=f"{os.fsdecode(item.path)} is not a directory")
+            found = [c for c in await self.children(item) if c.node.name == part]
+            if not found:
+                raise SnapshotError(what=os.fsdecode(raw), problem="no such path in the snapshot")
+            item = found[0]
+        return item
+
+    async def walk(self, top: Item, recursive: bool = True) -> AsyncIterator[Item]:
+        """``top``'s entries in pre-order, by name (``top`` itself not included); with
+        ``recursive``, the next few directories' listings are fetched while one is walked."""
+        kids = await self.children(top)
+        dirs = iter([c for c in kids if c.kind == KIND_DIR] if recursive else [])
+        ahead: deque[Deferred] = deque()
+
+        def top_up() -> None:
+            while len(ahead) < 8:
+                d = next(dirs, None)
+                if d is None:
+                    return
+                ahead.append(ensureDeferred(self._listing(d.node)))
+
+        top_up()
+        try:
+            for c in kids:
+                yield c
+                if recursive and c.kind == KIND_DIR:
+                    await ahead.popleft()
+                    top_up()
+                    async for sub in self.walk(c, True):
+                        yield sub
+        finally:
+            for d in ahead:  # the walk was left early: what was fetched ahead is not wanted
+                d.addErrback(lambda _f: None)
+
+
+# -- find -------------------------------------------------------------------------------------------
+def matcher(pattern: str, regex: bool = False) -> Callable[[bytes], bool]:
+    """A path test: a glob against the name (or, with a '/', against the whole relative path), or
+    with ``regex`` a regular expression searched in the whole path."""
+    if regex:
+        try:
+            rx = re.compile(pattern.encode("utf-8", "surrogateescape"))
+        except re.error as e:
+            from ..errors import UsageError
+
+            raise UsageError(f"find: invalid regular expression {pattern!r}: {e}")
+        return lambda path: rx.search(path) is not None
+    pat = pattern.encode("utf-8", "surrogateescape").strip(b"/") if "/" in pattern else \
+        pattern.encode("utf-8", "surrogateescape")
+    whole = "/" in pattern
+    return lambda path: fnmatch.fnmatchcase(path if whole else path.rsplit(b"/", 1)[-1], pat)
+
+
+class Finder:
+    """Matches in one or more snapshots.  A directory met again under the same cap at the same
+    path (an unchanged subtree of another backup) is answered from memory, not walked again."""
+
+    def __init__(self, browser: Browser, test: Callable[[bytes], bool], remember: int = 100000) -> None:
+        self.browser = browser
+        self.test = test
+        self._memo: OrderedDict[tuple[str, bytes], list[Item]] = OrderedDict()
+        self._remember = remember
+
+    async def matches(self, cap: str) -> list[Item]:
+        root = await self.browser.root(cap)
+        return await self._dir(root)
+
+    async def _dir(self, item: Item) -> list[Item]:
+        key = (item.node.cap, item.path)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        kids = await self.browser.children(item)
+        subs: list[list[Item]] = []
+        if any(c.kind == KIND_DIR for c in kids):
+            try:
+                subs = await gatherResults([ensureDeferred(self._dir(c)) for c in kids if c.kind == KIND_DIR],
+                                           consumeErrors=True)
+            except FirstError as e:
+                e.subFailure.raiseException()
+        found = iter(subs)
+        out: list[Item] = []
+        for c in kids:
+            if self.test(c.path):
+                out.append(c)
+            if c.kind == KIND_DIR:
+                out.extend(next(found))
+        self._memo[key] = out
+        if len(self._memo) > self._remember:
+            self._memo.popitem(last=False)
+        return out
