@@ -404,13 +404,16 @@ def _select(tree: Mapping[str, Any]) -> SelectConfig:
                                   "non-empty strings")
         return tuple(items)
 
-    try:
-        for item in strings("exclude_if_present"):
-            parse_if_present(item)
-        size = None if g("exclude_larger_than") is None else parse_size(g("exclude_larger_than"))
-    except UsageError as e:
-        raise ConfigError(source="configuration", key="source.exclude_if_present" if "present" in e.message
-                          else "source.exclude_larger_than", problem=e.message.split(": ", 1)[-1])
+    def checked(key: str, parse: Any, value: Any) -> Any:
+        try:
+            return parse(value)
+        except UsageError as e:
+            raise ConfigError(source="configuration", key="source." + key, problem=e.message.split(": ", 1)[-1])
+
+    for item in strings("exclude_if_present"):
+        checked("exclude_if_present", parse_if_present, item)
+    size = None if g("exclude_larger_than") is None else checked("exclude_larger_than", parse_size,
+                                                                 g("exclude_larger_than"))
     name = g("ignore_file")
     if name is not None and (not name or "/" in name):
         raise ConfigError(source="configuration", key="source.ignore_file", problem="expected a file name")

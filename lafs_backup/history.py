@@ -111,16 +111,14 @@ def matching(backups: Iterable[Backup], source: bytes | None = None, host: str |
     """Backups of ``source`` (a path, compared after normalising) on ``host``, carrying every one
     of ``tags``, oldest first."""
     want = os.path.normpath(source) if source else None
-    if want is not None and glob.has_magic(want):  # a glob source: the backups of every path it matches
-        return sorted((b for b in backups
-                       if fnmatch.fnmatchcase(os.path.normpath(b.source), want)
-                       and (host is None or b.host == host)
-                       and all(t in b.tags for t in tags)),
-                      key=lambda x: (x.ts, x.id))
+    pattern = want is not None and glob.has_magic(want)  # a glob source: every path it matches
+
+    def same_source(b: Backup) -> bool:
+        have = os.path.normpath(b.source)
+        return want is None or (fnmatch.fnmatchcase(have, want) if pattern else have == want)
+
     return sorted((b for b in backups
-                   if (want is None or os.path.normpath(b.source) == want)
-                   and (host is None or b.host == host)
-                   and all(t in b.tags for t in tags)),
+                   if same_source(b) and (host is None or b.host == host) and all(t in b.tags for t in tags)),
                   key=lambda x: (x.ts, x.id))
 
 

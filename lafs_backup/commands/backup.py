@@ -67,26 +67,25 @@ def pick(ctx: Context, pattern: str) -> str:
 def selection(ctx: Context, ns: argparse.Namespace, root: bytes) -> Selection:
     """The filter rules and selection options of this run: the configuration's, plus the options'."""
     c = ctx.config.source.select
-    present = [*c.exclude_if_present, *(getattr(ns, "exclude_if_present", None) or ())]
-    larger = getattr(ns, "exclude_larger_than", None)
-    names = [n for n in (".gitignore" if (c.git_ignore or getattr(ns, "git_ignore", None)) else None,
-                         c.ignore_file) if n]
+    present = [*c.exclude_if_present, *(ns.exclude_if_present or ())]
+    names = [n for n in (".gitignore" if (c.git_ignore or ns.git_ignore) else None, c.ignore_file) if n]
     lists: list[tuple[bytes, bool]] = []
-    for style, files in (("plain", [*c.files_from, *(getattr(ns, "files_from", None) or ())]),
-                         ("verbatim", [*c.files_from_verbatim, *(getattr(ns, "files_from_verbatim", None) or ())]),
-                         ("raw", [*c.files_from_raw, *(getattr(ns, "files_from_raw", None) or ())])):
+    given = False
+    for style, files in (("plain", [*c.files_from, *(ns.files_from or ())]),
+                         ("verbatim", [*c.files_from_verbatim, *(ns.files_from_verbatim or ())]),
+                         ("raw", [*c.files_from_raw, *(ns.files_from_raw or ())])):
         for f in files:
+            given = True
             lists.extend((p, style == "plain") for p in read_list(f, style))
-    given = bool(c.files_from or c.files_from_verbatim or c.files_from_raw or getattr(ns, "files_from", None)
-                 or getattr(ns, "files_from_verbatim", None) or getattr(ns, "files_from_raw", None))
     if given and not lists:
         raise UsageError("--files-from: the lists name no path (nothing would be backed up)")
     return Selection(
         filter=ctx.config.filter,
-        one_file_system=bool(c.one_file_system or getattr(ns, "one_file_system", None)),
-        exclude_caches=bool(c.exclude_caches or getattr(ns, "exclude_caches", None)),
+        one_file_system=bool(c.one_file_system or ns.one_file_system),
+        exclude_caches=bool(c.exclude_caches or ns.exclude_caches),
         if_present=tuple(parse_if_present(x) for x in present),
-        larger_than=parse_size(larger) if larger is not None else c.exclude_larger_than,
+        larger_than=parse_size(ns.exclude_larger_than) if ns.exclude_larger_than is not None
+        else c.exclude_larger_than,
         ignore_names=tuple(os.fsencode(n) for n in names),
         listed=listed_paths(root, lists) if lists else None)
 

@@ -26,14 +26,14 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     gw = await ctx.gateway()
     reader = Reader(gw)
     try:
-        item = await Browser(reader).lookup(cap, ns.path)
+        browser = Browser(reader, ahead=max(4, ctx.config.operation.jobs))
+        item = await browser.lookup(cap, ns.path)
         if item.kind == KIND_FILE:
             content = await write_file(reader, item, out)
             if content.matches is False:
                 rep.problem(item.path, content.mismatch + " (the bytes written are what the grid holds)")
         elif item.kind == KIND_DIR or ns.path in ("", ".", "/"):
-            await write_tar(Browser(reader, ahead=max(4, ctx.config.operation.jobs)), reader, item, out,
-                            rep.problem, rep.note_once)
+            await write_tar(browser, reader, item, out, rep.problem, rep.note_once)
         else:
             raise UsageError(f"{ns.path} is a {TYPE_NAMES.get(item.kind, item.kind)}: dump writes a file's "
                              "bytes, or a directory as a tar stream")

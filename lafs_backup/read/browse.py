@@ -98,9 +98,9 @@ class Browser:
     def __init__(self, reader: Reader, ahead: int = 8, remember: int = 4096) -> None:
         self.reader = reader
         self._sem = DeferredSemaphore(max(1, ahead))
-        self._memo: OrderedDict[str, list[Node]] = OrderedDict()
         self._roots: OrderedDict[str, Item] = OrderedDict()
-        self._index: OrderedDict[str, dict[bytes, Node]] = OrderedDict()
+        #: Listings by directory cap, each a name index in the listing's order.
+        self._memo: OrderedDict[str, dict[bytes, Node]] = OrderedDict()
         self._remember = remember
         self.listed = 0  # directory listings fetched from the grid
 
@@ -117,34 +117,25 @@ class Browser:
         """The child ``name`` of the directory ``item`` (None: there is none), by a name index."""
         if item.kind != KIND_DIR:
             return None
-        cap = item.node.cap
-        index = self._index.get(cap)
-        if index is None:
-            index = {n.name: n for n in await self._listing(item.node)}
-            self._index[cap] = index
-            if len(self._index) > self._remember:
-                self._index.popitem(last=False)
-        else:
-            self._index.move_to_end(cap)
-        node = index.get(name)
+        node = (await self._listing(item.node)).get(name)
         return Item(join(item.path, name), node) if node is not None else None
 
     async def children(self, item: Item) -> list[Item]:
         if item.kind != KIND_DIR:
             return []
-        return [Item(join(item.path, n.name), n) for n in await self._listing(item.node)]
+        return [Item(join(item.path, n.name), n) for n in (await self._listing(item.node)).values()]
 
-    async def _listing(self, node: Node) -> list[Node]:
+    async def _listing(self, node: Node) -> dict[bytes, Node]:
         hit = self._memo.get(node.cap)
         if hit is not None:
             self._memo.move_to_end(node.cap)
             return hit
         nodes = await self._sem.run(lambda: ensureDeferred(self.reader.children(node)))
         self.listed += 1
-        self._memo[node.cap] = nodes
+        index = self._memo[node.cap] = {n.name: n for n in nodes}
         if len(self._memo) > self._remember:
             self._memo.popitem(last=False)
-        return nodes
+        return index
 
     async def lookup(self, cap: str, path: str | bytes) -> Item:
         """The entry at ``path`` below the snapshot's root (raises :class:`SnapshotError`)."""
@@ -153,10 +144,10 @@ class Browser:
         for part in [p for p in raw.split(b"/") if p and p != b"."]:
             if item.kind != KIND_DIR:
                 raise SnapshotError(what=os.fsdecode(raw), problem=f"{os.fsdecode(item.path)} is not a directory")
-            found = [c for c in await self.children(item) if c.node.name == part]
-            if not found:
+            found = await self.child(item, part)
+            if found is None:
                 raise SnapshotError(what=os.fsdecode(raw), problem="no such path in the snapshot")
-            item = found[0]
+            item = found
         return item
 
     async def walk(self, top: Item, recursive: bool = True) -> AsyncIterator[Item]:
