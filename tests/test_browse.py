@@ -218,23 +218,25 @@ def test_find_patterns_match_names_or_whole_paths():
 
 
 def test_the_mount_layout_names_every_backup_once():
-    from types import SimpleNamespace
-
+    from lafs_backup.history import Backup
     from lafs_backup.read.mount import _Snap, _Virtual, layout
 
     def b(i: int, ts: float, host: str, source: str, tags=()):
-        return SimpleNamespace(id=f"id{i}", cap=f"URI:DIR2-CHK:{i}", ts=ts, host=host, source_text=source, tags=tags)
+        # Repository ids hold a "/" (writer/record): never valid in a file name.
+        return Backup(f"{host}.0123/2023{i}.g{i}", i, f"URI:DIR2-CHK:{i}", source.encode(), "x", ts, host=host,
+                      tags=tags)
 
     top = layout([b(2, 1_700_000_100.5, "ann", "/home/ann", ("daily",)), b(1, 1_700_000_000.0, "ann", "/etc"),
                   b(3, 1_700_000_100.2, "bob", "/home/ann")])
     snaps = top.children["snapshots"]
     assert isinstance(snaps, _Virtual)
     names = [n for n in snaps.children if n != "latest"]
-    # Two backups in the same second: the later one gets its id appended; oldest first.
-    assert names == ["2023-11-14T22:13:20Z", "2023-11-14T22:15:00Z", "2023-11-14T22:15:00Z-id2"]
+    # Two backups in the same second: the later one gets its short id appended; oldest first.
+    later = "2023-11-14T22:15:00Z-" + b(2, 1_700_000_100.5, "ann", "/home/ann", ("daily",)).short_id
+    assert names == ["2023-11-14T22:13:20Z", "2023-11-14T22:15:00Z", later]
+    assert all("/" not in n for n in names)
     assert all(isinstance(snaps.children[n], _Snap) for n in names)
-    assert snaps.children["latest"].target == "2023-11-14T22:15:00Z-id2"
+    assert snaps.children["latest"].target == later
     assert set(top.children["hosts"].children) == {"ann", "bob"}
     assert set(top.children["sources"].children) == {"%2Fetc", "%2Fhome%2Fann"}
-    assert top.children["tags"].children["daily"].children["2023-11-14T22:15:00Z-id2"].target == \
-        "../../snapshots/2023-11-14T22:15:00Z-id2"
+    assert top.children["tags"].children["daily"].children[later].target == "../../snapshots/" + later

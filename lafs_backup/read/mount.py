@@ -85,7 +85,7 @@ def layout(backups: list[Backup]) -> _Virtual:
     for b in sorted(backups, key=lambda x: (x.ts, x.id)):
         name = _iso(b.ts)
         if name in snaps.children:
-            name = f"{name}-{b.id}"
+            name = f"{name}-{b.short_id}"  # (an id may hold a "/", never valid in a name)
         snaps.children[name] = _Snap(b, name)
         link = _Virtual(target=f"../../snapshots/{name}", mtime=b.ts)
         places = [("hosts", b.host or "unknown"), ("sources", urllib.parse.quote(b.source_text, safe=""))]
