@@ -22,6 +22,10 @@ This is the only module that talks to sqlite.  Schema history (``meta.schema_ver
   null until it does, so the next run records it); ``checked(cap, ts_check,
   ts_lease)``, the checks of any backup (this machine's or another's, from
   the repository), by snapshot cap, replacing the backups columns.
+* 6: ``generations.base``: for an incremental backup (``watch``), the
+  generation whose snapshot it builds on.  It keeps whole subtrees of that
+  snapshot without looking up their rows, so those rows still carry older
+  generations; cleanup keeps every row a kept backup's base chain may use.
 
 Rows are written only after the gateway confirmed a cap.  The uploader
 commits rows that record an upload at once; other writes are batched (rows or
@@ -45,14 +49,14 @@ from .errors import CacheBusyError, CacheError
 from .history import Backup
 from .store.snapshot import Hit
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: How long to wait for another process's write to finish before calling the cache busy.
 BUSY_TIMEOUT_MS = 10000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS generations (
-    gen INTEGER PRIMARY KEY, source BLOB NOT NULL, started REAL NOT NULL);
+    gen INTEGER PRIMARY KEY, source BLOB NOT NULL, started REAL NOT NULL, base INTEGER);
 CREATE TABLE IF NOT EXISTS objects (
     key BLOB PRIMARY KEY, cap TEXT NOT NULL, sha256 BLOB, generation INTEGER NOT NULL,
     enc TEXT, pack_offset INTEGER, pack_length INTEGER, first_gen INTEGER
@@ -188,6 +192,8 @@ class EntryCache:
                                "ts_lease REAL) WITHOUT ROWID")
                     db.execute("INSERT OR REPLACE INTO checked SELECT cap, MAX(ts_check), MAX(ts_lease) FROM backups "
                                "WHERE ts_check IS NOT NULL GROUP BY cap")
+                if version < 6:
+                    db.execute("ALTER TABLE generations ADD COLUMN base INTEGER")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             db.execute("COMMIT")
         except BaseException:
@@ -240,8 +246,9 @@ class EntryCache:
         self._db = None  # type: ignore[assignment]
 
     # -- generations ---------------------------------------------------------
-    def begin_generation(self, source: bytes) -> int:
-        """The generation for a new backup of ``source``.
+    def begin_generation(self, source: bytes, base: int | None = None) -> int:
+        """The generation for a new backup of ``source``; ``base``: the generation whose snapshot
+        an incremental backup builds on (None: a backup that looks at every entry).
 
         An interrupted run's generation (the newest for this source, with no
         finished backup) is reused, so a resumed run doesn't leave a gap.
@@ -253,13 +260,14 @@ class EntryCache:
             done = db.execute("SELECT 1 FROM backups WHERE generation=?", (row[0],)).fetchone()
             newest = db.execute("SELECT MAX(gen) FROM generations").fetchone()[0]
             if not done and row[0] == newest:
+                db.execute("UPDATE generations SET base=? WHERE gen=?", (base, row[0]))
                 self.commit()
                 return int(row[0])
         top = db.execute(
             "SELECT MAX(g) FROM (SELECT MAX(gen) AS g FROM generations "
             "UNION ALL SELECT MAX(generation) FROM objects)").fetchone()[0]
         gen = int(top or 0) + 1
-        db.execute("INSERT INTO generations VALUES (?, ?, ?)", (gen, source, self._now()))
+        db.execute("INSERT INTO generations VALUES (?, ?, ?, ?)", (gen, source, self._now(), base))
         self.commit()
         return gen
 
@@ -356,7 +364,7 @@ class EntryCache:
         top = db.execute("SELECT MAX(generation) FROM backups").fetchone()[0] or 0
         for i in rows:
             db.execute("DELETE FROM backups WHERE id=?", (i,))
-        kept = [r[0] for r in db.execute("SELECT DISTINCT generation FROM backups")]
+        kept = self._with_bases({r[0] for r in db.execute("SELECT DISTINCT generation FROM backups")})
         db.execute("CREATE TEMP TABLE IF NOT EXISTS kept (g INTEGER PRIMARY KEY)")
         db.execute("DELETE FROM kept")
         db.executemany("INSERT INTO kept VALUES (?)", [(g,) for g in kept])
@@ -368,6 +376,20 @@ class EntryCache:
         db.execute("DELETE FROM generations WHERE gen <= ? AND gen NOT IN (SELECT g FROM kept)", (top,))
         self.commit()
         return deleted
+
+    def _with_bases(self, kept: set[int]) -> set[int]:
+        """``kept`` and every generation an incremental one among them builds on (its rows may
+        still carry that generation)."""
+        base = {g: b for g, b in self._db.execute("SELECT gen, base FROM generations WHERE base IS NOT NULL")}
+        out = set(kept)
+        todo = [g for g in kept if g in base]
+        while todo:
+            b = base[todo.pop()]
+            if b not in out:
+                out.add(b)
+                if b in base:
+                    todo.append(b)
+        return out
 
     def backups(self) -> list[Backup]:
         """The backups this cache made, oldest first, with their checks."""

@@ -53,6 +53,26 @@ def _which(p: argparse.ArgumentParser, what: str = "backups") -> None:
     p.add_argument("--tag", action="append", metavar="TAG", help=f"only {what} with this tag (repeatable: all of them)")
 
 
+def _selection(p: argparse.ArgumentParser) -> None:
+    """The selection options of ``backup`` and ``watch``."""
+    sel = p.add_argument_group("what to back up (each adds to its source.* configuration key)")
+    sel.add_argument("-x", "--one-file-system", action="store_true", default=None,
+                     help="never cross a mount point (the mount point directory itself is recorded)")
+    sel.add_argument("--exclude-caches", action="store_true", default=None,
+                     help="skip the contents of directories holding a valid CACHEDIR.TAG (keeping the tag)")
+    sel.add_argument("--exclude-if-present", action="append", metavar="NAME[:HEADER]",
+                     help="skip directories holding a file NAME (that starts with HEADER) (repeatable)")
+    sel.add_argument("--exclude-larger-than", metavar="SIZE", help="skip files larger than SIZE ('500M', '2G')")
+    sel.add_argument("--files-from", action="append", metavar="FILE",
+                     help="back up exactly the paths listed in FILE, one a line ('#' comments, globs) (repeatable)")
+    sel.add_argument("--files-from-verbatim", action="append", metavar="FILE",
+                     help="the same, each line taken exactly (repeatable)")
+    sel.add_argument("--files-from-raw", action="append", metavar="FILE",
+                     help="the same, NUL-separated, each path taken exactly (repeatable)")
+    sel.add_argument("--git-ignore", action="store_true", default=None,
+                     help="honour .gitignore files as well as .lafsbackupignore")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     p = _Parser(prog="lafs-backup", parents=[common],
@@ -81,22 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dry-run", action="store_true",
                    help="walk and plan only: say what would be uploaded (files and bytes, after dedup against "
                         "the cache); nothing is written to the grid or the cache")
-    sel = b.add_argument_group("what to back up (each adds to its source.* configuration key)")
-    sel.add_argument("-x", "--one-file-system", action="store_true", default=None,
-                     help="never cross a mount point (the mount point directory itself is recorded)")
-    sel.add_argument("--exclude-caches", action="store_true", default=None,
-                     help="skip the contents of directories holding a valid CACHEDIR.TAG (keeping the tag)")
-    sel.add_argument("--exclude-if-present", action="append", metavar="NAME[:HEADER]",
-                     help="skip directories holding a file NAME (that starts with HEADER) (repeatable)")
-    sel.add_argument("--exclude-larger-than", metavar="SIZE", help="skip files larger than SIZE ('500M', '2G')")
-    sel.add_argument("--files-from", action="append", metavar="FILE",
-                     help="back up exactly the paths listed in FILE, one a line ('#' comments, globs) (repeatable)")
-    sel.add_argument("--files-from-verbatim", action="append", metavar="FILE",
-                     help="the same, each line taken exactly (repeatable)")
-    sel.add_argument("--files-from-raw", action="append", metavar="FILE",
-                     help="the same, NUL-separated, each path taken exactly (repeatable)")
-    sel.add_argument("--git-ignore", action="store_true", default=None,
-                     help="honour .gitignore files as well as .lafsbackupignore")
+    _selection(b)
+
+    w = sub.add_parser("watch", parents=[common], help="back up, then snapshot every settled burst of changes "
+                                                      "(inotify), until Ctrl-C or SIGTERM")
+    w.add_argument("source", nargs="?", help="directory to watch and back up (default: source.path)")
+    w.add_argument("--settle", type=float, metavar="SECONDS",
+                   help="quiet time before a round backs up what changed (watch.settle; default 10)")
+    w.add_argument("--rescan-interval", type=float, metavar="SECONDS",
+                   help="seconds between full rescans of the tree (watch.rescan_interval; default 21600)")
+    w.add_argument("--min-interval", type=float, metavar="SECONDS",
+                   help="seconds at least between two rounds (watch.min_interval; default 30)")
+    w.add_argument("-j", "--jobs", type=int, metavar="N", help="requests in flight (operation.jobs)")
+    w.add_argument("--host", metavar="NAME", help="record the backups as made on this host (default: the host name)")
+    w.add_argument("--tag", action="append", metavar="TAG", help="record this tag with every backup (repeatable)")
+    _selection(w)
 
     r = sub.add_parser("restore", parents=[common], help="restore a snapshot into a directory")
     r.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
@@ -346,7 +365,7 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
 
 
 #: Commands that run long enough to be worth a manhole.
-_WITH_MANHOLE = {"backup", "restore", "check", "verify", "cleanup", "diff"}
+_WITH_MANHOLE = {"backup", "watch", "restore", "check", "verify", "cleanup", "diff"}
 
 
 async def _dispatch(ctx: Any, ns: argparse.Namespace) -> int:

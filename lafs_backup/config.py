@@ -71,6 +71,10 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "manhole.allow_remote": (bool,),
     "manhole.authorized_keys": (str, list, _NULL),
     "manhole.on_signal": (str, _NULL),
+    "watch.settle": _NUM,
+    "watch.rescan_interval": _NUM,
+    "watch.min_interval": _NUM,
+    "watch.max_delay": _NUM,
 }
 
 
@@ -193,7 +197,8 @@ def _check_values(tree: Mapping[str, Any]) -> None:
     for rule in get(tree, "filter"):
         if not isinstance(rule, str):
             raise bad("filter", f"each rule must be a string like '+regex' or '-regex', got {rule!r}")
-    for key in ("destination.pack.max_file_size", "destination.encoding.min_size", "operation.lock_wait"):
+    for key in ("destination.pack.max_file_size", "destination.encoding.min_size", "operation.lock_wait",
+                "watch.settle", "watch.rescan_interval", "watch.min_interval", "watch.max_delay"):
         if get(tree, key) < 0:
             raise bad(key, "must not be negative")
     if get(tree, "destination.pack.target_size") < 1 << 16:
@@ -373,6 +378,17 @@ class ManholeConfig:
 
 
 @dataclass(frozen=True)
+class WatchConfig:
+    """``watch``: seconds of quiet before a round, between full rescans, between two rounds at
+    least, and at most from a change to its round while the tree never goes quiet."""
+
+    settle: float = 10.0
+    rescan_interval: float = 21600.0
+    min_interval: float = 30.0
+    max_delay: float = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, checked: every value the commands use, typed."""
 
@@ -385,6 +401,7 @@ class Config:
     log_level: str
     repository: RepositoryConfig
     manhole: ManholeConfig
+    watch: WatchConfig
     #: The merged tree itself, for ``dump-config`` and the manhole's ``config``.
     tree: Mapping[str, Any]
 
@@ -457,6 +474,8 @@ def from_tree(tree: Mapping[str, Any]) -> Config:
         repository=RepositoryConfig(expand(g("repository.key_file")), g("repository.introducer_furl")),
         manhole=ManholeConfig(g("manhole.endpoint"), g("manhole.allow_remote"), g("manhole.authorized_keys"),
                               g("manhole.on_signal")),
+        watch=WatchConfig(float(g("watch.settle")), float(g("watch.rescan_interval")), float(g("watch.min_interval")),
+                          float(g("watch.max_delay"))),
         tree=tree,
     )
 

@@ -15,10 +15,11 @@ ONLY_IN = {
     "xattr": {"system/meta.py"},
     "twisted.internet.reactor": {"cli.py"},
     "twisted.conch": {"manhole.py"},
+    "inotify_simple": {"system/inotify.py"},
 }
 #: Modules that decide or describe, and do no I/O: no network, database, process, thread or reactor.
 PURE = {"backup/plan.py", "backup/filters.py", "backup/queue.py", "store/snapshot.py", "store/entry.py",
-        "upkeep/retention.py", "history.py", "config.py", "errors.py"}
+        "upkeep/retention.py", "history.py", "config.py", "errors.py", "backup/changes.py"}
 IO_MODULES = {"treq", "sqlite3", "twisted", "cffi", "subprocess", "socket", "threading", "xattr", "urllib"}
 #: Packages and what they may import from the project: the layers.
 LAYERS = {

@@ -31,6 +31,23 @@ NoteFn = Callable[[str, str], None]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+@dataclass(frozen=True)
+class WalkHooks:
+    """What an incremental walk (``watch``) asks of the walk.
+
+    ``on_dir(rel, fd)`` is told of every directory entered, before it is
+    listed (so a watch on it misses nothing the listing did not see).
+    ``reuse(rel)`` gives the cap a directory had in the previous snapshot
+    when its subtree is unchanged: the directory is then yielded with a
+    ``reuse`` extra and not entered.  Regular files changed at or after
+    ``hot_since_ns`` (still being written) are yielded with a ``hold`` extra.
+    """
+
+    on_dir: Callable[[bytes, int], None] | None = None
+    reuse: Callable[[bytes], "str | None"] | None = None
+    hot_since_ns: int | None = None
+
+
 @dataclass
 class _Frame:
     rel: bytes
@@ -91,11 +108,13 @@ def _head(fd: int) -> Callable[[bytes, int], "bytes | None"]:
 
 
 def _enter(parent: _Frame, name: bytes, entry: Entry, st: os.stat_result, sel: Selection,
-           warn: WarnFn) -> _Frame | None:
+           warn: WarnFn, on_dir: Callable[[bytes, int], None] | None) -> _Frame | None:
     """Open and list a child directory (None: it cannot be read, or the selection excludes it)."""
     try:
         fd = open_noatime(name, _DIR_FLAGS, dir_fd=parent.fd)
         try:
+            if on_dir is not None:
+                on_dir(entry.path, fd)
             children = _list_dir(fd)
         except OSError:
             os.close(fd)
@@ -113,7 +132,7 @@ def _enter(parent: _Frame, name: bytes, entry: Entry, st: os.stat_result, sel: S
 
 
 def scan(source: str | bytes, flt: Filter | Selection, warn: WarnFn,
-         note_once: NoteFn = lambda key, msg: None) -> Iterator[Entry]:
+         note_once: NoteFn = lambda key, msg: None, hooks: WalkHooks | None = None) -> Iterator[Entry]:
     """Yield an :class:`Entry` for every included entry below ``source``, then the root.
 
     Every child is yielded strictly before its directory (post-order), in
@@ -122,7 +141,11 @@ def scan(source: str | bytes, flt: Filter | Selection, warn: WarnFn,
     that cannot be read are passed to ``warn`` and skipped; an unusable
     source raises :class:`UsageError`.  ``flt`` is the filter rules alone,
     or a :class:`Selection` (rules and options), which counts what it excludes.
+    ``hooks``: an incremental walk (see :class:`WalkHooks`).
     """
+    on_dir = hooks.on_dir if hooks is not None else None
+    reuse = hooks.reuse if hooks is not None else None
+    hot = hooks.hot_since_ns if hooks is not None else None
     sel = flt if isinstance(flt, Selection) else Selection(filter=flt)
     root = os.fsencode(os.path.abspath(os.fsdecode(source)))
     capture = Capturer(note_once)
@@ -132,6 +155,8 @@ def scan(source: str | bytes, flt: Filter | Selection, warn: WarnFn,
         if not stat.S_ISDIR(st.st_mode):
             raise UsageError(f"Cannot back up {os.fsdecode(root)}: not a directory")
         fd = open_noatime(root, _DIR_FLAGS)
+        if on_dir is not None:
+            on_dir(b"", fd)
         children = _list_dir(fd)
     except OSError as e:
         raise UsageError(f"Cannot back up {os.fsdecode(root)}: {e.strerror}")
@@ -174,7 +199,11 @@ def scan(source: str | bytes, flt: Filter | Selection, warn: WarnFn,
                     log.log(NOISE, "not crossing into another file system: %r", rel)
                     yield entry
                     continue
-                sub_frame = _enter(frame, name, entry, cst, sel, warn)
+                kept = reuse(rel) if reuse is not None else None
+                if kept is not None:  # unchanged since the previous snapshot: its cap stands
+                    yield Entry.from_stat(rel, cst, extras=(*extras, ("reuse", kept.encode("ascii"))))
+                    continue
+                sub_frame = _enter(frame, name, entry, cst, sel, warn, on_dir)
                 if sub_frame is not None:
                     stack.append(sub_frame)
                 continue
@@ -185,10 +214,12 @@ def scan(source: str | bytes, flt: Filter | Selection, warn: WarnFn,
                 except OSError as e:
                     warn(rel, f"cannot read symlink: {e.strerror}; skipped")
                     continue
+            if hot is not None and stat.S_ISREG(cst.st_mode) and max(cst.st_mtime_ns, cst.st_ctime_ns) >= hot:
+                extras = [*extras, ("hold", b"")]  # still being written: it waits for the next round
             yield Entry.from_stat(rel, cst, target, tuple(extras))
     finally:
         for frame in stack:
             os.close(frame.fd)
-    if sel.listed is not None:
+    if sel.listed is not None and reuse is None:  # (an incremental walk does not see every path)
         for rel in sel.listed.missing():
             warn(rel, "listed by --files-from, but not in the source (or excluded by another rule)")

@@ -9,7 +9,7 @@ whole and large ones in a thread.
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from ..store.entry import Entry
 from ..system.paths import LocalFile, lstat_beneath, open_beneath
@@ -33,8 +33,9 @@ class Source(Protocol):
 
     label: bytes
 
-    def walk(self, flt: object, warn: WarnFn, note_once: NoteFn) -> Iterator[Entry]:
-        """Every included entry, each child before its directory, the root (``b""``) last."""
+    def walk(self, flt: object, warn: WarnFn, note_once: NoteFn, hooks: Any = None) -> Iterator[Entry]:
+        """Every included entry, each child before its directory, the root (``b""``) last.
+        ``hooks``: an incremental walk's (``scan.WalkHooks``), where the source supports one."""
         ...
 
     def lstat(self, rel: bytes) -> os.stat_result:
@@ -53,10 +54,10 @@ class LocalSource:
         self.root = os.fsencode(os.path.abspath(os.fsdecode(root)))
         self.label = self.root
 
-    def walk(self, flt: object, warn: WarnFn, note_once: NoteFn) -> Iterator[Entry]:
+    def walk(self, flt: object, warn: WarnFn, note_once: NoteFn, hooks: Any = None) -> Iterator[Entry]:
         from .scan import scan
 
-        return scan(self.root, flt, warn, note_once)  # type: ignore[arg-type]
+        return scan(self.root, flt, warn, note_once, hooks)  # type: ignore[arg-type]
 
     def lstat(self, rel: bytes) -> os.stat_result:
         return lstat_beneath(self.root, rel)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
@@ -47,7 +47,12 @@ class Uploader:
     """Runs phase two for one backup: ``source`` is read, ``store`` stores, ``cache`` remembers."""
 
     def __init__(self, source: Any, store: Store, cache: Any, generation: int, reporter: Any,
-                 settings: Settings = Settings(), clock: Any = None) -> None:
+                 settings: Settings = Settings(), clock: Any = None,
+                 on_dir: Callable[[bytes, str], None] | None = None,
+                 hold: Callable[[Entry], Awaitable[Child | None]] | None = None) -> None:
+        """``on_dir(path, cap)`` is told every directory's cap as it is settled (``watch`` keeps
+        them for its next round); ``hold(entry)`` gives the edge of a file the walk marked as
+        still being written (its previous edge, or None to leave it out this time)."""
         self.store = store
         self.rep = reporter
         self.stats = reporter.stats
@@ -66,6 +71,8 @@ class Uploader:
         store.on_fatal = self.fail
         self._files_pending = 0
         self._files_done: Deferred | None = None
+        self._on_dir = on_dir
+        self._hold = hold
 
     @property
     def in_flight(self) -> set[bytes]:
@@ -133,10 +140,18 @@ class Uploader:
     async def _entry(self, e: Entry, children: list[Any]) -> Any:
         """The result of one entry: settled now (a value), or the Deferred of its task."""
         if e.kind == KIND_DIR:
+            kept = e.extra("reuse")
+            if kept is not None:  # an incremental walk: the subtree is as in the previous snapshot
+                self.stats.dirs += 1
+                self.stats.dirs_unchanged += 1
+                self.stats.entries_done += 1
+                return self._dir_done(e, kept.decode("ascii"))
             now = self._directory_now(e, children)
             if now is not None:
                 return now
             return await self._start(self._directory(e, children), 1 + len(children))
+        if e.kind == KIND_FILE and self._hold is not None and e.extra("hold") is not None:
+            return await self._start(self._hold(e))
         if e.kind == KIND_FILE:
             child, decided = self.saver.unchanged_now(e)
             if child is not None:
@@ -212,7 +227,7 @@ class Uploader:
         self.stats.dirs_unchanged += 1
         self.stats.entries_done += 1
         times = (st.st_mtime_ns, st.st_ctime_ns) if st is not None else (None, None)
-        return Child(e.name, d.hit.cap, edge_metadata(e, None, *times))
+        return self._dir_done(e, d.hit.cap, times)
 
     async def _directory(self, e: Entry, children: list[Any]) -> Any:
         self.stats.dirs += 1
@@ -228,9 +243,13 @@ class Uploader:
                 return None
         body = dir_body(r for r in results if r is not None)
         cap = await self.store.directory(body, priority=-(e.path.count(b"/") + 1) if e.path else 0, path=e.path)
-        if st is not None:  # times as they are now, like the children's (entries may have gone since the scan)
-            return Child(e.name, cap, edge_metadata(e, None, st.st_mtime_ns, st.st_ctime_ns))
-        return Child(e.name, cap, edge_metadata(e))
+        # Times as they are now, like the children's (entries may have gone since the scan).
+        return self._dir_done(e, cap, (st.st_mtime_ns, st.st_ctime_ns) if st is not None else (None, None))
+
+    def _dir_done(self, e: Entry, cap: str, times: tuple[Any, Any] = (None, None)) -> Child:
+        if self._on_dir is not None:
+            self._on_dir(e.path, cap)
+        return Child(e.name, cap, edge_metadata(e, None, *times))
 
 
 def _is_dir(mode_or_st: Any) -> bool:

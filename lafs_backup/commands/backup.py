@@ -11,7 +11,8 @@ import re
 import sys
 import threading
 import time
-from typing import Any, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable, Iterator
 
 from ..backup.queue import QueueReader, write_queue
 from ..backup.record import append_result, link_into
@@ -22,6 +23,7 @@ from ..cache import move_aside
 from ..errors import ExitCode, GatewayError, GridError, LocalError, UsageError
 from ..report import Progress
 from ..store.entry import Entry
+from ..store.snapshot import Child
 from ..store.store import Store, StoreSettings
 from .context import Context, iso, outcome, state_dir, this_host
 
@@ -100,7 +102,8 @@ def queue_path(ctx: Context, source: bytes, override: str | None) -> str:
     return os.path.join(state_dir(), "queues", f"{base}.{digest}.queue")
 
 
-async def phase_one(ctx: Context, source: Source, qpath: str, totals: list[int], sel: Selection) -> int:
+async def phase_one(ctx: Context, source: Source, qpath: str, totals: list[int], sel: Selection,
+                    hooks: Any = None) -> int:
     """Walk the source into the queue, in a thread; the reactor stays free meanwhile.
 
     Interrupting the command stops the walk at its next entry; the previous
@@ -120,7 +123,7 @@ async def phase_one(ctx: Context, source: Source, qpath: str, totals: list[int],
             yield e
 
     def work() -> int:
-        return write_queue(qpath, source.label, until_stopped(source.walk(sel, warn, note)))
+        return write_queue(qpath, source.label, until_stopped(source.walk(sel, warn, note, hooks)))
 
     try:
         return int(await ctx.in_thread(work))
@@ -161,9 +164,47 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
 
     gw = await ctx.gateway()
     await gw.preflight()
+    made = await phase_two(ctx, source, qpath, totals, host, tuple(ns.tag or ()), ns.mode, ns.rebuild_cache)
+    rep.stats.requests = dict(gw.counts)
+    if conf.destination.result.print_to_stdout and not rep.json_mode:
+        rep.output(made.cap)
+    rep.finish("backup", {"cap": made.cap, "generation": made.backup.generation} if rep.json_mode else None)
+    return outcome(rep)
+
+
+@dataclass
+class Incremental:
+    """What a round of ``watch`` adds to a backup: the generation whose snapshot it builds on,
+    that snapshot's packs and encoded objects (the unchanged subtrees still use them, and the
+    new snapshot's ``objects`` directory must keep linking them), and the uploader's hooks."""
+
+    base: int | None
+    packs: frozenset[str] = frozenset()
+    objects: frozenset[str] = frozenset()
+    on_dir: Callable[[bytes, str], None] | None = None
+    hold: Callable[[Entry], Awaitable[Child | None]] | None = None
+
+
+@dataclass(frozen=True)
+class Made:
+    """A finished, recorded backup."""
+
+    cap: str
+    backup: Any
+    generation: int
+    packs: frozenset[str]
+    objects: frozenset[str]
+
+
+async def phase_two(ctx: Context, source: Source, qpath: str, totals: list[int], host: str, tags: tuple[str, ...],
+                    mode: str, rebuild_cache: bool = False, incremental: Incremental | None = None) -> Made:
+    """Upload a queue and record the backup: under the cache's lock, into the repository."""
+    rep = ctx.reporter
+    conf = ctx.config
+    gw = await ctx.gateway()
     lock = await ctx.lock()
     try:
-        if ns.rebuild_cache:
+        if rebuild_cache:
             cpath = await ctx.cache_path()
             if os.path.exists(cpath):
                 moved = move_aside(cpath)
@@ -173,17 +214,21 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
         shutdown = ctx.reactor.addSystemEventTrigger("before", "shutdown", cache.close)
         try:
             repo = await ctx.repository(create=True)
-            gen = cache.begin_generation(source.label)
-            if ns.rebuild_cache or not cache.has_objects():
+            gen = cache.begin_generation(source.label, incremental.base if incremental is not None else None)
+            if rebuild_cache or not cache.has_objects():
                 await _rebuild(ctx, cache, gw, gen, source.label, host)
             dest = conf.destination
             store = Store(gw, cache, gen, StoreSettings(dest.pack_max_file_size, dest.pack_target_size,
                                                         max(1, conf.operation.window // 2), dest.encoding,
-                                                        mode=ns.mode),
+                                                        mode=mode),
                           rep.stats, ctx.reactor, ctx.in_thread)
+            if incremental is not None:
+                store.packs_used |= incremental.packs
+                store.encoded_used |= incremental.objects
             uploader = Uploader(source, store, cache, gen, rep,
-                                Settings(conf.operation.window, max(4, 2 * conf.operation.jobs), ns.mode),
-                                ctx.reactor)
+                                Settings(conf.operation.window, max(4, 2 * conf.operation.jobs), mode),
+                                ctx.reactor, on_dir=incremental.on_dir if incremental is not None else None,
+                                hold=incremental.hold if incremental is not None else None)
             if ctx.op is not None:
                 ctx.op.uploader = uploader
             progress = Progress(rep, ctx.reactor, totals[0], totals[1])
@@ -197,9 +242,10 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
                 raise
             finally:
                 progress.stop()
-            b = await _record(ctx, cache, gw, gen, snap, source.label, host, tuple(ns.tag or ()))
+            b = await _record(ctx, cache, gw, gen, snap, source.label, host, tags)
             await _publish(ctx, repo, cache)
-            ctx.warn_expiring(await ctx.backups())
+            if incremental is None:
+                ctx.warn_expiring(await ctx.backups())
         finally:
             try:
                 ctx.reactor.removeSystemEventTrigger(shutdown)
@@ -208,11 +254,7 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
             cache.close()
     finally:
         lock.release()
-    rep.stats.requests = dict(gw.counts)
-    if conf.destination.result.print_to_stdout and not rep.json_mode:
-        rep.output(snap)
-    rep.finish("backup", {"cap": snap, "generation": b.generation} if rep.json_mode else None)
-    return outcome(rep)
+    return Made(snap, b, gen, frozenset(store.packs_used), frozenset(store.encoded_used))
 
 
 def _count_queue(qpath: str, label: bytes, totals: list[int]) -> None:

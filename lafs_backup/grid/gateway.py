@@ -276,6 +276,10 @@ class Gateway:
         if self._halted is None:
             self._halted = why
 
+    def resume(self) -> None:
+        """A new run (a later round of ``watch``) may upload again."""
+        self._halted = None
+
     # -- plumbing ------------------------------------------------------------
     def url(self, cap: str | None = None, path: Sequence[str] = ()) -> str:
         if cap is None:
