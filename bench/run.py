@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark lafs-backup against `tahoe backup` and duplicity, side by side, and write bench/RESULTS.md.
 
-usage: python bench/run.py [--work DIR] [--scale N] [--no-scale] [--no-rivals] [--only check|browse]
+usage: python bench/run.py [--work DIR] [--scale N] [--no-scale] [--no-rivals] [--only check|browse|watch]
 
 Each tool gets its own copy of the tree from bench/mktree.py (default
 size) and its own fresh local grid of the same shape (3 storage nodes,
@@ -377,6 +377,96 @@ def bench_browse(work: Path, entries: int = 100_000, big_mib: int = 256) -> str:
         ""])
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU a running process has used so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_watch(work: Path, entries: int = 40_000, settle: float = 1.0, changes: int = 5,
+                idle: float = 60.0) -> str:
+    """``watch`` on a tree of ``entries`` entries: change-to-snapshot latency, the requests and CPU
+    of a one-file change beside a full unchanged rerun (``backup``) of the same tree, idle CPU."""
+    import json
+    import queue
+    import signal
+    import threading
+
+    tree = work / f"scale-{entries}"
+    make_scale_tree(tree, entries)
+    home = work / "watch-home"
+    shutil.rmtree(home, ignore_errors=True)
+    gdir = work / "grid-watch"
+    shutil.rmtree(gdir, ignore_errors=True)
+    url = grid_up(gdir, home)
+    env = env_for(home)
+    lb = [PY, "-m", "lafs_backup", "--url", url]
+    try:
+        p = subprocess.Popen(lb + ["--json", "watch", str(tree), "--settle", str(settle), "--min-interval", "0"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                             text=True)
+        events: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [events.put(json.loads(x)) for x in p.stdout], daemon=True).start()
+
+        def snapshot() -> dict:
+            while True:
+                ev = events.get(timeout=600)
+                if ev.get("type") == "snapshot":
+                    return ev
+
+        first = snapshot()
+        time.sleep(2 * settle)
+        # A full unchanged rerun of the same tree, by a separate backup (the watcher idles meanwhile).
+        t0 = time.monotonic()
+        b = subprocess.Popen(lb + ["--json", "backup", str(tree)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        out = b.stdout.read()
+        _, _, usage = os.wait4(b.pid, 0)
+        rerun_wall = time.monotonic() - t0
+        rerun_cpu = usage.ru_utime + usage.ru_stime
+        rerun = json.loads(out.decode().splitlines()[-1])
+        rerun_requests = sum(rerun["requests"].values())
+        time.sleep(2 * settle)
+        rounds = []
+        files = sorted(p_ for p_ in tree.rglob("f*") if p_.stat().st_size > 0)
+        for i in range(changes):
+            target = files[(i * 997) % len(files)]
+            cpu0 = _cpu_seconds(p.pid)
+            t0 = time.monotonic()
+            with open(target, "ab") as f:  # past 55 bytes, so it is stored in a pack (not a LIT cap)
+                f.write(b"changed %d: one more line, long enough that the file needs a pack of its own\n" % i)
+            ev = snapshot()
+            latency = time.monotonic() - t0
+            rounds.append((latency, ev["seconds"], ev["requests_total"], _cpu_seconds(p.pid) - cpu0, ev["requests"]))
+            time.sleep(settle)
+        cpu0 = _cpu_seconds(p.pid)
+        time.sleep(idle)
+        idle_cpu = (_cpu_seconds(p.pid) - cpu0) * 60 / idle
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)
+    finally:
+        grid_down(gdir, home)
+    lat = sorted(r[0] for r in rounds)
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    one_cpu = med([r[3] for r in rounds])
+    one_req = med([r[2] for r in rounds])
+    return "\n".join([
+        f"## Watch: continuous backup ({datetime.date.today().isoformat()})", "",
+        f"A tree of {entries:,} entries (`make_scale_tree`: {entries // 1000} directories of 1,000), watched with "
+        f"`--settle {settle:g}`; the first round (a full backup) took {first['seconds']:.1f} s.  Each one-file "
+        f"change appends a line to one file, which then needs a pack; {changes} changes, medians.", "",
+        "| measure | one-file change (incremental round) | full unchanged rerun (`backup`) | ratio |",
+        "|---|---|---|---|",
+        f"| gateway requests | {one_req} | {rerun_requests} | |",
+        f"| CPU of lafs-backup | {one_cpu:.3f} s | {rerun_cpu:.2f} s | {one_cpu / rerun_cpu:.3f} |",
+        f"| wall time | {med([r[1] for r in rounds]):.2f} s (the round) | {rerun_wall:.2f} s (the command) | |",
+        "",
+        f"Change-to-snapshot latency (the write to the snapshot's record, `--settle {settle:g}` included): "
+        f"median {med(lat):.2f} s, min {lat[0]:.2f} s, max {lat[-1]:.2f} s.  Requests of one round: "
+        f"{rounds[len(rounds) // 2][4]}.", "",
+        f"Idle: {idle_cpu:.3f} s of CPU per minute (measured over {idle:g} s with nothing changing).", ""])
+
+
 def update_section(title_start: str, text: str) -> None:
     """Replace (or add) the section of RESULTS.md whose heading starts with ``title_start``."""
     path = HERE / "RESULTS.md"
@@ -393,13 +483,17 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=1_000_000)
     ap.add_argument("--no-scale", action="store_true")
     ap.add_argument("--no-rivals", action="store_true")
-    ap.add_argument("--only", metavar="SECTION", choices=["check", "browse"],
+    ap.add_argument("--only", metavar="SECTION", choices=["check", "browse", "watch"],
                     help="measure only this section and update it in RESULTS.md")
     a = ap.parse_args()
     if a.only:
         work = Path(a.work).resolve()
         shutil.rmtree(work / "tree", ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
+        if a.only == "watch":
+            update_section("Watch:", bench_watch(work))
+            print((HERE / "RESULTS.md").read_text())
+            return
         if a.only == "browse":
             update_section("Browse:", bench_browse(work))
             print((HERE / "RESULTS.md").read_text())

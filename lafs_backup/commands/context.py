@@ -144,6 +144,11 @@ class Context:
                 self.op.gateway = self._gateway
         return self._gateway
 
+    def forget_gateway(self) -> None:
+        """Find the gateway again on next use (a long-running command whose embedded grid died)."""
+        self._url = None
+        self._gateway = None
+
     async def happy(self, gw: Gateway | None = None) -> int:
         """The happiness the grid asks of an upload: ``destination.happy``; the embedded grid's own;
         else, for another gateway, the number of storage servers it is connected to now (Tahoe's

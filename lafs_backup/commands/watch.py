@@ -172,8 +172,6 @@ class Watcher:
         ctx = self.ctx
         if ctx.op is not None:
             ctx.op.frame = sys._getframe()
-        gw = await ctx.gateway()
-        await gw.preflight()
         self.rep.info(f"lafs-backup: watching {os.fsdecode(self.source.label)} (settle {self.settle:g}s, full "
                       f"rescan every {self.rescan_interval:g}s)")
         pending: Round | None = Round.of((), everything=True)
@@ -196,10 +194,12 @@ class Watcher:
                         pending = self.changes.take()
                 last_start = self.clock.seconds()
                 try:
-                    await self._round(pending)
+                    await self._round(pending, failing=failures > 0)
                 except (GridError, CacheBusyError, LockedError) as e:
                     self.changes.give_back(pending)
                     failures += 1
+                    if not ctx.config.destination.url and isinstance(e, GridError):
+                        ctx.forget_gateway()  # the next try starts whatever part of the embedded grid died
                     delay = min(BACKOFF_MAX, 5.0 * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)
                     self.rep.warn("grid" if isinstance(e, GridError) else "cache",
                                   f"{e.message}; still watching: the changes are kept and tried again in "
@@ -222,13 +222,15 @@ class Watcher:
         while self.clock.seconds() < end:
             await self._sleep(end - self.clock.seconds())
 
-    async def _round(self, r: Round) -> None:
+    async def _round(self, r: Round, failing: bool = False) -> None:
         """One snapshot: a full walk (``r.everything``) or an incremental one."""
         ctx = self.ctx
         full = r.everything or self.previous is None or self.made is None
         self.rep.stats = Stats()
         self.rep._start = self.rep._now()
         gw = await ctx.gateway()
+        if self.made is None or failing:
+            await gw.preflight()  # a clear "does not answer" at once, rather than after every retry
         gw.resume()  # a failed round halted its uploads
         before = dict(gw.counts)
         t0 = time.monotonic()

@@ -1,0 +1,535 @@
+"""Remote sources: any fsspec file system (``s3://``, ``az://``, ``memory://``) walked and read as a :class:`Source`.
+
+An object store has keys, not a tree: directories are implied by the
+``/``-separated key prefixes, and there are no owners, inodes, ctimes or
+modes.  This module maps one onto what phase one and phase two expect:
+
+- regular files (``0o100644``) and directories (``0o040755``) only, unless
+  the file system reports a mode of its own;
+- ``uid = gid = 0`` with the extra ``("owner", b"none")``: no owner is
+  invented, and no ``user``/``group`` extras are emitted, so later code (a
+  restore, a report) can tell "root-owned" from "the source has no owners";
+- ``mtime_ns`` from what the store reports (``LastModified``, ``mtime``,
+  ``created``, ...), ``ctime_ns = mtime_ns``; an implied directory takes the
+  newest time among its included children;
+- change detection in the extras ``etag``, ``version`` and ``md5``, and in
+  ``ino``: a stable integer derived from the ETag and version, so the stat
+  cache key ``(path, size, mtime, ctime, ino)`` changes whenever they do.
+
+Keys that cannot be a path (``//``, a leading ``/``, a ``.`` or ``..``
+component, a NUL, an object named like a key prefix) are skipped with a
+warning, never followed.  Listing is one request per directory (plus
+pages), holding one listing per level of depth; reads are one ranged
+request per ``pread``, never the whole object.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import logging
+import os
+import re
+import stat
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterator, Mapping
+
+from ..errors import UsageError
+from ..log import NOISE
+from ..store.entry import Entry, join
+from .filters import Filter
+from .select import DirState, Selection
+from .source import NoteFn, WarnFn
+
+log = logging.getLogger(__name__)
+
+FILE_MODE = 0o100644
+DIR_MODE = 0o040755
+#: ``ino`` is masked to 63 bits: it is written as a signed integer in places (sqlite, JSON).
+_INO_MASK = (1 << 63) - 1
+#: Where file systems report a modification time, most specific first (s3fs, adlfs, local/sftp,
+#: gcsfs, others; the memory file system only reports ``created``).
+_TIME_KEYS = ("LastModified", "last_modified", "mtime", "updated", "modified", "created", "creation_time")
+_MD5_HEX = re.compile(r"^[0-9a-fA-F]{32}$")
+
+
+# -- pure decisions ----------------------------------------------------------------------------
+
+def to_ns(value: Any) -> int | None:
+    """A reported time as nanoseconds since the epoch (None: absent or not a time).
+
+    Floats are rounded to microseconds, the resolution of a ``datetime``, so
+    a file system that reports a float in listings and a datetime in ``info``
+    (the memory file system does) gives the same value both ways.
+    """
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        return (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(round(value * 1e6)) * 1000
+    if isinstance(value, str) and value:
+        try:
+            return to_ns(datetime.fromisoformat(value.replace("Z", "+00:00")))
+        except ValueError:
+            return None
+    return None
+
+
+def mtime_of(info: Mapping[str, Any]) -> int | None:
+    """The modification time a listing or ``info`` reports, in ns (None: it reports none)."""
+    for key in _TIME_KEYS:
+        ns = to_ns(info.get(key))
+        if ns is not None:
+            return ns
+    return None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    return "" if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What an object store says about one object's version: the extras and the ``ino`` they make."""
+
+    etag: str = ""
+    version: str = ""
+    md5: str = ""
+
+    @property
+    def ino(self) -> int:
+        """Stable for one ETag and version, different when either changes; 0 when neither is known."""
+        if not self.etag and not self.version:
+            return 0
+        digest = hashlib.sha256(self.etag.encode() + b"\0" + self.version.encode()).digest()
+        return int.from_bytes(digest[:8], "big") & _INO_MASK
+
+    def extras(self) -> tuple[tuple[str, bytes], ...]:
+        out: list[tuple[str, bytes]] = []
+        if self.etag:
+            out.append(("etag", self.etag.encode()))
+        if self.version:
+            out.append(("version", self.version.encode()))
+        if self.md5:
+            out.append(("md5", self.md5.encode()))
+        return tuple(out)
+
+
+def identity_of(info: Mapping[str, Any], etag_is_md5: bool, versioned: bool) -> Identity:
+    """The ETag, version and (only when it is one) true MD5 of an object's ``info``.
+
+    ``etag_is_md5``: the store is S3 and its ETags may be trusted as MD5s
+    (no SSE-KMS default on the bucket): then a single-part ETag (32 hex
+    digits) is the MD5 of the content.  A multipart ETag (``<hex>-<parts>``)
+    never is.  GCS's ``md5Hash`` is computed by the server and always is.
+    ``versioned``: the file system lists versions, so the version id is
+    reported the same way by the listing and by ``info``.
+    """
+    etag = _text(info.get("ETag") or info.get("etag")).strip('"')
+    version = ""
+    if versioned:
+        version = _text(info.get("VersionId") or info.get("version_id") or info.get("generation"))
+        if version == "null":  # S3's version of an object written before versioning was enabled
+            version = ""
+    md5 = ""
+    if etag_is_md5 and _MD5_HEX.match(etag):
+        md5 = etag.lower()
+    elif isinstance(info.get("md5Hash"), str):
+        try:
+            raw = base64.b64decode(info["md5Hash"], validate=True)
+            md5 = raw.hex() if len(raw) == 16 else ""
+        except ValueError:
+            md5 = ""
+    return Identity(etag, version, md5)
+
+
+def child_name(base: str, name: str, kind: str, size: int = 0) -> tuple[str | None, str | None]:
+    """The component a listed ``name`` adds below the listed directory ``base``.
+
+    Returns ``(component, None)`` for a usable child, ``(None, reason)`` for
+    one to skip with a warning, and ``(None, None)`` for one to drop
+    silently (the directory itself, an S3 directory-marker object).
+    """
+    name = name.rstrip("/") if kind == "directory" and name != base + "/" else name
+    if name == base or name == base.rstrip("/"):
+        return None, None
+    prefix = base.rstrip("/") + "/" if base.rstrip("/") else ""
+    if not name.startswith(prefix):
+        return None, "listed outside its directory; skipped"
+    rest = name[len(prefix):]
+    if rest == "":
+        if kind == "file" and size == 0:
+            return None, None  # "dir/": a directory-marker object (what consoles create); the prefix is the directory
+        if kind == "file":
+            return None, "an object named like its directory (a key ending in '/') holds data; skipped"
+        return None, "object keys below hold an empty path component ('//' or a leading '/'); skipped"
+    if "/" in rest:
+        return None, "object key holds an empty path component ('//' or a trailing '/'); skipped"
+    if rest in (".", ".."):
+        return None, f"object keys below hold a {rest!r} path component; skipped"
+    if "\0" in rest:
+        return None, "object key holds a NUL character; skipped"
+    return rest, None
+
+
+def mode_for(kind: str, reported: Any) -> int:
+    """The ``st_mode`` of a listed file or directory: the reported permission bits, or the defaults."""
+    fmt = stat.S_IFDIR if kind == "directory" else stat.S_IFREG
+    if isinstance(reported, int) and not isinstance(reported, bool) and stat.S_IMODE(reported):
+        return fmt | stat.S_IMODE(reported)
+    return DIR_MODE if kind == "directory" else FILE_MODE
+
+
+def make_stat(mode: int, size: int, mtime_ns: int, ino: int) -> os.stat_result:
+    """A stat result as a local file system would give it: dev 0, one link, uid and gid 0."""
+    secs = mtime_ns // 10**9
+    return os.stat_result((mode, ino, 0, 1, 0, 0, size, secs, secs, secs),
+                          {"st_atime": mtime_ns / 1e9, "st_mtime": mtime_ns / 1e9, "st_ctime": mtime_ns / 1e9,
+                           "st_atime_ns": mtime_ns, "st_mtime_ns": mtime_ns, "st_ctime_ns": mtime_ns})
+
+
+def label_of(url: str) -> bytes:
+    """What backups of ``url`` are recorded as: the URL without credentials, query or trailing slashes."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url.rstrip("/").encode("utf-8") or b"/"
+    rest = rest.split("?", 1)[0]
+    host, slash, path = rest.partition("/")
+    host = host.rpartition("@")[2]  # user:password@host: never recorded
+    return f"{scheme}://{(host + slash + path).rstrip('/')}".encode("utf-8")
+
+
+def secrets_in(options: Mapping[str, Any]) -> list[str]:
+    """Every string value in storage options (nested ones too), to be kept out of messages."""
+    out: list[str] = []
+    for value in options.values():
+        if isinstance(value, str) and len(value) >= 4:
+            out.append(value)
+        elif isinstance(value, Mapping):
+            out.extend(secrets_in(value))
+    return sorted(out, key=len, reverse=True)
+
+
+# -- the source --------------------------------------------------------------------------------
+
+_Child = tuple[bytes, os.stat_result, tuple[tuple[str, bytes], ...]]
+
+
+@dataclass
+class _Frame:
+    rel: bytes
+    path: str
+    st: os.stat_result
+    reported_mtime: int | None
+    children: Iterator[_Child]
+    state: DirState
+    newest: int = 0
+    extras: tuple[tuple[str, bytes], ...] = field(default=())
+
+
+class FsspecSource:
+    """A file system reached through fsspec, rooted at ``url`` (``s3://bucket/prefix``).
+
+    ``storage_options`` go to fsspec as they are (credentials, endpoint);
+    none of their values ever appears in a message.  Raises
+    :class:`UsageError` when fsspec does not know the protocol or its
+    package is not installed.
+    """
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        import fsspec.core
+
+        self.url = url
+        self.label = label_of(url)
+        self._secrets = secrets_in(storage_options or {})
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        except ImportError as e:
+            raise UsageError(f"Cannot back up {self._shown()}: {self._scrub(str(e))}")
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"Cannot back up {self._shown()}: {self._scrub(str(e))}")
+        self.root = root.rstrip("/") or root
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        self._s3 = "s3" in protocols
+        self._versioned = bool(getattr(self.fs, "version_aware", False))
+        self._etag_is_md5 = self._s3
+        #: The times given to implied directories by the walk, so phase two's lstat agrees with it.
+        self._dir_times: dict[bytes, int] = {}
+
+    # -- messages --------------------------------------------------------------------------------
+    def _shown(self) -> str:
+        return self.label.decode("utf-8", "replace")
+
+    def _scrub(self, text: str) -> str:
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    def _oserror(self, e: BaseException, rel: bytes) -> OSError:
+        """An fsspec or backend failure as an OSError whose message holds no credentials."""
+        if isinstance(e, FileNotFoundError):
+            return FileNotFoundError(errno.ENOENT, "no such object")
+        if isinstance(e, OSError) and e.errno is not None:
+            return OSError(e.errno, self._scrub(e.strerror or str(e)))  # (ENOENT and EACCES keep their subclass)
+        return OSError(errno.EIO, self._scrub(f"{type(e).__name__}: {e}"))
+
+    # -- paths -----------------------------------------------------------------------------------
+    def _path(self, rel: bytes) -> str:
+        return f"{self.root}/{rel.decode('utf-8')}" if rel else self.root
+
+    def _entry_stat(self, info: Mapping[str, Any]) -> tuple[os.stat_result, tuple[tuple[str, bytes], ...], int | None]:
+        """The stat, extras and reported mtime (None: none) of one listed or ``info``'d object."""
+        kind = info.get("type")
+        mtime = mtime_of(info)
+        if kind == "directory":
+            return make_stat(mode_for("directory", info.get("mode")), 0, mtime or 0, 0), (("owner", b"none"),), mtime
+        ident = identity_of(info, self._etag_is_md5, self._versioned)
+        size = int(info.get("size") or 0)
+        st = make_stat(mode_for("file", info.get("mode")), size, mtime or 0, ident.ino)
+        return st, (("owner", b"none"), *ident.extras()), mtime
+
+    def _list(self, path: str, rel: bytes, warn: WarnFn) -> list[_Child] | None:
+        """A directory's usable children sorted by name bytes (None: it cannot be listed, after a warning)."""
+        try:
+            listed = self.fs.ls(path, detail=True)
+        except Exception as e:  # any backend failure for one directory skips it, never the walk
+            warn(rel, f"cannot list directory: {self._oserror(e, rel).strerror}; skipped")
+            return None
+        finally:
+            # Listings are cached by some file systems (s3fs) for the life of the process: a walk
+            # must hold one listing per level, not the whole bucket.
+            self.fs.invalidate_cache(path)
+        out: dict[bytes, _Child] = {}
+        for info in listed:
+            kind = info.get("type")
+            comp, why = child_name(path, str(info.get("name", "")), str(kind), int(info.get("size") or 0))
+            if comp is None:
+                if why is not None:
+                    bad = str(info.get("name", ""))[len(path.rstrip("/")) + 1:]
+                    shown = join(rel, bad.encode("utf-8", "surrogateescape")) if bad else rel + b"/"
+                    warn(shown, why)
+                continue
+            try:
+                name = comp.encode("utf-8")
+            except UnicodeEncodeError:
+                warn(join(rel, comp.encode("utf-8", "surrogateescape")), "object key is not valid UTF-8; skipped")
+                continue
+            crel = join(rel, name)
+            if kind not in ("file", "directory"):
+                warn(crel, f"not a regular file or directory ({kind}); skipped")
+                continue
+            st, extras, _ = self._entry_stat(info)
+            seen = out.get(name)
+            if seen is not None:
+                # "a" and "a/b" both exist: the key prefix (a directory) wins, the object is skipped.
+                if stat.S_ISDIR(seen[1].st_mode) == (kind == "directory"):
+                    continue  # listed twice (a page boundary): the same child
+                warn(crel, "an object has the same name as a key prefix (a directory); the object is skipped")
+                if kind == "file":
+                    continue
+            out[name] = (name, st, extras)
+        return [out[n] for n in sorted(out)]
+
+    def _head(self, dir_path: str) -> Any:
+        """Read the first bytes of a child of ``dir_path`` (an ignore file, a CACHEDIR.TAG)."""
+        def head(name: bytes, n: int) -> bytes | None:
+            try:
+                return bytes(self.fs.cat_file(f"{dir_path}/{name.decode('utf-8')}", 0, n))
+            except Exception:  # unreadable: the selection treats it as absent
+                return None
+        return head
+
+    def _root(self) -> Mapping[str, Any]:
+        """The root's info; raises :class:`UsageError` when it is missing, a file or unreachable."""
+        try:
+            self.fs.invalidate_cache(self.root)
+            info = self.fs.info(self.root)
+        except FileNotFoundError:
+            raise UsageError(f"Cannot back up {self._shown()}: no such bucket, container or prefix")
+        except Exception as e:
+            raise UsageError(f"Cannot back up {self._shown()}: {self._oserror(e, b'').strerror}")
+        if info.get("type") != "directory":
+            raise UsageError(f"Cannot back up {self._shown()}: not a directory (a single object)")
+        return info
+
+    def _check_etags(self, note_once: NoteFn) -> None:
+        """Trust S3 ETags as MD5s only when the bucket does not encrypt with KMS by default.
+
+        An SSE-KMS (or SSE-C) object's ETag is 32 hex digits but not the MD5
+        of its content, and listings do not say how an object is encrypted.
+        The bucket's default is asked once; an object uploaded with its own
+        KMS key into a bucket without that default cannot be told apart.
+        """
+        if not self._s3:
+            return
+        bucket = self.root.lstrip("/").split("/", 1)[0]
+        try:
+            out = self.fs.call_s3("get_bucket_encryption", Bucket=bucket)
+        except FileNotFoundError:
+            return  # no default encryption configured: ETags of single-part uploads are MD5s
+        except Exception as e:
+            if "ServerSideEncryptionConfigurationNotFound" in str(e):
+                return
+            self._etag_is_md5 = False
+            note_once("s3-md5", f"{self._shown()}: the bucket's encryption cannot be read, so ETags are not "
+                                "taken as MD5 checksums")
+            return
+        rules = out.get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
+        algos = {r.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm", "") for r in rules}
+        if any("kms" in a for a in algos):
+            self._etag_is_md5 = False
+
+    # -- the Source protocol -----------------------------------------------------------------------
+    def walk(self, flt: object, warn: WarnFn, note_once: NoteFn, hooks: Any = None) -> Iterator[Entry]:
+        """Every included entry, each child before its directory, names sorted as bytes, the root last.
+
+        ``flt``: the filter rules alone or a :class:`Selection`; its rules,
+        ``--files-from`` paths, ignore files, ``--exclude-if-present``,
+        ``--exclude-caches`` and ``--exclude-larger-than`` apply.  A remote
+        source is one file system, so ``--one-file-system`` changes nothing.
+        ``hooks`` (an incremental walk) are not supported and are ignored.
+        Raises :class:`UsageError` when the root cannot be listed.
+        """
+        sel = flt if isinstance(flt, Selection) else Selection(filter=flt if isinstance(flt, Filter) else Filter(()))
+        info = self._root()
+        self._check_etags(note_once)
+        root_st, root_extras, root_mtime = self._entry_stat(info)
+        failed: list[str] = []
+        children = self._list(self.root, b"", lambda p, m: failed.append(m))
+        if children is None:
+            raise UsageError(f"Cannot back up {self._shown()}: {failed[0] if failed else 'cannot list it'}")
+        state = sel.enter(b"", {n: st for n, st, _ in children}, None, self._head(self.root), warn)
+        stack = [_Frame(b"", self.root, root_st, root_mtime, iter(children), state, extras=root_extras)]
+        while stack:
+            frame = stack[-1]
+            nxt = next(frame.children, None)
+            if nxt is None:
+                stack.pop()
+                mtime = frame.reported_mtime if frame.reported_mtime is not None else frame.newest
+                self._dir_times[frame.rel] = mtime
+                if stack:
+                    stack[-1].newest = max(stack[-1].newest, mtime)
+                st = make_stat(frame.st.st_mode, 0, mtime, 0)
+                yield Entry.from_stat(frame.rel, st, extras=frame.extras)
+                continue
+            name, cst, extras = nxt
+            rel = join(frame.rel, name)
+            why = sel.exclude(rel, cst, frame.state)
+            if why is not None:
+                sel.count(why, cst)
+                log.log(NOISE, "excluded by %s: %r", why, rel)
+                continue
+            if stat.S_ISDIR(cst.st_mode):
+                path = f"{frame.path}/{name.decode('utf-8')}"
+                sub = self._list(path, rel, warn)
+                if sub is None:
+                    continue
+                sub_state = sel.enter(rel, {n: s for n, s, _ in sub}, frame.state, self._head(path), warn)
+                if sub_state.excluded is not None:
+                    sel.count(sub_state.excluded, cst)
+                    log.log(NOISE, "excluded by %s: %r", sub_state.excluded, rel)
+                    continue
+                reported = cst.st_mtime_ns or None  # 0: an implied directory, which reports no time
+                stack.append(_Frame(rel, path, cst, reported, iter(sub), sub_state, extras=extras))
+                continue
+            frame.newest = max(frame.newest, cst.st_mtime_ns)
+            yield Entry.from_stat(rel, cst, extras=extras)
+        if sel.listed is not None:
+            for rel in sel.listed.missing():
+                warn(rel, "listed by --files-from, but not in the source (or excluded by another rule)")
+
+    def lstat(self, rel: bytes) -> os.stat_result:
+        """The entry's state now, asked of the store (one request); raises OSError (ENOENT: gone).
+
+        A directory without a time of its own gets the one the walk gave it.
+        """
+        path = self._path(rel)
+        try:
+            self.fs.invalidate_cache(path)  # phase two must see the object now, not the walk's listing
+            info = self.fs.info(path)
+        except Exception as e:
+            raise self._oserror(e, rel) from None
+        if info.get("type") not in ("file", "directory"):
+            raise OSError(errno.EINVAL, "not a regular file or directory")
+        st, _, mtime = self._entry_stat(info)
+        if stat.S_ISDIR(st.st_mode) and mtime is None:
+            st = make_stat(st.st_mode, 0, self._dir_times.get(rel, 0), 0)
+        return st
+
+    def open(self, rel: bytes) -> "RemoteFile":
+        """Open an object for reading by ranges; raises OSError (ENOENT: gone, EISDIR: a prefix)."""
+        st = self.lstat(rel)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EISDIR, "not a regular file")
+        path = self._path(rel)
+        try:
+            # cache_type "none": each read is exactly one ranged request, so memory holds one pread.
+            f = self.fs.open(path, "rb", cache_type="none")
+        except Exception as e:
+            raise self._oserror(e, rel) from None
+        return RemoteFile(self, rel, f, st)
+
+
+class RemoteFile:
+    """One object opened for reading: ``pread`` is a ranged read of the object as it was when opened.
+
+    ``fstat`` gives the state at open and never changes.  If the object is
+    replaced while it is read (its size or ETag differ, which s3fs notices
+    through ``If-Match``), ``pread`` raises OSError ``ESTALE`` instead of
+    returning bytes of two versions: the saver then skips the file with a
+    warning, and the next run, seeing a new ETag, reads it again.
+    """
+
+    def __init__(self, source: FsspecSource, rel: bytes, f: Any, st: os.stat_result) -> None:
+        self._source = source
+        self._rel = rel
+        self._f = f
+        self._st = st
+        # One fsspec file has one position: concurrent preads must not interleave seek and read.
+        self._lock = threading.Lock()
+
+    def fstat(self) -> os.stat_result:
+        return self._st
+
+    def pread(self, n: int, offset: int) -> bytes:
+        """Up to ``n`` bytes at ``offset`` of the object as opened; fewer only at its end."""
+        want = max(0, min(n, self._st.st_size - offset))
+        if want == 0:
+            return b""
+        try:
+            with self._lock:
+                self._f.seek(offset)
+                data = bytes(self._f.read(want))
+        except Exception as e:
+            raise self._changed() or self._source._oserror(e, self._rel) from None
+        if len(data) < want:
+            raise self._changed() or OSError(errno.EIO, "the store returned fewer bytes than the object holds")
+        return data
+
+    def _changed(self) -> OSError | None:
+        """An ESTALE (or ENOENT) error when the object is no longer the one opened, else None."""
+        try:
+            now = self._source.lstat(self._rel)
+        except FileNotFoundError:
+            return FileNotFoundError(errno.ENOENT, "the object vanished while it was read")
+        except OSError:
+            return None
+        if (now.st_size, now.st_ino, now.st_mtime_ns) != (self._st.st_size, self._st.st_ino, self._st.st_mtime_ns):
+            return OSError(errno.ESTALE, "the object changed while it was read (size or ETag differ); "
+                                         "it is read again by the next run")
+        return None
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        except Exception:  # closing a read-only remote file releases nothing we need to report
+            log.debug("closing %r failed", self._rel, exc_info=True)
