@@ -37,6 +37,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "source.files_from_raw": (list,),
     "source.ignore_file": (str, _NULL),
     "source.git_ignore": (bool,),
+    "source.storage_options": (dict, _NULL),
     "filter": (list,),
     "destination.url": (str, _NULL),
     "destination.happy": (int, _NULL),
@@ -211,6 +212,9 @@ def _check_values(tree: Mapping[str, Any]) -> None:
             raise bad(key, "a path cannot contain a NUL character")
         if isinstance(value, str) and not value:
             raise bad(key, "an empty path; use null for the default")
+    options = get(tree, "source.storage_options")
+    if options is not None and not all(isinstance(k, str) and k.isidentifier() for k in options):
+        raise bad("source.storage_options", "expected a mapping of option names (identifiers) to values")
     furl = get(tree, "repository.introducer_furl")
     if furl is not None and not furl.startswith("pb://"):
         raise bad("repository.introducer_furl", "must be a Foolscap FURL (pb://...)")
@@ -323,6 +327,8 @@ class SourceConfig:
     commit_seconds: float
     pick_policy: str = "alphasort_last"
     select: SelectConfig = SelectConfig()
+    #: Options of an fsspec source or restore target (credentials, endpoint): never logged.
+    storage_options: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -455,7 +461,8 @@ def from_tree(tree: Mapping[str, Any]) -> Config:
     return Config(
         source=SourceConfig(expand(g("source.path")), expand(g("source.queue.path")),
                             expand(g("source.entry_cache.path")), g("source.entry_cache.commit_after.rows"),
-                            float(g("source.entry_cache.commit_after.seconds")), pick_policy(tree), _select(tree)),
+                            float(g("source.entry_cache.commit_after.seconds")), pick_policy(tree), _select(tree),
+                            g("source.storage_options")),
         filter=compile_from_config(g("filter")),
         destination=DestinationConfig(
             g("destination.url"), g("destination.happy"), g("destination.lease_days"),

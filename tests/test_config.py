@@ -149,7 +149,8 @@ def _typed(key):
     """A value of a type the key accepts, with hostile content: gets past the type check."""
     by_type = {int: st.integers(-2**40, 2**40) | st.sampled_from([0, -1, 1, 65535, 65536]),
                float: st.floats(allow_nan=True), str: _TEXT, bool: st.booleans(), type(None): st.none(),
-               list: st.lists(_TEXT | st.integers(-5, 5) | st.floats(), max_size=3)}
+               list: st.lists(_TEXT | st.integers(-5, 5) | st.floats(), max_size=3),
+               dict: st.dictionaries(_TEXT | st.integers(-5, 5), _TEXT | st.integers(), max_size=2)}
     return st.one_of(*[by_type[t] for t in cfg.SCHEMA[key]]).map(lambda v: (key, v))
 
 

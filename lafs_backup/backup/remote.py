@@ -11,7 +11,8 @@ modes.  This module maps one onto what phase one and phase two expect:
   restore, a report) can tell "root-owned" from "the source has no owners";
 - ``mtime_ns`` from what the store reports (``LastModified``, ``mtime``,
   ``created``, ...), ``ctime_ns = mtime_ns``; an implied directory takes the
-  newest time among its included children;
+  newest time among the objects directly in it (0 when it holds none), so
+  the walk and phase two's ``lstat`` agree without remembering anything;
 - change detection in the extras ``etag``, ``version`` and ``md5``, and in
   ``ino``: a stable integer derived from the ETag and version, so the stat
   cache key ``(path, size, mtime, ctime, ino)`` changes whenever they do.
@@ -224,15 +225,19 @@ def secrets_in(options: Mapping[str, Any]) -> list[str]:
 _Child = tuple[bytes, os.stat_result, tuple[tuple[str, bytes], ...]]
 
 
+def _newest(children: list[_Child]) -> int:
+    """An implied directory's time: the newest of the objects directly in it, filtered or not (0: none)."""
+    return max((st.st_mtime_ns for _, st, _ in children if stat.S_ISREG(st.st_mode)), default=0)
+
+
 @dataclass
 class _Frame:
     rel: bytes
     path: str
     st: os.stat_result
-    reported_mtime: int | None
+    mtime: int
     children: Iterator[_Child]
     state: DirState
-    newest: int = 0
     extras: tuple[tuple[str, bytes], ...] = field(default=())
 
 
@@ -248,21 +253,20 @@ class FsspecSource:
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
         import fsspec.core
 
-        self.url = url
-        self.label = label_of(url)
+        self.label = label_of(url)  # (the URL itself is not kept: it may hold a password)
         self._secrets = secrets_in(storage_options or {})
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-        except ImportError as e:
+        except ImportError as e:  # "Install s3fs to access S3": the message says what to do
             raise UsageError(f"Cannot back up {self._shown()}: {self._scrub(str(e))}")
-        except (ValueError, TypeError) as e:
-            raise UsageError(f"Cannot back up {self._shown()}: {self._scrub(str(e))}")
+        except Exception as e:  # an unknown protocol, a bad storage option: whatever the backend raises
+            raise UsageError(f"Cannot back up {self._shown()}: {self._scrub(f'{type(e).__name__}: {e}')}")
         self.root = root.rstrip("/") or root
         protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
         self._s3 = "s3" in protocols
         self._versioned = bool(getattr(self.fs, "version_aware", False))
         self._etag_is_md5 = self._s3
-        #: The times given to implied directories by the walk, so phase two's lstat agrees with it.
+        #: The times the walk gave implied directories: phase two's lstat then needs no listing.
         self._dir_times: dict[bytes, int] = {}
 
     # -- messages --------------------------------------------------------------------------------
@@ -274,7 +278,7 @@ class FsspecSource:
             text = text.replace(s, "***")
         return text
 
-    def _oserror(self, e: BaseException, rel: bytes) -> OSError:
+    def _oserror(self, e: BaseException) -> OSError:
         """An fsspec or backend failure as an OSError whose message holds no credentials."""
         if isinstance(e, FileNotFoundError):
             return FileNotFoundError(errno.ENOENT, "no such object")
@@ -284,7 +288,10 @@ class FsspecSource:
 
     # -- paths -----------------------------------------------------------------------------------
     def _path(self, rel: bytes) -> str:
-        return f"{self.root}/{rel.decode('utf-8')}" if rel else self.root
+        try:
+            return f"{self.root}/{rel.decode('utf-8')}" if rel else self.root
+        except UnicodeDecodeError:  # the walk never makes one: a queue from elsewhere
+            raise OSError(errno.EINVAL, "not a UTF-8 object key") from None
 
     def _entry_stat(self, info: Mapping[str, Any]) -> tuple[os.stat_result, tuple[tuple[str, bytes], ...], int | None]:
         """The stat, extras and reported mtime (None: none) of one listed or ``info``'d object."""
@@ -297,13 +304,13 @@ class FsspecSource:
         st = make_stat(mode_for("file", info.get("mode")), size, mtime or 0, ident.ino)
         return st, (("owner", b"none"), *ident.extras()), mtime
 
-    def _list(self, path: str, rel: bytes, warn: WarnFn) -> list[_Child] | None:
-        """A directory's usable children sorted by name bytes (None: it cannot be listed, after a warning)."""
+    def _list(self, path: str, rel: bytes, warn: WarnFn) -> list[_Child]:
+        """A directory's usable children sorted by name bytes; the others are passed to ``warn``.
+        Raises OSError (with no credentials in it) when the directory cannot be listed."""
         try:
             listed = self.fs.ls(path, detail=True)
-        except Exception as e:  # any backend failure for one directory skips it, never the walk
-            warn(rel, f"cannot list directory: {self._oserror(e, rel).strerror}; skipped")
-            return None
+        except Exception as e:  # whatever the backend raises (botocore, aiohttp, azure): one OSError
+            raise self._oserror(e) from None
         finally:
             # Listings are cached by some file systems (s3fs) for the life of the process: a walk
             # must hold one listing per level, not the whole bucket.
@@ -356,7 +363,7 @@ class FsspecSource:
         except FileNotFoundError:
             raise UsageError(f"Cannot back up {self._shown()}: no such bucket, container or prefix")
         except Exception as e:
-            raise UsageError(f"Cannot back up {self._shown()}: {self._oserror(e, b'').strerror}")
+            raise UsageError(f"Cannot back up {self._shown()}: {self._oserror(e).strerror}")
         if info.get("type") != "directory":
             raise UsageError(f"Cannot back up {self._shown()}: not a directory (a single object)")
         return info
@@ -403,22 +410,21 @@ class FsspecSource:
         info = self._root()
         self._check_etags(note_once)
         root_st, root_extras, root_mtime = self._entry_stat(info)
-        failed: list[str] = []
-        children = self._list(self.root, b"", lambda p, m: failed.append(m))
-        if children is None:
-            raise UsageError(f"Cannot back up {self._shown()}: {failed[0] if failed else 'cannot list it'}")
+        self._dir_times.clear()
+        try:
+            children = self._list(self.root, b"", warn)
+        except OSError as e:
+            raise UsageError(f"Cannot back up {self._shown()}: {e.strerror}")
         state = sel.enter(b"", {n: st for n, st, _ in children}, None, self._head(self.root), warn)
-        stack = [_Frame(b"", self.root, root_st, root_mtime, iter(children), state, extras=root_extras)]
+        mtime = root_mtime if root_mtime is not None else _newest(children)
+        stack = [_Frame(b"", self.root, root_st, mtime, iter(children), state, extras=root_extras)]
         while stack:
             frame = stack[-1]
             nxt = next(frame.children, None)
             if nxt is None:
                 stack.pop()
-                mtime = frame.reported_mtime if frame.reported_mtime is not None else frame.newest
-                self._dir_times[frame.rel] = mtime
-                if stack:
-                    stack[-1].newest = max(stack[-1].newest, mtime)
-                st = make_stat(frame.st.st_mode, 0, mtime, 0)
+                self._dir_times[frame.rel] = frame.mtime
+                st = make_stat(frame.st.st_mode, 0, frame.mtime, 0)
                 yield Entry.from_stat(frame.rel, st, extras=frame.extras)
                 continue
             name, cst, extras = nxt
@@ -430,18 +436,19 @@ class FsspecSource:
                 continue
             if stat.S_ISDIR(cst.st_mode):
                 path = f"{frame.path}/{name.decode('utf-8')}"
-                sub = self._list(path, rel, warn)
-                if sub is None:
+                try:
+                    sub = self._list(path, rel, warn)
+                except OSError as e:  # one directory that cannot be listed is skipped, never the walk
+                    warn(rel, f"cannot list directory: {e.strerror}; skipped")
                     continue
                 sub_state = sel.enter(rel, {n: s for n, s, _ in sub}, frame.state, self._head(path), warn)
                 if sub_state.excluded is not None:
                     sel.count(sub_state.excluded, cst)
                     log.log(NOISE, "excluded by %s: %r", sub_state.excluded, rel)
                     continue
-                reported = cst.st_mtime_ns or None  # 0: an implied directory, which reports no time
-                stack.append(_Frame(rel, path, cst, reported, iter(sub), sub_state, extras=extras))
+                mtime = cst.st_mtime_ns or _newest(sub)  # 0: an implied directory, which reports no time
+                stack.append(_Frame(rel, path, cst, mtime, iter(sub), sub_state, extras=extras))
                 continue
-            frame.newest = max(frame.newest, cst.st_mtime_ns)
             yield Entry.from_stat(rel, cst, extras=extras)
         if sel.listed is not None:
             for rel in sel.listed.missing():
@@ -450,19 +457,23 @@ class FsspecSource:
     def lstat(self, rel: bytes) -> os.stat_result:
         """The entry's state now, asked of the store (one request); raises OSError (ENOENT: gone).
 
-        A directory without a time of its own gets the one the walk gave it.
+        A directory without a time of its own gets the one the walk gave it
+        (or, after a walk in another process, one listing's worth of it).
         """
         path = self._path(rel)
         try:
             self.fs.invalidate_cache(path)  # phase two must see the object now, not the walk's listing
             info = self.fs.info(path)
         except Exception as e:
-            raise self._oserror(e, rel) from None
+            raise self._oserror(e) from None
         if info.get("type") not in ("file", "directory"):
             raise OSError(errno.EINVAL, "not a regular file or directory")
         st, _, mtime = self._entry_stat(info)
         if stat.S_ISDIR(st.st_mode) and mtime is None:
-            st = make_stat(st.st_mode, 0, self._dir_times.get(rel, 0), 0)
+            known = self._dir_times.get(rel)
+            if known is None:
+                known = _newest(self._list(path, rel, lambda p, m: None))
+            st = make_stat(st.st_mode, 0, known, 0)
         return st
 
     def open(self, rel: bytes) -> "RemoteFile":
@@ -475,7 +486,7 @@ class FsspecSource:
             # cache_type "none": each read is exactly one ranged request, so memory holds one pread.
             f = self.fs.open(path, "rb", cache_type="none")
         except Exception as e:
-            raise self._oserror(e, rel) from None
+            raise self._oserror(e) from None
         return RemoteFile(self, rel, f, st)
 
 
@@ -510,7 +521,7 @@ class RemoteFile:
                 self._f.seek(offset)
                 data = bytes(self._f.read(want))
         except Exception as e:
-            raise self._changed() or self._source._oserror(e, self._rel) from None
+            raise self._changed() or self._source._oserror(e) from None
         if len(data) < want:
             raise self._changed() or OSError(errno.EIO, "the store returned fewer bytes than the object holds")
         return data

@@ -10,5 +10,9 @@ from .context import Context
 
 
 async def run(ctx: Context, ns: argparse.Namespace) -> int:
-    ctx.reporter.output(cfg.dump(ctx.config.tree), end="")
+    tree = dict(ctx.config.tree)
+    options = tree.get("source", {}).get("storage_options")
+    if options:  # credentials: shown by name only
+        tree["source"] = {**tree["source"], "storage_options": {k: "<hidden>" for k in options}}
+    ctx.reporter.output(cfg.dump(tree), end="")
     return ExitCode.OK

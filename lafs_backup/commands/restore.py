@@ -1,4 +1,4 @@
-"""``restore``: a snapshot, or some of its subtrees, into a target directory."""
+"""``restore``: a snapshot, or some of its subtrees, into a target directory (or an fsspec URL)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,14 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     # few members: one Range GET each.
     reader = Reader(gw, whole_packs=not ns.paths)
     try:
+        from ..read.remote import RemoteRestorer, is_url
+
+        if is_url(ns.target):
+            await RemoteRestorer(reader, ctx.reporter, ns.target, ctx.config.source.storage_options).run(
+                cap, [os.fsencode(p) for p in ns.paths])
+            ctx.reporter.stats.requests = dict(gw.counts)
+            ctx.reporter.finish("restore")
+            return outcome(ctx.reporter)
         r = Restorer(reader, ctx.reporter, ns.target, window=max(256, 4 * ctx.config.operation.jobs),
                      owners=False if ns.no_owner else None, numeric=ns.numeric_owner)
         await r.run(cap, [os.fsencode(p) for p in ns.paths])
