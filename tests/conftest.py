@@ -171,3 +171,23 @@ def restamp(url: str, home: Path, stamps: dict[int, float]) -> None:
         db.execute("UPDATE backups SET ts=? WHERE generation=?", (ts, gen))
     db.commit()
     db.close()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3 API on loopback (moto's server, in this process): a boto3 client and the
+    storage options that reach it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        _host, port = server.get_host_and_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                              aws_secret_access_key="testing", region_name="us-east-1")
+        yield client, {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint,
+                                                                                   "region_name": "us-east-1"}}
+    finally:
+        server.stop()

@@ -7,6 +7,7 @@ among requests of that method (1-based) and returns an action:
 - ``None``: forward it;
 - ``"500"`` / ``"410"``: answer that status without forwarding;
 - ``"unhappy"``: answer 500 with Tahoe's UploadUnhappinessError text;
+- ``"slowdown"``: answer 503 with S3's SlowDown error (throttling);
 - ``"500-echo"``: answer 500 with a Tahoe-style traceback quoting the request's
   path and body (as Tahoe's own errors quote caps);
 - ``"drop"``: read the request, then close the connection unanswered;
@@ -78,6 +79,7 @@ class FaultProxy:
             method, target, _ = line.decode("latin-1").split(" ", 2)
             headers: list[tuple[str, str]] = []
             length = 0
+            chunked = False
             while True:
                 h = rfile.readline(65537).decode("latin-1")
                 if h in ("\r\n", "\n", ""):
@@ -86,7 +88,26 @@ class FaultProxy:
                 headers.append((name.strip(), value.strip()))
                 if name.strip().lower() == "content-length":
                     length = int(value.strip())
-            body = rfile.read(length) if length else b""
+                if name.strip().lower() == "transfer-encoding" and "chunked" in value.lower():
+                    chunked = True
+            if any(k.lower() == "expect" and "100" in v for k, v in headers):
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # the client waits for it to send the body
+                headers = [(k, v) for k, v in headers if k.lower() != "expect"]
+            if chunked:  # (S3 clients stream bodies so): forwarded with a length
+                parts = []
+                while True:
+                    size = int(rfile.readline(65537).split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                            pass  # trailers
+                        break
+                    parts.append(rfile.read(size))
+                    rfile.readline(65537)
+                body = b"".join(parts)
+                headers = [(k, v) for k, v in headers if k.lower() != "transfer-encoding"]
+                headers.append(("Content-Length", str(len(body))))
+            else:
+                body = rfile.read(length) if length else b""
             with self._lock:
                 self.counts[method] += 1
                 n = self.counts[method]
@@ -98,6 +119,11 @@ class FaultProxy:
                 text = (b"allmydata.interfaces.UploadUnhappinessError: fault injected by the test proxy\n"
                         if action == "unhappy" else b"fault injected by the test proxy\n")
                 self._send(conn, status, "Fault", [("Content-Type", "text/plain")], text)
+                continue
+            if action == "slowdown":
+                text = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+                        b"<Message>Please reduce your request rate.</Message></Error>")
+                self._send(conn, 503, "Slow Down", [("Content-Type", "application/xml")], text)
                 continue
             if action == "500-echo":
                 text = (b"Traceback (most recent call last):\n  File \"allmydata/web/common.py\"\n"
@@ -112,7 +138,7 @@ class FaultProxy:
                 time.sleep(self.stall)
                 conn.close()
                 return
-            status, reason, rheaders, rbody = self._forward(method, target, headers, body)
+            status, reason, rheaders, rbody, rlength = self._forward(method, target, headers, body)
             if action == "forward-drop":
                 conn.close()
                 return
@@ -126,10 +152,10 @@ class FaultProxy:
                 conn.sendall(head.encode("latin-1") + b"\r\n" + rbody[: len(rbody) // 2])
                 conn.close()
                 return
-            self._send(conn, status, reason, rheaders, rbody)
+            self._send(conn, status, reason, rheaders, rbody, length=rlength if method == "HEAD" else None)
 
     def _forward(self, method: str, target: str, headers: list[tuple[str, str]],
-                 body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+                 body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes, int | None]:
         c = http.client.HTTPConnection(*self.upstream, timeout=300)
         try:
             c.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
@@ -140,7 +166,8 @@ class FaultProxy:
             r = c.getresponse()
             data = r.read()
             rheaders = [(k, v) for k, v in r.getheaders() if k.lower() not in _HOP | {"content-length"}]
-            return r.status, r.reason, rheaders, data
+            length = r.getheader("content-length")  # a HEAD answer's says what a GET would carry
+            return r.status, r.reason, rheaders, data, int(length) if length else None
         finally:
             c.close()
 

@@ -16,6 +16,9 @@ ONLY_IN = {
     "twisted.internet.reactor": {"cli.py"},
     "twisted.conch": {"manhole.py"},
     "inotify_simple": {"system/inotify.py"},
+    "fsspec": {"backup/remote.py", "read/remote.py"},
+    "s3fs": set(),
+    "boto3": set(),
 }
 #: Modules that decide or describe, and do no I/O: no network, database, process, thread or reactor.
 PURE = {"backup/plan.py", "backup/filters.py", "backup/queue.py", "store/snapshot.py", "store/entry.py",

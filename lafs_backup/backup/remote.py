@@ -268,6 +268,8 @@ class FsspecSource:
         self._etag_is_md5 = self._s3
         #: The times the walk gave implied directories: phase two's lstat then needs no listing.
         self._dir_times: dict[bytes, int] = {}
+        #: The objects the walk listed, as it listed them (phase two's lstat asks no request of them).
+        self._listed: dict[bytes, os.stat_result] = {}
 
     # -- messages --------------------------------------------------------------------------------
     def _shown(self) -> str:
@@ -411,6 +413,7 @@ class FsspecSource:
         self._check_etags(note_once)
         root_st, root_extras, root_mtime = self._entry_stat(info)
         self._dir_times.clear()
+        self._listed.clear()
         try:
             children = self._list(self.root, b"", warn)
         except OSError as e:
@@ -449,12 +452,23 @@ class FsspecSource:
                 mtime = cst.st_mtime_ns or _newest(sub)  # 0: an implied directory, which reports no time
                 stack.append(_Frame(rel, path, cst, mtime, iter(sub), sub_state, extras=extras))
                 continue
+            self._listed[rel] = cst
             yield Entry.from_stat(rel, cst, extras=extras)
         if sel.listed is not None:
             for rel in sel.listed.missing():
                 warn(rel, "listed by --files-from, but not in the source (or excluded by another rule)")
 
     def lstat(self, rel: bytes) -> os.stat_result:
+        """The entry's state: as this process's walk listed it moments ago (an object store's HEAD
+        per object would cost a request for every unchanged file), else asked of the store.
+
+        The listing may be a little old; an object replaced since is caught when it is read (its
+        ETag no longer matches: ``pread`` raises ESTALE), and the next run stores it.
+        """
+        listed = self._listed.get(rel)
+        return listed if listed is not None else self.ask(rel)
+
+    def ask(self, rel: bytes) -> os.stat_result:
         """The entry's state now, asked of the store (one request); raises OSError (ENOENT: gone).
 
         A directory without a time of its own gets the one the walk gave it
@@ -477,8 +491,9 @@ class FsspecSource:
         return st
 
     def open(self, rel: bytes) -> "RemoteFile":
-        """Open an object for reading by ranges; raises OSError (ENOENT: gone, EISDIR: a prefix)."""
-        st = self.lstat(rel)
+        """Open an object for reading by ranges; raises OSError (ENOENT: gone, EISDIR: a prefix).
+        Only what is read costs the request that asks for its state now."""
+        st = self.ask(rel)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EISDIR, "not a regular file")
         path = self._path(rel)
@@ -529,7 +544,7 @@ class RemoteFile:
     def _changed(self) -> OSError | None:
         """An ESTALE (or ENOENT) error when the object is no longer the one opened, else None."""
         try:
-            now = self._source.lstat(self._rel)
+            now = self._source.ask(self._rel)
         except FileNotFoundError:
             return FileNotFoundError(errno.ENOENT, "the object vanished while it was read")
         except OSError:

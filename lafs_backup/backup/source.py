@@ -18,6 +18,13 @@ WarnFn = Callable[[bytes, str], None]
 NoteFn = Callable[[str, str], None]
 
 
+def is_url(text: str) -> bool:
+    """Does ``text`` name an fsspec location (``s3://bucket/prefix``, ``memory://x``) rather than a
+    local path?"""
+    head, sep, _ = text.partition("://")
+    return bool(sep) and head.replace("+", "_").isidentifier() and head != "file"
+
+
 class SourceFile(Protocol):
     """An open source file, read by offset (so uploads and hashes never share a position)."""
 

@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, Iterable, Iterator
 from ..backup.queue import QueueReader, write_queue
 from ..backup.record import append_result, link_into
 from ..backup.select import Selection, listed_paths, parse_if_present, parse_size, read_list
-from ..backup.source import LocalSource, Source
+from ..backup.source import LocalSource, Source, is_url
 from ..backup.upload import Settings, Uploader
 from ..cache import move_aside
 from ..errors import ExitCode, GatewayError, GridError, LocalError, UsageError
@@ -34,10 +34,24 @@ class Interrupted(Exception):
     """A thread's work was stopped because the command is being interrupted."""
 
 
+def make_source(ctx: Context, arg: str | None) -> Source:
+    """The source to back up: SOURCE or ``source.path``, a local directory (a glob picks one) or an
+    fsspec URL (``s3://bucket/prefix``, with ``source.storage_options``)."""
+    src = arg or ctx.config.source.path
+    if src and is_url(src):
+        from ..backup.remote import FsspecSource
+
+        return FsspecSource(src, ctx.config.source.storage_options)
+    return local_source(ctx, arg)
+
+
 def local_source(ctx: Context, arg: str | None) -> LocalSource:
     src = arg or ctx.config.source.path
     if not src:
         raise UsageError("No source to back up: give SOURCE or set source.path")
+    if is_url(src):
+        raise UsageError(f"{src.partition('://')[0]}:// sources can be backed up, not watched: inotify sees only "
+                         "local file systems (run 'lafs-backup backup' on a timer instead)")
     path = os.path.abspath(os.path.expanduser(src))
     if not os.path.isdir(path) and glob.has_magic(path):
         path = pick(ctx, path)
@@ -138,7 +152,7 @@ async def phase_one(ctx: Context, source: Source, qpath: str, totals: list[int],
 async def run(ctx: Context, ns: argparse.Namespace) -> int:
     rep = ctx.reporter
     conf = ctx.config
-    source = local_source(ctx, ns.source)
+    source = make_source(ctx, ns.source)
     if ns.dry_run:  # (argparse keeps it apart from --queue-only and --reuse-queue)
         from .dry_run import dry_run
 

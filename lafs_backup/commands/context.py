@@ -303,6 +303,12 @@ class Context:
 
     # -- which backups a command means ------------------------------------------------------------
     def source_filter(self, source: str | None) -> bytes | None:
+        from ..backup.source import is_url
+
+        if source and is_url(source):  # recorded as its label: the URL without credentials or query
+            from ..backup.remote import label_of
+
+            return label_of(source)
         return os.fsencode(os.path.abspath(os.path.expanduser(source))) if source else None
 
     def snapshot_source(self, source: str | None) -> bytes | None:

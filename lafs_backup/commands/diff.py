@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
+from ..backup.source import is_url
 from ..errors import UsageError
-from ..read.diff import Change, LiveDiff, SnapshotDiff
+from ..read.diff import Change, LiveDiff, SnapshotDiff, SourceDiff
 from ..read.reader import Reader
 from .context import Context
 
@@ -29,11 +31,39 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
         else:
             rec = next((x for x in await ctx.backups() if x.cap == cap_a), None)
             src = rec.source if rec is not None else ctx.snapshot_source(ns.source)
-            if not src or not os.path.isdir(src):
+            if src and is_url(os.fsdecode(src)):
+                await _remote_live(ctx, reader, os.fsdecode(src), emit, cap_a)
+            elif not src or not os.path.isdir(src):
                 raise UsageError("--live needs the snapshot's source directory: it is not recorded for this "
                                  "snapshot and source.path is not set")
-            await LiveDiff(reader, src, emit, ctx.config.filter).run(cap_a)
+            else:
+                await LiveDiff(reader, src, emit, ctx.config.filter).run(cap_a)
     finally:
         reader.close()
     rep.info(f"{len(found)} difference(s)")
     return 1 if found else 0
+
+
+async def _remote_live(ctx: Context, reader: Reader, url: str, emit: Any, cap: str) -> None:
+    """``--live`` for an fsspec source: its walk now (through the filter rules, in a thread), and the
+    objects whose size is unchanged but whose time moved, read and hashed."""
+    import hashlib
+
+    from ..backup.remote import FsspecSource
+
+    source = FsspecSource(url, ctx.config.source.storage_options)
+    warn = ctx.threadsafe(ctx.reporter.warn)
+    live = await ctx.in_thread(lambda: {e.path: e for e in source.walk(ctx.config.filter, warn, lambda k, m: None)})
+
+    def sha256(rel: bytes) -> str:
+        f = source.open(rel)
+        try:
+            h, pos = hashlib.sha256(), 0
+            while chunk := f.pread(1 << 20, pos):
+                h.update(chunk)
+                pos += len(chunk)
+            return h.hexdigest()
+        finally:
+            f.close()
+
+    await SourceDiff(reader, live, lambda rel: ctx.in_thread(sha256, rel), emit).run(cap)

@@ -17,7 +17,8 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     # few members: one Range GET each.
     reader = Reader(gw, whole_packs=not ns.paths)
     try:
-        from ..read.remote import RemoteRestorer, is_url
+        from ..backup.source import is_url
+        from ..read.remote import RemoteRestorer
 
         if is_url(ns.target):
             await RemoteRestorer(reader, ctx.reporter, ns.target, ctx.config.source.storage_options).run(

@@ -174,6 +174,52 @@ class LiveDiff:
         return self._filter.included(rel, is_dir)
 
 
+class SourceDiff:
+    """A snapshot against a source that is not a local directory (an object store), as its walk
+    lists it now: ``live`` maps each relative path to its entry.  A file's content counts as
+    changed when its size differs, or when its mtime differs and ``sha256(path)`` (read now)
+    differs from the recorded one."""
+
+    def __init__(self, reader: Reader, live: Mapping[bytes, Entry], sha256: Callable[[bytes], Any],
+                 emit: Callable[[Change], None]) -> None:
+        self.reader = reader
+        self.live = live
+        self.sha256 = sha256
+        self.emit = emit
+        self._children: dict[bytes, list[bytes]] = {}
+        for rel in live:
+            if rel:
+                self._children.setdefault(rel.rpartition(b"/")[0], []).append(rel.rpartition(b"/")[2])
+
+    async def run(self, cap: str) -> None:
+        tree, _ = await self.reader.root(cap)
+        await self._dir(tree, b"")
+
+    async def _dir(self, node: Node, rel: bytes) -> None:
+        snap = {n.name: n for n in await self.reader.children(node)}
+        for name in sorted(set(snap) | set(self._children.get(rel, ()))):
+            crel = rel + b"/" + name if rel else name
+            p = "/" + crel.decode("utf-8", "backslashreplace")
+            n, e = snap.get(name), self.live.get(crel)
+            if e is None:
+                self.emit(Change("-", p))
+                continue
+            live = edge_metadata(e)
+            if n is None:
+                self.emit(Change("+", p))
+                continue
+            content = None
+            if n.metadata.get("type") == "file" and live.get("type") == "file":
+                content = live.get("size") != n.metadata.get("size")
+                if not content and live.get("mtime_ns") != n.metadata.get("mtime_ns"):
+                    content = await self.sha256(crel) != n.metadata.get("sha256")
+            aspects = compare_meta(n.metadata, live, content)
+            if aspects:
+                self.emit(Change("M", p, aspects))
+            if n.kind == KIND_DIR and e.kind == KIND_DIR:
+                await self._dir(n, crel)
+
+
 def _sha256(path: bytes) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -24,12 +24,6 @@ from .reader import Reader
 log = logging.getLogger(__name__)
 
 
-def is_url(text: str) -> bool:
-    """Does ``text`` name an fsspec location (``s3://bucket/prefix``, ``memory://x``) rather than a path?"""
-    head, sep, _ = text.partition("://")
-    return bool(sep) and head.isidentifier() and head != "file"
-
-
 def open_fs(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
     """The fsspec file system and the root path a URL names; :class:`RestoreError` (never naming a
     credential) when its protocol is not installed or the options are refused."""
@@ -110,7 +104,11 @@ class RemoteRestorer:
                 with self.fs.open(self._key(rel), "wb") as out:
                     while chunk := spool.read(1 << 20):
                         out.write(chunk)
-            except OSError as e:
-                self.rep.warn(rel, f"cannot write to {self.url}: {e.strerror or e}")
+                stored = self.fs.info(self._key(rel)).get("size")
+            except (OSError, ValueError) as e:
+                self.rep.warn(rel, f"cannot write to {self.url}: {getattr(e, 'strerror', None) or e}")
+                return
+            if stored != got.size:  # a store that took a short body must not pass for a restore
+                self.rep.problem(rel, f"the store holds {stored} bytes of it, {got.size} were written")
                 return
             self.stats.bytes_written += got.size

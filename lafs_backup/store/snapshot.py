@@ -76,11 +76,11 @@ def edge_metadata(e: Entry, size: int | None = None, mtime_ns: int | None = None
         "lafs_backup": FORMAT,
         "type": _KIND_NAMES[e.kind],
         "mode": e.mode,
-        "uid": e.uid,
-        "gid": e.gid,
         "mtime_ns": e.mtime_ns if mtime_ns is None else mtime_ns,
         "ctime_ns": e.ctime_ns if ctime_ns is None else ctime_ns,
     }
+    if e.extra("owner") != b"none":  # a source with no ownership (an object store): none is invented
+        meta["uid"], meta["gid"] = e.uid, e.gid
     if e.kind == KIND_FILE:
         meta["size"] = e.size if size is None else size
         if sha256 is not None:
@@ -101,6 +101,8 @@ def edge_metadata(e: Entry, size: int | None = None, mtime_ns: int | None = None
             meta["rdev"] = int(value)
         elif key == "hardlink":
             meta["hardlink"] = value.decode("ascii", "replace")
+        elif key in ("etag", "version", "md5"):  # what a remote source says identifies the object
+            meta[key] = value.decode("utf-8", "replace")
         elif key.startswith("x:"):
             name = key[2:].encode("utf-8", "surrogateescape")
             label = name.decode("utf-8") if _is_utf8(name) else "b64:" + base64.b64encode(name).decode()
