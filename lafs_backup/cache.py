@@ -26,6 +26,9 @@ This is the only module that talks to sqlite.  Schema history (``meta.schema_ver
   generation whose snapshot it builds on.  It keeps whole subtrees of that
   snapshot without looking up their rows, so those rows still carry older
   generations; cleanup keeps every row a kept backup's base chain may use.
+* 7: ``copied(dest, src, dst)``: for ``copy``, each object or directory the
+  destination grid (its gateway URL) confirmed, by its cap here and there;
+  ``copies(cap, dest, dst, ts)``: the snapshots copied, for ``list``.
 
 Rows are written only after the gateway confirmed a cap.  The uploader
 commits rows that record an upload at once; other writes are batched (rows or
@@ -49,7 +52,7 @@ from .errors import CacheBusyError, CacheError
 from .history import Backup
 from .store.snapshot import Hit
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: How long to wait for another process's write to finish before calling the cache busy.
 BUSY_TIMEOUT_MS = 10000
 
@@ -70,6 +73,10 @@ CREATE TABLE IF NOT EXISTS backups (
 CREATE INDEX IF NOT EXISTS backups_generation ON backups (generation);
 CREATE TABLE IF NOT EXISTS checked (cap TEXT PRIMARY KEY, ts_check REAL, ts_lease REAL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS paths (key BLOB PRIMARY KEY, generation INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS copied (dest TEXT NOT NULL, src TEXT NOT NULL, dst TEXT NOT NULL,
+    PRIMARY KEY (dest, src)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS copies (cap TEXT NOT NULL, dest TEXT NOT NULL, dst TEXT NOT NULL, ts REAL NOT NULL,
+    PRIMARY KEY (cap, dest)) WITHOUT ROWID;
 """
 
 
@@ -194,6 +201,11 @@ class EntryCache:
                                "WHERE ts_check IS NOT NULL GROUP BY cap")
                 if version < 6:
                     db.execute("ALTER TABLE generations ADD COLUMN base INTEGER")
+                if version < 7:
+                    db.execute("CREATE TABLE IF NOT EXISTS copied (dest TEXT NOT NULL, src TEXT NOT NULL, "
+                               "dst TEXT NOT NULL, PRIMARY KEY (dest, src)) WITHOUT ROWID")
+                    db.execute("CREATE TABLE IF NOT EXISTS copies (cap TEXT NOT NULL, dest TEXT NOT NULL, "
+                               "dst TEXT NOT NULL, ts REAL NOT NULL, PRIMARY KEY (cap, dest)) WITHOUT ROWID")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             db.execute("COMMIT")
         except BaseException:
@@ -376,6 +388,29 @@ class EntryCache:
         db.execute("DELETE FROM generations WHERE gen <= ? AND gen NOT IN (SELECT g FROM kept)", (top,))
         self.commit()
         return deleted
+
+    # -- copies on other grids ------------------------------------------------------------------
+    def copied(self, dest: str, src: str) -> str | None:
+        """The cap on grid ``dest`` of the object or directory ``src`` copied there (None: not yet)."""
+        row = self._db.execute("SELECT dst FROM copied WHERE dest=? AND src=?", (dest, src)).fetchone()
+        return row[0] if row else None
+
+    def set_copied(self, dest: str, src: str, dst: str) -> None:
+        """Grid ``dest`` confirmed ``src`` as ``dst``: committed at once, so a killed copy never sends it again."""
+        self._db.execute("INSERT OR REPLACE INTO copied VALUES (?, ?, ?)", (dest, src, dst))
+        self.commit()
+
+    def record_copy(self, cap: str, dest: str, dst: str, ts: float) -> None:
+        """Snapshot ``cap`` is held by grid ``dest`` too, as ``dst``."""
+        self._db.execute("INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?)", (cap, dest, dst, ts))
+        self.commit(durable=True)
+
+    def copies(self) -> dict[str, list[str]]:
+        """Snapshot cap -> the other grids (gateway URLs) known to hold a copy of it."""
+        out: dict[str, list[str]] = {}
+        for cap, dest in self._db.execute("SELECT cap, dest FROM copies ORDER BY dest"):
+            out.setdefault(cap, []).append(dest)
+        return out
 
     def _with_bases(self, kept: set[int]) -> set[int]:
         """``kept`` and every generation an incremental one among them builds on (its rows may

@@ -117,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--tag", action="append", metavar="TAG", help="record this tag with every backup (repeatable)")
     _selection(w)
 
+    cp = sub.add_parser("copy", parents=[common], help="copy backups to a second grid (every one it lacks, newest "
+                                                      "first), recorded in that grid's repository")
+    cp.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="only these backups (default: all)")
+    cp.add_argument("--to-url", required=True, metavar="URL", help="the second grid's gateway")
+    cp.add_argument("-j", "--jobs", type=int, metavar="N", help="objects copied at once (operation.jobs)")
+    cp.add_argument("--to-repo", metavar="KEY|FILE|-", help="the second grid's repository (its recovery key, a file "
+                    "holding it, or - for stdin; default: this machine's for that grid, made on first use)")
+    _which(cp)
+
     r = sub.add_parser("restore", parents=[common], help="restore a snapshot into a directory")
     r.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
     r.add_argument("paths", nargs="*", metavar="PATH", help="restore only these subtrees")
@@ -365,7 +374,7 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
 
 
 #: Commands that run long enough to be worth a manhole.
-_WITH_MANHOLE = {"backup", "watch", "restore", "check", "verify", "cleanup", "diff"}
+_WITH_MANHOLE = {"backup", "watch", "copy", "restore", "check", "verify", "cleanup", "diff"}
 
 
 async def _dispatch(ctx: Any, ns: argparse.Namespace) -> int:

@@ -42,6 +42,8 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "destination.url": (str, _NULL),
     "destination.happy": (int, _NULL),
     "destination.lease_days": (int, float, _NULL),
+    "destination.copies": (int,),
+    "destination.copy_to": (list,),
     "destination.result.print_to_stdout": (bool,),
     "destination.result.append_to_file": (str, _NULL),
     "destination.result.append_to_lafs_dir": (str, _NULL),
@@ -185,7 +187,7 @@ def _check_values(tree: Mapping[str, Any]) -> None:
         return ConfigError(source="configuration", key=key, problem=problem)
 
     for key in ("operation.jobs", "operation.window", "operation.retry.attempts", "grid.nodes",
-                "grid.needed", "grid.happy"):
+                "grid.needed", "grid.happy", "destination.copies"):
         if get(tree, key) < 1:
             raise bad(key, "must be at least 1")
     n, k, h = get(tree, "grid.nodes"), get(tree, "grid.needed"), get(tree, "grid.happy")
@@ -215,6 +217,9 @@ def _check_values(tree: Mapping[str, Any]) -> None:
     options = get(tree, "source.storage_options")
     if options is not None and not all(isinstance(k, str) and k.isidentifier() for k in options):
         raise bad("source.storage_options", "expected a mapping of option names (identifiers) to values")
+    for url in get(tree, "destination.copy_to"):
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise bad("destination.copy_to", f"each entry must be a gateway's http:// or https:// URL, got {url!r}")
     furl = get(tree, "repository.introducer_furl")
     if furl is not None and not furl.startswith("pb://"):
         raise bad("repository.introducer_furl", "must be a Foolscap FURL (pb://...)")
@@ -347,6 +352,9 @@ class DestinationConfig:
     pack_max_file_size: int
     pack_target_size: int
     encoding: Any  # EncodingRules, compiled
+    #: How many grids should hold each backup, and the other grids' gateways ``backup`` copies to.
+    copies: int = 1
+    copy_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -470,7 +478,8 @@ def from_tree(tree: Mapping[str, Any]) -> Config:
                          g("destination.result.append_to_lafs_dir")),
             g("destination.pack.max_file_size"), g("destination.pack.target_size"),
             compile_rules(g("destination.encoding.method"), g("destination.encoding.min_size"),
-                          g("destination.encoding.path_filter"))),
+                          g("destination.encoding.path_filter")),
+            g("destination.copies"), tuple(gateway_base(u) for u in g("destination.copy_to"))),
         grid=GridConfig(expand(g("grid.dir")), g("grid.nodes"), g("grid.needed"), g("grid.happy"),
                         float(g("grid.start_timeout"))),
         operation=OperationConfig(g("operation.jobs"), g("operation.window"), retry_policy(tree),

@@ -43,6 +43,10 @@ class Backup:
     #: Where the repository records it (None: not yet).
     writer: str | None = None
     record: str | None = None
+    #: A copy made by ``copy``: the snapshot cap of the backup it copies (on the grid it was made on).
+    original: str | None = None
+    #: The other grids (gateway URLs) this machine copied it to.
+    copies: tuple[str, ...] = ()
 
     @property
     def source_text(self) -> str:
@@ -56,8 +60,8 @@ class Backup:
         return hashlib.sha256(f"{self.cap}\0{self.ts!r}".encode()).hexdigest()[:8]
 
 
-def merge(local: Sequence[Backup], records: Sequence[Any], checks: dict[str, tuple[float | None, float | None]]
-          ) -> list[Backup]:
+def merge(local: Sequence[Backup], records: Sequence[Any], checks: dict[str, tuple[float | None, float | None]],
+          copies: dict[str, list[str]] | None = None) -> list[Backup]:
     """The backups the repository ``records`` (every machine's), each joined with this machine's own
     cache row when it made it, and this machine's backups the repository does not record yet."""
     own = {(b.writer, b.record): b for b in local if b.record}
@@ -69,7 +73,8 @@ def merge(local: Sequence[Backup], records: Sequence[Any], checks: dict[str, tup
         out.append(Backup(f"{r.writer}/{r.name}", r.generation, r.cap, r.source, mine.name if mine else name,
                           r.ts, ts_check, mine.link_dir if mine else None, mine.link_name if mine else None,
                           mine.result_file if mine else None, r.host, ts_lease, r.tags, r.summary,
-                          mine.row if mine else None, r.writer, r.name))
+                          mine.row if mine else None, r.writer, r.name, getattr(r, "original", None),
+                          tuple((copies or {}).get(r.cap, ()))))
     # Not recorded there yet (the repository could not be written): this machine's own record stands.
     out += [b for b in local if not b.record]
     return sorted(out, key=lambda x: (x.ts, x.id))

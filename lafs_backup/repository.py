@@ -93,6 +93,8 @@ class Record:
     #: Where it is: the writer's directory and the entry's name in it.
     writer: str = ""
     name: str = ""
+    #: A copy (``lafs-backup copy``): the snapshot cap it was copied from, on the grid it was made on.
+    original: str | None = None
 
     def metadata(self) -> dict[str, Any]:
         """The link metadata that is the record on the grid."""
@@ -100,9 +102,12 @@ class Record:
             source: Any = self.source.decode("utf-8")
         except UnicodeDecodeError:
             source = {"b64": base64.b64encode(self.source).decode()}
-        return {"lafs_backup_record": RECORD_FORMAT, "host": self.host, "source": source, "time": self.ts,
-                "generation": self.generation, "tags": list(self.tags), "summary": self.summary,
-                "version": self.version}
+        out = {"lafs_backup_record": RECORD_FORMAT, "host": self.host, "source": source, "time": self.ts,
+               "generation": self.generation, "tags": list(self.tags), "summary": self.summary,
+               "version": self.version}
+        if self.original is not None:
+            out["original"] = self.original
+        return out
 
     @classmethod
     def from_metadata(cls, cap: str, meta: Any, writer: str, name: str) -> "Record | None":
@@ -112,9 +117,10 @@ class Record:
         try:
             src = meta["source"]
             source = src.encode("utf-8") if isinstance(src, str) else base64.b64decode(src["b64"])
+            original = meta.get("original")
             return cls(cap, str(meta["host"]), source, float(meta["time"]), int(meta["generation"]),
                        tuple(str(t) for t in meta.get("tags") or ()), dict(meta.get("summary") or {}),
-                       str(meta.get("version", "")), writer, name)
+                       str(meta.get("version", "")), writer, name, original if isinstance(original, str) else None)
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -219,7 +225,7 @@ class Repository:
             there = (await self._listing(wcap)).get(name)
             if there is not None and there[2] == rec.cap:
                 return Record(rec.cap, rec.host, rec.source, rec.ts, rec.generation, rec.tags, rec.summary,
-                              rec.version, writer, name)
+                              rec.version, writer, name, rec.original)
         raise GridError(problem="the backup could not be recorded in the repository; it is kept in the "
                                 "local cache and recorded there by the next run")
 

@@ -5,4 +5,4 @@ from __future__ import annotations
 #: Command name -> the module (in this package) whose ``run(ctx, ns)`` does it.
 COMMANDS = {"backup": "backup", "restore": "restore", "list": "list", "check": "check", "cleanup": "cleanup",
             "diff": "diff", "verify": "verify", "grid": "grid", "dump-config": "dump_config", "init": "init",
-            "key": "key", "ls": "ls", "watch": "watch", "find": "find", "dump": "dump", "mount": "mount"}
+            "key": "key", "ls": "ls", "watch": "watch", "copy": "copy", "find": "find", "dump": "dump", "mount": "mount"}

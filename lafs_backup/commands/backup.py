@@ -180,10 +180,31 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     await gw.preflight()
     made = await phase_two(ctx, source, qpath, totals, host, tuple(ns.tag or ()), ns.mode, ns.rebuild_cache)
     rep.stats.requests = dict(gw.counts)
+    copies = await _copy(ctx, made)
     if conf.destination.result.print_to_stdout and not rep.json_mode:
         rep.output(made.cap)
-    rep.finish("backup", {"cap": made.cap, "generation": made.backup.generation} if rep.json_mode else None)
+    rep.finish("backup", {"cap": made.cap, "generation": made.backup.generation, "copies": copies}
+               if rep.json_mode else None)
     return outcome(rep)
+
+
+async def _copy(ctx: Context, made: "Made") -> list[str]:
+    """``destination.copy_to``: the new backup copied to each other grid (a grid that cannot take it is a
+    warning: the backup itself is done, and the next backup or ``copy`` catches up)."""
+    from .copy import copy_backups
+
+    done = []
+    for url in ctx.config.destination.copy_to:
+        try:
+            summary = await copy_backups(ctx, url, [made.backup])
+        except GridError as e:
+            ctx.reporter.warn(url, f"the backup was not copied to this grid ({e.message}); 'lafs-backup copy "
+                                   f"--to-url {url}' copies it later")
+            continue
+        done.append(url)
+        ctx.reporter.info(f"copied to {url}: {summary['objects_copied']} objects, {summary['directories_made']} "
+                          "directories")
+    return done
 
 
 @dataclass

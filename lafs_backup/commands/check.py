@@ -70,6 +70,7 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
                              + f", {len(bad)} unhealthy" + (", leases renewed" if lease else ""))
             ctx._history = None
             ctx.warn_expiring(await ctx.backups())
+            ctx.warn_copies(await ctx.backups())
         finally:
             cache.close()
     finally:

@@ -190,7 +190,7 @@ class Context:
     def explicit_key(self) -> Any:
         """The recovery key given by --repo, LAFS_BACKUP_REPO or ``repository.key_file`` (None: none)."""
         from ..errors import UsageError
-        from ..repository import KEY_PREFIX, RepoKey
+        from ..repository import RepoKey
 
         if self._key_read:
             return self._key
@@ -198,14 +198,8 @@ class Context:
         arg = self.repo_arg or os.environ.get("LAFS_BACKUP_REPO")
         text = None
         if arg:
-            if arg == "-":
-                import sys
-
-                text = sys.stdin.readline()
-            elif arg.strip().startswith(KEY_PREFIX):
-                text = arg
-            else:
-                text = _read_key(arg, "--repo / LAFS_BACKUP_REPO")
+            self._key = read_key_arg(arg, "--repo / LAFS_BACKUP_REPO")
+            return self._key
         elif self.config.repository.key_file and os.path.exists(self.config.repository.key_file):
             text = _read_key(self.config.repository.key_file, "repository.key_file")
         elif self.config.repository.key_file:
@@ -218,9 +212,7 @@ class Context:
         """Where this machine keeps its recovery key (mode 0600)."""
         if self.config.repository.key_file:
             return self.config.repository.key_file
-        name = "local" if not self.config.destination.url else hashlib.sha256(
-            (await self.url()).encode()).hexdigest()[:12]
-        return os.path.join(state_dir(), "repositories", f"{name}.key")
+        return key_path_for(await self.url() if self.config.destination.url else None)
 
     async def repo_key(self) -> Any:
         """The recovery key: given, or this machine's own (None: there is no repository yet)."""
@@ -261,12 +253,7 @@ class Context:
             furl = furl or grid.furl()
             needed, happy, total = state.get("needed"), state.get("happy"), state.get("nodes")
         repo = await Repository.create(await self.gateway(), furl, needed, happy, total)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(repo.key.encode() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        save_key(path, repo.key)
         self._key = repo.key
         self.reporter.say(f"lafs-backup: made a repository on the grid; its recovery key is in {path}. Keep a "
                           "copy of it off this machine ('lafs-backup key' prints it): with it alone a new "
@@ -280,12 +267,12 @@ class Context:
             return self._history
         cache = await self.cache(reader=True)
         try:
-            local, checks = cache.backups(), cache.checks()
+            local, checks, copies = cache.backups(), cache.checks(), cache.copies()
         finally:
             cache.close()
         repo = await self.repository()
         if repo is None:
-            return local
+            return [dataclasses.replace(b, copies=tuple(copies.get(b.cap, ()))) for b in local]
         from ..repository import Record
 
         try:
@@ -297,8 +284,8 @@ class Context:
                 raise
             self.reporter.advise("repository", f"{getattr(e, 'message', e)}; listing this machine's own "
                                                "backups only")
-            return local
-        self._history = history.merge(local, records, checks)
+            return [dataclasses.replace(b, copies=tuple(copies.get(b.cap, ()))) for b in local]
+        self._history = history.merge(local, records, checks, copies)
         return self._history
 
     # -- which backups a command means ------------------------------------------------------------
@@ -348,6 +335,16 @@ class Context:
                                            f"whose leases end from {iso(first)} on; run 'lafs-backup check' to "
                                            "renew them")
 
+    def warn_copies(self, backups: list[Backup]) -> None:
+        """Warn about backups fewer grids hold than ``destination.copies`` asks (copies of another
+        grid's backups count as held)."""
+        want = self.config.destination.copies
+        short = [b for b in backups if b.original is None and 1 + len(b.copies) < want]
+        if short:
+            gens = ", ".join(str(b.generation) for b in short[:10]) + (" ..." if len(short) > 10 else "")
+            self.reporter.advise("copies", f"{len(short)} backup(s) (generation {gens}) are held by fewer than "
+                                           f"{want} grids (destination.copies); run 'lafs-backup copy --to-url URL'")
+
     # -- threads --------------------------------------------------------------------------------
     async def in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run blocking work off the reactor thread, so signals, timers and the manhole stay live
@@ -371,6 +368,38 @@ class Context:
         return call
 
 
+def key_path_for(url: str | None) -> str:
+    """Where this machine keeps the recovery key of the repository on the grid behind gateway ``url``
+    (None: the embedded grid)."""
+    name = "local" if url is None else hashlib.sha256(url.encode()).hexdigest()[:12]
+    return os.path.join(state_dir(), "repositories", f"{name}.key")
+
+
+def save_key(path: str, key: Any) -> None:
+    """Keep a recovery key in a new file of mode 0600, synced."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.encode() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_key_arg(arg: str, what: str) -> Any:
+    """A recovery key given as the key itself, a file holding it, or - (stdin)."""
+    import sys
+
+    from ..repository import KEY_PREFIX, RepoKey
+
+    if arg == "-":
+        text = sys.stdin.readline()
+    elif arg.strip().startswith(KEY_PREFIX):
+        text = arg
+    else:
+        text = _read_key(arg, what)
+    return RepoKey.decode(text)
+
+
 def _read_key(path: str, what: str) -> str:
     from ..errors import UsageError
 
@@ -388,4 +417,5 @@ def backup_json(b: Backup, floors: dict[str, float] | None = None) -> dict[str, 
             "host": b.host, "source": b.source_text, "name": b.name, "cap": b.cap, "tags": list(b.tags),
             "last_check": iso(b.ts_check) if b.ts_check else None,
             "leases_renewed": iso(b.ts_lease) if b.ts_lease else None,
-            "leases_end": iso(floor + history.LEASE_DAYS * 86400) if floor is not None else None}
+            "leases_end": iso(floor + history.LEASE_DAYS * 86400) if floor is not None else None,
+            "copies": list(b.copies), "original": b.original}

@@ -23,6 +23,9 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     else:
         for it in items:
             tags = f"  [{','.join(it['tags'])}]" if it["tags"] else ""
+            grids = f"  also on: {', '.join(it['copies'])}" if it["copies"] else ""
+            copy = "  (a copy)" if it["original"] else ""
             rep.output(f"{it['id']}  {it['generation']:>5}  {it['time']}  {it['host'] or '-'}  {it['source']}{tags}  "
-                       f"leases renewed: {it['leases_renewed'] or 'never'}  {it['cap']}")
+                       f"leases renewed: {it['leases_renewed'] or 'never'}{grids}{copy}  {it['cap']}")
+    ctx.warn_copies(chosen)
     return ExitCode.OK

@@ -1,0 +1,221 @@
+"""Copying snapshots to a second grid: every object read once from the source, stored on the destination.
+
+A snapshot is copied from its leaves up.  A file, pack or encoded object is
+streamed from the source gateway into a private temporary file, then
+uploaded to the destination (nothing is held in memory whole); a LIT cap
+holds its content and is the same on every grid.  A directory is rebuilt
+from its listing with each child's cap, and the pack and object caps in its
+edges' metadata, replaced by their destination caps, in the same canonical
+form it was made in: when the two grids encode alike (the same k, N,
+segment size and convergence secret) every cap comes out equal, and the
+copy is the same snapshot.  Each object the destination confirmed goes into
+a map (``map_get``/``map_put``, kept in the entry cache per destination and
+committed at once), so a killed copy resumes without sending it again and a
+directory already copied is skipped whole, its subtree unread.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+
+from ..errors import SnapshotError
+from ..store.snapshot import canonical_json, lit_data
+from ..system.paths import LocalFile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CopyStats:
+    """What a copy did."""
+
+    objects: int = 0
+    bytes: int = 0
+    dirs: int = 0
+    reused: int = 0
+    identical: int = 0
+    different: int = 0
+    caps: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def same_caps(self) -> bool | None:
+        """Did the destination give the source's caps (None: nothing was stored to tell)?"""
+        if not (self.identical or self.different):
+            return None
+        return self.different == 0
+
+
+class Copier:
+    """Copies snapshots from ``source`` (a gateway) to ``dest`` (another gateway's client)."""
+
+    def __init__(self, source: Any, dest: Any, map_get: Callable[[str], str | None],
+                 map_put: Callable[[str, str], None], jobs: int = 4, tmpdir: str | None = None) -> None:
+        self.src = source
+        self.dst = dest
+        self._get = map_get
+        self._put = map_put
+        self._slots = DeferredSemaphore(max(1, jobs))
+        self._listings = DeferredSemaphore(max(2, jobs))
+        self._tmpdir = tmpdir
+        self._inflight: dict[str, list[Deferred]] = {}
+        self.stats = CopyStats()
+
+    async def snapshot(self, cap: str) -> str:
+        """The destination cap of snapshot ``cap``, copying whatever the destination lacks."""
+        return await self._dir(cap)
+
+    # -- directories ---------------------------------------------------------------------------
+    async def _dir(self, cap: str) -> str:
+        done = self._get(cap)
+        if done is not None:
+            self.stats.reused += 1
+            return done
+        return await self._once(cap, self._make_dir)
+
+    async def _make_dir(self, cap: str) -> str:
+        await self._listings.acquire()
+        try:
+            listing = await self.src.get_json(cap)
+        finally:
+            self._listings.release()
+        try:
+            children = listing[1]["children"]
+            items = [(name, ntype, info) for name, (ntype, info) in children.items()]
+        except (IndexError, KeyError, TypeError, ValueError):
+            raise SnapshotError(what="(copy)", problem="a directory listing is not one")
+        new = await _all([self._edge(ntype, info) for _, ntype, info in items])
+        body = canonical_json({name: edge for (name, _, _), edge in zip(items, new)})
+        made = await self.dst.mkdir_immutable(body)
+        self._record(cap, made)
+        self.stats.dirs += 1
+        return str(made)
+
+    async def _edge(self, ntype: str, info: dict[str, Any]) -> list[Any]:
+        """One child edge with destination caps, in the form it was made in ('metadata' only when
+        there is some, as lafs-backup writes its directories)."""
+        cap = info.get("ro_uri")
+        if not isinstance(cap, str):
+            raise SnapshotError(what="(copy)", problem="an entry has no read cap")
+        meta = dict(info.get("metadata") or {})
+        meta.pop("tahoe", None)  # (Tahoe's own link times, where a gateway adds them)
+        pack = meta.get("pack")
+        if isinstance(pack, dict) and isinstance(pack.get("cap"), str):
+            meta["pack"] = {**pack, "cap": await self._object(pack["cap"])}
+        if isinstance(meta.get("object"), str):
+            meta["object"] = await self._object(meta["object"])
+        dst = await (self._dir(cap) if ntype == "dirnode" else self._object(cap))
+        out: dict[str, Any] = {"ro_uri": dst}
+        if meta:
+            out["metadata"] = meta
+        return [ntype, out]
+
+    # -- objects ---------------------------------------------------------------------------------
+    async def _object(self, cap: str) -> str:
+        if lit_data(cap) is not None:
+            return cap  # the content is the cap: the same on every grid
+        done = self._get(cap)
+        if done is not None:
+            self.stats.reused += 1
+            return done
+        return await self._once(cap, self._transfer)
+
+    async def _once(self, cap: str, work: Callable[[str], Any]) -> str:
+        """``work(cap)``, once however many edges name ``cap`` at the same time (a pack, the packed-file
+        marker directory): the grid refuses two uploads of the same bytes at once as unhappy."""
+        waiting = self._inflight.get(cap)
+        if waiting is not None:
+            d: Deferred = Deferred()
+            waiting.append(d)
+            return str(await d)
+        waiting = self._inflight[cap] = []
+        try:
+            made = await work(cap)
+        except BaseException as e:
+            for d in waiting:
+                d.errback(e)
+            raise
+        finally:
+            del self._inflight[cap]
+        for d in waiting:
+            d.callback(made)
+        return str(made)
+
+    async def _transfer(self, cap: str) -> str:
+        await self._slots.acquire()
+        fd = os.open(self._tmpdir or tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR, 0o600)
+        try:
+            pos = [0]
+
+            def sink(chunk: bytes) -> None:
+                os.pwrite(fd, chunk, pos[0])
+                pos[0] += len(chunk)
+
+            def restart() -> None:
+                os.ftruncate(fd, 0)
+                pos[0] = 0
+
+            await self.src.download(cap, sink, restart)
+            size = pos[0]
+            src = LocalFile(fd)
+            made = await self.dst.put_file(lambda: _View(src, size), label="(copy)")
+        finally:
+            os.close(fd)
+            self._slots.release()
+        self._record(cap, made)
+        self.stats.objects += 1
+        self.stats.bytes += size
+        return str(made)
+
+    def _record(self, src: str, dst: str) -> None:
+        self._put(src, dst)
+        if src == dst:
+            self.stats.identical += 1
+        else:
+            self.stats.different += 1
+
+
+async def _all(coros: list[Any]) -> list[Any]:
+    """The results of ``coros`` run together; the first failure is raised as itself."""
+    try:
+        return list(await gatherResults([Deferred.fromCoroutine(c) for c in coros], consumeErrors=True))
+    except FirstError as e:
+        e.subFailure.raiseException()
+        raise  # (unreachable)
+
+
+class _View(io.RawIOBase):
+    """A file object over the first ``size`` bytes of a temporary file, with its own position (each
+    upload attempt gets a fresh one)."""
+
+    def __init__(self, src: LocalFile, size: int) -> None:
+        super().__init__()
+        self._src = src
+        self._size = size
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._size - self._pos
+        n = left if n is None or n < 0 else min(n, left)
+        data = self._src.pread(n, self._pos) if n > 0 else b""
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = max(0, {0: 0, 1: self._pos, 2: self._size}[whence] + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
