@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark lafs-backup against `tahoe backup` and duplicity, side by side, and write bench/RESULTS.md.
 
-usage: python bench/run.py [--work DIR] [--scale N] [--no-scale] [--no-rivals] [--only check|browse|watch|remote]
+usage: python bench/run.py [--work DIR] [--scale N] [--no-scale] [--no-rivals] [--only check|browse|watch|remote|copy]
 
 Each tool gets its own copy of the tree from bench/mktree.py (default
 size) and its own fresh local grid of the same shape (3 storage nodes,
@@ -529,6 +529,52 @@ def bench_remote(work: Path) -> str:
         "answers listings and ranged reads at its own pace.", ""])
 
 
+def bench_copy(work: Path) -> str:
+    """``copy`` of a backup of the benchmark tree from a 2-of-3 grid to a 3-of-5 grid, beside a full restore of
+    the same snapshot from the first grid; then a second copy (nothing new)."""
+    import json
+
+    tree = work / "tree"
+    size = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
+    home = work / "copy-home"
+    shutil.rmtree(home, ignore_errors=True)
+    ga, gb = work / "grid-copy-a", work / "grid-copy-b"
+    for g in (ga, gb):
+        shutil.rmtree(g, ignore_errors=True)
+    env = env_for(home)
+    url_a = grid_up(ga, home)
+    _, _, out = timed([PY, "-m", "lafs_backup", "grid", "up", "--dir", str(gb), "--nodes", "5", "--needed", "3",
+                       "--happy", "5"], env=env)
+    url_b = out.strip()
+    lb = [PY, "-m", "lafs_backup", "--url", url_a]
+    try:
+        timed(lb + ["backup", str(tree)], env=env)
+        target = work / "copy-restore"
+        shutil.rmtree(target, ignore_errors=True)
+        wr, rr, _ = timed(lb + ["restore", "latest", "--target", str(target)], env=env)
+        wc, rc, out = timed(lb + ["--json", "copy", "--to-url", url_b], env=env)
+        summary = json.loads(out.splitlines()[-1])
+        w2, _, out2 = timed(lb + ["--json", "copy", "--to-url", url_b], env=env)
+        again = json.loads(out2.splitlines()[-1])
+    finally:
+        grid_down(ga, home)
+        grid_down(gb, home)
+    mb = size / 1e6
+    return "\n".join([
+        f"## Copy: a second grid ({datetime.date.today().isoformat()})", "",
+        f"A backup of the benchmark tree ({mb:.1f} MB in regular files) on a 2-of-3 grid, copied to a fresh "
+        "3-of-5 grid (every cap differs, so every directory is rebuilt), beside a full restore of the same "
+        "snapshot from the first grid.  Both grids run on this machine's two cores.", "",
+        "| operation | time | throughput | peak RSS |", "|---|---|---|---|",
+        f"| full restore from grid 1 | {wr:.2f} s | {mb / wr:.1f} MB/s | {rr // 1024} MB |",
+        f"| copy to grid 2 | {wc:.2f} s | {mb / wc:.1f} MB/s | {rc // 1024} MB |",
+        f"| second copy (nothing new) | {w2:.2f} s | | |", "",
+        f"Copy / restore: {wc / wr:.2f}x.  The copy stored {summary['objects_copied']} objects "
+        f"({summary['bytes_copied'] / 1e6:.1f} MB, packs and large files) and made {summary['directories_made']} "
+        f"directories; requests on grid 2: {summary['requests_destination']}.  The second copy stored "
+        f"{again['objects_copied']} objects and sent {again['requests_destination']} to grid 2.", ""])
+
+
 def update_section(title_start: str, text: str) -> None:
     """Replace (or add) the section of RESULTS.md whose heading starts with ``title_start``."""
     path = HERE / "RESULTS.md"
@@ -545,13 +591,18 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=1_000_000)
     ap.add_argument("--no-scale", action="store_true")
     ap.add_argument("--no-rivals", action="store_true")
-    ap.add_argument("--only", metavar="SECTION", choices=["check", "browse", "watch", "remote"],
+    ap.add_argument("--only", metavar="SECTION", choices=["check", "browse", "watch", "remote", "copy"],
                     help="measure only this section and update it in RESULTS.md")
     a = ap.parse_args()
     if a.only:
         work = Path(a.work).resolve()
         shutil.rmtree(work / "tree", ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
+        if a.only == "copy":
+            subprocess.run([PY, str(MKTREE), str(work / "tree")], check=True, stdout=subprocess.DEVNULL)
+            update_section("Copy:", bench_copy(work))
+            print((HERE / "RESULTS.md").read_text())
+            return
         if a.only == "remote":
             subprocess.run([PY, str(MKTREE), str(work / "tree")], check=True, stdout=subprocess.DEVNULL)
             update_section("Sources:", bench_remote(work))
