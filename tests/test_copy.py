@@ -104,6 +104,17 @@ def test_copy_to_a_grid_of_another_shape(grids, home, tmp_path):
     r = run_cli(["--url", a.url, "-o", "destination.copies=3", "list"], home)
     assert "held by fewer than 3 grids" in r.err
 
+    # The copies policy: a backup ends by copying itself to the grids of destination.copy_to.
+    (src / "after-the-copies.txt").write_text("made for the third backup\n" * 30)
+    r = run_cli(["--url", a.url, "-o", f"destination.copy_to=['{b.url}']", "-o", "destination.copies=2", "--json",
+                 "backup", str(src)], home)
+    assert r.code == 0, r.err
+    assert json.loads(r.out.splitlines()[-1])["copies"] == [b.url]
+    listed = json.loads(run_cli(["--url", a.url, "--json", "list"], home, check=True).out)
+    assert [x["copies"] for x in listed] == [[b.url]] * 3
+    r = run_cli(["--url", a.url, "-o", "destination.copies=2", "list"], home, check=True)
+    assert "fewer than" not in r.err
+
     # The first grid stopped: the copy alone restores identically, bytes and metadata.
     run_cli(["grid", "down", "--dir", str(a.dir)], home, check=True)
     out = tmp_path / "restored"

@@ -8,7 +8,10 @@ from its listing with each child's cap, and the pack and object caps in its
 edges' metadata, replaced by their destination caps, in the same canonical
 form it was made in: when the two grids encode alike (the same k, N,
 segment size and convergence secret) every cap comes out equal, and the
-copy is the same snapshot.  Each object the destination confirmed goes into
+copy is the same snapshot.  An object or directory the destination refuses
+as unhappy (a killed copy's upload of the same bytes still holds its shares
+as "incoming") is stored again under a salt, as the store does.  Each object
+the destination confirmed goes into
 a map (``map_get``/``map_put``, kept in the entry cache per destination and
 committed at once), so a killed copy resumes without sending it again and a
 directory already copied is skipped whole, its subtree unread.
@@ -26,7 +29,9 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
 
 from ..errors import SnapshotError
-from ..store.snapshot import canonical_json, lit_data
+from ..store.encode import SALT_MARK
+from ..store.snapshot import canonical_json, lit_data, salted_body
+from ..store.store import despite_unhappiness
 from ..system.paths import LocalFile
 
 log = logging.getLogger(__name__)
@@ -92,7 +97,9 @@ class Copier:
             raise SnapshotError(what="(copy)", problem="a directory listing is not one")
         new = await _all([self._edge(ntype, info) for _, ntype, info in items])
         body = canonical_json({name: edge for (name, _, _), edge in zip(items, new)})
-        made = await self.dst.mkdir_immutable(body)
+        made = await despite_unhappiness(
+            self.dst, lambda salt: self.dst.mkdir_immutable(salted_body(body, salt.hex()) if salt else body),
+            "a directory")
         self._record(cap, made)
         self.stats.dirs += 1
         return str(made)
@@ -110,21 +117,24 @@ class Copier:
             meta["pack"] = {**pack, "cap": await self._object(pack["cap"])}
         if isinstance(meta.get("object"), str):
             meta["object"] = await self._object(meta["object"])
-        dst = await (self._dir(cap) if ntype == "dirnode" else self._object(cap))
+        # A file stored as itself (a plain tree, which `tahoe cp` restores) must keep exactly its bytes;
+        # every other object is read by offset or length, so a salt after its bytes changes nothing.
+        exact = ntype == "filenode" and meta.get("type") == "file" and "pack" not in meta and "object" not in meta
+        dst = await (self._dir(cap) if ntype == "dirnode" else self._object(cap, can_salt=not exact))
         out: dict[str, Any] = {"ro_uri": dst}
         if meta:
             out["metadata"] = meta
         return [ntype, out]
 
     # -- objects ---------------------------------------------------------------------------------
-    async def _object(self, cap: str) -> str:
+    async def _object(self, cap: str, can_salt: bool = True) -> str:
         if lit_data(cap) is not None:
             return cap  # the content is the cap: the same on every grid
         done = self._get(cap)
         if done is not None:
             self.stats.reused += 1
             return done
-        return await self._once(cap, self._transfer)
+        return await self._once(cap, lambda c: self._transfer(c, can_salt))
 
     async def _once(self, cap: str, work: Callable[[str], Any]) -> str:
         """``work(cap)``, once however many edges name ``cap`` at the same time (a pack, the packed-file
@@ -147,7 +157,7 @@ class Copier:
             d.callback(made)
         return str(made)
 
-    async def _transfer(self, cap: str) -> str:
+    async def _transfer(self, cap: str, can_salt: bool) -> str:
         await self._slots.acquire()
         fd = os.open(self._tmpdir or tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR, 0o600)
         try:
@@ -164,7 +174,10 @@ class Copier:
             await self.src.download(cap, sink, restart)
             size = pos[0]
             src = LocalFile(fd)
-            made = await self.dst.put_file(lambda: _View(src, size), label="(copy)")
+            made = await despite_unhappiness(
+                self.dst, lambda salt: self.dst.put_file(lambda: _View(src, size, SALT_MARK + salt if salt else b""),
+                                                         label="(copy)"),
+                "an object", can_salt)
         finally:
             os.close(fd)
             self._slots.release()
@@ -194,21 +207,28 @@ class _View(io.RawIOBase):
     """A file object over the first ``size`` bytes of a temporary file, with its own position (each
     upload attempt gets a fresh one)."""
 
-    def __init__(self, src: LocalFile, size: int) -> None:
+    def __init__(self, src: LocalFile, size: int, suffix: bytes = b"") -> None:
         super().__init__()
         self._src = src
         self._size = size
+        self._suffix = suffix
+        self._total = size + len(suffix)
         self._pos = 0
 
-    def read(self, n: int = -1) -> bytes:
-        left = self._size - self._pos
+    def read(self, n: int | None = -1) -> bytes:
+        left = self._total - self._pos
         n = left if n is None or n < 0 else min(n, left)
-        data = self._src.pread(n, self._pos) if n > 0 else b""
+        if n <= 0:
+            return b""
+        if self._pos >= self._size:  # the salt, after the object's bytes
+            data = self._suffix[self._pos - self._size:self._pos - self._size + n]
+        else:
+            data = self._src.pread(min(n, self._size - self._pos), self._pos)
         self._pos += len(data)
         return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = max(0, {0: 0, 1: self._pos, 2: self._size}[whence] + offset)
+        self._pos = max(0, {0: 0, 1: self._pos, 2: self._total}[whence] + offset)
         return self._pos
 
     def tell(self) -> int:

@@ -88,32 +88,7 @@ class Store:
     # -- salting: the one way around an unhappy refusal ------------------------------------
     async def _despite_unhappiness(self, put: Callable[[bytes | None], Awaitable[str]], what: str,
                                    can_salt: bool = True) -> str:
-        """``put(salt)`` stores an object (``salt`` None: exactly as it is) and returns its cap.
-
-        When the grid refuses it as unhappy although servers are up, they
-        usually still hold an interrupted upload's shares of the same bytes as
-        "incoming" (Tahoe keeps them up to 30 minutes): the same object under
-        a random salt has another storage index, so it is stored again at once
-        with one.  Further refusals (servers really missing) wait the retry
-        policy's delays, each try under a new salt, until its attempts are
-        spent.  ``can_salt`` False (an object that must hold exact bytes)
-        only waits and retries.
-        """
-        attempt = 0
-        while True:
-            attempt += 1
-            salt = os.urandom(SALT_LEN) if can_salt and attempt > 1 else None
-            try:
-                return await put(salt)
-            except GatewayError as e:
-                if not e.unhappy or attempt >= self.gw.retry.attempts:
-                    raise
-            if attempt == 1 and can_salt:
-                log.info("%s was refused as unhappy; storing it again under a salt", what)
-                continue
-            delay = self.gw.retry.delay(attempt - (1 if can_salt else 0)) * self.gw.rng.uniform(0.7, 1.3)
-            log.info("%s was refused as unhappy; trying again in %.1fs", what, delay)
-            await deferLater(self.gw.clock, delay, lambda: None)
+        return await despite_unhappiness(self.gw, put, what, can_salt)
 
     def _salted(self, data: bytes, salt: bytes | None) -> bytes:
         return data + SALT_MARK + salt if salt else data
@@ -371,6 +346,38 @@ class Store:
         await self.packer.flush()
         self.stats.packs = self.packer.packs_uploaded
         return await self.directory(root_body(tree, objects))
+
+
+async def despite_unhappiness(gw: Any, put: Callable[[bytes | None], Awaitable[str]], what: str,
+                              can_salt: bool = True) -> str:
+    """``put(salt)`` stores an object through the gateway ``gw`` (``salt`` None: exactly as it is) and
+    returns its cap: the one way an object refused as unhappy is stored again, for the store and
+    for ``copy``.
+
+    When the grid refuses it as unhappy although servers are up, they
+    usually still hold an interrupted upload's shares of the same bytes as
+    "incoming" (Tahoe keeps them up to 30 minutes): the same object under
+    a random salt has another storage index, so it is stored again at once
+    with one.  Further refusals (servers really missing) wait the retry
+    policy's delays, each try under a new salt, until its attempts are
+    spent.  ``can_salt`` False (an object that must hold exact bytes)
+    only waits and retries.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        salt = os.urandom(SALT_LEN) if can_salt and attempt > 1 else None
+        try:
+            return await put(salt)
+        except GatewayError as e:
+            if not e.unhappy or attempt >= gw.retry.attempts:
+                raise
+        if attempt == 1 and can_salt:
+            log.info("%s was refused as unhappy; storing it again under a salt", what)
+            continue
+        delay = gw.retry.delay(attempt - (1 if can_salt else 0)) * gw.rng.uniform(0.7, 1.3)
+        log.info("%s was refused as unhappy; trying again in %.1fs", what, delay)
+        await deferLater(gw.clock, delay, lambda: None)
 
 
 class _Shared:
