@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -265,6 +265,16 @@ def retry_policy(tree: Mapping[str, Any]) -> RetryPolicy:
     )
 
 
+def shown(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """The tree as it may be shown (``dump-config``, the manhole's ``config``): storage options, which
+    hold credentials, by their names only."""
+    out = dict(tree)
+    options = out.get("source", {}).get("storage_options")
+    if options:
+        out["source"] = {**out["source"], "storage_options": {k: "<hidden>" for k in options}}
+    return out
+
+
 def dump(tree: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(tree), sort_keys=False, default_flow_style=False)
 
@@ -333,7 +343,7 @@ class SourceConfig:
     pick_policy: str = "alphasort_last"
     select: SelectConfig = SelectConfig()
     #: Options of an fsspec source or restore target (credentials, endpoint): never logged.
-    storage_options: dict[str, Any] | None = None
+    storage_options: dict[str, Any] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

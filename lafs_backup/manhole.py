@@ -287,7 +287,9 @@ def main_loop_frame() -> FrameType:
 
 
 def namespace(tree: Any, op: Any) -> dict[str, Any]:
-    return {"__name__": "__manhole__", "__doc__": None, "config": tree, "op": op, "debug_frame": None,
+    from .config import shown
+
+    return {"__name__": "__manhole__", "__doc__": None, "config": shown(tree) if tree else tree, "op": op, "debug_frame": None,
             "debug_timeouts": Timeouts(op), "log": logging.getLogger("lafs_backup"),
             "log_level": log_level}
 

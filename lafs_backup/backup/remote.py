@@ -33,7 +33,6 @@ import logging
 import os
 import re
 import stat
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator, Mapping
@@ -43,6 +42,8 @@ from ..log import NOISE
 from ..store.entry import Entry, join
 from .filters import Filter
 from .select import DirState, Selection
+from ..store.store import temp_file, write_all
+from ..system.remotefs import label_of, open_url
 from .source import NoteFn, WarnFn
 
 log = logging.getLogger(__name__)
@@ -198,28 +199,6 @@ def make_stat(mode: int, size: int, mtime_ns: int, ino: int) -> os.stat_result:
                            "st_atime_ns": mtime_ns, "st_mtime_ns": mtime_ns, "st_ctime_ns": mtime_ns})
 
 
-def label_of(url: str) -> bytes:
-    """What backups of ``url`` are recorded as: the URL without credentials, query or trailing slashes."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url.rstrip("/").encode("utf-8") or b"/"
-    rest = rest.split("?", 1)[0]
-    host, slash, path = rest.partition("/")
-    host = host.rpartition("@")[2]  # user:password@host: never recorded
-    return f"{scheme}://{(host + slash + path).rstrip('/')}".encode("utf-8")
-
-
-def secrets_in(options: Mapping[str, Any]) -> list[str]:
-    """Every string value in storage options (nested ones too), to be kept out of messages."""
-    out: list[str] = []
-    for value in options.values():
-        if isinstance(value, str) and len(value) >= 4:
-            out.append(value)
-        elif isinstance(value, Mapping):
-            out.extend(secrets_in(value))
-    return sorted(out, key=len, reverse=True)
-
-
 # -- the source --------------------------------------------------------------------------------
 
 _Child = tuple[bytes, os.stat_result, tuple[tuple[str, bytes], ...]]
@@ -251,17 +230,10 @@ class FsspecSource:
     """
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
-        import fsspec.core
-
+        opened = open_url(url, storage_options, "back up")
         self.label = label_of(url)  # (the URL itself is not kept: it may hold a password)
-        self._secrets = secrets_in(storage_options or {})
-        try:
-            self.fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-        except ImportError as e:  # "Install s3fs to access S3": the message says what to do
-            raise UsageError(f"Cannot back up {self._shown()}: {self._scrub(str(e))}")
-        except Exception as e:  # an unknown protocol, a bad storage option: whatever the backend raises
-            raise UsageError(f"Cannot back up {self._shown()}: {self._scrub(f'{type(e).__name__}: {e}')}")
-        self.root = root.rstrip("/") or root
+        self._opened = opened
+        self.fs, self.root = opened.fs, opened.root
         protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
         self._s3 = "s3" in protocols
         self._versioned = bool(getattr(self.fs, "version_aware", False))
@@ -276,9 +248,7 @@ class FsspecSource:
         return self.label.decode("utf-8", "replace")
 
     def _scrub(self, text: str) -> str:
-        for s in self._secrets:
-            text = text.replace(s, "***")
-        return text
+        return self._opened.scrub(text)
 
     def _oserror(self, e: BaseException) -> OSError:
         """An fsspec or backend failure as an OSError whose message holds no credentials."""
@@ -428,6 +398,7 @@ class FsspecSource:
                 stack.pop()
                 self._dir_times[frame.rel] = frame.mtime
                 st = make_stat(frame.st.st_mode, 0, frame.mtime, 0)
+                self._listed[frame.rel] = st
                 yield Entry.from_stat(frame.rel, st, extras=frame.extras)
                 continue
             name, cst, extras = nxt
@@ -490,72 +461,72 @@ class FsspecSource:
             st = make_stat(st.st_mode, 0, known, 0)
         return st
 
-    def open(self, rel: bytes) -> "RemoteFile":
-        """Open an object for reading by ranges; raises OSError (ENOENT: gone, EISDIR: a prefix).
-        Only what is read costs the request that asks for its state now."""
-        st = self.ask(rel)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EISDIR, "not a regular file")
+    def _isdir(self, path: str) -> bool:
+        try:
+            return bool(self.fs.isdir(path))
+        except Exception:  # (only to name the error better)
+            return False
+
+    #: Reads blocking on the network: phase two opens such a source's files off the reactor thread.
+    blocking = True
+
+    def open(self, rel: bytes, tmpdir: str | None = None) -> "RemoteFile":
+        """A private copy of the object as it is now, taken whole into an unnamed temporary file
+        (blocking: call it in a thread); its ``fstat`` is the state of exactly the bytes copied, from
+        the same open that read them.  Raises OSError (ENOENT: gone, EISDIR: a prefix, ESTALE: it
+        was replaced while it was copied, so it is read again by the next run)."""
         path = self._path(rel)
         try:
-            # cache_type "none": each read is exactly one ranged request, so memory holds one pread.
-            f = self.fs.open(path, "rb", cache_type="none")
+            self.fs.invalidate_cache(path)
+            f = self.fs.open(path, "rb", block_size=1 << 20)
         except Exception as e:
+            if isinstance(e, IsADirectoryError) or (isinstance(e, FileNotFoundError) and self._isdir(path)):
+                raise OSError(errno.EISDIR, "not a regular file") from None
             raise self._oserror(e) from None
-        return RemoteFile(self, rel, f, st)
+        fd = -1
+        try:
+            details = getattr(f, "details", None) or self.fs.info(path)
+            if details.get("type") not in (None, "file"):
+                raise OSError(errno.EISDIR, "not a regular file")
+            st, _, _ = self._entry_stat(details)
+            fd = temp_file(tmpdir)
+            pos = 0
+            while pos < st.st_size:
+                chunk = f.read(min(1 << 20, st.st_size - pos))
+                if not chunk:
+                    break
+                pos += write_all(fd, chunk, pos)
+            if pos != st.st_size:
+                raise OSError(errno.ESTALE, "the object changed while it was read; it is read again by the next run")
+        except OSError as e:
+            if fd >= 0:
+                os.close(fd)
+            raise OSError(e.errno, self._scrub(e.strerror or str(e))) from None
+        except Exception as e:  # the store's error mid-read: a replaced object (If-Match), throttling spent
+            if fd >= 0:
+                os.close(fd)
+            raise self._oserror(e) from None
+        finally:
+            try:
+                f.close()
+            except Exception:  # a read-only remote file holds nothing to flush
+                log.debug("closing %r failed", rel, exc_info=True)
+        return RemoteFile(fd, st)
 
 
 class RemoteFile:
-    """One object opened for reading: ``pread`` is a ranged read of the object as it was when opened.
+    """A private copy of one object, in an unnamed temporary file: read by offset, with the object's
+    state (size, time, ETag as ``st_ino``) as ``fstat``."""
 
-    ``fstat`` gives the state at open and never changes.  If the object is
-    replaced while it is read (its size or ETag differ, which s3fs notices
-    through ``If-Match``), ``pread`` raises OSError ``ESTALE`` instead of
-    returning bytes of two versions: the saver then skips the file with a
-    warning, and the next run, seeing a new ETag, reads it again.
-    """
-
-    def __init__(self, source: FsspecSource, rel: bytes, f: Any, st: os.stat_result) -> None:
-        self._source = source
-        self._rel = rel
-        self._f = f
+    def __init__(self, fd: int, st: os.stat_result) -> None:
+        self.fd = fd
         self._st = st
-        # One fsspec file has one position: concurrent preads must not interleave seek and read.
-        self._lock = threading.Lock()
 
     def fstat(self) -> os.stat_result:
         return self._st
 
     def pread(self, n: int, offset: int) -> bytes:
-        """Up to ``n`` bytes at ``offset`` of the object as opened; fewer only at its end."""
-        want = max(0, min(n, self._st.st_size - offset))
-        if want == 0:
-            return b""
-        try:
-            with self._lock:
-                self._f.seek(offset)
-                data = bytes(self._f.read(want))
-        except Exception as e:
-            raise self._changed() or self._source._oserror(e) from None
-        if len(data) < want:
-            raise self._changed() or OSError(errno.EIO, "the store returned fewer bytes than the object holds")
-        return data
-
-    def _changed(self) -> OSError | None:
-        """An ESTALE (or ENOENT) error when the object is no longer the one opened, else None."""
-        try:
-            now = self._source.ask(self._rel)
-        except FileNotFoundError:
-            return FileNotFoundError(errno.ENOENT, "the object vanished while it was read")
-        except OSError:
-            return None
-        if (now.st_size, now.st_ino, now.st_mtime_ns) != (self._st.st_size, self._st.st_ino, self._st.st_mtime_ns):
-            return OSError(errno.ESTALE, "the object changed while it was read (size or ETag differ); "
-                                         "it is read again by the next run")
-        return None
+        return os.pread(self.fd, n, offset)
 
     def close(self) -> None:
-        try:
-            self._f.close()
-        except Exception:  # closing a read-only remote file releases nothing we need to report
-            log.debug("closing %r failed", self._rel, exc_info=True)
+        os.close(self.fd)

@@ -186,9 +186,12 @@ class FileSaver:
             appended()
             hold.release()
 
-    def _open(self, e: Entry) -> Any:
-        """Open a source file for reading (never through a symlink); None after a warning."""
+    async def _open(self, e: Entry) -> Any:
+        """Open a source file for reading (never through a symlink); None after a warning.  A source
+        whose opening blocks on the network (an object store's) is opened off the reactor thread."""
         try:
+            if getattr(self.source, "blocking", False):
+                return await self.store.blocking(self.source.open, e.path)
             return self.source.open(e.path)
         except OSError as err:
             self.rep.warn(e.path, f"skipped: {_why(err)}")
@@ -202,7 +205,7 @@ class FileSaver:
 
     async def _read_small(self, e: Entry) -> tuple[os.stat_result, bytes] | None:
         """Read a small file whole; read it again once if it changed meanwhile."""
-        f = self._open(e)
+        f = await self._open(e)
         if f is None:
             return None
         try:
@@ -232,7 +235,7 @@ class FileSaver:
         shrinks under an upload) is read once more, the second time from a
         private copy, so what is stored is whole and matches its SHA-256.
         """
-        f = self._open(e)
+        f = await self._open(e)
         if f is None:
             return None
         copy = None

@@ -49,10 +49,12 @@ class Uploader:
     def __init__(self, source: Any, store: Store, cache: Any, generation: int, reporter: Any,
                  settings: Settings = Settings(), clock: Any = None,
                  on_dir: Callable[[bytes, str], None] | None = None,
-                 hold: Callable[[Entry], Awaitable[Child | None]] | None = None) -> None:
+                 hold: Callable[[Entry, Callable[[], Awaitable[Any]]], Awaitable[Child | None]] | None = None
+                 ) -> None:
         """``on_dir(path, cap)`` is told every directory's cap as it is settled (``watch`` keeps
-        them for its next round); ``hold(entry)`` gives the edge of a file the walk marked as
-        still being written (its previous edge, or None to leave it out this time)."""
+        them for its next round); ``hold(entry, save)`` gives the edge of a file the walk marked as
+        still being written: its previous edge, None to leave it out this time, or what ``save()``
+        (storing it as it is now) gives."""
         self.store = store
         self.rep = reporter
         self.stats = reporter.stats
@@ -151,7 +153,10 @@ class Uploader:
                 return now
             return await self._start(self._directory(e, children), 1 + len(children))
         if e.kind == KIND_FILE and self._hold is not None and e.extra("hold") is not None:
-            return await self._start(self._hold(e))
+            def save() -> Awaitable[Any]:
+                self._files_pending += 1
+                return self._counted(self.saver.file(e))
+            return await self._start(self._hold(e, save))
         if e.kind == KIND_FILE:
             child, decided = self.saver.unchanged_now(e)
             if child is not None:

@@ -20,7 +20,7 @@ from ..backup.select import Selection, listed_paths, parse_if_present, parse_siz
 from ..backup.source import LocalSource, Source, is_url
 from ..backup.upload import Settings, Uploader
 from ..cache import move_aside
-from ..errors import ExitCode, GatewayError, GridError, LocalError, UsageError
+from ..errors import ExitCode, GatewayError, GridError, LafsBackupError, LocalError, UsageError
 from ..report import Progress
 from ..store.entry import Entry
 from ..store.snapshot import Child
@@ -197,8 +197,9 @@ async def _copy(ctx: Context, made: "Made") -> list[str]:
     for url in ctx.config.destination.copy_to:
         try:
             summary = await copy_backups(ctx, url, [made.backup])
-        except GridError as e:
-            ctx.reporter.warn(url, f"the backup was not copied to this grid ({e.message}); 'lafs-backup copy "
+        except (LafsBackupError, OSError) as e:  # the backup itself is done and recorded: say so, go on
+            why = e.message if isinstance(e, LafsBackupError) else (e.strerror or str(e))
+            ctx.reporter.warn(url, f"the backup was not copied to this grid ({why}); 'lafs-backup copy "
                                    f"--to-url {url}' copies it later")
             continue
         done.append(url)
@@ -217,7 +218,9 @@ class Incremental:
     packs: frozenset[str] = frozenset()
     objects: frozenset[str] = frozenset()
     on_dir: Callable[[bytes, str], None] | None = None
-    hold: Callable[[Entry], Awaitable[Child | None]] | None = None
+    hold: Callable[[Entry, Any], Awaitable[Child | None]] | None = None
+    #: The snapshot it builds on: a round that comes to the very same snapshot records nothing.
+    previous: str | None = None
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,7 @@ class Made:
     """A finished, recorded backup."""
 
     cap: str
-    backup: Any
+    backup: Any  # None: the snapshot is the previous one, and nothing was recorded
     generation: int
     packs: frozenset[str]
     objects: frozenset[str]
@@ -277,8 +280,11 @@ async def phase_two(ctx: Context, source: Source, qpath: str, totals: list[int],
                 raise
             finally:
                 progress.stop()
-            b = await _record(ctx, cache, gw, gen, snap, source.label, host, tags)
-            await _publish(ctx, repo, cache)
+            if incremental is not None and snap == incremental.previous:
+                b = None  # nothing that is backed up changed (events about excluded names, say)
+            else:
+                b = await _record(ctx, cache, gw, gen, snap, source.label, host, tags)
+                await _publish(ctx, repo, cache)
             if incremental is None:
                 ctx.warn_expiring(await ctx.backups())
         finally:

@@ -293,7 +293,7 @@ class Context:
         from ..backup.source import is_url
 
         if source and is_url(source):  # recorded as its label: the URL without credentials or query
-            from ..backup.remote import label_of
+            from ..system.remotefs import label_of
 
             return label_of(source)
         return os.fsencode(os.path.abspath(os.path.expanduser(source))) if source else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import time
 from typing import Any
@@ -38,18 +39,26 @@ async def copy_backups(ctx: Context, to_url: str, backups: list[Backup], to_repo
                 "off this machine: with it a new machine lists and restores the copies")
     else:
         repo = Repository(dst_gw, key)
-    held = {r.original for r in await repo.records() if r.original}
+    records = [r for r in await repo.records() if r.original]
+    held = {r.original for r in records}
     todo = sorted((b for b in backups if b.cap not in held and b.original is None), key=lambda b: (b.ts, b.id),
                   reverse=True)
     before = (dict(src_gw.counts), dict(dst_gw.counts))
     t0 = time.monotonic()
     done = []
+    # The map is kept per destination grid and repository: a gateway URL that comes to front another
+    # grid (or a repository made anew) never inherits what an earlier one held.
+    mapped = f"{dest} {hashlib.sha256(repo.key.writecap.encode()).hexdigest()[:16]}"
     lock = await ctx.lock()
     try:
         cache = await ctx.cache()
         try:
-            copier = Copier(src_gw, dst_gw, lambda c: cache.copied(dest, c),
-                            lambda s, d: cache.set_copied(dest, s, d), ctx.config.operation.jobs)
+            known = cache.copies()
+            for r in records:  # copies recorded there by a run killed before it noted them here
+                if dest not in known.get(r.original or "", ()):
+                    cache.record_copy(r.original or "", dest, r.cap, r.ts)
+            copier = Copier(src_gw, dst_gw, lambda c: cache.copied(mapped, c),
+                            lambda s, d: cache.set_copied(mapped, s, d), ctx.config.operation.jobs)
             for b in todo:
                 snap = await copier.snapshot(b.cap)
                 await repo.add(Record(snap, b.host or "unknown", b.source, b.ts, b.generation, b.tags, b.summary,

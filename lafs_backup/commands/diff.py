@@ -55,14 +55,19 @@ async def _remote_live(ctx: Context, reader: Reader, url: str, emit: Any, cap: s
     warn = ctx.threadsafe(ctx.reporter.warn)
     live = await ctx.in_thread(lambda: {e.path: e for e in source.walk(ctx.config.filter, warn, lambda k, m: None)})
 
-    def sha256(rel: bytes) -> str:
-        f = source.open(rel)
+    def sha256(rel: bytes) -> str | None:
+        try:
+            f = source.open(rel)
+        except OSError:  # replaced or gone since the listing: its content differs from the snapshot's
+            return None
         try:
             h, pos = hashlib.sha256(), 0
             while chunk := f.pread(1 << 20, pos):
                 h.update(chunk)
                 pos += len(chunk)
             return h.hexdigest()
+        except OSError:
+            return None
         finally:
             f.close()
 

@@ -10,9 +10,5 @@ from .context import Context
 
 
 async def run(ctx: Context, ns: argparse.Namespace) -> int:
-    tree = dict(ctx.config.tree)
-    options = tree.get("source", {}).get("storage_options")
-    if options:  # credentials: shown by name only
-        tree["source"] = {**tree["source"], "storage_options": {k: "<hidden>" for k in options}}
-    ctx.reporter.output(cfg.dump(tree), end="")
+    ctx.reporter.output(cfg.dump(cfg.shown(ctx.config.tree)), end="")
     return ExitCode.OK

@@ -21,7 +21,8 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
         from ..read.remote import RemoteRestorer
 
         if is_url(ns.target):
-            await RemoteRestorer(reader, ctx.reporter, ns.target, ctx.config.source.storage_options).run(
+            await RemoteRestorer(reader, ctx.reporter, ns.target, ctx.config.source.storage_options,
+                                 in_thread=ctx.in_thread).run(
                 cap, [os.fsencode(p) for p in ns.paths])
             ctx.reporter.stats.requests = dict(gw.counts)
             ctx.reporter.finish("restore")

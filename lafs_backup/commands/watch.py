@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 #: Longest wait between two tries while the grid cannot be reached.
 BACKOFF_MAX = 300.0
+#: Seconds between full rescans while some directories have no watch (the kernel allowed no more).
+EXHAUSTED_RESCAN = 600.0
+#: Rounds a file may be held back as still being written; then it is stored as it is.
+HOLDS_MAX = 2
 
 
 class DirNode:
@@ -108,6 +112,7 @@ class Watcher:
         self._wake: Deferred | None = None
         self._wake_call: Any = None
         self._exhausted_said = False
+        self._holds: dict[bytes, int] = {}
         self.rounds = 0
 
     def _sensitive(self) -> frozenset[bytes]:
@@ -175,23 +180,24 @@ class Watcher:
         self.rep.info(f"lafs-backup: watching {os.fsdecode(self.source.label)} (settle {self.settle:g}s, full "
                       f"rescan every {self.rescan_interval:g}s)")
         pending: Round | None = Round.of((), everything=True)
-        next_full = self.clock.seconds() + self.rescan_interval
+        last_full = self.clock.seconds()
         failures = 0
         last_start: float | None = None
         try:
             while True:
                 if pending is None:
                     now = self.clock.seconds()
-                    if now >= next_full or self.notifier.exhausted and self.changes.pending:
-                        pending = self.changes.take()
-                        pending = Round(pending.closure, pending.full, True, pending.changes)
-                    else:
-                        due = self.changes.due_in(now, self.settle, self.max_delay, self.min_interval, last_start)
-                        if due is None or due > 0:
-                            wait = next_full - now if due is None else min(due, next_full - now)
-                            await self._sleep(wait)
-                            continue
-                        pending = self.changes.take()
+                    # Out of watches, some directories are unwatched: full rescans, and more often.
+                    exhausted = self.notifier.exhausted
+                    next_full = last_full + (min(self.rescan_interval, EXHAUSTED_RESCAN) if exhausted
+                                             else self.rescan_interval)
+                    due = self.changes.due_in(now, self.settle, self.max_delay, self.min_interval, last_start)
+                    if now < next_full and (due is None or due > 0):
+                        await self._sleep(next_full - now if due is None else min(due, next_full - now))
+                        continue
+                    taken = self.changes.take()
+                    full = now >= next_full or exhausted
+                    pending = Round(taken.closure, taken.full, True, taken.changes) if full else taken
                 last_start = self.clock.seconds()
                 try:
                     await self._round(pending, failing=failures > 0)
@@ -211,7 +217,7 @@ class Watcher:
                                       "backed up")
                     failures = 0
                     if pending.everything:
-                        next_full = last_start + self.rescan_interval
+                        last_full = last_start
                 pending = None
         finally:
             self.notifier.close()
@@ -259,35 +265,67 @@ class Watcher:
         sel = selection(ctx, self.ns, self.source.label)
         await phase_one(ctx, self.source, self.qpath, totals, sel, hooks)
         held: list[bytes] = []
+        listings: dict[bytes, Any] = {}
 
-        async def hold(e: Entry) -> Child | None:
+        async def hold(e: Entry, save: Any) -> Child | None:
+            n = self._holds.get(e.path, 0) + 1
+            if n > HOLDS_MAX:  # written without pause: stored as it is, so no snapshot goes without it
+                self._holds.pop(e.path, None)
+                return await save()  # type: ignore[no-any-return]
+            self._holds[e.path] = n
             held.append(e.parent or b"")
-            return await self._previous_edge(previous, e)
+            return await self._previous_edge(previous, e, listings)
 
         inc = Incremental(None if full or self.made is None else self.made.generation,
                           frozenset() if full or self.made is None else self.made.packs,
                           frozenset() if full or self.made is None else self.made.objects,
-                          on_dir=made_dirs.__setitem__, hold=None if full else hold)
+                          on_dir=made_dirs.__setitem__, hold=None if full else hold,
+                          previous=None if full or self.made is None else self.made.cap)
         made = await phase_two(ctx, self.source, self.qpath, totals, self.host, self.tags, "stat", incremental=inc)
         self.previous = _tree(made_dirs, kept)
-        self.made = made
         self.rounds += 1
         for d in held:  # still being written: backed up by a later round
             self.changes.mark(d, self.clock.seconds())
+        if made.backup is None:
+            self.rep.info(f"lafs-backup: {r.changes} change(s), nothing that is backed up changed; no new snapshot")
+            return
+        self.made = made
         self._report(r, full, made, gw, before, time.monotonic() - t0, len(held))
 
-    async def _previous_edge(self, previous: DirNode | None, e: Entry) -> Child | None:
-        """A file still being written keeps its edge from the previous snapshot (None: it had none)."""
+    async def _previous_edge(self, previous: DirNode | None, e: Entry, listings: dict[bytes, Any]) -> Child | None:
+        """A file still being written keeps its edge from the previous snapshot (None: it had none).
+        ``listings``: the previous directories listed in this round, each listed once."""
         from ..read.reader import Reader
 
-        node = previous.find(e.parent or b"") if previous is not None else None
+        parent = e.parent or b""
+        node = previous.find(parent) if previous is not None else None
         if node is None:
             return None
-        for n in await Reader(await self.ctx.gateway()).children(Node(b"", "d", node.cap, {})):
-            if n.name == e.name:
-                meta = {k: v for k, v in n.metadata.items() if k not in ("tahoe", "salt", "name_b64")}
-                return Child(e.name, n.cap, meta)
-        return None
+        entry = listings.get(parent)
+        if isinstance(entry, dict):
+            got = entry
+        elif isinstance(entry, list):  # being listed for another held file: wait for it
+            d: Deferred = Deferred()
+            entry.append(d)
+            got = await d
+        else:
+            waiters: list[Deferred] = []
+            listings[parent] = waiters
+            try:
+                nodes = await Reader(await self.ctx.gateway()).children(Node(b"", "d", node.cap, {}))
+            except BaseException as err:
+                del listings[parent]
+                for w in waiters:
+                    w.errback(err)
+                raise
+            got = listings[parent] = {n.name: n for n in nodes}
+            for w in waiters:
+                w.callback(got)
+        n = got.get(e.name)
+        if n is None:
+            return None
+        meta = {k: v for k, v in n.metadata.items() if k not in ("tahoe", "salt", "name_b64")}
+        return Child(e.name, n.cap, meta)
 
     def _report(self, r: Round, full: bool, made: Made, gw: Any, before: dict[str, int], seconds: float,
                 held: int) -> None:

@@ -22,16 +22,15 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 
 from ..errors import SnapshotError
 from ..store.encode import SALT_MARK
 from ..store.snapshot import canonical_json, lit_data, salted_body
-from ..store.store import despite_unhappiness
+from ..store.store import despite_unhappiness, full_error, temp_file, write_all
 from ..system.paths import LocalFile
 
 log = logging.getLogger(__name__)
@@ -159,13 +158,19 @@ class Copier:
 
     async def _transfer(self, cap: str, can_salt: bool) -> str:
         await self._slots.acquire()
-        fd = os.open(self._tmpdir or tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR, 0o600)
+        try:
+            fd = temp_file(self._tmpdir)
+        except OSError as e:
+            self._slots.release()
+            raise full_error(self._tmpdir, e, b"", "copying") from None
         try:
             pos = [0]
 
             def sink(chunk: bytes) -> None:
-                os.pwrite(fd, chunk, pos[0])
-                pos[0] += len(chunk)
+                try:
+                    pos[0] += write_all(fd, chunk, pos[0])
+                except OSError as e:  # a full TMPDIR: every later object would fail the same way
+                    raise full_error(self._tmpdir, e, b"", "copying") from None
 
             def restart() -> None:
                 os.ftruncate(fd, 0)
@@ -195,12 +200,13 @@ class Copier:
 
 
 async def _all(coros: list[Any]) -> list[Any]:
-    """The results of ``coros`` run together; the first failure is raised as itself."""
-    try:
-        return list(await gatherResults([Deferred.fromCoroutine(c) for c in coros], consumeErrors=True))
-    except FirstError as e:
-        e.subFailure.raiseException()
-        raise  # (unreachable)
+    """The results of ``coros`` run together.  When one fails, the others are waited for (none goes on
+    storing after the copy has stopped), then the first failure is raised as itself."""
+    results = await DeferredList([Deferred.fromCoroutine(c) for c in coros], consumeErrors=True)
+    for ok, value in results:
+        if not ok:
+            value.raiseException()
+    return [value for _, value in results]
 
 
 class _View(io.RawIOBase):

@@ -15,7 +15,8 @@ import os
 import tempfile
 from typing import Any, Sequence
 
-from ..errors import GatewayError, RestoreError
+from ..errors import GatewayError, RestoreError, UsageError
+from ..system.remotefs import open_url
 from ..report import Reporter
 from ..store.entry import KIND_DIR, KIND_FILE
 from .browse import Browser, Item
@@ -24,33 +25,25 @@ from .reader import Reader
 log = logging.getLogger(__name__)
 
 
-def open_fs(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
-    """The fsspec file system and the root path a URL names; :class:`RestoreError` (never naming a
-    credential) when its protocol is not installed or the options are refused."""
-    try:
-        import fsspec.core
-    except ImportError:
-        raise RestoreError(problem=f"{url.partition('://')[0]}:// targets need fsspec: pip install "
-                                   "'lafs-backup[s3]' (or [azure])") from None
-    try:
-        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    except (ImportError, ValueError, TypeError) as e:
-        raise RestoreError(problem=f"cannot use {url}: {type(e).__name__}: {e}") from None
-    return fs, root.rstrip("/")
-
-
 class RemoteRestorer:
     """Restores a snapshot (or some of its subtrees) below an fsspec URL."""
 
     def __init__(self, reader: Reader, reporter: Reporter, url: str, storage_options: dict[str, Any] | None = None,
-                 spool_dir: str | None = None) -> None:
+                 spool_dir: str | None = None, in_thread: Any = None) -> None:
+        """``in_thread(fn, *args)`` runs the store's blocking calls off the reactor thread."""
         self.reader = reader
         self.rep = reporter
         self.stats = reporter.stats
         self.url = url
-        self.fs, self.root = open_fs(url, storage_options)
+        try:
+            opened = open_url(url, storage_options, "restore into")
+        except UsageError as e:
+            raise RestoreError(problem=e.message) from None
+        self.fs, self.root, self._scrub = opened.fs, opened.root, opened.scrub
+        self.url = opened.label  # (without credentials)
         self.browser = Browser(reader)
         self._spool_dir = spool_dir
+        self._in_thread = in_thread
 
     async def run(self, snapshot_cap: str, paths: Sequence[bytes] = ()) -> None:
         top = await self.browser.root(snapshot_cap)
@@ -66,14 +59,26 @@ class RemoteRestorer:
             else:
                 await self._one(item)
 
+    async def _blocking(self, fn: Any, *args: Any) -> Any:
+        return fn(*args) if self._in_thread is None else await self._in_thread(fn, *args)
+
+    def _write(self, spool: Any, key: str) -> Any:
+        """Copy the checked spool to ``key`` (blocking); the size the store then reports."""
+        spool.seek(0)
+        with self.fs.open(key, "wb") as out:
+            while chunk := spool.read(1 << 20):
+                out.write(chunk)
+        self.fs.invalidate_cache(key)
+        return self.fs.info(key).get("size")
+
     def _key(self, rel: bytes) -> str:
         return self.root + "/" + os.fsdecode(rel) if rel else self.root
 
     def _mkdir(self, rel: bytes) -> None:
         self.stats.dirs += 1
         try:
-            self.fs.makedirs(self._key(rel), exist_ok=True)
-        except (OSError, NotImplementedError):
+            self.fs.makedirs(self._key(rel), exist_ok=True)  # (no request on an object store)
+        except Exception:
             pass  # an object store has no directories: the keys below make the prefix
 
     async def _one(self, item: Item) -> None:
@@ -99,14 +104,10 @@ class RemoteRestorer:
             if got.matches is False:
                 self.rep.problem(rel, f"{got.mismatch}; not restored")
                 return
-            spool.seek(0)
             try:
-                with self.fs.open(self._key(rel), "wb") as out:
-                    while chunk := spool.read(1 << 20):
-                        out.write(chunk)
-                stored = self.fs.info(self._key(rel)).get("size")
-            except (OSError, ValueError) as e:
-                self.rep.warn(rel, f"cannot write to {self.url}: {getattr(e, 'strerror', None) or e}")
+                stored = await self._blocking(self._write, spool, self._key(rel))
+            except Exception as e:  # OSError, or the store's own error: one warning, never a traceback
+                self.rep.warn(rel, f"cannot write to {self.url}: {self._scrub(getattr(e, 'strerror', None) or str(e))}")
                 return
             if stored != got.size:  # a store that took a short body must not pass for a restore
                 self.rep.problem(rel, f"the store holds {stored} bytes of it, {got.size} were written")

@@ -194,7 +194,7 @@ class Store:
         if enc is not None and compress(enc, src.pread(64 << 10, 0)) is None:
             enc = None
         if enc is not None:
-            tmp, length, got = await self._blocking(_compress_to_temp, enc, src, size, self.settings.tmpdir, path)
+            tmp, length, got = await self.blocking(_compress_to_temp, enc, src, size, self.settings.tmpdir, path)
             try:
                 if length < size * 0.9:
                     cap = await self._put_object(LocalFile(tmp), length, path)
@@ -227,18 +227,19 @@ class Store:
             lambda salt: self.gw.put_file(lambda: opener(salt), label=label), f"the upload of {label}",
             can_salt=not self.settings.plain)
 
-    async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` off the reactor thread (inline when the store was given no thread runner)."""
         if self._in_thread is None:
             return fn(*args)
         return await self._in_thread(fn, *args)
 
     async def hash(self, src: Any, size: int) -> bytes:
         """SHA-256 of the first ``size`` bytes of ``src``, off the reactor thread."""
-        return await self._blocking(_sha256, src, size)  # type: ignore[no-any-return]
+        return await self.blocking(_sha256, src, size)  # type: ignore[no-any-return]
 
     async def private_copy(self, src: Any, size: int, path: bytes) -> Any:
         """A copy of a changing file in an unnamed temporary file: bytes that stay put."""
-        fd = await self._blocking(_copy_to_temp, src, size, self.settings.tmpdir, path)
+        fd = await self.blocking(_copy_to_temp, src, size, self.settings.tmpdir, path)
         return LocalFile(fd)
 
     # -- symlinks and directories ------------------------------------------------------------
@@ -484,11 +485,13 @@ def _sha256(src: Any, size: int) -> bytes:
     return h.digest()
 
 
-def _temp_file(tmpdir: str | None) -> int:
+def temp_file(tmpdir: str | None) -> int:
+    """A new unnamed temporary file (mode 0600) in ``tmpdir`` or TMPDIR: its fd."""
     return os.open(tmpdir or tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR, 0o600)
 
 
-def _write_all(fd: int, data: bytes, at: int) -> int:
+def write_all(fd: int, data: bytes, at: int) -> int:
+    """Write all of ``data`` at ``at`` (a nearly full disk may take part of a write); the length."""
     view = memoryview(data)
     start = at
     while view:  # a nearly full disk may take part of a write
@@ -498,7 +501,7 @@ def _write_all(fd: int, data: bytes, at: int) -> int:
     return at - start
 
 
-def _full(tmpdir: str | None, err: OSError, path: bytes, doing: str) -> LocalError:
+def full_error(tmpdir: str | None, err: OSError, path: bytes, doing: str) -> LocalError:
     """A full TMPDIR is not one file's fault: every later large file would fail the same way."""
     return LocalError(path=tmpdir or tempfile.gettempdir(), problem=(
         f"{err.strerror} ({doing} {_label(path)}). Free space there, or point TMPDIR at a larger disk"))
@@ -507,16 +510,16 @@ def _full(tmpdir: str | None, err: OSError, path: bytes, doing: str) -> LocalErr
 def _into_temp(tmpdir: str | None, path: bytes, doing: str, chunks: Iterator[bytes]) -> tuple[int, int]:
     """Write ``chunks`` into a new unnamed temporary file: (its fd, its length).  A full disk is
     an error naming TMPDIR; on any error the file is gone."""
-    tmp = _temp_file(tmpdir)
+    tmp = temp_file(tmpdir)
     try:
         out = 0
         for chunk in chunks:
-            out += _write_all(tmp, chunk, out)
+            out += write_all(tmp, chunk, out)
         return tmp, out
     except BaseException as err:
         os.close(tmp)
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _full(tmpdir, err, path, doing) from None
+            raise full_error(tmpdir, err, path, doing) from None
         raise
 
 
