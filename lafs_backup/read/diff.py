@@ -53,6 +53,21 @@ def compare_meta(a: Mapping[str, Any], b: Mapping[str, Any], content_differs: bo
     return tuple(out)
 
 
+#: :func:`by_stat`'s answer when only the content's hash can tell.
+HASH = "hash"
+
+
+def by_stat(recorded: Mapping[str, Any], live: Mapping[str, Any]) -> bool | str | None:
+    """Whether a live file's content differs from the recorded one, as far as its stat tells (pure):
+    True (its size differs), False (size and mtime as recorded), :data:`HASH` (same size, another
+    mtime: hash it), None (not two files)."""
+    if recorded.get("type") != "file" or live.get("type") != "file":
+        return None
+    if live.get("size") != recorded.get("size"):
+        return True
+    return HASH if live.get("mtime_ns") != recorded.get("mtime_ns") else False
+
+
 def _content_differs(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool | None:
     if a.get("type") != "file" or b.get("type") != "file":
         return None
@@ -151,11 +166,9 @@ class LiveDiff:
             if n is None:
                 self.emit(Change("+", p))
                 continue
-            content = None
-            if n.metadata.get("type") == "file" and live.get("type") == "file":
-                content = live.get("size") != n.metadata.get("size")
-                if not content and live.get("mtime_ns") != n.metadata.get("mtime_ns"):
-                    content = _sha256(base + b"/" + name) != n.metadata.get("sha256")
+            content = by_stat(n.metadata, live)
+            if content is HASH:
+                content = _sha256(base + b"/" + name) != n.metadata.get("sha256")
             live.pop("ctime_ns", None)
             aspects = compare_meta(n.metadata, live, content)
             if aspects:
@@ -208,11 +221,9 @@ class SourceDiff:
             if n is None:
                 self.emit(Change("+", p))
                 continue
-            content = None
-            if n.metadata.get("type") == "file" and live.get("type") == "file":
-                content = live.get("size") != n.metadata.get("size")
-                if not content and live.get("mtime_ns") != n.metadata.get("mtime_ns"):
-                    content = await self.sha256(crel) != n.metadata.get("sha256")
+            content = by_stat(n.metadata, live)
+            if content is HASH:
+                content = await self.sha256(crel) != n.metadata.get("sha256")
             aspects = compare_meta(n.metadata, live, content)
             if aspects:
                 self.emit(Change("M", p, aspects))
