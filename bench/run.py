@@ -67,9 +67,18 @@ def change_one_percent(tree: Path) -> None:
         (tree / f"new-file-{i}.txt").write_bytes(b"new content %d\n" % i * (200 + 50 * i))
 
 
-def grid_up(d: Path, home: Path) -> str:
-    _, _, out = timed([PY, "-m", "lafs_backup", "grid", "up", "--dir", str(d)], env=env_for(home))
+def grid_up(d: Path, home: Path, *shape: str) -> str:
+    _, _, out = timed([PY, "-m", "lafs_backup", "grid", "up", "--dir", str(d), *shape], env=env_for(home))
     return out.strip()
+
+
+def fresh_grid(work: Path, name: str, *shape: str) -> tuple[Path, Path, str, dict[str, str], list[str]]:
+    """A new home and a new grid for one section: (home, grid dir, gateway URL, env, lafs-backup command)."""
+    home, gdir = work / f"{name}-home", work / f"grid-{name}"
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(gdir, ignore_errors=True)
+    url = grid_up(gdir, home, *shape)
+    return home, gdir, url, env_for(home), [PY, "-m", "lafs_backup", "--url", url]
 
 
 def grid_down(d: Path, home: Path) -> None:
@@ -314,13 +323,7 @@ def bench_browse(work: Path, entries: int = 100_000, big_mib: int = 256) -> str:
             f.write(os.urandom(1 << 20))
     (big / "small").mkdir()
     (big / "small" / "note.txt").write_bytes(b"a small packed file\n" * 10)
-    home = work / "browse-home"
-    shutil.rmtree(home, ignore_errors=True)
-    gdir = work / "grid-browse"
-    shutil.rmtree(gdir, ignore_errors=True)
-    url = grid_up(gdir, home)
-    env = env_for(home)
-    lb = [PY, "-m", "lafs_backup", "--url", url]
+    home, gdir, url, env, lb = fresh_grid(work, "browse")
     try:
         many = timed(lb + ["backup", str(tree)], env=env)[2].strip()
         large = timed(lb + ["backup", str(big)], env=env)[2].strip()
@@ -394,13 +397,7 @@ def bench_watch(work: Path, entries: int = 40_000, settle: float = 1.0, changes:
 
     tree = work / f"scale-{entries}"
     make_scale_tree(tree, entries)
-    home = work / "watch-home"
-    shutil.rmtree(home, ignore_errors=True)
-    gdir = work / "grid-watch"
-    shutil.rmtree(gdir, ignore_errors=True)
-    url = grid_up(gdir, home)
-    env = env_for(home)
-    lb = [PY, "-m", "lafs_backup", "--url", url]
+    home, gdir, url, env, lb = fresh_grid(work, "watch")
     try:
         p = subprocess.Popen(lb + ["--json", "watch", str(tree), "--settle", str(settle), "--min-interval", "0"],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
@@ -499,15 +496,11 @@ def bench_remote(work: Path) -> str:
             "key": "bench", "secret": "bench", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}}}))
         out = {}
         for name, src in (("local directory", str(local)), ("S3 bucket (moto)", "s3://bench/tree")):
-            home = work / f"remote-home-{len(out)}"
-            gdir = work / f"grid-remote-{len(out)}"
-            shutil.rmtree(home, ignore_errors=True)
-            shutil.rmtree(gdir, ignore_errors=True)
-            url = grid_up(gdir, home)
-            lb = [PY, "-m", "lafs_backup", "--url", url, "-c", str(conf), "--json"]
+            home, gdir, _url, env, lb = fresh_grid(work, f"remote-{len(out)}")
+            lb += ["-c", str(conf), "--json"]
             try:
-                w1, r1, o1 = timed(lb + ["backup", src], env=env_for(home))
-                w2, r2, o2 = timed(lb + ["backup", src], env=env_for(home))
+                w1, r1, o1 = timed(lb + ["backup", src], env=env)
+                w2, r2, o2 = timed(lb + ["backup", src], env=env)
             finally:
                 grid_down(gdir, home)
             s1, s2 = json.loads(o1.splitlines()[-1]), json.loads(o2.splitlines()[-1])
@@ -536,17 +529,10 @@ def bench_copy(work: Path) -> str:
 
     tree = work / "tree"
     size = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
-    home = work / "copy-home"
-    shutil.rmtree(home, ignore_errors=True)
-    ga, gb = work / "grid-copy-a", work / "grid-copy-b"
-    for g in (ga, gb):
-        shutil.rmtree(g, ignore_errors=True)
-    env = env_for(home)
-    url_a = grid_up(ga, home)
-    _, _, out = timed([PY, "-m", "lafs_backup", "grid", "up", "--dir", str(gb), "--nodes", "5", "--needed", "3",
-                       "--happy", "5"], env=env)
-    url_b = out.strip()
-    lb = [PY, "-m", "lafs_backup", "--url", url_a]
+    home, ga, url_a, env, lb = fresh_grid(work, "copy-a")
+    gb = work / "grid-copy-b"
+    shutil.rmtree(gb, ignore_errors=True)
+    url_b = grid_up(gb, home, "--nodes", "5", "--needed", "3", "--happy", "5")
     try:
         timed(lb + ["backup", str(tree)], env=env)
         target = work / "copy-restore"

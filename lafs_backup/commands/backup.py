@@ -49,9 +49,6 @@ def local_source(ctx: Context, arg: str | None) -> LocalSource:
     src = arg or ctx.config.source.path
     if not src:
         raise UsageError("No source to back up: give SOURCE or set source.path")
-    if is_url(src):
-        raise UsageError(f"{src.partition('://')[0]}:// sources can be backed up, not watched: inotify sees only "
-                         "local file systems (run 'lafs-backup backup' on a timer instead)")
     path = os.path.abspath(os.path.expanduser(src))
     if not os.path.isdir(path) and glob.has_magic(path):
         path = pick(ctx, path)

@@ -55,8 +55,8 @@ async def copy_backups(ctx: Context, to_url: str, backups: list[Backup], to_repo
         try:
             known = cache.copies()
             for r in records:  # copies recorded there by a run killed before it noted them here
-                if dest not in known.get(r.original or "", ()):
-                    cache.record_copy(r.original or "", dest, r.cap, r.ts)
+                if r.original and dest not in known.get(r.original, ()):
+                    cache.record_copy(r.original, dest, r.cap, r.ts)
             copier = Copier(src_gw, dst_gw, lambda c: cache.copied(mapped, c),
                             lambda s, d: cache.set_copied(mapped, s, d), ctx.config.operation.jobs)
             for b in todo:

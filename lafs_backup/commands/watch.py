@@ -27,6 +27,7 @@ from ..backup import changes as ch
 from ..backup.changes import Change, Changes, Round, parent_of
 from ..backup.scan import WalkHooks
 from ..backup.select import CACHEDIR_TAG, parse_if_present
+from ..backup.source import is_url
 from ..errors import CacheBusyError, GridError, LockedError, UsageError
 from ..report import Stats
 from ..store.entry import Entry
@@ -101,6 +102,10 @@ class Watcher:
                             ("--min-interval", self.min_interval)):
             if value < 0:
                 raise UsageError(f"{name} cannot be negative")
+        src = ns.source or ctx.config.source.path
+        if src and is_url(src):
+            raise UsageError(f"{src.partition('://')[0]}:// sources can be backed up, not watched: inotify sees "
+                             "only local file systems (run 'lafs-backup backup' on a timer instead)")
         self.source = local_source(ctx, ns.source)
         self.host = ns.host or this_host()
         self.tags = tuple(ns.tag or ())

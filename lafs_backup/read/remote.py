@@ -34,7 +34,6 @@ class RemoteRestorer:
         self.reader = reader
         self.rep = reporter
         self.stats = reporter.stats
-        self.url = url
         try:
             opened = open_url(url, storage_options, "restore into")
         except UsageError as e:
