@@ -55,6 +55,11 @@ from .store.snapshot import Hit
 SCHEMA_VERSION = 7
 #: How long to wait for another process's write to finish before calling the cache busy.
 BUSY_TIMEOUT_MS = 10000
+#: Keys asked for in one query by :meth:`EntryCache.lookup_many` (sqlite before 3.32 takes 999
+#: parameters at most).
+LOOKUP_BATCH = 500
+#: Rows marked as used, held until they are written together (their keys: about 7 MB at most).
+BUMP_BATCH = 100000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,6 +83,12 @@ CREATE TABLE IF NOT EXISTS copied (dest TEXT NOT NULL, src TEXT NOT NULL, dst TE
 CREATE TABLE IF NOT EXISTS copies (cap TEXT NOT NULL, dest TEXT NOT NULL, dst TEXT NOT NULL, ts REAL NOT NULL,
     PRIMARY KEY (cap, dest)) WITHOUT ROWID;
 """
+
+
+@functools.lru_cache(maxsize=64)
+def _select_many(n: int) -> str:
+    return ("SELECT key, cap, sha256, generation, enc, pack_offset, pack_length FROM objects WHERE key IN "
+            f"({','.join('?' * n)})")
 
 
 def db_error(path: str, e: Exception) -> CacheError:
@@ -136,7 +147,9 @@ class EntryCache:
         self._commit_rows = commit_rows
         self._commit_seconds = commit_seconds
         self._dirty = 0
-        self._bumps: list[tuple[int, bytes]] = []
+        #: Keys of rows looked up by generation ``_bump_gen``, to be marked as used by it.
+        self._bumps: list[bytes] = []
+        self._bump_gen = 0
         self._last_commit = now()
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         try:
@@ -292,15 +305,49 @@ class EntryCache:
         if row is None:
             return None
         if row[2] != generation and not self.reader:
-            # Marking rows as used is batched: an unchanged rerun touches every row once.
-            self._bumps.append((generation, key))
-            if len(self._bumps) >= 20000:
+            self._bump(generation, key)
+            if len(self._bumps) >= BUMP_BATCH:
                 self._flush_bumps()
         return Hit(row[0], row[1], row[3], row[4], row[5])
 
+    def lookup_many(self, keys: list[bytes], generation: int) -> dict[bytes, Hit]:
+        """:meth:`lookup` for many keys at once: the cached cap of each key that has one.
+
+        One query per :data:`LOOKUP_BATCH` keys: sqlite walks the keys in order
+        inside one statement, at about half the cost per key of one query each
+        (phase two asks for a batch of files together, see ``saver.py``).
+        """
+        found: dict[bytes, Hit] = {}
+        db = self._db
+        self._bump_generation(generation)
+        bumps, marks = self._bumps, not self.reader
+        for i in range(0, len(keys), LOOKUP_BATCH):
+            chunk = keys[i:i + LOOKUP_BATCH]
+            for key, cap, sha256, gen, enc, offset, length in db.execute(_select_many(len(chunk)), chunk):
+                if gen != generation and marks:
+                    bumps.append(key)
+                found[key] = Hit(cap, sha256, enc, offset, length)
+        if len(self._bumps) >= BUMP_BATCH:
+            self._flush_bumps()
+        return found
+
+    def _bump(self, generation: int, key: bytes) -> None:
+        # Marking rows as used is batched (see _flush_bumps): an unchanged rerun touches every row.
+        self._bump_generation(generation)
+        self._bumps.append(key)
+
+    def _bump_generation(self, generation: int) -> None:
+        if generation != self._bump_gen:
+            self._flush_bumps()
+            self._bump_gen = generation
+
     def _flush_bumps(self) -> None:
         if self._bumps:
-            self._db.executemany("UPDATE objects SET generation=? WHERE key=?", self._bumps)
+            # In key order, the updates walk the table's pages once, front to back; in
+            # lookup order (random: keys are hashes) each lands on a page read anew.
+            self._bumps.sort()
+            gen = self._bump_gen
+            self._db.executemany("UPDATE objects SET generation=? WHERE key=?", ((gen, k) for k in self._bumps))
             self._bumps = []
 
     def store(self, key: bytes, cap: str, generation: int, sha256: bytes | None = None,

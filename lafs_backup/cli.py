@@ -383,7 +383,12 @@ async def _dispatch(ctx: Any, ns: argparse.Namespace) -> int:
     from .commands import COMMANDS
 
     module = importlib.import_module(f".commands.{COMMANDS[ns.command]}", __package__)
-    return int(await module.run(ctx, ns))
+    try:
+        return int(await module.run(ctx, ns))
+    finally:
+        gw = getattr(ctx, "_gateway", None)
+        if gw is not None:
+            log.info("%s: gateway requests %s", ns.command, dict(sorted(gw.counts.items())))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,9 @@ class Stats:
     bytes_compression_saved: int = 0
     bytes_written: int = 0
     packs: int = 0
+    #: Chunks of the snapshot index: all of them, and those stored by this run.
+    index_chunks: int = 0
+    index_chunks_new: int = 0
     warnings: int = 0
     problems: int = 0
     requests: dict[str, int] = field(default_factory=dict)
@@ -168,6 +171,7 @@ class Reporter:
                              f"{s.files_unchanged} unchanged)")
                 lines.append(f"  contents: {s.files_uploaded} stored, {s.files_deduplicated} already stored "
                              f"(deduplicated), {s.files_lit} inline; {s.packs} packs uploaded")
+                lines.append(f"  index: {s.index_chunks} chunks ({s.index_chunks_new} stored)")
                 lines.append(f"  directories: {s.dirs} ({s.dirs_new} created, {s.dirs_unchanged} unchanged); "
                              f"symlinks: {s.symlinks}; special files: {s.specials}")
                 lines.append(f"  bytes read: {_size(s.bytes_read)}, uploaded: {_size(s.bytes_uploaded)}; saved by "

@@ -154,6 +154,9 @@ class FakeCache:
     def lookup(self, key: bytes, generation: int) -> Hit | None:
         return self.rows.get(key)
 
+    def lookup_many(self, keys: list[bytes], generation: int) -> dict[bytes, Hit]:
+        return {k: self.rows[k] for k in keys if k in self.rows}
+
     def store(self, key: bytes, cap: str, generation: int, sha256: bytes | None = None, enc: str | None = None,
               offset: int | None = None, length: int | None = None) -> None:
         self.rows[key] = Hit(cap, sha256, enc, offset, length)

@@ -69,3 +69,21 @@ def test_corrupt_file_gives_a_way_out(tmp_path):
     with pytest.raises(CacheError) as e:
         EntryCache(str(p), "http://g/")
     assert "--rebuild-cache" in str(e.value)
+
+
+def test_lookup_many_finds_and_marks_like_lookup(tmp_path, monkeypatch):
+    import lafs_backup.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "LOOKUP_BATCH", 3)  # several queries
+    c = EntryCache(str(tmp_path / "c"), "http://g/")
+    for i in range(7):
+        c.store(b"k%d" % i, f"URI:CHK:{i}", 1, b"h%d" % i, offset=i if i % 2 else None, length=5 if i % 2 else None)
+    c.store(b"k-current", "URI:CHK:c", 4)
+    keys = [b"k%d" % i for i in range(7)] + [b"missing", b"k-current"]
+    found = c.lookup_many(keys, 4)
+    assert set(found) == set(keys) - {b"missing"}
+    assert all(found[k] == c.lookup(k, 4) for k in found)
+    assert c.lookup_many([], 4) == {}
+    c.commit()
+    db = sqlite3.connect(str(tmp_path / "c"))
+    assert set(db.execute("SELECT generation FROM objects")) == {(4,)}

@@ -5,6 +5,7 @@ copies, and the copy restores identically from the second grid alone, the first 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -118,6 +119,10 @@ def test_copy_to_a_grid_of_another_shape(grids, home, tmp_path):
     # The first grid stopped: the copy alone restores identically, bytes and metadata.
     run_cli(["grid", "down", "--dir", str(a.dir)], home, check=True)
     out = tmp_path / "restored"
-    r = run_cli(["--url", b.url, "restore", "latest", "--source", str(src), "--target", str(out)], home)
+    r = run_cli(["--url", b.url, "--json", "restore", "latest", "--source", str(src), "--target", str(out)], home)
     assert r.code == 0, r.err
     assert full_differences(src, out) == []
+    # The copy carries its own index (the source's, with grid 2's caps): no listing per directory.
+    dirs = sum(len(ds) for _, ds, _ in os.walk(src)) + 1
+    gets = json.loads(r.out.splitlines()[-1])["requests"]["get"]
+    assert gets < dirs, (gets, dirs)

@@ -17,12 +17,14 @@ ONLY_IN = {
     "twisted.conch": {"manhole.py"},
     "inotify_simple": {"system/inotify.py"},
     "fsspec": {"system/remotefs.py"},
+    "msgpack": {"store/index.py"},
     "s3fs": set(),
     "boto3": set(),
 }
 #: Modules that decide or describe, and do no I/O: no network, database, process, thread or reactor.
 PURE = {"backup/plan.py", "backup/filters.py", "backup/queue.py", "store/snapshot.py", "store/entry.py",
-        "upkeep/retention.py", "history.py", "config.py", "errors.py", "backup/changes.py"}
+        "upkeep/retention.py", "history.py", "config.py", "errors.py", "backup/changes.py",
+        "store/index.py"}
 IO_MODULES = {"treq", "sqlite3", "twisted", "cffi", "subprocess", "socket", "threading", "xattr", "urllib"}
 #: Packages and what they may import from the project: the layers.
 LAYERS = {

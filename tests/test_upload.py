@@ -49,13 +49,13 @@ async def test_a_tree_becomes_one_snapshot_and_an_unchanged_rerun_sends_nothing(
     gw, cache = FakeGateway(), FakeCache()
     cap, up = await run(root, gw, cache)
     listing = json.loads(gw.dirs[cap])
-    assert set(listing) == {"tree", "objects"}  # the source root, and the packs it uses
+    assert set(listing) == {"tree", "objects", "index"}  # the source root, the packs it uses, its index
     s = up.stats
     assert (s.files, s.files_new, s.dirs, s.symlinks) == (24, 24, 7, 1) and s.packs == 1
     before = dict(gw.counts)
     cap2, up2 = await run(root, gw, cache)
     assert cap2 == cap and dict(gw.counts) == before  # settled from the cache, no request at all
-    assert up2.stats.files_unchanged == 24 and up2.stats.dirs_unchanged == 7 + 2  # and objects, root
+    assert up2.stats.files_unchanged == 24 and up2.stats.dirs_unchanged == 7 + 3  # and objects, index, root
 
 
 @pytest_twisted.ensureDeferred
@@ -113,3 +113,30 @@ async def _turn():
     from twisted.internet.task import deferLater
 
     await deferLater(reactor, 0, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_files_decided_ahead_are_decided_as_one_by_one(tmp_path):
+    """A batch of files decided together comes to the decisions one at a time would: unchanged,
+    known only without its inode (a rebuilt cache), changed since the walk, vanished."""
+    from lafs_backup.store.snapshot import file_key
+
+    root = tree(tmp_path / "src")
+    gw, cache = FakeGateway(), FakeCache()
+    await run(root, gw, cache)
+    up, src = uploader(root, gw, cache)
+    entries = list(src.walk(compile_rules([]), lambda p, m: None, lambda k, m: None))
+    files = [e for e in entries if e.kind == "f"]
+    rebuilt, changed, vanished = files[0], files[1], files[2]
+    st = src.lstat(rebuilt.path)
+    hit = cache.rows.pop(file_key(rebuilt.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    cache.rows[file_key(rebuilt.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, None)] = hit
+    (root / changed.path.decode()).write_text("changed since the walk")
+    (root / vanished.path.decode()).unlink()
+    one = uploader(root, gw, cache)[0].saver
+    expected = {e.path: one.decide(e) for e in files}
+    assert list(up.saver.ahead(entries, size=5)) == entries
+    assert {e.path: up.saver.decide(e) for e in files} == expected
+    actions = {e.path: expected[e.path][0].action for e in (rebuilt, changed, vanished)}
+    assert actions == {rebuilt.path: "unchanged", changed.path: "read", vanished.path: "skip"}
+    assert up.saver._ahead == {}

@@ -92,10 +92,13 @@ def test_each_change_becomes_an_incremental_snapshot_that_restores(grid, home, t
         assert ev["incremental"] is True
         assert ev["files_uploaded"] == 1 and ev["files"] < 100, ev
         assert ev["dirs_rescanned"] == depth, ev
-        # The directories on the way (the source root's included), the objects directory, the snapshot's root.
-        assert ev["dirs_created"] == depth + 2, ev
-        # One upload, those directories, and the record (a link and two listings of the writer's directory).
-        assert ev["requests"].get("put") == 1 and ev["requests_total"] <= depth + 6, ev
+        # The directories on the way (the source root's included), the objects directory, the index
+        # directory and the snapshot's root.
+        assert ev["dirs_created"] == depth + 3, ev
+        # Two uploads (the pack; the index chunk of the new directories, which links the previous
+        # snapshot's chunks for the rest), those directories, and the record (a link and two
+        # listings of the writer's directory).
+        assert ev["requests"].get("put") == 2 and ev["requests_total"] <= depth + 8, ev
         restored_ok(grid.url, home, src, tmp_path / "r1")
 
         # A new directory with files, one of them in a subdirectory made at the same time.

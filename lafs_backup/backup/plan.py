@@ -28,7 +28,8 @@ MODES = ("stat", "checksum", "verify", "force")
 
 
 class StatLike(Protocol):
-    st_mode: int
+    @property
+    def st_mode(self) -> int: ...
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ MAGIC = "#lafs-backup-queue"
 VERSION = 1
 FOOTER = "#end"
 _ROOT = "."
+_KINDS = frozenset(KINDS)
 
 _UNESCAPE_RE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
 _BAD_PATH = re.compile(rb"/(?:\.{0,2})/")  # an empty, "." or ".." component, or a leading "/"
@@ -99,18 +100,22 @@ def parse_entry(line: str) -> Entry:
     fields = line.split("\t")
     if len(fields) < 11:
         raise ValueError(f"expected at least 11 tab-separated fields, got {len(fields)}")
-    kind = fields[0]
-    if kind not in KINDS:
+    kind, text = fields[0], fields[1]
+    if kind not in _KINDS:
         raise ValueError(f"unknown entry kind {kind!r}")
-    path = b"" if fields[1] == _ROOT else unescape(fields[1])
-    if path and (b"\0" in path or _BAD_PATH.search(b"/" + path + b"/")):
-        raise ValueError("invalid path")
+    plain = "\\" not in line  # nothing escaped: every text field is its UTF-8 (the common case)
+    if text == _ROOT:
+        path = b""
+    else:
+        path = text.encode("utf-8") if plain else unescape(text)
+        if path and (b"\0" in path or _BAD_PATH.search(b"/" + path + b"/")):
+            raise ValueError("invalid path")
     try:
         mode = int(fields[2], 8)
-        nums = [int(x) for x in fields[3:11]]
+        uid, gid, size, mtime_ns, ctime_ns, dev, ino, nlink = nums = tuple(map(int, fields[3:11]))
     except ValueError:
         raise ValueError("a numeric field is not a number")
-    if mode < 0 or any(n < 0 for n in nums):
+    if mode < 0 or min(nums) < 0:
         raise ValueError("negative number")
     target = None
     extras = []
@@ -120,11 +125,12 @@ def parse_entry(line: str) -> Entry:
             raise ValueError(f"expected key=value, got {item!r}")
         if key == "target":
             target = unescape(value)
+        elif plain:
+            extras.append((key, value.encode("utf-8")))
         else:
             extras.append((unescape(key).decode("utf-8"), unescape(value)))
     if (kind == "l") != (target is not None):
         raise ValueError("a symlink needs a target, and only a symlink has one")
-    uid, gid, size, mtime_ns, ctime_ns, dev, ino, nlink = nums
     return Entry(kind, path, mode, uid, gid, size, mtime_ns, ctime_ns, dev, ino, nlink,
                  target, tuple(extras))
 

@@ -16,8 +16,10 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
 from ..read.reader import Reader
-from ..store.snapshot import (LIT_MAX, OBJECTS, PACKED_MARKER_BODY, TREE, Hit, blob_key, body_key, canonical_json,
-                              content_key, file_key)
+from ..store.index import BadIndex
+from ..store.index import decompress as index_decompress
+from ..store.snapshot import (INDEX, LIT_MAX, OBJECTS, PACKED_MARKER_BODY, TREE, Hit, blob_key, body_key, canonical_json,
+                              content_key, file_key, index_key)
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,14 @@ class Rebuilder:
 
     async def snapshot(self, cap: str) -> int:
         """Add the rows one snapshot gives; returns how many rows were added so far."""
+        await self.reader.root(cap)  # loads the snapshot's index: its directories need no request each
         root = await self._directory(cap, [])
-        objects = root.get(OBJECTS)
-        if objects is not None:
-            await self._directory(objects[1], [])
+        for kept in (OBJECTS, INDEX):  # their bodies too: a backup that makes them again finds them
+            child = root.get(kept)
+            if child is not None:
+                linked = await self._directory(child[1], [])
+                if kept == INDEX:
+                    await self._index_chunks([ro for _, ro, _ in linked.values()])
         tree = root.get(TREE)
         if tree is not None:
             await self._walk(tree[1], [])
@@ -66,6 +72,20 @@ class Rebuilder:
             body[key] = [ntype, info]
         self._row(body_key(canonical_json(body)), Hit(cap, None))
         return children
+
+    async def _index_chunks(self, caps: list[str]) -> None:
+        """A row for each index chunk, by its content: the next backup's index stores nothing anew
+        where the tree did not change."""
+        for cap in caps:
+            if not isinstance(cap, str) or cap in self._seen:
+                continue
+            self._seen.add(cap)
+            parts: list[bytes] = []
+            await self.reader.gw.download(cap, parts.append, parts.clear)
+            try:
+                self._row(index_key(index_decompress(b"".join(parts))), Hit(cap, None))
+            except BadIndex:
+                log.info("an index chunk cannot be read; the next backup stores its own")
 
     async def _walk(self, cap: str, path: list[bytes]) -> None:
         if cap in self._seen:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 
 from ..errors import QueueError
 from ..store.entry import KIND_DIR, KIND_FILE, KIND_LINK, Entry
+from ..store.index import IndexWriter
 from ..store.snapshot import Child, dir_body, edge_metadata
 from ..store.store import Store
 from .saver import FileSaver
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 _FAILED = object()
 #: Entries handled between two returns to the reactor, so signals and timers stay live.
 _SLICE = 2000
+#: The most chunks an index carried over from snapshot to snapshot (by ``watch``'s incremental
+#: rounds) may reach; past that a round's snapshot is read through its directories until the next
+#: full walk writes a fresh index.
+INDEX_CARRIED_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -49,12 +54,13 @@ class Uploader:
     def __init__(self, source: Any, store: Store, cache: Any, generation: int, reporter: Any,
                  settings: Settings = Settings(), clock: Any = None,
                  on_dir: Callable[[bytes, str], None] | None = None,
-                 hold: Callable[[Entry, Callable[[], Awaitable[Any]]], Awaitable[Child | None]] | None = None
-                 ) -> None:
+                 hold: Callable[[Entry, Callable[[], Awaitable[Any]]], Awaitable[Child | None]] | None = None,
+                 index_base: Sequence[str] | None = None) -> None:
         """``on_dir(path, cap)`` is told every directory's cap as it is settled (``watch`` keeps
         them for its next round); ``hold(entry, save)`` gives the edge of a file the walk marked as
         still being written: its previous edge, None to leave it out this time, or what ``save()``
-        (storing it as it is now) gives."""
+        (storing it as it is now) gives.  ``index_base`` is the index of the snapshot whose
+        directories the queue's ``reuse`` entries keep: this snapshot's index links its chunks too."""
         self.store = store
         self.rep = reporter
         self.stats = reporter.stats
@@ -75,6 +81,18 @@ class Uploader:
         self._files_done: Deferred | None = None
         self._on_dir = on_dir
         self._hold = hold
+        # The snapshot index: directory records in queue order (a directory finished early waits
+        # for those before it), cut into chunks stored as they are cut.
+        self.index = IndexWriter()
+        self._index_order: list[tuple[bytes, Any]] = []
+        self._index_bodies: dict[bytes, tuple[str, bytes, int] | None] = {}
+        self._index_chunks: list[Deferred] = []
+        self._index_partial = False  # some directories were kept whole: their records are in index_base
+        self._index_base = list(index_base) if index_base is not None else None
+        #: The chunks of the snapshot's index once made (empty: it has none).
+        self.index_caps: tuple[str, ...] = ()
+        #: The cap of the snapshot's tree (the source root's directory) once made.
+        self.tree_cap: str | None = None
 
     @property
     def in_flight(self) -> set[bytes]:
@@ -94,7 +112,8 @@ class Uploader:
         problems are warnings on the reporter.
         """
         try:
-            return await self._run(entries)
+            # Files are decided a batch at a time as the queue streams in (one cache query per batch).
+            return await self._run(self.saver.ahead(entries, held=self._hold is not None))
         finally:
             self.store.close()
 
@@ -115,6 +134,9 @@ class Uploader:
                 await deferLater(self._clock, 0, lambda: None)
             self.stats.entries_scanned += 1
             r = await self._entry(e, pending.pop(e.path, []) if e.kind == KIND_DIR else [])
+            if e.kind == KIND_DIR:
+                self._index_order.append((e.path, r))
+                self._index_drain()
             if e.path == b"":
                 root, have_root = r, True
             else:
@@ -129,10 +151,12 @@ class Uploader:
         objects = Deferred.fromCoroutine(self._objects_dir())
         tree = (await root if isinstance(root, Deferred) else root) if have_root else _FAILED
         objects_cap = await objects
+        index = await self._index_finish() if self.fatal is None else None
         if self.fatal is None:
             assert isinstance(tree, Child)
+            self.tree_cap = tree.cap
             try:
-                return await self.store.root(tree, objects_cap)
+                return await self.store.root(tree, objects_cap, index)
             except BaseException as e:
                 self.fail(e)
         await self.store.packer.flush()
@@ -147,6 +171,7 @@ class Uploader:
                 self.stats.dirs += 1
                 self.stats.dirs_unchanged += 1
                 self.stats.entries_done += 1
+                self._index_partial = True  # its directories' bodies are not at hand
                 return self._dir_done(e, kept.decode("ascii"))
             now = self._directory_now(e, children)
             if now is not None:
@@ -224,7 +249,8 @@ class Uploader:
                 return None  # the task says what happened
             if not _is_dir(st):
                 return None
-        d = self.store.plan_directory(dir_body(c for c in children if c is not None))
+        body = dir_body(c for c in children if c is not None)
+        d = self.store.plan_directory(body)
         log.debug("%s: %r", d, e.path)
         if d.hit is None:
             return None
@@ -232,7 +258,7 @@ class Uploader:
         self.stats.dirs_unchanged += 1
         self.stats.entries_done += 1
         times = (st.st_mtime_ns, st.st_ctime_ns) if st is not None else (None, None)
-        return self._dir_done(e, d.hit.cap, times)
+        return self._dir_done(e, d.hit.cap, times, body)
 
     async def _directory(self, e: Entry, children: list[Any]) -> Any:
         self.stats.dirs += 1
@@ -249,12 +275,59 @@ class Uploader:
         body = dir_body(r for r in results if r is not None)
         cap = await self.store.directory(body, priority=-(e.path.count(b"/") + 1) if e.path else 0, path=e.path)
         # Times as they are now, like the children's (entries may have gone since the scan).
-        return self._dir_done(e, cap, (st.st_mtime_ns, st.st_ctime_ns) if st is not None else (None, None))
+        return self._dir_done(e, cap, (st.st_mtime_ns, st.st_ctime_ns) if st is not None else (None, None), body)
 
-    def _dir_done(self, e: Entry, cap: str, times: tuple[Any, Any] = (None, None)) -> Child:
+    def _dir_done(self, e: Entry, cap: str, times: tuple[Any, Any] = (None, None), body: bytes | None = None) -> Child:
         if self._on_dir is not None:
             self._on_dir(e.path, cap)
+        if body is not None:
+            self._index_bodies[e.path] = (cap, body, 0)
         return Child(e.name, cap, edge_metadata(e, None, *times))
+
+    # -- the snapshot index ------------------------------------------------------------------------
+    def _index_drain(self) -> None:
+        """Add the records of the directories finished so far, in queue order."""
+        order = self._index_order
+        taken = 0
+        for path, result in order:
+            if isinstance(result, Deferred) and not result.called:
+                break
+            taken += 1
+            done = self._index_bodies.pop(path, None)
+            if done is not None:
+                chunk = self.index.add(*done)
+                if chunk is not None:
+                    self._index_chunks.append(Deferred.fromCoroutine(self._index_chunk(chunk)))
+        if taken:
+            del order[:taken]
+
+    async def _index_chunk(self, raw: bytes) -> str | None:
+        try:
+            return await self.store.index_chunk(raw)
+        except BaseException as e:
+            self.fail(e)
+            return None
+
+    async def _index_finish(self) -> list[str] | None:
+        """The caps of the index chunks, in order (None: this snapshot gets no index).  A snapshot
+        that kept directories whole links the chunks of the index they came from after its own
+        (a reader takes the first record of each directory; the next full walk starts afresh), up
+        to :data:`INDEX_CARRIED_MAX` chunks in all."""
+        self._index_drain()
+        last = self.index.finish()
+        if last is not None:
+            self._index_chunks.append(Deferred.fromCoroutine(self._index_chunk(last)))
+        caps = [await d for d in self._index_chunks]
+        if self._index_order or None in caps:
+            return None
+        if self._index_partial:
+            if not self._index_base:
+                return None
+            caps += [c for c in self._index_base if c not in caps]
+            if len(caps) > INDEX_CARRIED_MAX:
+                return None
+        self.index_caps = tuple(caps)
+        return caps
 
 
 def _is_dir(mode_or_st: Any) -> bool:

@@ -218,6 +218,10 @@ class Incremental:
     hold: Callable[[Entry, Any], Awaitable[Child | None]] | None = None
     #: The snapshot it builds on: a round that comes to the very same snapshot records nothing.
     previous: str | None = None
+    #: The chunks of that snapshot's index (the kept directories' records are there).
+    index: tuple[str, ...] = ()
+    #: That snapshot's tree.
+    previous_tree: str | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,9 @@ class Made:
     generation: int
     packs: frozenset[str]
     objects: frozenset[str]
+    #: The chunks of its index (empty: it has none).
+    index: tuple[str, ...] = ()
+    tree: str | None = None
 
 
 async def phase_two(ctx: Context, source: Source, qpath: str, totals: list[int], host: str, tags: tuple[str, ...],
@@ -263,7 +270,8 @@ async def phase_two(ctx: Context, source: Source, qpath: str, totals: list[int],
             uploader = Uploader(source, store, cache, gen, rep,
                                 Settings(conf.operation.window, max(4, 2 * conf.operation.jobs), mode),
                                 ctx.reactor, on_dir=incremental.on_dir if incremental is not None else None,
-                                hold=incremental.hold if incremental is not None else None)
+                                hold=incremental.hold if incremental is not None else None,
+                                index_base=incremental.index if incremental is not None else None)
             if ctx.op is not None:
                 ctx.op.uploader = uploader
             progress = Progress(rep, ctx.reactor, totals[0], totals[1])
@@ -277,8 +285,10 @@ async def phase_two(ctx: Context, source: Source, qpath: str, totals: list[int],
                 raise
             finally:
                 progress.stop()
-            if incremental is not None and snap == incremental.previous:
-                b = None  # nothing that is backed up changed (events about excluded names, say)
+            if incremental is not None and uploader.tree_cap == incremental.previous_tree is not None:
+                # Nothing that is backed up changed (events about excluded names, say): the previous
+                # snapshot stands (this one differs from it in its index's chunks alone).
+                b, snap = None, incremental.previous or snap
             else:
                 b = await _record(ctx, cache, gw, gen, snap, source.label, host, tags)
                 await _publish(ctx, repo, cache)
@@ -292,7 +302,8 @@ async def phase_two(ctx: Context, source: Source, qpath: str, totals: list[int],
             cache.close()
     finally:
         lock.release()
-    return Made(snap, b, gen, frozenset(store.packs_used), frozenset(store.encoded_used))
+    return Made(snap, b, gen, frozenset(store.packs_used), frozenset(store.encoded_used), uploader.index_caps,
+                uploader.tree_cap)
 
 
 def _count_queue(qpath: str, label: bytes, totals: list[int]) -> None:

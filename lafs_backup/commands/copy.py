@@ -18,6 +18,7 @@ async def copy_backups(ctx: Context, to_url: str, backups: list[Backup], to_repo
     """Copy ``backups`` (newest first) that the destination's repository does not hold yet; returns
     what was done.  Takes the entry cache's lock (it keeps the map of what the destination holds)."""
     from ..read.copy import Copier
+    from ..read.reader import Reader
     from ..repository import Record, Repository
 
     rep = ctx.reporter
@@ -57,8 +58,9 @@ async def copy_backups(ctx: Context, to_url: str, backups: list[Backup], to_repo
             for r in records:  # copies recorded there by a run killed before it noted them here
                 if r.original and dest not in known.get(r.original, ()):
                     cache.record_copy(r.original, dest, r.cap, r.ts)
+            reader = Reader(src_gw, jobs=ctx.config.operation.jobs)
             copier = Copier(src_gw, dst_gw, lambda c: cache.copied(mapped, c),
-                            lambda s, d: cache.set_copied(mapped, s, d), ctx.config.operation.jobs)
+                            lambda s, d: cache.set_copied(mapped, s, d), ctx.config.operation.jobs, reader=reader)
             for b in todo:
                 snap = await copier.snapshot(b.cap)
                 await repo.add(Record(snap, b.host or "unknown", b.source, b.ts, b.generation, b.tags, b.summary,
@@ -69,6 +71,7 @@ async def copy_backups(ctx: Context, to_url: str, backups: list[Backup], to_repo
                          {"type": "copied", "id": b.short_id, "generation": b.generation, "to": dest},
                          err=not rep.json_mode)
         finally:
+            reader.close()
             cache.close()
     finally:
         lock.release()

@@ -27,7 +27,9 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     reader = Reader(await ctx.gateway())
     try:
         if ns.b is not None:
-            await SnapshotDiff(reader, emit).run(cap_a, await ctx.resolve(ns.b, ns.source, ns.host, ns.tag))
+            cap_b = await ctx.resolve(ns.b, ns.source, ns.host, ns.tag)
+            await reader.load_differences(cap_a, cap_b)
+            await SnapshotDiff(reader, emit).run(cap_a, cap_b)
         else:
             rec = next((x for x in await ctx.backups() if x.cap == cap_a), None)
             src = rec.source if rec is not None else ctx.snapshot_source(ns.source)

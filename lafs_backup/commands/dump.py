@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from ..errors import UsageError
@@ -13,7 +12,6 @@ from ..read.reader import Reader
 from ..store.entry import KIND_DIR, KIND_FILE
 from .context import Context, outcome
 
-log = logging.getLogger(__name__)
 
 
 async def run(ctx: Context, ns: argparse.Namespace) -> int:
@@ -24,7 +22,8 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
         raise UsageError("dump writes raw bytes (or a tar stream): redirect stdout to a file or a pipe, or "
                          "give --force")
     gw = await ctx.gateway()
-    reader = Reader(gw)
+    # A whole snapshot's tar reads the index; a path needs only the directories on its way.
+    reader = Reader(gw, use_index=ns.path in ("", ".", "/"), jobs=ctx.config.operation.jobs)
     try:
         browser = Browser(reader, ahead=max(4, ctx.config.operation.jobs))
         item = await browser.lookup(cap, ns.path)
@@ -39,5 +38,4 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
                              "bytes, or a directory as a tar stream")
     finally:
         reader.close()
-    log.info("dump: gateway requests %s", dict(gw.counts))
     return outcome(rep)

@@ -34,7 +34,10 @@ def shown(item: Item) -> str:
 async def run(ctx: Context, ns: argparse.Namespace) -> int:
     rep = ctx.reporter
     cap = await ctx.resolve(ns.snapshot, ns.source, ns.host, ns.tag)
-    browser = Browser(Reader(await ctx.gateway()), ahead=max(4, ctx.config.operation.jobs), remember=64)
+    # A recursive listing reads the snapshot's index (no request per directory); one directory
+    # is cheaper read on its own.
+    reader = Reader(await ctx.gateway(), use_index=ns.recursive, jobs=ctx.config.operation.jobs)
+    browser = Browser(reader, ahead=max(4, ctx.config.operation.jobs), remember=64)
     top = await browser.lookup(cap, ns.path or "")
     items = [top] if top.kind != KIND_DIR else None
 

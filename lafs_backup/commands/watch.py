@@ -285,7 +285,9 @@ class Watcher:
                           frozenset() if full or self.made is None else self.made.packs,
                           frozenset() if full or self.made is None else self.made.objects,
                           on_dir=made_dirs.__setitem__, hold=None if full else hold,
-                          previous=None if full or self.made is None else self.made.cap)
+                          previous=None if full or self.made is None else self.made.cap,
+                          index=() if full or self.made is None else self.made.index,
+                          previous_tree=None if full or self.made is None else self.made.tree)
         made = await phase_two(ctx, self.source, self.qpath, totals, self.host, self.tags, "stat", incremental=inc)
         self.previous = _tree(made_dirs, kept)
         self.rounds += 1

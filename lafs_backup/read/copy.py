@@ -19,7 +19,9 @@ directory already copied is skipped whole, its subtree unread.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -29,9 +31,13 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 
 from ..errors import SnapshotError
 from ..store.encode import SALT_MARK
-from ..store.snapshot import canonical_json, lit_data, salted_body
+from ..store.index import BadIndex, IndexWriter
+from ..store.index import compress as compress_index
+from ..store.index import records as index_records
+from ..store.snapshot import INDEX, canonical_json, index_body, index_caps, lit_data, salted_body
 from ..store.store import despite_unhappiness, full_error, temp_file, write_all
 from ..system.paths import LocalFile
+from .reader import Reader
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +66,11 @@ class Copier:
     """Copies snapshots from ``source`` (a gateway) to ``dest`` (another gateway's client)."""
 
     def __init__(self, source: Any, dest: Any, map_get: Callable[[str], str | None],
-                 map_put: Callable[[str, str], None], jobs: int = 4, tmpdir: str | None = None) -> None:
+                 map_put: Callable[[str, str], None], jobs: int = 4, tmpdir: str | None = None,
+                 reader: Reader | None = None) -> None:
+        """``reader`` (of ``source``): directories are read from each snapshot's index through it."""
         self.src = source
+        self.reader = reader
         self.dst = dest
         self._get = map_get
         self._put = map_put
@@ -73,7 +82,13 @@ class Copier:
 
     async def snapshot(self, cap: str) -> str:
         """The destination cap of snapshot ``cap``, copying whatever the destination lacks."""
-        return await self._dir(cap)
+        done = self._get(cap)
+        if done is not None:
+            self.stats.reused += 1
+            return done
+        if self.reader is not None:
+            await self.reader.root(cap)  # loads its index
+        return await self._once(cap, lambda c: self._make_dir(c, root=True))
 
     # -- directories ---------------------------------------------------------------------------
     async def _dir(self, cap: str) -> str:
@@ -83,19 +98,26 @@ class Copier:
             return done
         return await self._once(cap, self._make_dir)
 
-    async def _make_dir(self, cap: str) -> str:
+    async def _make_dir(self, cap: str, root: bool = False) -> str:
         await self._listings.acquire()
         try:
-            listing = await self.src.get_json(cap)
+            listing = await (self.reader.raw_listing(cap) if self.reader is not None and not root
+                             else self.src.get_json(cap))
         finally:
             self._listings.release()
         try:
-            children = listing[1]["children"]
+            children = dict(listing[1]["children"])
+            index = children.pop(INDEX, None) if root else None
             items = [(name, ntype, info) for name, (ntype, info) in children.items()]
         except (IndexError, KeyError, TypeError, ValueError):
             raise SnapshotError(what="(copy)", problem="a directory listing is not one")
         new = await _all([self._edge(ntype, info) for _, ntype, info in items])
-        body = canonical_json({name: edge for (name, _, _), edge in zip(items, new)})
+        edges = {name: edge for (name, _, _), edge in zip(items, new)}
+        if index is not None:  # made last: it names the destination caps of every directory
+            made_index = await self._index(index[1].get("ro_uri"))
+            if made_index is not None:
+                edges[INDEX] = ["dirnode", {"ro_uri": made_index}]
+        body = canonical_json(edges)
         made = await despite_unhappiness(
             self.dst, lambda salt: self.dst.mkdir_immutable(salted_body(body, salt.hex()) if salt else body),
             "a directory")
@@ -124,6 +146,80 @@ class Copier:
         if meta:
             out["metadata"] = meta
         return [ntype, out]
+
+    # -- the snapshot index ------------------------------------------------------------------------
+    async def _index(self, cap: Any) -> str | None:
+        """The destination's index of a copied snapshot: each record of the source's index with its
+        destination caps, chunked anew (None, and the copy is read through its directories, if a
+        record names a directory or object the copy does not hold)."""
+        if not isinstance(cap, str):
+            return None
+        writer = IndexWriter()
+        made: list[str] = []
+        for chunk in index_caps(await self.src.get_json(cap)):
+            parts: list[bytes] = []
+            await self.src.download(chunk, parts.append, parts.clear)
+            try:
+                records = list(index_records(b"".join(parts)))
+            except BadIndex as e:
+                log.warning("the snapshot index is not copied: %s", e)
+                return None
+            for dircap, body in records:
+                dst, translated = self._get(dircap), self._translated(body)
+                if dst is None or translated is None:
+                    log.warning("the snapshot index is not copied: it names a directory the copy lacks")
+                    return None
+                raw = writer.add(dst, translated)
+                if raw is not None:
+                    made.append(await self._index_chunk(raw))
+        last = writer.finish()
+        if last is not None:
+            made.append(await self._index_chunk(last))
+        if not made:
+            return None
+        body = index_body(made)
+        return str(await despite_unhappiness(
+            self.dst, lambda salt: self.dst.mkdir_immutable(salted_body(body, salt.hex()) if salt else body),
+            "a directory"))
+
+    def _translated(self, body: bytes) -> bytes | None:
+        """A directory body with the destination's caps, as :meth:`_make_dir` made it (None: a cap
+        the copy does not hold)."""
+        try:
+            children = json.loads(body)
+        except ValueError:
+            return None
+        out: dict[str, Any] = {}
+        for name, (ntype, info) in children.items():
+            meta = dict(info.get("metadata") or {})
+            pack = meta.get("pack")
+            caps = [info.get("ro_uri"), pack.get("cap") if isinstance(pack, dict) else None, meta.get("object")]
+            mapped = [c if c is None or lit_data(c) is not None else self._get(c) for c in caps]
+            if any(c is not None and m is None for c, m in zip(caps, mapped)):
+                return None
+            if isinstance(pack, dict):
+                meta["pack"] = {**pack, "cap": mapped[1]}
+            if mapped[2] is not None:
+                meta["object"] = mapped[2]
+            edge: dict[str, Any] = {"ro_uri": mapped[0]}
+            if meta:
+                edge["metadata"] = meta
+            out[name] = [ntype, edge]
+        return canonical_json(out)
+
+    async def _index_chunk(self, raw: bytes) -> str:
+        """A destination index chunk, stored once (the map remembers it by its content)."""
+        key = "index-chunk:" + hashlib.sha256(raw).hexdigest()
+        done = self._get(key)
+        if done is not None:
+            return done
+        stored = compress_index(raw)
+        made = str(await despite_unhappiness(self.dst, lambda salt: self.dst.put_bytes(
+            stored + SALT_MARK + salt if salt else stored), "an index chunk"))
+        self._put(key, made)
+        self.stats.objects += 1
+        self.stats.bytes += len(stored)
+        return made
 
     # -- objects ---------------------------------------------------------------------------------
     async def _object(self, cap: str, can_salt: bool = True) -> str:

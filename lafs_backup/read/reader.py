@@ -11,17 +11,26 @@ backup time.  Restore, verify and diff read through it.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
+import time
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
 
-from ..errors import SnapshotError
+from ..errors import GatewayError, SnapshotError
 from ..store.encode import Decoder
 from ..store.packer import PackRef
-from ..store.snapshot import OBJECTS, BadSnapshot, Node, lit_data, pack_caps, parse_children, parse_root
+from ..store.index import BadIndex
+from ..store.index import records as index_records
+from ..store.snapshot import (INDEX, OBJECTS, BadSnapshot, Node, index_caps, lit_data, pack_caps, parse_children,
+                              parse_root)
+from ..store.store import temp_file, write_all
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,9 +65,13 @@ class Reader:
     restore); otherwise each packed file is one Range GET (fastest for a few).
     """
 
-    def __init__(self, gateway: Any, whole_packs: bool = False, tmpdir: str | None = None) -> None:
+    def __init__(self, gateway: Any, whole_packs: bool = False, tmpdir: str | None = None,
+                 use_index: bool = True, jobs: int = 4) -> None:
         self.gw = gateway
         self._packs = _PackReader(gateway, whole_packs, tmpdir)
+        #: Directory bodies from snapshot indexes (None: every directory is read from the grid).
+        self.index = _IndexStore(tmpdir) if use_index else None
+        self._jobs = max(1, jobs)
 
     @property
     def whole_packs(self) -> bool:
@@ -66,18 +79,118 @@ class Reader:
 
     # -- directories -----------------------------------------------------------------------------
     async def root(self, cap: str) -> tuple[Node, str | None]:
-        """The snapshot's ``tree`` edge (the source root, with its metadata) and its objects directory."""
+        """The snapshot's ``tree`` edge (the source root, with its metadata) and its objects
+        directory.  The snapshot's index, if it has one, is loaded (once per reader)."""
         listing = await self.gw.get_json(cap)
         try:
             tree = parse_root(listing)
         except BadSnapshot as e:
             raise SnapshotError(what="(given)", problem=str(e))
-        objects = (listing[1].get("children") or {}).get(OBJECTS) if isinstance(listing, list) else None
+        children = (listing[1].get("children") or {}) if isinstance(listing, list) else {}
+        objects = children.get(OBJECTS)
+        index = children.get(INDEX)
+        if index and self.index is not None:
+            await self._load_index(index[1].get("ro_uri"))
         return tree, (objects[1].get("ro_uri") if objects else None)
+
+    async def _index_of(self, cap: str) -> str | None:
+        """The cap of snapshot ``cap``'s index directory (None: it has none)."""
+        listing = await self.gw.get_json(cap)
+        children = (listing[1].get("children") or {}) if isinstance(listing, list) else {}
+        index = children.get(INDEX)
+        found = index[1].get("ro_uri") if isinstance(index, list) and len(index) == 2 else None
+        return found if isinstance(found, str) else None
+
+    async def load_differences(self, cap_a: str, cap_b: str) -> None:
+        """Load only the index chunks that one of two snapshots has and the other has not.
+
+        Every directory of B that A lacks is in a chunk A lacks (a chunk both hold holds the same
+        records), and the other way round: a comparison that skips identical directories finds
+        nearly everything it reads there, at a cost that follows the differences.  A directory it
+        does not find (one that moved, say) is read from the grid."""
+        if self.index is None:
+            return
+        a, b = await self._index_of(cap_a), await self._index_of(cap_b)
+        if a is None or b is None:
+            return  # the snapshot without one is read through its directories; the other's is loaded
+        chunks_a = index_caps(await self.gw.get_json(a))
+        chunks_b = index_caps(await self.gw.get_json(b))
+        shared = set(chunks_a) & set(chunks_b)
+        await self._load_chunks([c for c in chunks_a + chunks_b if c not in shared])
+        self.index.loaded.update((a, b))
+
+    async def _load_index(self, cap: Any) -> None:
+        """Fetch the chunks of an index (those not fetched already), ``jobs`` at a time."""
+        assert self.index is not None
+        if not isinstance(cap, str) or cap in self.index.loaded:
+            return
+        await self._load_chunks(index_caps(await self.gw.get_json(cap)))
+        self.index.loaded.add(cap)
+
+    async def _load_chunks(self, caps: list[str]) -> None:
+        assert self.index is not None
+        started = time.monotonic()
+        chunks = list(dict.fromkeys(c for c in caps if c not in self.index.loaded))
+        slots = DeferredSemaphore(self._jobs)
+        size = [0]
+
+        async def one(chunk: str) -> None:
+            await slots.acquire()
+            try:
+                parts: list[bytes] = []
+                await self.gw.download(chunk, parts.append, parts.clear)
+                assert self.index is not None
+                data = b"".join(parts)
+                size[0] += len(data)
+                self.index.add(chunk, data)
+            except (BadIndex, GatewayError) as e:
+                # The index only saves requests: what this chunk held is read from the directories.
+                log.warning("an index chunk cannot be used (%s); its directories are read one by one",
+                            e if isinstance(e, BadIndex) else getattr(e, "reason", None) or type(e).__name__)
+            finally:
+                slots.release()
+
+        try:
+            await gatherResults([Deferred.fromCoroutine(one(c)) for c in chunks], consumeErrors=True)
+        except FirstError as e:
+            err = e.subFailure.value
+            assert isinstance(err, BaseException)
+            raise err from None
+        log.info("index: %d chunks (%d bytes) loaded in %.2f s", len(chunks), size[0], time.monotonic() - started)
+
+    async def raw_listing(self, cap: str) -> Any:
+        """A directory's listing (``["dirnode", {"children": ...}]``): from a loaded index, else from
+        the grid."""
+        return await self._body(cap)
+
+    async def _body(self, cap: str) -> Any:
+        """A directory's listing: from a loaded index, else from the grid."""
+        body = self.index.body(cap) if self.index is not None else None
+        if body is not None:
+            try:
+                return ["dirnode", {"children": json.loads(body)}]
+            except ValueError:
+                raise SnapshotError(what="(given)", problem="an index record is not a directory")
+        return await self.gw.get_json(cap)
+
+    @property
+    def has_index(self) -> bool:
+        """Was an index loaded (by :meth:`root` of a snapshot that has one)?"""
+        return self.index is not None and bool(self.index.loaded)
+
+    def indexed_children(self, node: Node) -> list[Node] | None:
+        """A directory's edges as a loaded index records them (None: it is not there)."""
+        body = self.index.body(node.cap) if self.index is not None else None
+        if body is None:
+            return None
+        try:
+            return parse_children(["dirnode", {"children": json.loads(body)}])
+        except (BadSnapshot, ValueError):
+            return []
 
     async def listing(self, cap: str) -> dict[str, tuple[str, str, dict[str, Any]]]:
         """A directory's children as the grid holds them: key -> (type, read cap, metadata)."""
-        listing = await self.gw.get_json(cap)
+        listing = await self._body(cap)
         try:
             children = listing[1]["children"]
             return {key: (ntype, info.get("ro_uri") or info.get("rw_uri"), info.get("metadata") or {})
@@ -88,7 +201,7 @@ class Reader:
     async def children(self, node: Node) -> list[Node]:
         """A directory's edges, with exact names; unsafe or duplicate names are refused."""
         try:
-            return parse_children(await self.gw.get_json(node.cap))
+            return parse_children(await self._body(node.cap))
         except BadSnapshot as e:
             raise SnapshotError(what="(given)", problem=str(e))
 
@@ -136,6 +249,51 @@ class Reader:
 
     def close(self) -> None:
         self._packs.close()
+        if self.index is not None:
+            self.index.close()
+
+
+class _IndexStore:
+    """Directory bodies from loaded index chunks, kept in a private temporary file: only where
+    each one lies is held in memory (a million entries' bodies are hundreds of megabytes)."""
+
+    def __init__(self, tmpdir: str | None) -> None:
+        self._tmpdir = tmpdir
+        self._fd: int | None = None
+        self._end = 0
+        self._where: dict[str, tuple[int, int]] = {}
+        #: Caps of the chunks and index directories loaded.
+        self.loaded: set[str] = set()
+        self.hits = 0
+
+    def add(self, chunk: str, stored: bytes) -> None:
+        if chunk in self.loaded:
+            return
+        if self._fd is None:
+            self._fd = temp_file(self._tmpdir)
+        batch = []
+        for cap, body in index_records(stored):
+            if cap not in self._where:
+                self._where[cap] = (self._end, len(body))
+                self._end += len(body)
+                batch.append(body)
+        data = b"".join(batch)
+        write_all(self._fd, data, self._end - len(data))
+        self.loaded.add(chunk)
+
+    def body(self, cap: str) -> bytes | None:
+        at = self._where.get(cap)
+        if at is None or self._fd is None:
+            return None
+        self.hits += 1
+        return os.pread(self._fd, at[1], at[0])
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._where.clear()
+        self.loaded.clear()
 
 
 class _PackReader:

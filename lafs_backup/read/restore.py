@@ -83,6 +83,7 @@ class Restorer:
         self._numeric = numeric
         self._groups: dict[str, _Group] = {}
         self._prefetch_jobs = max(1, listings // 2)
+        self._leaf_dirs = _DirFds()
 
     async def run(self, snapshot_cap: str, paths: Sequence[bytes] = ()) -> None:
         tree, objects = await self.reader.root(snapshot_cap)
@@ -109,6 +110,7 @@ class Restorer:
         finally:
             if prefetch is not None:
                 await prefetch
+            self._leaf_dirs.close()
             os.close(self._root_fd)
 
     # -- navigation ---------------------------------------------------------------
@@ -136,6 +138,20 @@ class Restorer:
             yield fd
         finally:
             os.close(fd)
+
+    @contextmanager
+    def _leaf_dir(self, parts: list[bytes]) -> Iterator[int]:
+        """The directory leaves are created in: opened through the same chain as :meth:`_dir` once,
+        then kept open while its leaves are made (the directory itself, whatever happens to the
+        path meanwhile)."""
+        key = tuple(parts)
+        fd = self._leaf_dirs.take(key)
+        if fd is None:
+            fd = self._leaf_dirs.put(key, open_dir_chain(self._root_fd, parts, create=True))
+        try:
+            yield fd
+        finally:
+            self._leaf_dirs.give(key)
 
     def _rel(self, parts: list[bytes], name: bytes | None = None) -> bytes:
         return b"/".join(parts + ([name] if name is not None else [])) or b"."
@@ -208,7 +224,7 @@ class Restorer:
                 group = self._groups[gid] = _Group()
         ok = False
         try:
-            with self._dir(parts, create=True) as dfd:
+            with self._leaf_dir(parts) as dfd:
                 if node.kind == KIND_SOCKET:
                     self.rep.note(rel, "socket not restored (sockets cannot be restored)")
                     return
@@ -280,10 +296,21 @@ class Restorer:
 
     async def _file(self, node: Node, dfd: int, rel: bytes, applier: Applier) -> bool:
         """Download a file under a temporary name, check it, apply its attributes through its
-        descriptor, then rename it into place: its final name never holds wrong content."""
+        descriptor, then rename it into place: its final name never holds wrong content.  An
+        empty file is made under its own name (empty is its whole content)."""
+        if _is_empty(node):
+            fd = _create_excl(dfd, node.name, rel, self.rep)
+            if fd is None:
+                return False
+            try:
+                applier.apply(FdHandle(fd), node.metadata, KIND_FILE, xattrs_of(node.metadata))
+            finally:
+                os.close(fd)
+            return True
         tmp = _partial_name(node.name)
-        _clear(dfd, tmp, rel, self.rep)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+        fd = _create_excl(dfd, tmp, rel, self.rep)
+        if fd is None:
+            return False
         placed = False
         try:
             sink = _SparseSink(fd)
@@ -316,6 +343,55 @@ class Restorer:
                     pass
 
 
+def _is_empty(node: Node) -> bool:
+    """A file recorded as empty whose cap holds nothing (so there is nothing to read or check)."""
+    return node.metadata.get("size") == 0 and node.cap == "URI:LIT:" and node.pack is None and node.object is None
+
+
+def _create_excl(dfd: int, name: bytes, rel: bytes, rep: Reporter) -> int | None:
+    """Create ``name`` (0600) in ``dfd``, never through a symlink: whatever is there (a leftover,
+    a symlink, a file) is removed first; None when a directory is in the way."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(name, flags, 0o600, dir_fd=dfd)
+    except FileExistsError:
+        if not _clear(dfd, name, rel, rep):
+            return None
+        return os.open(name, flags, 0o600, dir_fd=dfd)
+
+
+class _DirFds:
+    """Directory descriptors shared by the leaves made in them: at most ``keep`` kept open when no
+    leaf uses them (one in use is never closed)."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self._keep = keep
+        self._fds: dict[tuple[bytes, ...], list[int]] = {}  # key -> [fd, users], least recent first
+
+    def take(self, key: tuple[bytes, ...]) -> int | None:
+        entry = self._fds.pop(key, None)
+        if entry is None:
+            return None
+        entry[1] += 1
+        self._fds[key] = entry  # most recent last
+        return entry[0]
+
+    def put(self, key: tuple[bytes, ...], fd: int) -> int:
+        self._fds[key] = [fd, 1]
+        return fd
+
+    def give(self, key: tuple[bytes, ...]) -> None:
+        self._fds[key][1] -= 1
+        if len(self._fds) > self._keep:
+            for k in [k for k, (_, users) in self._fds.items() if users == 0][:len(self._fds) - self._keep]:
+                os.close(self._fds.pop(k)[0])
+
+    def close(self) -> None:
+        for fd, _ in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
 def _partial_name(name: bytes) -> bytes:
     """Where a file is written before it is checked and renamed into place (short enough for
     any name; the same for the same name, so a killed restore's leftover is replaced)."""
@@ -327,25 +403,30 @@ class _SparseSink:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.restart()
+        self.size = 0  # a new, empty file
+        self._hole = False
 
     def restart(self) -> None:
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
         self.size = 0
+        self._hole = False
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if len(chunk) >= _ZERO_RUN and chunk.count(0) == len(chunk):
             os.lseek(self.fd, len(chunk), os.SEEK_CUR)
+            self._hole = True
             return
+        self._hole = False
         view = memoryview(chunk)
         while view:
             k = os.write(self.fd, view)
             view = view[k:]
 
     def close(self) -> None:
-        os.ftruncate(self.fd, self.size)  # a trailing hole needs the size set
+        if self._hole:
+            os.ftruncate(self.fd, self.size)  # a trailing hole needs the size set
 
 
 def _clear(dfd: int, name: bytes, rel: bytes, rep: Reporter) -> bool:

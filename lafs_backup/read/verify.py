@@ -21,13 +21,16 @@ class Verifier:
     ``gateway`` verifies the shares (a deep-check with ``verify=true``); the
     ``reader`` reads contents back.  ``sample`` is the percentage of files
     whose content is read back (all shares are verified whatever it is).
-    ``rng`` chooses the sample.
+    ``rng`` chooses the sample.  The walk reads the grid's own directories;
+    ``index``, a reader of the snapshot's index, is checked against them:
+    every directory must be in the index exactly as on the grid.
     """
 
     def __init__(self, gateway: Any, reader: Reader, reporter: Reporter, sample: float = 100.0, jobs: int = 6,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, index: Reader | None = None) -> None:
         self.gw = gateway
         self.reader = reader
+        self.index = index
         self.rep = reporter
         self.sample = sample
         self._rng = rng or random.Random()
@@ -37,6 +40,10 @@ class Verifier:
     async def run(self, cap: str) -> None:
         await self._shares(cap)
         tree, _ = await self.reader.root(cap)
+        if self.index is not None:
+            await self.index.root(cap)
+            if not self.index.has_index:
+                self.index = None  # a snapshot without one: nothing to compare
         await self._dir(tree, "")
 
     async def _shares(self, cap: str) -> None:
@@ -57,6 +64,13 @@ class Verifier:
         except (GatewayError, SnapshotError) as e:
             self.rep.problem(path or "/", f"directory unreadable: {getattr(e, 'reason', '') or e}")
             return
+        if self.index is not None:
+            recorded = self.index.indexed_children(node)
+            if recorded is None:
+                self.rep.problem(path or "/", "the snapshot's index lacks this directory")
+            elif [_comparable(n) for n in recorded] != [_comparable(n) for n in children]:
+                self.rep.problem(path or "/", "the snapshot's index disagrees with this directory (restore, "
+                                              "ls and diff read the index)")
         waits: list[Deferred] = []
         for child in children:
             cpath = f"{path}/{child.name.decode('utf-8', 'backslashreplace')}"
@@ -81,3 +95,8 @@ class Verifier:
             self.rep.problem(path, f"unreadable: {getattr(e, 'reason', '') or e}")
         finally:
             self._slots.release()
+
+
+def _comparable(n: Node) -> tuple[Any, ...]:
+    meta = {k: v for k, v in n.metadata.items() if k not in ("tahoe", "salt")}
+    return n.name, n.kind, n.cap, sorted(meta.items(), key=lambda kv: kv[0])

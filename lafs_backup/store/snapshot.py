@@ -23,6 +23,7 @@ from .entry import (KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_
 FORMAT = 1
 TREE = "tree"
 OBJECTS = "objects"
+INDEX = "index"
 LIT_MAX = 55  # Tahoe's URI_LIT_SIZE_THRESHOLD
 
 _KIND_NAMES = {KIND_FILE: "file", KIND_DIR: "dir", KIND_LINK: "symlink", KIND_FIFO: "fifo",
@@ -183,12 +184,30 @@ def dir_body(children: Iterable[Child]) -> bytes:
     return canonical_json(out)
 
 
-def root_body(tree: Child, objects: str | None = None) -> bytes:
-    """The snapshot root: ``tree``, the source root with its metadata, and ``objects`` if any."""
+def root_body(tree: Child, objects: str | None = None, index: str | None = None) -> bytes:
+    """The snapshot root: ``tree``, the source root with its metadata, ``objects`` and ``index`` if any."""
     body: dict[str, Any] = {TREE: ["dirnode", {"ro_uri": tree.cap, "metadata": dict(tree.metadata)}]}
     if objects is not None:
         body[OBJECTS] = ["dirnode", {"ro_uri": objects}]
+    if index is not None:
+        body[INDEX] = ["dirnode", {"ro_uri": index}]
     return canonical_json(body)
+
+
+def index_body(chunks: Iterable[str]) -> bytes:
+    """The directory linking a snapshot's index chunks (``chunk-N``, in order), so deep-check and
+    its leases reach them as they reach everything else."""
+    return canonical_json({f"chunk-{i:06d}": ["filenode", {"ro_uri": cap}] for i, cap in enumerate(chunks)})
+
+
+def index_caps(listing: Any) -> list[str]:
+    """The chunks linked from an ``index`` directory listing, in order."""
+    try:
+        children = listing[1]["children"]
+    except (IndexError, KeyError, TypeError):
+        return []
+    return [info.get("ro_uri") for name, (_, info) in sorted(children.items())
+            if name.startswith("chunk-") and isinstance(info.get("ro_uri"), str)]
 
 
 def salted_body(body: bytes, salt: str) -> bytes:
@@ -252,6 +271,11 @@ def file_key(path: bytes, size: int, mtime_ns: int, ctime_ns: int, ino: int | No
 def content_key(sha: bytes, plain: bool = False) -> bytes:
     """Cache key of stored content, by its plaintext SHA-256 (``plain``: stored as is, alone)."""
     return (b"plain\0" if plain else b"content\0") + sha
+
+
+def index_key(raw: bytes) -> bytes:
+    """Cache key of an index chunk, by its uncompressed bytes."""
+    return hashlib.sha256(b"index\0" + raw).digest()
 
 
 def blob_key(data: bytes) -> bytes:

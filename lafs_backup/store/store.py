@@ -26,10 +26,11 @@ from ..errors import GatewayError, LafsBackupError, LocalError
 from ..log import NOISE
 from .encode import LZ4, SALT_LEN, SALT_MARK, XZ, EncodingRules, compress
 from .entry import Entry
+from . import index as snapshot_index
 from .packer import Packer, PackRef
 from ..system.paths import LocalFile
 from .snapshot import (LIT_MAX, PACKED_MARKER_BODY, Child, Hit, blob_key, body_key, content_key, edge_metadata,
-                       lit_cap, objects_body, root_body, salted_body)
+                       index_body, index_key, lit_cap, objects_body, root_body, salted_body)
 
 log = logging.getLogger(__name__)
 
@@ -342,11 +343,29 @@ class Store:
             return None
         return await self.directory(objects_body(self.packs_used, self.encoded_used))
 
-    async def root(self, tree: Child, objects: str | None) -> str:
-        """Seal the last pack and make the snapshot's root; returns the snapshot cap."""
+    async def index_chunk(self, raw: bytes) -> str:
+        """The cap of an index chunk (``raw``: its uncompressed bytes), stored unless known."""
+        key = index_key(raw)
+        self.stats.index_chunks += 1
+        hit = self.cache.lookup(key, self.gen) if self.settings.mode != "force" else None
+        if hit is not None:
+            return hit.cap
+        stored = snapshot_index.compress(raw)
+        cap = await self._despite_unhappiness(lambda salt: self.gw.put_bytes(self._salted(stored, salt)),
+                                              "an index chunk")
+        self.cache.store(key, cap, self.gen)
+        self.confirmed()
+        self.stats.bytes_uploaded += len(stored)
+        self.stats.index_chunks_new += 1
+        return cap
+
+    async def root(self, tree: Child, objects: str | None, index: list[str] | None = None) -> str:
+        """Seal the last pack and make the snapshot's root (with an index directory linking the
+        chunks ``index``, if given); returns the snapshot cap."""
         await self.packer.flush()
         self.stats.packs = self.packer.packs_uploaded
-        return await self.directory(root_body(tree, objects))
+        index_dir = await self.directory(index_body(index)) if index else None
+        return await self.directory(root_body(tree, objects, index_dir))
 
 
 async def despite_unhappiness(gw: Any, put: Callable[[bytes | None], Awaitable[str]], what: str,

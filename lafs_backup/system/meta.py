@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import grp
 import logging
 import os
@@ -217,15 +218,9 @@ class Applier:
         if not self.numeric:
             user, group = meta.get("user"), meta.get("group")
             if isinstance(user, str):
-                try:
-                    uid = pwd.getpwnam(user).pw_uid
-                except KeyError:
-                    pass
+                uid = _uid_of(user, uid)
             if isinstance(group, str):
-                try:
-                    gid = grp.getgrnam(group).gr_gid
-                except KeyError:
-                    pass
+                gid = _gid_of(group, gid)
         return uid, gid
 
     def apply(self, target: Handle, meta: Mapping[str, object], kind: str, xattrs: Mapping[bytes, bytes],
@@ -274,3 +269,21 @@ class Applier:
             fn()
         except OSError as e:
             self._warn(f"cannot {what}: {e.strerror or e}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _uid_of(user: str, recorded: int) -> int:
+    """The local uid of ``user`` (the recorded one if there is no such user); asked of the system
+    once per name and restore, not once per file."""
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return recorded
+
+
+@functools.lru_cache(maxsize=4096)
+def _gid_of(group: str, recorded: int) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        return recorded

@@ -1,0 +1,113 @@
+"""The snapshot index: every directory of a snapshot in a few objects (pure).
+
+Reading a snapshot through its directories costs one gateway request per
+directory, and the gateway spends tens of milliseconds of CPU rendering each
+listing.  So with each snapshot the backup also stores its index: every
+directory's cap with the exact body it was made from, the same
+``mkdir-immutable`` JSON the grid holds (names, caps and edge metadata), so a
+reader parses an index record exactly as it parses a listing.
+
+Records go in the order directories are finished (children before their
+parent) into chunks: a msgpack array ``[FORMAT, [[dircap, body], ...]]``,
+compressed as an LZ4 frame.  A chunk ends after a record whose dircap hashes
+to a cut point once the chunk holds :data:`CHUNK_MIN` bytes, and always at
+:data:`CHUNK_MAX`: the boundaries follow the content, so a part of the tree
+that did not change gives the same chunks as before, and the store keeps
+them by content (a rerun stores only the chunks around what changed).
+
+On the grid the snapshot root links an ``index`` directory whose children
+``chunk-000000``, ``chunk-000001``... are the chunks: deep-check and its
+leases reach them like everything else.  The native directory tree stays
+complete, so any Tahoe tool can still browse a snapshot, and a snapshot
+without an index (made before it existed, or by a copy that could not
+translate it) is read through its directories.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Iterator
+
+import lz4.frame
+import msgpack
+
+FORMAT = 1
+#: A chunk is cut at a cut point once it holds this many bytes of records...
+CHUNK_MIN = 1 << 20
+#: ...and always before it would hold more than this.
+CHUNK_MAX = 8 << 20
+#: One dircap in this many is a cut point.
+_CUT_EVERY = 4
+
+
+class BadIndex(ValueError):
+    pass
+
+
+class IndexWriter:
+    """Collects directory records into chunks (the uncompressed bytes; the store compresses).
+
+    ``add`` returns a chunk whenever one is complete; ``finish`` returns the
+    last one.  A directory whose cap was added already (two identical
+    directories) is recorded once.  Memory: one chunk, and the dircaps seen.
+    """
+
+    def __init__(self) -> None:
+        self._records: list[list[object]] = []
+        self._size = 0
+        self._seen: set[str] = set()
+        self.dirs = 0
+        self.entries = 0
+
+    def add(self, cap: str, body: bytes, entries: int = 0) -> bytes | None:
+        if cap in self._seen:
+            return None
+        self._seen.add(cap)
+        self.dirs += 1
+        self.entries += entries
+        out = None
+        if self._records and self._size + len(body) > CHUNK_MAX:
+            out = self._cut()
+        self._records.append([cap, body])
+        self._size += len(body) + len(cap)
+        if out is None and self._size >= CHUNK_MIN and zlib.crc32(cap.encode("ascii", "replace")) % _CUT_EVERY == 0:
+            out = self._cut()
+        return out
+
+    def finish(self) -> bytes | None:
+        return self._cut() if self._records else None
+
+    def _cut(self) -> bytes:
+        raw: bytes = msgpack.packb([FORMAT, self._records], use_bin_type=True)
+        self._records = []
+        self._size = 0
+        return raw
+
+
+def compress(raw: bytes) -> bytes:
+    """A chunk as stored."""
+    return lz4.frame.compress(raw)
+
+
+def decompress(stored: bytes) -> bytes:
+    """A stored chunk's uncompressed bytes.  Bytes after the LZ4 frame (a salt the store added to
+    get past an unhappy refusal) are ignored.  Raises :class:`BadIndex`."""
+    try:
+        return lz4.frame.LZ4FrameDecompressor().decompress(stored)
+    except Exception as e:  # lz4 raises a variety of errors on damaged input
+        raise BadIndex(f"an index chunk cannot be read ({type(e).__name__})") from None
+
+
+def records(stored: bytes) -> Iterator[tuple[str, bytes]]:
+    """The (dircap, body) records of a stored chunk.  Raises :class:`BadIndex`."""
+    raw = decompress(stored)
+    try:
+        fmt, recs = msgpack.unpackb(raw, raw=False, use_list=True)
+    except Exception as e:  # lz4 and msgpack raise a variety of errors on damaged input
+        raise BadIndex(f"an index chunk cannot be read ({type(e).__name__})") from None
+    if fmt != FORMAT:
+        raise BadIndex(f"an index chunk of format {fmt!r} (this version reads {FORMAT})")
+    for rec in recs:
+        if not (isinstance(rec, list) and len(rec) == 2 and isinstance(rec[0], str) and isinstance(rec[1], bytes)):
+            raise BadIndex("an index record is not a directory cap and body")
+        yield rec[0], rec[1]

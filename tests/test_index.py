@@ -1,0 +1,274 @@
+"""The snapshot index: a whole snapshot's directories in a few chunks, shared across snapshots by content.
+
+Unit tests of the chunk format and its content-defined boundaries, then a
+50,000-entry tree on the real grid: restore, ls -R, find and diff read the
+index instead of one listing per directory; an unchanged rerun stores no
+chunk; a small change stores only the chunks around it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from conftest import cli_env, run_cli
+from lafs_backup.store import index
+from lafs_backup.store.index import BadIndex, IndexWriter, compress, records
+from treecompare import differences
+
+
+def _body(i: int, size: int = 900) -> bytes:
+    return json.dumps({f"f{i}-{j}": ["filenode", {"ro_uri": "URI:LIT:", "metadata": {"n": j}}]
+                       for j in range(size // 60)}).encode()
+
+
+def _chunks(recs: list[tuple[str, bytes]]) -> list[bytes]:
+    w = IndexWriter()
+    out = [c for cap, body in recs if (c := w.add(cap, body)) is not None]
+    last = w.finish()
+    return out + ([last] if last is not None else [])
+
+
+def _stream(n: int) -> list[tuple[str, bytes]]:
+    return [(f"URI:DIR2-CHK:cap{i}", _body(i)) for i in range(n)]
+
+
+def test_records_round_trip_in_order_and_a_salt_is_ignored():
+    recs = _stream(8000)
+    chunks = _chunks(recs)
+    assert len(chunks) > 3  # ~7 MB of records: several chunks
+    assert all(len(c) <= index.CHUNK_MAX for c in chunks)
+    back = [r for c in chunks for r in records(compress(c))]
+    assert back == recs
+    salted = compress(chunks[0]) + b"\0salt" + os.urandom(16)
+    assert list(records(salted)) == list(records(compress(chunks[0])))
+
+
+def test_a_directory_met_twice_is_recorded_once():
+    w = IndexWriter()
+    w.add("URI:DIR2-CHK:a", b"{}")
+    w.add("URI:DIR2-CHK:a", b"{}")
+    assert list(records(compress(w.finish()))) == [("URI:DIR2-CHK:a", b"{}")]
+    assert w.dirs == 1
+
+
+def test_damaged_or_foreign_chunks_are_refused():
+    good = compress(_chunks(_stream(3))[0])
+    with pytest.raises(BadIndex):
+        list(records(good[:len(good) // 2]))
+    with pytest.raises(BadIndex):
+        list(records(b"not a chunk at all"))
+    with pytest.raises(BadIndex, match="format 99"):
+        list(records(compress(msgpack.packb([99, []]))))
+    with pytest.raises(BadIndex, match="not a directory cap"):
+        list(records(compress(msgpack.packb([index.FORMAT, [[1, 2]]]))))
+
+
+def test_boundaries_follow_content_so_a_change_touches_few_chunks():
+    recs = _stream(16000)
+    before = set(_chunks(recs))
+    changed = list(recs)
+    changed[6800] = (changed[6800][0] + "x", _body(-1))  # one directory changed
+    changed.insert(12000, ("URI:DIR2-CHK:new", _body(-2)))  # and one added
+    after = _chunks(changed)
+    assert len(before) > 10
+    new = [c for c in after if c not in before]
+    assert 1 <= len(new) <= 4, (len(new), len(after))
+
+
+async def _fake_snapshot(gw, dirs: int = 30) -> tuple[str, list[str]]:
+    """A snapshot of ``dirs`` directories of 20 files made on a fake gateway, with its index."""
+    from lafs_backup.store.snapshot import Child, dir_body, index_body, root_body
+
+    writer, subdirs, chunks = IndexWriter(), [], []
+    for d in range(dirs):
+        body = dir_body(Child(b"f%02d" % i, "URI:LIT:", {"type": "file", "size": 0, "mode": 0o644, "dir": d})
+                        for i in range(20))
+        cap = await gw.mkdir_immutable(body)
+        subdirs.append(Child(b"d%03d" % d, cap, {"type": "dir", "mode": 0o755}))
+        if (raw := writer.add(cap, body)) is not None:
+            chunks.append(await gw.put_bytes(compress(raw)))
+    top = dir_body(subdirs)
+    tree = await gw.mkdir_immutable(top)
+    for raw in (writer.add(tree, top), writer.finish()):
+        if raw is not None:
+            chunks.append(await gw.put_bytes(compress(raw)))
+    root = await gw.mkdir_immutable(root_body(Child(b"", tree, {"type": "dir"}), None,
+                                              await gw.mkdir_immutable(index_body(chunks))))
+    return root, chunks
+
+
+async def _walk(reader, cap: str) -> list[tuple[bytes, str]]:
+    tree, _ = await reader.root(cap)
+    out = []
+    for d in await reader.children(tree):
+        out += [(d.name + b"/" + n.name, n.kind) for n in await reader.children(d)]
+    return out
+
+
+async def test_a_reader_walks_a_snapshot_from_its_index_and_survives_a_damaged_chunk(monkeypatch):
+    from fakes import FakeGateway
+    from lafs_backup.read.reader import Reader
+
+    monkeypatch.setattr(index, "CHUNK_MIN", 2000)  # several chunks for a small tree
+    gw = FakeGateway()
+    root, chunks = await _fake_snapshot(gw)
+    assert len(chunks) >= 3
+    plain = Reader(gw, use_index=False)
+    expected = await _walk(plain, root)
+    assert len(expected) == 600
+    gw.counts.clear()
+    indexed = Reader(gw)
+    assert await _walk(indexed, root) == expected
+    assert gw.counts["get"] == 2 + len(chunks)  # the root, the index directory, the chunks: no listing
+    # A chunk that cannot be read: its directories are read from the grid, nothing is lost.
+    gw.objects[chunks[1]] = b"damaged" * 10
+    gw.counts.clear()
+    damaged = Reader(gw)
+    assert await _walk(damaged, root) == expected
+    assert 2 + len(chunks) < gw.counts["get"] < 2 + len(chunks) + 31
+    for r in (plain, indexed, damaged):
+        r.close()
+
+
+# -- on the real grid ------------------------------------------------------------------------------
+
+N_ENTRIES = 50_000
+
+
+def make_tree(dest: Path, n: int) -> int:
+    """``n`` entries in directories of 250 (files mostly empty, some tiny, every fiftieth one packed),
+    two levels deep; returns the number of directories."""
+    dirs = 0
+    made = 1
+    while made < n:
+        sub = dest / f"d{dirs // 20:02d}" / f"e{dirs:04d}"
+        sub.mkdir(parents=True)
+        made += 1 + (dirs % 20 == 0)
+        dirs += 1 + (dirs % 20 == 0)
+        for i in range(min(249, n - made)):
+            with open(sub / f"f{i:03d}", "wb") as f:
+                if i % 50 == 0:
+                    f.write(b"packed content %d %d\n" % (dirs, i) * 8)
+                elif i % 10 == 0:
+                    f.write(b"tiny %d\n" % i)
+            made += 1
+    return dirs
+
+
+def _requests(err: str, command: str) -> dict[str, int]:
+    m = re.search(command + r": gateway requests (\{.*\})", err)
+    assert m, err
+    return json.loads(m.group(1).replace("'", '"'))
+
+
+@pytest.fixture(scope="module")
+def scale(grid, tmp_path_factory):
+    base = tmp_path_factory.mktemp("index")
+    home = base / "home"
+    home.mkdir()
+    src = base / "src"
+    dirs = make_tree(src, N_ENTRIES)
+    lb = ["--url", grid.url]
+    first = json.loads(run_cli([*lb, "--json", "backup", str(src)], home, check=True, timeout=600).out.splitlines()[-1])
+    return src, home, lb, first, dirs
+
+
+def _lb(scale, *args: str) -> tuple[str, str]:
+    src, home, lb, _, _ = scale
+    p = subprocess.run([sys.executable, "-m", "lafs_backup", *lb, "-o", "logging.level=info", *args],
+                       env=cli_env(home), capture_output=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert p.returncode in (0, 1), p.stderr.decode()
+    return p.stdout.decode("utf-8", "surrogateescape"), p.stderr.decode()
+
+
+def test_the_first_backup_stores_an_index_and_an_unchanged_rerun_stores_none(scale):
+    src, home, lb, first, dirs = scale
+    assert 2 <= first["index_chunks"] < dirs / 10 and first["index_chunks_new"] == first["index_chunks"]
+    again = json.loads(run_cli([*lb, "--json", "backup", str(src)], home, check=True).out.splitlines()[-1])
+    assert again["cap"] == first["cap"]
+    assert again["index_chunks_new"] == 0 and again["index_chunks"] == first["index_chunks"]
+
+
+def test_restore_reads_the_index_not_each_directory(scale, tmp_path):
+    src, home, lb, first, dirs = scale
+    out = tmp_path / "restored"
+    r = run_cli([*lb, "--json", "restore", first["cap"], "--target", str(out)], home, check=True, timeout=600)
+    gets = json.loads(r.out.splitlines()[-1])["requests"]["get"]
+    # The root, the index directory, its chunks, the objects directory and the packs: not ~215 listings.
+    assert gets <= 3 + first["index_chunks"] + first["packs"], gets
+    assert gets < dirs / 4
+    assert differences(src, out) == []
+
+
+def test_ls_and_find_walk_the_whole_snapshot_from_the_index(scale):
+    src, home, lb, first, dirs = scale
+    out, err = _lb(scale, "ls", "-R", first["cap"])
+    listed = {line.rstrip("/") for line in out.splitlines()}
+    on_disk = {os.path.relpath(os.path.join(d, n), src) for d, ds, fs in os.walk(src) for n in ds + fs}
+    assert listed == on_disk
+    assert sum(_requests(err, "ls").values()) <= 2 + first["index_chunks"]
+    out, err = _lb(scale, "find", "f007", "--snapshot", first["cap"])
+    assert len(out.splitlines()) == sum("f007" in fs for _, _, fs in os.walk(src))
+    # The repository's records of which backups there are, then the snapshot as ls read it.
+    assert sum(_requests(err, "find").values()) <= 6 + first["index_chunks"] < dirs / 5
+
+
+def test_a_small_change_stores_the_chunks_around_it_and_diff_shows_exactly_it(scale):
+    src, home, lb, first, dirs = scale
+    touched = sorted(src.glob("d03/e*/f01*"))[:20]
+    for p in touched:
+        p.write_bytes(b"changed " + p.name.encode() * 10)
+    second = json.loads(run_cli([*lb, "--json", "backup", str(src)], home, check=True).out.splitlines()[-1])
+    assert 1 <= second["index_chunks_new"] <= 4, second
+    out, err = _lb(scale, "diff", first["cap"], second["cap"])
+    changed = {line.split()[1] for line in out.splitlines()}
+    assert changed == {"/" + str(p.relative_to(src)) for p in touched}
+    # Only the chunks one snapshot has and the other has not: what the change rewrote, in each.
+    loaded = sum(int(n) for n in re.findall(r"index: (\d+) chunks", err))
+    assert 1 <= loaded <= 2 * second["index_chunks_new"] < first["index_chunks"] + 2, (loaded, second)
+    gets = _requests(err, "diff")["get"]
+    assert gets <= 8 + loaded, err
+
+    # A snapshot against itself: nothing loaded, nothing listed.
+    out, err = _lb(scale, "diff", second["cap"], second["cap"])
+    assert out == "" and re.findall(r"index: (\d+) chunks", err) == ["0"], err
+
+
+def _children(url: str, cap: str) -> dict:
+    import urllib.parse
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}uri/{urllib.parse.quote(cap)}?t=json", timeout=60) as r:
+        return json.loads(r.read())[1]["children"]
+
+
+def test_verify_checks_the_index_against_the_directories(scale, grid):
+    import urllib.parse
+    import urllib.request
+
+    src, home, lb, first, dirs = scale
+    r = run_cli([*lb, "verify", "--sample", "1", first["cap"]], home, timeout=600)
+    assert r.code == 0, r.err
+    assert "index" not in r.err
+    # A snapshot root made by hand whose index belongs to another snapshot (the one before the small
+    # change): verify names the directories the index gets wrong.
+    listed = [b for b in json.loads(run_cli([*lb, "--json", "list"], home, check=True).out)]
+    caps = sorted({b["cap"] for b in listed})
+    assert len(caps) >= 2, listed
+    newer, older = (_children(grid.url, c) for c in (caps[0], caps[1]))
+    assert newer["index"][1]["ro_uri"] != older["index"][1]["ro_uri"]
+    body = json.dumps({"tree": newer["tree"], "index": older["index"]}).encode()
+    req = urllib.request.Request(f"{grid.url}uri?t=mkdir-immutable", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        mixed = resp.read().decode().strip()
+    r = run_cli([*lb, "verify", "--sample", "1", mixed], home, timeout=600)
+    assert r.code != 0
+    assert "the snapshot's index" in r.err, r.err
