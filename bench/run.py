@@ -33,6 +33,22 @@ MKTREE = HERE / "mktree.py"
 PY = sys.executable
 
 
+#: CPU seconds (user + system) of the last command :func:`timed` ran.
+LAST_CPU = [0.0]
+
+
+def gateway_cpu(gdir: Path) -> float | None:
+    """CPU seconds the grid's gateway process has used so far (None: not known)."""
+    import json
+
+    try:
+        pid = json.loads((gdir / "grid.json").read_text())["processes"]["gateway"]["pid"]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, KeyError, ValueError, IndexError, TypeError):
+        return None
+
+
 def timed(cmd: list[str], **kw) -> tuple[float, int, str]:
     """Run a command; return (wall seconds, its own peak RSS in KiB from wait4, stdout)."""
     t0 = time.monotonic()
@@ -52,6 +68,7 @@ def timed(cmd: list[str], **kw) -> tuple[float, int, str]:
     for t in threads:
         t.join()
     wall = time.monotonic() - t0
+    LAST_CPU[0] = usage.ru_utime + usage.ru_stime
     code = os.waitstatus_to_exitcode(status)
     p.returncode = code
     if kw.get("check", True) and code not in kw.get("ok", (0,)):
@@ -245,7 +262,11 @@ def bench_scale(work: Path, n: int) -> dict[str, object]:
     try:
         timed(lb + ["backup", str(tree), "--queue-only"], env=env)  # warms the page cache
         w1, r1, _ = timed(lb + ["backup", str(tree), "--queue-only"], env=env)
+        gw_before = gateway_cpu(gdir)
         wf, rf, so = timed(lb + ["--json", "backup", str(tree)], env=env)
+        out["full_cpu"] = LAST_CPU[0]
+        gw_after = gateway_cpu(gdir)
+        out["full_gateway_cpu"] = gw_after - gw_before if gw_before is not None and gw_after is not None else None
         first = json.loads(so.splitlines()[-1])
         wu, ru, _ = timed(lb + ["backup", str(tree)], env=env)
         out.update(phase_one_s=w1, phase_one_rss=r1, rate=entries / w1, full_s=wf, full_rss=rf, rerun_s=wu,
@@ -325,6 +346,10 @@ def _timed_err(cmd: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) 
     return time.monotonic() - t0, usage.ru_maxrss, (outs["out"].decode(errors="replace"), err)
 
 
+def _secs(v: float | None) -> str:
+    return "unknown" if v is None else f"{v:.1f} s"
+
+
 def scale_section(s: dict) -> str:
     """The RESULTS.md section of one scale run."""
     req = s["full_requests"]
@@ -356,7 +381,8 @@ def scale_section(s: dict) -> str:
              f"| `diff` of a snapshot with itself | {s['diff0_s']:.1f} s | | | | |", "",
              f"First full backup, gateway requests: {req}: "
              f"{req.get('mkdir', 0) / s['dirs']:.3f} mkdir per directory, "
-             f"{req.get('put', 0) / s['files']:.5f} PUT per file.  "
+             f"{req.get('put', 0) / s['files']:.5f} PUT per file.  Its CPU: lafs-backup {s['full_cpu']:.1f} s, "
+             f"the gateway {_secs(s['full_gateway_cpu'])} (the storage nodes the rest of the machine's two cores).  "
              f"The index: {s['index_chunks']} chunks, {s['index_bytes'] / 1e6:.1f} MB stored "
              f"(loaded by `ls -R` in {s['index_load_s']:.1f} s).  Restore requests: {s['restore_requests']}.",
              "",

@@ -150,6 +150,9 @@ class EntryCache:
         #: Keys of rows looked up by generation ``_bump_gen``, to be marked as used by it.
         self._bumps: list[bytes] = []
         self._bump_gen = 0
+        # Rows stored but not yet written to the file (see _flush_writes): key -> row.
+        self._new_objects: dict[bytes, tuple[Any, ...]] = {}
+        self._new_paths: dict[bytes, int] = {}
         self._last_commit = now()
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         try:
@@ -245,7 +248,7 @@ class EntryCache:
 
     def commit(self, durable: bool = False) -> None:
         """Commit; ``durable``: also sync, so that the commit survives a power cut."""
-        self._flush_bumps()
+        self._flush_writes()
         self._db.execute("COMMIT")
         if durable:
             # One small transaction at synchronous=FULL syncs the write-ahead
@@ -263,7 +266,7 @@ class EntryCache:
             return
         if not self.reader:
             try:
-                self._flush_bumps()
+                self._flush_writes()
                 self._db.execute("COMMIT")
             except sqlite3.Error:
                 pass
@@ -279,6 +282,7 @@ class EntryCache:
         finished backup) is reused, so a resumed run doesn't leave a gap.
         """
         db = self._db
+        self._flush_writes()
         row = db.execute(
             "SELECT gen FROM generations WHERE source=? ORDER BY gen DESC LIMIT 1", (source,)).fetchone()
         if row is not None:
@@ -299,6 +303,9 @@ class EntryCache:
     # -- objects -------------------------------------------------------------
     def lookup(self, key: bytes, generation: int) -> Hit | None:
         """The cached cap for ``key``; marks it as used by ``generation``."""
+        new = self._new_objects.get(key)
+        if new is not None:
+            return self._new_hit(key, new, generation)
         row = self._db.execute(
             "SELECT cap, sha256, generation, enc, pack_offset, pack_length FROM objects WHERE key=?",
             (key,)).fetchone()
@@ -318,6 +325,10 @@ class EntryCache:
         (phase two asks for a batch of files together, see ``saver.py``).
         """
         found: dict[bytes, Hit] = {}
+        new = self._new_objects
+        if new:
+            found.update((k, self._new_hit(k, new[k], generation)) for k in keys if k in new)
+            keys = [k for k in keys if k not in found]
         db = self._db
         self._bump_generation(generation)
         bumps, marks = self._bumps, not self.reader
@@ -341,6 +352,28 @@ class EntryCache:
             self._flush_bumps()
             self._bump_gen = generation
 
+    def _new_hit(self, key: bytes, row: tuple[Any, ...], generation: int) -> Hit:
+        if row[3] != generation and not self.reader:
+            self._new_objects[key] = row = (*row[:3], generation, *row[4:7], row[7])
+        return Hit(row[1], row[2], row[4], row[5], row[6])
+
+    def _flush_writes(self) -> None:
+        """Write the rows stored since the last flush, in key order (the keys are hashes: in
+        order, the inserts walk the table's pages once instead of landing on random ones), then
+        the marks of rows used."""
+        if self._new_objects:
+            rows = sorted(self._new_objects.values())
+            self._new_objects = {}
+            self._db.executemany(
+                "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "cap=excluded.cap, sha256=excluded.sha256, generation=excluded.generation, enc=excluded.enc, "
+                "pack_offset=excluded.pack_offset, pack_length=excluded.pack_length", rows)
+        if self._new_paths:
+            paths = sorted(self._new_paths.items())
+            self._new_paths = {}
+            self._db.executemany("INSERT OR REPLACE INTO paths VALUES (?, ?)", paths)
+        self._flush_bumps()
+
     def _flush_bumps(self) -> None:
         if self._bumps:
             # In key order, the updates walk the table's pages once, front to back; in
@@ -352,12 +385,10 @@ class EntryCache:
 
     def store(self, key: bytes, cap: str, generation: int, sha256: bytes | None = None,
               enc: str | None = None, offset: int | None = None, length: int | None = None) -> None:
-        """Record a cap the gateway returned (never call it with anything else)."""
-        self._db.execute(
-            "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
-            "cap=excluded.cap, sha256=excluded.sha256, generation=excluded.generation, enc=excluded.enc, "
-            "pack_offset=excluded.pack_offset, pack_length=excluded.pack_length",
-            (key, cap, sha256, generation, enc, offset, length, generation))
+        """Record a cap the gateway returned (never call it with anything else).  Written to the file
+        at the next commit (which the store makes in the same reactor turn as the upload's
+        confirmation), with the other rows stored meanwhile."""
+        self._new_objects[key] = (key, cap, sha256, generation, enc, offset, length, generation)
         self._wrote()
 
     def store_hit(self, key: bytes, hit: Hit, generation: int) -> None:
@@ -371,11 +402,13 @@ class EntryCache:
 
     def saw_path(self, source: bytes, path: bytes) -> bool:
         """Was content at ``path`` of ``source`` stored before (so a file there now is 'changed')?"""
-        return self._db.execute("SELECT 1 FROM paths WHERE key=?",
-                                (self._path_key(source, path),)).fetchone() is not None
+        key = self._path_key(source, path)
+        if key in self._new_paths:
+            return True
+        return self._db.execute("SELECT 1 FROM paths WHERE key=?", (key,)).fetchone() is not None
 
     def record_path(self, source: bytes, path: bytes, generation: int) -> None:
-        self._db.execute("INSERT OR REPLACE INTO paths VALUES (?, ?)", (self._path_key(source, path), generation))
+        self._new_paths[self._path_key(source, path)] = generation
         self._wrote()
 
     # -- backups -------------------------------------------------------------
@@ -419,7 +452,7 @@ class EntryCache:
         newer than every backup are kept: the next run resumes with them.
         """
         db = self._db
-        self._flush_bumps()
+        self._flush_writes()
         top = db.execute("SELECT MAX(generation) FROM backups").fetchone()[0] or 0
         for i in rows:
             db.execute("DELETE FROM backups WHERE id=?", (i,))
@@ -481,7 +514,7 @@ class EntryCache:
 
     def has_objects(self) -> bool:
         """Does the cache remember any stored object (False: new, or set aside)?"""
-        return self._db.execute("SELECT 1 FROM objects LIMIT 1").fetchone() is not None
+        return bool(self._new_objects) or self._db.execute("SELECT 1 FROM objects LIMIT 1").fetchone() is not None
 
     def _backup_row(self, row: int) -> Backup:
         r = self._db.execute(f"SELECT {self._COLUMNS} FROM backups WHERE id=?", (row,)).fetchone()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
+import pytest_twisted
 
 from conftest import cli_env, run_cli
 from lafs_backup.store import index
@@ -81,6 +82,11 @@ def test_boundaries_follow_content_so_a_change_touches_few_chunks():
     assert len(before) > 10
     new = [c for c in after if c not in before]
     assert 1 <= len(new) <= 4, (len(new), len(after))
+    # A hundred new directories in one place (a tarball unpacked): the chunks around them, not
+    # every chunk after them.
+    grown = recs[:5000] + [(f"URI:DIR2-CHK:added{i}", _body(10_000 + i)) for i in range(100)] + recs[5000:]
+    new = [c for c in _chunks(grown) if c not in before]
+    assert len(new) <= 6, len(new)
 
 
 async def _fake_snapshot(gw, dirs: int = 30) -> tuple[str, list[str]]:
@@ -113,11 +119,13 @@ async def _walk(reader, cap: str) -> list[tuple[bytes, str]]:
     return out
 
 
+@pytest_twisted.ensureDeferred
 async def test_a_reader_walks_a_snapshot_from_its_index_and_survives_a_damaged_chunk(monkeypatch):
     from fakes import FakeGateway
     from lafs_backup.read.reader import Reader
 
     monkeypatch.setattr(index, "CHUNK_MIN", 2000)  # several chunks for a small tree
+    monkeypatch.setattr(index, "CHUNK_AVG", 4000)
     gw = FakeGateway()
     root, chunks = await _fake_snapshot(gw)
     assert len(chunks) >= 3
@@ -272,3 +280,35 @@ def test_verify_checks_the_index_against_the_directories(scale, grid):
     r = run_cli([*lb, "verify", "--sample", "1", mixed], home, timeout=600)
     assert r.code != 0
     assert "the snapshot's index" in r.err, r.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_records_waiting_for_their_turn_spill_to_a_file_and_the_index_is_whole(tmp_path, monkeypatch):
+    from fakes import FakeCache, FakeGateway
+    from test_upload import run, tree
+
+    from lafs_backup.backup import upload
+    from lafs_backup.read.reader import Reader
+
+    monkeypatch.setattr(upload, "_INDEX_HELD", 0)  # every record waiting goes through the spill file
+    gw, cache = FakeGateway(), FakeCache()
+    cap, up = await run(tree(tmp_path / "src", dirs=6, files=5), gw, cache)
+    assert up.index_caps and up._index_spill is None  # closed
+    plain, indexed = Reader(gw, use_index=False), Reader(gw)
+
+    async def everything(reader) -> list:
+        tree_node, _ = await reader.root(cap)
+        out, todo = [], [tree_node]
+        while todo:
+            for n in await reader.children(todo.pop()):
+                out.append((n.name, n.cap, dict(n.metadata)))
+                if n.kind == "d":
+                    todo.append(n)
+        return out
+
+    expected = await everything(plain)
+    gw.counts.clear()
+    assert await everything(indexed) == expected
+    assert gw.counts["get"] == 2 + len(up.index_caps)  # nothing read by directory
+    plain.close()
+    indexed.close()

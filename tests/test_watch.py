@@ -124,6 +124,13 @@ def test_each_change_becomes_an_incremental_snapshot_that_restores(grid, home, t
         restored_ok(grid.url, home, src, tmp_path / "r3")
         r = run_cli(["--url", grid.url, "diff", str(ev["generation"] - 1), str(ev["generation"])], home)
         assert r.code == 1 and f"- /{gone.name}" in r.out.splitlines(), r.out
+
+        # The source root's own attributes: its directory is unchanged, its edge is not.
+        os.chmod(src, 0o750)
+        ev = w.snapshot()
+        assert ev["incremental"] is True, ev
+        r = run_cli(["--url", grid.url, "diff", str(ev["generation"] - 1), str(ev["generation"])], home)
+        assert r.code == 1 and any(line.startswith("M / (") for line in r.out.splitlines()), r.out
     finally:
         code, took = w.stop()
     assert code == 143 and took < 5, (code, took, w.err)

@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
+from ..errors import GatewayError
 from ..read.reader import Reader
 from ..store.index import BadIndex
 from ..store.index import decompress as index_decompress
@@ -81,10 +82,10 @@ class Rebuilder:
                 continue
             self._seen.add(cap)
             parts: list[bytes] = []
-            await self.reader.gw.download(cap, parts.append, parts.clear)
             try:
+                await self.reader.gw.download(cap, parts.append, parts.clear)
                 self._row(index_key(index_decompress(b"".join(parts))), Hit(cap, None))
-            except BadIndex:
+            except (BadIndex, GatewayError):
                 log.info("an index chunk cannot be read; the next backup stores its own")
 
     async def _walk(self, cap: str, path: list[bytes]) -> None:

@@ -14,6 +14,7 @@ on the longest chain to the root.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 
@@ -24,7 +25,7 @@ from ..errors import QueueError
 from ..store.entry import KIND_DIR, KIND_FILE, KIND_LINK, Entry
 from ..store.index import IndexWriter
 from ..store.snapshot import Child, dir_body, edge_metadata
-from ..store.store import Store
+from ..store.store import Store, temp_file, write_all
 from .saver import FileSaver
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ _SLICE = 2000
 #: rounds) may reach; past that a round's snapshot is read through its directories until the next
 #: full walk writes a fresh index.
 INDEX_CARRIED_MAX = 256
+#: Bytes of index records held in memory while they wait for a directory before them.
+_INDEX_HELD = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -85,14 +88,20 @@ class Uploader:
         # for those before it), cut into chunks stored as they are cut.
         self.index = IndexWriter()
         self._index_order: list[tuple[bytes, Any]] = []
-        self._index_bodies: dict[bytes, tuple[str, bytes, int] | None] = {}
+        # Records finished before their turn: in memory up to _INDEX_HELD bytes, then in an unnamed
+        # temporary file (a directory held up by a large upload may keep the rest of the tree waiting).
+        self._index_bodies: dict[bytes, tuple[str, bytes | tuple[int, int]]] = {}
+        self._index_held = 0
+        self._index_spill: int | None = None
+        self._index_spill_end = 0
+        self._index_broken = False
         self._index_chunks: list[Deferred] = []
         self._index_partial = False  # some directories were kept whole: their records are in index_base
         self._index_base = list(index_base) if index_base is not None else None
         #: The chunks of the snapshot's index once made (empty: it has none).
         self.index_caps: tuple[str, ...] = ()
-        #: The cap of the snapshot's tree (the source root's directory) once made.
-        self.tree_cap: str | None = None
+        #: The snapshot's tree (the source root's directory and its metadata) once made.
+        self.tree: Child | None = None
 
     @property
     def in_flight(self) -> set[bytes]:
@@ -115,6 +124,7 @@ class Uploader:
             # Files are decided a batch at a time as the queue streams in (one cache query per batch).
             return await self._run(self.saver.ahead(entries, held=self._hold is not None))
         finally:
+            self._index_close()
             self.store.close()
 
     async def _run(self, entries: Iterable[Entry]) -> str:
@@ -154,7 +164,7 @@ class Uploader:
         index = await self._index_finish() if self.fatal is None else None
         if self.fatal is None:
             assert isinstance(tree, Child)
-            self.tree_cap = tree.cap
+            self.tree = tree
             try:
                 return await self.store.root(tree, objects_cap, index)
             except BaseException as e:
@@ -281,7 +291,7 @@ class Uploader:
         if self._on_dir is not None:
             self._on_dir(e.path, cap)
         if body is not None:
-            self._index_bodies[e.path] = (cap, body, 0)
+            self._index_bodies[e.path] = (cap, self._index_keep(body))
         return Child(e.name, cap, edge_metadata(e, None, *times))
 
     # -- the snapshot index ------------------------------------------------------------------------
@@ -295,11 +305,40 @@ class Uploader:
             taken += 1
             done = self._index_bodies.pop(path, None)
             if done is not None:
-                chunk = self.index.add(*done)
+                cap, kept = done
+                if isinstance(kept, tuple):
+                    assert self._index_spill is not None
+                    body = os.pread(self._index_spill, kept[1], kept[0])
+                else:
+                    body = kept
+                    self._index_held -= len(body)
+                chunk = self.index.add(cap, body)
                 if chunk is not None:
                     self._index_chunks.append(Deferred.fromCoroutine(self._index_chunk(chunk)))
         if taken:
             del order[:taken]
+
+    def _index_keep(self, body: bytes) -> bytes | tuple[int, int]:
+        """A record waiting for its turn: the body itself, or where it lies in the spill file."""
+        if self._index_held + len(body) <= _INDEX_HELD:
+            self._index_held += len(body)
+            return body
+        try:
+            if self._index_spill is None:
+                self._index_spill = temp_file(self.store.settings.tmpdir)
+            at = self._index_spill_end
+            self._index_spill_end += write_all(self._index_spill, body, at)
+        except OSError as e:  # a full TMPDIR: this snapshot goes without an index (it is read by directory)
+            if not self._index_broken:
+                log.warning("the snapshot gets no index: its records cannot be kept (%s)", e.strerror)
+            self._index_broken = True
+            return b""
+        return at, len(body)
+
+    def _index_close(self) -> None:
+        if self._index_spill is not None:
+            os.close(self._index_spill)
+            self._index_spill = None
 
     async def _index_chunk(self, raw: bytes) -> str | None:
         try:
@@ -318,7 +357,7 @@ class Uploader:
         if last is not None:
             self._index_chunks.append(Deferred.fromCoroutine(self._index_chunk(last)))
         caps = [await d for d in self._index_chunks]
-        if self._index_order or None in caps:
+        if self._index_order or None in caps or self._index_broken:
             return None
         if self._index_partial:
             if not self._index_base:

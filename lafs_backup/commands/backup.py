@@ -220,8 +220,8 @@ class Incremental:
     previous: str | None = None
     #: The chunks of that snapshot's index (the kept directories' records are there).
     index: tuple[str, ...] = ()
-    #: That snapshot's tree.
-    previous_tree: str | None = None
+    #: That snapshot's tree (the source root's edge).
+    previous_tree: Child | None = None
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ class Made:
     objects: frozenset[str]
     #: The chunks of its index (empty: it has none).
     index: tuple[str, ...] = ()
-    tree: str | None = None
+    tree: Child | None = None
 
 
 async def phase_two(ctx: Context, source: Source, qpath: str, totals: list[int], host: str, tags: tuple[str, ...],
@@ -285,7 +285,8 @@ async def phase_two(ctx: Context, source: Source, qpath: str, totals: list[int],
                 raise
             finally:
                 progress.stop()
-            if incremental is not None and uploader.tree_cap == incremental.previous_tree is not None:
+            if incremental is not None and incremental.previous_tree is not None and _same_tree(
+                    uploader.tree, incremental.previous_tree):
                 # Nothing that is backed up changed (events about excluded names, say): the previous
                 # snapshot stands (this one differs from it in its index's chunks alone).
                 b, snap = None, incremental.previous or snap
@@ -303,7 +304,12 @@ async def phase_two(ctx: Context, source: Source, qpath: str, totals: list[int],
     finally:
         lock.release()
     return Made(snap, b, gen, frozenset(store.packs_used), frozenset(store.encoded_used), uploader.index_caps,
-                uploader.tree_cap)
+                uploader.tree)
+
+
+def _same_tree(a: Child | None, b: Child) -> bool:
+    """The same source root: its directory, and its own metadata (mode, owner, ACLs, times...)."""
+    return a is not None and a.cap == b.cap and dict(a.metadata) == dict(b.metadata)
 
 
 def _count_queue(qpath: str, label: bytes, totals: list[int]) -> None:

@@ -51,6 +51,7 @@ async def copy_backups(ctx: Context, to_url: str, backups: list[Backup], to_repo
     # grid (or a repository made anew) never inherits what an earlier one held.
     mapped = f"{dest} {hashlib.sha256(repo.key.writecap.encode()).hexdigest()[:16]}"
     lock = await ctx.lock()
+    reader = Reader(src_gw, jobs=ctx.config.operation.jobs)
     try:
         cache = await ctx.cache()
         try:
@@ -58,7 +59,6 @@ async def copy_backups(ctx: Context, to_url: str, backups: list[Backup], to_repo
             for r in records:  # copies recorded there by a run killed before it noted them here
                 if r.original and dest not in known.get(r.original, ()):
                     cache.record_copy(r.original, dest, r.cap, r.ts)
-            reader = Reader(src_gw, jobs=ctx.config.operation.jobs)
             copier = Copier(src_gw, dst_gw, lambda c: cache.copied(mapped, c),
                             lambda s, d: cache.set_copied(mapped, s, d), ctx.config.operation.jobs, reader=reader)
             for b in todo:
@@ -71,9 +71,9 @@ async def copy_backups(ctx: Context, to_url: str, backups: list[Backup], to_repo
                          {"type": "copied", "id": b.short_id, "generation": b.generation, "to": dest},
                          err=not rep.json_mode)
         finally:
-            reader.close()
             cache.close()
     finally:
+        reader.close()
         lock.release()
     st = copier.stats
     return {"to": dest, "snapshots_copied": len(done), "snapshots_held_already": len(backups) - len(todo),

@@ -25,7 +25,7 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     # A whole snapshot's tar reads the index; a path needs only the directories on its way.
     reader = Reader(gw, use_index=ns.path in ("", ".", "/"), jobs=ctx.config.operation.jobs)
     try:
-        browser = Browser(reader, ahead=max(4, ctx.config.operation.jobs))
+        browser = Browser(reader, ahead=max(4, ctx.config.operation.jobs), remember=64)
         item = await browser.lookup(cap, ns.path)
         if item.kind == KIND_FILE:
             content = await write_file(reader, item, out)

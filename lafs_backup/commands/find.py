@@ -16,7 +16,10 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     everything = await ctx.backups()
     chosen = ctx.select(everything, ns.snapshot or [], ns.source, ns.host, ns.tag)
     chosen = sorted(chosen, key=lambda b: (b.ts, b.id), reverse=True)
-    finder = Finder(Browser(Reader(await ctx.gateway()), ahead=max(4, ctx.config.operation.jobs)),
+    # Listings are remembered only a few at a time (a whole snapshot's would not fit in memory);
+    # the finder remembers each directory's matches, so an unchanged subtree is walked once.
+    finder = Finder(Browser(Reader(await ctx.gateway(), jobs=ctx.config.operation.jobs),
+                            ahead=max(4, ctx.config.operation.jobs), remember=64),
                     matcher(ns.pattern, ns.regex))
     seen: dict[bytes, list] = {}  # path -> [first backup, last backup, backups]
     total = 0

@@ -83,7 +83,8 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     gw = await ctx.gateway()
     reader = Reader(gw)
     tmpdir = tempfile.mkdtemp(prefix="lafs-backup-mount-")  # mode 0700: the spools hold file contents
-    fs = SnapshotFS(ctx.reactor, Browser(reader, ahead=max(4, ctx.config.operation.jobs)), chosen, tmpdir)
+    browser = Browser(reader, ahead=max(4, ctx.config.operation.jobs), remember=256)
+    fs = SnapshotFS(ctx.reactor, browser, chosen, tmpdir)
     options: dict[str, Any] = {"ro": True, "default_permissions": True, "fsname": "lafs-backup", "use_ino": True}
     if ns.allow_other:
         options["allow_other"] = True

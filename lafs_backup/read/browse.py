@@ -215,20 +215,25 @@ class Finder:
         hit = self._memo.get(key)
         if hit is not None:
             return hit
-        kids = await self.browser.children(item)
+        # Only what matches and the subdirectories are kept while the subdirectories are walked: a
+        # snapshot read from its index lists every directory at once, and a million entries'
+        # items would all be alive together.
+        kept = [(c if self.test(c.path) else None, c if c.kind == KIND_DIR else None)
+                for c in await self.browser.children(item)]
+        kept = [k for k in kept if k != (None, None)]
         subs: list[list[Item]] = []
-        if any(c.kind == KIND_DIR for c in kids):
+        if any(d is not None for _, d in kept):
             try:
-                subs = await gatherResults([ensureDeferred(self._dir(c)) for c in kids if c.kind == KIND_DIR],
+                subs = await gatherResults([ensureDeferred(self._dir(d)) for _, d in kept if d is not None],
                                            consumeErrors=True)
             except FirstError as e:
                 e.subFailure.raiseException()
         found = iter(subs)
         out: list[Item] = []
-        for c in kids:
-            if self.test(c.path):
-                out.append(c)
-            if c.kind == KIND_DIR:
+        for match, d in kept:
+            if match is not None:
+                out.append(match)
+            if d is not None:
                 out.extend(next(found))
         self._memo[key] = out
         if len(self._memo) > self._remember:

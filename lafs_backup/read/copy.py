@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 
-from ..errors import SnapshotError
+from ..errors import GatewayError, SnapshotError
 from ..store.encode import SALT_MARK
 from ..store.index import BadIndex, IndexWriter
 from ..store.index import compress as compress_index
@@ -158,17 +158,19 @@ class Copier:
         made: list[str] = []
         for chunk in index_caps(await self.src.get_json(cap)):
             parts: list[bytes] = []
-            await self.src.download(chunk, parts.append, parts.clear)
             try:
+                await self.src.download(chunk, parts.append, parts.clear)
                 records = list(index_records(b"".join(parts)))
-            except BadIndex as e:
-                log.warning("the snapshot index is not copied: %s", e)
+            except (BadIndex, GatewayError) as e:
+                # The copy is read through its directories, as a snapshot without an index is.
+                log.warning("the snapshot index is not copied: %s", e if isinstance(e, BadIndex) else e.reason)
                 return None
             for dircap, body in records:
                 dst, translated = self._get(dircap), self._translated(body)
                 if dst is None or translated is None:
-                    log.warning("the snapshot index is not copied: it names a directory the copy lacks")
-                    return None
+                    # Not a directory of the copied tree (an older version of one, carried by a
+                    # watch round's index): a reader never asks for it.
+                    continue
                 raw = writer.add(dst, translated)
                 if raw is not None:
                     made.append(await self._index_chunk(raw))

@@ -143,10 +143,11 @@ class Reader:
                 data = b"".join(parts)
                 size[0] += len(data)
                 self.index.add(chunk, data)
-            except (BadIndex, GatewayError) as e:
+            except (BadIndex, GatewayError, OSError) as e:
                 # The index only saves requests: what this chunk held is read from the directories.
-                log.warning("an index chunk cannot be used (%s); its directories are read one by one",
-                            e if isinstance(e, BadIndex) else getattr(e, "reason", None) or type(e).__name__)
+                why = (str(e) if isinstance(e, BadIndex) else getattr(e, "reason", None) or getattr(e, "strerror", None)
+                       or type(e).__name__)
+                log.warning("an index chunk cannot be used (%s); its directories are read one by one", why)
             finally:
                 slots.release()
 
@@ -176,7 +177,7 @@ class Reader:
     @property
     def has_index(self) -> bool:
         """Was an index loaded (by :meth:`root` of a snapshot that has one)?"""
-        return self.index is not None and bool(self.index.loaded)
+        return self.index is not None and self.index.chunks > 0
 
     def indexed_children(self, node: Node) -> list[Node] | None:
         """A directory's edges as a loaded index records them (None: it is not there)."""
@@ -264,6 +265,7 @@ class _IndexStore:
         self._where: dict[str, tuple[int, int]] = {}
         #: Caps of the chunks and index directories loaded.
         self.loaded: set[str] = set()
+        self.chunks = 0  # chunks whose records are held
         self.hits = 0
 
     def add(self, chunk: str, stored: bytes) -> None:
@@ -271,15 +273,16 @@ class _IndexStore:
             return
         if self._fd is None:
             self._fd = temp_file(self._tmpdir)
-        batch = []
-        for cap, body in index_records(stored):
-            if cap not in self._where:
-                self._where[cap] = (self._end, len(body))
-                self._end += len(body)
-                batch.append(body)
-        data = b"".join(batch)
-        write_all(self._fd, data, self._end - len(data))
+        records = [(cap, body) for cap, body in index_records(stored) if cap not in self._where]
+        data = b"".join(body for _, body in records)
+        write_all(self._fd, data, self._end)  # (raises on a full disk: then nothing of it is recorded)
+        at = self._end
+        for cap, body in records:
+            self._where.setdefault(cap, (at, len(body)))
+            at += len(body)
+        self._end = at
         self.loaded.add(chunk)
+        self.chunks += 1
 
     def body(self, cap: str) -> bytes | None:
         at = self._where.get(cap)

@@ -40,7 +40,7 @@ class RemoteRestorer:
             raise RestoreError(problem=e.message) from None
         self.fs, self.root, self._scrub = opened.fs, opened.root, opened.scrub
         self.url = opened.label  # (without credentials)
-        self.browser = Browser(reader)
+        self.browser = Browser(reader, remember=64)
         self._spool_dir = spool_dir
         self._in_thread = in_thread
 

@@ -18,12 +18,12 @@ import stat
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 
 from ..store.entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET
 from ..errors import GatewayError, RestoreError
 from ..log import NOISE
-from ..system.meta import Applier, FdHandle, LinkHandle
+from ..system.meta import Applier, FdHandle, LinkHandle, forget_owner_names
 from ..system.paths import open_dir_chain
 from ..report import Reporter
 from ..store.snapshot import Node, xattrs_of
@@ -84,6 +84,7 @@ class Restorer:
         self._groups: dict[str, _Group] = {}
         self._prefetch_jobs = max(1, listings // 2)
         self._leaf_dirs = _DirFds()
+        forget_owner_names()  # user and group names are looked up afresh for each restore
 
     async def run(self, snapshot_cap: str, paths: Sequence[bytes] = ()) -> None:
         tree, objects = await self.reader.root(snapshot_cap)
@@ -187,7 +188,7 @@ class Restorer:
         finally:
             self._listings.release()
         if waits:
-            await gatherResults(waits, consumeErrors=True)
+            await _all_done(waits)
         # All children done: now the directory's own attributes, mtime last, through a descriptor
         # of the very directory made above (never a path that could have been swapped meanwhile).
         try:
@@ -343,6 +344,15 @@ class Restorer:
                     pass
 
 
+async def _all_done(waits: list[Deferred]) -> None:
+    """Wait for every one of ``waits``, then raise the first failure if any: no task is still
+    writing through the restore's descriptors when an error ends the restore."""
+    results = await DeferredList(waits, consumeErrors=True)
+    for ok, value in results:
+        if not ok:
+            value.raiseException()
+
+
 def _is_empty(node: Node) -> bool:
     """A file recorded as empty whose cap holds nothing (so there is nothing to read or check)."""
     return node.metadata.get("size") == 0 and node.cap == "URI:LIT:" and node.pack is None and node.object is None
@@ -381,7 +391,10 @@ class _DirFds:
         return fd
 
     def give(self, key: tuple[bytes, ...]) -> None:
-        self._fds[key][1] -= 1
+        entry = self._fds.get(key)
+        if entry is None:  # closed already (the restore is ending on an error)
+            return
+        entry[1] -= 1
         if len(self._fds) > self._keep:
             for k in [k for k, (_, users) in self._fds.items() if users == 0][:len(self._fds) - self._keep]:
                 os.close(self._fds.pop(k)[0])

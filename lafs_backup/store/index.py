@@ -10,10 +10,13 @@ reader parses an index record exactly as it parses a listing.
 Records go in the order directories are finished (children before their
 parent) into chunks: a msgpack array ``[FORMAT, [[dircap, body], ...]]``,
 compressed as an LZ4 frame.  A chunk ends after a record whose dircap hashes
-to a cut point once the chunk holds :data:`CHUNK_MIN` bytes, and always at
+to a cut point, each record being one with a chance proportional to its size
+(a chunk averages :data:`CHUNK_AVG` bytes whatever the directories' sizes),
+once the chunk holds :data:`CHUNK_MIN` bytes, and always before
 :data:`CHUNK_MAX`: the boundaries follow the content, so a part of the tree
-that did not change gives the same chunks as before, and the store keeps
-them by content (a rerun stores only the chunks around what changed).
+that did not change gives the same chunks as before wherever it moved in
+the stream, and the store keeps them by content (a rerun stores only the
+chunks around what changed).
 
 On the grid the snapshot root links an ``index`` directory whose children
 ``chunk-000000``, ``chunk-000001``... are the chunks: deep-check and its
@@ -32,12 +35,13 @@ import lz4.frame
 import msgpack
 
 FORMAT = 1
-#: A chunk is cut at a cut point once it holds this many bytes of records...
-CHUNK_MIN = 1 << 20
+#: A chunk holds this many bytes of records on average...
+CHUNK_AVG = 1 << 20
+#: ...is cut at a cut point only once it holds this many (small, so that boundaries resync soon
+#: after a change)...
+CHUNK_MIN = 64 << 10
 #: ...and always before it would hold more than this.
 CHUNK_MAX = 8 << 20
-#: One dircap in this many is a cut point.
-_CUT_EVERY = 4
 
 
 class BadIndex(ValueError):
@@ -70,7 +74,7 @@ class IndexWriter:
             out = self._cut()
         self._records.append([cap, body])
         self._size += len(body) + len(cap)
-        if out is None and self._size >= CHUNK_MIN and zlib.crc32(cap.encode("ascii", "replace")) % _CUT_EVERY == 0:
+        if out is None and self._size >= CHUNK_MIN and _cut_point(cap, len(body)):
             out = self._cut()
         return out
 
@@ -84,6 +88,12 @@ class IndexWriter:
         return raw
 
 
+def _cut_point(cap: str, size: int) -> bool:
+    """Is the record of ``cap`` (``size`` bytes) a cut point?  With probability size / CHUNK_AVG,
+    decided by the cap alone."""
+    return zlib.crc32(cap.encode("ascii", "replace")) * CHUNK_AVG < size * (1 << 32)
+
+
 def compress(raw: bytes) -> bytes:
     """A chunk as stored."""
     return lz4.frame.compress(raw)
@@ -92,10 +102,14 @@ def compress(raw: bytes) -> bytes:
 def decompress(stored: bytes) -> bytes:
     """A stored chunk's uncompressed bytes.  Bytes after the LZ4 frame (a salt the store added to
     get past an unhappy refusal) are ignored.  Raises :class:`BadIndex`."""
+    d = lz4.frame.LZ4FrameDecompressor()
     try:
-        return lz4.frame.LZ4FrameDecompressor().decompress(stored)
+        raw: bytes = d.decompress(stored)
     except Exception as e:  # lz4 raises a variety of errors on damaged input
         raise BadIndex(f"an index chunk cannot be read ({type(e).__name__})") from None
+    if not d.eof:
+        raise BadIndex("an index chunk is cut short")
+    return raw
 
 
 def records(stored: bytes) -> Iterator[tuple[str, bytes]]:

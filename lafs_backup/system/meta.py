@@ -271,6 +271,12 @@ class Applier:
             self._warn(f"cannot {what}: {e.strerror or e}")
 
 
+def forget_owner_names() -> None:
+    """Look user and group names up afresh (a restore starts with this)."""
+    _uid_of.cache_clear()
+    _gid_of.cache_clear()
+
+
 @functools.lru_cache(maxsize=4096)
 def _uid_of(user: str, recorded: int) -> int:
     """The local uid of ``user`` (the recorded one if there is no such user); asked of the system
