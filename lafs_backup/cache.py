@@ -407,6 +407,18 @@ class EntryCache:
             return True
         return self._db.execute("SELECT 1 FROM paths WHERE key=?", (key,)).fetchone() is not None
 
+    def saw_paths(self, source: bytes, paths: list[bytes]) -> set[bytes]:
+        """:meth:`saw_path` for many paths at once: those that were seen (one query per
+        :data:`LOOKUP_BATCH`)."""
+        keys = {self._path_key(source, p): p for p in paths}
+        seen = {p for k, p in keys.items() if k in self._new_paths}
+        todo = [k for k in keys if keys[k] not in seen]
+        for i in range(0, len(todo), LOOKUP_BATCH):
+            chunk = todo[i:i + LOOKUP_BATCH]
+            q = f"SELECT key FROM paths WHERE key IN ({','.join('?' * len(chunk))})"
+            seen.update(keys[row[0]] for row in self._db.execute(q, chunk))
+        return seen
+
     def record_path(self, source: bytes, path: bytes, generation: int) -> None:
         self._new_paths[self._path_key(source, path)] = generation
         self._wrote()

@@ -170,6 +170,9 @@ class FakeCache:
     def saw_path(self, source: bytes, path: bytes) -> bool:
         return (source, path) in self.paths
 
+    def saw_paths(self, source: bytes, paths: list[bytes]) -> set[bytes]:
+        return {p for p in paths if (source, p) in self.paths}
+
     def record_path(self, source: bytes, path: bytes, generation: int) -> None:
         self.paths.add((source, path))
 

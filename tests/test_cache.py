@@ -87,3 +87,25 @@ def test_lookup_many_finds_and_marks_like_lookup(tmp_path, monkeypatch):
     c.commit()
     db = sqlite3.connect(str(tmp_path / "c"))
     assert set(db.execute("SELECT generation FROM objects")) == {(4,)}
+
+
+def test_rows_are_written_at_commit_and_read_back_before_and_after(tmp_path, monkeypatch):
+    import lafs_backup.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "LOOKUP_BATCH", 2)
+    c = EntryCache(str(tmp_path / "c"), "http://g/")
+    c.store(b"a", "URI:CHK:a", 1, b"ha", "lz4", 3, 9)
+    c.record_path(b"src", b"p/one", 1)
+    # Before the commit: held in memory, answered from there (lookups mark them used as rows are).
+    assert c.lookup(b"a", 2) == cache_module.Hit("URI:CHK:a", b"ha", "lz4", 3, 9)
+    assert c.saw_path(b"src", b"p/one") and c.saw_paths(b"src", [b"p/one", b"p/two"]) == {b"p/one"}
+    db = sqlite3.connect(str(tmp_path / "c"))
+    assert db.execute("SELECT COUNT(*) FROM objects").fetchone() == (0,)
+    c.commit()
+    assert db.execute("SELECT key, cap, generation, first_gen FROM objects").fetchall() == [(b"a", "URI:CHK:a", 2, 1)]
+    for i in range(5):
+        c.record_path(b"src", b"p/%d" % i, 1)
+    c.commit()
+    assert c.saw_paths(b"src", [b"p/%d" % i for i in range(7)] + [b"p/one"]) == {b"p/%d" % i for i in range(5)} | {b"p/one"}
+    assert c.saw_paths(b"other", [b"p/one"]) == set()
+    c.close()

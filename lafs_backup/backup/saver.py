@@ -59,6 +59,8 @@ class FileSaver:
         self.in_flight: set[bytes] = set()
         #: Decisions made by :meth:`ahead` for files not yet at their turn, by path.
         self._ahead: dict[bytes, Decided] = {}
+        #: Whether content was stored from a path before, asked by :meth:`ahead` (files to read).
+        self._seen_ahead: dict[bytes, bool] = {}
 
     # -- the planner's first decision -----------------------------------------------------------
     def _key(self, e: Entry, st: os.stat_result) -> bytes:
@@ -135,6 +137,7 @@ class FileSaver:
             found.update((k, again[k2]) for k, k2 in stateless.items() if k2 in again)
         debug = log.isEnabledFor(logging.DEBUG)
         mode, for_file, ahead = self.mode, plan.for_file, self._ahead
+        to_read: list[bytes] = []
         for e, st, why, key in todo:
             if st is None:
                 d = for_file(None, None, mode, why)
@@ -143,6 +146,11 @@ class FileSaver:
             if debug:
                 log.debug("%s: %r", d, e.path)
             ahead[e.path] = (d, st)
+            if d.action != plan.UNCHANGED and d.action != plan.SKIP:
+                to_read.append(e.path)
+        if to_read:  # whether each was stored before (new or changed), asked together too
+            seen = self.cache.saw_paths(self.source.label, to_read)
+            self._seen_ahead.update((p, p in seen) for p in to_read)
 
     def unchanged_now(self, e: Entry) -> tuple[Child | None, Decided]:
         """An unchanged file's edge straight from the cache, without a task (an unchanged rerun
@@ -173,7 +181,9 @@ class FileSaver:
             return await self.store.child(e, st, d.hit)
         self.stats.files += 1
         try:
-            seen = self.cache.saw_path(self.source.label, e.path)
+            seen = self._seen_ahead.pop(e.path, None)
+            if seen is None:
+                seen = self.cache.saw_path(self.source.label, e.path)
             cached = self.cache.lookup(self._key(e, st), self.gen) if self.mode != "stat" else None
             if st.st_size <= self._small_max:
                 done = await self._small(e, st.st_size, cached, seen)

@@ -202,12 +202,17 @@ def index_body(chunks: Iterable[str]) -> bytes:
 
 def index_caps(listing: Any) -> list[str]:
     """The chunks linked from an ``index`` directory listing, in order."""
+    return _linked(listing, "chunk-")
+
+
+def _linked(listing: Any, prefix: str) -> list[str]:
+    """The caps a directory listing links under names starting with ``prefix``, by name."""
     try:
         children = listing[1]["children"]
     except (IndexError, KeyError, TypeError):
         return []
     return [info.get("ro_uri") for name, (_, info) in sorted(children.items())
-            if name.startswith("chunk-") and isinstance(info.get("ro_uri"), str)]
+            if name.startswith(prefix) and isinstance(info.get("ro_uri"), str)]
 
 
 def salted_body(body: bytes, salt: str) -> bytes:
@@ -234,12 +239,7 @@ def objects_body(packs: Iterable[str], objects: Iterable[str] = ()) -> bytes:
 
 def pack_caps(listing: Any) -> list[str]:
     """The packs linked from an ``objects`` directory listing."""
-    try:
-        children = listing[1]["children"]
-    except (IndexError, KeyError, TypeError):
-        return []
-    return [info.get("ro_uri") for name, (_, info) in sorted(children.items())
-            if name.startswith("pack-") and isinstance(info.get("ro_uri"), str)]
+    return _linked(listing, "pack-")
 
 
 #: Where the edge of a packed or encoded file points: a tiny directory whose
