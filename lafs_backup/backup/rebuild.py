@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from ..errors import GatewayError
 from ..read.reader import Reader
 from ..store.index import BadIndex
-from ..store.index import decompress as index_decompress
+from ..store.index import chunk_bytes
 from ..store.snapshot import (INDEX, LIT_MAX, OBJECTS, PACKED_MARKER_BODY, TREE, Hit, blob_key, body_key, canonical_json,
                               content_key, file_key, index_key)
 
@@ -75,16 +75,16 @@ class Rebuilder:
         return children
 
     async def _index_chunks(self, caps: list[str]) -> None:
-        """A row for each index chunk, by its content: the next backup's index stores nothing anew
-        where the tree did not change."""
+        """A row for each index chunk, by its content (its bytes made again from its records, as
+        the reader loaded them): the next backup's index stores nothing anew where the tree did
+        not change."""
         for cap in caps:
             if not isinstance(cap, str) or cap in self._seen:
                 continue
             self._seen.add(cap)
-            parts: list[bytes] = []
             try:
-                await self.reader.gw.download(cap, parts.append, parts.clear)
-                self._row(index_key(index_decompress(b"".join(parts))), Hit(cap, None))
+                records = await self.reader.chunk_records(cap)
+                self._row(index_key(chunk_bytes([[c, body] for c, body in records])), Hit(cap, None))
             except (BadIndex, GatewayError):
                 log.info("an index chunk cannot be read; the next backup stores its own")
 

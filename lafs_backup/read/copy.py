@@ -33,7 +33,6 @@ from ..errors import GatewayError, SnapshotError
 from ..store.encode import SALT_MARK
 from ..store.index import BadIndex, IndexWriter
 from ..store.index import compress as compress_index
-from ..store.index import records as index_records
 from ..store.snapshot import INDEX, canonical_json, index_body, index_caps, lit_data, salted_body
 from ..store.store import despite_unhappiness, full_error, temp_file, write_all
 from ..system.paths import LocalFile
@@ -156,11 +155,10 @@ class Copier:
             return None
         writer = IndexWriter()
         made: list[str] = []
+        reader = self.reader or Reader(self.src, use_index=False)
         for chunk in index_caps(await self.src.get_json(cap)):
-            parts: list[bytes] = []
             try:
-                await self.src.download(chunk, parts.append, parts.clear)
-                records = list(index_records(b"".join(parts)))
+                records = await reader.chunk_records(chunk)  # as the reader loaded it, if it did
             except (BadIndex, GatewayError) as e:
                 # The copy is read through its directories, as a snapshot without an index is.
                 log.warning("the snapshot index is not copied: %s", e if isinstance(e, BadIndex) else e.reason)

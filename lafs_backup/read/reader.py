@@ -162,10 +162,6 @@ class Reader:
     async def raw_listing(self, cap: str) -> Any:
         """A directory's listing (``["dirnode", {"children": ...}]``): from a loaded index, else from
         the grid."""
-        return await self._body(cap)
-
-    async def _body(self, cap: str) -> Any:
-        """A directory's listing: from a loaded index, else from the grid."""
         body = self.index.body(cap) if self.index is not None else None
         if body is not None:
             try:
@@ -179,6 +175,16 @@ class Reader:
         """Was an index loaded (by :meth:`root` of a snapshot that has one)?"""
         return self.index is not None and self.index.chunks > 0
 
+    async def chunk_records(self, chunk: str) -> list[tuple[str, bytes]]:
+        """The (dircap, body) records of one index chunk: from those loaded, else downloaded.
+        Raises :class:`BadIndex` or :class:`GatewayError`."""
+        held = self.index.chunk_records(chunk) if self.index is not None else None
+        if held is not None:
+            return held
+        parts: list[bytes] = []
+        await self.gw.download(chunk, parts.append, parts.clear)
+        return list(index_records(b"".join(parts)))
+
     def indexed_children(self, node: Node) -> list[Node] | None:
         """A directory's edges as a loaded index records them (None: it is not there)."""
         body = self.index.body(node.cap) if self.index is not None else None
@@ -191,7 +197,7 @@ class Reader:
 
     async def listing(self, cap: str) -> dict[str, tuple[str, str, dict[str, Any]]]:
         """A directory's children as the grid holds them: key -> (type, read cap, metadata)."""
-        listing = await self._body(cap)
+        listing = await self.raw_listing(cap)
         try:
             children = listing[1]["children"]
             return {key: (ntype, info.get("ro_uri") or info.get("rw_uri"), info.get("metadata") or {})
@@ -202,7 +208,7 @@ class Reader:
     async def children(self, node: Node) -> list[Node]:
         """A directory's edges, with exact names; unsafe or duplicate names are refused."""
         try:
-            return parse_children(await self._body(node.cap))
+            return parse_children(await self.raw_listing(node.cap))
         except BadSnapshot as e:
             raise SnapshotError(what="(given)", problem=str(e))
 
@@ -266,14 +272,15 @@ class _IndexStore:
         #: Caps of the chunks and index directories loaded.
         self.loaded: set[str] = set()
         self.chunks = 0  # chunks whose records are held
-        self.hits = 0
+        self._members: dict[str, list[str]] = {}  # chunk -> the dircaps of its records, in order
 
     def add(self, chunk: str, stored: bytes) -> None:
         if chunk in self.loaded:
             return
         if self._fd is None:
             self._fd = temp_file(self._tmpdir)
-        records = [(cap, body) for cap, body in index_records(stored) if cap not in self._where]
+        every = list(index_records(stored))
+        records = [(cap, body) for cap, body in every if cap not in self._where]
         data = b"".join(body for _, body in records)
         write_all(self._fd, data, self._end)  # (raises on a full disk: then nothing of it is recorded)
         at = self._end
@@ -283,12 +290,25 @@ class _IndexStore:
         self._end = at
         self.loaded.add(chunk)
         self.chunks += 1
+        self._members[chunk] = [cap for cap, _ in every]
+
+    def chunk_records(self, chunk: str) -> list[tuple[str, bytes]] | None:
+        """The records of a loaded chunk, in order (None: it is not loaded)."""
+        caps = self._members.get(chunk)
+        if caps is None:
+            return None
+        out = []
+        for cap in caps:
+            body = self.body(cap)
+            if body is None:
+                return None
+            out.append((cap, body))
+        return out
 
     def body(self, cap: str) -> bytes | None:
         at = self._where.get(cap)
         if at is None or self._fd is None:
             return None
-        self.hits += 1
         return os.pread(self._fd, at[1], at[0])
 
     def close(self) -> None:
@@ -296,6 +316,7 @@ class _IndexStore:
             os.close(self._fd)
             self._fd = None
         self._where.clear()
+        self._members.clear()
         self.loaded.clear()
 
 

@@ -61,14 +61,12 @@ class IndexWriter:
         self._size = 0
         self._seen: set[str] = set()
         self.dirs = 0
-        self.entries = 0
 
-    def add(self, cap: str, body: bytes, entries: int = 0) -> bytes | None:
+    def add(self, cap: str, body: bytes) -> bytes | None:
         if cap in self._seen:
             return None
         self._seen.add(cap)
         self.dirs += 1
-        self.entries += entries
         out = None
         if self._records and self._size + len(body) > CHUNK_MAX:
             out = self._cut()
@@ -82,10 +80,16 @@ class IndexWriter:
         return self._cut() if self._records else None
 
     def _cut(self) -> bytes:
-        raw: bytes = msgpack.packb([FORMAT, self._records], use_bin_type=True)
+        raw = chunk_bytes(self._records)
         self._records = []
         self._size = 0
         return raw
+
+
+def chunk_bytes(records: list[list[object]]) -> bytes:
+    """A chunk's uncompressed bytes: its records (``[dircap, body]`` pairs, in order)."""
+    raw: bytes = msgpack.packb([FORMAT, records], use_bin_type=True)
+    return raw
 
 
 def _cut_point(cap: str, size: int) -> bool:
