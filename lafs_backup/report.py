@@ -38,6 +38,9 @@ class Stats:
     #: Chunks of the snapshot index: all of them, and those stored by this run.
     index_chunks: int = 0
     index_chunks_new: int = 0
+    #: Directories the walk found as in the previous backup, kept whole, and the entries below them.
+    subtrees_kept: int = 0
+    entries_kept: int = 0
     warnings: int = 0
     problems: int = 0
     requests: dict[str, int] = field(default_factory=dict)
@@ -174,6 +177,9 @@ class Reporter:
                 lines.append(f"  index: {s.index_chunks} chunks ({s.index_chunks_new} stored)")
                 lines.append(f"  directories: {s.dirs} ({s.dirs_new} created, {s.dirs_unchanged} unchanged); "
                              f"symlinks: {s.symlinks}; special files: {s.specials}")
+                if s.subtrees_kept:
+                    lines.append(f"  kept whole: {s.subtrees_kept} directories as in the previous backup, "
+                                 f"with the {s.entries_kept} entries below them")
                 lines.append(f"  bytes read: {_size(s.bytes_read)}, uploaded: {_size(s.bytes_uploaded)}; saved by "
                              f"deduplication: {_size(s.bytes_deduplicated)}, by compression: "
                              f"{_size(s.bytes_compression_saved)}")

@@ -18,13 +18,14 @@ newlines, tabs or invalid UTF-8 and still come back byte for byte.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
-from ..store.entry import KINDS, Entry
+from ..store.entry import KIND_DIR, KIND_FILE, KIND_LINK, KINDS, Entry
 from ..errors import QueueError
 from ..system.paths import replacing
 
@@ -157,20 +158,120 @@ def parse_header(line: str) -> Header:
     return Header(unescape(kv["source"]), kv.get("created", ""))
 
 
-def write_queue(path: str, source: bytes, entries: Iterable[Entry]) -> int:
+#: Called with a directory's path and the digest of everything below it (see :func:`write_queue`):
+#: the cap the directory had when that subtree was last backed up, or None.
+SettleFn = Callable[[bytes, bytes], "str | None"]
+
+
+def write_queue(path: str, source: bytes, entries: Iterable[Entry], settle: SettleFn | None = None) -> int:
     """Write the queue atomically (see :func:`paths.replacing`); return the number of entries.
 
     On any error the previous queue at ``path`` is left as it was.
+
+    With ``settle``, every directory's line carries ``tree=<hex>``, a digest of
+    the lines below it (each child's line, a subdirectory's own digest before
+    its line), so it changes with any entry of the subtree.  A directory that
+    ``settle`` knows by that digest is kept whole: the lines of its subtree
+    are taken back out of the file, and its own line carries ``reuse=<cap>``
+    and ``settled=<files>,<dirs>,<symlinks>,<specials>,<bytes>`` (what the
+    subtree below it holds, for the counters).
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-    count = 0
     with replacing(path, buffering=1 << 20) as f:
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         f.write(format_header(Header(source, created)) + "\n")
-        for e in entries:
-            f.write(format_entry(e) + "\n")
-            count += 1
+        if settle is None:
+            count = 0
+            for e in entries:
+                f.write(format_entry(e) + "\n")
+                count += 1
+        else:
+            f.flush()
+            count = _write_settling(f.buffer, entries, settle)
         f.write(f"{FOOTER}\tentries={count}\n")
+    return count
+
+
+class _Open:
+    """A directory whose subtree is being written: where it starts, and its digest so far."""
+
+    __slots__ = ("path", "start", "count", "digest", "tally")
+
+    def __init__(self, path: bytes, start: int, count: int) -> None:
+        self.path = path
+        self.start = start
+        self.count = count
+        self.digest = hashlib.sha256(b"lafs-backup tree 1\n")
+        self.tally = [0, 0, 0, 0, 0]  # files, dirs, symlinks, specials, bytes of files
+
+
+def _write_settling(out: IO[bytes], entries: Iterable[Entry], settle: SettleFn) -> int:
+    start = out.tell()
+    pos, count = start, 0
+    stack: list[_Open] = []
+    for e in entries:
+        path = e.path
+        parent = e.parent
+        is_dir = e.kind == KIND_DIR
+        if is_dir:
+            if stack and stack[-1].path == path:
+                frame = stack.pop()
+            else:
+                frame = _Open(path, pos, count)  # nothing below it
+        if parent is not None and (not stack or stack[-1].path != parent):
+            # The first entry below directories not begun yet: they begin where it does.
+            top = stack[-1].path if stack else None
+            missing = []
+            p: bytes | None = parent
+            while p is not None and p != top:
+                missing.append(p)
+                p = p.rpartition(b"/")[0] if b"/" in p else (b"" if p else None)
+            begin = frame.start if is_dir else pos
+            begun = frame.count if is_dir else count
+            stack.extend(_Open(m, begin, begun) for m in reversed(missing))
+        line = (format_entry(e) + "\n").encode("utf-8")
+        if is_dir:
+            digest = frame.digest.digest()
+            kept = settle(path, digest)
+            tree = "\ttree=" + digest.hex()
+            if kept is not None:
+                out.flush()
+                os.ftruncate(out.fileno(), frame.start)
+                out.seek(frame.start)
+                pos, count = frame.start, frame.count
+                tally = frame.tally
+                own = format_entry(e) + tree + "\treuse=" + kept + "\tsettled=" + ",".join(map(str, tally))
+                written = (own + "\n").encode("utf-8")
+            else:
+                written = (format_entry(e) + tree + "\n").encode("utf-8")
+            out.write(written)
+            pos += len(written)
+            count += 1
+            if stack:
+                up = stack[-1]
+                up.digest.update(digest)
+                up.digest.update(line)
+                t, sub = up.tally, frame.tally
+                t[0] += sub[0]
+                t[1] += sub[1] + 1
+                t[2] += sub[2]
+                t[3] += sub[3]
+                t[4] += sub[4]
+            continue
+        out.write(line)
+        pos += len(line)
+        count += 1
+        up = stack[-1]
+        up.digest.update(line)
+        t = up.tally
+        if e.kind == KIND_FILE:
+            t[0] += 1
+            t[4] += e.size
+        elif e.kind == KIND_LINK:
+            t[2] += 1
+        else:
+            t[3] += 1
+    out.flush()
     return count
 
 

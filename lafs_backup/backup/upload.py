@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Marks a subtree that failed fatally (the error is kept on the uploader).
 _FAILED = object()
+#: Marks the index record of a subtree the walk kept whole (its records are the previous index's).
+_REUSED = object()
 #: Entries handled between two returns to the reactor, so signals and timers stay live.
 _SLICE = 2000
 #: The most chunks an index carried over from snapshot to snapshot (by ``watch``'s incremental
@@ -58,12 +60,17 @@ class Uploader:
                  settings: Settings = Settings(), clock: Any = None,
                  on_dir: Callable[[bytes, str], None] | None = None,
                  hold: Callable[[Entry, Callable[[], Awaitable[Any]]], Awaitable[Child | None]] | None = None,
-                 index_base: Sequence[str] | None = None) -> None:
+                 index_base: Sequence[str] | None = None, settled: Any = None, records: Any = None) -> None:
         """``on_dir(path, cap)`` is told every directory's cap as it is settled (``watch`` keeps
         them for its next round); ``hold(entry, save)`` gives the edge of a file the walk marked as
         still being written: its previous edge, None to leave it out this time, or what ``save()``
         (storing it as it is now) gives.  ``index_base`` is the index of the snapshot whose
-        directories the queue's ``reuse`` entries keep: this snapshot's index links its chunks too."""
+        directories the queue's ``reuse`` entries keep: this snapshot's index links its chunks too.
+
+        ``settled`` is the trees file of the previous backup (``settled.py``) when the walk kept
+        subtrees of it whole (their ``reuse`` entries carry ``settled`` counts), and ``records``
+        gives their index records; the uploader then lists, in :attr:`trees`, every directory
+        of this snapshot stored without a problem, for the next backup's walk."""
         self.store = store
         self.rep = reporter
         self.stats = reporter.stats
@@ -98,6 +105,13 @@ class Uploader:
         self._index_chunks: list[Deferred] = []
         self._index_partial = False  # some directories were kept whole: their records are in index_base
         self._index_base = list(index_base) if index_base is not None else None
+        self._settled = settled
+        self._records = records
+        self._index_whole = False  # the walk kept the whole tree: the index is the previous one
+        #: Directories with an entry that could not be stored (they are not listed in ``trees``).
+        self._dirty: set[bytes] = set()
+        #: (path, digest, cap) of every directory stored without a problem, in queue order.
+        self.trees: list[tuple[bytes, bytes, str]] = []
         #: The chunks of the snapshot's index once made (empty: it has none).
         self.index_caps: tuple[str, ...] = ()
         #: The snapshot's tree (the source root's directory and its metadata) once made.
@@ -145,7 +159,7 @@ class Uploader:
             self.stats.entries_scanned += 1
             r = await self._entry(e, pending.pop(e.path, []) if e.kind == KIND_DIR else [])
             if e.kind == KIND_DIR:
-                self._index_order.append((e.path, r))
+                self._index_order.append((e, r))
                 self._index_drain()
             if e.path == b"":
                 root, have_root = r, True
@@ -177,10 +191,16 @@ class Uploader:
         """The result of one entry: settled now (a value), or the Deferred of its task."""
         if e.kind == KIND_DIR:
             kept = e.extra("reuse")
-            if kept is not None:  # an incremental walk: the subtree is as in the previous snapshot
+            if kept is not None:  # the subtree is as in the previous snapshot
                 self.stats.dirs += 1
                 self.stats.dirs_unchanged += 1
                 self.stats.entries_done += 1
+                below = e.extra("settled")
+                if below is not None and self._settled is not None:  # kept whole by the walk
+                    self._count_settled(below)
+                    if not e.path:
+                        self._index_whole = True
+                    return self._dir_done(e, kept.decode("ascii"), body=_REUSED)
                 self._index_partial = True  # its directories' bodies are not at hand
                 return self._dir_done(e, kept.decode("ascii"))
             now = self._directory_now(e, children)
@@ -202,6 +222,22 @@ class Uploader:
         if e.kind == KIND_LINK:
             return await self._start(self.saver.symlink(e))
         return await self._start(self.saver.special(e))
+
+    def _count_settled(self, below: bytes) -> None:
+        """Count the entries below a directory the walk kept whole, as if each had been decided."""
+        files, dirs, links, specials, size = (int(n) for n in below.split(b","))
+        st = self.stats
+        st.files += files
+        st.files_unchanged += files
+        st.dirs += dirs
+        st.dirs_unchanged += dirs
+        st.symlinks += links
+        st.specials += specials
+        st.bytes_done += size
+        st.entries_scanned += files + dirs + links + specials
+        st.entries_done += files + dirs + links + specials
+        st.subtrees_kept += 1
+        st.entries_kept += files + dirs + links + specials
 
     async def _start(self, coro: Any, weight: int = 1) -> Any:
         """Run ``coro`` as a task within the window; its Deferred, or its value if it finished at once."""
@@ -259,6 +295,8 @@ class Uploader:
                 return None  # the task says what happened
             if not _is_dir(st):
                 return None
+        if None in children:
+            self._dirty.add(e.path)
         body = dir_body(c for c in children if c is not None)
         d = self.store.plan_directory(body)
         log.debug("%s: %r", d, e.path)
@@ -282,15 +320,19 @@ class Uploader:
             st = self.saver.still(e, _is_dir, "it is no longer a directory (replaced since the scan)")
             if st is None:
                 return None
+        if None in results:
+            self._dirty.add(e.path)
         body = dir_body(r for r in results if r is not None)
         cap = await self.store.directory(body, priority=-(e.path.count(b"/") + 1) if e.path else 0, path=e.path)
         # Times as they are now, like the children's (entries may have gone since the scan).
         return self._dir_done(e, cap, (st.st_mtime_ns, st.st_ctime_ns) if st is not None else (None, None), body)
 
-    def _dir_done(self, e: Entry, cap: str, times: tuple[Any, Any] = (None, None), body: bytes | None = None) -> Child:
+    def _dir_done(self, e: Entry, cap: str, times: tuple[Any, Any] = (None, None), body: Any = None) -> Child:
         if self._on_dir is not None:
             self._on_dir(e.path, cap)
-        if body is not None:
+        if body is _REUSED:
+            self._index_bodies[e.path] = (cap, body)
+        elif body is not None:
             self._index_bodies[e.path] = (cap, self._index_keep(body))
         return Child(e.name, cap, edge_metadata(e, None, *times))
 
@@ -299,13 +341,18 @@ class Uploader:
         """Add the records of the directories finished so far, in queue order."""
         order = self._index_order
         taken = 0
-        for path, result in order:
+        for e, result in order:
             if isinstance(result, Deferred) and not result.called:
                 break
             taken += 1
+            path = e.path
             done = self._index_bodies.pop(path, None)
+            self._settle(e, done)
             if done is not None:
                 cap, kept = done
+                if kept is _REUSED:
+                    self._refeed(path)
+                    continue
                 if isinstance(kept, tuple):
                     assert self._index_spill is not None
                     body = os.pread(self._index_spill, kept[1], kept[0])
@@ -317,6 +364,35 @@ class Uploader:
                     self._index_chunks.append(Deferred.fromCoroutine(self._index_chunk(chunk)))
         if taken:
             del order[:taken]
+
+    def _settle(self, e: Entry, done: Any) -> None:
+        """List a finished directory in :attr:`trees` if every entry of its subtree was stored."""
+        path = e.path
+        if done is None or path in self._dirty:  # (None: the directory itself could not be stored)
+            if path:
+                self._dirty.add(e.parent or b"")
+            return
+        if done[1] is _REUSED:
+            self.trees.extend(self._settled.subtree(path))
+            return
+        digest = e.extra("tree")
+        if digest is not None:
+            self.trees.append((path, bytes.fromhex(digest.decode("ascii")), done[0]))
+
+    def _refeed(self, path: bytes) -> None:
+        """The index records of a subtree kept whole: the previous index's, in their order."""
+        if self._index_whole:
+            return  # the whole tree: the previous index is this one's
+        records = self._records.of(path) if self._records is not None else None
+        if records is None:
+            if not self._index_broken:
+                log.warning("the snapshot gets no index: the previous index lacks directories it keeps")
+            self._index_broken = True
+            return
+        for cap, body in records:
+            chunk = self.index.add(cap, body)
+            if chunk is not None:
+                self._index_chunks.append(Deferred.fromCoroutine(self._index_chunk(chunk)))
 
     def _index_keep(self, body: bytes) -> bytes | tuple[int, int]:
         """A record waiting for its turn: the body itself, or where it lies in the spill file."""
@@ -353,6 +429,10 @@ class Uploader:
         (a reader takes the first record of each directory; the next full walk starts afresh), up
         to :data:`INDEX_CARRIED_MAX` chunks in all."""
         self._index_drain()
+        if self._index_whole and not self._index_broken:
+            self.index_caps = tuple(self._settled.index)
+            self.stats.index_chunks += len(self.index_caps)
+            return list(self.index_caps) or None
         last = self.index.finish()
         if last is not None:
             self._index_chunks.append(Deferred.fromCoroutine(self._index_chunk(last)))

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Iterator
 
+from ..backup import settled
 from ..backup.queue import QueueReader, write_queue
 from ..backup.record import append_result, link_into
 from ..backup.select import Selection, listed_paths, parse_if_present, parse_size, read_list
@@ -114,11 +115,11 @@ def queue_path(ctx: Context, source: bytes, override: str | None) -> str:
 
 
 async def phase_one(ctx: Context, source: Source, qpath: str, totals: list[int], sel: Selection,
-                    hooks: Any = None) -> int:
+                    hooks: Any = None, settle: Any = None) -> int:
     """Walk the source into the queue, in a thread; the reactor stays free meanwhile.
 
     Interrupting the command stops the walk at its next entry; the previous
-    queue, if any, is then left as it was.
+    queue, if any, is then left as it was.  ``settle``: see ``queue.write_queue``.
     """
     rep = ctx.reporter
     stop = threading.Event()
@@ -134,7 +135,7 @@ async def phase_one(ctx: Context, source: Source, qpath: str, totals: list[int],
             yield e
 
     def work() -> int:
-        return write_queue(qpath, source.label, until_stopped(source.walk(sel, warn, note, hooks)))
+        return write_queue(qpath, source.label, until_stopped(source.walk(sel, warn, note, hooks)), settle)
 
     try:
         return int(await ctx.in_thread(work))
@@ -161,12 +162,19 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     totals = [0, 0]  # entries, bytes of regular files
     if ctx.op is not None:
         ctx.op.totals, ctx.op.frame = totals, sys._getframe()
+    # A backup that walks and uploads in one go keeps whole the subtrees unchanged since the last one.
+    trees_at: str | None = settled.trees_path(await ctx.cache_path(), source.label)
+    if ns.rebuild_cache:  # (a new cache knows none of the rows the record builds on)
+        settled.forget(trees_at or "")
+    if ns.mode != "stat" or ns.rebuild_cache:
+        trees_at = None
+    kept: list[bytes] = []
     if reuse_queue is not False:
         await ctx.in_thread(_count_queue, qpath, source.label, totals)
+        trees = None
     else:
-        t0 = time.monotonic()
-        n = await phase_one(ctx, source, qpath, totals, selection(ctx, ns, source.label))
-        log.info("phase one: %d entries in %.2fs", n, time.monotonic() - t0)
+        trees = await _settled_trees(ctx, trees_at) if queue_only is False and trees_at is not None else None
+        n = await _walk(ctx, ns, source, qpath, totals, trees, kept, keep=trees_at is not None)
         if queue_only is not False:
             rep.info(f"queue: {n} entries written to {qpath}")
             if rep.json_mode:
@@ -175,7 +183,23 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
 
     gw = await ctx.gateway()
     await gw.preflight()
-    made = await phase_two(ctx, source, qpath, totals, host, tuple(ns.tag or ()), ns.mode, ns.rebuild_cache)
+    while True:
+        try:
+            keeping = await _keeping(ctx, trees, kept)
+            try:
+                made = await phase_two(ctx, source, qpath, totals, host, tuple(ns.tag or ()), ns.mode,
+                                       ns.rebuild_cache, incremental=keeping, trees_at=trees_at)
+            finally:
+                if keeping is not None and keeping.records is not None:
+                    keeping.records.close()
+            break
+        except _Forgotten:  # (a cleanup forgot the previous backup meanwhile: walk again, keeping nothing)
+            log.info("the previous backup was forgotten during the walk; walking again")
+            settled.forget(trees_at or "")
+            rep.stats = type(rep.stats)()
+            totals[:] = [0, 0]
+            trees, kept = None, []
+            await _walk(ctx, ns, source, qpath, totals, None, kept, keep=True)
     rep.stats.requests = dict(gw.counts)
     copies = await _copy(ctx, made)
     if conf.destination.result.print_to_stdout and not rep.json_mode:
@@ -222,6 +246,10 @@ class Incremental:
     index: tuple[str, ...] = ()
     #: That snapshot's tree (the source root's edge).
     previous_tree: Child | None = None
+    #: A backup's walk that kept subtrees of the last one whole: its trees file, and the index
+    #: records of the kept subtrees (see ``settled``).
+    settled: Any = None
+    records: Any = None
 
 
 @dataclass(frozen=True)
@@ -239,8 +267,10 @@ class Made:
 
 
 async def phase_two(ctx: Context, source: Source, qpath: str, totals: list[int], host: str, tags: tuple[str, ...],
-                    mode: str, rebuild_cache: bool = False, incremental: Incremental | None = None) -> Made:
-    """Upload a queue and record the backup: under the cache's lock, into the repository."""
+                    mode: str, rebuild_cache: bool = False, incremental: Incremental | None = None,
+                    trees_at: str | None = None) -> Made:
+    """Upload a queue and record the backup: under the cache's lock, into the repository.
+    ``trees_at``: where to write the trees file of this backup, for the next one's walk."""
     rep = ctx.reporter
     conf = ctx.config
     gw = await ctx.gateway()
@@ -256,6 +286,9 @@ async def phase_two(ctx: Context, source: Source, qpath: str, totals: list[int],
         shutdown = ctx.reactor.addSystemEventTrigger("before", "shutdown", cache.close)
         try:
             repo = await ctx.repository(create=True)
+            if incremental is not None and incremental.settled is not None and not settled.still_kept(
+                    incremental.settled, cache.backups()):
+                raise _Forgotten()
             gen = cache.begin_generation(source.label, incremental.base if incremental is not None else None)
             if rebuild_cache or not cache.has_objects():
                 await _rebuild(ctx, cache, gw, gen, source.label, host)
@@ -271,7 +304,9 @@ async def phase_two(ctx: Context, source: Source, qpath: str, totals: list[int],
                                 Settings(conf.operation.window, max(4, 2 * conf.operation.jobs), mode),
                                 ctx.reactor, on_dir=incremental.on_dir if incremental is not None else None,
                                 hold=incremental.hold if incremental is not None else None,
-                                index_base=incremental.index if incremental is not None else None)
+                                index_base=incremental.index if incremental is not None else None,
+                                settled=incremental.settled if incremental is not None else None,
+                                records=incremental.records if incremental is not None else None)
             if ctx.op is not None:
                 ctx.op.uploader = uploader
             progress = Progress(rep, ctx.reactor, totals[0], totals[1])
@@ -292,8 +327,10 @@ async def phase_two(ctx: Context, source: Source, qpath: str, totals: list[int],
                 b, snap = None, incremental.previous or snap
             else:
                 b = await _record(ctx, cache, gw, gen, snap, source.label, host, tags)
+                if trees_at is not None:
+                    _save_trees(ctx, trees_at, snap, gen, store, uploader, incremental)
                 await _publish(ctx, repo, cache)
-            if incremental is None:
+            if incremental is None or incremental.settled is not None:  # (not each round of watch)
                 ctx.warn_expiring(await ctx.backups())
         finally:
             try:
@@ -307,9 +344,73 @@ async def phase_two(ctx: Context, source: Source, qpath: str, totals: list[int],
                 uploader.tree)
 
 
+class _Forgotten(Exception):
+    """The backup whose subtrees the walk kept is no longer kept itself."""
+
+
+async def _settled_trees(ctx: Context, at: str) -> settled.Trees | None:
+    """The trees file of the last backup, if the next walk may keep subtrees of it (see ``settled``)."""
+    trees = settled.load(at, settled.fingerprint(ctx.config.destination.pack_max_file_size == 0))
+    if trees is None or not trees.index or trees.chain >= settled.CHAIN_MAX:
+        return None
+    cache = await ctx.cache(reader=True)
+    try:
+        return trees if settled.still_kept(trees, cache.backups()) else None
+    finally:
+        cache.close()
+
+
+async def _walk(ctx: Context, ns: argparse.Namespace, source: Source, qpath: str, totals: list[int],
+                trees: settled.Trees | None, kept: list[bytes], keep: bool = True) -> int:
+    """Phase one; with ``keep``, the queue's directories carry the digests of their subtrees (for
+    this backup's trees file), and those ``trees`` knows are kept whole."""
+    def settle(path: bytes, digest: bytes) -> str | None:
+        cap = trees.cap(path, digest) if trees is not None else None
+        if cap is not None:
+            kept.append(path)
+        return cap
+
+    t0 = time.monotonic()
+    n = await phase_one(ctx, source, qpath, totals, selection(ctx, ns, source.label),
+                        settle=settle if keep else None)
+    log.info("phase one: %d entries in %.2fs%s", n, time.monotonic() - t0,
+             f"; {len(kept)} directories as in the last backup" if trees is not None else "")
+    return n
+
+
+async def _keeping(ctx: Context, trees: settled.Trees | None, kept: list[bytes]) -> Incremental | None:
+    """What phase two needs of the last backup when the walk kept subtrees of it: its packs and
+    objects, its generation as the base, and (unless the whole tree was kept) its index records."""
+    if trees is None or not kept:
+        return None
+    records = None
+    if b"" not in kept:
+        from ..read.reader import Reader
+
+        reader = Reader(await ctx.gateway(), jobs=ctx.config.operation.jobs)
+        await reader.load_index(list(trees.index))
+        records = settled.Records(trees, reader.index)
+    return Incremental(trees.generation, trees.packs, trees.objects, settled=trees, records=records)
+
+
 def _same_tree(a: Child | None, b: Child) -> bool:
     """The same source root: its directory, and its own metadata (mode, owner, ACLs, times...)."""
     return a is not None and a.cap == b.cap and dict(a.metadata) == dict(b.metadata)
+
+
+def _save_trees(ctx: Context, at: str, snap: str, gen: int, store: Store, uploader: Uploader,
+                incremental: Incremental | None) -> None:
+    """Write the trees file of the backup just recorded (a failure costs the next backup time only)."""
+    before = incremental.settled if incremental is not None else None
+    trees = settled.Trees(snap, gen, settled.fingerprint(store.settings.plain), before.chain + 1 if before else 1,
+                          uploader.index_caps, frozenset(store.packs_used), frozenset(store.encoded_used),
+                          uploader.trees)
+    try:
+        settled.save(at, trees)
+    except OSError as e:
+        settled.forget(at)
+        log.warning("the record of this backup's directories (%s) could not be written (%s); the next backup "
+                    "decides every entry again", at, e.strerror)
 
 
 def _count_queue(qpath: str, label: bytes, totals: list[int]) -> None:

@@ -119,6 +119,11 @@ class Reader:
         await self._load_chunks([c for c in chunks_a + chunks_b if c not in shared])
         self.index.loaded.update((a, b))
 
+    async def load_index(self, chunks: list[str]) -> None:
+        """Load the records of these index chunks (a chunk that cannot be read is a warning)."""
+        if self.index is not None:
+            await self._load_chunks(chunks)
+
     async def _load_index(self, cap: Any) -> None:
         """Fetch the chunks of an index (those not fetched already), ``jobs`` at a time."""
         assert self.index is not None
