@@ -90,6 +90,18 @@ def test_ls_lists_every_entry_with_its_metadata(backed):
             assert obj["size"] == st.st_size
     assert got[b"link"]["target"] == "docs/readme.txt"
     assert got[b"hardlink.txt"]["hardlink"] == got[b"docs/readme.txt"]["hardlink"]
+    # The plain recursive listing reads names alone (the index's): the same lines, in pre-order.
+    from lafs_backup.report import _printable
+
+    def shown(items):
+        return [_printable(p.decode("utf-8", "surrogateescape")) + ("/" if stat.S_ISDIR(st.st_mode) else "")
+                for p, st in sorted(items, key=lambda kv: kv[0].split(b"/"))]
+
+    r = run_cli([*lb, "ls", "-R", "latest"], home, check=True)
+    assert r.out.splitlines() == shown(want.items())
+    assert any("\\x" in line for line in r.out.splitlines())  # (the name that is not UTF-8)
+    r = run_cli([*lb, "ls", "-R", "latest", "docs"], home, check=True)
+    assert r.out.splitlines() == shown((p, st) for p, st in want.items() if p.startswith(b"docs/"))
     # One directory, by generation number; and the long form.
     r = run_cli([*lb, "ls", "1", "docs"], home, check=True)
     assert r.out.split() == ["docs/deep/", "docs/notes.md", "docs/readme.txt"]  # 'added.txt' came later

@@ -30,15 +30,15 @@ def _body(i: int, size: int = 900) -> bytes:
                        for j in range(size // 60)}).encode()
 
 
-def _chunks(recs: list[tuple[str, bytes]]) -> list[bytes]:
+def _chunks(recs: list[tuple[str, bytes, bytes]]) -> list[bytes]:
     w = IndexWriter()
-    out = [c for cap, body in recs if (c := w.add(cap, body)) is not None]
+    out = [c for cap, body, names in recs if (c := w.add(cap, body, names)) is not None]
     last = w.finish()
     return out + ([last] if last is not None else [])
 
 
-def _stream(n: int) -> list[tuple[str, bytes]]:
-    return [(f"URI:DIR2-CHK:cap{i}", _body(i)) for i in range(n)]
+def _stream(n: int) -> list[tuple[str, bytes, bytes]]:
+    return [(f"URI:DIR2-CHK:cap{i}", _body(i), b"fnames of %d" % i) for i in range(n)]
 
 
 def test_records_round_trip_in_order_and_a_salt_is_ignored():
@@ -54,10 +54,38 @@ def test_records_round_trip_in_order_and_a_salt_is_ignored():
 
 def test_a_directory_met_twice_is_recorded_once():
     w = IndexWriter()
-    w.add("URI:DIR2-CHK:a", b"{}")
-    w.add("URI:DIR2-CHK:a", b"{}")
-    assert list(records(compress(w.finish()))) == [("URI:DIR2-CHK:a", b"{}")]
+    w.add("URI:DIR2-CHK:a", b"{}", b"")
+    w.add("URI:DIR2-CHK:a", b"{}", b"")
+    assert list(records(compress(w.finish()))) == [("URI:DIR2-CHK:a", b"{}", b"")]
     assert w.dirs == 1
+
+
+def test_a_chunk_of_the_first_format_is_read_and_made_again_byte_for_byte():
+    from lafs_backup.store.index import chunk_bytes
+
+    old = msgpack.packb([1, [["URI:DIR2-CHK:a", b"{}"], ["URI:DIR2-CHK:b", b"{ }"]]], use_bin_type=True)
+    recs = list(records(compress(old)))
+    assert recs == [("URI:DIR2-CHK:a", b"{}", None), ("URI:DIR2-CHK:b", b"{ }", None)]
+    assert chunk_bytes(recs) == old  # (a rebuilt cache keys it by these bytes)
+    new = _chunks(_stream(2))[0]
+    assert chunk_bytes(list(records(compress(new)))) == new
+
+
+def test_names_made_from_the_children_are_the_names_of_the_body():
+    from lafs_backup.store.entry import unescape
+    from lafs_backup.store.snapshot import Child, body_names, child_names, dir_body
+
+    odd = [b"plain", b"new\nline", b"tab\there", b"back\\slash", b"\xff\xfe bytes", b" lead", b"trail ",
+           "e\u0301".encode(), "\u00e9".encode(), b"sub", b"link", b"z" * 200]
+    kinds = {b"sub": ("dir", "URI:DIR2-CHK:sub"), b"link": ("symlink", "URI:LIT:abc")}
+    children = [Child(n, kinds.get(n, ("file", "URI:LIT:"))[1], {"type": kinds.get(n, ("file",))[0], "mode": 0o644})
+                for n in reversed(odd)]
+    names = child_names(children)
+    assert names == body_names(dir_body(children))
+    lines = names.decode().split("\n")
+    assert len(lines) == len(odd) and all("\n" not in l for l in lines)
+    assert [unescape(l[1:].split("\t")[0]) for l in lines] == sorted(odd)
+    assert "dsub\tURI:DIR2-CHK:sub" in lines and "llink" in lines
 
 
 def test_damaged_or_foreign_chunks_are_refused():
@@ -76,34 +104,35 @@ def test_boundaries_follow_content_so_a_change_touches_few_chunks():
     recs = _stream(16000)
     before = set(_chunks(recs))
     changed = list(recs)
-    changed[6800] = (changed[6800][0] + "x", _body(-1))  # one directory changed
-    changed.insert(12000, ("URI:DIR2-CHK:new", _body(-2)))  # and one added
+    changed[6800] = (changed[6800][0] + "x", _body(-1), b"x")  # one directory changed
+    changed.insert(12000, ("URI:DIR2-CHK:new", _body(-2), b"new"))  # and one added
     after = _chunks(changed)
     assert len(before) > 10
     new = [c for c in after if c not in before]
     assert 1 <= len(new) <= 4, (len(new), len(after))
     # A hundred new directories in one place (a tarball unpacked): the chunks around them, not
     # every chunk after them.
-    grown = recs[:5000] + [(f"URI:DIR2-CHK:added{i}", _body(10_000 + i)) for i in range(100)] + recs[5000:]
+    grown = recs[:5000] + [(f"URI:DIR2-CHK:added{i}", _body(10_000 + i), b"a") for i in range(100)] + recs[5000:]
     new = [c for c in _chunks(grown) if c not in before]
     assert len(new) <= 6, len(new)
 
 
 async def _fake_snapshot(gw, dirs: int = 30) -> tuple[str, list[str]]:
     """A snapshot of ``dirs`` directories of 20 files made on a fake gateway, with its index."""
-    from lafs_backup.store.snapshot import Child, dir_body, index_body, root_body
+    from lafs_backup.store.snapshot import Child, child_names, dir_body, index_body, root_body
 
     writer, subdirs, chunks = IndexWriter(), [], []
     for d in range(dirs):
-        body = dir_body(Child(b"f%02d" % i, "URI:LIT:", {"type": "file", "size": 0, "mode": 0o644, "dir": d})
-                        for i in range(20))
+        files = [Child(b"f%02d" % i, "URI:LIT:", {"type": "file", "size": 0, "mode": 0o644, "dir": d})
+                 for i in range(20)]
+        body = dir_body(files)
         cap = await gw.mkdir_immutable(body)
         subdirs.append(Child(b"d%03d" % d, cap, {"type": "dir", "mode": 0o755}))
-        if (raw := writer.add(cap, body)) is not None:
+        if (raw := writer.add(cap, body, child_names(files))) is not None:
             chunks.append(await gw.put_bytes(compress(raw)))
     top = dir_body(subdirs)
     tree = await gw.mkdir_immutable(top)
-    for raw in (writer.add(tree, top), writer.finish()):
+    for raw in (writer.add(tree, top, child_names(subdirs)), writer.finish()):
         if raw is not None:
             chunks.append(await gw.put_bytes(compress(raw)))
     root = await gw.mkdir_immutable(root_body(Child(b"", tree, {"type": "dir"}), None,

@@ -168,3 +168,37 @@ def test_the_reporter_speaks_text_or_json(capsys):
     summary = j.finish("backup")
     lines = [json.loads(ln) for ln in out2.getvalue().splitlines()]
     assert [x["type"] for x in lines] == ["warning", "changed", "summary"] and summary["warnings"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restore_of_many_directories_never_runs_out_of_stack(tmp_path):
+    """Directories that wait for their listing slot, then all find their content at hand: each
+    starts in a turn of its own, never inside the one that finished before it (a few hundred
+    waiting, the stack ran out and the restore stopped, waiting for nothing)."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import deferLater
+
+    root = tmp_path / "src"
+    for d in range(600):  # (fewer than 2,000 entries: the fake uploader's clock is never advanced)
+        sub = root / f"d{d:04d}"
+        sub.mkdir(parents=True)
+        (sub / "packed").write_bytes(b"x%d" % d * 40)
+        (sub / "inline").write_bytes(b"y")
+    cap, gw, _ = await snapshot(root)
+    real = gw.download
+
+    async def later(*args, **kw):  # packs arrive a moment later, as from a real gateway
+        await deferLater(reactor, 0.01, lambda: None)
+        return await real(*args, **kw)
+
+    gw.download = later
+    reader = Reader(gw, whole_packs=True)
+    rep = Reporter()
+    done = Deferred.fromCoroutine(Restorer(reader, rep, str(tmp_path / "out"), window=16, owners=False,
+                                           clock=reactor).run(cap))
+    done.addTimeout(60, reactor)
+    await done
+    reader.close()
+    assert differences(root, tmp_path / "out") == []
+    assert rep.stats.files == 1200

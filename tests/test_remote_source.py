@@ -100,7 +100,7 @@ def test_filter_rules_and_selection_options_apply(mem):
     assert counts["filter rule '-/cache/$'"] == [1, 0]  # a directory is one entry, never entered
     assert counts[f"filter rule {tmp_rule!r}"] == [1, 1]
     assert counts["--exclude-larger-than"] == [1, 50]
-    assert counts[f"ignore file proj/.gitignore"] == [1, 1]
+    assert counts["ignore file proj/.gitignore"] == [1, 1]
     # the rules alone (a Filter, not a Selection) work too
     only = list(FsspecSource(f"memory://{root}", {}).walk(compile_rules([r"-/proj/"]), lambda p, m: None,
                                                            lambda k, m: None))

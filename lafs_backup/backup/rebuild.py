@@ -84,7 +84,7 @@ class Rebuilder:
             self._seen.add(cap)
             try:
                 records = await self.reader.chunk_records(cap)
-                self._row(index_key(chunk_bytes([[c, body] for c, body in records])), Hit(cap, None))
+                self._row(index_key(chunk_bytes(records)), Hit(cap, None))
             except (BadIndex, GatewayError):
                 log.info("an index chunk cannot be read; the next backup stores its own")
 

@@ -144,16 +144,16 @@ class Records:
 
     def __init__(self, trees: Trees, bodies: Any) -> None:
         self.trees = trees
-        self._bodies = bodies  # .body(cap) -> bytes | None
+        self._bodies = bodies  # .record(cap) -> (cap, body, names) | None
 
-    def of(self, path: bytes) -> list[tuple[str, bytes]] | None:
+    def of(self, path: bytes) -> list[tuple[str, bytes, bytes | None]] | None:
         """The records of ``path`` and every directory below it (None: one is missing)."""
         out = []
         for _, _, cap in self.trees.subtree(path):
-            body = self._bodies.body(cap) if self._bodies is not None else None
-            if body is None:
+            rec = self._bodies.record(cap) if self._bodies is not None else None
+            if rec is None:
                 return None
-            out.append((cap, body))
+            out.append(rec)
         return out or None
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from twisted.internet.task import deferLater
 from ..errors import QueueError
 from ..store.entry import KIND_DIR, KIND_FILE, KIND_LINK, Entry
 from ..store.index import IndexWriter
-from ..store.snapshot import Child, dir_body, edge_metadata
+from ..store.snapshot import Child, body_names, child_names, dir_body, edge_metadata
 from ..store.store import Store, temp_file, write_all
 from .saver import FileSaver
 
@@ -97,7 +97,7 @@ class Uploader:
         self._index_order: list[tuple[bytes, Any]] = []
         # Records finished before their turn: in memory up to _INDEX_HELD bytes, then in an unnamed
         # temporary file (a directory held up by a large upload may keep the rest of the tree waiting).
-        self._index_bodies: dict[bytes, tuple[str, bytes | tuple[int, int]]] = {}
+        self._index_bodies: dict[bytes, tuple[str, Any, bytes]] = {}
         self._index_held = 0
         self._index_spill: int | None = None
         self._index_spill_end = 0
@@ -297,7 +297,8 @@ class Uploader:
                 return None
         if None in children:
             self._dirty.add(e.path)
-        body = dir_body(c for c in children if c is not None)
+        kids = [c for c in children if c is not None]
+        body = dir_body(kids)
         d = self.store.plan_directory(body)
         log.debug("%s: %r", d, e.path)
         if d.hit is None:
@@ -306,7 +307,7 @@ class Uploader:
         self.stats.dirs_unchanged += 1
         self.stats.entries_done += 1
         times = (st.st_mtime_ns, st.st_ctime_ns) if st is not None else (None, None)
-        return self._dir_done(e, d.hit.cap, times, body)
+        return self._dir_done(e, d.hit.cap, times, body, child_names(kids))
 
     async def _directory(self, e: Entry, children: list[Any]) -> Any:
         self.stats.dirs += 1
@@ -322,18 +323,21 @@ class Uploader:
                 return None
         if None in results:
             self._dirty.add(e.path)
-        body = dir_body(r for r in results if r is not None)
+        kids = [r for r in results if r is not None]
+        body = dir_body(kids)
         cap = await self.store.directory(body, priority=-(e.path.count(b"/") + 1) if e.path else 0, path=e.path)
         # Times as they are now, like the children's (entries may have gone since the scan).
-        return self._dir_done(e, cap, (st.st_mtime_ns, st.st_ctime_ns) if st is not None else (None, None), body)
+        return self._dir_done(e, cap, (st.st_mtime_ns, st.st_ctime_ns) if st is not None else (None, None), body,
+                              child_names(kids))
 
-    def _dir_done(self, e: Entry, cap: str, times: tuple[Any, Any] = (None, None), body: Any = None) -> Child:
+    def _dir_done(self, e: Entry, cap: str, times: tuple[Any, Any] = (None, None), body: Any = None,
+                  names: bytes = b"") -> Child:
         if self._on_dir is not None:
             self._on_dir(e.path, cap)
         if body is _REUSED:
-            self._index_bodies[e.path] = (cap, body)
+            self._index_bodies[e.path] = (cap, body, names)
         elif body is not None:
-            self._index_bodies[e.path] = (cap, self._index_keep(body))
+            self._index_bodies[e.path] = (cap, self._index_keep(body), names)
         return Child(e.name, cap, edge_metadata(e, None, *times))
 
     # -- the snapshot index ------------------------------------------------------------------------
@@ -349,7 +353,7 @@ class Uploader:
             done = self._index_bodies.pop(path, None)
             self._settle(e, done)
             if done is not None:
-                cap, kept = done
+                cap, kept, names = done
                 if kept is _REUSED:
                     self._refeed(path)
                     continue
@@ -359,7 +363,7 @@ class Uploader:
                 else:
                     body = kept
                     self._index_held -= len(body)
-                chunk = self.index.add(cap, body)
+                chunk = self.index.add(cap, body, names)
                 if chunk is not None:
                     self._index_chunks.append(Deferred.fromCoroutine(self._index_chunk(chunk)))
         if taken:
@@ -389,8 +393,12 @@ class Uploader:
                 log.warning("the snapshot gets no index: the previous index lacks directories it keeps")
             self._index_broken = True
             return
-        for cap, body in records:
-            chunk = self.index.add(cap, body)
+        for cap, body, names in records:
+            try:
+                chunk = self.index.add(cap, body, names if names is not None else body_names(body))
+            except ValueError:  # (BadSnapshot too) the previous index holds a damaged record
+                self._index_broken = True
+                return
             if chunk is not None:
                 self._index_chunks.append(Deferred.fromCoroutine(self._index_chunk(chunk)))
 

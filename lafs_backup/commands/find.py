@@ -20,7 +20,7 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     # the finder remembers each directory's matches, so an unchanged subtree is walked once.
     finder = Finder(Browser(Reader(await ctx.gateway(), jobs=ctx.config.operation.jobs),
                             ahead=max(4, ctx.config.operation.jobs), remember=64),
-                    matcher(ns.pattern, ns.regex))
+                    matcher(ns.pattern, ns.regex), whole_items=rep.json_mode)
     seen: dict[bytes, list] = {}  # path -> [first backup, last backup, backups]
     total = 0
     for b in chosen:

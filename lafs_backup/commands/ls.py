@@ -6,11 +6,12 @@ import argparse
 import json
 import stat
 import time
+from typing import AsyncIterator
 
 from ..read.browse import Browser, Item
 from ..read.reader import Reader
 from ..report import _printable
-from ..store.entry import KIND_DIR, KIND_LINK
+from ..store.entry import KIND_DIR, KIND_LINK, unescape
 from .context import Context, outcome
 
 
@@ -41,15 +42,50 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     top = await browser.lookup(cap, ns.path or "")
     items = [top] if top.kind != KIND_DIR else None
 
-    def show(item: Item) -> None:
+    def line(item: Item) -> str:
         if rep.json_mode:
-            rep.output(json.dumps(item.json(), sort_keys=True))
-        else:
-            rep.output(long_line(item) if ns.long else shown(item))
+            return json.dumps(item.json(), sort_keys=True)
+        return long_line(item) if ns.long else shown(item)
+
+    def show(item: Item) -> None:
+        rep.output(line(item))
 
     if items is not None:
         show(top)
+    elif ns.recursive and not ns.long and not rep.json_mode and reader.has_index:
+        # Names alone: the index's names of each directory, no body parsed, no item made.
+        async for lines in names_walk(browser, top):
+            rep.output("\n".join(lines))
     else:
-        async for item in browser.walk(top, recursive=ns.recursive):
-            show(item)
+        async for batch in browser.walk_batches(top, recursive=ns.recursive):
+            rep.output("\n".join(map(line, batch)))  # (one write for a thousand lines, not one each)
     return outcome(rep)
+
+
+async def names_walk(browser: Browser, top: Item, size: int = 5000) -> AsyncIterator[list[str]]:
+    """The lines of ``ls -R`` below the directory ``top`` (as :func:`shown` writes them), from each
+    directory's names, up to ``size`` at a time."""
+    start = shown(top) if top.path else ""
+    levels = [(start, iter(await browser.names(top.node.cap)))]
+    out: list[str] = []
+    while levels:
+        prefix, lines = levels[-1]
+        text = next(lines, None)
+        if text is None:
+            levels.pop()
+            continue
+        kind, name = text[0], text[1:]
+        if kind == KIND_DIR:
+            name, _, cap = name.partition("\t")
+        if "\\" in name:  # (escaped as in the queue: shown as ls shows any name)
+            name = _printable(unescape(name).decode("utf-8", "surrogateescape"))
+        if kind == KIND_DIR:
+            out.append(prefix + name + "/")
+            levels.append((prefix + name + "/", iter(await browser.names(cap))))
+        else:
+            out.append(prefix + name)
+        if len(out) >= size:
+            yield out
+            out = []
+    if out:
+        yield out

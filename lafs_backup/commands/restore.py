@@ -28,7 +28,7 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
             ctx.reporter.finish("restore")
             return outcome(ctx.reporter)
         r = Restorer(reader, ctx.reporter, ns.target, window=max(256, 4 * ctx.config.operation.jobs),
-                     owners=False if ns.no_owner else None, numeric=ns.numeric_owner)
+                     owners=False if ns.no_owner else None, numeric=ns.numeric_owner, clock=ctx.reactor)
         await r.run(cap, [os.fsencode(p) for p in ns.paths])
     finally:
         reader.close()

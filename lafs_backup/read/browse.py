@@ -20,8 +20,8 @@ from typing import Any, AsyncIterator, Callable
 from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, ensureDeferred, gatherResults
 
 from ..errors import SnapshotError
-from ..store.entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET
-from ..store.snapshot import Node
+from ..store.entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET, unescape
+from ..store.snapshot import Node, names_of
 from .reader import Reader
 
 TYPE_NAMES = {KIND_FILE: "file", KIND_DIR: "dir", KIND_LINK: "symlink", KIND_FIFO: "fifo", KIND_CHAR: "chardev",
@@ -150,32 +150,80 @@ class Browser:
             item = found
         return item
 
+    async def names(self, cap: str) -> list[str]:
+        """A directory's names, a line each (see ``snapshot.names_of``): as a loaded index records
+        them, else made from its listing."""
+        raw = self.reader.indexed_names(cap)
+        if raw is None:
+            nodes = (await self._listing(Node(b"", KIND_DIR, cap, {}))).values()
+            raw = names_of((n.name, n.kind, n.cap) for n in nodes)
+        return raw.decode("utf-8").split("\n") if raw else []
+
     async def walk(self, top: Item, recursive: bool = True) -> AsyncIterator[Item]:
         """``top``'s entries in pre-order, by name (``top`` itself not included); with
         ``recursive``, the next few directories' listings are fetched while one is walked."""
-        kids = await self.children(top)
-        dirs = iter([c for c in kids if c.kind == KIND_DIR] if recursive else [])
-        ahead: deque[Deferred] = deque()
+        async for batch in self.walk_batches(top, recursive):
+            for item in batch:
+                yield item
 
-        def top_up() -> None:
-            while len(ahead) < 8:
-                d = next(dirs, None)
-                if d is None:
-                    return
-                ahead.append(ensureDeferred(self._listing(d.node)))
-
-        top_up()
+    async def walk_batches(self, top: Item, recursive: bool = True, size: int = 1000) -> AsyncIterator[list[Item]]:
+        """:meth:`walk`'s entries, up to ``size`` at a time (a million entries are a thousand steps
+        of the caller's loop, not a million, and one flat loop here, not one per level)."""
+        levels = [_Level(self, await self.children(top), recursive)]
+        batch: list[Item] = []
         try:
-            for c in kids:
-                yield c
-                if recursive and c.kind == KIND_DIR:
-                    await ahead.popleft()
-                    top_up()
-                    async for sub in self.walk(c, True):
-                        yield sub
+            while levels:
+                level = levels[-1]
+                item = level.next()
+                if item is None:
+                    levels.pop()
+                    continue
+                batch.append(item)
+                if recursive and item.kind == KIND_DIR:
+                    await level.take()
+                    levels.append(_Level(self, await self.children(item), True))
+                if len(batch) >= size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
         finally:
-            for d in ahead:  # the walk was left early: what was fetched ahead is not wanted
-                d.addErrback(lambda _f: None)
+            for level in levels:  # the walk was left early: what was fetched ahead is not wanted
+                level.drop()
+
+
+class _Level:
+    """One directory of a walk: its entries, and the listings of its next subdirectories (a few,
+    fetched ahead)."""
+
+    AHEAD = 8
+
+    def __init__(self, browser: Browser, items: list[Item], recursive: bool) -> None:
+        self._items = iter(items)
+        self._browser = browser
+        self._dirs = iter([c for c in items if c.kind == KIND_DIR] if recursive else [])
+        self._ahead: deque[Deferred] = deque()
+        self._top_up()
+
+    def next(self) -> Item | None:
+        return next(self._items, None)
+
+    def _top_up(self) -> None:
+        while len(self._ahead) < self.AHEAD:
+            d = next(self._dirs, None)
+            if d is None:
+                return
+            self._ahead.append(ensureDeferred(self._browser._listing(d.node)))
+
+    async def take(self) -> None:
+        """Wait for the listing of the subdirectory the walk enters now (it is remembered)."""
+        await self._ahead.popleft()
+        self._top_up()
+
+    def drop(self) -> None:
+        for d in self._ahead:
+            d.addErrback(lambda _f: None)
+        self._ahead.clear()
 
 
 # -- find -------------------------------------------------------------------------------------------
@@ -193,16 +241,36 @@ def matcher(pattern: str, regex: bool = False) -> Callable[[bytes], bool]:
     pat = pattern.encode("utf-8", "surrogateescape").strip(b"/") if "/" in pattern else \
         pattern.encode("utf-8", "surrogateescape")
     whole = "/" in pattern
-    return lambda path: fnmatch.fnmatchcase(path if whole else path.rsplit(b"/", 1)[-1], pat)
+    # (compiled once, as fnmatch compiles a bytes pattern: through Latin-1)
+    rx = re.compile(fnmatch.translate(pat.decode("latin-1")).encode("latin-1"))
+    if whole:
+        return lambda path: rx.match(path) is not None
+    test = _NameTest(lambda path: rx.match(path.rsplit(b"/", 1)[-1]) is not None)
+    test.name = lambda name: rx.match(name) is not None
+    return test
+
+
+class _NameTest:
+    """A path test that looks at the last name alone (``name`` tests that name)."""
+
+    def __init__(self, test: Callable[[bytes], bool]) -> None:
+        self._test = test
+        self.name: Callable[[bytes], bool] | None = None
+
+    def __call__(self, path: bytes) -> bool:
+        return self._test(path)
 
 
 class Finder:
     """Matches in one or more snapshots.  A directory met again under the same cap at the same
     path (an unchanged subtree of another backup) is answered from memory, not walked again."""
 
-    def __init__(self, browser: Browser, test: Callable[[bytes], bool], remember: int = 100000) -> None:
+    def __init__(self, browser: Browser, test: Callable[[bytes], bool], remember: int = 100000,
+                 whole_items: bool = True) -> None:
+        """``whole_items``: each match with its metadata (else its path and kind alone)."""
         self.browser = browser
         self.test = test
+        self.whole_items = whole_items
         self._memo: OrderedDict[tuple[str, bytes], list[Item]] = OrderedDict()
         self._remember = remember
 
@@ -217,10 +285,30 @@ class Finder:
             return hit
         # Only what matches and the subdirectories are kept while the subdirectories are walked: a
         # snapshot read from its index lists every directory at once, and a million entries'
-        # items would all be alive together.
-        kept = [(c if self.test(c.path) else None, c if c.kind == KIND_DIR else None)
-                for c in await self.browser.children(item)]
-        kept = [k for k in kept if k != (None, None)]
+        # items would all be alive together.  Names are tested as the index lists them; an item
+        # with its metadata is made for a match only.
+        by_name = getattr(self.test, "name", None)
+        kept: list[tuple[Item | None, Item | None]] = []
+        for text in await self.browser.names(item.node.cap):
+            kind, name = text[0], text[1:]
+            cap = ""
+            if kind == KIND_DIR:
+                name, _, cap = name.partition("\t")
+            raw = unescape(name) if "\\" in name else name.encode("utf-8")
+            if by_name is not None:
+                match = by_name(raw)
+                if not match and not cap:
+                    continue
+                path = join(item.path, raw)
+            else:
+                path = join(item.path, raw)
+                match = self.test(path)
+                if not match and not cap:
+                    continue
+            entry = Item(path, Node(raw, kind, cap, {}))
+            kept.append((entry if match else None, entry if cap else None))
+        if self.whole_items and any(m is not None for m, _ in kept):
+            kept = [(await self.browser.child(item, m.node.name) if m is not None else None, d) for m, d in kept]
         subs: list[list[Item]] = []
         if any(d is not None for _, d in kept):
             try:

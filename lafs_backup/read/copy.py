@@ -33,7 +33,7 @@ from ..errors import GatewayError, SnapshotError
 from ..store.encode import SALT_MARK
 from ..store.index import BadIndex, IndexWriter
 from ..store.index import compress as compress_index
-from ..store.snapshot import INDEX, canonical_json, index_body, index_caps, lit_data, salted_body
+from ..store.snapshot import INDEX, body_names, canonical_json, index_body, index_caps, lit_data, salted_body
 from ..store.store import despite_unhappiness, full_error, temp_file, write_all
 from ..system.paths import LocalFile
 from .reader import Reader
@@ -163,13 +163,17 @@ class Copier:
                 # The copy is read through its directories, as a snapshot without an index is.
                 log.warning("the snapshot index is not copied: %s", e if isinstance(e, BadIndex) else e.reason)
                 return None
-            for dircap, body in records:
+            for dircap, body, _names in records:
                 dst, translated = self._get(dircap), self._translated(body)
                 if dst is None or translated is None:
                     # Not a directory of the copied tree (an older version of one, carried by a
                     # watch round's index): a reader never asks for it.
                     continue
-                raw = writer.add(dst, translated)
+                try:
+                    names = body_names(translated)  # (its subdirectories' caps are the destination's)
+                except ValueError:
+                    continue
+                raw = writer.add(dst, translated, names)
                 if raw is not None:
                     made.append(await self._index_chunk(raw))
         last = writer.finish()

@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gath
 from ..errors import GatewayError, SnapshotError
 from ..store.encode import Decoder
 from ..store.packer import PackRef
-from ..store.index import BadIndex
+from ..store.index import BadIndex, Record
 from ..store.index import records as index_records
 from ..store.snapshot import (INDEX, OBJECTS, BadSnapshot, Node, index_caps, lit_data, pack_caps, parse_children,
                               parse_root)
@@ -180,8 +180,8 @@ class Reader:
         """Was an index loaded (by :meth:`root` of a snapshot that has one)?"""
         return self.index is not None and self.index.chunks > 0
 
-    async def chunk_records(self, chunk: str) -> list[tuple[str, bytes]]:
-        """The (dircap, body) records of one index chunk: from those loaded, else downloaded.
+    async def chunk_records(self, chunk: str) -> list[Record]:
+        """The (dircap, body, names) records of one index chunk: from those loaded, else downloaded.
         Raises :class:`BadIndex` or :class:`GatewayError`."""
         held = self.index.chunk_records(chunk) if self.index is not None else None
         if held is not None:
@@ -189,6 +189,11 @@ class Reader:
         parts: list[bytes] = []
         await self.gw.download(chunk, parts.append, parts.clear)
         return list(index_records(b"".join(parts)))
+
+    def indexed_names(self, cap: str) -> bytes | None:
+        """A directory's names as a loaded index records them (None: not there, or an index of
+        format 1, which has none)."""
+        return self.index.names(cap) if self.index is not None else None
 
     def indexed_children(self, node: Node) -> list[Node] | None:
         """A directory's edges as a loaded index records them (None: it is not there)."""
@@ -273,7 +278,7 @@ class _IndexStore:
         self._tmpdir = tmpdir
         self._fd: int | None = None
         self._end = 0
-        self._where: dict[str, tuple[int, int]] = {}
+        self._where: dict[str, tuple[int, int, int]] = {}  # cap -> offset, body size, names size (-1: none)
         #: Caps of the chunks and index directories loaded.
         self.loaded: set[str] = set()
         self.chunks = 0  # chunks whose records are held
@@ -285,36 +290,51 @@ class _IndexStore:
         if self._fd is None:
             self._fd = temp_file(self._tmpdir)
         every = list(index_records(stored))
-        records = [(cap, body) for cap, body in every if cap not in self._where]
-        data = b"".join(body for _, body in records)
+        records = [r for r in every if r[0] not in self._where]
+        data = b"".join(body + (names or b"") for _, body, names in records)
         write_all(self._fd, data, self._end)  # (raises on a full disk: then nothing of it is recorded)
         at = self._end
-        for cap, body in records:
-            self._where.setdefault(cap, (at, len(body)))
-            at += len(body)
+        for cap, body, names in records:
+            self._where.setdefault(cap, (at, len(body), -1 if names is None else len(names)))
+            at += len(body) + len(names or b"")
         self._end = at
         self.loaded.add(chunk)
         self.chunks += 1
-        self._members[chunk] = [cap for cap, _ in every]
+        self._members[chunk] = [r[0] for r in every]
 
-    def chunk_records(self, chunk: str) -> list[tuple[str, bytes]] | None:
+    def chunk_records(self, chunk: str) -> list[Record] | None:
         """The records of a loaded chunk, in order (None: it is not loaded)."""
         caps = self._members.get(chunk)
         if caps is None:
             return None
         out = []
         for cap in caps:
-            body = self.body(cap)
-            if body is None:
+            rec = self.record(cap)
+            if rec is None:
                 return None
-            out.append((cap, body))
+            out.append(rec)
         return out
+
+    def record(self, cap: str) -> Record | None:
+        """A directory's record: (cap, body, names), names None if its chunk had none."""
+        at = self._where.get(cap)
+        if at is None or self._fd is None:
+            return None
+        offset, size, names = at
+        data = os.pread(self._fd, size + max(names, 0), offset)
+        return cap, data[:size], data[size:] if names >= 0 else None
 
     def body(self, cap: str) -> bytes | None:
         at = self._where.get(cap)
         if at is None or self._fd is None:
             return None
         return os.pread(self._fd, at[1], at[0])
+
+    def names(self, cap: str) -> bytes | None:
+        at = self._where.get(cap)
+        if at is None or self._fd is None or at[2] < 0:
+            return None
+        return os.pread(self._fd, at[2], at[0] + at[1])
 
     def close(self) -> None:
         if self._fd is not None:
@@ -345,7 +365,8 @@ class _PackReader:
         async def one(cap: str, spool: "_Spool") -> None:
             await slots.acquire()
             try:
-                await spool.fetch(cap)
+                if not spool.started:  # (a reader that needed it first started it)
+                    await spool.fetch(cap)
             except Exception:
                 pass  # the readers of this pack get the error
             finally:
@@ -359,6 +380,9 @@ class _PackReader:
         entry = self._files.get(ref.cap)
         if entry is None:
             entry = self._files[ref.cap] = _Spool(self)
+        if not entry.started:
+            # Needed now, before the prefetch (which goes in the objects directory's order, not the
+            # tree's) came to it: fetched at once, so a restore never waits on packs it needs later.
             await entry.fetch(ref.cap)
         else:
             await entry.ready()
@@ -379,11 +403,13 @@ class _Spool:
         assert reader._dir is not None
         self.fd = os.open(reader._dir.name, os.O_TMPFILE | os.O_RDWR, 0o600)
         self.gw = reader.gw
+        self.started = False
         self.done = False
         self.error: BaseException | None = None
         self.waiters: list[Deferred] = []
 
     async def fetch(self, cap: str) -> None:
+        self.started = True
         pos = [0]
 
         def sink(chunk: bytes) -> None:

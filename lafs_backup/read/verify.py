@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from ..errors import GatewayError, SnapshotError
 from ..report import Reporter
 from ..store.entry import KIND_DIR, KIND_FILE
-from ..store.snapshot import Node
+from ..store.snapshot import Node, names_of
 from ..upkeep.check import StreamParser, Verdict
 from .reader import Reader
 
@@ -68,7 +68,9 @@ class Verifier:
             recorded = self.index.indexed_children(node)
             if recorded is None:
                 self.rep.problem(path or "/", "the snapshot's index lacks this directory")
-            elif [_comparable(n) for n in recorded] != [_comparable(n) for n in children]:
+            elif [_comparable(n) for n in recorded] != [_comparable(n) for n in children] or (
+                    self.index.indexed_names(node.cap) not in (None, names_of((n.name, n.kind, n.cap)
+                                                                              for n in children))):
                 self.rep.problem(path or "/", "the snapshot's index disagrees with this directory (restore, "
                                               "ls and diff read the index)")
         waits: list[Deferred] = []

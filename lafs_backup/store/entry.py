@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 from dataclasses import dataclass, field
 
@@ -82,3 +83,50 @@ class Entry:
 
 def join(parent: bytes, name: bytes) -> bytes:
     return parent + b"/" + name if parent else name
+
+
+# -- names as text: printable, one line, byte for byte ---------------------------------------------
+_UNESCAPE_RE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
+# Printable ASCII but backslash, with no space at either end: written as is.
+_PLAIN = re.compile(rb"(?:[\x21-\x5b\x5d-\x7e](?:[\x20-\x5b\x5d-\x7e]*[\x21-\x5b\x5d-\x7e])?)?")
+
+
+def escape(raw: bytes, extra: str = "") -> str:
+    """Encode name bytes as printable text; :func:`unescape` reverses it."""
+    if not extra and _PLAIN.fullmatch(raw):
+        return raw.decode("ascii")
+    s = raw.decode("utf-8", "surrogateescape")
+    if (s.isprintable() and "\\" not in s and s[:1] != " " and s[-1:] != " "
+            and not any(c in s for c in extra)):
+        return s
+    out = []
+    last = len(s) - 1
+    for i, c in enumerate(s):
+        o = ord(c)
+        if c == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= o <= 0xDCFF:  # an undecodable byte, via surrogateescape
+            out.append("\\x%02x" % (o - 0xDC00))
+        elif not c.isprintable() or c in extra or (c == " " and (i == 0 or i == last)):
+            out.extend("\\x%02x" % b for b in c.encode("utf-8"))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def unescape(text: str) -> bytes:
+    """Decode a field written by :func:`escape`."""
+    if "\\" not in text:
+        return text.encode("utf-8")
+    out = bytearray()
+    pos = 0
+    for m in _UNESCAPE_RE.finditer(text):
+        out += text[pos:m.start()].encode("utf-8")
+        tok = m.group(1)
+        out += b"\\" if tok == "\\" else bytes([int(tok[1:], 16)])
+        pos = m.end()
+    rest = text[pos:]
+    if "\\" in rest:
+        raise ValueError("bad escape sequence")
+    out += rest.encode("utf-8")
+    return bytes(out)

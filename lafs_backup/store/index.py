@@ -5,11 +5,14 @@ directory, and the gateway spends tens of milliseconds of CPU rendering each
 listing.  So with each snapshot the backup also stores its index: every
 directory's cap with the exact body it was made from, the same
 ``mkdir-immutable`` JSON the grid holds (names, caps and edge metadata), so a
-reader parses an index record exactly as it parses a listing.
+reader parses an index record exactly as it parses a listing; and its
+*names*: one line per entry, by name, with its kind and, for a subdirectory,
+its cap (see ``snapshot.names_of``), so a listing of the whole tree
+(``ls -R``, ``find``) reads names without parsing any body.
 
 Records go in the order directories are finished (children before their
-parent) into chunks: a msgpack array ``[FORMAT, [[dircap, body], ...]]``,
-compressed as an LZ4 frame.  A chunk ends after a record whose dircap hashes
+parent) into chunks: a msgpack array ``[FORMAT, [[dircap, body, names], ...]]``,
+compressed as an LZ4 frame (format 1, read still, had no names).  A chunk ends after a record whose dircap hashes
 to a cut point, each record being one with a chance proportional to its size
 (a chunk averages :data:`CHUNK_AVG` bytes whatever the directories' sizes),
 once the chunk holds :data:`CHUNK_MIN` bytes, and always before
@@ -29,12 +32,16 @@ translate it) is read through its directories.
 from __future__ import annotations
 
 import zlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import lz4.frame
 import msgpack
 
-FORMAT = 1
+FORMAT = 2
+#: The formats this version reads.
+READS = (1, 2)
+#: A record: (dircap, body, names); names None in a chunk of format 1.
+Record = tuple[str, bytes, "bytes | None"]
 #: A chunk holds this many bytes of records on average...
 CHUNK_AVG = 1 << 20
 #: ...is cut at a cut point only once it holds this many (small, so that boundaries resync soon
@@ -62,16 +69,17 @@ class IndexWriter:
         self._seen: set[str] = set()
         self.dirs = 0
 
-    def add(self, cap: str, body: bytes) -> bytes | None:
+    def add(self, cap: str, body: bytes, names: bytes) -> bytes | None:
         if cap in self._seen:
             return None
         self._seen.add(cap)
         self.dirs += 1
         out = None
-        if self._records and self._size + len(body) > CHUNK_MAX:
+        size = len(body) + len(names)
+        if self._records and self._size + size > CHUNK_MAX:
             out = self._cut()
-        self._records.append([cap, body])
-        self._size += len(body) + len(cap)
+        self._records.append([cap, body, names])
+        self._size += size + len(cap)
         if out is None and self._size >= CHUNK_MIN and _cut_point(cap, len(body)):
             out = self._cut()
         return out
@@ -86,9 +94,13 @@ class IndexWriter:
         return raw
 
 
-def chunk_bytes(records: list[list[object]]) -> bytes:
-    """A chunk's uncompressed bytes: its records (``[dircap, body]`` pairs, in order)."""
-    raw: bytes = msgpack.packb([FORMAT, records], use_bin_type=True)
+def chunk_bytes(records: list[Any]) -> bytes:
+    """A chunk's uncompressed bytes: its records (``[dircap, body, names]``, in order).  Records
+    without names (read from a chunk of format 1) make that chunk's bytes again."""
+    if records and all(len(r) == 2 or r[2] is None for r in records):
+        raw: bytes = msgpack.packb([1, [[r[0], r[1]] for r in records]], use_bin_type=True)
+    else:
+        raw = msgpack.packb([FORMAT, [list(r) for r in records]], use_bin_type=True)
     return raw
 
 
@@ -116,16 +128,18 @@ def decompress(stored: bytes) -> bytes:
     return raw
 
 
-def records(stored: bytes) -> Iterator[tuple[str, bytes]]:
-    """The (dircap, body) records of a stored chunk.  Raises :class:`BadIndex`."""
+def records(stored: bytes) -> Iterator[Record]:
+    """The (dircap, body, names) records of a stored chunk.  Raises :class:`BadIndex`."""
     raw = decompress(stored)
     try:
         fmt, recs = msgpack.unpackb(raw, raw=False, use_list=True)
     except Exception as e:  # lz4 and msgpack raise a variety of errors on damaged input
         raise BadIndex(f"an index chunk cannot be read ({type(e).__name__})") from None
-    if fmt != FORMAT:
-        raise BadIndex(f"an index chunk of format {fmt!r} (this version reads {FORMAT})")
+    if fmt not in READS:
+        raise BadIndex(f"an index chunk of format {fmt!r} (this version reads {', '.join(map(str, READS))})")
+    width = 2 if fmt == 1 else 3
     for rec in recs:
-        if not (isinstance(rec, list) and len(rec) == 2 and isinstance(rec[0], str) and isinstance(rec[1], bytes)):
-            raise BadIndex("an index record is not a directory cap and body")
-        yield rec[0], rec[1]
+        if not (isinstance(rec, list) and len(rec) == width and isinstance(rec[0], str)
+                and all(isinstance(x, bytes) for x in rec[1:])):
+            raise BadIndex("an index record is not a directory cap, body and names")
+        yield rec[0], rec[1], rec[2] if width == 3 else None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from .entry import (KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET,
-                    Entry)
+                    Entry, escape)
 
 FORMAT = 1
 TREE = "tree"
@@ -370,6 +370,24 @@ def parse_children(listing: Any) -> list[Node]:
         nodes.append(Node(name, k, cap, meta))
     nodes.sort(key=lambda n: n.name)
     return nodes
+
+
+def names_of(entries: Iterable[tuple[bytes, str, str]]) -> bytes:
+    """A directory's *names*, as its index record keeps them: from (name, kind, cap) of each
+    entry, one line each in byte order of names: the kind, the name escaped as in the queue
+    (printable, one line), and for a subdirectory a tab and its cap."""
+    return "\n".join(kind + escape(name) + ("\t" + cap if kind == KIND_DIR else "")
+                     for name, kind, cap in sorted(entries, key=lambda t: t[0])).encode("utf-8")
+
+
+def child_names(children: Iterable[Child]) -> bytes:
+    """:func:`names_of` of the children a directory is made of (the same as of its body)."""
+    return names_of((c.name, _NAME_KINDS.get(c.metadata.get("type"), KIND_FILE), c.cap) for c in children)
+
+
+def body_names(body: bytes) -> bytes:
+    """:func:`names_of` of a directory body.  Raises :class:`BadSnapshot` (or ValueError)."""
+    return names_of((n.name, n.kind, n.cap) for n in parse_children(["dirnode", {"children": json.loads(body)}]))
 
 
 def parse_root(listing: Any) -> Node:
