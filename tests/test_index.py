@@ -354,3 +354,37 @@ async def test_records_waiting_for_their_turn_spill_to_a_file_and_the_index_is_w
     assert gw.counts["get"] == 2 + len(up.index_caps)  # nothing read by directory
     plain.close()
     indexed.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ls_reads_names_from_either_format_of_index_and_the_lines_are_the_same(monkeypatch):
+    """A snapshot whose index chunks have no names (format 1, made by an earlier version) is
+    listed from its bodies: ``ls -R`` writes the very lines it writes from names."""
+    from fakes import FakeGateway
+    from lafs_backup.commands.ls import names_walk, shown
+    from lafs_backup.read.browse import Browser
+    from lafs_backup.read.reader import Reader
+
+    monkeypatch.setattr(index, "CHUNK_MIN", 2000)
+    monkeypatch.setattr(index, "CHUNK_AVG", 4000)
+    gw = FakeGateway()
+    root, chunks = await _fake_snapshot(gw, dirs=12)
+    listings = {}
+    for name in ("names", "items"):
+        browser = Browser(Reader(gw))
+        top = await browser.root(root)
+        if name == "names":
+            listings[name] = [line async for batch in names_walk(browser, top, size=7) for line in batch]
+        else:
+            listings[name] = [shown(i) async for i in browser.walk(top)]
+        browser.reader.close()
+    assert listings["names"] == listings["items"] and len(listings["names"]) == 12 + 12 * 20
+    # The same snapshot's chunks made again in format 1 (no names): the same lines, from the bodies.
+    for cap in chunks:
+        old = [[c, b] for c, b, _ in records(gw.objects[cap])]
+        gw.objects[cap] = compress(msgpack.packb([1, old], use_bin_type=True))
+    browser = Browser(Reader(gw))
+    top = await browser.root(root)
+    assert browser.reader.has_index and browser.reader.indexed_names(top.node.cap) is None
+    assert [line async for batch in names_walk(browser, top) for line in batch] == listings["names"]
+    browser.reader.close()
