@@ -388,3 +388,38 @@ async def test_ls_reads_names_from_either_format_of_index_and_the_lines_are_the_
     assert browser.reader.has_index and browser.reader.indexed_names(top.node.cap) is None
     assert [line async for batch in names_walk(browser, top) for line in batch] == listings["names"]
     browser.reader.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ls_from_names_escapes_a_path_as_it_always_did_whatever_its_names(tmp_path):
+    """A path with a character that cannot be printed is escaped whole (every component), as ls
+    wrote it from the directories' bodies."""
+    from fakes import FakeCache, FakeGateway
+    from test_upload import run
+
+    from lafs_backup.commands.ls import names_walk, shown
+    from lafs_backup.read.browse import Browser
+    from lafs_backup.read.reader import Reader
+
+    src = tmp_path / "src"
+    src.mkdir()
+    root = os.fsencode(src)
+    for d, files in ((b"caf\xc3\xa9", [b"\xff.mp3", b"plain"]), (b"a\nb", [b"caf\xc3\xa9", b"x\\y", b" lead"]),
+                     (b"back\\slash", [b"caf\xc3\xa9"]), (b"caf\xc3\xa9/t\tab", [b"n"])):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+        for f in files:
+            with open(os.path.join(root, d, f), "wb") as fh:
+                fh.write(b"x")
+    gw = FakeGateway()
+    cap, _ = await run(src, gw, FakeCache())
+    browser = Browser(Reader(gw))
+    top = await browser.root(cap)
+    assert browser.reader.has_index
+    from_names = [line async for batch in names_walk(browser, top, size=3) for line in batch]
+    from_items = [shown(i) async for i in browser.walk(top)]
+    assert from_names == from_items and len(from_items) == 11
+    assert "caf\\xe9/\\\\xff.mp3" in from_names and "a\\nb/caf\\xe9" in from_names and "back\\slash/café" in from_names
+    sub = await browser.lookup(cap, b"a\nb")
+    assert [line async for batch in names_walk(browser, sub) for line in batch] == [
+        shown(i) async for i in browser.walk(sub)]
+    browser.reader.close()

@@ -247,3 +247,27 @@ def test_other_modes_decide_every_entry(grid, home, lb, tmp_path, mode):
     _backup(lb, src)
     r = lb("--json", "backup", "--mode", mode, str(src), check=True)
     assert json.loads(r.out.splitlines()[-1])["subtrees_kept"] == 0
+
+
+def test_a_queue_that_keeps_directories_is_uploaded_again_only_with_the_record_it_was_made_from(
+        grid, home, lb, tmp_path):
+    import shutil
+
+    src = make_tree(tmp_path / "src", small=40, medium=1, large=0)
+    _backup(lb, src)
+    second = _backup(lb, src)
+    assert second["subtrees_kept"] == 1
+    queue = next((home / "state" / "lafs-backup" / "queues").glob("*.queue"))
+    kept_queue = tmp_path / "kept.queue"
+    shutil.copy(queue, kept_queue)
+    # The same queue uploaded again: the same snapshot, every entry counted.
+    again = json.loads(lb("--json", "backup", str(src), "--reuse-queue", str(kept_queue), check=True)
+                       .out.splitlines()[-1])
+    assert again["cap"] == second["cap"] and again["files"] == second["files"]
+    # A later backup records other caps (a file changed below a kept directory): the old queue is
+    # refused, naming what to do, rather than uploaded without what its kept directories use.
+    deep = max((p for p in src.rglob("*") if p.is_file()), key=lambda p: len(p.parts))
+    deep.write_bytes(b"changed")
+    _backup(lb, src)
+    r = lb("backup", str(src), "--reuse-queue", str(kept_queue))
+    assert r.code != 0 and "without --reuse-queue" in r.err, r.err

@@ -34,7 +34,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ..system.paths import replacing
 from .queue import escape, unescape
@@ -79,6 +79,11 @@ class Trees:
         """The cap ``path`` had, if its subtree is as it was then."""
         known = self._by_path.get(path)
         return known[1] if known is not None and known[0] == digest else None
+
+    def cap_of(self, path: bytes) -> str | None:
+        """The cap recorded for ``path`` (None: none is)."""
+        known = self._by_path.get(path)
+        return known[1] if known is not None else None
 
     def subtree(self, path: bytes) -> list[tuple[bytes, bytes, str]]:
         """``path`` and every directory below it, in queue order (empty: ``path`` is not known)."""
@@ -146,15 +151,11 @@ class Records:
         self.trees = trees
         self._bodies = bodies  # .record(cap) -> (cap, body, names) | None
 
-    def of(self, path: bytes) -> list[tuple[str, bytes, bytes | None]] | None:
-        """The records of ``path`` and every directory below it (None: one is missing)."""
-        out = []
+    def of(self, path: bytes) -> Iterator[tuple[str, bytes, bytes | None] | None]:
+        """The records of ``path`` and every directory below it, one at a time (None for one that
+        is missing)."""
         for _, _, cap in self.trees.subtree(path):
-            rec = self._bodies.record(cap) if self._bodies is not None else None
-            if rec is None:
-                return None
-            out.append(rec)
-        return out or None
+            yield self._bodies.record(cap) if self._bodies is not None else None
 
     def close(self) -> None:
         if self._bodies is not None:

@@ -196,7 +196,10 @@ class Uploader:
                 self.stats.dirs_unchanged += 1
                 self.stats.entries_done += 1
                 below = e.extra("settled")
-                if below is not None and self._settled is not None:  # kept whole by the walk
+                if below is not None and self._settled is None:
+                    raise QueueError(path="(queue)", problem="it keeps directories of a backup it does not "
+                                                             "name; make it again")
+                if below is not None:  # kept whole by the walk
                     self._count_settled(below)
                     if not e.path:
                         self._index_whole = True
@@ -387,13 +390,13 @@ class Uploader:
         """The index records of a subtree kept whole: the previous index's, in their order."""
         if self._index_whole:
             return  # the whole tree: the previous index is this one's
-        records = self._records.of(path) if self._records is not None else None
-        if records is None:
-            if not self._index_broken:
-                log.warning("the snapshot gets no index: the previous index lacks directories it keeps")
-            self._index_broken = True
-            return
-        for cap, body, names in records:
+        for rec in self._records.of(path) if self._records is not None else [None]:
+            if rec is None:
+                if not self._index_broken:
+                    log.warning("the snapshot gets no index: the previous index lacks directories it keeps")
+                self._index_broken = True
+                return
+            cap, body, names = rec
             try:
                 chunk = self.index.add(cap, body, names if names is not None else body_names(body))
             except ValueError:  # (BadSnapshot too) the previous index holds a damaged record

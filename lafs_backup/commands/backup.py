@@ -21,7 +21,7 @@ from ..backup.select import Selection, listed_paths, parse_if_present, parse_siz
 from ..backup.source import LocalSource, Source, is_url
 from ..backup.upload import Settings, Uploader
 from ..cache import move_aside
-from ..errors import ExitCode, GatewayError, GridError, LafsBackupError, LocalError, UsageError
+from ..errors import ExitCode, GatewayError, GridError, LafsBackupError, LocalError, QueueError, UsageError
 from ..report import Progress
 from ..store.entry import Entry
 from ..store.snapshot import Child
@@ -164,16 +164,19 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
         ctx.op.totals, ctx.op.frame = totals, sys._getframe()
     # A backup that walks and uploads in one go keeps whole the subtrees unchanged since the last one.
     trees_at: str | None = settled.trees_path(await ctx.cache_path(), source.label)
-    if ns.rebuild_cache:  # (a new cache knows none of the rows the record builds on)
-        settled.forget(trees_at or "")
     if ns.mode != "stat" or ns.rebuild_cache:
+        # A new cache knows none of the rows the record builds on; another mode may store what
+        # the record's directories do not hold (content changed under unchanged stat data).
+        settled.forget(trees_at or "")
         trees_at = None
     kept: list[bytes] = []
     if reuse_queue is not False:
-        await ctx.in_thread(_count_queue, qpath, source.label, totals)
-        trees = None
+        queued: list[tuple[bytes, str]] = []
+        await ctx.in_thread(_count_queue, qpath, source.label, totals, queued)
+        trees = _queued_trees(ctx, trees_at, queued, qpath)
+        kept = [p for p, _ in queued]
     else:
-        trees = await _settled_trees(ctx, trees_at) if queue_only is False and trees_at is not None else None
+        trees = _settled_trees(ctx, trees_at) if queue_only is False and trees_at is not None else None
         n = await _walk(ctx, ns, source, qpath, totals, trees, kept, keep=trees_at is not None)
         if queue_only is not False:
             rep.info(f"queue: {n} entries written to {qpath}")
@@ -348,16 +351,14 @@ class _Forgotten(Exception):
     """The backup whose subtrees the walk kept is no longer kept itself."""
 
 
-async def _settled_trees(ctx: Context, at: str) -> settled.Trees | None:
-    """The trees file of the last backup, if the next walk may keep subtrees of it (see ``settled``)."""
+def _settled_trees(ctx: Context, at: str) -> settled.Trees | None:
+    """The trees file of the last backup, if the next walk may keep subtrees of it (see ``settled``).
+    Whether that backup is still kept is asked under the cache's lock (``phase_two``): if it is not,
+    the walk is made again, keeping nothing."""
     trees = settled.load(at, settled.fingerprint(ctx.config.destination.pack_max_file_size == 0))
     if trees is None or not trees.index or trees.chain >= settled.CHAIN_MAX:
         return None
-    cache = await ctx.cache(reader=True)
-    try:
-        return trees if settled.still_kept(trees, cache.backups()) else None
-    finally:
-        cache.close()
+    return trees
 
 
 async def _walk(ctx: Context, ns: argparse.Namespace, source: Source, qpath: str, totals: list[int],
@@ -413,12 +414,28 @@ def _save_trees(ctx: Context, at: str, snap: str, gen: int, store: Store, upload
                     "decides every entry again", at, e.strerror)
 
 
-def _count_queue(qpath: str, label: bytes, totals: list[int]) -> None:
-    """Count a queue's entries and bytes (refusing a bad queue up front)."""
+def _count_queue(qpath: str, label: bytes, totals: list[int], kept: list[tuple[bytes, str]] | None = None) -> None:
+    """Count a queue's entries and bytes (refusing a bad queue up front); ``kept``: where to list
+    the directories the walk kept whole, with their caps."""
     with QueueReader(qpath, expect_source=label) as r:
         for e in r:
             totals[0] += 1
             totals[1] += e.size if e.kind == "f" else 0
+            if kept is not None and e.kind == "d" and e.extra("settled") is not None:
+                kept.append((e.path, (e.extra("reuse") or b"").decode("ascii", "replace")))
+
+
+def _queued_trees(ctx: Context, at: str | None, queued: list[tuple[bytes, str]], qpath: str) -> settled.Trees | None:
+    """For ``--reuse-queue``: the trees file the queue's kept directories came from (they must all
+    be in it as they are in the queue: else the queue is refused, to be made again)."""
+    if not queued:
+        return None
+    trees = settled.load(at, settled.fingerprint(ctx.config.destination.pack_max_file_size == 0)) if at else None
+    if trees is None or any(trees.cap_of(p) != cap for p, cap in queued):
+        raise QueueError(path=qpath, problem="it keeps directories of a backup that is no longer the last one "
+                                             "(or with another --mode); make it again: run the backup without "
+                                             "--reuse-queue")
+    return trees
 
 
 async def _record(ctx: Context, cache: Any, gw: Any, gen: int, snap: str, source: bytes, host: str,

@@ -63,13 +63,16 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
 
 
 async def names_walk(browser: Browser, top: Item, size: int = 5000) -> AsyncIterator[list[str]]:
-    """The lines of ``ls -R`` below the directory ``top`` (as :func:`shown` writes them), from each
-    directory's names, up to ``size`` at a time."""
-    start = shown(top) if top.path else ""
-    levels = [(start, iter(await browser.names(top.node.cap)))]
+    """The lines of ``ls -R`` below the directory ``top`` (as :func:`shown` writes them: a path with
+    a character that cannot be printed is escaped whole), from each directory's names, up to
+    ``size`` at a time."""
+    raw_top = top.path + b"/" if top.path else b""
+    shown_top = shown(top) if top.path else ""
+    levels = [(shown_top if not top.path or _plain(top.path) else None, raw_top,
+               iter(await browser.names(top.node.cap)))]
     out: list[str] = []
     while levels:
-        prefix, lines = levels[-1]
+        prefix, raw_prefix, lines = levels[-1]
         text = next(lines, None)
         if text is None:
             levels.pop()
@@ -77,15 +80,33 @@ async def names_walk(browser: Browser, top: Item, size: int = 5000) -> AsyncIter
         kind, name = text[0], text[1:]
         if kind == KIND_DIR:
             name, _, cap = name.partition("\t")
-        if "\\" in name:  # (escaped as in the queue: shown as ls shows any name)
-            name = _printable(unescape(name).decode("utf-8", "surrogateescape"))
-        if kind == KIND_DIR:
-            out.append(prefix + name + "/")
-            levels.append((prefix + name + "/", iter(await browser.names(cap))))
+        if "\\" in name:  # escaped as in the queue
+            name = unescape(name).decode("utf-8", "surrogateescape")
+            fits = name.isprintable()
         else:
-            out.append(prefix + name)
+            fits = True  # (printed as is: printable)
+        if prefix is not None and fits:
+            line = prefix + name
+        else:
+            prefix = None  # this path and every one below it are escaped whole
+            line = _printable((raw_prefix + name.encode("utf-8", "surrogateescape")).decode(
+                "utf-8", "surrogateescape"))
+        if kind == KIND_DIR:
+            out.append(line + "/")
+            levels.append((line + "/" if prefix is not None else None,
+                           raw_prefix + name.encode("utf-8", "surrogateescape") + b"/",
+                           iter(await browser.names(cap))))
+        else:
+            out.append(line)
         if len(out) >= size:
             yield out
             out = []
     if out:
         yield out
+
+
+def _plain(path: bytes) -> bool:
+    try:
+        return path.decode("utf-8").isprintable()
+    except UnicodeDecodeError:
+        return False

@@ -154,9 +154,16 @@ class Browser:
         """A directory's names, a line each (see ``snapshot.names_of``): as a loaded index records
         them, else made from its listing."""
         raw = self.reader.indexed_names(cap)
-        if raw is None:
-            nodes = (await self._listing(Node(b"", KIND_DIR, cap, {}))).values()
-            raw = names_of((n.name, n.kind, n.cap) for n in nodes)
+        if raw is not None:
+            try:
+                lines = raw.decode("utf-8").split("\n") if raw else []
+                if all(line[:1] in TYPE_NAMES for line in lines):
+                    return lines
+            except UnicodeDecodeError:
+                pass
+            # (names that are not names: the directory's own listing is read)
+        nodes = (await self._listing(Node(b"", KIND_DIR, cap, {}))).values()
+        raw = names_of((n.name, n.kind, n.cap) for n in nodes)
         return raw.decode("utf-8").split("\n") if raw else []
 
     async def walk(self, top: Item, recursive: bool = True) -> AsyncIterator[Item]:

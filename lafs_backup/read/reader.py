@@ -290,12 +290,15 @@ class _IndexStore:
         if self._fd is None:
             self._fd = temp_file(self._tmpdir)
         every = list(index_records(stored))
-        records = [r for r in every if r[0] not in self._where]
+        # (a directory met again: kept once, with its names if this copy has them and the first had not)
+        where = self._where
+        records = [r for r in every if r[0] not in where or (r[2] is not None and where[r[0]][2] < 0)]
         data = b"".join(body + (names or b"") for _, body, names in records)
         write_all(self._fd, data, self._end)  # (raises on a full disk: then nothing of it is recorded)
         at = self._end
         for cap, body, names in records:
-            self._where.setdefault(cap, (at, len(body), -1 if names is None else len(names)))
+            if cap not in where or where[cap][2] < 0:
+                where[cap] = (at, len(body), -1 if names is None else len(names))
             at += len(body) + len(names or b"")
         self._end = at
         self.loaded.add(chunk)
