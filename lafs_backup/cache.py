@@ -157,8 +157,13 @@ class EntryCache:
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         try:
             # Create it 0600 before sqlite does: it holds caps.  sqlite gives
-            # its -wal and -shm files the same mode.
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            # its -wal and -shm files the same mode.  Only when it does not exist: closing a
+            # descriptor of a database this process has open drops the process's locks on it
+            # (POSIX locks are per process), and another process's writes then fail or worse.
+            try:
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
             self._db = sqlite3.connect(path, isolation_level=None)
             # A writer's commit holds the file for milliseconds: wait for it rather than fail.
             self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")

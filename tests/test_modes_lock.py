@@ -173,3 +173,19 @@ def test_a_busy_cache_is_not_called_damaged(tmp_path, monkeypatch):
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_readers_beside_a_running_check_never_break_its_cache(lb, grid, home, tmp_path):
+    """``list`` (and any command that reads the cache without the lock) run while ``check``
+    writes to it: the check still succeeds.  Each run that opened the cache a second time closed
+    a descriptor of it behind sqlite's back, dropping its locks; the check's cache then failed
+    with a disk I/O error."""
+    src = make_tree(tmp_path / "src", small=40, medium=1, large=0)
+    lb("backup", str(src), check=True)
+    lb("backup", str(src), check=True)
+    check = _start(["--url", grid.url, "check", "-r"], home)
+    readers = [_start(["--url", grid.url, "list"], home) for _ in range(3)]
+    for p in [check, *readers]:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        assert "disk I/O error" not in err
