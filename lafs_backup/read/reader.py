@@ -358,24 +358,27 @@ class _PackReader:
         self._files: dict[str, _Spool] = {}
 
     async def prefetch(self, caps: list[str], concurrency: int) -> None:
-        slots = DeferredSemaphore(max(1, concurrency))
         spools = []
         for cap in caps:
             if cap not in self._files:
                 self._files[cap] = _Spool(self)
                 spools.append((cap, self._files[cap]))
+        todo = iter(spools)
 
-        async def one(cap: str, spool: "_Spool") -> None:
-            await slots.acquire()
-            try:
-                if not spool.started:  # (a reader that needed it first started it)
+        async def worker() -> None:
+            # A few workers take the packs in turn.  (Not a semaphore per pack: packs a reader
+            # started first are skipped at once, and a semaphore would wake each next waiter
+            # inside the one before, hundreds deep, until the stack ran out.)
+            for cap, spool in todo:
+                if spool.started:  # a reader that needed it first started it
+                    continue
+                try:
                     await spool.fetch(cap)
-            except Exception:
-                pass  # the readers of this pack get the error
-            finally:
-                slots.release()
+                except Exception:
+                    pass  # the readers of this pack get the error
 
-        await gatherResults([Deferred.fromCoroutine(one(c, sp)) for c, sp in spools], consumeErrors=True)
+        await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(max(1, concurrency))],
+                            consumeErrors=True)
 
     async def read(self, ref: PackRef) -> bytes:
         if not self.whole:
