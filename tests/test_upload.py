@@ -140,3 +140,38 @@ async def test_files_decided_ahead_are_decided_as_one_by_one(tmp_path):
     actions = {e.path: expected[e.path][0].action for e in (rebuilt, changed, vanished)}
     assert actions == {rebuilt.path: "unchanged", changed.path: "read", vanished.path: "skip"}
     assert up.saver._ahead == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_small_files_queued_behind_slow_large_ones_never_run_out_of_stack(tmp_path):
+    """Hundreds of small files wait for an open-file slot while large ones upload slowly: each
+    starts in a turn of its own when a slot is given back (each woke the next inside the one
+    before, until the stack ran out and the backup waited forever)."""
+    import os
+
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    root = tmp_path / "src"
+    root.mkdir()
+    for i in range(3000):
+        (root / f"s{i:05d}").write_bytes(os.urandom(2000))
+        if i % 100 == 0:
+            (root / f"s{i:05d}.big").write_bytes(os.urandom(1100 << 10))  # above the pack limit
+    gw, cache = FakeGateway(), FakeCache()
+    put = gw.put_file
+
+    async def slowly(*args, **kw):
+        await deferLater(reactor, 0.2, lambda: None)
+        return await put(*args, **kw)
+
+    gw.put_file = slowly
+    src = LocalSource(bytes(root))
+    rep = Reporter()
+    store = Store(gw, cache, 1, StoreSettings(), rep.stats, clock=reactor)
+    up = Uploader(src, store, cache, 1, rep, Settings(), clock=reactor)
+    entries = list(src.walk(compile_rules([]), lambda p, m: None, lambda k, m: None))
+    done = Deferred.fromCoroutine(up.run(entries))
+    done.addTimeout(60, reactor)
+    cap = await done
+    assert cap in gw.dirs and rep.stats.files == 3030 and rep.stats.warnings == 0

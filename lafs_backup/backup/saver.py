@@ -43,7 +43,7 @@ class FileSaver:
     """
 
     def __init__(self, source: Any, store: Store, cache: Any, generation: int, reporter: Any,
-                 budget: Any, open_files: int = 12, mode: str = "stat") -> None:
+                 budget: Any, open_files: int = 12, mode: str = "stat", clock: Any = None) -> None:
         self.source = source
         self.store = store
         self.cache = cache
@@ -53,6 +53,7 @@ class FileSaver:
         self.budget = budget
         self.mode = mode
         self._files = DeferredSemaphore(open_files)
+        self._clock = clock
         self._small_max = store.settings.pack_max_file_size
         self._plain = store.settings.plain
         #: Relative paths being read or uploaded right now (for progress and the manhole).
@@ -212,7 +213,13 @@ class FileSaver:
             return await work
         finally:
             self.in_flight.discard(e.path)
-            self._files.release()
+            if self._files.waiting and self._clock is not None:
+                # The next file starts in a turn of its own, not inside this one's stack: small files
+                # read at once would each wake the next inside the one before, hundreds deep behind
+                # a few slow large ones, until the stack ran out and the backup waited forever.
+                self._clock.callLater(0, self._files.release)
+            else:
+                self._files.release()
 
     def _content_decision(self, e: Entry, sha: bytes, cached: Hit | None, seen: bool) -> plan.Decision:
         d = plan.for_content(sha, self.store.known_content(sha), cached, seen, self.mode)

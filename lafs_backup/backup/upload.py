@@ -84,7 +84,7 @@ class Uploader:
         # When it runs out, tasks may be waiting for the open pack: seal it.
         self._window = Budget(settings.window, packer.relieve)
         self.saver = FileSaver(source, store, cache, generation, reporter, self.budget, settings.open_files,
-                               settings.mode)
+                               settings.mode, clock)
         self.fatal: BaseException | None = None
         store.on_fatal = self.fail
         self._files_pending = 0
