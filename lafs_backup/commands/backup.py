@@ -351,11 +351,16 @@ class _Forgotten(Exception):
     """The backup whose subtrees the walk kept is no longer kept itself."""
 
 
+def _load_trees(ctx: Context, at: str) -> settled.Trees | None:
+    """The trees file at ``at``, if it was made with this configuration's settings."""
+    return settled.load(at, settled.fingerprint(ctx.config.destination.pack_max_file_size == 0))
+
+
 def _settled_trees(ctx: Context, at: str) -> settled.Trees | None:
     """The trees file of the last backup, if the next walk may keep subtrees of it (see ``settled``).
     Whether that backup is still kept is asked under the cache's lock (``phase_two``): if it is not,
     the walk is made again, keeping nothing."""
-    trees = settled.load(at, settled.fingerprint(ctx.config.destination.pack_max_file_size == 0))
+    trees = _load_trees(ctx, at)
     if trees is None or not trees.index or trees.chain >= settled.CHAIN_MAX:
         return None
     return trees
@@ -430,7 +435,7 @@ def _queued_trees(ctx: Context, at: str | None, queued: list[tuple[bytes, str]],
     be in it as they are in the queue: else the queue is refused, to be made again)."""
     if not queued:
         return None
-    trees = settled.load(at, settled.fingerprint(ctx.config.destination.pack_max_file_size == 0)) if at else None
+    trees = _load_trees(ctx, at) if at else None
     if trees is None or any(trees.cap_of(p) != cap for p, cap in queued):
         raise QueueError(path=qpath, problem="it keeps directories of a backup that is no longer the last one "
                                              "(or with another --mode); make it again: run the backup without "
