@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from typing import Any, Sequence
@@ -318,16 +319,23 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
     """Run one command with an injected reactor; return its exit code.
 
     Every :class:`LafsBackupError` becomes its message and exit code; any
-    other exception is a bug and is shown with a (cap-redacted) traceback.
+    other exception, wherever it is raised (an import included), is a bug:
+    one line names it and where its redacted traceback was written, exit 70.
     A command cancelled by a signal (see :class:`Stopper`) returns 130 or 143.
     """
-    from twisted.internet.defer import CancelledError
-
-    from .commands.context import Context, state_dir
-    from .report import Operation, Reporter
-
-    rep = Reporter(out=out or sys.stdout, err=err or sys.stderr)
+    say = _Say(err or sys.stderr)
+    debug = any(a in ("--debug", "--noise") for a in argv)
     try:
+        from twisted.internet.defer import CancelledError
+
+        from .report import Operation, Reporter
+
+        rep = Reporter(out=out or sys.stdout, err=err or sys.stderr)
+    except Exception:
+        return crashed(say, debug)
+    try:
+        from .commands.context import Context, state_dir
+
         ns = build_parser().parse_args(list(argv))
         if not ns.command:
             raise UsageError("lafs-backup: a command is required (backup, restore, list, check, verify, grid, "
@@ -366,11 +374,60 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
     except CancelledError:
         if stopper is not None and stopper.signum is not None:
             return stopper.exit_code
-        raise
+        return crashed(say, debug)
     except Exception:
-        text = logsetup.redact(traceback.format_exc())
-        rep.say(f"lafs-backup: internal error (a bug; please report it):\n{text}")
+        return crashed(say, debug)
+
+
+class _Say:
+    """A line on a stream, with nothing of the tool's own imported (it must work when they fail)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def __call__(self, line: str) -> None:
+        try:
+            print(line, file=self.stream, flush=True)
+        except (OSError, ValueError):
+            pass
+
+
+def crash_dir() -> str:
+    """Where a bug's traceback is written: the state directory's ``crashes``."""
+    import platformdirs
+
+    return os.path.join(platformdirs.user_state_dir("lafs-backup"), "crashes")
+
+
+def crashed(say: Any, debug: bool) -> int:
+    """Report the exception being handled as a bug and return 70.
+
+    One line names the error; its traceback, with every cap and key redacted,
+    goes to a 0600 file in :func:`crash_dir` (or to the terminal with
+    ``--debug``, or when no file can be written)."""
+    import time
+
+    etype, value, _ = sys.exc_info()
+    text = logsetup.redact("".join(traceback.format_exc()))
+    name = getattr(etype, "__name__", "error")
+    first = logsetup.redact(str(value).splitlines()[0] if str(value) else "").strip()
+    what = f"{name}: {first}" if first else name
+    if debug:
+        say(f"lafs-backup: internal error (a bug; please report it): {what}\n{text}")
         return int(ExitCode.INTERNAL)
+    try:
+        where = crash_dir()
+        os.makedirs(where, mode=0o700, exist_ok=True)
+        path = os.path.join(where, time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}.txt")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    except OSError:
+        say(f"lafs-backup: internal error (a bug; please report it): {what}\n{text}")
+        return int(ExitCode.INTERNAL)
+    say(f"lafs-backup: internal error (a bug; please report it): {what}; "
+        f"the traceback (caps and keys redacted) is in {path}, and --debug prints it")
+    return int(ExitCode.INTERNAL)
 
 
 #: Commands that run long enough to be worth a manhole.
@@ -392,15 +449,27 @@ async def _dispatch(ctx: Any, ns: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: run the command under the global reactor."""
+    """Console entry point: run the command under the global reactor.
+
+    Only Ctrl-C (130) and SIGTERM (143) end it with a signal's code; an
+    exception anywhere else is a bug and exits 70 (see :func:`crashed`)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    say = _Say(sys.stderr)
+    debug = any(a in ("--debug", "--noise") for a in args)
+    try:
+        return _main(args, say)
+    except KeyboardInterrupt:
+        say("lafs-backup: interrupted")
+        return int(ExitCode.INTERRUPTED)
+    except Exception:
+        return crashed(say, debug)
+
+
+def _main(args: list[str], say: Any) -> int:
     from twisted.internet import defer, task
 
-    from .report import Reporter
-
-    rep = Reporter()
-    args = sys.argv[1:] if argv is None else list(argv)
     if not args:
-        rep.say(build_parser().format_help() + "\nlafs-backup: a command is required")
+        say(build_parser().format_help() + "\nlafs-backup: a command is required")
         return int(ExitCode.USAGE)
     if args in (["-h"], ["--help"]) or "--version" in args:
         try:
@@ -408,16 +477,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as e:
             return int(e.code or 0)
         except UsageError as e:
-            rep.say(e.message)
+            say(e.message)
             return int(ExitCode.USAGE)
-    stopper = Stopper(rep.say)
+    stopper = Stopper(say)
     # Stays INTERRUPTED only if the reactor stopped before the command returned.
     code: list[int] = [int(ExitCode.INTERRUPTED)]
 
     async def go(reactor: Any) -> None:
         command = defer.Deferred.fromCoroutine(run(reactor, args, stopper=stopper))
         stopper.watch(reactor, command)
-        code[0] = await command
+        try:
+            code[0] = await command
+        except defer.CancelledError:
+            code[0] = stopper.exit_code if stopper.signum is not None else int(ExitCode.INTERNAL)
 
     try:
         task.react(lambda reactor: defer.Deferred.fromCoroutine(go(reactor)))
