@@ -13,11 +13,14 @@ from pathlib import Path
 
 
 def package_files(root: Path) -> set[str]:
-    out = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "lafs_backup"],
-        cwd=root, check=True, capture_output=True).stdout
-    names = {n.decode() for n in out.split(b"\0") if n}
-    if not names:  # a copy without .git: every file below lafs_backup/ but caches
+    """The files git would commit under lafs_backup/; in a copy without .git (as .ci/run makes,
+    holding exactly those files), every file there but bytecode caches."""
+    if (root / ".git").exists():
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "lafs_backup"],
+            cwd=root, check=True, capture_output=True).stdout
+        names = {n.decode() for n in out.split(b"\0") if n}
+    else:
         names = {str(p.relative_to(root)) for p in (root / "lafs_backup").rglob("*")
                  if p.is_file() and "__pycache__" not in p.parts}
     return {n for n in names if (root / n).is_file()}
