@@ -46,194 +46,37 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
-def _which(p: argparse.ArgumentParser, what: str = "backups") -> None:
-    """--source and --host: which source's backups a 'latest' (or a listing) means."""
-    p.add_argument("--source", metavar="PATH",
-                   help=f"only {what} of this source directory (default for 'latest': source.path)")
-    p.add_argument("--host", metavar="NAME", help=f"only {what} made on this host")
-    p.add_argument("--tag", action="append", metavar="TAG", help=f"only {what} with this tag (repeatable: all of them)")
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``verb``, only that command's arguments are declared (the others
+    are listed by name and help alone, and their modules are not imported)."""
+    import importlib
 
+    from .commands import COMMANDS
 
-def _selection(p: argparse.ArgumentParser) -> None:
-    """The selection options of ``backup`` and ``watch``."""
-    sel = p.add_argument_group("what to back up (each adds to its source.* configuration key)")
-    sel.add_argument("-x", "--one-file-system", action="store_true", default=None,
-                     help="never cross a mount point (the mount point directory itself is recorded)")
-    sel.add_argument("--exclude-caches", action="store_true", default=None,
-                     help="skip the contents of directories holding a valid CACHEDIR.TAG (keeping the tag)")
-    sel.add_argument("--exclude-if-present", action="append", metavar="NAME[:HEADER]",
-                     help="skip directories holding a file NAME (that starts with HEADER) (repeatable)")
-    sel.add_argument("--exclude-larger-than", metavar="SIZE", help="skip files larger than SIZE ('500M', '2G')")
-    sel.add_argument("--files-from", action="append", metavar="FILE",
-                     help="back up exactly the paths listed in FILE, one a line ('#' comments, globs) (repeatable)")
-    sel.add_argument("--files-from-verbatim", action="append", metavar="FILE",
-                     help="the same, each line taken exactly (repeatable)")
-    sel.add_argument("--files-from-raw", action="append", metavar="FILE",
-                     help="the same, NUL-separated, each path taken exactly (repeatable)")
-    sel.add_argument("--git-ignore", action="store_true", default=None,
-                     help="honour .gitignore files as well as .lafsbackupignore")
-
-
-def build_parser() -> argparse.ArgumentParser:
     common = _common()
     p = _Parser(prog="lafs-backup", parents=[common],
                 description="Incremental, deduplicated backups to a Tahoe-LAFS grid.")
     p.add_argument("--version", action="version", version=f"lafs-backup {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    b = sub.add_parser("backup", parents=[common], help="back up a directory (phase one, then phase two)")
-    b.add_argument("source", nargs="?", help="directory to back up (default: source.path)")
-    g = b.add_mutually_exclusive_group()
-    g.add_argument("--queue-only", nargs="?", const=True, default=False, metavar="PATH",
-                   help="only build the queue (phase one), optionally at PATH")
-    g.add_argument("--reuse-queue", nargs="?", const=True, default=False, metavar="PATH",
-                   help="skip phase one and upload an existing complete queue for this source")
-    b.add_argument("-j", "--jobs", type=int, metavar="N", help="requests in flight (operation.jobs)")
-    b.add_argument("--mode", choices=["stat", "checksum", "verify", "force"], default="stat",
-                   help="stat: trust unchanged size/mtime/ctime/inode (default); checksum: re-hash every "
-                        "file; verify: re-hash and report content changed under unchanged stat data; "
-                        "force: upload everything again")
-    b.add_argument("--rebuild-cache", action="store_true",
-                   help="move the entry cache aside (e.g. a damaged one) and start a new one; content "
-                        "already on the grid is found again through convergence")
-    b.add_argument("--host", metavar="NAME", help="record the backup as made on this host (default: the "
-                                                 "host name)")
-    b.add_argument("--tag", action="append", metavar="TAG", help="record this tag with the backup (repeatable)")
-    g.add_argument("--dry-run", action="store_true",
-                   help="walk and plan only: say what would be uploaded (files and bytes, after dedup against "
-                        "the cache); nothing is written to the grid or the cache")
-    _selection(b)
-
-    w = sub.add_parser("watch", parents=[common], help="back up, then snapshot every settled burst of changes "
-                                                      "(inotify), until Ctrl-C or SIGTERM")
-    w.add_argument("source", nargs="?", help="directory to watch and back up (default: source.path)")
-    w.add_argument("--settle", type=float, metavar="SECONDS",
-                   help="quiet time before a round backs up what changed (watch.settle; default 10)")
-    w.add_argument("--rescan-interval", type=float, metavar="SECONDS",
-                   help="seconds between full rescans of the tree (watch.rescan_interval; default 21600)")
-    w.add_argument("--min-interval", type=float, metavar="SECONDS",
-                   help="seconds at least between two rounds (watch.min_interval; default 30)")
-    w.add_argument("-j", "--jobs", type=int, metavar="N", help="requests in flight (operation.jobs)")
-    w.add_argument("--host", metavar="NAME", help="record the backups as made on this host (default: the host name)")
-    w.add_argument("--tag", action="append", metavar="TAG", help="record this tag with every backup (repeatable)")
-    _selection(w)
-
-    cp = sub.add_parser("copy", parents=[common], help="copy backups to a second grid (every one it lacks, newest "
-                                                      "first), recorded in that grid's repository")
-    cp.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="only these backups (default: all)")
-    cp.add_argument("--to-url", required=True, metavar="URL", help="the second grid's gateway")
-    cp.add_argument("-j", "--jobs", type=int, metavar="N", help="objects copied at once (operation.jobs)")
-    cp.add_argument("--to-repo", metavar="KEY|FILE|-", help="the second grid's repository (its recovery key, a file "
-                    "holding it, or - for stdin; default: this machine's for that grid, made on first use)")
-    _which(cp)
-
-    r = sub.add_parser("restore", parents=[common], help="restore a snapshot into a directory")
-    r.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
-    r.add_argument("paths", nargs="*", metavar="PATH", help="restore only these subtrees")
-    r.add_argument("-t", "--target", required=True, metavar="DIR", help="directory to restore into")
-    r.add_argument("--no-owner", action="store_true", help="don't restore ownership (as tar --no-same-owner)")
-    r.add_argument("--numeric-owner", action="store_true",
-                   help="restore the recorded uid/gid, not the user and group names (as tar)")
-    _which(r)
-
-    ls = sub.add_parser("list", parents=[common], help="list finished backups")
-    _which(ls)
-
-    lsp = sub.add_parser("ls", parents=[common], help="list the entries of a snapshot, without restoring it")
-    lsp.add_argument("snapshot", help="a snapshot cap, a generation number, an id, or 'latest'")
-    lsp.add_argument("path", nargs="?", default="", help="a directory (or file) in the snapshot (default: its root)")
-    lsp.add_argument("-l", "--long", action="store_true", help="mode, owner, group, size and mtime too")
-    lsp.add_argument("-R", "--recursive", action="store_true", help="every entry below, not only the children")
-    _which(lsp)
-
-    fd = sub.add_parser("find", parents=[common], help="find paths in every backup (or the ones given)")
-    fd.add_argument("pattern", help="a glob matched against names (against whole paths if it has a '/')")
-    fd.add_argument("--regex", action="store_true", help="PATTERN is a regular expression searched in paths")
-    fd.add_argument("--snapshot", action="append", metavar="S", help="only this backup (repeatable)")
-    _which(fd)
-
-    dp = sub.add_parser("dump", parents=[common], help="write a file's bytes, or a directory as a tar stream, "
-                                                      "to stdout")
-    dp.add_argument("snapshot", help="a snapshot cap, a generation number, an id, or 'latest'")
-    dp.add_argument("path", help="the file or directory in the snapshot ('.' for all of it)")
-    dp.add_argument("--force", action="store_true", help="write to stdout even when it is a terminal")
-    _which(dp)
-
-    mt = sub.add_parser("mount", parents=[common], help="mount every backup as a read-only FUSE file system "
-                                                       "(in the foreground, until Ctrl-C or SIGTERM)")
-    mt.add_argument("mountpoint", help="an empty directory")
-    mt.add_argument("--allow-other", action="store_true", help="let other users see the mount (FUSE's "
-                                                              "allow_other; file modes still apply)")
-    _which(mt)
-
-    cl = sub.add_parser("cleanup", parents=[common],
-                        help="forget backups: named ones, or those a retention policy does not keep")
-    cl.add_argument("backups", nargs="*", metavar="BACKUP", help="caps or generation numbers to forget")
-    cl.add_argument("-g", "--generation", type=int, action="append", default=[], metavar="N",
-                    help="forget this generation (repeatable)")
-    cl.add_argument("--up-to", action="store_true", help="also forget every older backup")
-    periods = {"hourly": "hours", "daily": "days", "weekly": "weeks", "monthly": "months", "yearly": "years"}
-    cl.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the N newest backups")
-    for unit, plural in periods.items():
-        cl.add_argument(f"--keep-{unit}", type=int, default=0, metavar="N",
-                        help=f"keep the newest backup of each of the last N {plural} that have one")
-    cl.add_argument("--keep-within", metavar="DURATION", help="keep all within DURATION (e.g. 30d, 1y6m) of the newest")
-    cl.add_argument("--dry-run", action="store_true", help="only list what would be forgotten and kept, and why")
-    cl.add_argument("-e", "--enumerate-shares", nargs="?", const="-", default=None, metavar="FILE|-",
-                    help="list the storage indexes reachable only from the forgotten backups")
-    cl.add_argument("-n", "--enumerate-only", action="store_true", help="with -e: list, forget nothing")
-    cl.add_argument("--group-by", default="host,source", metavar="KEYS",
-                    help="apply the policy to each group of backups with the same host and source "
-                         "(default 'host,source'; also 'source', 'host', or 'none' for all together)")
-    _which(cl)
-
-    d = sub.add_parser("diff", parents=[common],
-                       help="what changed between two snapshots, or a snapshot and the live source (exit 1 if any)")
-    d.add_argument("a", metavar="SNAPSHOT", help="a cap, a generation number, or 'latest'")
-    d.add_argument("b", nargs="?", metavar="OTHER", help="the snapshot to compare with")
-    d.add_argument("--live", action="store_true", help="compare with the source directory as it is now")
-    _which(d)
-
-    v = sub.add_parser("verify", parents=[common],
-                       help="verify every share and read contents back against their SHA-256; exit 6 on damage")
-    v.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
-    v.add_argument("--sample", type=float, default=100.0, metavar="PERCENT",
-                   help="read back only this percentage of the files, chosen at random (default 100)")
-    _which(v)
-
-    c = sub.add_parser("check", parents=[common],
-                       help="deep-check backups: renew leases, optionally repair; exit 6 if anything is unhealthy")
-    c.add_argument("backups", nargs="*", metavar="BACKUP", help="caps or generation numbers (default: all)")
-    c.add_argument("-a", "--least-recently-checked", action="store_true",
-                   help="check only the backup checked least recently (round-robin from cron)")
-    c.add_argument("-r", "--repair", action="store_true", help="repair what is not healthy")
-    c.add_argument("-n", "--no-lease", action="store_true", help="don't renew leases")
-    c.add_argument("-f", "--format", default="{backup[name]} gen {backup[generation]}: {0[path]} ({0[type]}): "
-                   "{0[summary]}", help="line for each unhealthy object")
-    c.add_argument("--healthy-format", default=None, help="line for each healthy object (default: none)")
-    c.add_argument("-e", "--error-output", action="store_true", help="write the lines to stderr")
-    _which(c)
-
-    sub.add_parser("init", parents=[common], help="make a repository on the grid (the first backup does it too)")
-    sub.add_parser("key", parents=[common], help="print the repository's recovery key (a secret: keep a copy "
-                                                "off this machine)")
-
-    gr = sub.add_parser("grid", parents=[common], help="manage the embedded local Tahoe-LAFS grid, or join one")
-    gr.add_argument("action", choices=["up", "down", "status", "furl", "join"],
-                    help="up/down/status: this machine's grid; furl: print its introducer's FURL (a secret); "
-                         "join FURL: run a node of a grid made elsewhere")
-    gr.add_argument("furl", nargs="?", metavar="FURL|FILE|-", help="for join: the grid's introducer FURL, a file "
-                    "holding it, or - for stdin (default: LAFS_BACKUP_FURL, then repository.introducer_furl)")
-    gr.add_argument("--storage", action="store_true", help="for join: run a storage node (default: a gateway)")
-    gr.add_argument("--listen", metavar="HOST", help="for up (when the grid is made) and join --storage: listen "
-                                                    "on every interface, reachable as HOST by other machines")
-    gr.add_argument("--dir", help="grid directory (default: grid.dir, or the user data directory)")
-    gr.add_argument("--nodes", type=int, help="storage nodes (grid.nodes; used when creating)")
-    gr.add_argument("--needed", type=int, help="shares needed, k (grid.needed)")
-    gr.add_argument("--happy", type=int, help="servers of happiness (grid.happy)")
-
-    sub.add_parser("dump-config", parents=[common], help="print the merged configuration")
+    for name, (module, summary) in COMMANDS.items():
+        sp = sub.add_parser(name, parents=[common], help=summary)
+        if verb is None or verb == name:
+            importlib.import_module(f".commands.{module}", __package__).arguments(sp)
     return p
+
+
+def _verb(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names, found before the whole parser is built (None: none, or unknown)."""
+    from .commands import COMMANDS
+
+    pre = argparse.ArgumentParser(add_help=False, parents=[_common()])
+    pre.add_argument("command", nargs="?")
+    pre.add_argument("rest", nargs=argparse.REMAINDER)
+    try:
+        ns, _ = pre.parse_known_args(list(argv))
+    except SystemExit:
+        return None
+    return ns.command if ns.command in COMMANDS else None
 
 
 def _overrides(ns: argparse.Namespace) -> list[tuple[str, Any]]:
@@ -334,9 +177,11 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
     except Exception:
         return crashed(say, debug)
     try:
-        from .commands.context import Context, state_dir
+        from .engine.runtime import Runtime
+        from .resources import Opener
+        from .system.places import state_dir
 
-        ns = build_parser().parse_args(list(argv))
+        ns = build_parser(_verb(argv)).parse_args(list(argv))
         if not ns.command:
             raise UsageError("lafs-backup: a command is required (backup, restore, list, check, verify, grid, "
                              "dump-config); see --help")
@@ -345,14 +190,14 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
             config.log_level)
         logsetup.setup(level, insecure=config.debug_requests, stream=rep.err)
         rep.json_mode = getattr(ns, "json", False)
-        ctx = Context(config, reactor, rep, op=Operation(ns.command, rep), repo_arg=getattr(ns, "repo", None))
+        opener = Opener(config, Runtime(reactor, rep, Operation(ns.command, rep)), repo_arg=getattr(ns, "repo", None))
         if ns.command not in _WITH_MANHOLE:
-            return await _dispatch(ctx, ns)
+            return await _dispatch(opener, ns)
         from . import manhole
 
-        mh = await manhole.start(config, reactor, ctx.op, state_dir(), lambda m: rep.warn("manhole", m))
+        mh = await manhole.start(config, reactor, opener.rt.op, state_dir(), lambda m: rep.warn("manhole", m))
         try:
-            return await _dispatch(ctx, ns)
+            return await _dispatch(opener, ns)
         finally:
             await manhole.stop(mh)
     except LafsBackupError as e:
@@ -434,16 +279,16 @@ def crashed(say: Any, debug: bool) -> int:
 _WITH_MANHOLE = {"backup", "watch", "copy", "restore", "check", "verify", "cleanup", "diff"}
 
 
-async def _dispatch(ctx: Any, ns: argparse.Namespace) -> int:
+async def _dispatch(opener: Any, ns: argparse.Namespace) -> int:
     import importlib
 
     from .commands import COMMANDS
 
-    module = importlib.import_module(f".commands.{COMMANDS[ns.command]}", __package__)
+    module = importlib.import_module(f".commands.{COMMANDS[ns.command][0]}", __package__)
     try:
-        return int(await module.run(ctx, ns))
+        return int(await module.run(opener, ns))
     finally:
-        gw = getattr(ctx, "_gateway", None)
+        gw = getattr(opener, "_gateway", None)
         if gw is not None:
             log.info("%s: gateway requests %s", ns.command, dict(sorted(gw.counts.items())))
 
@@ -469,11 +314,11 @@ def _main(args: list[str], say: Any) -> int:
     from twisted.internet import defer, task
 
     if not args:
-        say(build_parser().format_help() + "\nlafs-backup: a command is required")
+        say(build_parser("").format_help() + "\nlafs-backup: a command is required")
         return int(ExitCode.USAGE)
     if args in (["-h"], ["--help"]) or "--version" in args:
         try:
-            build_parser().parse_args(args)
+            build_parser("").parse_args(args)
         except SystemExit as e:
             return int(e.code or 0)
         except UsageError as e:

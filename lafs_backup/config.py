@@ -11,8 +11,11 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from .errors import ConfigError
+from .encoding import EncodingRules, compile_rules
+from .errors import ConfigError, UsageError
+from .filters import Filter, compile_from_config, parse_if_present, parse_size
 from .log import LEVELS
+from .retry import RetryPolicy
 
 BASE_CONFIG = Path(__file__).with_name("core.yaml")
 
@@ -240,20 +243,6 @@ def gateway_base(url: str) -> str:
     return url + "/"
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int
-    delays: tuple[float, ...]
-    #: Seconds an attempt may go with no byte moving in either direction (None: no limit).
-    timeout: float | None
-    #: Seconds to wait for the first answer byte once a request is sent (None: no limit).
-    answer_timeout: float | None = None
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (1-based)."""
-        return float(self.delays[min(attempt - 1, len(self.delays) - 1)])
-
-
 def retry_policy(tree: Mapping[str, Any]) -> RetryPolicy:
     t = get(tree, "operation.timeout")
     a = get(tree, "operation.answer_timeout")
@@ -361,7 +350,7 @@ class DestinationConfig:
     result: ResultConfig
     pack_max_file_size: int
     pack_target_size: int
-    encoding: Any  # EncodingRules, compiled
+    encoding: EncodingRules
     #: How many grids should hold each backup, and the other grids' gateways ``backup`` copies to.
     copies: int = 1
     copy_to: tuple[str, ...] = ()
@@ -417,7 +406,7 @@ class Config:
     """The whole configuration, checked: every value the commands use, typed."""
 
     source: SourceConfig
-    filter: Any  # Filter, compiled
+    filter: Filter
     destination: DestinationConfig
     grid: GridConfig
     operation: OperationConfig
@@ -431,9 +420,6 @@ class Config:
 
 
 def _select(tree: Mapping[str, Any]) -> SelectConfig:
-    from .backup.select import parse_if_present, parse_size
-    from .errors import UsageError
-
     def g(key: str) -> Any:
         return get(tree, "source." + key)
 
@@ -467,9 +453,6 @@ def _select(tree: Mapping[str, Any]) -> SelectConfig:
 def from_tree(tree: Mapping[str, Any]) -> Config:
     """Read a merged, validated tree (:func:`load_tree`) into records.  Filter rules, encoding
     rules and rate limits are compiled here, so a bad one stops the tool before any work."""
-    from .backup.filters import compile_from_config
-    from .store.encode import compile_rules
-
     def g(key: str) -> Any:
         return get(tree, key)
 

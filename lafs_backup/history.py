@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -191,3 +192,57 @@ def expiring(backups: Sequence[Backup], now: float, days: float = LEASE_DAYS,
         if ends - now < margin_days * 86400:
             out.append((b, ends))
     return out
+
+
+def iso(ts: float) -> str:
+    """A time as the commands print it: ISO 8601 in UTC, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def as_json(b: Backup, floors: dict[str, float] | None = None) -> dict[str, Any]:
+    """A backup as ``list --json`` and the reports show it."""
+    floor = (floors or {}).get(b.id)
+    return {"id": b.short_id, "generation": b.generation, "time": iso(b.ts), "timestamp": b.ts,
+            "host": b.host, "source": b.source_text, "name": b.name, "cap": b.cap, "tags": list(b.tags),
+            "last_check": iso(b.ts_check) if b.ts_check else None,
+            "leases_renewed": iso(b.ts_lease) if b.ts_lease else None,
+            "leases_end": iso(floor + LEASE_DAYS * 86400) if floor is not None else None,
+            "copies": list(b.copies), "original": b.original}
+
+
+def choose(everything: list[Backup], refs: Sequence[str], source: bytes | None, latest_of: bytes | None,
+           host: str | None = None, tags: Sequence[str] = ()) -> list[Backup]:
+    """Backups named by cap, id, generation number or 'latest' (of ``latest_of``); all of them (of
+    ``source``, ``host`` and ``tags``, if given) when ``refs`` is empty."""
+    if not refs:
+        return matching(everything, source, host, tags)
+    out: list[Backup] = []
+    for ref in refs:
+        b = resolve(everything, ref, latest_of, host, tags)
+        if b not in out:
+            out.append(b)
+    return out
+
+
+def expiring_warning(backups: list[Backup], now: float, lease_days: float | None) -> str | None:
+    """What to say of kept backups some of whose leases may end within a week (None: nothing)."""
+    if lease_days is None or not backups:
+        return None
+    soon = expiring(backups, now, lease_days)
+    if not soon:
+        return None
+    first = min(when for _, when in soon)
+    gens = ", ".join(str(b.generation) for b, _ in soon[:10]) + (" ..." if len(soon) > 10 else "")
+    return (f"{len(soon)} kept backup(s) (generation {gens}) may lose objects whose leases end from "
+            f"{iso(first)} on; run 'lafs-backup check' to renew them")
+
+
+def copies_warning(backups: list[Backup], want: int) -> str | None:
+    """What to say of backups fewer grids hold than ``destination.copies`` asks (copies of another
+    grid's backups count as held); None: nothing."""
+    short = [b for b in backups if b.original is None and 1 + len(b.copies) < want]
+    if not short:
+        return None
+    gens = ", ".join(str(b.generation) for b in short[:10]) + (" ..." if len(short) > 10 else "")
+    return (f"{len(short)} backup(s) (generation {gens}) are held by fewer than {want} grids "
+            "(destination.copies); run 'lafs-backup copy --to-url URL'")

@@ -331,3 +331,12 @@ class Operation:
         return (f"<{self.command}: {p['entries_done']}/{p['entries_total']} entries, "
                 f"{_size(p['bytes_done'])}/{_size(p['bytes_total'])}, {p['in_flight']} in flight, "
                 f"{p['seconds']}s>")
+
+
+def outcome(rep: Reporter) -> int:
+    """The exit code of a finished run: damage found (6), entries skipped (1), or success (0)."""
+    from .errors import ExitCode
+
+    if rep.stats.problems:
+        return ExitCode.PROBLEMS
+    return ExitCode.PARTIAL if rep.stats.warnings else ExitCode.OK

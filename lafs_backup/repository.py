@@ -151,7 +151,7 @@ class Repository:
     async def create(cls, gateway: Any, furl: str | None = None, needed: int | None = None,
                      happy: int | None = None, total: int | None = None) -> "Repository":
         """Make a new, empty repository on the grid."""
-        from .store.snapshot import lit_cap
+        from .caps import lit_cap
 
         root = await gateway.mkdir_mutable()
         writers = await gateway.mkdir_mutable()

@@ -17,9 +17,10 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 
-from lafs_backup.config import RetryPolicy
+from lafs_backup.caps import lit_cap, lit_data
 from lafs_backup.errors import GatewayError
-from lafs_backup.store.snapshot import Hit, lit_cap, lit_data
+from lafs_backup.retry import RetryPolicy
+from lafs_backup.store.snapshot import Hit
 
 
 def _b32(data: bytes, n: int) -> str:

@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 from lafs_backup.backup.changes import (CHANGED, CREATED, DELETED, MOVED_FROM, MOVED_TO, Change, Changes, Round,
                                         ancestors)
 from lafs_backup.cache import EntryCache
-from lafs_backup.commands.watch import DirNode, _tree
+from lafs_backup.engine.watch import DirNode, _tree
 
 names = st.sampled_from([b"a", b"b", b"c", b"d\xff", b"e f"])
 paths = st.lists(names, min_size=0, max_size=4).map(lambda parts: b"/".join(parts))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import local_grid, make_tree, run_cli
-from lafs_backup.upkeep.check import StreamParser, judge
+from lafs_backup.grid.health import StreamParser, judge
 from lafs_backup.grid.local import GridSpec, LocalGrid
 
 

@@ -27,7 +27,7 @@ def crash_files(home: Path) -> list[Path]:
 
 def test_an_import_error_before_the_command_exits_70_with_one_line(tmp_path):
     # What a wheel without its subpackages did: the command's modules cannot be imported.
-    p = crash(tmp_path, "sys.modules['lafs_backup.commands.context'] = None", ["list"])
+    p = crash(tmp_path, "sys.modules['lafs_backup.commands.list'] = None", ["list"])
     assert p.returncode == 70, (p.returncode, p.stderr)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1, p.stderr
@@ -36,7 +36,7 @@ def test_an_import_error_before_the_command_exits_70_with_one_line(tmp_path):
     assert len(files) == 1 and str(files[0]) in lines[0]
     assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
     text = files[0].read_text()
-    assert "Traceback" in text and "lafs_backup.commands.context" in text
+    assert "Traceback" in text and "lafs_backup.commands.list" in text
 
 
 def test_a_bug_inside_a_command_redacts_caps_in_the_line_and_the_file(tmp_path):
@@ -67,7 +67,7 @@ def test_debug_prints_the_redacted_traceback_instead(tmp_path):
 
 def test_an_unwritable_state_directory_still_shows_the_traceback(tmp_path):
     (tmp_path / "state").write_text("a file where the directory should be")
-    p = crash(tmp_path, "sys.modules['lafs_backup.commands.context'] = None", ["list"])
+    p = crash(tmp_path, "sys.modules['lafs_backup.commands.list'] = None", ["list"])
     assert p.returncode == 70
     assert "Traceback" in p.stderr and "ModuleNotFoundError" in p.stderr
 

@@ -173,7 +173,7 @@ def test_numeric_owner_and_no_owner(lb, tmp_path):
 
 
 def test_missing_libacl_records_nothing_false(tmp_path, monkeypatch):
-    from lafs_backup.backup.filters import compile_rules
+    from lafs_backup.filters import compile_rules
     from lafs_backup.backup.scan import scan
 
     f = tmp_path / "f"

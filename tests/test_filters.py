@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from lafs_backup.errors import FilterError
-from lafs_backup.backup.filters import compile_rules
+from lafs_backup.filters import compile_rules
 
 
 def test_first_match_wins_and_default_is_include():

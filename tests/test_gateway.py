@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from lafs_backup.config import RetryPolicy
+from lafs_backup.retry import RetryPolicy
 from lafs_backup.errors import GatewayError
 from lafs_backup.grid.gateway import Gateway
 

@@ -142,6 +142,7 @@ async def test_a_content_waiter_that_stores_its_own_copy_keeps_its_registration(
     bytes (the file changed under it), so the waiter stores its own copy.  Neither may remove
     the other's registration (before: a KeyError ended the run as an internal error)."""
     from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
 
     from lafs_backup.report import Stats
     from lafs_backup.store.snapshot import Hit
@@ -154,7 +155,7 @@ async def test_a_content_waiter_that_stores_its_own_copy_keeps_its_registration(
         def commit(self):
             pass
 
-    store = Store(object(), Cache(), 1, StoreSettings(), Stats())
+    store = Store(object(), Cache(), 1, StoreSettings(), Stats(), clock=Clock())
     sha = b"s" * 32
     first, second = Deferred(), Deferred()
     d1 = Deferred.fromCoroutine(store.content(sha, 10, None, lambda: first))

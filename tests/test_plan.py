@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from hypothesis import given, strategies as st
 
-from lafs_backup.backup import plan
+from lafs_backup.store import plan
 from lafs_backup.store.snapshot import Hit
 
 

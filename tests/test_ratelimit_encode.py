@@ -9,7 +9,8 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from lafs_backup.store.encode import SALT_LEN, SALT_MARK, Decoder, compile_rules, compress, decode
+from lafs_backup.encoding import compile_rules
+from lafs_backup.store.encode import SALT_LEN, SALT_MARK, Decoder, compress, decode
 from lafs_backup.errors import ConfigError
 from lafs_backup.config import parse_rate as parse_spec
 from lafs_backup.grid.ratelimit import TokenBucket

@@ -14,7 +14,7 @@ from lafs_backup.read.reader import Reader
 from lafs_backup.read.restore import Restorer
 from lafs_backup.read.verify import Verifier
 from lafs_backup.report import Reporter
-from lafs_backup.store.encode import compile_rules
+from lafs_backup.encoding import compile_rules
 from lafs_backup.store.snapshot import Node
 from test_upload import run, tree
 from treecompare import differences
@@ -76,7 +76,7 @@ async def test_reader_decodes_compressed_members_and_checks_them(tmp_path):
     (root / "notes.txt").write_bytes(b"compress me " * 5000)
     gw, cache = FakeGateway(), FakeCache()
     from test_upload import uploader
-    from lafs_backup.backup.filters import compile_rules as flt
+    from lafs_backup.filters import compile_rules as flt
 
     up, src = uploader(root, gw, cache)
     up.store.settings = type(up.store.settings)(pack_target_size=1 << 16, encoding=compile_rules("lz4", 512, []))

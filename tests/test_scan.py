@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from lafs_backup.backup.filters import compile_rules
+from lafs_backup.filters import compile_rules
 from lafs_backup.backup.scan import scan
 
 

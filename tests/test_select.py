@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from lafs_backup.backup.filters import compile_rules
+from lafs_backup.filters import compile_rules, parse_if_present, parse_size
 from lafs_backup.backup.scan import scan
-from lafs_backup.backup.select import (CACHEDIR_SIGNATURE, Listed, Selection, listed_paths, parse_if_present,
-                                       parse_size)
+from lafs_backup.backup.select import CACHEDIR_SIGNATURE, Listed, Selection, listed_paths
 from lafs_backup.errors import UsageError
 
 SIG = CACHEDIR_SIGNATURE + b"\n# This file is a cache directory tag.\n"

@@ -19,7 +19,7 @@ import pytest_twisted
 
 from conftest import make_tree, restored_ok
 from lafs_backup.backup import settled
-from lafs_backup.backup.filters import compile_rules
+from lafs_backup.filters import compile_rules
 from lafs_backup.backup.queue import QueueReader, write_queue
 from lafs_backup.backup.scan import scan
 

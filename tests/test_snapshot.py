@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from lafs_backup.store.entry import Entry
-from lafs_backup.store.snapshot import (BadSnapshot, Child, dir_body, edge_metadata, lit_cap, lit_data, salted_body,
-                                  parse_children)
+from lafs_backup.caps import lit_cap, lit_data
+from lafs_backup.store.snapshot import BadSnapshot, Child, dir_body, edge_metadata, parse_children, salted_body
 
 
 def test_lit_caps_match_tahoe():

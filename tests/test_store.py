@@ -13,7 +13,8 @@ from fakes import FakeCache, FakeGateway
 from lafs_backup.backup.source import LocalFile
 from lafs_backup.errors import GatewayError
 from lafs_backup.report import Stats
-from lafs_backup.store.encode import SALT_MARK, compile_rules
+from lafs_backup.encoding import compile_rules
+from lafs_backup.store.encode import SALT_MARK
 from lafs_backup.store.packer import Packer
 from lafs_backup.store.snapshot import body_key, content_key
 from lafs_backup.store.store import SourceChanged, Store, StoreSettings
@@ -139,7 +140,7 @@ async def test_the_packer_seals_at_its_target_and_on_drain():
         sealed.append(buf)
         return f"URI:CHK:pack{len(sealed)}"
 
-    p = Packer(put, target_size=100, max_files=10)
+    p = Packer(put, target_size=100, max_files=10, clock=Clock())
     first = [p.add(b"a" * 40), p.add(b"b" * 70)]  # 110 >= 100: sealed
     p.expect()
     last = p.add(b"c" * 10)

@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from fakes import FakeCache, FakeGateway
-from lafs_backup.backup.filters import compile_rules
+from lafs_backup.filters import compile_rules
 from lafs_backup.backup.source import LocalSource
 from lafs_backup.backup.upload import Budget, Settings, Uploader
 from lafs_backup.errors import GatewayError

@@ -13,27 +13,32 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
 
+from ..caps import LIT_MAX
 from ..errors import GatewayError
 from ..read.reader import Reader
+from ..slots import Slots
 from ..store.index import BadIndex
 from ..store.index import chunk_bytes
-from ..store.snapshot import (INDEX, LIT_MAX, OBJECTS, PACKED_MARKER_BODY, TREE, Hit, blob_key, body_key, canonical_json,
+from ..store.snapshot import (INDEX, OBJECTS, PACKED_MARKER_BODY, TREE, Hit, blob_key, body_key, canonical_json,
                               content_key, file_key, index_key)
 
 log = logging.getLogger(__name__)
 
 
 class Rebuilder:
-    """Fills ``cache`` (as generation ``gen``) from snapshots read through ``reader``."""
+    """Fills ``cache`` (as generation ``gen``) from snapshots read through ``reader``; ``clock``
+    (None: the reader's) is the reactor a freed listing slot wakes the next on."""
 
-    def __init__(self, reader: Reader, cache: Any, generation: int, listings: int = 8) -> None:
+    def __init__(self, reader: Reader, cache: Any, generation: int, listings: int = 8,
+                 clock: IReactorTime | None = None) -> None:
         self.reader = reader
         self.cache = cache
         self.gen = generation
         self.rows = 0
-        self._slots = DeferredSemaphore(listings)
+        self._slots = Slots(listings, clock if clock is not None else reader.clock)
         self._seen: set[str] = set()
 
     def _row(self, key: bytes, hit: Hit) -> None:

@@ -40,7 +40,7 @@ from typing import Any, Iterator, Mapping
 from ..errors import UsageError
 from ..log import NOISE
 from ..store.entry import Entry, join
-from .filters import Filter
+from ..filters import Filter
 from .select import DirState, Selection
 from ..store.store import temp_file, write_all
 from ..system.remotefs import label_of, open_url

@@ -2,7 +2,7 @@
 
 The saver does the work of one file, symlink or special file; the uploader
 (``upload.py``) decides when.  A file is re-stat'ed from the source, then
-decided by the planner from the cache (``plan.py``): unchanged files are
+decided by the planner from the cache (``store/plan.py``): unchanged files are
 not read.  Small files are read whole and go into a pack; large ones are
 hashed, then uploaded on their own unless their content is known.  A file
 that changes while it is read is read once more (a large one from a
@@ -18,13 +18,15 @@ import os
 import stat
 from typing import Any, Callable, Iterable, Iterator
 
-from twisted.internet.defer import DeferredSemaphore
+from twisted.internet.interfaces import IReactorTime
 
+from ..caps import LIT_MAX, lit_cap
 from ..log import NOISE
+from ..slots import Slots
 from ..store.entry import KIND_FILE, KIND_SOCKET, Entry, kind_of
-from ..store.snapshot import LIT_MAX, Child, Hit, edge_metadata, file_key, lit_cap
+from ..store.snapshot import Child, Hit, edge_metadata, file_key
+from ..store import plan
 from ..store.store import SourceChanged, Store
-from . import plan
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,13 @@ class FileSaver:
     """Saves the entries of one backup of ``source`` through ``store``.
 
     ``budget`` bounds the bytes of small files held in memory until their
-    pack is uploaded; ``open_files`` bounds the files open at once.
+    pack is uploaded; ``open_files`` bounds the files open at once.  ``clock``
+    (None: the gateway's) is the reactor a freed file slot wakes the next file on.
     """
 
     def __init__(self, source: Any, store: Store, cache: Any, generation: int, reporter: Any,
-                 budget: Any, open_files: int = 12, mode: str = "stat", clock: Any = None) -> None:
+                 budget: Any, open_files: int = 12, mode: str = "stat",
+                 clock: IReactorTime | None = None) -> None:
         self.source = source
         self.store = store
         self.cache = cache
@@ -52,8 +56,7 @@ class FileSaver:
         self.stats = reporter.stats
         self.budget = budget
         self.mode = mode
-        self._files = DeferredSemaphore(open_files)
-        self._clock = clock
+        self._files = Slots(open_files, clock if clock is not None else store.gw.clock)
         self._small_max = store.settings.pack_max_file_size
         self._plain = store.settings.plain
         #: Relative paths being read or uploaded right now (for progress and the manhole).
@@ -213,13 +216,7 @@ class FileSaver:
             return await work
         finally:
             self.in_flight.discard(e.path)
-            if self._files.waiting and self._clock is not None:
-                # The next file starts in a turn of its own, not inside this one's stack: small files
-                # read at once would each wake the next inside the one before, hundreds deep behind
-                # a few slow large ones, until the stack ran out and the backup waited forever.
-                self._clock.callLater(0, self._files.release)
-            else:
-                self._files.release()
+            self._files.release()
 
     def _content_decision(self, e: Entry, sha: bytes, cached: Hit | None, seen: bool) -> plan.Decision:
         d = plan.for_content(sha, self.store.known_content(sha), cached, seen, self.mode)

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from ..store.entry import Entry, join, kind_of
 from ..errors import UsageError
-from .filters import Filter
+from ..filters import Filter
 from .select import DirState, Selection
 from ..log import NOISE
 from ..system.meta import Capturer

@@ -14,43 +14,20 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 import stat
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from ..errors import UsageError
-from .filters import Filter
+from ..filters import Filter
+# Re-exported for engine/backup.py and engine/watch.py, which import them from here: import them
+# from ..filters instead.
 
 #: The signature a valid ``CACHEDIR.TAG`` starts with (the Cache Directory Tagging specification).
 CACHEDIR_TAG = b"CACHEDIR.TAG"
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 #: Ignore files larger than this are refused (a mistake, never a list of patterns).
 IGNORE_FILE_MAX = 1 << 20
-
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.I)
-
-
-def parse_size(text: str | int, what: str = "--exclude-larger-than") -> int:
-    """``500M``, ``2G``, ``1.5GiB``, ``4096``: bytes (units are powers of 1024)."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text < 0:
-            raise UsageError(f"{what}: a size cannot be negative")
-        return text
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise UsageError(f"{what}: {text!r} is not a size (a number with an optional unit K, M, G or T: "
-                         "'500M', '2G')")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-
-
-def parse_if_present(text: str) -> tuple[bytes, bytes | None]:
-    """``NAME`` or ``NAME:HEADER``: the marker file, and what it must start with."""
-    name, sep, header = text.partition(":")
-    if not name or "/" in name or name in (".", ".."):
-        raise UsageError(f"--exclude-if-present: {text!r} does not start with a file name")
-    return os.fsencode(name), (header.encode("utf-8", "surrogateescape") if sep else None)
 
 
 # -- --files-from ------------------------------------------------------------------------------

@@ -25,6 +25,18 @@ def is_url(text: str) -> bool:
     return bool(sep) and head.replace("+", "_").isidentifier() and head != "file"
 
 
+def recorded_as(source: str | None) -> bytes | None:
+    """The label a source argument's backups are recorded under (None: any source): an absolute
+    path, or a URL without credentials or query."""
+    if not source:
+        return None
+    if is_url(source):
+        from ..system.remotefs import label_of
+
+        return label_of(source)
+    return os.fsencode(os.path.abspath(os.path.expanduser(source)))
+
+
 class SourceFile(Protocol):
     """An open source file, read by offset (so uploads and hashes never share a position)."""
 

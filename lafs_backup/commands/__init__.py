@@ -1,8 +1,26 @@
-"""The commands: one module each, a thin wiring of the stages for one CLI verb (``run(ctx, ns)``)."""
+"""The commands: one module each, a thin verb over the engine: ``arguments(p)`` declares its
+arguments, and ``run(opener, ns)`` opens resources through the ``resources.Opener``, calls the
+engine and reports."""
 
 from __future__ import annotations
 
-#: Command name -> the module (in this package) whose ``run(ctx, ns)`` does it.
-COMMANDS = {"backup": "backup", "restore": "restore", "list": "list", "check": "check", "cleanup": "cleanup",
-            "diff": "diff", "verify": "verify", "grid": "grid", "dump-config": "dump_config", "init": "init",
-            "key": "key", "ls": "ls", "watch": "watch", "copy": "copy", "find": "find", "dump": "dump", "mount": "mount"}
+#: Command name -> (its module in this package, its one-line help), in the order ``--help`` lists them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    'backup': ('backup', 'back up a directory (phase one, then phase two)'),
+    'watch': ('watch', 'back up, then snapshot every settled burst of changes (inotify), until Ctrl-C or SIGTERM'),
+    'copy': ('copy', "copy backups to a second grid (every one it lacks, newest first), recorded in that grid's repository"),
+    'restore': ('restore', 'restore a snapshot into a directory'),
+    'list': ('list', 'list finished backups'),
+    'ls': ('ls', 'list the entries of a snapshot, without restoring it'),
+    'find': ('find', 'find paths in every backup (or the ones given)'),
+    'dump': ('dump', "write a file's bytes, or a directory as a tar stream, to stdout"),
+    'mount': ('mount', 'mount every backup as a read-only FUSE file system (in the foreground, until Ctrl-C or SIGTERM)'),
+    'cleanup': ('cleanup', 'forget backups: named ones, or those a retention policy does not keep'),
+    'diff': ('diff', 'what changed between two snapshots, or a snapshot and the live source (exit 1 if any)'),
+    'verify': ('verify', 'verify every share and read contents back against their SHA-256; exit 6 on damage'),
+    'check': ('check', 'deep-check backups: renew leases, optionally repair; exit 6 if anything is unhealthy'),
+    'init': ('init', 'make a repository on the grid (the first backup does it too)'),
+    'key': ('key', "print the repository's recovery key (a secret: keep a copy off this machine)"),
+    'grid': ('grid', 'manage the embedded local Tahoe-LAFS grid, or join one'),
+    'dump-config': ('dump_config', 'print the merged configuration'),
+}

@@ -7,13 +7,31 @@ import time
 from typing import Any
 
 from ..errors import ExitCode, UsageError
+from ..history import as_json as backup_json
 from ..log import redact
-from ..upkeep.check import Checker, Verdict, format_line
-from .context import Context, backup_json
+from ..resources import Opener
+from ..grid.health import Verdict
+from ..upkeep.check import Checker, format_line
+from .which import advise, choose
+from . import options
 
 
-async def run(ctx: Context, ns: argparse.Namespace) -> int:
-    rep = ctx.reporter
+def arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``check``."""
+    p.add_argument("backups", nargs="*", metavar="BACKUP", help="caps or generation numbers (default: all)")
+    p.add_argument("-a", "--least-recently-checked", action="store_true",
+                   help="check only the backup checked least recently (round-robin from cron)")
+    p.add_argument("-r", "--repair", action="store_true", help="repair what is not healthy")
+    p.add_argument("-n", "--no-lease", action="store_true", help="don't renew leases")
+    p.add_argument("-f", "--format", default="{backup[name]} gen {backup[generation]}: {0[path]} ({0[type]}): "
+                   "{0[summary]}", help="line for each unhealthy object")
+    p.add_argument("--healthy-format", default=None, help="line for each healthy object (default: none)")
+    p.add_argument("-e", "--error-output", action="store_true", help="write the lines to stderr")
+    options.which(p)
+
+
+async def run(o: Opener, ns: argparse.Namespace) -> int:
+    rep = o.rt.reporter
     for f in (ns.format, ns.healthy_format):  # a bad format fails before any work
         if f is not None:
             try:
@@ -22,16 +40,16 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
                 raise UsageError(str(e))
     lease = not ns.no_lease
     to_err = ns.error_output
-    lock = await ctx.lock()
+    lock = await o.lock()
     try:
-        cache = await ctx.cache()
+        cache = await o.cache()
         try:
-            chosen = ctx.select(await ctx.backups(), ns.backups, ns.source, ns.host, ns.tag)
+            chosen = choose(o, await o.backups(), ns.backups, ns.source, ns.host, ns.tag)
             if not chosen:
                 raise UsageError("no finished backups recorded: nothing to check")
             if ns.least_recently_checked:
                 chosen = [min(chosen, key=lambda b: (b.ts_check or 0.0, b.ts))]
-            gw = await ctx.gateway()
+            gw = await o.gateway()
             current: list[dict[str, Any]] = [{}]
 
             def seen(v: Verdict) -> None:
@@ -43,7 +61,7 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
                 elif ns.healthy_format is not None and not rep.json_mode:
                     rep.emit(format_line(ns.healthy_format, v, info), {}, err=to_err)
 
-            checker = Checker(gw, await ctx.happy(gw), lease, ns.repair, seen, ctx.config.operation.jobs)
+            checker = Checker(gw, await o.happy(gw), lease, ns.repair, seen, o.config.operation.jobs)
             total_bad = 0
             # Newest first: the newest backup holds most of what the older ones share.
             for b in sorted(chosen, key=lambda x: (x.ts, x.id), reverse=True):
@@ -68,9 +86,8 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
                              + (f" ({result.shared} more shared with backups checked before)" if result.shared
                                 else "")
                              + f", {len(bad)} unhealthy" + (", leases renewed" if lease else ""))
-            ctx._history = None
-            ctx.warn_expiring(await ctx.backups())
-            ctx.warn_copies(await ctx.backups())
+            o.forget_backups()
+            advise(o, await o.backups())
         finally:
             cache.close()
     finally:

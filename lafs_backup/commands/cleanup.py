@@ -3,18 +3,41 @@
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import os
 import time
-from typing import Any
 
 from .. import history
-from ..backup.record import remove_result_line
-from ..errors import SnapshotError, UsageError
+from ..backup.source import recorded_as
+from ..engine import forget as forgetting
+from ..errors import UsageError
 from ..history import Backup
-from ..upkeep.retention import Policy, decide, parse_duration
-from .context import Context, backup_json, outcome
+from ..history import as_json as backup_json
+from ..report import outcome
+from ..resources import Opener
+from ..upkeep.retention import Policy, parse_duration
+from . import options, which
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``cleanup``."""
+    p.add_argument("backups", nargs="*", metavar="BACKUP", help="caps or generation numbers to forget")
+    p.add_argument("-g", "--generation", type=int, action="append", default=[], metavar="N",
+                    help="forget this generation (repeatable)")
+    p.add_argument("--up-to", action="store_true", help="also forget every older backup")
+    periods = {"hourly": "hours", "daily": "days", "weekly": "weeks", "monthly": "months", "yearly": "years"}
+    p.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the N newest backups")
+    for unit, plural in periods.items():
+        p.add_argument(f"--keep-{unit}", type=int, default=0, metavar="N",
+                        help=f"keep the newest backup of each of the last N {plural} that have one")
+    p.add_argument("--keep-within", metavar="DURATION", help="keep all within DURATION (e.g. 30d, 1y6m) of the newest")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be forgotten and kept, and why")
+    p.add_argument("-e", "--enumerate-shares", nargs="?", const="-", default=None, metavar="FILE|-",
+                    help="list the storage indexes reachable only from the forgotten backups")
+    p.add_argument("-n", "--enumerate-only", action="store_true", help="with -e: list, forget nothing")
+    p.add_argument("--group-by", default="host,source", metavar="KEYS",
+                    help="apply the policy to each group of backups with the same host and source "
+                         "(default 'host,source'; also 'source', 'host', or 'none' for all together)")
+    options.which(p)
 
 
 def policy_of(ns: argparse.Namespace) -> Policy:
@@ -22,84 +45,36 @@ def policy_of(ns: argparse.Namespace) -> Policy:
                   parse_duration(ns.keep_within) if ns.keep_within else None)
 
 
-def choose(ctx: Context, everything: list[Backup], ns: argparse.Namespace, policy: Policy,
-           group_by: tuple[str, ...]) -> tuple[dict[int, str], dict[int, list[str]]]:
-    """Which backups to forget (id -> why) and why the others are kept (id -> reasons)."""
-    reasons: dict[int, str] = {}
-    kept: dict[int, list[str]] = {}
-    if not policy.empty:
-        wanted = ctx.source_filter(ns.source)
-        scope = history.matching(everything, wanted, ns.host, ns.tag or ())
-        # Each group (by default: each source on each host) keeps its own backups: a source's
-        # newest backup is never forgotten because another source has a newer one.  A glob
-        # source (dated snapshot directories) is one source.
-        pattern = os.fsdecode(wanted) if wanted is not None and glob.has_magic(wanted) else None
-        for key, members in history.groups(scope, group_by, pattern).items():
-            d = decide([(b.id, b.ts) for b in members], policy, time.time())
-            label = " on ".join(reversed(key)) if key else ""
-            for i in d.future:
-                b = next(x for x in members if x.id == i)
-                ctx.reporter.warn(f"generation {b.generation}",
-                                  "stamped in the future: kept, and not used to expire others")
-            reasons.update({i: "not kept by the policy" + (f" for {label}" if label else "") for i in d.forget})
-            kept.update(d.keep)
-        return reasons, kept
-    chosen = ctx.select(everything, ns.backups, ns.source, ns.host, ns.tag) if ns.backups else []
-    for g in ns.generation:
-        found = [b for b in everything if b.generation == g]
-        if not found:
-            raise SnapshotError(what=str(g), problem="no backup of that generation is recorded")
-        chosen += found
-    if not chosen:
-        raise UsageError("nothing to forget: name backups (caps or generations, -g) or give a --keep-* policy")
-    reasons = {b.id: "named" for b in chosen}
-    if ns.up_to:
-        for b in chosen:
-            same = history.group_key(b, group_by)
-            for other in everything:
-                if other.ts <= b.ts and history.group_key(other, group_by) == same:
-                    reasons.setdefault(other.id, "older than a named backup (--up-to)")
-    return reasons, kept
-
-
-async def run(ctx: Context, ns: argparse.Namespace) -> int:
+async def run(o: Opener, ns: argparse.Namespace) -> int:
+    rep = o.rt.reporter
     policy = policy_of(ns)
     group_by = history.parse_grouping(ns.group_by)
     if ns.enumerate_only and ns.enumerate_shares is None:
         raise UsageError("-n/--enumerate-only needs -e/--enumerate-shares")
     if (ns.backups or ns.generation) and not policy.empty:
         raise UsageError("give either backups to forget, or a --keep-* policy, not both")
-    lock = await ctx.lock()
-    try:
-        cache = await ctx.cache()
-        try:
-            everything = await ctx.backups()
-            reasons, kept = choose(ctx, everything, ns, policy, group_by)
-            forget = [b for b in everything if b.id in reasons]
-            keep = [b for b in everything if b.id not in reasons]
-            _report(ctx, forget, keep, reasons, kept, ns.dry_run, policy.empty)
-            if ns.dry_run:
-                return outcome(ctx.reporter)
-            gw = await ctx.gateway() if (ns.enumerate_shares is not None or any(b.link_dir for b in forget)) \
-                else None
-            if ns.enumerate_shares is not None and gw is not None:
-                await _enumerate(ctx, gw, forget, keep, ns.enumerate_shares)
-                if ns.enumerate_only:
-                    return outcome(ctx.reporter)
-            repo = await ctx.repository()
-            if repo is not None:
-                await repo.forget(_records(forget))
-            for b in forget:
-                if b.link_dir and b.link_name:
-                    await (gw or await ctx.gateway()).unlink(b.link_dir, b.link_name)
-                if b.result_file:
-                    remove_result_line(b.result_file, b.cap)
-            rows = cache.forget([b.row for b in forget if b.row is not None])
-        finally:
-            cache.close()
-    finally:
-        lock.release()
-    rep = ctx.reporter
+    async with o.locked_cache() as cache:
+        everything = await o.backups()
+        if not policy.empty:
+            wanted = recorded_as(ns.source)
+            verdicts = forgetting.by_policy(
+                everything, policy, group_by, history.matching(everything, wanted, ns.host, ns.tag or ()), wanted,
+                time.time(), lambda b: rep.warn(f"generation {b.generation}",
+                                                "stamped in the future: kept, and not used to expire others"))
+        else:
+            chosen = which.choose(o, everything, ns.backups, ns.source, ns.host, ns.tag) if ns.backups else []
+            verdicts = forgetting.by_name(everything, chosen, ns.generation, ns.up_to, group_by)
+        forget, keep = verdicts.split(everything)
+        _report(o, forget, keep, verdicts, ns.dry_run, policy.empty)
+        if ns.dry_run:
+            return outcome(rep)
+        gw = await o.gateway() if (ns.enumerate_shares is not None or any(b.link_dir for b in forget)) else None
+        if ns.enumerate_shares is not None:
+            _write(o, "".join(f"{si}\n" for si in await forgetting.only_theirs(gw, forget, keep)),
+                   ns.enumerate_shares)
+            if ns.enumerate_only:
+                return outcome(rep)
+        rows = await forgetting.forget(forget, cache, await o.repository(), gw)
     summary = {"type": "summary", "forgotten": len(forget), "kept": len(keep), "rows_deleted": rows}
     if rep.json_mode:
         rep.record(summary)
@@ -109,61 +84,30 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     return outcome(rep)
 
 
-def _records(backups: list[Backup]) -> list[Any]:
-    from ..repository import Record
-
-    return [Record(b.cap, b.host or "", b.source, b.ts, b.generation, b.tags, b.summary, writer=b.writer,
-                   name=b.record) for b in backups if b.writer and b.record]
-
-
-def _report(ctx: Context, forget: list[Backup], keep: list[Backup], reasons: dict[int, str],
-            kept: dict[int, list[str]], dry_run: bool, named: bool) -> None:
+def _report(o: Opener, forget: list[Backup], keep: list[Backup], verdicts: forgetting.Verdicts, dry_run: bool,
+            named: bool) -> None:
     """A dry run's listing is its product (stdout); otherwise it is a report (stderr), and stdout
     stays free for -e's storage indexes."""
-    rep = ctx.reporter
+    rep = o.rt.reporter
     for b in forget:
         info = backup_json(b)
+        why = verdicts.reasons[b.id]
         rep.emit(f"{'would forget' if dry_run else 'forget'}: generation {b.generation} ({info['time']}, "
-                 f"{info['source']}): {reasons[b.id]}",
+                 f"{info['source']}): {why}",
                  {"type": "forget", "generation": b.generation, "time": info["time"], "host": b.host,
-                  "source": info["source"], "reason": reasons[b.id]}, err=not dry_run)
+                  "source": info["source"], "reason": why}, err=not dry_run)
     if dry_run:
         for b in keep:
-            why = ", ".join(kept.get(b.id, [])) or ("not named" if named else "not in scope")
+            why = ", ".join(verdicts.kept.get(b.id, [])) or ("not named" if named else "not in scope")
             rep.emit(f"keep: generation {b.generation} ({backup_json(b)['time']}): {why}",
                      {"type": "keep", "generation": b.generation, "reason": why})
 
 
-async def _enumerate(ctx: Context, gw: Any, forget: list[Backup], keep: list[Backup], to: str) -> None:
-    """List the storage indexes reachable only from the forgotten backups (to a file, or stdout)."""
-    gone: set[str] = set()
-    for b in forget:
-        gone |= await storage_indexes(gw, b.cap)
-    for b in keep:
-        gone -= await storage_indexes(gw, b.cap)
-    text = "".join(f"{si}\n" for si in sorted(gone))
+def _write(o: Opener, text: str, to: str) -> None:
+    """-e's storage indexes, to stdout (-) or a new file of mode 0600."""
     if to == "-":
-        ctx.reporter.output(text, end="")
+        o.rt.reporter.output(text, end="")
     else:
         fd = os.open(to, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(text)
-
-
-async def storage_indexes(gw: Any, cap: str) -> set[str]:
-    """Storage indexes of every object reachable from ``cap`` (LIT objects have none)."""
-    out: set[str] = set()
-    buf = [b""]
-
-    def sink(chunk: bytes) -> None:
-        buf[0] += chunk
-        *lines, buf[0] = buf[0].split(b"\n")
-        for line in lines:
-            if line.startswith(b"{"):
-                si = json.loads(line).get("storage-index")
-                if si:
-                    out.add(si)
-
-    await gw.stream_manifest(cap, sink)
-    sink(b"\n")
-    return out

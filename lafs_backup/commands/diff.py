@@ -10,52 +10,62 @@ from ..backup.source import is_url
 from ..errors import UsageError
 from ..read.diff import Change, LiveDiff, SnapshotDiff, SourceDiff
 from ..read.reader import Reader
-from .context import Context
+from ..resources import Opener
+from .which import latest_of, resolve
+from . import options
 
 
-async def run(ctx: Context, ns: argparse.Namespace) -> int:
+def arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``diff``."""
+    p.add_argument("a", metavar="SNAPSHOT", help="a cap, a generation number, or 'latest'")
+    p.add_argument("b", nargs="?", metavar="OTHER", help="the snapshot to compare with")
+    p.add_argument("--live", action="store_true", help="compare with the source directory as it is now")
+    options.which(p)
+
+
+async def run(o: Opener, ns: argparse.Namespace) -> int:
     if ns.live == (ns.b is not None):
         raise UsageError("give either two snapshots (diff A B) or one and --live")
-    rep = ctx.reporter
+    rep = o.rt.reporter
     found: list[Change] = []
 
     def emit(c: Change) -> None:
         found.append(c)
         rep.emit(c.line(), c.as_dict())
 
-    cap_a = await ctx.resolve(ns.a, ns.source, ns.host, ns.tag)
-    reader = Reader(await ctx.gateway())
+    cap_a = await resolve(o, ns.a, ns.source, ns.host, ns.tag)
+    reader = Reader(await o.gateway())
     try:
         if ns.b is not None:
-            cap_b = await ctx.resolve(ns.b, ns.source, ns.host, ns.tag)
+            cap_b = await resolve(o, ns.b, ns.source, ns.host, ns.tag)
             await reader.load_differences(cap_a, cap_b)
             await SnapshotDiff(reader, emit).run(cap_a, cap_b)
         else:
-            rec = next((x for x in await ctx.backups() if x.cap == cap_a), None)
-            src = rec.source if rec is not None else ctx.snapshot_source(ns.source)
+            rec = next((x for x in await o.backups() if x.cap == cap_a), None)
+            src = rec.source if rec is not None else latest_of(o, ns.source)
             if src and is_url(os.fsdecode(src)):
-                await _remote_live(ctx, reader, os.fsdecode(src), emit, cap_a)
+                await _remote_live(o, reader, os.fsdecode(src), emit, cap_a)
             elif not src or not os.path.isdir(src):
                 raise UsageError("--live needs the snapshot's source directory: it is not recorded for this "
                                  "snapshot and source.path is not set")
             else:
-                await LiveDiff(reader, src, emit, ctx.config.filter).run(cap_a)
+                await LiveDiff(reader, src, emit, o.config.filter).run(cap_a)
     finally:
         reader.close()
     rep.info(f"{len(found)} difference(s)")
     return 1 if found else 0
 
 
-async def _remote_live(ctx: Context, reader: Reader, url: str, emit: Any, cap: str) -> None:
+async def _remote_live(o: Opener, reader: Reader, url: str, emit: Any, cap: str) -> None:
     """``--live`` for an fsspec source: its walk now (through the filter rules, in a thread), and the
     objects whose size is unchanged but whose time moved, read and hashed."""
     import hashlib
 
     from ..backup.remote import FsspecSource
 
-    source = FsspecSource(url, ctx.config.source.storage_options)
-    warn = ctx.threadsafe(ctx.reporter.warn)
-    live = await ctx.in_thread(lambda: {e.path: e for e in source.walk(ctx.config.filter, warn, lambda k, m: None)})
+    source = FsspecSource(url, o.config.source.storage_options)
+    warn = o.rt.threadsafe(o.rt.reporter.warn)
+    live = await o.rt.in_thread(lambda: {e.path: e for e in source.walk(o.config.filter, warn, lambda k, m: None)})
 
     def sha256(rel: bytes) -> str | None:
         try:
@@ -73,4 +83,4 @@ async def _remote_live(ctx: Context, reader: Reader, url: str, emit: Any, cap: s
         finally:
             f.close()
 
-    await SourceDiff(reader, live, lambda rel: ctx.in_thread(sha256, rel), emit).run(cap)
+    await SourceDiff(reader, live, lambda rel: o.rt.in_thread(sha256, rel), emit).run(cap)

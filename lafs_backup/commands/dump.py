@@ -9,23 +9,33 @@ from ..errors import UsageError
 from ..read.browse import TYPE_NAMES, Browser
 from ..read.dump import write_file, write_tar
 from ..read.reader import Reader
+from ..report import outcome
+from ..resources import Opener
 from ..store.entry import KIND_DIR, KIND_FILE
-from .context import Context, outcome
+from .which import resolve
+from . import options
 
 
+def arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``dump``."""
+    p.add_argument("snapshot", help="a snapshot cap, a generation number, an id, or 'latest'")
+    p.add_argument("path", help="the file or directory in the snapshot ('.' for all of it)")
+    p.add_argument("--force", action="store_true", help="write to stdout even when it is a terminal")
+    options.which(p)
 
-async def run(ctx: Context, ns: argparse.Namespace) -> int:
-    rep = ctx.reporter
-    cap = await ctx.resolve(ns.snapshot, ns.source, ns.host, ns.tag)
+
+async def run(o: Opener, ns: argparse.Namespace) -> int:
+    rep = o.rt.reporter
+    cap = await resolve(o, ns.snapshot, ns.source, ns.host, ns.tag)
     out = sys.stdout.buffer
     if out.isatty() and not ns.force:
         raise UsageError("dump writes raw bytes (or a tar stream): redirect stdout to a file or a pipe, or "
                          "give --force")
-    gw = await ctx.gateway()
+    gw = await o.gateway()
     # A whole snapshot's tar reads the index; a path needs only the directories on its way.
-    reader = Reader(gw, use_index=ns.path in ("", ".", "/"), jobs=ctx.config.operation.jobs)
+    reader = Reader(gw, use_index=ns.path in ("", ".", "/"), jobs=o.config.operation.jobs)
     try:
-        browser = Browser(reader, ahead=max(4, ctx.config.operation.jobs), remember=64)
+        browser = Browser(reader, ahead=max(4, o.config.operation.jobs), remember=64)
         item = await browser.lookup(cap, ns.path)
         if item.kind == KIND_FILE:
             content = await write_file(reader, item, out)

@@ -6,9 +6,13 @@ import argparse
 
 from .. import config as cfg
 from ..errors import ExitCode
-from .context import Context
+from ..resources import Opener
 
 
-async def run(ctx: Context, ns: argparse.Namespace) -> int:
-    ctx.reporter.output(cfg.dump(cfg.shown(ctx.config.tree)), end="")
+def arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``dump-config``."""
+
+
+async def run(o: Opener, ns: argparse.Namespace) -> int:
+    o.rt.reporter.output(cfg.dump(cfg.shown(o.config.tree)), end="")
     return ExitCode.OK

@@ -5,21 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..history import iso
 from ..read.browse import Browser, Finder, matcher
 from ..read.reader import Reader
-from ..report import _printable
-from .context import Context, iso, outcome
+from ..report import _printable, outcome
+from ..resources import Opener
+from .which import choose
+from . import options
 
 
-async def run(ctx: Context, ns: argparse.Namespace) -> int:
-    rep = ctx.reporter
-    everything = await ctx.backups()
-    chosen = ctx.select(everything, ns.snapshot or [], ns.source, ns.host, ns.tag)
+def arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``find``."""
+    p.add_argument("pattern", help="a glob matched against names (against whole paths if it has a '/')")
+    p.add_argument("--regex", action="store_true", help="PATTERN is a regular expression searched in paths")
+    p.add_argument("--snapshot", action="append", metavar="S", help="only this backup (repeatable)")
+    options.which(p)
+
+
+async def run(o: Opener, ns: argparse.Namespace) -> int:
+    rep = o.rt.reporter
+    everything = await o.backups()
+    chosen = choose(o, everything, ns.snapshot or [], ns.source, ns.host, ns.tag)
     chosen = sorted(chosen, key=lambda b: (b.ts, b.id), reverse=True)
     # Listings are remembered only a few at a time (a whole snapshot's would not fit in memory);
     # the finder remembers each directory's matches, so an unchanged subtree is walked once.
-    finder = Finder(Browser(Reader(await ctx.gateway(), jobs=ctx.config.operation.jobs),
-                            ahead=max(4, ctx.config.operation.jobs), remember=64),
+    finder = Finder(Browser(Reader(await o.gateway(), jobs=o.config.operation.jobs),
+                            ahead=max(4, o.config.operation.jobs), remember=64),
                     matcher(ns.pattern, ns.regex), whole_items=rep.json_mode)
     seen: dict[bytes, list] = {}  # path -> [first backup, last backup, backups]
     total = 0

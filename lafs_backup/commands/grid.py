@@ -5,10 +5,27 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ExitCode, GridError, UsageError
-from .context import Context, data_dir
+from ..resources import Opener
+from ..system.places import data_dir
 
 
-async def _join(ctx: Context, ns: argparse.Namespace) -> int:
+def arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``grid``."""
+    p.add_argument("action", choices=["up", "down", "status", "furl", "join"],
+                    help="up/down/status: this machine's grid; furl: print its introducer's FURL (a secret); "
+                         "join FURL: run a node of a grid made elsewhere")
+    p.add_argument("furl", nargs="?", metavar="FURL|FILE|-", help="for join: the grid's introducer FURL, a file "
+                    "holding it, or - for stdin (default: LAFS_BACKUP_FURL, then repository.introducer_furl)")
+    p.add_argument("--storage", action="store_true", help="for join: run a storage node (default: a gateway)")
+    p.add_argument("--listen", metavar="HOST", help="for up (when the grid is made) and join --storage: listen "
+                                                    "on every interface, reachable as HOST by other machines")
+    p.add_argument("--dir", help="grid directory (default: grid.dir, or the user data directory)")
+    p.add_argument("--nodes", type=int, help="storage nodes (grid.nodes; used when creating)")
+    p.add_argument("--needed", type=int, help="shares needed, k (grid.needed)")
+    p.add_argument("--happy", type=int, help="servers of happiness (grid.happy)")
+
+
+async def _join(o: Opener, ns: argparse.Namespace) -> int:
     """Run a gateway (the default) or a storage node of a grid made on another machine."""
     import hashlib
     import os
@@ -23,30 +40,30 @@ async def _join(ctx: Context, ns: argparse.Namespace) -> int:
     elif furl and os.path.isfile(furl):  # or from a file that holds it
         with open(furl, encoding="utf-8") as f:
             furl = f.read().strip()
-    furl = furl or os.environ.get("LAFS_BACKUP_FURL") or ctx.config.repository.introducer_furl
+    furl = furl or os.environ.get("LAFS_BACKUP_FURL") or o.config.repository.introducer_furl
     if not furl or not furl.startswith("pb://"):
         raise UsageError("grid join needs the grid's introducer FURL (pb://...): 'lafs-backup grid furl' on the "
                          "machine that made it prints it")
     kind = "storage" if ns.storage else "gateway"
     d = ns.dir or os.path.join(data_dir(), "joined", f"{kind}-{hashlib.sha256(furl.encode()).hexdigest()[:12]}")
-    g = ctx.config.grid
+    g = o.config.grid
     node = LocalGrid(GridSpec(d, g.nodes, g.needed, g.happy, listen=ns.listen, join=furl, storage=ns.storage))
-    url = await ctx.ensure_grid(node)
-    ctx.reporter.say(f"lafs-backup: {kind} node of that grid running in {d}")
+    url = await o.ensure_grid(node)
+    o.rt.reporter.say(f"lafs-backup: {kind} node of that grid running in {d}")
     if url:
-        ctx.reporter.output(url)
+        o.rt.reporter.output(url)
     return ExitCode.OK
 
 
-async def run(ctx: Context, ns: argparse.Namespace) -> int:
-    rep = ctx.reporter
+async def run(o: Opener, ns: argparse.Namespace) -> int:
+    rep = o.rt.reporter
     if ns.action == "join":
-        return await _join(ctx, ns)
+        return await _join(o, ns)
     if ns.furl is not None:
         raise UsageError("only 'grid join' takes a FURL")
-    grid = ctx.grid(ns.dir, listen=ns.listen)
+    grid = o.grid(ns.dir, listen=ns.listen)
     if ns.action == "up":
-        rep.output(await ctx.ensure_grid(grid))
+        rep.output(await o.ensure_grid(grid))
         return ExitCode.OK
     if ns.action == "furl":
         furl = grid.furl()
@@ -55,7 +72,7 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
         rep.output(furl)
         return ExitCode.OK
     if ns.action == "down":
-        stopped = await ctx.in_thread(grid.stop)
+        stopped = await o.rt.in_thread(grid.stop)
         rep.say(f"stopped {len(stopped)} node(s)" + (f": {', '.join(stopped)}" if stopped else ""))
         return ExitCode.OK
     state = grid.load()
@@ -67,7 +84,7 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
     for name in grid.node_names(state):
         rep.output(f"node {name}: {'running' if grid.alive(state, name) else 'stopped'}")
     if grid.alive(state, "gateway"):
-        gw = ctx.make_gateway(state["url"], jobs=1, attempts=1)
+        gw = o.make_gateway(state["url"], jobs=1, attempts=1)
         servers = await gw.connected_servers()
         rep.output(f"connected servers: {len(servers)} ({', '.join(sorted(servers))})")
         return ExitCode.OK if len(servers) >= state["happy"] else ExitCode.GRID

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ExitCode
-from .context import Context
+from ..resources import Opener
 
 
-async def run(ctx: Context, ns: argparse.Namespace) -> int:
-    await ctx.create_repository()
+def arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``init``."""
+
+
+async def run(o: Opener, ns: argparse.Namespace) -> int:
+    await o.create_repository()
     return ExitCode.OK

@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ExitCode, UsageError
-from .context import Context
+from ..resources import Opener
 
 
-async def run(ctx: Context, ns: argparse.Namespace) -> int:
-    key = await ctx.repo_key()
+def arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``key``."""
+
+
+async def run(o: Opener, ns: argparse.Namespace) -> int:
+    key = await o.repo_key()
     if key is None:
         raise UsageError("there is no repository yet: 'lafs-backup init' or a first backup makes one")
-    ctx.reporter.output(key.encode())
+    o.rt.reporter.output(key.encode())
     return ExitCode.OK

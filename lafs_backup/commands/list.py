@@ -6,16 +6,25 @@ import argparse
 import json
 
 from .. import history
+from ..backup.source import recorded_as
 from ..errors import ExitCode
-from .context import Context, backup_json
+from ..history import as_json as backup_json
+from ..resources import Opener
+from .which import advise
+from . import options
 
 
-async def run(ctx: Context, ns: argparse.Namespace) -> int:
-    everything = await ctx.backups()
+def arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``list``."""
+    options.which(p)
+
+
+async def run(o: Opener, ns: argparse.Namespace) -> int:
+    everything = await o.backups()
     floors = history.lease_floors(everything)
-    chosen = history.matching(everything, ctx.source_filter(ns.source), ns.host, ns.tag or ())
+    chosen = history.matching(everything, recorded_as(ns.source), ns.host, ns.tag or ())
     items = [backup_json(b, floors) for b in chosen]
-    rep = ctx.reporter
+    rep = o.rt.reporter
     if rep.json_mode:
         rep.output(json.dumps(items, indent=1))
     elif not items:
@@ -27,5 +36,5 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
             copy = "  (a copy)" if it["original"] else ""
             rep.output(f"{it['id']}  {it['generation']:>5}  {it['time']}  {it['host'] or '-'}  {it['source']}{tags}  "
                        f"leases renewed: {it['leases_renewed'] or 'never'}{grids}{copy}  {it['cap']}")
-    ctx.warn_copies(chosen)
+    advise(o, chosen, leases=False)
     return ExitCode.OK

@@ -10,9 +10,20 @@ from typing import AsyncIterator
 
 from ..read.browse import Browser, Item
 from ..read.reader import Reader
-from ..report import _printable
+from ..report import _printable, outcome
+from ..resources import Opener
 from ..store.entry import KIND_DIR, KIND_LINK, unescape
-from .context import Context, outcome
+from .which import resolve
+from . import options
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``ls``."""
+    p.add_argument("snapshot", help="a snapshot cap, a generation number, an id, or 'latest'")
+    p.add_argument("path", nargs="?", default="", help="a directory (or file) in the snapshot (default: its root)")
+    p.add_argument("-l", "--long", action="store_true", help="mode, owner, group, size and mtime too")
+    p.add_argument("-R", "--recursive", action="store_true", help="every entry below, not only the children")
+    options.which(p)
 
 
 def long_line(item: Item) -> str:
@@ -32,13 +43,13 @@ def shown(item: Item) -> str:
     return _printable(name) + ("/" if item.kind == KIND_DIR and item.path else "")
 
 
-async def run(ctx: Context, ns: argparse.Namespace) -> int:
-    rep = ctx.reporter
-    cap = await ctx.resolve(ns.snapshot, ns.source, ns.host, ns.tag)
+async def run(o: Opener, ns: argparse.Namespace) -> int:
+    rep = o.rt.reporter
+    cap = await resolve(o, ns.snapshot, ns.source, ns.host, ns.tag)
     # A recursive listing reads the snapshot's index (no request per directory); one directory
     # is cheaper read on its own.
-    reader = Reader(await ctx.gateway(), use_index=ns.recursive, jobs=ctx.config.operation.jobs)
-    browser = Browser(reader, ahead=max(4, ctx.config.operation.jobs), remember=64)
+    reader = Reader(await o.gateway(), use_index=ns.recursive, jobs=o.config.operation.jobs)
+    browser = Browser(reader, ahead=max(4, o.config.operation.jobs), remember=64)
     top = await browser.lookup(cap, ns.path or "")
     items = [top] if top.kind != KIND_DIR else None
 

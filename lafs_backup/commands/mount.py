@@ -15,7 +15,17 @@ from twisted.internet.defer import CancelledError, Deferred
 from ..errors import ExitCode, MountError, UsageError
 from ..read.browse import Browser
 from ..read.reader import Reader
-from .context import Context
+from ..resources import Opener
+from .which import choose
+from . import options
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``mount``."""
+    p.add_argument("mountpoint", help="an empty directory")
+    p.add_argument("--allow-other", action="store_true", help="let other users see the mount (FUSE's "
+                                                              "allow_other; file modes still apply)")
+    options.which(p)
 
 
 class _Loop:
@@ -67,8 +77,8 @@ def unmount(mountpoint: str) -> None:
             return
 
 
-async def run(ctx: Context, ns: argparse.Namespace) -> int:
-    rep = ctx.reporter
+async def run(o: Opener, ns: argparse.Namespace) -> int:
+    rep = o.rt.reporter
     mountpoint = os.path.abspath(ns.mountpoint)
     if not os.path.isdir(mountpoint):
         raise UsageError(f"mount point {mountpoint} is not a directory")
@@ -78,17 +88,17 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
         raise UsageError(f"mount needs libfuse 3 and its fusermount3 (Debian: apt-get install fuse3): {e}")
     from ..read.mount import SnapshotFS
 
-    everything = await ctx.backups()
-    chosen = ctx.select(everything, [], ns.source, ns.host, ns.tag)
-    gw = await ctx.gateway()
+    everything = await o.backups()
+    chosen = choose(o, everything, [], ns.source, ns.host, ns.tag)
+    gw = await o.gateway()
     reader = Reader(gw)
     tmpdir = tempfile.mkdtemp(prefix="lafs-backup-mount-")  # mode 0700: the spools hold file contents
-    browser = Browser(reader, ahead=max(4, ctx.config.operation.jobs), remember=256)
-    fs = SnapshotFS(ctx.reactor, browser, chosen, tmpdir)
+    browser = Browser(reader, ahead=max(4, o.config.operation.jobs), remember=256)
+    fs = SnapshotFS(o.rt.reactor, browser, chosen, tmpdir)
     options: dict[str, Any] = {"ro": True, "default_permissions": True, "fsname": "lafs-backup", "use_ino": True}
     if ns.allow_other:
         options["allow_other"] = True
-    loop = _Loop(ctx.reactor, fs, mountpoint, options)
+    loop = _Loop(o.rt.reactor, fs, mountpoint, options)
     loop.start()
     rep.say(f"lafs-backup: {len(chosen)} backups mounted at {mountpoint} (read-only); Ctrl-C or SIGTERM "
             "unmounts")
@@ -97,7 +107,7 @@ async def run(ctx: Context, ns: argparse.Namespace) -> int:
         await loop.wait()
     except CancelledError:
         stopped = True
-        await ctx.in_thread(unmount, mountpoint)
+        await o.rt.in_thread(unmount, mountpoint)
         await loop.wait()
     finally:
         fs.contents.close()

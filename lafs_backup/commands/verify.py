@@ -7,23 +7,34 @@ import argparse
 from ..errors import UsageError
 from ..read.reader import Reader
 from ..read.verify import Verifier
-from .context import Context, outcome
+from ..report import outcome
+from ..resources import Opener
+from .which import resolve
+from . import options
 
 
-async def run(ctx: Context, ns: argparse.Namespace) -> int:
+def arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``verify``."""
+    p.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
+    p.add_argument("--sample", type=float, default=100.0, metavar="PERCENT",
+                   help="read back only this percentage of the files, chosen at random (default 100)")
+    options.which(p)
+
+
+async def run(o: Opener, ns: argparse.Namespace) -> int:
     if not 0 < ns.sample <= 100:
         raise UsageError(f"--sample must be a percentage above 0 and at most 100, not {ns.sample}")
-    cap = await ctx.resolve(ns.snapshot, ns.source, ns.host, ns.tag)
-    gw = await ctx.gateway()
+    cap = await resolve(o, ns.snapshot, ns.source, ns.host, ns.tag)
+    gw = await o.gateway()
     # The walk reads the grid's directories themselves; the index is checked against them.
     reader = Reader(gw, whole_packs=ns.sample >= 50, use_index=False)
-    index = Reader(gw, jobs=ctx.config.operation.jobs)
+    index = Reader(gw, jobs=o.config.operation.jobs)
     try:
-        v = Verifier(gw, reader, ctx.reporter, ns.sample, ctx.config.operation.jobs, index=index)
+        v = Verifier(gw, reader, o.rt.reporter, ns.sample, o.config.operation.jobs, index=index)
         await v.run(cap)
     finally:
         reader.close()
         index.close()
-    ctx.reporter.stats.files = v.files_read
-    ctx.reporter.finish("verify")
-    return outcome(ctx.reporter)
+    o.rt.reporter.stats.files = v.files_read
+    o.rt.reporter.finish("verify")
+    return outcome(o.rt.reporter)

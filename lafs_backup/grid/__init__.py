@@ -1,1 +1,1 @@
-"""The grid: the web API client (the only treq user) and the embedded local grid."""
+"""The grid: the web API client (the only treq user), the health its check results tell, and the embedded local grid."""

@@ -17,7 +17,6 @@ Errors carry the URL with caps redacted.
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import random
@@ -29,7 +28,7 @@ from urllib.parse import quote
 
 import treq
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, TimeoutError as TxTimeoutError
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.task import deferLater
@@ -39,11 +38,12 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from ..config import RetryPolicy
+from ..caps import lit_data
 from ..errors import GatewayError, GridError
 from ..log import redact
+from ..retry import RetryPolicy
+from ..slots import Slots
 from .ratelimit import TokenBucket
-from ..store.snapshot import lit_data
 
 log = logging.getLogger(__name__)
 
@@ -223,31 +223,6 @@ class _WatchedBody:
         self._inner.stopProducing()
 
 
-class _Slots:
-    """A counting semaphore that serves waiters by priority (lower first), then in order of arrival."""
-
-    def __init__(self, tokens: int) -> None:
-        self.tokens = tokens
-        self._waiting: list[tuple[float, int, Deferred]] = []
-        self._seq = 0
-
-    def acquire(self, priority: float = 0.0) -> Deferred:
-        if self.tokens > 0 and not self._waiting:
-            self.tokens -= 1
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._seq += 1
-        heapq.heappush(self._waiting, (priority, self._seq, d))
-        return d
-
-    def release(self) -> None:
-        if self._waiting:
-            _, _, d = heapq.heappop(self._waiting)
-            d.callback(None)
-        else:
-            self.tokens += 1
-
-
 @dataclass(eq=False)
 class Gateway:
     """Calls to one gateway.  ``http`` is a treq :class:`HTTPClient` (the seam for fakes)."""
@@ -268,7 +243,7 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.base = self.base_url if self.base_url.endswith("/") else self.base_url + "/"
-        self._slots = _Slots(self.jobs)
+        self._slots = Slots(self.jobs, self.clock)
         self._halted: BaseException | None = None
 
     def halt(self, why: BaseException) -> None:

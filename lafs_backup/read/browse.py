@@ -17,9 +17,11 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
 
 from ..errors import SnapshotError
+from ..slots import Slots
 from ..store.entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET, unescape
 from ..store.snapshot import Node, names_of
 from .reader import Reader
@@ -92,12 +94,14 @@ class Browser:
 
     ``ahead``: directory listings fetched ahead of the walk, at most.
     ``remember``: listings kept by cap (an LRU), so that a subtree shared
-    by several backups, or visited again, is listed once.
+    by several backups, or visited again, is listed once.  ``clock`` (None:
+    the reader's) is the reactor a freed listing slot wakes the next on.
     """
 
-    def __init__(self, reader: Reader, ahead: int = 8, remember: int = 4096) -> None:
+    def __init__(self, reader: Reader, ahead: int = 8, remember: int = 4096,
+                 clock: IReactorTime | None = None) -> None:
         self.reader = reader
-        self._sem = DeferredSemaphore(max(1, ahead))
+        self._sem = Slots(max(1, ahead), clock if clock is not None else reader.clock)
         self._roots: OrderedDict[str, Item] = OrderedDict()
         #: Listings by directory cap, each a name index in the listing's order.
         self._memo: OrderedDict[str, dict[bytes, Node]] = OrderedDict()
@@ -130,7 +134,7 @@ class Browser:
         if hit is not None:
             self._memo.move_to_end(node.cap)
             return hit
-        nodes = await self._sem.run(lambda: ensureDeferred(self.reader.children(node)))
+        nodes = await self._sem.run(self.reader.children, node)
         self.listed += 1
         index = self._memo[node.cap] = {n.name: n for n in nodes}
         if len(self._memo) > self._remember:

@@ -27,13 +27,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
 
+from ..caps import lit_data
 from ..errors import GatewayError, SnapshotError
+from ..slots import Slots
 from ..store.encode import SALT_MARK
 from ..store.index import BadIndex, IndexWriter
 from ..store.index import compress as compress_index
-from ..store.snapshot import INDEX, body_names, canonical_json, index_body, index_caps, lit_data, salted_body
+from ..store.snapshot import INDEX, body_names, canonical_json, index_body, index_caps, salted_body
 from ..store.store import despite_unhappiness, full_error, temp_file, write_all
 from ..system.paths import LocalFile
 from .reader import Reader
@@ -66,15 +69,17 @@ class Copier:
 
     def __init__(self, source: Any, dest: Any, map_get: Callable[[str], str | None],
                  map_put: Callable[[str, str], None], jobs: int = 4, tmpdir: str | None = None,
-                 reader: Reader | None = None) -> None:
-        """``reader`` (of ``source``): directories are read from each snapshot's index through it."""
+                 reader: Reader | None = None, clock: IReactorTime | None = None) -> None:
+        """``reader`` (of ``source``): directories are read from each snapshot's index through it.
+        ``clock`` (None: the source gateway's) is the reactor a freed slot wakes the next on."""
         self.src = source
         self.reader = reader
         self.dst = dest
         self._get = map_get
         self._put = map_put
-        self._slots = DeferredSemaphore(max(1, jobs))
-        self._listings = DeferredSemaphore(max(2, jobs))
+        clock = clock if clock is not None else source.clock
+        self._slots = Slots(max(1, jobs), clock)
+        self._listings = Slots(max(2, jobs), clock)
         self._tmpdir = tmpdir
         self._inflight: dict[str, list[Deferred]] = {}
         self.stats = CopyStats()

@@ -8,7 +8,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from ..backup.filters import Filter
+from ..filters import Filter
 from ..store.entry import KIND_DIR, Entry, kind_of
 from ..store.snapshot import Node, edge_metadata
 from ..system.meta import Capturer

@@ -19,15 +19,17 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.interfaces import IReactorTime
 
+from ..caps import lit_data
 from ..errors import GatewayError, SnapshotError
+from ..slots import Slots
 from ..store.encode import Decoder
 from ..store.packer import PackRef
 from ..store.index import BadIndex, Record
 from ..store.index import records as index_records
-from ..store.snapshot import (INDEX, OBJECTS, BadSnapshot, Node, index_caps, lit_data, pack_caps, parse_children,
-                              parse_root)
+from ..store.snapshot import INDEX, OBJECTS, BadSnapshot, Node, index_caps, pack_caps, parse_children, parse_root
 from ..store.store import temp_file, write_all
 
 log = logging.getLogger(__name__)
@@ -63,11 +65,14 @@ class Reader:
     ``whole_packs``: fetch each pack once into a private temporary file and
     slice members from it (fastest when most of a pack is wanted: a full
     restore); otherwise each packed file is one Range GET (fastest for a few).
+    ``clock`` (None: the gateway's) is the reactor its semaphores wake waiters
+    on, and those of the walks that read through it.
     """
 
     def __init__(self, gateway: Any, whole_packs: bool = False, tmpdir: str | None = None,
-                 use_index: bool = True, jobs: int = 4) -> None:
+                 use_index: bool = True, jobs: int = 4, clock: IReactorTime | None = None) -> None:
         self.gw = gateway
+        self.clock: IReactorTime = clock if clock is not None else gateway.clock
         self._packs = _PackReader(gateway, whole_packs, tmpdir)
         #: Directory bodies from snapshot indexes (None: every directory is read from the grid).
         self.index = _IndexStore(tmpdir) if use_index else None
@@ -136,7 +141,7 @@ class Reader:
         assert self.index is not None
         started = time.monotonic()
         chunks = list(dict.fromkeys(c for c in caps if c not in self.index.loaded))
-        slots = DeferredSemaphore(self._jobs)
+        slots = Slots(self._jobs, self.clock)
         size = [0]
 
         async def one(chunk: str) -> None:
@@ -366,9 +371,9 @@ class _PackReader:
         todo = iter(spools)
 
         async def worker() -> None:
-            # A few workers take the packs in turn.  (Not a semaphore per pack: packs a reader
-            # started first are skipped at once, and a semaphore would wake each next waiter
-            # inside the one before, hundreds deep, until the stack ran out.)
+            # A few workers take the packs in turn, rather than a task per pack waiting for a slot:
+            # a snapshot may have tens of thousands of packs, and the packs a reader started
+            # first are skipped in this loop without a task, a slot or a reactor turn each.
             for cap, spool in todo:
                 if spool.started:  # a reader that needed it first started it
                     continue

@@ -16,14 +16,15 @@ import logging
 import os
 import stat
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
 
 from ..store.entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET
 from ..errors import GatewayError, RestoreError
 from ..log import NOISE
+from ..slots import Slots
 from ..system.meta import Applier, FdHandle, LinkHandle, forget_owner_names
 from ..system.paths import open_dir_chain
 from ..report import Reporter
@@ -67,15 +68,17 @@ class Restorer:
     """
 
     def __init__(self, reader: Reader, reporter: Reporter, target: str, window: int = 64,
-                 listings: int = 4, owners: bool | None = None, numeric: bool = False, clock: Any = None) -> None:
-        """``clock``: each directory starts in a reactor turn of its own (see :meth:`_restore_dir`)."""
+                 listings: int = 4, owners: bool | None = None, numeric: bool = False,
+                 clock: IReactorTime | None = None) -> None:
+        """``clock`` (None: the reader's) is the reactor a freed slot wakes the next directory or
+        file on."""
         self.reader = reader
-        self._clock = clock
+        clock = clock if clock is not None else reader.clock
         self.rep = reporter
         self.stats = reporter.stats
         self.target = os.fsencode(os.path.abspath(target))
-        self._window = DeferredSemaphore(window)
-        self._listings = DeferredSemaphore(listings)
+        self._window = Slots(window, clock)
+        self._listings = Slots(listings, clock)
         self._root_fd = -1
         self._is_root = os.geteuid() == 0
         if owners is None:
@@ -181,11 +184,6 @@ class Restorer:
         waits: list[Deferred] = []
         await self._listings.acquire()
         try:
-            if self._clock is not None:
-                # A slot given back by a directory that just finished would start this one inside
-                # the finished one's stack, and the next inside this one's: a thousand directories
-                # waiting for a slot would run out of stack.  Each starts in a turn of its own.
-                await deferLater(self._clock, 0, lambda: None)
             children = await self._list(node)
             for child in children:
                 if child.kind == KIND_DIR:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
 
 from ..errors import GatewayError, SnapshotError
+from ..grid.health import StreamParser, Verdict
 from ..report import Reporter
+from ..slots import Slots
 from ..store.entry import KIND_DIR, KIND_FILE
 from ..store.snapshot import Node, names_of
-from ..upkeep.check import StreamParser, Verdict
 from .reader import Reader
 
 
@@ -23,18 +25,20 @@ class Verifier:
     whose content is read back (all shares are verified whatever it is).
     ``rng`` chooses the sample.  The walk reads the grid's own directories;
     ``index``, a reader of the snapshot's index, is checked against them:
-    every directory must be in the index exactly as on the grid.
+    every directory must be in the index exactly as on the grid.  ``clock``
+    (None: the reader's) is the reactor a freed read slot wakes the next on.
     """
 
     def __init__(self, gateway: Any, reader: Reader, reporter: Reporter, sample: float = 100.0, jobs: int = 6,
-                 rng: random.Random | None = None, index: Reader | None = None) -> None:
+                 rng: random.Random | None = None, index: Reader | None = None,
+                 clock: IReactorTime | None = None) -> None:
         self.gw = gateway
         self.reader = reader
         self.index = index
         self.rep = reporter
         self.sample = sample
         self._rng = rng or random.Random()
-        self._slots = DeferredSemaphore(max(1, jobs) * 4)
+        self._slots = Slots(max(1, jobs) * 4, clock if clock is not None else reader.clock)
         self.files_read = 0
 
     async def run(self, cap: str) -> None:

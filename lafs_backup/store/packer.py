@@ -14,7 +14,10 @@ import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+
+from ..slots import Slots
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +33,12 @@ class Packer:
     """Collects members into the open pack; seals it at ``target_size`` bytes or ``max_files`` members.
 
     At most ``uploads`` sealed packs are uploaded at once, so memory stays
-    near ``(uploads + 1) * target_size``.
+    near ``(uploads + 1) * target_size``.  ``clock`` is the reactor a freed
+    upload slot wakes the next sealed pack on.
     """
 
     def __init__(self, put: Callable[[bytes], Awaitable[str]], target_size: int, max_files: int,
-                 uploads: int = 2) -> None:
+                 clock: IReactorTime, uploads: int = 2) -> None:
         self._put = put
         self._draining = False
         self.expecting = 0
@@ -43,7 +47,7 @@ class Packer:
         self.max_files = max_files
         self._buf = bytearray()
         self._members: list[tuple[Deferred, int, int]] = []
-        self._slots = DeferredSemaphore(uploads)
+        self._slots = Slots(uploads, clock)
         self._pending: list[Deferred] = []
         self.packs_uploaded = 0
 

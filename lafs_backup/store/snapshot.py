@@ -1,4 +1,4 @@
-"""The snapshot format on the grid: edge metadata, child names, LIT caps and the snapshot root (pure).
+"""The snapshot format on the grid: edge metadata, child names and the snapshot root (pure).
 
 A snapshot is one immutable directory holding one child, ``tree``: the
 source root's directory, whose edge carries the root's own metadata.  Every
@@ -17,6 +17,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+
 from .entry import (KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET,
                     Entry, escape)
 
@@ -24,7 +25,6 @@ FORMAT = 1
 TREE = "tree"
 OBJECTS = "objects"
 INDEX = "index"
-LIT_MAX = 55  # Tahoe's URI_LIT_SIZE_THRESHOLD
 
 _KIND_NAMES = {KIND_FILE: "file", KIND_DIR: "dir", KIND_LINK: "symlink", KIND_FIFO: "fifo",
                KIND_CHAR: "chardev", KIND_BLOCK: "blockdev", KIND_SOCKET: "socket"}
@@ -33,21 +33,6 @@ _NAME_KINDS = {v: k for k, v in _KIND_NAMES.items()}
 
 def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
-
-
-def lit_cap(data: bytes) -> str:
-    """The LIT cap of ``data`` (at most 55 bytes), computed locally as Tahoe does."""
-    if len(data) > LIT_MAX:
-        raise ValueError("too long for a LIT cap")
-    return "URI:LIT:" + base64.b32encode(data).decode("ascii").lower().rstrip("=")
-
-
-def lit_data(cap: str) -> bytes | None:
-    """The bytes inside a LIT cap, or None if ``cap`` is not a LIT cap."""
-    if not cap.startswith("URI:LIT:"):
-        return None
-    text = cap[len("URI:LIT:"):].upper()
-    return base64.b32decode(text + "=" * (-len(text) % 8))
 
 
 def _text(raw: bytes) -> Any:

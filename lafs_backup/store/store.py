@@ -21,16 +21,18 @@ from typing import Any, Awaitable, Callable, Iterator
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from ..backup import plan
+from ..caps import LIT_MAX, lit_cap
 from ..errors import GatewayError, LafsBackupError, LocalError
 from ..log import NOISE
-from .encode import LZ4, SALT_LEN, SALT_MARK, XZ, EncodingRules, compress
+from ..encoding import LZ4, XZ, EncodingRules
+from .encode import SALT_LEN, SALT_MARK, compress
 from .entry import Entry
 from . import index as snapshot_index
 from .packer import Packer, PackRef
+from . import plan
 from ..system.paths import LocalFile
-from .snapshot import (LIT_MAX, PACKED_MARKER_BODY, Child, Hit, blob_key, body_key, content_key, edge_metadata,
-                       index_body, index_key, lit_cap, objects_body, root_body, salted_body)
+from .snapshot import (PACKED_MARKER_BODY, Child, Hit, blob_key, body_key, content_key, edge_metadata, index_body,
+                       index_key, objects_body, root_body, salted_body)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,8 @@ class Store:
     """Stores the objects of one backup in ``generation`` (see the module docstring).
 
     ``stats`` is the run's counters; ``clock`` schedules commits and retry
-    waits (None: commit at once); ``in_thread`` runs blocking work (hashing,
+    waits (None: commit at once) and wakes the packer's uploads (None: on the
+    gateway's clock); ``in_thread`` runs blocking work (hashing,
     compression) off the reactor; ``on_fatal`` is told when committing fails.
     """
 
@@ -78,7 +81,8 @@ class Store:
         self._in_thread = in_thread
         #: Told when committing fails (the uploader halts the run).
         self.on_fatal = on_fatal
-        self.packer = Packer(self._put_pack, settings.pack_target_size, settings.pack_max_files)
+        self.packer = Packer(self._put_pack, settings.pack_target_size, settings.pack_max_files,
+                             clock if clock is not None else gateway.clock)
         self._uploading: dict[bytes, _Shared] = {}
         self._marker: _Shared | str | None = None
         self._commit_call: Any = None

@@ -1,66 +1,37 @@
-"""What every command is given: the configuration, the reactor, the reporter, and the shared plumbing
-(the grid, the gateway, the entry cache and its lock, threads, the record of backups)."""
+"""The resource opener: from the configuration, it opens what a command works with (the grid and its
+gateway, the entry cache under its lock, the repository and its key) and hands each down; the
+engine never reaches back into it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
-import socket
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
-import platformdirs
-
-from .. import history
-from ..cache import EntryCache
-from ..config import Config
-from ..errors import ExitCode
-from ..grid import ratelimit
-from ..grid.gateway import Gateway, make_http_client
-from ..history import Backup
-from ..report import Operation, Reporter
-from ..system.lock import CacheLock
+from . import history
+from .cache import EntryCache, move_aside
+from .config import Config
+from .engine.runtime import Runtime
+from .grid import ratelimit
+from .grid.gateway import Gateway, make_http_client
+from .history import Backup
+from .system.lock import CacheLock
+from .system.places import data_dir, state_dir
 
 if TYPE_CHECKING:
-    from ..grid.local import LocalGrid
-
-APP = "lafs-backup"
-
-
-def state_dir() -> str:
-    return platformdirs.user_state_dir(APP)
-
-
-def data_dir() -> str:
-    return platformdirs.user_data_dir(APP)
-
-
-def this_host() -> str:
-    return socket.gethostname() or "localhost"
-
-
-def iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def outcome(rep: Reporter) -> int:
-    """The exit code of a finished run: damage found, entries skipped, or success."""
-    if rep.stats.problems:
-        return ExitCode.PROBLEMS
-    return ExitCode.PARTIAL if rep.stats.warnings else ExitCode.OK
+    from .grid.local import LocalGrid
+    from .repository import Repository
 
 
 @dataclass
-class Context:
-    """Everything a command needs, injected by the CLI (or a test)."""
+class Opener:
+    """Opens, once each, the resources a command asks for; the command hands them down."""
 
     config: Config
-    reactor: Any
-    reporter: Reporter
-    #: The running operation, as the manhole shows it.
-    op: Operation | None = None
+    rt: Runtime
     #: The recovery key as given (--repo: a key, a file, or - for stdin); else LAFS_BACKUP_REPO.
     repo_arg: str | None = None
     _gateway: Gateway | None = None
@@ -72,7 +43,7 @@ class Context:
 
     # -- the grid -----------------------------------------------------------------------------
     def grid(self, directory: str | None = None, listen: str | None = None) -> "LocalGrid":
-        from ..grid.local import GridSpec, LocalGrid
+        from .grid.local import GridSpec, LocalGrid
 
         g = self.config.grid
         d = directory or g.dir or os.path.join(data_dir(), "grid")
@@ -82,16 +53,16 @@ class Context:
         op = self.config.operation
         policy = op.retry if attempts is None else dataclasses.replace(op.retry, attempts=attempts)
         j = jobs or op.jobs
-        return Gateway(url, make_http_client(self.reactor, j + 2), self.reactor, policy, j,
+        return Gateway(url, make_http_client(self.rt.reactor, j + 2), self.rt.reactor, policy, j,
                        self.config.debug_requests,
-                       limit_bytes=ratelimit.make(op.rate_bytes, self.reactor),
-                       limit_objects=ratelimit.make(op.rate_objects, self.reactor))
+                       limit_bytes=ratelimit.make(op.rate_bytes, self.rt.reactor),
+                       limit_objects=ratelimit.make(op.rate_objects, self.rt.reactor))
 
     async def url(self) -> str:
         """The gateway base URL: the configured one; else, when the recovery key says how to reach a
         grid, a gateway node of this machine's that joins it; else the embedded grid."""
         if self._url is None:
-            from ..config import gateway_base
+            from .config import gateway_base
 
             configured = self.config.destination.url
             if configured:
@@ -106,7 +77,7 @@ class Context:
 
     def joined_gateway(self, key: Any) -> "LocalGrid":
         """This machine's gateway node for the grid a recovery key names (made on first use)."""
-        from ..grid.local import GridSpec, LocalGrid
+        from .grid.local import GridSpec, LocalGrid
 
         d = os.path.join(data_dir(), "gateways", hashlib.sha256(key.furl.encode()).hexdigest()[:12])
         g = self.config.grid
@@ -115,33 +86,28 @@ class Context:
 
     async def ensure_grid(self, grid: "LocalGrid") -> str:
         """Start the embedded grid if needed (off the reactor thread) and wait for its servers."""
-        from ..grid.local import wait_connected
+        from .grid.local import wait_connected
 
         try:
-            state, started = await self.in_thread(grid.start_processes)
+            state, started = await self.rt.in_thread(grid.start_processes)
         except BaseException:
             grid.cancel()  # interrupted: stop the thread's subprocess now
             raise
         if started:
             what = "a gateway for the grid of the recovery key" if state.get("join") else "the embedded local grid"
-            self.reporter.say(f"lafs-backup: started {what} in {grid.dir}")
+            self.rt.reporter.say(f"lafs-backup: started {what} in {grid.dir}")
         if state.get("url") is None:  # a storage node of a grid made elsewhere: nothing to wait for here
             return ""
         gw = self.make_gateway(state["url"], jobs=2, attempts=1)
         await wait_connected(gw.connected_servers, state["happy"], self.config.grid.start_timeout,
-                             self.sleep, self.reactor.seconds)
+                             self.rt.sleep, self.rt.reactor.seconds)
         return str(state["url"])
-
-    async def sleep(self, seconds: float) -> None:
-        from twisted.internet.task import deferLater
-
-        await deferLater(self.reactor, seconds, lambda: None)
 
     async def gateway(self) -> Gateway:
         if self._gateway is None:
             self._gateway = self.make_gateway(await self.url())
-            if self.op is not None:
-                self.op.gateway = self._gateway
+            if self.rt.op is not None:
+                self.rt.op.gateway = self._gateway
         return self._gateway
 
     def forget_gateway(self) -> None:
@@ -162,6 +128,10 @@ class Context:
         gw = gw or await self.gateway()
         return max(1, len(await gw.connected_servers()))
 
+    def forget_backups(self) -> None:
+        """List the backups again on next use (a backup was just recorded)."""
+        self._history = None
+
     # -- the entry cache ----------------------------------------------------------------------
     async def cache_path(self) -> str:
         path = self.config.source.cache_path
@@ -170,6 +140,17 @@ class Context:
                 "entry-cache." + hashlib.sha256((await self.url()).encode()).hexdigest()[:12] + ".sqlite")
             path = os.path.join(state_dir(), name)
         return path
+
+    async def cache_place(self) -> tuple[str, str | None] | None:
+        """Where the entry cache is, and its gateway, found without asking the gateway anything
+        (None: there is no cache yet)."""
+        from .config import gateway_base
+
+        path = await self.cache_path()
+        if not os.path.exists(path):
+            return None
+        url = self.config.destination.url
+        return path, (gateway_base(url) if url else None)
 
     async def cache(self, reader: bool = False) -> EntryCache:
         """The entry cache: a writer (the caller holds :meth:`lock`), or a reader, which works
@@ -182,15 +163,41 @@ class Context:
         """Take the entry cache's lock, waiting up to ``operation.lock_wait`` seconds for a holder."""
         path = await self.cache_path()
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-        lock = CacheLock(path + ".lock", self.reporter)
-        await lock.acquire_waiting(self.config.operation.lock_wait, self.reactor)
+        lock = CacheLock(path + ".lock", self.rt.reporter)
+        await lock.acquire_waiting(self.config.operation.lock_wait, self.rt.reactor)
         return lock
+
+    @contextlib.asynccontextmanager
+    async def locked_cache(self, fresh: bool = False) -> AsyncIterator[EntryCache]:
+        """The entry cache as its one writer: its lock taken (see :meth:`lock`), the cache opened,
+        and both given back however the block ends (a reactor shutdown closes the cache too).
+        ``fresh``: the cache there is moved aside (under the lock) and a new one started."""
+        lock = await self.lock()
+        try:
+            if fresh:
+                cpath = await self.cache_path()
+                if os.path.exists(cpath):
+                    moved = move_aside(cpath)
+                    self.rt.reporter.note_once("cache", f"moved the entry cache aside to {moved} (it still lists "
+                                                        "the backups recorded before); starting a new one")
+            cache = await self.cache()
+            shutdown = self.rt.reactor.addSystemEventTrigger("before", "shutdown", cache.close)
+            try:
+                yield cache
+            finally:
+                try:
+                    self.rt.reactor.removeSystemEventTrigger(shutdown)
+                except ValueError:
+                    pass  # the reactor is already shutting down (a signal): the trigger ran
+                cache.close()
+        finally:
+            lock.release()
 
     # -- the repository -------------------------------------------------------------------------
     def explicit_key(self) -> Any:
         """The recovery key given by --repo, LAFS_BACKUP_REPO or ``repository.key_file`` (None: none)."""
-        from ..errors import UsageError
-        from ..repository import RepoKey
+        from .errors import UsageError
+        from .repository import RepoKey
 
         if self._key_read:
             return self._key
@@ -216,7 +223,7 @@ class Context:
 
     async def repo_key(self) -> Any:
         """The recovery key: given, or this machine's own (None: there is no repository yet)."""
-        from ..repository import RepoKey
+        from .repository import RepoKey
 
         key = self.explicit_key()
         if key is None:
@@ -227,7 +234,7 @@ class Context:
 
     async def repository(self, create: bool = False) -> Any:
         """The repository (None: none is configured, and ``create`` is False)."""
-        from ..repository import Repository
+        from .repository import Repository
 
         if self._repo is None:
             key = await self.repo_key()
@@ -237,10 +244,35 @@ class Context:
                 self._repo = await self.create_repository()
         return self._repo
 
+    async def other_grid(self, to_url: str, to_repo: str | None = None) -> tuple[str, Gateway, "Repository"]:
+        """The grid backups are copied to: its gateway base URL, a gateway to it (answering), and its
+        repository (the key given, this machine's for it, or a new one whose key is kept, 0600)."""
+        from .config import gateway_base
+        from .errors import UsageError
+        from .repository import Repository
+
+        dest = gateway_base(to_url)
+        if dest == await self.url():
+            raise UsageError(f"--to-url {dest} is the grid the backups are on already")
+        dst_gw = self.make_gateway(dest)
+        await dst_gw.preflight()
+        key = read_key_arg(to_repo, "--to-repo") if to_repo else None
+        path = key_path_for(dest)
+        if key is None and os.path.exists(path):
+            key = read_key_arg(path, path)
+        if key is None:
+            repo = await Repository.create(dst_gw)
+            save_key(path, repo.key)
+            self.rt.reporter.say(f"lafs-backup: made a repository on {dest}; its recovery key is in {path}. Keep a "
+                                 "copy of it off this machine: with it a new machine lists and restores the copies")
+        else:
+            repo = Repository(dst_gw, key)
+        return dest, dst_gw, repo
+
     async def create_repository(self) -> Any:
         """Make a repository on the grid and keep its key, mode 0600; say where, once."""
-        from ..errors import UsageError
-        from ..repository import Repository
+        from .errors import UsageError
+        from .repository import Repository
 
         path = await self.key_path()
         if os.path.exists(path):
@@ -255,7 +287,7 @@ class Context:
         repo = await Repository.create(await self.gateway(), furl, needed, happy, total)
         save_key(path, repo.key)
         self._key = repo.key
-        self.reporter.say(f"lafs-backup: made a repository on the grid; its recovery key is in {path}. Keep a "
+        self.rt.reporter.say(f"lafs-backup: made a repository on the grid; its recovery key is in {path}. Keep a "
                           "copy of it off this machine ('lafs-backup key' prints it): with it alone a new "
                           "machine lists and restores every backup")
         return repo
@@ -273,100 +305,20 @@ class Context:
         repo = await self.repository()
         if repo is None:
             return [dataclasses.replace(b, copies=tuple(copies.get(b.cap, ()))) for b in local]
-        from ..repository import Record
+        from .repository import Record
 
         try:
             records: list[Record] = await repo.records()
         except Exception as e:
-            from ..errors import GatewayError, GridError
+            from .errors import GatewayError, GridError
 
             if not isinstance(e, (GatewayError, GridError)):
                 raise
-            self.reporter.advise("repository", f"{getattr(e, 'message', e)}; listing this machine's own "
+            self.rt.reporter.advise("repository", f"{getattr(e, 'message', e)}; listing this machine's own "
                                                "backups only")
             return [dataclasses.replace(b, copies=tuple(copies.get(b.cap, ()))) for b in local]
         self._history = history.merge(local, records, checks, copies)
         return self._history
-
-    # -- which backups a command means ------------------------------------------------------------
-    def source_filter(self, source: str | None) -> bytes | None:
-        from ..backup.source import is_url
-
-        if source and is_url(source):  # recorded as its label: the URL without credentials or query
-            from ..system.remotefs import label_of
-
-            return label_of(source)
-        return os.fsencode(os.path.abspath(os.path.expanduser(source))) if source else None
-
-    def snapshot_source(self, source: str | None) -> bytes | None:
-        """The source a ``latest`` refers to: the one given, else ``source.path``, else any."""
-        return self.source_filter(source or self.config.source.path)
-
-    async def resolve(self, ref: str, source: str | None = None, host: str | None = None,
-                      tags: list[str] | None = None) -> str:
-        """The cap a SNAPSHOT argument names (a cap needs no record)."""
-        if ref.startswith("URI:"):
-            return ref
-        return history.resolve(await self.backups(), ref, self.snapshot_source(source), host, tags or ()).cap
-
-    def select(self, everything: list[Backup], refs: list[str], source: str | None = None,
-               host: str | None = None, tags: list[str] | None = None) -> list[Backup]:
-        """Backups named by cap, id, generation number or 'latest'; all of them (of ``source``,
-        ``host`` and ``tags``, if given) when ``refs`` is empty."""
-        if not refs:
-            return history.matching(everything, self.source_filter(source), host, tags or ())
-        out: list[Backup] = []
-        for ref in refs:
-            b = history.resolve(everything, ref, self.snapshot_source(source), host, tags or ())
-            if b not in out:
-                out.append(b)
-        return out
-
-    def warn_expiring(self, backups: list[Backup]) -> None:
-        """Warn about kept backups some of whose leases may end within a week."""
-        days = self.config.destination.lease_days
-        if days is None or not backups:
-            return
-        soon = history.expiring(backups, time.time(), days)
-        if soon:
-            first = min(when for _, when in soon)
-            gens = ", ".join(str(b.generation) for b, _ in soon[:10]) + (" ..." if len(soon) > 10 else "")
-            self.reporter.advise("leases", f"{len(soon)} kept backup(s) (generation {gens}) may lose objects "
-                                           f"whose leases end from {iso(first)} on; run 'lafs-backup check' to "
-                                           "renew them")
-
-    def warn_copies(self, backups: list[Backup]) -> None:
-        """Warn about backups fewer grids hold than ``destination.copies`` asks (copies of another
-        grid's backups count as held)."""
-        want = self.config.destination.copies
-        short = [b for b in backups if b.original is None and 1 + len(b.copies) < want]
-        if short:
-            gens = ", ".join(str(b.generation) for b in short[:10]) + (" ..." if len(short) > 10 else "")
-            self.reporter.advise("copies", f"{len(short)} backup(s) (generation {gens}) are held by fewer than "
-                                           f"{want} grids (destination.copies); run 'lafs-backup copy --to-url URL'")
-
-    # -- threads --------------------------------------------------------------------------------
-    async def in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run blocking work off the reactor thread, so signals, timers and the manhole stay live
-        (inline when the injected reactor has no threads, as a test's memory reactor)."""
-        from twisted.internet.interfaces import IReactorThreads
-        from twisted.internet.threads import deferToThreadPool
-
-        if not IReactorThreads.providedBy(self.reactor):
-            return fn(*args)
-        return await deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
-
-    def threadsafe(self, fn: Callable[..., None]) -> Callable[..., None]:
-        """``fn``, called on the reactor thread whoever calls it (a reporter method, from a thread)."""
-        from twisted.internet.interfaces import IReactorThreads
-
-        if not IReactorThreads.providedBy(self.reactor):
-            return fn
-
-        def call(*args: Any) -> None:
-            self.reactor.callFromThread(fn, *args)
-        return call
-
 
 def key_path_for(url: str | None) -> str:
     """Where this machine keeps the recovery key of the repository on the grid behind gateway ``url``
@@ -389,7 +341,7 @@ def read_key_arg(arg: str, what: str) -> Any:
     """A recovery key given as the key itself, a file holding it, or - (stdin)."""
     import sys
 
-    from ..repository import KEY_PREFIX, RepoKey
+    from .repository import KEY_PREFIX, RepoKey
 
     if arg == "-":
         text = sys.stdin.readline()
@@ -401,21 +353,10 @@ def read_key_arg(arg: str, what: str) -> Any:
 
 
 def _read_key(path: str, what: str) -> str:
-    from ..errors import UsageError
+    from .errors import UsageError
 
     try:
         with open(path, encoding="utf-8") as f:
             return f.readline()
     except OSError as e:
         raise UsageError(f"cannot read the recovery key from {what} ({path}): {e.strerror}") from None
-
-
-def backup_json(b: Backup, floors: dict[str, float] | None = None) -> dict[str, Any]:
-    """A backup as ``list --json`` and the reports show it."""
-    floor = (floors or {}).get(b.id)
-    return {"id": b.short_id, "generation": b.generation, "time": iso(b.ts), "timestamp": b.ts,
-            "host": b.host, "source": b.source_text, "name": b.name, "cap": b.cap, "tags": list(b.tags),
-            "last_check": iso(b.ts_check) if b.ts_check else None,
-            "leases_renewed": iso(b.ts_lease) if b.ts_lease else None,
-            "leases_end": iso(floor + history.LEASE_DAYS * 86400) if floor is not None else None,
-            "copies": list(b.copies), "original": b.original}

@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..store.snapshot import Hit
+from .snapshot import Hit
 
 UNCHANGED = "unchanged"
 READ = "read"

@@ -1,4 +1,4 @@
-"""``backup --dry-run``: walk the source and plan every file against the cache; write nothing.
+"""A dry run of a backup (``backup --dry-run``): walk the source and plan every file against the cache; write nothing.
 
 Phase one runs as usual, but into no queue file (an existing queue stays as
 it is).  Each file is then put to the planner as phase two would: a stat
@@ -11,7 +11,6 @@ anything, so a dry run works with the grid down.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import os
@@ -21,13 +20,15 @@ from types import SimpleNamespace
 from typing import Any
 
 from .. import cache as cache_mod
-from ..backup import plan
+from ..store import plan
 from ..backup.select import Selection
 from ..backup.source import Source
+from ..config import Config
 from ..log import NOISE
-from ..report import _size
-from ..store.snapshot import LIT_MAX, content_key, file_key
-from .context import Context, outcome
+from ..report import _size, outcome
+from ..caps import LIT_MAX
+from ..store.snapshot import content_key, file_key
+from .runtime import Runtime
 
 _CHUNK = 1 << 20
 
@@ -53,13 +54,14 @@ class Plan:
     to_upload: list[str] = field(default_factory=list)
 
 
-async def dry_run(ctx: Context, ns: argparse.Namespace, source: Source, sel: Selection) -> int:
-    rep = ctx.reporter
-    conf = ctx.config
+async def dry_run(rt: Runtime, conf: Config, source: Source, sel: Selection, mode: str,
+                  where: tuple[str, str | None] | None) -> int:
+    """Walk and plan every file; report what a backup would do and return the exit code.
+    ``where``: the entry cache's path and gateway URL (None: there is no cache yet)."""
+    rep = rt.reporter
     plain = conf.destination.pack_max_file_size == 0
-    where = await _cache_place(ctx)
     stop = threading.Event()
-    warn, note = ctx.threadsafe(rep.warn), ctx.threadsafe(rep.note_once)
+    warn, note = rt.threadsafe(rep.warn), rt.threadsafe(rep.note_once)
     p = Plan()
     noise = not rep.json_mode and logging.getLogger().isEnabledFor(NOISE)
 
@@ -85,10 +87,10 @@ async def dry_run(ctx: Context, ns: argparse.Namespace, source: Source, sel: Sel
             elif e.kind != "f":
                 p.specials += 1
             else:
-                _plan_file(p, e, cache, source, ns.mode, plain, seen, warn, noise)
+                _plan_file(p, e, cache, source, mode, plain, seen, warn, noise)
 
     try:
-        await ctx.in_thread(work)
+        await rt.in_thread(work)
     finally:
         stop.set()
         rep.excluded(sel.excluded.counts)
@@ -173,15 +175,3 @@ def _hash(source: Source, rel: bytes, warn: Any) -> bytes | None:
         return None
     finally:
         f.close()
-
-
-async def _cache_place(ctx: Context) -> tuple[str, str | None] | None:
-    """Where the entry cache is, and its gateway, found without asking the gateway anything
-    (None: there is no cache yet)."""
-    from ..config import gateway_base
-
-    path = await ctx.cache_path()
-    if not os.path.exists(path):
-        return None
-    url = ctx.config.destination.url
-    return path, (gateway_base(url) if url else None)

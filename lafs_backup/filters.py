@@ -1,12 +1,18 @@
-"""Include/exclude rules: ordered '+regex'/'-regex' patterns searched in '/'-rooted relative paths."""
+"""What a backup leaves out, as the user writes it (pure): include/exclude rules (ordered '+regex'/'-regex'
+patterns searched in '/'-rooted relative paths), and the values of the exclusion options (sizes, marker files).
+
+The configuration compiles them once (``config.py``); phase one (``backup/select.py``, ``backup/scan.py``)
+and ``diff`` (``read/diff.py``) apply them.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from ..errors import FilterError
+from .errors import FilterError, UsageError
 
 
 @dataclass(frozen=True)
@@ -70,3 +76,29 @@ def compile_rules(rules: Iterable[object], source: str = "filter") -> Filter:
 
 def compile_from_config(rules: Sequence[object]) -> Filter:
     return compile_rules(rules, "configuration key 'filter'")
+
+
+# -- the values of the exclusion options ---------------------------------------------------------
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.I)
+
+
+def parse_size(text: str | int, what: str = "--exclude-larger-than") -> int:
+    """``500M``, ``2G``, ``1.5GiB``, ``4096``: bytes (units are powers of 1024)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise UsageError(f"{what}: a size cannot be negative")
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise UsageError(f"{what}: {text!r} is not a size (a number with an optional unit K, M, G or T: "
+                         "'500M', '2G')")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def parse_if_present(text: str) -> tuple[bytes, bytes | None]:
+    """``NAME`` or ``NAME:HEADER``: the marker file, and what it must start with."""
+    name, sep, header = text.partition(":")
+    if not name or "/" in name or name in (".", ".."):
+        raise UsageError(f"--exclude-if-present: {text!r} does not start with a file name")
+    return os.fsencode(name), (header.encode("utf-8", "surrogateescape") if sep else None)

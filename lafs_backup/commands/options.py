@@ -1,0 +1,33 @@
+"""Options that several verbs share: which backups a command means, and what a backup selects."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def which(p: argparse.ArgumentParser, what: str = "backups") -> None:
+    """--source, --host and --tag: which source's backups a 'latest' (or a listing) means."""
+    p.add_argument("--source", metavar="PATH",
+                   help=f"only {what} of this source directory (default for 'latest': source.path)")
+    p.add_argument("--host", metavar="NAME", help=f"only {what} made on this host")
+    p.add_argument("--tag", action="append", metavar="TAG", help=f"only {what} with this tag (repeatable: all of them)")
+
+
+def selection(p: argparse.ArgumentParser) -> None:
+    """The selection options of ``backup`` and ``watch``."""
+    sel = p.add_argument_group("what to back up (each adds to its source.* configuration key)")
+    sel.add_argument("-x", "--one-file-system", action="store_true", default=None,
+                     help="never cross a mount point (the mount point directory itself is recorded)")
+    sel.add_argument("--exclude-caches", action="store_true", default=None,
+                     help="skip the contents of directories holding a valid CACHEDIR.TAG (keeping the tag)")
+    sel.add_argument("--exclude-if-present", action="append", metavar="NAME[:HEADER]",
+                     help="skip directories holding a file NAME (that starts with HEADER) (repeatable)")
+    sel.add_argument("--exclude-larger-than", metavar="SIZE", help="skip files larger than SIZE ('500M', '2G')")
+    sel.add_argument("--files-from", action="append", metavar="FILE",
+                     help="back up exactly the paths listed in FILE, one a line ('#' comments, globs) (repeatable)")
+    sel.add_argument("--files-from-verbatim", action="append", metavar="FILE",
+                     help="the same, each line taken exactly (repeatable)")
+    sel.add_argument("--files-from-raw", action="append", metavar="FILE",
+                     help="the same, NUL-separated, each path taken exactly (repeatable)")
+    sel.add_argument("--git-ignore", action="store_true", default=None,
+                     help="honour .gitignore files as well as .lafsbackupignore")

@@ -1,0 +1,44 @@
+"""Which backups a command's arguments name: by cap, id, generation number or 'latest', narrowed by
+--source, --host and --tag ('latest' defaults to ``source.path``'s backups)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .. import history
+from ..backup.source import recorded_as
+from ..history import Backup
+from ..resources import Opener
+
+
+def latest_of(o: Opener, source: str | None) -> bytes | None:
+    """The source a ``latest`` refers to: the one given, else ``source.path``, else any."""
+    return recorded_as(source or o.config.source.path)
+
+
+def choose(o: Opener, everything: list[Backup], refs: Sequence[str], source: str | None = None,
+           host: str | None = None, tags: Sequence[str] | None = None) -> list[Backup]:
+    """Backups named by ``refs``; all of them (of ``source``, ``host``, ``tags``) when there are none."""
+    return history.choose(everything, refs, recorded_as(source), latest_of(o, source), host, tags or ())
+
+
+async def resolve(o: Opener, ref: str, source: str | None = None, host: str | None = None,
+                  tags: Sequence[str] | None = None) -> str:
+    """The cap a SNAPSHOT argument names (a cap needs no record)."""
+    if ref.startswith("URI:"):
+        return ref
+    return history.resolve(await o.backups(), ref, latest_of(o, source), host, tags or ()).cap
+
+
+def advise(o: Opener, backups: list[Backup], leases: bool = True, copies: bool = True) -> None:
+    """Say what the user should act on about ``backups``: leases that may end within a week, and
+    backups held by fewer grids than ``destination.copies`` asks."""
+    import time
+
+    rep, dest = o.rt.reporter, o.config.destination
+    said = history.expiring_warning(backups, time.time(), dest.lease_days) if leases else None
+    if said:
+        rep.advise("leases", said)
+    said = history.copies_warning(backups, dest.copies) if copies else None
+    if said:
+        rep.advise("copies", said)

@@ -1,0 +1,115 @@
+"""Forgetting backups: which ones (named, or those a retention policy does not keep, per group),
+and the forgetting itself: the repository's records, the result links and lines, the cache rows.
+Nothing is deleted from the grid: the forgotten backups' leases simply stop being renewed."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from .. import history
+from ..backup.record import remove_result_line
+from ..cache import EntryCache
+from ..errors import SnapshotError, UsageError
+from ..history import Backup
+from ..upkeep.retention import Policy, decide
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """What a cleanup decided: why each forgotten backup goes (id -> why), and why others stay."""
+
+    reasons: dict[int, str]
+    kept: dict[int, list[str]]
+
+    def split(self, everything: list[Backup]) -> tuple[list[Backup], list[Backup]]:
+        """(forget, keep), in the order of ``everything``."""
+        return ([b for b in everything if b.id in self.reasons], [b for b in everything if b.id not in self.reasons])
+
+
+def by_policy(everything: list[Backup], policy: Policy, group_by: tuple[str, ...], scope: list[Backup],
+              wanted: bytes | None, now: float, future: Callable[[Backup], None]) -> Verdicts:
+    """What ``policy`` keeps of ``scope``, in each group (by default: each source on each host keeps
+    its own, so a source's newest backup is never forgotten because another source has a newer
+    one; a glob source, dated snapshot directories, is one source).  ``future`` is told of each
+    backup stamped in the future (kept, and not used to expire others)."""
+    reasons: dict[int, str] = {}
+    kept: dict[int, list[str]] = {}
+    pattern = os.fsdecode(wanted) if wanted is not None and glob.has_magic(wanted) else None
+    for key, members in history.groups(scope, group_by, pattern).items():
+        d = decide([(b.id, b.ts) for b in members], policy, now)
+        label = " on ".join(reversed(key)) if key else ""
+        for i in d.future:
+            future(next(x for x in members if x.id == i))
+        reasons.update({i: "not kept by the policy" + (f" for {label}" if label else "") for i in d.forget})
+        kept.update(d.keep)
+    return Verdicts(reasons, kept)
+
+
+def by_name(everything: list[Backup], chosen: list[Backup], generations: Sequence[int], up_to: bool,
+            group_by: tuple[str, ...]) -> Verdicts:
+    """The backups named (and, with ``up_to``, every older one of the same group)."""
+    chosen = list(chosen)
+    for g in generations:
+        found = [b for b in everything if b.generation == g]
+        if not found:
+            raise SnapshotError(what=str(g), problem="no backup of that generation is recorded")
+        chosen += found
+    if not chosen:
+        raise UsageError("nothing to forget: name backups (caps or generations, -g) or give a --keep-* policy")
+    reasons = {b.id: "named" for b in chosen}
+    if up_to:
+        for b in chosen:
+            same = history.group_key(b, group_by)
+            for other in everything:
+                if other.ts <= b.ts and history.group_key(other, group_by) == same:
+                    reasons.setdefault(other.id, "older than a named backup (--up-to)")
+    return Verdicts(reasons, {})
+
+
+async def forget(forgotten: list[Backup], cache: EntryCache, repo: Any, gw: Any) -> int:
+    """Forget ``forgotten``: their repository records (``repo``: None, none), result links (through
+    ``gw``) and lines, and the cache rows no kept backup uses; returns the rows deleted."""
+    from ..repository import Record
+
+    if repo is not None:
+        await repo.forget([Record(b.cap, b.host or "", b.source, b.ts, b.generation, b.tags, b.summary,
+                                  writer=b.writer, name=b.record) for b in forgotten if b.writer and b.record])
+    for b in forgotten:
+        if b.link_dir and b.link_name:
+            await gw.unlink(b.link_dir, b.link_name)
+        if b.result_file:
+            remove_result_line(b.result_file, b.cap)
+    return int(cache.forget([b.row for b in forgotten if b.row is not None]))
+
+
+async def only_theirs(gw: Any, forgotten: list[Backup], kept: list[Backup]) -> list[str]:
+    """The storage indexes reachable only from the forgotten backups, sorted."""
+    gone: set[str] = set()
+    for b in forgotten:
+        gone |= await storage_indexes(gw, b.cap)
+    for b in kept:
+        gone -= await storage_indexes(gw, b.cap)
+    return sorted(gone)
+
+
+async def storage_indexes(gw: Any, cap: str) -> set[str]:
+    """Storage indexes of every object reachable from ``cap`` (LIT objects have none)."""
+    out: set[str] = set()
+    buf = [b""]
+
+    def sink(chunk: bytes) -> None:
+        buf[0] += chunk
+        *lines, buf[0] = buf[0].split(b"\n")
+        for line in lines:
+            if line.startswith(b"{"):
+                si = json.loads(line).get("storage-index")
+                if si:
+                    out.add(si)
+
+    await gw.stream_manifest(cap, sink)
+    sink(b"\n")
+    return out

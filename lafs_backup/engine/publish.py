@@ -1,0 +1,94 @@
+"""After the upload: a finished backup is recorded (the result link and file, the cache row), published
+into the repository, and a new entry cache is filled from the newest recorded backup."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Any, Awaitable, Callable
+
+from .. import history
+from ..backup.record import append_result, link_into
+from ..cache import EntryCache
+from ..config import ResultConfig
+from ..errors import GatewayError, GridError
+from ..history import Backup, iso
+from ..report import Reporter
+from ..system.places import this_host
+
+log = logging.getLogger(__name__)
+
+
+async def record_backup(rep: Reporter, result: ResultConfig, cache: EntryCache, gw: Any, gen: int, snap: str,
+                        source: bytes, host: str, tags: tuple[str, ...]) -> Backup:
+    """Record a finished backup: the link, the result file, and (made durable) the cache row."""
+    ts = time.time()
+    lname = await link_into(gw, result.append_to_lafs_dir, source, ts, snap) if result.append_to_lafs_dir else None
+    result_file = result.append_to_file
+    if result_file:
+        try:
+            append_result(result_file, ts, source, snap)
+        except OSError as e:  # the backup is complete on the grid: record it all the same
+            rep.warn(result_file, f"the result line could not be appended ({e.strerror}); the "
+                                  "backup is recorded in the entry cache ('lafs-backup list')")
+            result_file = None
+    st = rep.stats
+    summary = {k: getattr(st, k) for k in ("files", "files_new", "files_changed", "files_unchanged", "dirs",
+                                           "symlinks", "bytes_read", "bytes_uploaded", "packs", "warnings")}
+    return cache.record_backup(gen, snap, source, os.path.basename(source).decode("utf-8", "replace"),
+                               ts, result.append_to_lafs_dir, lname, result_file, host, tags, summary)
+
+
+async def publish(rep: Reporter, repo: Any, cache: EntryCache) -> None:
+    """Record in the repository every backup of this cache it does not hold yet (this one, and any a
+    run before could not record there)."""
+    from ..repository import Record
+
+    for b in cache.backups():
+        if b.record or b.row is None:
+            continue
+        try:
+            placed = await repo.add(Record(b.cap, b.host or this_host(), b.source, b.ts, b.generation, b.tags,
+                                           b.summary))
+        except (GatewayError, GridError) as e:
+            rep.warn("repository", f"the backup is not recorded in the repository yet ({e.message}); it "
+                                   "is kept in the local cache, and the next backup records it there")
+            return
+        cache.set_recorded(b.row, placed.writer, placed.name)
+
+
+async def rebuild_cache(rep: Reporter, everything: list[Backup], gw: Any, cache: EntryCache, gen: int,
+                        source: bytes, host: str) -> None:
+    """A new cache (a new machine, or one set aside): fill it from the newest recorded backup of this
+    source, so that what is stored already is not uploaded again."""
+    from ..backup.rebuild import Rebuilder
+    from ..read.reader import Reader
+
+    mine = history.matching(everything, source, host) or history.matching(everything, source)
+    if not mine:
+        return
+    newest = mine[-1]
+    t0 = time.monotonic()
+    rows = await Rebuilder(Reader(gw), cache, gen).snapshot(newest.cap)
+    rep.note_once("rebuilt", f"the entry cache was rebuilt from the backup of {iso(newest.ts)} "
+                             f"({rows} rows in {time.monotonic() - t0:.1f}s): content already stored is "
+                             "not uploaded again")
+
+
+async def unhappy(gw: Any, e: GatewayError, happy: Callable[[Any], Awaitable[int]]) -> GridError:
+    """Say why the grid refused an upload: usually storage servers are missing (``happy``: how many
+    the grid asks for, when its answer does not say)."""
+    asked = re.search(r"asked to place shares on at least (\d+) server", e.body)
+    after = "Nothing was recorded; what was uploaded is kept, so a rerun continues from there."
+    try:
+        have = len(await gw.connected_servers())
+    except GatewayError as g:
+        return GridError(problem=f"the grid refused an upload (UploadUnhappinessError) and the gateway "
+                                 f"no longer answers ({g.reason or g}). {after}")
+    want = int(asked.group(1)) if asked else await happy(gw)
+    if have < want:
+        return GridError(problem=f"only {have} of {want} required storage servers connected: the grid "
+                                 f"refused an upload (UploadUnhappinessError). {after}")
+    return GridError(problem=f"{e}. {after}")
