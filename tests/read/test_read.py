@@ -16,7 +16,7 @@ from lafs_backup.read.verify import Verifier
 from lafs_backup.report import Reporter
 from lafs_backup.encoding import compile_rules
 from lafs_backup.store.snapshot import Node
-from test_upload import run, tree
+from builders import run, tree
 from treecompare import differences
 
 
@@ -75,7 +75,7 @@ async def test_reader_decodes_compressed_members_and_checks_them(tmp_path):
     root.mkdir()
     (root / "notes.txt").write_bytes(b"compress me " * 5000)
     gw, cache = FakeGateway(), FakeCache()
-    from test_upload import uploader
+    from builders import uploader
     from lafs_backup.filters import compile_rules as flt
 
     up, src = uploader(root, gw, cache)

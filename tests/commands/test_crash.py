@@ -3,7 +3,6 @@ file (or to the terminal with --debug).  Only Ctrl-C exits 130."""
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 import sys

@@ -110,7 +110,7 @@ def test_the_trees_file_round_trips_any_path_and_refuses_what_it_cannot_trust(tm
 
 # -- the uploader, over fakes -----------------------------------------------------------------------
 async def _upload(src: Path, gw, cache, tmp_path: Path, trees: settled.Trees | None = None):
-    from test_upload import uploader
+    from builders import uploader
 
     from lafs_backup.read.reader import Reader
 
@@ -141,7 +141,7 @@ async def _upload(src: Path, gw, cache, tmp_path: Path, trees: settled.Trees | N
 @pytest_twisted.ensureDeferred
 async def test_kept_subtrees_make_the_very_snapshot_and_index_a_full_decision_makes(tmp_path):
     from fakes import FakeCache, FakeGateway
-    from test_upload import tree
+    from builders import tree
 
     src = tree(tmp_path / "src", dirs=4, files=6)
     gw, cache = FakeGateway(), FakeCache()
@@ -169,7 +169,7 @@ async def test_kept_subtrees_make_the_very_snapshot_and_index_a_full_decision_ma
 async def test_a_directory_with_an_entry_that_was_not_stored_is_not_listed_so_the_next_backup_retries(
         tmp_path, monkeypatch):
     from fakes import FakeCache, FakeGateway
-    from test_upload import tree, uploader
+    from builders import tree, uploader
 
     src = tree(tmp_path / "src", dirs=3, files=2)
     gw, cache = FakeGateway(), FakeCache()

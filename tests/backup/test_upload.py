@@ -7,8 +7,8 @@ import json
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 
+from builders import run, tree, uploader
 from fakes import FakeCache, FakeGateway
 from lafs_backup.filters import compile_rules
 from lafs_backup.backup.source import LocalSource
@@ -16,31 +16,6 @@ from lafs_backup.backup.upload import Budget, Settings, Uploader
 from lafs_backup.errors import GatewayError
 from lafs_backup.report import Reporter
 from lafs_backup.store.store import Store, StoreSettings
-
-
-def tree(root, dirs=3, files=4):
-    for d in range(dirs):
-        sub = root / f"d{d}" / "deeper"
-        sub.mkdir(parents=True)
-        for f in range(files):
-            (sub / f"f{f}.txt").write_text(f"file {d}/{f} " * 20)
-            (root / f"d{d}" / f"g{f}.txt").write_text(f"other {d}/{f} " * 30)
-    (root / "link").symlink_to("d0")
-    return root
-
-
-def uploader(root, gw, cache, window=4000):
-    src = LocalSource(bytes(root))
-    store = Store(gw, cache, 1, StoreSettings(pack_target_size=1 << 16), Reporter().stats, clock=None)
-    rep = Reporter()
-    store.stats = rep.stats
-    return Uploader(src, store, cache, 1, rep, Settings(window=window), clock=Clock()), src
-
-
-async def run(root, gw, cache, **kw):
-    up, src = uploader(root, gw, cache, **kw)
-    entries = list(src.walk(compile_rules([]), lambda p, m: None, lambda k, m: None))
-    return await up.run(entries), up
 
 
 @pytest_twisted.ensureDeferred

@@ -327,7 +327,7 @@ def test_verify_checks_the_index_against_the_directories(scale, grid):
 @pytest_twisted.ensureDeferred
 async def test_records_waiting_for_their_turn_spill_to_a_file_and_the_index_is_whole(tmp_path, monkeypatch):
     from fakes import FakeCache, FakeGateway
-    from test_upload import run, tree
+    from builders import run, tree
 
     from lafs_backup.backup import upload
     from lafs_backup.read.reader import Reader
@@ -395,7 +395,7 @@ async def test_ls_from_names_escapes_a_path_as_it_always_did_whatever_its_names(
     """A path with a character that cannot be printed is escaped whole (every component), as ls
     wrote it from the directories' bodies."""
     from fakes import FakeCache, FakeGateway
-    from test_upload import run
+    from builders import run
 
     from lafs_backup.commands.ls import names_walk, shown
     from lafs_backup.read.browse import Browser

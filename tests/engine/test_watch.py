@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, make_tree, restored_ok, run_cli
+from conftest import ROOT, cli_env, make_tree, restored_ok, run_cli
 from faultproxy import FaultProxy
 from treecompare import differences
 
@@ -215,7 +215,7 @@ def test_the_shipped_unit_runs_watch_and_counts_sigterm_as_success():
 
     from lafs_backup.cli import build_parser
 
-    unit = (Path(__file__).resolve().parent.parent / "config" / "lafs-backup-watch.service").read_text()
+    unit = (ROOT / "config" / "lafs-backup-watch.service").read_text()
     (line,) = [x for x in unit.splitlines() if x.startswith("ExecStart=")]
     ns = build_parser().parse_args(shlex.split(line.partition("=")[2])[1:])
     assert ns.command == "watch"

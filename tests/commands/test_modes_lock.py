@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import cli_env, make_tree
+from conftest import ROOT, cli_env, make_tree
 from lafs_backup.store.snapshot import file_key
 
 
@@ -66,7 +66,7 @@ def test_second_run_is_refused_and_a_stale_lock_is_taken_over(lb, grid, home, tm
          "import sys, time; sys.path.insert(0, sys.argv[2]);"
          "from lafs_backup.system.lock import CacheLock;"
          "l = CacheLock(sys.argv[1], None); l.acquire(); print('held', flush=True); time.sleep(60)",
-         str(lock), str(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))],
+         str(lock), str(ROOT)],
         stdout=subprocess.PIPE, env=cli_env(home))
     try:
         assert holder.stdout.readline().strip() == b"held"
@@ -131,9 +131,8 @@ def test_the_shipped_timers_firing_together_run_one_after_the_other(lb, grid, ho
     """After downtime, Persistent=true timers start the backup, check and cleanup units at once;
     the units wait for the lock (as config/*.service do), so all three succeed."""
     import re
-    from pathlib import Path
 
-    units = Path(__file__).resolve().parent.parent / "config"
+    units = ROOT / "config"
     waits = {}
     for name in ("lafs-backup.service", "lafs-backup-check.service", "lafs-backup-cleanup.service"):
         m = re.search(r"--wait-lock (\d+)", (units / name).read_text())
