@@ -9,7 +9,7 @@ import sys
 import traceback
 from typing import Any, Sequence
 
-from . import __version__
+from . import arguments
 from . import config as cfg
 from . import log as logsetup
 from .errors import ExitCode, LafsBackupError, UsageError
@@ -17,66 +17,18 @@ from .errors import ExitCode, LafsBackupError, UsageError
 log = logging.getLogger(__name__)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def _common() -> argparse.ArgumentParser:
-    # Accepted before or after the command; SUPPRESS keeps a subcommand's
-    # absent option from resetting one given before it.
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("-c", "--config", action="append", metavar="FILE", default=argparse.SUPPRESS,
-                   help="YAML file layered over the base config (repeatable; later files win)")
-    p.add_argument("-o", "--set", action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
-                   help="override one config key, e.g. -o operation.jobs=4 (wins over files)")
-    p.add_argument("--url", default=argparse.SUPPRESS, metavar="URL",
-                   help="gateway URL (destination.url); default: the embedded local grid")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="log at DEBUG level")
-    p.add_argument("--noise", action="store_true", default=argparse.SUPPRESS,
-                   help="log every path (below DEBUG)")
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                   help="machine-readable output (JSON lines)")
-    p.add_argument("--repo", metavar="KEY|FILE|-", default=argparse.SUPPRESS,
-                   help="the repository's recovery key: the key itself, a file holding it, or - to read it "
-                        "from stdin (also LAFS_BACKUP_REPO, or repository.key_file; default: this machine's)")
-    p.add_argument("--wait-lock", type=float, metavar="SECONDS", default=argparse.SUPPRESS,
-                   help="wait up to SECONDS for another run holding the entry cache's lock "
-                        "(operation.lock_wait; default: exit at once with code 5)")
-    return p
-
-
-def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
-    """The whole command line; with ``verb``, only that command's arguments are declared (the others
-    are listed by name and help alone, and their modules are not imported)."""
-    import importlib
-
-    from .commands import COMMANDS
-
-    common = _common()
-    p = _Parser(prog="lafs-backup", parents=[common],
-                description="Incremental, deduplicated backups to a Tahoe-LAFS grid.")
-    p.add_argument("--version", action="version", version=f"lafs-backup {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name, (module, summary) in COMMANDS.items():
-        sp = sub.add_parser(name, parents=[common], help=summary)
-        if verb is None or verb == name:
-            importlib.import_module(f".commands.{module}", __package__).arguments(sp)
-    return p
-
-
-def _verb(argv: Sequence[str]) -> str | None:
-    """The command ``argv`` names, found before the whole parser is built (None: none, or unknown)."""
-    from .commands import COMMANDS
-
-    pre = argparse.ArgumentParser(add_help=False, parents=[_common()])
-    pre.add_argument("command", nargs="?")
-    pre.add_argument("rest", nargs=argparse.REMAINDER)
-    try:
-        ns, _ = pre.parse_known_args(list(argv))
-    except SystemExit:
-        return None
-    return ns.command if ns.command in COMMANDS else None
+def _level(ns: argparse.Namespace, configured: str) -> str:
+    """The log level: --noise, --debug or -vv, -v, -q, else ``logging.level``."""
+    verbose = getattr(ns, "verbose", 0)
+    if getattr(ns, "noise", False):
+        return "noise"
+    if getattr(ns, "debug", False) or verbose >= 2:
+        return "debug"
+    if verbose == 1:
+        return "info"
+    if getattr(ns, "quiet", False):
+        return "error"
+    return configured
 
 
 def _overrides(ns: argparse.Namespace) -> list[tuple[str, Any]]:
@@ -181,15 +133,11 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
         from .resources import Opener
         from .system.places import state_dir
 
-        ns = build_parser(_verb(argv)).parse_args(list(argv))
-        if not ns.command:
-            raise UsageError("lafs-backup: a command is required (backup, restore, list, check, verify, grid, "
-                             "dump-config); see --help")
+        ns = arguments.parse(argv)
         config = cfg.load(getattr(ns, "config", []), _overrides(ns))
-        level = "noise" if getattr(ns, "noise", False) else "debug" if getattr(ns, "debug", False) else (
-            config.log_level)
-        logsetup.setup(level, insecure=config.debug_requests, stream=rep.err)
+        logsetup.setup(_level(ns, config.log_level), insecure=config.debug_requests, stream=rep.err)
         rep.json_mode = getattr(ns, "json", False)
+        rep.quiet = bool(getattr(ns, "quiet", False))
         opener = Opener(config, Runtime(reactor, rep, Operation(ns.command, rep)), repo_arg=getattr(ns, "repo", None))
         if ns.command not in _WITH_MANHOLE:
             return await _dispatch(opener, ns)
@@ -314,15 +262,15 @@ def _main(args: list[str], say: Any) -> int:
     from twisted.internet import defer, task
 
     if not args:
-        say(build_parser("").format_help() + "\nlafs-backup: a command is required")
+        say(arguments.top_parser().format_help() + "\nlafs-backup: error: a command is required")
         return int(ExitCode.USAGE)
-    if args in (["-h"], ["--help"]) or "--version" in args:
+    if arguments.find_verb(args) is None:  # --help, --version or a mistake: no reactor needed
         try:
-            build_parser("").parse_args(args)
+            arguments.parse(args)
         except SystemExit as e:
             return int(e.code or 0)
         except UsageError as e:
-            say(e.message)
+            say(f"lafs-backup: error: {e.message}")
             return int(ExitCode.USAGE)
     stopper = Stopper(say)
     # Stays INTERRUPTED only if the reactor stopped before the command returned.

@@ -65,6 +65,8 @@ class Reporter:
     def __init__(self, json_mode: bool = False, out: IO[str] | None = None, err: IO[str] | None = None,
                  now: Callable[[], float] = time.monotonic) -> None:
         self.json_mode = json_mode
+        #: -q: no progress, information or summary; warnings, problems and errors still.
+        self.quiet = False
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.stats = Stats()
@@ -122,8 +124,8 @@ class Reporter:
             print(f"note: {message}", file=self.err)
 
     def info(self, message: str) -> None:
-        """A line for the user on stderr, in text mode only (JSON mode has its records)."""
-        if not self.json_mode:
+        """A line for the user on stderr, in text mode only (JSON mode has its records; -q says none)."""
+        if not self.json_mode and not self.quiet:
             print(message, file=self.err)
 
     def say(self, message: str) -> None:
@@ -194,7 +196,8 @@ class Reporter:
                 lines.append(f"  warnings: {s.warnings} (entries skipped or incomplete; see above)")
             if s.problems:
                 lines.append(f"  problems: {s.problems} (see above)")
-            print("\n".join(lines), file=self.err)
+            if not self.quiet:
+                print("\n".join(lines), file=self.err)
         return summary
 
 
@@ -235,7 +238,7 @@ class Progress:
 
     @property
     def enabled(self) -> bool:
-        return self.rep.json_mode or _isatty(self.rep.err)
+        return self.rep.json_mode or (_isatty(self.rep.err) and not self.rep.quiet)
 
     def start(self) -> None:
         if not self.enabled:

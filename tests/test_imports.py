@@ -59,7 +59,8 @@ LAYERS: dict[str, set[str]] = {
     "resources": {"engine/runtime", "cache", "config", "grid", "history", "repository", "report", "system"} | GROUND,
     "commands": {"commands", "resources", "engine", "backup", "read", "store", "cache", "history", "repository",
                  "report", "config", "system", "grid", "upkeep"} | GROUND,
-    "cli": {"commands", "resources", "engine", "manhole", "report", "config", "system", "__version__"} | GROUND,
+    "arguments": {"commands", "__version__"} | GROUND,
+    "cli": {"arguments", "commands", "resources", "engine", "manhole", "report", "config", "system"} | GROUND,
     "__main__": {"cli"},
 }
 #: Names from the package itself (``lafs_backup/__init__.py``, which imports nothing).

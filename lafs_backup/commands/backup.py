@@ -15,6 +15,10 @@ from ..system.places import this_host
 from . import options
 
 
+#: The example ``--help`` shows.
+EXAMPLE = 'lafs-backup backup ~/Documents'
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``backup``."""
     p.add_argument("source", nargs="?", help="directory to back up (default: source.path)")

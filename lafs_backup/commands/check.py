@@ -16,6 +16,10 @@ from .which import advise, choose
 from . import options
 
 
+#: The example ``--help`` shows.
+EXAMPLE = 'lafs-backup check --least-recently-checked'
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``check``."""
     p.add_argument("backups", nargs="*", metavar="BACKUP", help="caps or generation numbers (default: all)")

@@ -18,6 +18,10 @@ from ..upkeep.retention import Policy, parse_duration
 from . import options, which
 
 
+#: The example ``--help`` shows.
+EXAMPLE = 'lafs-backup cleanup --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --dry-run'
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``cleanup``."""
     p.add_argument("backups", nargs="*", metavar="BACKUP", help="caps or generation numbers to forget")

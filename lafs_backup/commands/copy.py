@@ -11,6 +11,10 @@ from .which import choose
 from . import options
 
 
+#: The example ``--help`` shows.
+EXAMPLE = 'lafs-backup copy --to-url http://127.0.0.1:3457/'
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``copy``."""
     p.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="only these backups (default: all)")

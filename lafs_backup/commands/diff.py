@@ -15,6 +15,10 @@ from .which import latest_of, resolve
 from . import options
 
 
+#: The example ``--help`` shows.
+EXAMPLE = 'lafs-backup diff latest --live'
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``diff``."""
     p.add_argument("a", metavar="SNAPSHOT", help="a cap, a generation number, or 'latest'")

@@ -16,6 +16,10 @@ from .which import resolve
 from . import options
 
 
+#: The example ``--help`` shows.
+EXAMPLE = 'lafs-backup dump latest notes/todo.txt > todo.txt'
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``dump``."""
     p.add_argument("snapshot", help="a snapshot cap, a generation number, an id, or 'latest'")

@@ -9,6 +9,10 @@ from ..errors import ExitCode
 from ..resources import Opener
 
 
+#: The example ``--help`` shows.
+EXAMPLE = 'lafs-backup -c ~/.config/lafs-backup/config.yaml dump-config'
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``dump-config``."""
 

@@ -14,6 +14,10 @@ from .which import choose
 from . import options
 
 
+#: The example ``--help`` shows.
+EXAMPLE = "lafs-backup find '*.pdf'"
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``find``."""
     p.add_argument("pattern", help="a glob matched against names (against whole paths if it has a '/')")

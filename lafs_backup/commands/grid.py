@@ -9,6 +9,10 @@ from ..resources import Opener
 from ..system.places import data_dir
 
 
+#: The example ``--help`` shows.
+EXAMPLE = 'lafs-backup grid status'
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``grid``."""
     p.add_argument("action", choices=["up", "down", "status", "furl", "join"],

@@ -8,6 +8,10 @@ from ..errors import ExitCode
 from ..resources import Opener
 
 
+#: The example ``--help`` shows.
+EXAMPLE = 'lafs-backup init'
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``init``."""
 

@@ -8,6 +8,10 @@ from ..errors import ExitCode, UsageError
 from ..resources import Opener
 
 
+#: The example ``--help`` shows.
+EXAMPLE = 'lafs-backup key > /media/usb/lafs-backup.key'
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``key``."""
 

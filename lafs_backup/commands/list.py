@@ -14,6 +14,10 @@ from .which import advise
 from . import options
 
 
+#: The example ``--help`` shows.
+EXAMPLE = 'lafs-backup list --source ~/Documents'
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``list``."""
     options.which(p)

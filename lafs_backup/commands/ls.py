@@ -17,6 +17,10 @@ from .which import resolve
 from . import options
 
 
+#: The example ``--help`` shows.
+EXAMPLE = 'lafs-backup ls -l latest notes'
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``ls``."""
     p.add_argument("snapshot", help="a snapshot cap, a generation number, an id, or 'latest'")

@@ -20,6 +20,10 @@ from .which import choose
 from . import options
 
 
+#: The example ``--help`` shows.
+EXAMPLE = 'lafs-backup mount /mnt/backups'
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``mount``."""
     p.add_argument("mountpoint", help="an empty directory")

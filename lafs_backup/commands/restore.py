@@ -13,6 +13,10 @@ from .which import resolve
 from . import options
 
 
+#: The example ``--help`` shows.
+EXAMPLE = 'lafs-backup restore latest --source ~/Documents --target /tmp/restored notes/2026'
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``restore``."""
     p.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")

@@ -13,6 +13,10 @@ from .which import resolve
 from . import options
 
 
+#: The example ``--help`` shows.
+EXAMPLE = 'lafs-backup verify latest --sample 10'
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``verify``."""
     p.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")

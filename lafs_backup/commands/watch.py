@@ -13,6 +13,10 @@ from ..system.places import this_host
 from . import options
 
 
+#: The example ``--help`` shows.
+EXAMPLE = 'lafs-backup watch ~/Documents --settle 30'
+
+
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``watch``."""
     p.add_argument("source", nargs="?", help="directory to watch and back up (default: source.path)")

@@ -40,7 +40,7 @@ def test_options_work_after_the_command_too(tmp_path):
 
 @pytest.mark.parametrize("argv, fragment", [
     ([], "a command is required"),
-    (["frobnicate"], "invalid choice"),
+    (["frobnicate"], "is not a command"),
     (["restore", "latest"], "--target"),
     (["-o", "nokey", "dump-config"], "expected KEY=VALUE"),
     (["-o", "operation.jobs=x", "dump-config"], "operation.jobs"),

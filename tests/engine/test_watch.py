@@ -213,10 +213,10 @@ def test_sigterm_stops_a_round_and_the_next_watch_resumes(grid, home, tmp_path):
 def test_the_shipped_unit_runs_watch_and_counts_sigterm_as_success():
     import shlex
 
-    from lafs_backup.cli import build_parser
+    from lafs_backup.arguments import parse
 
     unit = (ROOT / "config" / "lafs-backup-watch.service").read_text()
     (line,) = [x for x in unit.splitlines() if x.startswith("ExecStart=")]
-    ns = build_parser().parse_args(shlex.split(line.partition("=")[2])[1:])
+    ns = parse(shlex.split(line.partition("=")[2])[1:])
     assert ns.command == "watch"
     assert "SuccessExitStatus=143" in unit and "KillSignal=SIGTERM" in unit
