@@ -22,8 +22,8 @@ from ..upkeep.retention import Policy, decide
 class Verdicts:
     """What a cleanup decided: why each forgotten backup goes (id -> why), and why others stay."""
 
-    reasons: dict[int, str]
-    kept: dict[int, list[str]]
+    reasons: dict[str, str]
+    kept: dict[str, list[str]]
 
     def split(self, everything: list[Backup]) -> tuple[list[Backup], list[Backup]]:
         """(forget, keep), in the order of ``everything``."""
@@ -36,8 +36,8 @@ def by_policy(everything: list[Backup], policy: Policy, group_by: tuple[str, ...
     its own, so a source's newest backup is never forgotten because another source has a newer
     one; a glob source, dated snapshot directories, is one source).  ``future`` is told of each
     backup stamped in the future (kept, and not used to expire others)."""
-    reasons: dict[int, str] = {}
-    kept: dict[int, list[str]] = {}
+    reasons: dict[str, str] = {}
+    kept: dict[str, list[str]] = {}
     pattern = os.fsdecode(wanted) if wanted is not None and glob.has_magic(wanted) else None
     for key, members in history.groups(scope, group_by, pattern).items():
         d = decide([(b.id, b.ts) for b in members], policy, now)
