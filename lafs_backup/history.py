@@ -137,22 +137,31 @@ def resolve(backups: Sequence[Backup], ref: str, source: bytes | None = None,
             if b.cap == ref:
                 return b
         raise SnapshotError(what="(cap)", problem="no such backup is recorded (see 'lafs-backup list')")
-    if len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref) and not ref.isdigit():
+    if "/" in ref:  # the long form of an id, as the repository records it (writer/record)
+        for b in backups:
+            if b.id == ref:
+                return b
+        raise SnapshotError(what=ref, problem="no such backup is recorded (see 'lafs-backup list')")
+    if ref.isdigit():
+        # A generation number if a backup has it; else (4 digits or more) the start of an id.
+        found = [b for b in backups if b.generation == int(ref)]
+        if found:
+            mine = [b for b in found if b.row is not None]  # generations number this machine's own backups
+            if not mine and len({(b.host, b.source) for b in found}) > 1:
+                raise UsageError(f"generation {ref} is a backup of several hosts or sources: name it by its id "
+                                 "(from 'lafs-backup list')")
+            return max(mine or found, key=lambda x: (x.ts, x.id))
+        if len(ref) < 4:
+            raise SnapshotError(what=ref, problem="no backup of that generation is recorded (see 'lafs-backup list')")
+    if len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref):
         found = [b for b in backups if b.short_id.startswith(ref)]
         if len(found) == 1:
             return found[0]
         raise SnapshotError(what=ref, problem="no such backup is recorded (see 'lafs-backup list')" if not found
                             else "several backups have an id starting so; give more of it")
-    if ref.isdigit():
-        found = [b for b in backups if b.generation == int(ref)]
-        mine = [b for b in found if b.row is not None]  # generations number this machine's own backups
-        if not found:
-            raise SnapshotError(what=ref, problem="no such backup is recorded (see 'lafs-backup list')")
-        if not mine and len({(b.host, b.source) for b in found}) > 1:
-            raise UsageError(f"generation {ref} is a backup of several hosts or sources: name it by its cap")
-        return max(mine or found, key=lambda x: (x.ts, x.id))
     if ref != "latest":
-        raise UsageError(f"a snapshot is a cap, an id (from 'list'), a generation number or 'latest', not {ref!r}")
+        raise UsageError(f"a snapshot is an id (from 'list', or the start of one), 'latest', a generation number "
+                         f"or a cap, not {ref!r}")
     candidates = matching(backups, source, host, tags)
     if not candidates:
         what = "latest" + (f" of {os.fsdecode(source)}" if source else "") + (f" on {host}" if host else "")

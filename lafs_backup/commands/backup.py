@@ -85,6 +85,8 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
         rep.info(f"copied to {url}: {summary['objects_copied']} objects, {summary['directories_made']} directories")
     if conf.destination.result.print_to_stdout and not rep.json_mode:
         rep.output(made.cap)
-    rep.finish("backup", {"cap": made.cap, "generation": made.backup.generation, "copies": copies}
+    sid = made.backup.short_id
+    rep.finish("backup", {"id": sid, "cap": made.cap, "generation": made.backup.generation, "copies": copies}
                if rep.json_mode else None)
+    rep.info(f"snapshot {sid} saved (generation {made.backup.generation})")
     return outcome(rep)

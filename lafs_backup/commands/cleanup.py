@@ -96,15 +96,15 @@ def _report(o: Opener, forget: list[Backup], keep: list[Backup], verdicts: forge
     for b in forget:
         info = backup_json(b)
         why = verdicts.reasons[b.id]
-        rep.emit(f"{'would forget' if dry_run else 'forget'}: generation {b.generation} ({info['time']}, "
-                 f"{info['source']}): {why}",
-                 {"type": "forget", "generation": b.generation, "time": info["time"], "host": b.host,
+        rep.emit(f"{'would forget' if dry_run else 'forget'}: {b.short_id} (generation {b.generation}, "
+                 f"{info['time']}, {info['source']}): {why}",
+                 {"type": "forget", "id": b.short_id, "generation": b.generation, "time": info["time"], "host": b.host,
                   "source": info["source"], "reason": why}, err=not dry_run)
     if dry_run:
         for b in keep:
             why = ", ".join(verdicts.kept.get(b.id, [])) or ("not named" if named else "not in scope")
-            rep.emit(f"keep: generation {b.generation} ({backup_json(b)['time']}): {why}",
-                     {"type": "keep", "generation": b.generation, "reason": why})
+            rep.emit(f"keep: {b.short_id} (generation {b.generation}, {backup_json(b)['time']}): {why}",
+                     {"type": "keep", "id": b.short_id, "generation": b.generation, "reason": why})
 
 
 def _write(o: Opener, text: str, to: str) -> None:

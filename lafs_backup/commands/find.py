@@ -44,12 +44,12 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
             s = seen.setdefault(item.path, [b, b, 0])
             s[0], s[2] = b, s[2] + 1  # walking newest first: the first appearance is the last one met
             if rep.json_mode:
-                rep.output(json.dumps({"type": "match", "id": b.id, "generation": b.generation, "time": iso(b.ts),
+                rep.output(json.dumps({"type": "match", "id": b.short_id, "generation": b.generation, "time": iso(b.ts),
                                        "host": b.host, "source": b.source_text, "path": item.json()["path"],
                                        "entry": item.json()}, sort_keys=True))
             else:
                 name = _printable(item.path.decode("utf-8", "surrogateescape"))
-                rep.output(f"{b.id}  {b.generation:>5}  {iso(b.ts)}  {name}{'/' if item.kind == 'd' else ''}")
+                rep.output(f"{b.short_id}  {b.generation:>5}  {iso(b.ts)}  {name}{'/' if item.kind == 'd' else ''}")
     if rep.json_mode:
         rep.output(json.dumps({"type": "summary", "matches": total, "backups": len(chosen), "paths": [
             {"path": p.decode("utf-8", "backslashreplace"), "first": iso(f.ts), "last": iso(last.ts), "backups": n}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 
@@ -68,7 +69,8 @@ def test_cleanup_forgets_exactly_the_named_backup(lb, grid, home, tmp_path):
     assert len(set(caps)) == 3
 
     r = lb("-c", str(conf), "cleanup", "-g", "1", "--dry-run", check=True)
-    assert "would forget: generation 1" in r.out and "keep: generation 3" in r.out
+    assert re.search(r"^would forget: [0-9a-f]{8} \(generation 1,", r.out, re.M)
+    assert re.search(r"^keep: [0-9a-f]{8} \(generation 3,", r.out, re.M)
     assert len(json.loads(lb("list", "--json", check=True).out)) == 3
 
     r = lb("-c", str(conf), "cleanup", "-g", "1", "-e", "-", "-n", check=True)
@@ -126,7 +128,9 @@ def test_retention_and_latest_go_by_source(lb, grid, home, tmp_path):
     assert (tmp_path / "rb" / "n.txt").read_bytes() == b"b only\n" * 10
 
     r = lb("cleanup", "--keep-last", "1", "--dry-run", check=True)
-    assert "would forget: generation 1" in r.out and "keep: generation 2" in r.out and "keep: generation 3" in r.out
+    assert re.search(r"^would forget: [0-9a-f]{8} \(generation 1,", r.out, re.M)
+    assert re.search(r"^keep: [0-9a-f]{8} \(generation 2,", r.out, re.M)
+    assert re.search(r"^keep: [0-9a-f]{8} \(generation 3,", r.out, re.M)
     lb("cleanup", "--keep-last", "1", check=True)
     left = json.loads(lb("list", "--json", check=True).out)
     assert sorted((x["source"], x["generation"]) for x in left) == [(str(a), 2), (str(b), 3)]
