@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from . import history
-from .cache import EntryCache, move_aside
 from .config import Config
+from .db.database import move_aside
+from .db.local import LocalDB
 from .engine.runtime import Runtime
 from .grid import ratelimit
 from .grid.gateway import Gateway, make_http_client
@@ -152,12 +153,12 @@ class Opener:
         url = self.config.destination.url
         return path, (gateway_base(url) if url else None)
 
-    async def cache(self, reader: bool = False) -> EntryCache:
-        """The entry cache: a writer (the caller holds :meth:`lock`), or a reader, which works
-        while another run writes."""
+    async def cache(self, reader: bool = False) -> LocalDB:
+        """The local database in the entry cache file: a writer (the caller holds :meth:`lock`), or
+        a reader, which works while another run writes."""
         url = await self.url()
         s = self.config.source
-        return EntryCache(await self.cache_path(), url, s.commit_rows, s.commit_seconds, reader=reader)
+        return LocalDB(await self.cache_path(), url, s.commit_rows, s.commit_seconds, reader=reader)
 
     async def lock(self) -> CacheLock:
         """Take the entry cache's lock, waiting up to ``operation.lock_wait`` seconds for a holder."""
@@ -168,9 +169,10 @@ class Opener:
         return lock
 
     @contextlib.asynccontextmanager
-    async def locked_cache(self, fresh: bool = False) -> AsyncIterator[EntryCache]:
-        """The entry cache as its one writer: its lock taken (see :meth:`lock`), the cache opened,
-        and both given back however the block ends (a reactor shutdown closes the cache too).
+    async def locked_cache(self, fresh: bool = False) -> AsyncIterator[LocalDB]:
+        """The local database (the entry cache file) as its one writer: its lock taken (see
+        :meth:`lock`), it opened, and both given back however the block ends (a reactor shutdown
+        closes it too).
         ``fresh``: the cache there is moved aside (under the lock) and a new one started."""
         lock = await self.lock()
         try:
@@ -299,7 +301,7 @@ class Opener:
             return self._history
         cache = await self.cache(reader=True)
         try:
-            local, checks, copies = cache.backups(), cache.checks(), cache.copies()
+            local, checks, copies = cache.history.backups(), cache.history.checks(), cache.history.copies()
         finally:
             cache.close()
         repo = await self.repository()

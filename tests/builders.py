@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
+from lafs_backup.backup.indexer import Indexer
 from lafs_backup.backup.source import LocalSource
 from lafs_backup.backup.upload import Settings, Uploader
 from lafs_backup.filters import compile_rules
@@ -22,12 +23,14 @@ def tree(root, dirs=3, files=4):
     return root
 
 
-def uploader(root, gw, cache, window=4000):
+def uploader(root, gw, cache, window=4000, **indexing):
+    """An uploader of ``root``; ``indexing``: what its indexer is given (``settled``, ``records``...)."""
     src = LocalSource(bytes(root))
     store = Store(gw, cache, 1, StoreSettings(pack_target_size=1 << 16), Reporter().stats, clock=None)
     rep = Reporter()
     store.stats = rep.stats
-    return Uploader(src, store, cache, 1, rep, Settings(window=window), clock=Clock()), src
+    return Uploader(src, store, cache, 1, rep, Settings(window=window), clock=Clock(),
+                    indexer=Indexer(store, rep.stats, **indexing)), src
 
 
 async def run(root, gw, cache, **kw):

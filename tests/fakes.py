@@ -1,4 +1,4 @@
-"""In-memory fakes of the gateway and the entry cache, for fast unit tests of the core classes.
+"""In-memory fakes of the gateway and the object cache, for fast unit tests of the core classes.
 
 They behave like the real ones where the core relies on it: caps are
 content-derived (the same bytes give the same cap), a directory's cap names
@@ -145,7 +145,8 @@ class FakeGateway:
 
 
 class FakeCache:
-    """The entry cache's interface over dicts (no sqlite)."""
+    """The object cache's interface (``db.objects.ObjectCache``, what the store and the uploader
+    use) over dicts (no sqlite)."""
 
     def __init__(self) -> None:
         self.rows: dict[bytes, Hit] = {}

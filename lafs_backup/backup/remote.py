@@ -33,15 +33,15 @@ import logging
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import UsageError
-from ..log import NOISE
 from ..store.entry import Entry, join
 from ..filters import Filter
-from .select import DirState, Selection
+from .scan import Extras, Listed, walk
+from .select import Selection
 from ..store.store import temp_file, write_all
 from ..system.remotefs import label_of, open_url
 from .source import NoteFn, WarnFn
@@ -201,23 +201,12 @@ def make_stat(mode: int, size: int, mtime_ns: int, ino: int) -> os.stat_result:
 
 # -- the source --------------------------------------------------------------------------------
 
-_Child = tuple[bytes, os.stat_result, tuple[tuple[str, bytes], ...]]
+_Child = tuple[bytes, os.stat_result, Extras]
 
 
-def _newest(children: list[_Child]) -> int:
+def _newest(children: Sequence[Listed]) -> int:
     """An implied directory's time: the newest of the objects directly in it, filtered or not (0: none)."""
     return max((st.st_mtime_ns for _, st, _ in children if stat.S_ISREG(st.st_mode)), default=0)
-
-
-@dataclass
-class _Frame:
-    rel: bytes
-    path: str
-    st: os.stat_result
-    mtime: int
-    children: Iterator[_Child]
-    state: DirState
-    extras: tuple[tuple[str, bytes], ...] = field(default=())
 
 
 class FsspecSource:
@@ -367,9 +356,18 @@ class FsspecSource:
         if any("kms" in a for a in algos):
             self._etag_is_md5 = False
 
+    def _dir(self, rel: bytes, st: os.stat_result, mtime: int, extras: Extras) -> Entry:
+        """The entry of a directory the walk keeps, with the time it gives it (remembered: phase
+        two's lstat then needs no listing)."""
+        self._dir_times[rel] = mtime
+        st = make_stat(st.st_mode, 0, mtime, 0)
+        self._listed[rel] = st
+        return Entry.from_stat(rel, st, extras=extras)
+
     # -- the Source protocol -----------------------------------------------------------------------
     def walk(self, flt: object, warn: WarnFn, note_once: NoteFn, hooks: Any = None) -> Iterator[Entry]:
-        """Every included entry, each child before its directory, names sorted as bytes, the root last.
+        """Every included entry, each child before its directory, names sorted as bytes, the root last
+        (the walk of ``scan.walk``).
 
         ``flt``: the filter rules alone or a :class:`Selection`; its rules,
         ``--files-from`` paths, ignore files, ``--exclude-if-present``,
@@ -379,55 +377,7 @@ class FsspecSource:
         Raises :class:`UsageError` when the root cannot be listed.
         """
         sel = flt if isinstance(flt, Selection) else Selection(filter=flt if isinstance(flt, Filter) else Filter(()))
-        info = self._root()
-        self._check_etags(note_once)
-        root_st, root_extras, root_mtime = self._entry_stat(info)
-        self._dir_times.clear()
-        self._listed.clear()
-        try:
-            children = self._list(self.root, b"", warn)
-        except OSError as e:
-            raise UsageError(f"Cannot back up {self._shown()}: {e.strerror}")
-        state = sel.enter(b"", {n: st for n, st, _ in children}, None, self._head(self.root), warn)
-        mtime = root_mtime if root_mtime is not None else _newest(children)
-        stack = [_Frame(b"", self.root, root_st, mtime, iter(children), state, extras=root_extras)]
-        while stack:
-            frame = stack[-1]
-            nxt = next(frame.children, None)
-            if nxt is None:
-                stack.pop()
-                self._dir_times[frame.rel] = frame.mtime
-                st = make_stat(frame.st.st_mode, 0, frame.mtime, 0)
-                self._listed[frame.rel] = st
-                yield Entry.from_stat(frame.rel, st, extras=frame.extras)
-                continue
-            name, cst, extras = nxt
-            rel = join(frame.rel, name)
-            why = sel.exclude(rel, cst, frame.state)
-            if why is not None:
-                sel.count(why, cst)
-                log.log(NOISE, "excluded by %s: %r", why, rel)
-                continue
-            if stat.S_ISDIR(cst.st_mode):
-                path = f"{frame.path}/{name.decode('utf-8')}"
-                try:
-                    sub = self._list(path, rel, warn)
-                except OSError as e:  # one directory that cannot be listed is skipped, never the walk
-                    warn(rel, f"cannot list directory: {e.strerror}; skipped")
-                    continue
-                sub_state = sel.enter(rel, {n: s for n, s, _ in sub}, frame.state, self._head(path), warn)
-                if sub_state.excluded is not None:
-                    sel.count(sub_state.excluded, cst)
-                    log.log(NOISE, "excluded by %s: %r", sub_state.excluded, rel)
-                    continue
-                mtime = cst.st_mtime_ns or _newest(sub)  # 0: an implied directory, which reports no time
-                stack.append(_Frame(rel, path, cst, mtime, iter(sub), sub_state, extras=extras))
-                continue
-            self._listed[rel] = cst
-            yield Entry.from_stat(rel, cst, extras=extras)
-        if sel.listed is not None:
-            for rel in sel.listed.missing():
-                warn(rel, "listed by --files-from, but not in the source (or excluded by another rule)")
+        return walk(_Tree(self, note_once), sel, warn)
 
     def lstat(self, rel: bytes) -> os.stat_result:
         """The entry's state: as this process's walk listed it moments ago (an object store's HEAD
@@ -512,6 +462,54 @@ class FsspecSource:
             except Exception:  # a read-only remote file holds nothing to flush
                 log.debug("closing %r failed", rel, exc_info=True)
         return RemoteFile(fd, st)
+
+
+class _Tree:
+    """An fsspec file system as ``scan.walk`` reads it: a directory is its path, and its listing
+    gives each child's extras."""
+
+    cannot = "cannot list directory"
+
+    def __init__(self, src: FsspecSource, note_once: NoteFn) -> None:
+        self._src = src
+        self._note_once = note_once
+
+    def root(self, warn: WarnFn) -> tuple[str, Sequence[Listed], Entry]:
+        src = self._src
+        info = src._root()
+        src._check_etags(self._note_once)
+        root_st, root_extras, root_mtime = src._entry_stat(info)
+        src._dir_times.clear()
+        src._listed.clear()
+        try:
+            children = src._list(src.root, b"", warn)
+        except OSError as e:
+            raise UsageError(f"Cannot back up {src._shown()}: {e.strerror}")
+        mtime = root_mtime if root_mtime is not None else _newest(children)
+        return src.root, children, src._dir(b"", root_st, mtime, root_extras)
+
+    def enter(self, parent: str, name: bytes, rel: bytes, warn: WarnFn) -> tuple[str, Sequence[Listed]]:
+        path = f"{parent}/{name.decode('utf-8')}"
+        return path, self._src._list(path, rel, warn)
+
+    def head(self, d: str) -> Any:
+        return self._src._head(d)
+
+    def keep(self, d: str, name: bytes, rel: bytes, st: os.stat_result, listed: Extras | None,
+             warn: WarnFn) -> Extras:
+        if not stat.S_ISDIR(st.st_mode):
+            self._src._listed[rel] = st  # as listed: phase two's lstat asks no request of it
+        return listed if listed is not None else ()
+
+    def dir_entry(self, rel: bytes, st: os.stat_result, extras: Extras, children: Sequence[Listed]) -> Entry:
+        mtime = st.st_mtime_ns or _newest(children)  # 0: an implied directory, which reports no time
+        return self._src._dir(rel, st, mtime, extras)
+
+    def readlink(self, d: str, name: bytes) -> bytes:
+        raise OSError(errno.EINVAL, "an object store has no symlinks")
+
+    def close(self, d: str) -> None:
+        pass
 
 
 class RemoteFile:

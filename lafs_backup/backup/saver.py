@@ -24,7 +24,7 @@ from ..caps import LIT_MAX, lit_cap
 from ..log import NOISE
 from ..slots import Slots
 from ..store.entry import KIND_FILE, KIND_SOCKET, Entry, kind_of
-from ..store.snapshot import Child, Hit, edge_metadata, file_key
+from ..store.snapshot import Child, Hit, edge_metadata
 from ..store import plan
 from ..store.store import SourceChanged, Store
 
@@ -68,27 +68,27 @@ class FileSaver:
 
     # -- the planner's first decision -----------------------------------------------------------
     def _key(self, e: Entry, st: os.stat_result) -> bytes:
-        return file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, self._plain)
+        return plan.state_key(e.path, st, self._plain)
+
+    def _rows(self, keys: list[bytes]) -> dict[bytes, Hit]:
+        return self.cache.lookup_many(keys, self.gen)
+
+    def _stat(self, e: Entry) -> tuple[bytes, os.stat_result | None, str]:
+        """A file's lstat now, for the planner: (path, stat or None, why it could not be had)."""
+        try:
+            return e.path, self.source.lstat(e.path), ""
+        except OSError as err:
+            return e.path, None, _why(err)
 
     def decide(self, e: Entry) -> Decided:
         """The planner's first decision for a file, from its stat now and the cache."""
         decided = self._ahead.pop(e.path, None)
         if decided is not None:
             return decided
-        try:
-            st: os.stat_result | None = self.source.lstat(e.path)
-            why = ""
-        except OSError as err:
-            st, why = None, _why(err)
-        cached = None
-        if st is not None and stat.S_ISREG(st.st_mode):
-            cached = self.cache.lookup(self._key(e, st), self.gen)
-            if cached is None:  # a state known from a snapshot (a rebuilt cache) has no inode
-                cached = self.cache.lookup(file_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, None,
-                                                    self._plain), self.gen)
-        d = plan.for_file(st, cached, self.mode, why) if st is None else plan.for_file(st, cached, self.mode)
+        file = self._stat(e)
+        d = plan.for_files([file], self._rows, self.mode, self._plain)[0]
         log.debug("%s: %r", d, e.path)
-        return d, st
+        return d, file[1]
 
     def ahead(self, entries: Iterable[Entry], held: bool = False, size: int = AHEAD) -> Iterator[Entry]:
         """``entries`` as they are, while the files among them are decided ``size`` at a time.
@@ -116,42 +116,18 @@ class FileSaver:
         yield from batch
 
     def _decide_many(self, batch: list[Entry], held: bool) -> None:
-        lstat, plain, path_key = self.source.lstat, self._plain, file_key
-        todo: list[tuple[Entry, os.stat_result | None, str, bytes | None]] = []
-        for e in batch:
-            if e.kind != KIND_FILE or (held and e.extra("hold") is not None):
-                continue
-            try:
-                st = lstat(e.path)
-            except OSError as err:
-                todo.append((e, None, _why(err), None))
-                continue
-            key = None
-            if stat.S_ISREG(st.st_mode):
-                key = path_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, plain)
-            todo.append((e, st, "", key))
-        if not todo:
+        files = [self._stat(e) for e in batch if e.kind == KIND_FILE and not (held and e.extra("hold") is not None)]
+        if not files:
             return
-        found = self.cache.lookup_many([k for _, _, _, k in todo if k is not None], self.gen)
-        # A state known from a snapshot (a rebuilt cache) has no inode.
-        stateless = {k: path_key(e.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, None, plain)
-                     for e, st, _, k in todo if k is not None and k not in found and st is not None}
-        if stateless:
-            again = self.cache.lookup_many(list(stateless.values()), self.gen)
-            found.update((k, again[k2]) for k, k2 in stateless.items() if k2 in again)
         debug = log.isEnabledFor(logging.DEBUG)
-        mode, for_file, ahead = self.mode, plan.for_file, self._ahead
+        ahead = self._ahead
         to_read: list[bytes] = []
-        for e, st, why, key in todo:
-            if st is None:
-                d = for_file(None, None, mode, why)
-            else:
-                d = for_file(st, found.get(key) if key is not None else None, mode)
+        for (path, st, _), d in zip(files, plan.for_files(files, self._rows, self.mode, self._plain)):
             if debug:
-                log.debug("%s: %r", d, e.path)
-            ahead[e.path] = (d, st)
+                log.debug("%s: %r", d, path)
+            ahead[path] = (d, st)
             if d.action != plan.UNCHANGED and d.action != plan.SKIP:
-                to_read.append(e.path)
+                to_read.append(path)
         if to_read:  # whether each was stored before (new or changed), asked together too
             seen = self.cache.saw_paths(self.source.label, to_read)
             self._seen_ahead.update((p, p in seen) for p in to_read)

@@ -1,9 +1,12 @@
 """Phase one: walk the source tree through the filter and stream entries, children before parents.
 
-The walk holds one open directory per level of depth and reaches every
-entry relative to its directory's fd, so paths of any length work, no
-symlink is ever followed, directories are read with O_NOATIME where
-allowed, and FIFOs and devices are never opened.
+One loop (:func:`walk`) serves every kind of source: it asks a :class:`Tree`
+to open, list and close directories, and decides order, selection and the
+incremental walk's hooks itself.  A local tree (:func:`scan`) holds one open
+directory per level of depth and reaches every entry relative to its
+directory's fd, so paths of any length work, no symlink is ever followed,
+directories are read with O_NOATIME where allowed, and FIFOs and devices
+are never opened.  A remote one is in ``remote.py``.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ import logging
 import os
 import stat
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from ..store.entry import Entry, join, kind_of
 from ..errors import UsageError
 from ..filters import Filter
-from .select import DirState, Selection
+from .select import DirState, HeadFn, Selection
 from ..log import NOISE
 from ..system.meta import Capturer
 from ..system.paths import open_noatime, proc_path
@@ -27,6 +30,10 @@ log = logging.getLogger(__name__)
 #: Called with (relative path, message) for each entry that is skipped or incomplete.
 WarnFn = Callable[[bytes, str], None]
 NoteFn = Callable[[str, str], None]
+#: An entry's extras (owner names, ACLs, an object's ETag...).
+Extras = tuple[tuple[str, bytes], ...]
+#: A listed child: its name, its lstat, and the extras its listing gave (None: read when it is kept).
+Listed = tuple[bytes, os.stat_result, "Extras | None"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -48,22 +55,144 @@ class WalkHooks:
     hot_since_ns: int | None = None
 
 
+class Tree(Protocol):
+    """A source as :func:`walk` reads it.  A directory is a handle the tree opened (a local fd, a
+    remote path); its listing is sorted by name bytes."""
+
+    #: How a directory that cannot be listed is named in its warning ("cannot read directory").
+    cannot: str
+
+    def root(self, warn: WarnFn) -> tuple[Any, Sequence[Listed], Entry]:
+        """The root opened and listed, and its entry; raises :class:`UsageError` (no backup)."""
+        ...
+
+    def enter(self, parent: Any, name: bytes, rel: bytes, warn: WarnFn) -> tuple[Any, Sequence[Listed]]:
+        """A child directory opened and listed; raises OSError (nothing is left open)."""
+        ...
+
+    def head(self, d: Any) -> HeadFn:
+        """Reads the first bytes of a regular file in ``d`` (an ignore file, a CACHEDIR.TAG)."""
+        ...
+
+    def keep(self, d: Any, name: bytes, rel: bytes, st: os.stat_result, listed: Extras | None,
+             warn: WarnFn) -> Extras:
+        """A child the selection keeps: its extras (problems reading them go to ``warn``)."""
+        ...
+
+    def dir_entry(self, rel: bytes, st: os.stat_result, extras: Extras, children: Sequence[Listed]) -> Entry:
+        """The entry of a directory entered and kept, from its listing."""
+        ...
+
+    def readlink(self, d: Any, name: bytes) -> bytes:
+        """A symlink's target; raises OSError."""
+        ...
+
+    def close(self, d: Any) -> None: ...
+
+
 @dataclass
 class _Frame:
     rel: bytes
-    fd: int
+    handle: Any
     entry: Entry
-    children: Iterator[tuple[bytes, os.stat_result]]
+    children: Iterator[Listed]
     state: DirState
 
 
-def _list_dir(fd: int) -> list[tuple[bytes, os.stat_result]]:
+def walk(tree: Tree, sel: Selection, warn: WarnFn, hooks: WalkHooks | None = None) -> Iterator[Entry]:
+    """Yield an :class:`Entry` for every included entry of ``tree``, then the root.
+
+    Every child is yielded strictly before its directory (post-order), in
+    byte order of names, so the output is the same whatever the locale.
+    Memory holds one directory listing per level, never the tree.  Entries
+    that cannot be read are passed to ``warn`` and skipped; an unusable
+    source raises :class:`UsageError`.  ``sel`` counts what it excludes.
+    ``hooks``: an incremental walk's ``reuse`` and ``hot_since_ns`` (see
+    :class:`WalkHooks`; the tree is told of ``on_dir`` itself).
+    """
+    reuse = hooks.reuse if hooks is not None else None
+    hot = hooks.hot_since_ns if hooks is not None else None
+    d, children, root = tree.root(warn)
+    state = sel.enter(b"", {n: st for n, st, _ in children}, None, tree.head(d), warn)
+    stack = [_Frame(b"", d, root, iter(children), state)]
+    try:
+        while stack:
+            frame = stack[-1]
+            nxt = next(frame.children, None)
+            if nxt is None:
+                stack.pop()
+                tree.close(frame.handle)
+                yield frame.entry
+                continue
+            name, cst, listed = nxt
+            rel = join(frame.rel, name)
+            why = sel.exclude(rel, cst, frame.state)
+            if why is not None:
+                sel.count(why, cst)
+                log.log(NOISE, "excluded by %s: %r", why, rel)
+                continue
+            if kind_of(cst.st_mode) is None:
+                warn(rel, "unknown file type; skipped")
+                continue
+            extras = tree.keep(frame.handle, name, rel, cst, listed, warn)
+            if stat.S_ISDIR(cst.st_mode):
+                if sel.one_file_system and cst.st_dev != root.dev:
+                    # A mount point: recorded itself, as an empty directory, never crossed.
+                    sel.count("--one-file-system", cst)
+                    log.log(NOISE, "not crossing into another file system: %r", rel)
+                    yield Entry.from_stat(rel, cst, extras=extras)
+                    continue
+                kept = reuse(rel) if reuse is not None else None
+                if kept is not None:  # unchanged since the previous snapshot: its cap stands
+                    yield Entry.from_stat(rel, cst, extras=(*extras, ("reuse", kept.encode("ascii"))))
+                    continue
+                sub = _enter(tree, frame, name, rel, cst, extras, sel, warn)
+                if sub is not None:
+                    stack.append(sub)
+                continue
+            target = None
+            if stat.S_ISLNK(cst.st_mode):
+                try:
+                    target = tree.readlink(frame.handle, name)
+                except OSError as e:
+                    warn(rel, f"cannot read symlink: {e.strerror}; skipped")
+                    continue
+            if hot is not None and stat.S_ISREG(cst.st_mode) and max(cst.st_mtime_ns, cst.st_ctime_ns) >= hot:
+                extras = (*extras, ("hold", b""))  # still being written: it waits for the next round
+            yield Entry.from_stat(rel, cst, target, extras)
+    finally:
+        for frame in stack:
+            tree.close(frame.handle)
+    if sel.listed is not None and reuse is None:  # (an incremental walk does not see every path)
+        for rel in sel.listed.missing():
+            warn(rel, "listed by --files-from, but not in the source (or excluded by another rule)")
+
+
+def _enter(tree: Tree, parent: _Frame, name: bytes, rel: bytes, st: os.stat_result, extras: Extras,
+           sel: Selection, warn: WarnFn) -> _Frame | None:
+    """Open and list a child directory (None: it cannot be read, or the selection excludes it)."""
+    try:
+        d, children = tree.enter(parent.handle, name, rel, warn)
+    except OSError as e:
+        warn(rel, f"{tree.cannot}: {e.strerror}; skipped")
+        return None
+    state = sel.enter(rel, {n: s for n, s, _ in children}, parent.state, tree.head(d), warn)
+    if state.excluded is not None:
+        tree.close(d)
+        sel.count(state.excluded, st)
+        log.log(NOISE, "excluded by %s: %r", state.excluded, rel)
+        return None
+    return _Frame(rel, d, tree.dir_entry(rel, st, extras, children), iter(children), state)
+
+
+# -- a local directory tree -------------------------------------------------------------------------
+def _list_dir(fd: int) -> list[Listed]:
     """A directory's children with their lstat, sorted by name bytes."""
-    out = []
+    out: list[Listed] = []
     with os.scandir(fd) as it:
         for de in it:
             try:
-                out.append((os.fsencode(de.name), de.stat(follow_symlinks=False)))
+                out.append((os.fsencode(de.name), de.stat(follow_symlinks=False), None))
             except FileNotFoundError:
                 continue  # vanished between readdir and lstat
     out.sort(key=lambda t: t[0])
@@ -82,7 +211,7 @@ def _raise_fd_limit() -> None:
         pass
 
 
-def _head(fd: int) -> Callable[[bytes, int], "bytes | None"]:
+def _head(fd: int) -> HeadFn:
     """Read the first bytes of a regular file in the directory ``fd`` (never through a symlink)."""
     def head(name: bytes, n: int) -> bytes | None:
         try:
@@ -107,119 +236,72 @@ def _head(fd: int) -> Callable[[bytes, int], "bytes | None"]:
     return head
 
 
-def _enter(parent: _Frame, name: bytes, entry: Entry, st: os.stat_result, sel: Selection,
-           warn: WarnFn, on_dir: Callable[[bytes, int], None] | None) -> _Frame | None:
-    """Open and list a child directory (None: it cannot be read, or the selection excludes it)."""
-    try:
-        fd = open_noatime(name, _DIR_FLAGS, dir_fd=parent.fd)
+class _LocalTree:
+    """A local directory tree for :func:`walk`: directories are fds, each opened beneath its parent's."""
+
+    cannot = "cannot read directory"
+
+    def __init__(self, root: bytes, note_once: NoteFn, on_dir: Callable[[bytes, int], None] | None) -> None:
+        self._root = root
+        self._capture = Capturer(note_once)
+        self._on_dir = on_dir
+
+    def root(self, warn: WarnFn) -> tuple[int, list[Listed], Entry]:
+        root = self._root
+        fd = -1
         try:
-            if on_dir is not None:
-                on_dir(entry.path, fd)
+            st = os.lstat(root)
+            if not stat.S_ISDIR(st.st_mode):
+                raise UsageError(f"Cannot back up {os.fsdecode(root)}: not a directory")
+            fd = open_noatime(root, _DIR_FLAGS)
+            if self._on_dir is not None:
+                self._on_dir(b"", fd)
             children = _list_dir(fd)
+        except OSError as e:
+            if fd >= 0:
+                os.close(fd)
+            raise UsageError(f"Cannot back up {os.fsdecode(root)}: {e.strerror}")
+        extras, problems = self._capture.extras(root, st)
+        for p in problems:
+            warn(b"", p)
+        return fd, children, Entry.from_stat(b"", st, extras=tuple(extras))
+
+    def enter(self, parent: int, name: bytes, rel: bytes, warn: WarnFn) -> tuple[int, list[Listed]]:
+        fd = open_noatime(name, _DIR_FLAGS, dir_fd=parent)
+        try:
+            if self._on_dir is not None:
+                self._on_dir(rel, fd)
+            return fd, _list_dir(fd)
         except OSError:
             os.close(fd)
             raise
-    except OSError as e:
-        warn(entry.path, f"cannot read directory: {e.strerror}; skipped")
-        return None
-    state = sel.enter(entry.path, dict(children), parent.state, _head(fd), warn)
-    if state.excluded is not None:
-        os.close(fd)
-        sel.count(state.excluded, st)
-        log.log(NOISE, "excluded by %s: %r", state.excluded, entry.path)
-        return None
-    return _Frame(entry.path, fd, entry, iter(children), state)
+
+    def head(self, d: int) -> HeadFn:
+        return _head(d)
+
+    def keep(self, d: int, name: bytes, rel: bytes, st: os.stat_result, listed: Extras | None,
+             warn: WarnFn) -> Extras:
+        extras, problems = self._capture.extras(proc_path(d, name), st)
+        for p in problems:
+            warn(rel, p)
+        return tuple(extras)
+
+    def dir_entry(self, rel: bytes, st: os.stat_result, extras: Extras, children: Sequence[Listed]) -> Entry:
+        return Entry.from_stat(rel, st, extras=extras)
+
+    def readlink(self, d: int, name: bytes) -> bytes:
+        return os.readlink(name, dir_fd=d)
+
+    def close(self, d: int) -> None:
+        os.close(d)
 
 
 def scan(source: str | bytes, flt: Filter | Selection, warn: WarnFn,
          note_once: NoteFn = lambda key, msg: None, hooks: WalkHooks | None = None) -> Iterator[Entry]:
-    """Yield an :class:`Entry` for every included entry below ``source``, then the root.
-
-    Every child is yielded strictly before its directory (post-order), in
-    byte order of names, so the output is the same whatever the locale.
-    Memory holds one directory listing per level, never the tree.  Entries
-    that cannot be read are passed to ``warn`` and skipped; an unusable
-    source raises :class:`UsageError`.  ``flt`` is the filter rules alone,
-    or a :class:`Selection` (rules and options), which counts what it excludes.
-    ``hooks``: an incremental walk (see :class:`WalkHooks`).
-    """
-    on_dir = hooks.on_dir if hooks is not None else None
-    reuse = hooks.reuse if hooks is not None else None
-    hot = hooks.hot_since_ns if hooks is not None else None
+    """Every included entry below the local directory ``source``, then the root (see :func:`walk`).
+    ``flt`` is the filter rules alone, or a :class:`Selection` (rules and options), which counts
+    what it excludes.  ``hooks``: an incremental walk (see :class:`WalkHooks`)."""
     sel = flt if isinstance(flt, Selection) else Selection(filter=flt)
     root = os.fsencode(os.path.abspath(os.fsdecode(source)))
-    capture = Capturer(note_once)
     _raise_fd_limit()
-    try:
-        st = os.lstat(root)
-        if not stat.S_ISDIR(st.st_mode):
-            raise UsageError(f"Cannot back up {os.fsdecode(root)}: not a directory")
-        fd = open_noatime(root, _DIR_FLAGS)
-        if on_dir is not None:
-            on_dir(b"", fd)
-        children = _list_dir(fd)
-    except OSError as e:
-        raise UsageError(f"Cannot back up {os.fsdecode(root)}: {e.strerror}")
-    root_dev = st.st_dev
-    extras, problems = capture.extras(root, st)
-    for p in problems:
-        warn(b"", p)
-    state = sel.enter(b"", dict(children), None, _head(fd), warn)
-    stack = [_Frame(b"", fd, Entry.from_stat(b"", st, extras=tuple(extras)), iter(children), state)]
-    try:
-        while stack:
-            frame = stack[-1]
-            nxt = next(frame.children, None)
-            if nxt is None:
-                stack.pop()
-                os.close(frame.fd)
-                yield frame.entry
-                continue
-            name, cst = nxt
-            rel = join(frame.rel, name)
-            kind = kind_of(cst.st_mode)
-            is_dir = stat.S_ISDIR(cst.st_mode)
-            why = sel.exclude(rel, cst, frame.state)
-            if why is not None:
-                sel.count(why, cst)
-                log.log(NOISE, "excluded by %s: %r", why, rel)
-                continue
-            if kind is None:
-                warn(rel, "unknown file type; skipped")
-                continue
-            lib_path = proc_path(frame.fd, name)
-            extras, problems = capture.extras(lib_path, cst)
-            for p in problems:
-                warn(rel, p)
-            if is_dir:
-                entry = Entry.from_stat(rel, cst, extras=tuple(extras))
-                if sel.one_file_system and cst.st_dev != root_dev:
-                    # A mount point: recorded itself, as an empty directory, never crossed.
-                    sel.count("--one-file-system", cst)
-                    log.log(NOISE, "not crossing into another file system: %r", rel)
-                    yield entry
-                    continue
-                kept = reuse(rel) if reuse is not None else None
-                if kept is not None:  # unchanged since the previous snapshot: its cap stands
-                    yield Entry.from_stat(rel, cst, extras=(*extras, ("reuse", kept.encode("ascii"))))
-                    continue
-                sub_frame = _enter(frame, name, entry, cst, sel, warn, on_dir)
-                if sub_frame is not None:
-                    stack.append(sub_frame)
-                continue
-            target = None
-            if stat.S_ISLNK(cst.st_mode):
-                try:
-                    target = os.readlink(name, dir_fd=frame.fd)
-                except OSError as e:
-                    warn(rel, f"cannot read symlink: {e.strerror}; skipped")
-                    continue
-            if hot is not None and stat.S_ISREG(cst.st_mode) and max(cst.st_mtime_ns, cst.st_ctime_ns) >= hot:
-                extras = [*extras, ("hold", b"")]  # still being written: it waits for the next round
-            yield Entry.from_stat(rel, cst, target, tuple(extras))
-    finally:
-        for frame in stack:
-            os.close(frame.fd)
-    if sel.listed is not None and reuse is None:  # (an incremental walk does not see every path)
-        for rel in sel.listed.missing():
-            warn(rel, "listed by --files-from, but not in the source (or excluded by another rule)")
+    return walk(_LocalTree(root, note_once, hooks.on_dir if hooks is not None else None), sel, warn, hooks)

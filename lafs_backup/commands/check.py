@@ -78,7 +78,7 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
                     msg = f"deep-check of generation {b.generation} stopped: {redact(result.error)}"
                     rep.emit(msg, {"type": "error", "generation": b.generation, "message": msg}, err=to_err)
                 else:
-                    cache.set_checked([b.cap], started, lease)
+                    cache.history.set_checked([b.cap], started, lease)
                 total_bad += len(bad)
                 summary = {"type": "checked", "generation": b.generation, "objects": result.checked,
                            "shared": result.shared, "unhealthy": len(bad),

@@ -78,7 +78,7 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
                    ns.enumerate_shares)
             if ns.enumerate_only:
                 return outcome(rep)
-        rows = await forgetting.forget(forget, cache, await o.repository(), gw)
+        rows = await forgetting.forget(forget, cache.history, await o.repository(), gw)
     summary = {"type": "summary", "forgotten": len(forget), "kept": len(keep), "rows_deleted": rows}
     if rep.json_mode:
         rep.record(summary)

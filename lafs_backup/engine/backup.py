@@ -21,9 +21,10 @@ from ..backup.queue import QueueReader, write_queue
 from ..backup.select import Selection, listed_paths, read_list
 from ..filters import parse_if_present, parse_size
 from ..backup.source import LocalSource, Source, is_url
+from ..backup.indexer import Indexer
 from ..backup.upload import Settings, Uploader
-from ..cache import EntryCache
 from ..config import Config
+from ..db.local import LocalDB
 from ..errors import GatewayError, LocalError, QueueError, UsageError
 from ..history import Backup
 from ..report import Progress, Reporter
@@ -44,7 +45,7 @@ class Interrupted(Exception):
 class Target(Protocol):
     """Where a backup is written, as the resource opener (``resources.Opener``) opens it."""
 
-    def locked_cache(self, fresh: bool = False) -> AsyncContextManager[EntryCache]: ...
+    def locked_cache(self, fresh: bool = False) -> AsyncContextManager[LocalDB]: ...
 
     async def cache_path(self) -> str: ...
 
@@ -329,10 +330,11 @@ async def phase_two(rt: Runtime, conf: Config, gw: Any, target: Target, source: 
     """Upload a queue and record the backup: under the cache's lock, into the repository.
     ``trees_at``: where to write the trees file of this backup, for the next one's walk."""
     rep = rt.reporter
-    async with target.locked_cache(fresh=job.rebuild_cache) as cache:
+    async with target.locked_cache(fresh=job.rebuild_cache) as db:
+        cache = db.objects  # what the store and the uploader look up and record
         repo = await target.repository(create=True)
         if incremental is not None and incremental.settled is not None and not settled.still_kept(
-                incremental.settled, cache.backups()):
+                incremental.settled, db.history.backups()):
             raise Forgotten()
         gen = cache.begin_generation(source.label, incremental.base if incremental is not None else None)
         if job.rebuild_cache or not cache.has_objects():
@@ -345,11 +347,11 @@ async def phase_two(rt: Runtime, conf: Config, gw: Any, target: Target, source: 
         inc = incremental or Incremental(None)
         store.packs_used |= inc.packs
         store.encoded_used |= inc.objects
+        indexer = Indexer(store, rep.stats, on_dir=inc.on_dir, base=inc.index if incremental is not None else None,
+                          settled=inc.settled, records=inc.records)
         uploader = Uploader(source, store, cache, gen, rep,
                             Settings(conf.operation.window, max(4, 2 * conf.operation.jobs), job.mode),
-                            rt.reactor, on_dir=inc.on_dir, hold=inc.hold,
-                            index_base=inc.index if incremental is not None else None,
-                            settled=inc.settled, records=inc.records)
+                            rt.reactor, hold=inc.hold, indexer=indexer)
         if rt.op is not None:
             rt.op.uploader = uploader
         progress = Progress(rep, rt.reactor, totals[0], totals[1])
@@ -370,10 +372,10 @@ async def phase_two(rt: Runtime, conf: Config, gw: Any, target: Target, source: 
             # snapshot stands (this one differs from it in its index's chunks alone).
             b, snap = None, incremental.previous or snap
         else:
-            b = await record_backup(rep, dest.result, cache, gw, gen, snap, source.label, job.host, job.tags)
+            b = await record_backup(rep, dest.result, db.history, gw, gen, snap, source.label, job.host, job.tags)
             if trees_at is not None:
                 _save_trees(trees_at, snap, gen, store, uploader, incremental)
-            await publish(rep, repo, cache)
+            await publish(rep, repo, db.history)
             target.forget_backups()
         if incremental is None or incremental.settled is not None:  # (not each round of watch)
             said = history.expiring_warning(await target.backups(), time.time(), dest.lease_days)

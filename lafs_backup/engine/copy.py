@@ -8,17 +8,17 @@ import hashlib
 import time
 from typing import Any, AsyncContextManager, Callable
 
-from ..cache import EntryCache
+from ..db.local import LocalDB
 from ..history import Backup, iso
 from .runtime import Runtime
 
 
 async def copy_backups(rt: Runtime, jobs: int, src_gw: Any, dst_gw: Any, dest: str, repo: Any,
-                       locked_cache: Callable[[], AsyncContextManager[EntryCache]],
+                       locked_cache: Callable[[], AsyncContextManager[LocalDB]],
                        backups: list[Backup]) -> dict[str, Any]:
     """Copy ``backups`` (newest first) that the destination's repository ``repo`` does not hold yet;
     returns what was done.  Takes the entry cache's lock (it keeps the map of what ``dest`` holds)."""
-    from ..read.copy import Copier
+    from .copier import Copier
     from ..read.reader import Reader
     from ..repository import Record
 
@@ -35,18 +35,18 @@ async def copy_backups(rt: Runtime, jobs: int, src_gw: Any, dst_gw: Any, dest: s
     mapped = f"{dest} {hashlib.sha256(repo.key.writecap.encode()).hexdigest()[:16]}"
     reader = Reader(src_gw, jobs=jobs)
     try:
-        async with locked_cache() as cache:
-            known = cache.copies()
+        async with locked_cache() as db:
+            known = db.history.copies()
             for r in records:  # copies recorded there by a run killed before it noted them here
                 if r.original and dest not in known.get(r.original, ()):
-                    cache.record_copy(r.original, dest, r.cap, r.ts)
-            copier = Copier(src_gw, dst_gw, lambda c: cache.copied(mapped, c),
-                            lambda s, d: cache.set_copied(mapped, s, d), jobs, reader=reader)
+                    db.history.record_copy(r.original, dest, r.cap, r.ts)
+            copier = Copier(src_gw, dst_gw, lambda c: db.copy_map.copied(mapped, c),
+                            lambda s, d: db.copy_map.set_copied(mapped, s, d), jobs, reader=reader)
             for b in todo:
                 snap = await copier.snapshot(b.cap)
                 await repo.add(Record(snap, b.host or "unknown", b.source, b.ts, b.generation, b.tags, b.summary,
                                       original=b.cap))
-                cache.record_copy(b.cap, dest, snap, time.time())
+                db.history.record_copy(b.cap, dest, snap, time.time())
                 done.append(b)
                 rep.emit(f"copied generation {b.generation} ({iso(b.ts)}, {b.source_text}) to {dest}",
                          {"type": "copied", "id": b.short_id, "generation": b.generation, "to": dest},

@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from .. import cache as cache_mod
 from ..store import plan
 from ..backup.select import Selection
 from ..backup.source import Source
 from ..config import Config
+from ..db.local import LocalDB
 from ..log import NOISE
 from ..report import _size, outcome
 from ..caps import LIT_MAX
-from ..store.snapshot import content_key, file_key
+from ..store.snapshot import Hit, content_key
 from .runtime import Runtime
 
 _CHUNK = 1 << 20
@@ -67,12 +67,12 @@ async def dry_run(rt: Runtime, conf: Config, source: Source, sel: Selection, mod
 
     def work() -> None:
         # sqlite objects stay in the thread that made them: the cache is opened here.
-        cache = cache_mod.EntryCache(where[0], where[1], reader=True) if where else None
+        db = LocalDB(where[0], where[1], reader=True) if where else None
         try:
-            plan_all(cache)
+            plan_all(db.objects if db is not None else None)
         finally:
-            if cache is not None:
-                cache.close()
+            if db is not None:
+                db.close()
 
     def plan_all(cache: Any) -> None:
         seen: set[bytes] = set()
@@ -125,14 +125,14 @@ class _Stopped(Exception):
 
 def _plan_file(p: Plan, e: Any, cache: Any, source: Source, mode: str, plain: bool, seen: set[bytes],
                warn: Any, noise: bool) -> None:
-    """One file, as phase two would decide it."""
+    """One file, as phase two would decide it: the planner decides, from the walk's stat of it and
+    the cache's rows (``cache`` None: there is none)."""
     p.files += 1
     p.bytes_total += e.size
-    cached = None
-    if cache is not None:
-        cached = cache.lookup(file_key(e.path, e.size, e.mtime_ns, e.ctime_ns, e.ino, plain), 0) or \
-            cache.lookup(file_key(e.path, e.size, e.mtime_ns, e.ctime_ns, None, plain), 0)
-    if plan.for_file(SimpleNamespace(st_mode=e.mode), cached, mode).action == plan.UNCHANGED:
+    st = SimpleNamespace(st_mode=e.mode, st_size=e.size, st_mtime_ns=e.mtime_ns, st_ctime_ns=e.ctime_ns,
+                         st_ino=e.ino)
+    rows = (lambda keys: cache.lookup_many(keys, 0)) if cache is not None else (lambda keys: {})
+    if plan.for_files([(e.path, st, "")], rows, mode, plain)[0].action == plan.UNCHANGED:
         p.files_unchanged += 1
         return
     sha = _hash(source, e.path, warn)
@@ -140,18 +140,21 @@ def _plan_file(p: Plan, e: Any, cache: Any, source: Source, mode: str, plain: bo
         return
     p.files_read += 1
     p.bytes_read += e.size
-    known = cache.lookup(content_key(sha, plain), 0) if cache is not None and mode != "force" else None
     if e.size <= LIT_MAX:
         p.files_inline += 1
-    elif known is not None or (sha in seen and mode != "force"):
+        return
+    known = cache.lookup(content_key(sha, plain), 0) if cache is not None and mode != "force" else None
+    if known is None and sha in seen:  # an earlier file of this run stores it: the store shares that upload
+        known = Hit("", sha)
+    if plan.for_content(sha, known, None, False, mode).action == plan.KNOWN:
         p.files_deduplicated += 1
         p.bytes_deduplicated += e.size
-    else:
-        seen.add(sha)
-        p.files_to_upload += 1
-        p.bytes_to_upload += e.size
-        if noise and len(p.to_upload) < 100000:
-            p.to_upload.append(os.fsdecode(e.path))
+        return
+    seen.add(sha)
+    p.files_to_upload += 1
+    p.bytes_to_upload += e.size
+    if noise and len(p.to_upload) < 100000:
+        p.to_upload.append(os.fsdecode(e.path))
 
 
 def _hash(source: Source, rel: bytes, warn: Any) -> bytes | None:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 from .. import history
 from ..backup.record import remove_result_line
-from ..cache import EntryCache
+from ..db.local_history import LocalHistory
 from ..errors import SnapshotError, UsageError
 from ..history import Backup
 from ..upkeep.retention import Policy, decide
@@ -70,7 +70,7 @@ def by_name(everything: list[Backup], chosen: list[Backup], generations: Sequenc
     return Verdicts(reasons, {})
 
 
-async def forget(forgotten: list[Backup], cache: EntryCache, repo: Any, gw: Any) -> int:
+async def forget(forgotten: list[Backup], cache: LocalHistory, repo: Any, gw: Any) -> int:
     """Forget ``forgotten``: their repository records (``repo``: None, none), result links (through
     ``gw``) and lines, and the cache rows no kept backup uses; returns the rows deleted."""
     from ..repository import Record

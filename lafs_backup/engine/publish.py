@@ -11,8 +11,9 @@ from typing import Any, Awaitable, Callable
 
 from .. import history
 from ..backup.record import append_result, link_into
-from ..cache import EntryCache
 from ..config import ResultConfig
+from ..db.local_history import LocalHistory
+from ..db.objects import ObjectCache
 from ..errors import GatewayError, GridError
 from ..history import Backup, iso
 from ..report import Reporter
@@ -21,7 +22,7 @@ from ..system.places import this_host
 log = logging.getLogger(__name__)
 
 
-async def record_backup(rep: Reporter, result: ResultConfig, cache: EntryCache, gw: Any, gen: int, snap: str,
+async def record_backup(rep: Reporter, result: ResultConfig, cache: LocalHistory, gw: Any, gen: int, snap: str,
                         source: bytes, host: str, tags: tuple[str, ...]) -> Backup:
     """Record a finished backup: the link, the result file, and (made durable) the cache row."""
     ts = time.time()
@@ -41,7 +42,7 @@ async def record_backup(rep: Reporter, result: ResultConfig, cache: EntryCache, 
                                ts, result.append_to_lafs_dir, lname, result_file, host, tags, summary)
 
 
-async def publish(rep: Reporter, repo: Any, cache: EntryCache) -> None:
+async def publish(rep: Reporter, repo: Any, cache: LocalHistory) -> None:
     """Record in the repository every backup of this cache it does not hold yet (this one, and any a
     run before could not record there)."""
     from ..repository import Record
@@ -59,7 +60,7 @@ async def publish(rep: Reporter, repo: Any, cache: EntryCache) -> None:
         cache.set_recorded(b.row, placed.writer, placed.name)
 
 
-async def rebuild_cache(rep: Reporter, everything: list[Backup], gw: Any, cache: EntryCache, gen: int,
+async def rebuild_cache(rep: Reporter, everything: list[Backup], gw: Any, cache: ObjectCache, gen: int,
                         source: bytes, host: str) -> None:
     """A new cache (a new machine, or one set aside): fill it from the newest recorded backup of this
     source, so that what is stored already is not uploaded again."""

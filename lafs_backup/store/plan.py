@@ -1,8 +1,9 @@
 """The planner: what phase two does with each entry, and why (pure).
 
 A file is decided twice.  Before it is read, from its fresh stat and the
-cache row for that stat (:func:`for_file`): unchanged (its stored content
-is reused without reading it), to be read, or skipped.  Once read and
+cache row for that stat (:func:`for_file`; :func:`for_files` finds the row
+a stat is known by, for a batch of files at once): unchanged (its stored
+content is reused without reading it), to be read, or skipped.  Once read and
 hashed, from the cache row for its content (:func:`for_content`): known
 content (stored already, by this backup or an earlier one) or to be
 stored.  A directory is decided from the cache row for its exact body
@@ -14,9 +15,9 @@ from __future__ import annotations
 
 import stat
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Mapping, Protocol, Sequence
 
-from .snapshot import Hit
+from .snapshot import Hit, file_key
 
 UNCHANGED = "unchanged"
 READ = "read"
@@ -30,6 +31,26 @@ MODES = ("stat", "checksum", "verify", "force")
 class StatLike(Protocol):
     @property
     def st_mode(self) -> int: ...
+
+
+class FileStat(StatLike, Protocol):
+    """What the cache knows a file's state by (an ``os.stat_result`` has it)."""
+
+    @property
+    def st_size(self) -> int: ...
+
+    @property
+    def st_mtime_ns(self) -> int: ...
+
+    @property
+    def st_ctime_ns(self) -> int: ...
+
+    @property
+    def st_ino(self) -> int: ...
+
+
+#: The cache's rows for many keys at once (those it has), as ``lookup_many`` gives them.
+Lookup = Callable[[list[bytes]], Mapping[bytes, Hit]]
 
 
 @dataclass(frozen=True)
@@ -68,6 +89,35 @@ def for_file(st: StatLike | None, cached: Hit | None, mode: str,
     if mode in ("checksum", "verify"):
         return Decision(READ, f"mode {mode}: every file is read and hashed")
     return Decision(READ, "its size, mtime, ctime or inode differ from every stored state")
+
+
+def state_key(path: bytes, st: FileStat, plain: bool, inode: bool = True) -> bytes:
+    """The cache key of a regular file's state: with its inode, or without it (the state a
+    snapshot records, which is all a cache rebuilt from the repository knows of a file)."""
+    return file_key(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino if inode else None, plain)
+
+
+def for_files(files: Sequence[tuple[bytes, FileStat | None, str]], lookup: Lookup, mode: str,
+              plain: bool) -> list[Decision]:
+    """:func:`for_file` for each of ``files``: (path, its lstat now or None, why that could not be
+    had).  The cache row of a regular file's stat is the one for its state with its inode or,
+    failing that, without it (:func:`state_key`): ``lookup`` (the cache's, which marks the rows it
+    gives as used) is asked once for the first keys of them all, then once for the second keys of
+    the misses, and never for a file that is gone or no longer regular."""
+    keys = [state_key(path, st, plain) if st is not None and stat.S_ISREG(st.st_mode) else None
+            for path, st, _ in files]
+    asked = [k for k in keys if k is not None]
+    found = dict(lookup(asked)) if asked else {}
+    # A state known from a snapshot (a rebuilt cache) has no inode.
+    again = {state_key(path, st, plain, inode=False): k for (path, st, _), k in zip(files, keys)
+             if k is not None and k not in found and st is not None}
+    if again:
+        found.update((again[k], hit) for k, hit in lookup(list(again)).items())
+    out = []
+    for (_, st, why), k in zip(files, keys):
+        cached = found.get(k) if k is not None else None
+        out.append(for_file(st, cached, mode, why) if why else for_file(st, cached, mode))
+    return out
 
 
 def for_content(sha256: bytes, known: Hit | None, cached: Hit | None, seen_before: bool,

@@ -1,10 +1,14 @@
-"""The store: the only way an object reaches the grid (files, packs, directories, symlink objects).
+"""The store: the only way an object reaches a grid (files, packs, directories, symlink objects, index
+chunks, and a copy's objects on a second grid).
 
-It owns packing, compression and the one way an upload refused as unhappy
-is stored again (a random salt); it shares one upload between identical
-contents met in the same run; and it records a cap in the entry cache only
+Its :class:`Writer` puts objects on one grid, and is the one way an upload
+refused as unhappy is stored again (a random salt); it returns a cap only
+once the gateway confirmed it.  The :class:`Store` writes a backup through
+one: it owns packing and compression, shares one upload between identical
+contents met in the same run, and records a cap in the entry cache only
 after the gateway confirmed it, committing such rows in the reactor turn
-that confirmed them, so a kill loses only the uploads in flight.
+that confirmed them, so a kill loses only the uploads in flight.  A copy to
+a second grid writes through a :class:`Writer` of that grid.
 """
 
 from __future__ import annotations
@@ -81,6 +85,8 @@ class Store:
         self._in_thread = in_thread
         #: Told when committing fails (the uploader halts the run).
         self.on_fatal = on_fatal
+        #: Every object of the backup reaches the grid through it.
+        self.writer = Writer(gateway)
         self.packer = Packer(self._put_pack, settings.pack_target_size, settings.pack_max_files,
                              clock if clock is not None else gateway.clock)
         self._uploading: dict[bytes, _Shared] = {}
@@ -89,14 +95,6 @@ class Store:
         #: Every pack and encoded object the snapshot refers to, old ones included: linked from its root.
         self.packs_used: set[str] = set()
         self.encoded_used: set[str] = set()
-
-    # -- salting: the one way around an unhappy refusal ------------------------------------
-    async def _despite_unhappiness(self, put: Callable[[bytes | None], Awaitable[str]], what: str,
-                                   can_salt: bool = True) -> str:
-        return await despite_unhappiness(self.gw, put, what, can_salt)
-
-    def _salted(self, data: bytes, salt: bytes | None) -> bytes:
-        return data + SALT_MARK + salt if salt else data
 
     # -- commits ----------------------------------------------------------------------------
     def confirmed(self) -> None:
@@ -185,8 +183,7 @@ class Store:
         return Hit(ref.cap, sha, enc, ref.offset, ref.length)
 
     async def _put_pack(self, buf: bytes) -> str:
-        # Members are addressed by offset: a salt after the last one changes nothing for them.
-        return await self._despite_unhappiness(lambda salt: self.gw.put_bytes(self._salted(buf, salt)), "a pack")
+        return await self.writer.put_bytes(buf, "a pack")  # (members are addressed by offset)
 
     async def file(self, src: Any, size: int, sha: bytes, path: bytes) -> Hit:
         """Store a large file read from ``src`` (a :class:`~..backup.source.SourceFile`) as its own
@@ -219,18 +216,9 @@ class Store:
         return Hit(cap, last.sha256.digest(), None)
 
     async def _put_object(self, src: Any, size: int, path: bytes, slices: list["_FileSlice"] | None = None) -> str:
-        """Upload ``size`` bytes of ``src``, each attempt through a fresh view of it."""
-        seen = slices if slices is not None else []
-
-        def opener(salt: bytes | None) -> _FileSlice:
-            view = _FileSlice(src, size, SALT_MARK + salt if salt else b"")
-            seen.append(view)
-            return view
-
+        """Upload ``size`` bytes of ``src`` (a plain filenode is exactly its bytes: never salted)."""
         label = _label(path)
-        return await self._despite_unhappiness(
-            lambda salt: self.gw.put_file(lambda: opener(salt), label=label), f"the upload of {label}",
-            can_salt=not self.settings.plain)
+        return await self.writer.put_file(src, size, label, f"the upload of {label}", not self.settings.plain, slices)
 
     async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` off the reactor thread (inline when the store was given no thread runner)."""
@@ -257,8 +245,7 @@ class Store:
         hit = self.cache.lookup(key, self.gen) if self.settings.mode != "force" else None
         if hit is not None:
             return hit.cap
-        cap = await self._despite_unhappiness(lambda salt: self.gw.put_bytes(self._salted(target, salt)),
-                                              "a symlink target")
+        cap = await self.writer.put_bytes(target, "a symlink target")  # (only read back from the metadata)
         self.cache.store(key, cap, self.gen)
         self.confirmed()
         return cap
@@ -276,9 +263,7 @@ class Store:
         if d.hit is not None:
             self.stats.dirs_unchanged += 1
             return d.hit.cap
-        cap = await self._despite_unhappiness(
-            lambda salt: self.gw.mkdir_immutable(salted_body(body, salt.hex()) if salt else body, priority),
-            "a directory")
+        cap = await self.writer.mkdir(body, priority)
         self.cache.store(body_key(body), cap, self.gen)
         self.confirmed()
         self.stats.dirs_new += 1
@@ -354,12 +339,10 @@ class Store:
         hit = self.cache.lookup(key, self.gen) if self.settings.mode != "force" else None
         if hit is not None:
             return hit.cap
-        stored = snapshot_index.compress(raw)
-        cap = await self._despite_unhappiness(lambda salt: self.gw.put_bytes(self._salted(stored, salt)),
-                                              "an index chunk")
+        cap, stored = await self.writer.index_chunk(raw)
         self.cache.store(key, cap, self.gen)
         self.confirmed()
-        self.stats.bytes_uploaded += len(stored)
+        self.stats.bytes_uploaded += stored
         self.stats.index_chunks_new += 1
         return cap
 
@@ -372,11 +355,58 @@ class Store:
         return await self.directory(root_body(tree, objects, index_dir))
 
 
+class Writer:
+    """Puts objects on one grid, through its gateway client ``gw``: for the store, and for a copy to a
+    second grid.  Each method returns the object's cap once the gateway confirmed it (the caller
+    records it then, never before), storing it again under a salt as :func:`despite_unhappiness`
+    says when the grid refuses it as unhappy; it raises :class:`GatewayError` when it cannot.
+    """
+
+    def __init__(self, gw: Any) -> None:
+        self.gw = gw
+
+    async def put_bytes(self, data: bytes, what: str) -> str:
+        """``data`` as an immutable file.  Its bytes are read back by offset or length (a pack's
+        members, a compressed frame, an index chunk) or not at all, so a salt after them changes
+        nothing for a reader.  ``what`` names it in the log."""
+        return await despite_unhappiness(
+            self.gw, lambda salt: self.gw.put_bytes(data + SALT_MARK + salt if salt else data), what)
+
+    async def put_file(self, src: Any, size: int, label: str, what: str, can_salt: bool = True,
+                       slices: list["_FileSlice"] | None = None) -> str:
+        """The first ``size`` bytes of ``src`` (a file read by offset: ``pread``) as an immutable
+        file, each attempt through a fresh view of it (listed in ``slices``: the last one hashed what
+        was sent).  ``can_salt`` False: an object that must hold exactly these bytes (a plain
+        filenode).  Raises :class:`SourceChanged` when ``src`` shrinks under the upload."""
+        seen = slices if slices is not None else []
+
+        def opener(salt: bytes | None) -> _FileSlice:
+            view = _FileSlice(src, size, SALT_MARK + salt if salt else b"")
+            seen.append(view)
+            return view
+
+        return await despite_unhappiness(
+            self.gw, lambda salt: self.gw.put_file(lambda: opener(salt), label=label), what, can_salt)
+
+    async def mkdir(self, body: bytes, priority: float = 0.0) -> str:
+        """An immutable directory of this exact ``body`` (a salt goes in a key no reader reads, see
+        ``snapshot.salted_body``); ``priority``: lower goes first when requests queue for a slot."""
+        return await despite_unhappiness(
+            self.gw, lambda salt: self.gw.mkdir_immutable(salted_body(body, salt.hex()) if salt else body, priority),
+            "a directory")
+
+    async def index_chunk(self, raw: bytes) -> tuple[str, int]:
+        """An index chunk (``raw``: its uncompressed bytes), stored compressed: its cap, and the
+        length stored."""
+        stored = snapshot_index.compress(raw)
+        return await self.put_bytes(stored, "an index chunk"), len(stored)
+
+
 async def despite_unhappiness(gw: Any, put: Callable[[bytes | None], Awaitable[str]], what: str,
                               can_salt: bool = True) -> str:
     """``put(salt)`` stores an object through the gateway ``gw`` (``salt`` None: exactly as it is) and
-    returns its cap: the one way an object refused as unhappy is stored again, for the store and
-    for ``copy``.
+    returns its cap: the one way an object refused as unhappy is stored again (every
+    :class:`Writer` method goes through it).
 
     When the grid refuses it as unhappy although servers are up, they
     usually still hold an interrupted upload's shares of the same bytes as

@@ -1,5 +1,5 @@
 """The pure side of ``watch``: which directories a round rescans, and when it is due; the tree of
-directories a round leaves for the next; the cache keeping what incremental backups still use."""
+directories a round leaves for the next."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from hypothesis import given, strategies as st
 
 from lafs_backup.backup.changes import (CHANGED, CREATED, DELETED, MOVED_FROM, MOVED_TO, Change, Changes, Round,
                                         ancestors)
-from lafs_backup.cache import EntryCache
 from lafs_backup.engine.watch import DirNode, _tree
 
 names = st.sampled_from([b"a", b"b", b"c", b"d\xff", b"e f"])
@@ -111,25 +110,3 @@ def test_the_next_rounds_tree_keeps_unchanged_subtrees_shared():
     assert new.find(b"a/x").cap == "x1"
     assert new.find(b"b").cap == "b2" and new.find(b"b/new").cap == "n2"
     assert old.find(b"b").cap == "b1" and b"new" not in old.dirs[b"b"].dirs  # the old tree is untouched
-
-
-def test_cleanup_keeps_the_rows_an_incremental_backup_still_uses(tmp_path):
-    """Generation 2 kept generation 1's subtree whole, so the row it reuses still says generation 1.
-    Forgetting generation 1 must not delete that row while generation 2 is kept."""
-    db = EntryCache(str(tmp_path / "c.sqlite"), "http://gw/")
-    g1 = db.begin_generation(b"/src")
-    db.store(b"k-old-subtree", "URI:CHK:old", g1)
-    b1 = db.record_backup(g1, "URI:DIR2-CHK:one", b"/src", "src", 1.0)
-    g2 = db.begin_generation(b"/src", base=g1)
-    db.store(b"k-changed", "URI:CHK:new", g2)
-    db.record_backup(g2, "URI:DIR2-CHK:two", b"/src", "src", 2.0)
-    assert db.forget([b1.row]) == 0
-    assert db.lookup(b"k-old-subtree", g2) is not None
-    # Without the base the row would have gone: a full backup (no base) after it keeps nothing of g1.
-    g3 = db.begin_generation(b"/src")
-    db.lookup(b"k-changed", g3)
-    b3 = db.record_backup(g3, "URI:DIR2-CHK:three", b"/src", "src", 3.0)
-    rows = [b.row for b in db.backups() if b.row != b3.row]
-    assert db.forget(rows) == 1  # the old subtree's row; g3 used only k-changed
-    assert db.lookup(b"k-old-subtree", g3) is None
-    db.close()

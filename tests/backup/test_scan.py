@@ -51,3 +51,80 @@ def test_symlinks_are_recorded_not_followed(tmp_path):
     assert entries[b"abs"].kind == "l" and entries[b"abs"].target == b"/etc"
     assert entries[b"loop"].target == b"loop"
     assert set(entries) == {b"", b"abs", b"loop"}
+
+
+def test_an_incremental_walk_keeps_unchanged_directories_and_holds_files_being_written(tmp_path):
+    from lafs_backup.backup.scan import WalkHooks
+
+    for d in ("keep/sub", "walk"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "keep/sub/x").write_text("x")
+    import time
+
+    (tmp_path / "walk/old").write_text("old")
+    time.sleep(0.05)  # (past the file system's time granularity)
+    (tmp_path / "walk/hot").write_text("being written")
+    hot = os.lstat(tmp_path / "walk/hot")
+    entered = []
+
+    def on_dir(rel, fd):
+        assert os.fstat(fd).st_ino == os.lstat(os.path.join(str(tmp_path), os.fsdecode(rel))).st_ino
+        entered.append(rel)
+
+    hooks = WalkHooks(on_dir=on_dir, reuse=lambda rel: "URI:DIR2-CHK:k" if rel == b"keep" else None,
+                      hot_since_ns=max(hot.st_mtime_ns, hot.st_ctime_ns))
+    entries = {e.path: e for e in scan(str(tmp_path), compile_rules([]), lambda p, m: None, hooks=hooks)}
+    assert set(entries) == {b"", b"keep", b"walk", b"walk/old", b"walk/hot"}  # nothing below the kept one
+    assert entries[b"keep"].extra("reuse") == b"URI:DIR2-CHK:k" and entered == [b"", b"walk"]
+    assert entries[b"walk/hot"].extra("hold") == b"" and entries[b"walk/old"].extra("hold") is None
+
+
+def test_one_loop_walks_any_tree_and_closes_what_it_opened():
+    """The walk over a tree of plain values (as a remote source gives one): order, selection, a
+    directory that cannot be listed warned in the tree's words, every opened directory closed."""
+    import stat
+
+    from lafs_backup.backup.remote import make_stat
+    from lafs_backup.backup.scan import walk
+    from lafs_backup.backup.select import Selection
+    from lafs_backup.store.entry import Entry
+
+    f, d = make_stat(stat.S_IFREG | 0o644, 3, 10, 1), make_stat(stat.S_IFDIR | 0o755, 0, 10, 0)
+    tree_of = {b"": [(b"a", d, None), (b"b", f, (("etag", b"1"),)), (b"bad", d, None), (b"skip", d, None)],
+               b"a": [(b"c", f, None)], b"skip": []}
+    opened, closed = [], []
+
+    class Tree:
+        cannot = "cannot list directory"
+
+        def root(self, warn):
+            opened.append(b"")
+            return b"", tree_of[b""], Entry.from_stat(b"", d)
+
+        def enter(self, parent, name, rel, warn):
+            if rel not in tree_of:
+                raise OSError(13, "Permission denied")
+            opened.append(rel)
+            return rel, tree_of[rel]
+
+        def head(self, handle):
+            return lambda name, n: None
+
+        def keep(self, handle, name, rel, st, listed, warn):
+            return listed or ()
+
+        def dir_entry(self, rel, st, extras, children):
+            return Entry.from_stat(rel, st, extras=extras)
+
+        def readlink(self, handle, name):
+            raise AssertionError("no symlinks here")
+
+        def close(self, handle):
+            closed.append(handle)
+
+    warnings = []
+    out = list(walk(Tree(), Selection(filter=compile_rules(["-^/skip/$"])), lambda p, m: warnings.append((p, m))))
+    assert [e.path for e in out] == [b"a/c", b"a", b"b", b""]
+    assert dict(out[2].extras) == {"etag": b"1"}
+    assert warnings == [(b"bad", "cannot list directory: Permission denied; skipped")]
+    assert sorted(opened) == sorted(closed) == [b"", b"a"]

@@ -124,14 +124,15 @@ async def _upload(src: Path, gw, cache, tmp_path: Path, trees: settled.Trees | N
         return cap
 
     write_queue(str(q), bytes(src), scan(bytes(src), compile_rules([]), lambda p, m: None), settle)
-    up, _ = uploader(src, gw, cache)
     records = None
     if trees is not None and kept:
         reader = Reader(gw)
         await reader.load_index(list(trees.index))
         records = settled.Records(trees, reader.index)
-        up._settled, up._records = trees, records
+        up, _ = uploader(src, gw, cache, settled=trees, records=records)
         up.store.packs_used |= trees.packs
+    else:
+        up, _ = uploader(src, gw, cache)
     with QueueReader(str(q)) as r:
         cap = await up.run(r)
     made = settled.Trees(cap, 1, "fp", 1, up.index_caps, frozenset(up.store.packs_used), frozenset(), up.trees)

@@ -166,16 +166,17 @@ def test_sigkill_at_random_moments(grid, tmp_path):
 
 _CACHE_WRITER = r"""
 import os, sys
-from lafs_backup.cache import EntryCache
-c = EntryCache(sys.argv[1], "http://gateway.invalid/", commit_rows=0, commit_seconds=0)
+from lafs_backup.db.local import LocalDB
+db = LocalDB(sys.argv[1], "http://gateway.invalid/", commit_rows=0, commit_seconds=0)
+c = db.objects
 batch = int(sys.argv[2])
-start = c._db.execute("SELECT COUNT(*) FROM objects").fetchone()[0] // batch
+start = db.db.conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0] // batch
 gen = c.begin_generation(b"/src")
 for i in range(start, start + 100000):
     for j in range(batch):
         c.store(b"%d-%d" % (i, j), "URI:CHK:%d:%d" % (i, j), gen, os.urandom(32))
     if i % 7 == 6:
-        c.record_backup(gen, "URI:DIR2-CHK:%d" % i, b"/src", "src", float(i))
+        db.history.record_backup(gen, "URI:DIR2-CHK:%d" % i, b"/src", "src", float(i))
         gen = c.begin_generation(b"/src")
     else:
         c.commit()

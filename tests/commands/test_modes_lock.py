@@ -157,17 +157,18 @@ def test_a_busy_cache_is_not_called_damaged(tmp_path, monkeypatch):
     the --rebuild-cache advice that would set a healthy cache aside."""
     import pytest
 
-    from lafs_backup import cache as cache_mod
+    from lafs_backup.db import database
+    from lafs_backup.db.local import LocalDB
     from lafs_backup.errors import CacheBusyError
 
     path = str(tmp_path / "c.sqlite")
-    cache_mod.EntryCache(path, "http://g/").close()
-    monkeypatch.setattr(cache_mod, "BUSY_TIMEOUT_MS", 50)
+    LocalDB(path, "http://g/").close()
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 50)
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
         with pytest.raises(CacheBusyError) as e:
-            cache_mod.EntryCache(path, "http://g/")
+            LocalDB(path, "http://g/")
         assert e.value.exit_code == 5 and "rebuild" not in str(e.value) and "busy" in str(e.value)
     finally:
         holder.execute("ROLLBACK")

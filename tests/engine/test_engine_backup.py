@@ -15,7 +15,7 @@ from fakes import FakeGateway
 
 from lafs_backup import config as cfg
 from lafs_backup.backup.settled import trees_path
-from lafs_backup.cache import EntryCache
+from lafs_backup.db.local import LocalDB
 from lafs_backup.engine.backup import BackupRun, Job, SelectArgs, local_source, selection
 from lafs_backup.engine.runtime import Runtime
 from lafs_backup.errors import GridError
@@ -47,11 +47,11 @@ class RecordingTarget:
     @contextlib.asynccontextmanager
     async def locked_cache(self, fresh: bool = False):
         self.events.append(("lock", fresh))
-        cache = EntryCache(self.path, "fake")
+        db = LocalDB(self.path, "fake")
         try:
-            yield cache
+            yield db
         finally:
-            cache.close()
+            db.close()
             self.events.append("unlock")
 
     async def cache_path(self) -> str:

@@ -329,13 +329,13 @@ async def test_records_waiting_for_their_turn_spill_to_a_file_and_the_index_is_w
     from fakes import FakeCache, FakeGateway
     from builders import run, tree
 
-    from lafs_backup.backup import upload
+    from lafs_backup.backup import indexer
     from lafs_backup.read.reader import Reader
 
-    monkeypatch.setattr(upload, "_INDEX_HELD", 0)  # every record waiting goes through the spill file
+    monkeypatch.setattr(indexer, "_HELD", 0)  # every record waiting goes through the spill file
     gw, cache = FakeGateway(), FakeCache()
     cap, up = await run(tree(tmp_path / "src", dirs=6, files=5), gw, cache)
-    assert up.index_caps and up._index_spill is None  # closed
+    assert up.index_caps and up.index._spill is None  # closed
     plain, indexed = Reader(gw, use_index=False), Reader(gw)
 
     async def everything(reader) -> list:

@@ -68,3 +68,45 @@ def test_a_directory_is_made_unless_its_exact_body_is_stored(known, mode):
         assert d.action == plan.KNOWN and d.hit is known
     else:
         assert d.action == plan.STORE and d.hit is None
+
+
+@dataclass
+class F:
+    st_mode: int
+    st_size: int = 10
+    st_mtime_ns: int = 20
+    st_ctime_ns: int = 30
+    st_ino: int = 40
+
+
+@given(st.lists(st.tuples(st.sampled_from(["inode", "stateless", "both", "none", "gone", "dir"]), hits),
+                max_size=12), modes, st.booleans())
+def test_a_batch_of_files_is_decided_as_each_alone_with_at_most_two_questions(files, mode, plain):
+    """The row trusted for a stat is the one with its inode, else the one without (a rebuilt cache's);
+    a batch asks the cache twice at most, and never for a file that is gone or not regular."""
+    rows: dict[bytes, Hit] = {}
+    batch, expected = [], []
+    for i, (known, hit) in enumerate(files):
+        path = b"f%d" % i
+        stat_now = None if known == "gone" else F(DIR.st_mode if known == "dir" else REG.st_mode, st_ino=i)
+        batch.append((path, stat_now, "Permission denied" if stat_now is None else ""))
+        trusted = None
+        if known in ("inode", "both"):
+            rows[plan.state_key(path, stat_now, plain)] = trusted = hit
+        if known in ("stateless", "both"):
+            other = Hit("URI:CHK:other", hit.sha256)
+            rows[plan.state_key(path, stat_now, plain, inode=False)] = other
+            trusted = trusted or other
+        expected.append(plan.for_file(stat_now, trusted, mode, "Permission denied") if stat_now is None
+                        else plan.for_file(stat_now, trusted, mode))
+    asked: list[list[bytes]] = []
+
+    def lookup(keys):
+        asked.append(keys)
+        return {k: rows[k] for k in keys if k in rows}
+
+    assert plan.for_files(batch, lookup, mode, plain) == expected
+    regular = [p for p, s, _ in batch if s is not None and s.st_mode == REG.st_mode]
+    assert len(asked) <= 2 and sum(len(a) for a in asked[:1]) == len(regular)
+    assert len(set(k for a in asked for k in a)) == sum(len(a) for a in asked)  # no key asked twice
+    assert plan.state_key(b"p", F(REG.st_mode), plain) != plan.state_key(b"p", F(REG.st_mode), not plain)

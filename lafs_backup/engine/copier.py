@@ -8,19 +8,19 @@ from its listing with each child's cap, and the pack and object caps in its
 edges' metadata, replaced by their destination caps, in the same canonical
 form it was made in: when the two grids encode alike (the same k, N,
 segment size and convergence secret) every cap comes out equal, and the
-copy is the same snapshot.  An object or directory the destination refuses
-as unhappy (a killed copy's upload of the same bytes still holds its shares
-as "incoming") is stored again under a salt, as the store does.  Each object
-the destination confirmed goes into
-a map (``map_get``/``map_put``, kept in the entry cache per destination and
-committed at once), so a killed copy resumes without sending it again and a
-directory already copied is skipped whole, its subtree unread.
+copy is the same snapshot.  Everything reaches the destination through the
+store's writer for it (``store.Writer``), as a backup's objects do: an
+object or directory the destination refuses as unhappy (a killed copy's
+upload of the same bytes still holds its shares as "incoming") is stored
+again under a salt, and a cap comes back only once the destination
+confirmed it.  Each such object goes into a map (``map_get``/``map_put``,
+kept in the entry cache per destination and committed at once), so a
+killed copy resumes without sending it again and a directory already
+copied is skipped whole, its subtree unread.
 """
-
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -32,14 +32,12 @@ from twisted.internet.interfaces import IReactorTime
 
 from ..caps import lit_data
 from ..errors import GatewayError, SnapshotError
+from ..read.reader import Reader
 from ..slots import Slots
-from ..store.encode import SALT_MARK
 from ..store.index import BadIndex, IndexWriter
-from ..store.index import compress as compress_index
-from ..store.snapshot import INDEX, body_names, canonical_json, index_body, index_caps, salted_body
-from ..store.store import despite_unhappiness, full_error, temp_file, write_all
+from ..store.snapshot import INDEX, body_names, canonical_json, index_body, index_caps
+from ..store.store import Writer, full_error, temp_file, write_all
 from ..system.paths import LocalFile
-from .reader import Reader
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +63,8 @@ class CopyStats:
 
 
 class Copier:
-    """Copies snapshots from ``source`` (a gateway) to ``dest`` (another gateway's client)."""
+    """Copies snapshots from ``source`` (a gateway) to ``dest`` (another gateway's client, written
+    through a :class:`~..store.store.Writer`)."""
 
     def __init__(self, source: Any, dest: Any, map_get: Callable[[str], str | None],
                  map_put: Callable[[str, str], None], jobs: int = 4, tmpdir: str | None = None,
@@ -74,7 +73,7 @@ class Copier:
         ``clock`` (None: the source gateway's) is the reactor a freed slot wakes the next on."""
         self.src = source
         self.reader = reader
-        self.dst = dest
+        self.out = Writer(dest)
         self._get = map_get
         self._put = map_put
         clock = clock if clock is not None else source.clock
@@ -121,10 +120,7 @@ class Copier:
             made_index = await self._index(index[1].get("ro_uri"))
             if made_index is not None:
                 edges[INDEX] = ["dirnode", {"ro_uri": made_index}]
-        body = canonical_json(edges)
-        made = await despite_unhappiness(
-            self.dst, lambda salt: self.dst.mkdir_immutable(salted_body(body, salt.hex()) if salt else body),
-            "a directory")
+        made = await self.out.mkdir(canonical_json(edges))
         self._record(cap, made)
         self.stats.dirs += 1
         return str(made)
@@ -186,10 +182,7 @@ class Copier:
             made.append(await self._index_chunk(last))
         if not made:
             return None
-        body = index_body(made)
-        return str(await despite_unhappiness(
-            self.dst, lambda salt: self.dst.mkdir_immutable(salted_body(body, salt.hex()) if salt else body),
-            "a directory"))
+        return await self.out.mkdir(index_body(made))
 
     def _translated(self, body: bytes) -> bytes | None:
         """A directory body with the destination's caps, as :meth:`_make_dir` made it (None: a cap
@@ -222,12 +215,10 @@ class Copier:
         done = self._get(key)
         if done is not None:
             return done
-        stored = compress_index(raw)
-        made = str(await despite_unhappiness(self.dst, lambda salt: self.dst.put_bytes(
-            stored + SALT_MARK + salt if salt else stored), "an index chunk"))
+        made, stored = await self.out.index_chunk(raw)
         self._put(key, made)
         self.stats.objects += 1
-        self.stats.bytes += len(stored)
+        self.stats.bytes += stored
         return made
 
     # -- objects ---------------------------------------------------------------------------------
@@ -284,10 +275,7 @@ class Copier:
             await self.src.download(cap, sink, restart)
             size = pos[0]
             src = LocalFile(fd)
-            made = await despite_unhappiness(
-                self.dst, lambda salt: self.dst.put_file(lambda: _View(src, size, SALT_MARK + salt if salt else b""),
-                                                         label="(copy)"),
-                "an object", can_salt)
+            made = await self.out.put_file(src, size, "(copy)", "an object", can_salt)
         finally:
             os.close(fd)
             self._slots.release()
@@ -313,40 +301,3 @@ async def _all(coros: list[Any]) -> list[Any]:
             value.raiseException()
     return [value for _, value in results]
 
-
-class _View(io.RawIOBase):
-    """A file object over the first ``size`` bytes of a temporary file, with its own position (each
-    upload attempt gets a fresh one)."""
-
-    def __init__(self, src: LocalFile, size: int, suffix: bytes = b"") -> None:
-        super().__init__()
-        self._src = src
-        self._size = size
-        self._suffix = suffix
-        self._total = size + len(suffix)
-        self._pos = 0
-
-    def read(self, n: int | None = -1) -> bytes:
-        left = self._total - self._pos
-        n = left if n is None or n < 0 else min(n, left)
-        if n <= 0:
-            return b""
-        if self._pos >= self._size:  # the salt, after the object's bytes
-            data = self._suffix[self._pos - self._size:self._pos - self._size + n]
-        else:
-            data = self._src.pread(min(n, self._size - self._pos), self._pos)
-        self._pos += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = max(0, {0: 0, 1: self._pos, 2: self._total}[whence] + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True

@@ -1,0 +1,109 @@
+"""The local history: the backups this machine made, the checks of any backup, and the snapshots copied to other
+grids."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..history import Backup
+from .database import Database, guarded
+from .objects import ObjectCache
+
+
+@guarded
+class LocalHistory:
+    """The tables ``backups``, ``checked`` and ``copies`` of ``db`` (see ``database.py``).
+
+    :meth:`forget` also drops the rows of ``objects`` (the object cache) that no kept backup
+    uses any more: what a backup keeps alive is this record's to say.
+    """
+
+    _COLUMNS = ("id, generation, cap, source, name, ts, link_dir, link_name, result_file, host, tags, summary, "
+                "writer, record")
+
+    def __init__(self, db: Database, objects: ObjectCache) -> None:
+        self._db = db
+        self._objects = objects
+        self.path = db.path
+
+    # -- backups -------------------------------------------------------------
+    def record_backup(self, generation: int, cap: str, source: bytes, name: str, ts: float,
+                      link_dir: str | None = None, link_name: str | None = None,
+                      result_file: str | None = None, host: str | None = None, tags: tuple[str, ...] = (),
+                      summary: dict[str, Any] | None = None) -> Backup:
+        """Record a finished backup, made durable at once (with every row stored before it)."""
+        cur = self._db.conn.execute(
+            "INSERT INTO backups (generation, cap, source, name, ts, link_dir, link_name, result_file, host, "
+            "tags, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (generation, cap, source, name, ts, link_dir, link_name, result_file, host, json.dumps(list(tags)),
+             json.dumps(summary or {})))
+        self._db.commit(durable=True)  # the record of a finished backup must survive a power cut
+        return self._backup_row(int(cur.lastrowid or 0))
+
+    def set_recorded(self, row: int, writer: str, record: str) -> None:
+        """The repository now records backup ``row`` as ``writer/record``."""
+        self._db.conn.execute("UPDATE backups SET writer=?, record=? WHERE id=?", (writer, record, row))
+        self._db.commit()
+
+    def backups(self) -> list[Backup]:
+        """The backups this cache made, oldest first, with their checks."""
+        checks = self.checks()
+        return [self._backup(r, checks) for r in self._db.conn.execute(
+            f"SELECT {self._COLUMNS} FROM backups ORDER BY ts, id").fetchall()]
+
+    def forget(self, rows: list[int]) -> int:
+        """Remove this cache's backups from the record, and every object row no remaining backup can use.
+
+        Returns the number of object rows deleted.  Rows of interrupted runs
+        newer than every backup are kept: the next run resumes with them.
+        """
+        db = self._db.conn
+        self._db.flush()
+        top = db.execute("SELECT MAX(generation) FROM backups").fetchone()[0] or 0
+        for i in rows:
+            db.execute("DELETE FROM backups WHERE id=?", (i,))
+        kept = {r[0] for r in db.execute("SELECT DISTINCT generation FROM backups")}
+        deleted = self._objects.drop_unused(kept, top)
+        self._db.commit()
+        return deleted
+
+    def _backup_row(self, row: int) -> Backup:
+        r = self._db.conn.execute(f"SELECT {self._COLUMNS} FROM backups WHERE id=?", (row,)).fetchone()
+        return self._backup(r, self.checks())
+
+    @staticmethod
+    def _backup(r: Any, checks: dict[str, tuple[float | None, float | None]]) -> Backup:
+        (row, gen, cap, source, name, ts, link_dir, link_name, result_file, host, tags, summary, writer,
+         record) = r
+        ts_check, ts_lease = checks.get(cap, (None, None))
+        return Backup(f"local:{row}", gen, cap, source, name, ts, ts_check, link_dir, link_name, result_file,
+                      host, ts_lease, tuple(json.loads(tags or "[]")), json.loads(summary or "{}"), row,
+                      writer, record)
+
+    # -- checks --------------------------------------------------------------
+    def set_checked(self, caps: list[str], ts: float, leases: bool) -> None:
+        """Record a completed check of these backups (``leases``: it renewed every object's lease)."""
+        for cap in caps:
+            self._db.conn.execute("INSERT INTO checked VALUES (?, ?, NULL) ON CONFLICT(cap) DO UPDATE SET "
+                                  "ts_check=excluded.ts_check", (cap, ts))
+            if leases:
+                self._db.conn.execute("UPDATE checked SET ts_lease=? WHERE cap=?", (ts, cap))
+        self._db.commit()
+
+    def checks(self) -> dict[str, tuple[float | None, float | None]]:
+        """cap -> (last check, last lease renewal) of every backup ever checked from here."""
+        return {r[0]: (r[1], r[2]) for r in self._db.conn.execute("SELECT cap, ts_check, ts_lease FROM checked")}
+
+    # -- copies on other grids -------------------------------------------------
+    def record_copy(self, cap: str, dest: str, dst: str, ts: float) -> None:
+        """Snapshot ``cap`` is held by grid ``dest`` too, as ``dst`` (made durable at once)."""
+        self._db.conn.execute("INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?)", (cap, dest, dst, ts))
+        self._db.commit(durable=True)
+
+    def copies(self) -> dict[str, list[str]]:
+        """Snapshot cap -> the other grids (gateway URLs) known to hold a copy of it."""
+        out: dict[str, list[str]] = {}
+        for cap, dest in self._db.conn.execute("SELECT cap, dest FROM copies ORDER BY dest"):
+            out.setdefault(cap, []).append(dest)
+        return out

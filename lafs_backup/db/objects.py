@@ -1,0 +1,239 @@
+"""The object cache, what deduplication needs: each object the gateway confirmed, by its key; the generations that
+used it; the source paths read before."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Any
+
+from ..store.snapshot import Hit
+from .database import Database, guarded
+
+#: Keys asked for in one query by :meth:`ObjectCache.lookup_many` (sqlite before 3.32 takes 999
+#: parameters at most).
+LOOKUP_BATCH = 500
+#: Rows marked as used, held until they are written together (their keys: about 7 MB at most).
+BUMP_BATCH = 100000
+
+
+@functools.lru_cache(maxsize=64)
+def _select_many(n: int) -> str:
+    return ("SELECT key, cap, sha256, generation, enc, pack_offset, pack_length FROM objects WHERE key IN "
+            f"({','.join('?' * n)})")
+
+
+@guarded
+class ObjectCache:
+    """The tables ``objects``, ``generations`` and ``paths`` of ``db`` (see ``database.py``): what the
+    store and the uploader look up and record (``lookup``, ``store``, ``commit``...).
+
+    Rows stored and marks of rows used are held in memory and written at the
+    next commit of ``db`` (whoever makes it), in key order.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.path = db.path
+        self.reader = db.reader
+        #: Keys of rows looked up by generation ``_bump_gen``, to be marked as used by it.
+        self._bumps: list[bytes] = []
+        self._bump_gen = 0
+        # Rows stored but not yet written to the file (see _flush_writes): key -> row.
+        self._new_objects: dict[bytes, tuple[Any, ...]] = {}
+        self._new_paths: dict[bytes, int] = {}
+        db.on_flush(self._flush_writes)
+
+    def commit(self, durable: bool = False) -> None:
+        """Commit the database (the store does after each confirmed upload); ``durable``: also sync."""
+        self._db.commit(durable)
+
+    # -- generations ---------------------------------------------------------
+    def begin_generation(self, source: bytes, base: int | None = None) -> int:
+        """The generation for a new backup of ``source``; ``base``: the generation whose snapshot
+        an incremental backup builds on (None: a backup that looks at every entry).
+
+        An interrupted run's generation (the newest for this source, with no
+        finished backup) is reused, so a resumed run doesn't leave a gap.
+        """
+        db = self._db.conn
+        self._db.flush()
+        row = db.execute(
+            "SELECT gen FROM generations WHERE source=? ORDER BY gen DESC LIMIT 1", (source,)).fetchone()
+        if row is not None:
+            # Finished: the local history recorded a backup of it.
+            done = db.execute("SELECT 1 FROM backups WHERE generation=?", (row[0],)).fetchone()
+            newest = db.execute("SELECT MAX(gen) FROM generations").fetchone()[0]
+            if not done and row[0] == newest:
+                db.execute("UPDATE generations SET base=? WHERE gen=?", (base, row[0]))
+                self._db.commit()
+                return int(row[0])
+        top = db.execute(
+            "SELECT MAX(g) FROM (SELECT MAX(gen) AS g FROM generations "
+            "UNION ALL SELECT MAX(generation) FROM objects)").fetchone()[0]
+        gen = int(top or 0) + 1
+        db.execute("INSERT INTO generations VALUES (?, ?, ?, ?)", (gen, source, self._db.now(), base))
+        self._db.commit()
+        return gen
+
+    def drop_unused(self, kept: set[int], top: int) -> int:
+        """Delete the rows and generations up to ``top`` that no generation in ``kept`` can use,
+        nor any generation an incremental one among them builds on; returns the rows deleted.
+
+        Not committed: the local history calls it inside its ``forget``, which commits.
+        """
+        db = self._db.conn
+        self._db.flush()
+        kept = self._with_bases(kept)
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS kept (g INTEGER PRIMARY KEY)")
+        db.execute("DELETE FROM kept")
+        db.executemany("INSERT INTO kept VALUES (?)", [(g,) for g in kept])
+        cur = db.execute(
+            "DELETE FROM objects WHERE generation <= ? AND NOT EXISTS "
+            "(SELECT 1 FROM kept WHERE g BETWEEN COALESCE(objects.first_gen, 1) AND objects.generation)",
+            (top,))
+        deleted = cur.rowcount
+        db.execute("DELETE FROM generations WHERE gen <= ? AND gen NOT IN (SELECT g FROM kept)", (top,))
+        return deleted
+
+    def _with_bases(self, kept: set[int]) -> set[int]:
+        """``kept`` and every generation an incremental one among them builds on (its rows may
+        still carry that generation)."""
+        base = {g: b for g, b in self._db.conn.execute("SELECT gen, base FROM generations WHERE base IS NOT NULL")}
+        out = set(kept)
+        todo = [g for g in kept if g in base]
+        while todo:
+            b = base[todo.pop()]
+            if b not in out:
+                out.add(b)
+                if b in base:
+                    todo.append(b)
+        return out
+
+    # -- objects -------------------------------------------------------------
+    def lookup(self, key: bytes, generation: int) -> Hit | None:
+        """The cached cap for ``key``; marks it as used by ``generation``."""
+        new = self._new_objects.get(key)
+        if new is not None:
+            return self._new_hit(key, new, generation)
+        row = self._db.conn.execute(
+            "SELECT cap, sha256, generation, enc, pack_offset, pack_length FROM objects WHERE key=?",
+            (key,)).fetchone()
+        if row is None:
+            return None
+        if row[2] != generation and not self.reader:
+            self._bump(generation, key)
+            if len(self._bumps) >= BUMP_BATCH:
+                self._flush_bumps()
+        return Hit(row[0], row[1], row[3], row[4], row[5])
+
+    def lookup_many(self, keys: list[bytes], generation: int) -> dict[bytes, Hit]:
+        """:meth:`lookup` for many keys at once: the cached cap of each key that has one.
+
+        One query per :data:`LOOKUP_BATCH` keys: sqlite walks the keys in order
+        inside one statement, at about half the cost per key of one query each
+        (phase two asks for a batch of files together, see ``saver.py``).
+        """
+        found: dict[bytes, Hit] = {}
+        new = self._new_objects
+        if new:
+            found.update((k, self._new_hit(k, new[k], generation)) for k in keys if k in new)
+            keys = [k for k in keys if k not in found]
+        db = self._db.conn
+        self._bump_generation(generation)
+        bumps, marks = self._bumps, not self.reader
+        for i in range(0, len(keys), LOOKUP_BATCH):
+            chunk = keys[i:i + LOOKUP_BATCH]
+            for key, cap, sha256, gen, enc, offset, length in db.execute(_select_many(len(chunk)), chunk):
+                if gen != generation and marks:
+                    bumps.append(key)
+                found[key] = Hit(cap, sha256, enc, offset, length)
+        if len(self._bumps) >= BUMP_BATCH:
+            self._flush_bumps()
+        return found
+
+    def _bump(self, generation: int, key: bytes) -> None:
+        # Marking rows as used is batched (see _flush_bumps): an unchanged rerun touches every row.
+        self._bump_generation(generation)
+        self._bumps.append(key)
+
+    def _bump_generation(self, generation: int) -> None:
+        if generation != self._bump_gen:
+            self._flush_bumps()
+            self._bump_gen = generation
+
+    def _new_hit(self, key: bytes, row: tuple[Any, ...], generation: int) -> Hit:
+        if row[3] != generation and not self.reader:
+            self._new_objects[key] = row = (*row[:3], generation, *row[4:7], row[7])
+        return Hit(row[1], row[2], row[4], row[5], row[6])
+
+    def _flush_writes(self) -> None:
+        """Write the rows stored since the last flush, in key order (the keys are hashes: in
+        order, the inserts walk the table's pages once instead of landing on random ones), then
+        the marks of rows used."""
+        if self._new_objects:
+            rows = sorted(self._new_objects.values())
+            self._new_objects = {}
+            self._db.conn.executemany(
+                "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "cap=excluded.cap, sha256=excluded.sha256, generation=excluded.generation, enc=excluded.enc, "
+                "pack_offset=excluded.pack_offset, pack_length=excluded.pack_length", rows)
+        if self._new_paths:
+            paths = sorted(self._new_paths.items())
+            self._new_paths = {}
+            self._db.conn.executemany("INSERT OR REPLACE INTO paths VALUES (?, ?)", paths)
+        self._flush_bumps()
+
+    def _flush_bumps(self) -> None:
+        if self._bumps:
+            # In key order, the updates walk the table's pages once, front to back; in
+            # lookup order (random: keys are hashes) each lands on a page read anew.
+            self._bumps.sort()
+            gen = self._bump_gen
+            self._db.conn.executemany("UPDATE objects SET generation=? WHERE key=?",
+                                      ((gen, k) for k in self._bumps))
+            self._bumps = []
+
+    def store(self, key: bytes, cap: str, generation: int, sha256: bytes | None = None,
+              enc: str | None = None, offset: int | None = None, length: int | None = None) -> None:
+        """Record a cap the gateway returned (never call it with anything else).  Written to the file
+        at the next commit (which the store makes in the same reactor turn as the upload's
+        confirmation), with the other rows stored meanwhile."""
+        self._new_objects[key] = (key, cap, sha256, generation, enc, offset, length, generation)
+        self._db.wrote()
+
+    def store_hit(self, key: bytes, hit: Hit, generation: int) -> None:
+        self.store(key, hit.cap, generation, hit.sha256, hit.enc, hit.offset, hit.length)
+
+    def has_objects(self) -> bool:
+        """Does the cache remember any stored object (False: new, or set aside)?"""
+        return bool(self._new_objects) or self._db.conn.execute(
+            "SELECT 1 FROM objects LIMIT 1").fetchone() is not None
+
+    # -- paths ---------------------------------------------------------------
+    @staticmethod
+    def _path_key(source: bytes, path: bytes) -> bytes:
+        return hashlib.sha256(source + b"\0" + path).digest()
+
+    def saw_path(self, source: bytes, path: bytes) -> bool:
+        """Was content at ``path`` of ``source`` stored before (so a file there now is 'changed')?"""
+        key = self._path_key(source, path)
+        if key in self._new_paths:
+            return True
+        return self._db.conn.execute("SELECT 1 FROM paths WHERE key=?", (key,)).fetchone() is not None
+
+    def saw_paths(self, source: bytes, paths: list[bytes]) -> set[bytes]:
+        """:meth:`saw_path` for many paths at once: those that were seen (one query per
+        :data:`LOOKUP_BATCH`)."""
+        keys = {self._path_key(source, p): p for p in paths}
+        seen = {p for k, p in keys.items() if k in self._new_paths}
+        todo = [k for k in keys if keys[k] not in seen]
+        for i in range(0, len(todo), LOOKUP_BATCH):
+            chunk = todo[i:i + LOOKUP_BATCH]
+            q = f"SELECT key FROM paths WHERE key IN ({','.join('?' * len(chunk))})"
+            seen.update(keys[row[0]] for row in self._db.conn.execute(q, chunk))
+        return seen
+
+    def record_path(self, source: bytes, path: bytes, generation: int) -> None:
+        self._new_paths[self._path_key(source, path)] = generation
+        self._db.wrote()
