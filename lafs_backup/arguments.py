@@ -182,3 +182,21 @@ def _number(word: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def full_parser() -> argparse.ArgumentParser:
+    """Every command with all its arguments, as subcommands of one parser: what the man page and the
+    shell completions are generated from (``bin/generate-docs``); the CLI itself parses with
+    :func:`parse`, which builds only the command given."""
+    top = top_parser()
+    p = argparse.ArgumentParser(prog=PROG, description=top.description, epilog=top.epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    add_global(p.add_argument_group("global options (before or after the command)"))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, (module, summary) in _commands().items():
+        mod = importlib.import_module(f".commands.{module}", __package__)
+        sp = sub.add_parser(name, help=summary, description=summary[:1].upper() + summary[1:] + ".",
+                            epilog=f"example: {mod.EXAMPLE}" if getattr(mod, "EXAMPLE", None) else None)
+        mod.arguments(sp)
+    return p
