@@ -2,7 +2,9 @@
 """Benchmark lafs-backup against `tahoe backup` and duplicity, side by side, and write bench/RESULTS.md.
 
 usage: python bench/run.py [--work DIR] [--scale N] [--no-scale] [--no-rivals]
-                           [--only check|browse|watch|remote|copy|scale]
+                           [--only check|browse|watch|remote|copy|scale|real]
+
+``--only real`` measures real trees beside restic and borg (bench/rivals.py).
 
 Each tool gets its own copy of the tree from bench/mktree.py (default
 size) and its own fresh local grid of the same shape (3 storage nodes,
@@ -764,13 +766,20 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=1_000_000)
     ap.add_argument("--no-scale", action="store_true")
     ap.add_argument("--no-rivals", action="store_true")
-    ap.add_argument("--only", metavar="SECTION", choices=["check", "browse", "watch", "remote", "copy", "scale"],
+    ap.add_argument("--only", metavar="SECTION", choices=["check", "browse", "watch", "remote", "copy", "scale", "real"],
                     help="measure only this section and update it in RESULTS.md")
     a = ap.parse_args()
     if a.only:
         work = Path(a.work).resolve()
         shutil.rmtree(work / "tree", ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
+        if a.only == "real":
+            sys.path.insert(0, str(HERE))
+            from rivals import bench_real
+
+            update_section("Real trees:", bench_real(work, timed, lambda name: fresh_grid(work, name), grid_down))
+            print((HERE / "RESULTS.md").read_text())
+            return
         if a.only == "scale":
             update_section("Scale:", scale_section(bench_scale(work, a.scale)))
             print((HERE / "RESULTS.md").read_text())
