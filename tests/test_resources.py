@@ -42,7 +42,9 @@ async def test_the_cache_is_one_per_gateway_without_a_configured_path(tmp_path, 
 
 @pytest_twisted.ensureDeferred
 async def test_the_locked_cache_is_released_and_a_fresh_one_moves_the_old_aside(tmp_path, monkeypatch):
-    o = opener(tmp_path, monkeypatch, f"source.entry_cache.path={tmp_path}/c.sqlite")
+    # (a gateway URL that nothing answers: opening the cache asks no gateway, and starts no grid)
+    o = opener(tmp_path, monkeypatch, f"source.entry_cache.path={tmp_path}/c.sqlite",
+               "destination.url=http://127.0.0.1:9/")
     async with o.locked_cache() as db:
         db.objects.begin_generation(b"/src")
         held = o.lock()  # a second holder in the same process: refused at once
