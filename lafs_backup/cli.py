@@ -7,12 +7,22 @@ import logging
 import os
 import sys
 import traceback
-from typing import Any, Sequence
+from types import FrameType
+from typing import IO, TYPE_CHECKING, Callable, Sequence
 
 from . import arguments
 from . import config as cfg
 from . import log as logsetup
 from .errors import ExitCode, LafsBackupError, UsageError
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from .protocols import Reactor
+    from .resources import Opener
+
+#: Says one line to the user (on stderr).
+SayFn = Callable[[str], None]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +41,7 @@ def _level(ns: argparse.Namespace, configured: str) -> str:
     return configured
 
 
-def _overrides(ns: argparse.Namespace) -> list[tuple[str, Any]]:
+def _overrides(ns: argparse.Namespace) -> list[tuple[str, cfg.YAMLValue]]:
     out = [cfg.parse_override(item) for item in getattr(ns, "set", [])]
     if getattr(ns, "url", None):
         out.append(("destination.url", ns.url))
@@ -54,11 +64,11 @@ class Stopper:
 
     GRACE = 1.8
 
-    def __init__(self, say: Any) -> None:
+    def __init__(self, say: SayFn) -> None:
         self._say = say
         self.signum: int | None = None
-        self._reactor: Any = None
-        self._command: Any = None
+        self._reactor: Reactor | None = None
+        self._command: Deferred[int] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -66,7 +76,7 @@ class Stopper:
 
         return int(ExitCode.TERMINATED if self.signum == signal.SIGTERM else ExitCode.INTERRUPTED)
 
-    def watch(self, reactor: Any, command: Any) -> None:
+    def watch(self, reactor: Reactor, command: Deferred[int]) -> None:
         """Take over SIGINT and SIGTERM once ``reactor`` runs; ``command`` is the Deferred to cancel."""
         self._reactor, self._command = reactor, command
         reactor.callWhenRunning(self._install)
@@ -77,7 +87,8 @@ class Stopper:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._caught)
 
-    def _caught(self, signum: int, frame: Any) -> None:
+    def _caught(self, signum: int, frame: FrameType | None) -> None:
+        assert self._reactor is not None  # (installed once the reactor runs)
         self._reactor.callFromThread(self._stop, signum)
 
     def _stop(self, signum: int) -> None:
@@ -109,7 +120,7 @@ def _hard_exit(code: int) -> None:
     os._exit(code)
 
 
-async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = None,
+async def run(reactor: Reactor, argv: Sequence[str], out: IO[str] | None = None, err: IO[str] | None = None,
               stopper: Stopper | None = None) -> int:
     """Run one command with an injected reactor; return its exit code.
 
@@ -138,12 +149,13 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
         logsetup.setup(_level(ns, config.log_level), insecure=config.debug_requests, stream=rep.err)
         rep.json_mode = getattr(ns, "json", False)
         rep.quiet = bool(getattr(ns, "quiet", False))
-        opener = Opener(config, Runtime(reactor, rep, Operation(ns.command, rep)), repo_arg=getattr(ns, "repo", None))
+        op = Operation(ns.command, rep)
+        opener = Opener(config, Runtime(reactor, rep, op), repo_arg=getattr(ns, "repo", None))
         if ns.command not in _WITH_MANHOLE:
             return await _dispatch(opener, ns)
         from . import manhole
 
-        mh = await manhole.start(config, reactor, opener.rt.op, state_dir(), lambda m: rep.warn("manhole", m))
+        mh = await manhole.start(config, reactor, op, state_dir(), lambda m: rep.warn("manhole", m))
         try:
             return await _dispatch(opener, ns)
         finally:
@@ -175,7 +187,7 @@ async def run(reactor: Any, argv: Sequence[str], out: Any = None, err: Any = Non
 class _Say:
     """A line on a stream, with nothing of the tool's own imported (it must work when they fail)."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
 
     def __call__(self, line: str) -> None:
@@ -192,7 +204,7 @@ def crash_dir() -> str:
     return os.path.join(platformdirs.user_state_dir("lafs-backup"), "crashes")
 
 
-def crashed(say: Any, debug: bool) -> int:
+def crashed(say: SayFn, debug: bool) -> int:
     """Report the exception being handled as a bug and return 70.
 
     One line names the error; its traceback, with every cap and key redacted,
@@ -227,7 +239,7 @@ def crashed(say: Any, debug: bool) -> int:
 _WITH_MANHOLE = {"backup", "watch", "copy", "restore", "check", "verify", "cleanup", "diff"}
 
 
-async def _dispatch(opener: Any, ns: argparse.Namespace) -> int:
+async def _dispatch(opener: Opener, ns: argparse.Namespace) -> int:
     import importlib
 
     from .commands import COMMANDS
@@ -258,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return crashed(say, debug)
 
 
-def _main(args: list[str], say: Any) -> int:
+def _main(args: list[str], say: SayFn) -> int:
     from twisted.internet import defer, task
 
     if not args:
@@ -276,7 +288,7 @@ def _main(args: list[str], say: Any) -> int:
     # Stays INTERRUPTED only if the reactor stopped before the command returned.
     code: list[int] = [int(ExitCode.INTERRUPTED)]
 
-    async def go(reactor: Any) -> None:
+    async def go(reactor: Reactor) -> None:
         command = defer.Deferred.fromCoroutine(run(reactor, args, stopper=stopper))
         stopper.watch(reactor, command)
         try:

@@ -7,7 +7,7 @@ import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import yaml
 
@@ -18,6 +18,10 @@ from .log import LEVELS
 from .retry import RetryPolicy
 
 BASE_CONFIG = Path(__file__).with_name("core.yaml")
+#: A value of the configuration as YAML gave it: a scalar, list or mapping, of the types the key's
+#: entry in :data:`SCHEMA` allows once merged (a whole file's document: anything until then).
+YAMLValue = Any
+T = TypeVar("T")
 
 _NUM = (int, float)
 _NULL = type(None)
@@ -97,7 +101,7 @@ def _type_names(types: tuple[type, ...]) -> str:
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
-def _load_yaml(path: str) -> Any:
+def _load_yaml(path: str) -> YAMLValue:
     try:
         with open(path, "rb") as f:
             return yaml.safe_load(f)
@@ -140,7 +144,7 @@ def merge(base: dict[str, Any], layer: Mapping[str, Any], source: str, prefix: s
             raise ConfigError(source=source, key=dotted, problem="unknown key")
 
 
-def parse_override(item: str) -> tuple[str, Any]:
+def parse_override(item: str) -> tuple[str, YAMLValue]:
     """Parse a ``KEY=VALUE`` command-line override; VALUE is read as YAML."""
     if "=" not in item:
         raise ConfigError(source="command line", key=item, problem="expected KEY=VALUE")
@@ -152,7 +156,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _nest(dotted: str, value: Any) -> dict[str, Any]:
+def _nest(dotted: str, value: YAMLValue) -> dict[str, Any]:
     out: dict[str, Any] = {}
     cur = out
     parts = dotted.split(".")
@@ -162,7 +166,7 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def load_tree(files: Iterable[str] = (), overrides: Iterable[tuple[str, Any]] = ()) -> dict[str, Any]:
+def load_tree(files: Iterable[str] = (), overrides: Iterable[tuple[str, YAMLValue]] = ()) -> dict[str, Any]:
     """Return the merged configuration tree: base, then ``files``, then ``overrides``."""
     tree: dict[str, Any] = {}
     merge(tree, _load_yaml(str(BASE_CONFIG)), str(BASE_CONFIG))
@@ -177,8 +181,8 @@ def load_tree(files: Iterable[str] = (), overrides: Iterable[tuple[str, Any]] = 
     return tree
 
 
-def get(tree: Mapping[str, Any], dotted: str) -> Any:
-    cur: Any = tree
+def get(tree: Mapping[str, Any], dotted: str) -> YAMLValue:
+    cur: YAMLValue = tree
     for p in dotted.split("."):
         cur = cur[p]
     return cur
@@ -420,7 +424,7 @@ class Config:
 
 
 def _select(tree: Mapping[str, Any]) -> SelectConfig:
-    def g(key: str) -> Any:
+    def g(key: str) -> YAMLValue:
         return get(tree, "source." + key)
 
     def strings(key: str) -> tuple[str, ...]:
@@ -431,7 +435,7 @@ def _select(tree: Mapping[str, Any]) -> SelectConfig:
                                   "non-empty strings")
         return tuple(items)
 
-    def checked(key: str, parse: Any, value: Any) -> Any:
+    def checked(key: str, parse: Callable[[str], T], value: str) -> T:
         try:
             return parse(value)
         except UsageError as e:
@@ -453,7 +457,7 @@ def _select(tree: Mapping[str, Any]) -> SelectConfig:
 def from_tree(tree: Mapping[str, Any]) -> Config:
     """Read a merged, validated tree (:func:`load_tree`) into records.  Filter rules, encoding
     rules and rate limits are compiled here, so a bad one stops the tool before any work."""
-    def g(key: str) -> Any:
+    def g(key: str) -> YAMLValue:
         return get(tree, key)
 
     def rate(key: str) -> tuple[float, float] | None:
@@ -489,6 +493,6 @@ def from_tree(tree: Mapping[str, Any]) -> Config:
     )
 
 
-def load(files: Iterable[str] = (), overrides: Iterable[tuple[str, Any]] = ()) -> Config:
+def load(files: Iterable[str] = (), overrides: Iterable[tuple[str, YAMLValue]] = ()) -> Config:
     """The configuration of one run: base, then ``files``, then ``overrides``, read into records."""
     return from_tree(load_tree(files, overrides))

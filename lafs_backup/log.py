@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Any
+from typing import IO
 
 #: Per-path logging, below DEBUG (O(n) in the number of entries).
 NOISE = logging.DEBUG - 1
@@ -54,7 +54,7 @@ def level_number(name: str | int) -> int:
     return NOISE if name.lower() == "noise" else int(logging.getLevelName(name.upper()))
 
 
-def setup(level: int | str = logging.WARNING, insecure: bool = False, stream: Any = None) -> None:
+def setup(level: int | str = logging.WARNING, insecure: bool = False, stream: IO[str] | None = None) -> None:
     """Configure the root logger for a CLI run.
 
     Unless ``insecure`` (``http.debug_requests``) is set, every handler gets a

@@ -23,7 +23,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch import error as conch_error
@@ -31,14 +31,16 @@ from twisted.conch.insults import insults
 from twisted.conch.manhole import ColoredManhole
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.manhole_ssh import ConchFactory, TerminalRealm, TerminalSession
-from twisted.conch.ssh import keys, userauth
+from twisted.conch.ssh import keys, session, userauth
 from twisted.conch.ssh.common import getNS
 from twisted.conch.ssh.transport import SSHServerTransport
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import ISSHPrivateKey
+from twisted.cred.credentials import ISSHPrivateKey, SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
-from twisted.cred.portal import Portal
+from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IListeningPort, ITransport
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone
 from twisted.python.failure import Failure
@@ -47,6 +49,10 @@ from zope.interface import implementer
 from . import config as cfg
 from .errors import ConfigError
 from .log import level_number
+from .protocols import AttemptLike, GatewayLike
+
+if TYPE_CHECKING:
+    from .protocols import Reactor
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +232,13 @@ def host_key(state_dir: str) -> keys.Key:
 
 # -- the namespace -------------------------------------------------------------------
 
+class Watched(Protocol):
+    """The running operation, as the manhole's names read it (``report.Operation``)."""
+
+    @property
+    def gateway(self) -> GatewayLike | None: ...
+
+
 class Timeouts:
     """``debug_timeouts``: one callable per in-flight gateway attempt.
 
@@ -235,10 +248,10 @@ class Timeouts:
     that text, and returns how many.  The list is read live.
     """
 
-    def __init__(self, op: Any) -> None:
+    def __init__(self, op: Watched) -> None:
         self._op = op
 
-    def _attempts(self) -> list[Any]:
+    def _attempts(self) -> list[AttemptLike]:
         gw = self._op.gateway
         return sorted(gw.inflight, key=lambda a: a.started) if gw is not None else []
 
@@ -286,7 +299,7 @@ def main_loop_frame() -> FrameType:
     return outer
 
 
-def namespace(tree: Any, op: Any) -> dict[str, Any]:
+def namespace(tree: Mapping[str, Any], op: Watched) -> dict[str, Any]:
     from .config import shown
 
     return {"__name__": "__manhole__", "__doc__": None, "config": shown(tree) if tree else tree, "op": op, "debug_frame": None,
@@ -302,6 +315,8 @@ BANNER = (b"lafs-backup manhole. Names: op (op.progress, op.in_flight, op.stats)
 class _Repl(ColoredManhole):
     """The REPL of one connection, over the namespace shared by all of them."""
 
+    namespace: dict[str, Any]
+
     def __init__(self, ns: dict[str, Any]) -> None:
         super().__init__()
         self.namespace = ns  # the base class copies it; keep it shared so it persists
@@ -311,7 +326,7 @@ class _Repl(ColoredManhole):
         super().connectionMade()
         run = self.interpreter.runcode
 
-        def runcode(*a: Any, **kw: Any) -> None:
+        def runcode(*a: object, **kw: object) -> None:
             # exit() or quit() leaves this session, as Ctrl-D does; the run goes on, and nothing
             # reaches the command's log.
             try:
@@ -334,17 +349,18 @@ class _Session(TerminalSession):
     """A terminal session that follows window resizes and ends when the client's input does."""
 
     width, height = 80, 24  # when the client asked for no terminal
-    _chained: Any = None
+    _chained: insults.ServerProtocol | None = None
 
-    def openShell(self, proto: Any) -> None:
-        # Leaving the REPL ends the "process" with status 0, so ssh exits 0 too.
-        proto.loseConnection = lambda: proto.processEnded(Failure(ProcessDone(0)))
+    def openShell(self, proto: session.SSHSessionProcessProtocol) -> None:
+        # Leaving the REPL ends the "process" with status 0, so ssh exits 0 too (this session's
+        # protocol, told so in place of closing its channel).
+        proto.loseConnection = lambda: proto.processEnded(Failure(ProcessDone(0)))  # type: ignore[method-assign]
         self._chained = self.chainedProtocolFactory()
         self.transportFactory(proto, self._chained, IConchUser(self.original), self.width, self.height)
 
-    def windowChanged(self, size: Any) -> None:
+    def windowChanged(self, size: tuple[int, int, int, int]) -> None:
         self.height, self.width = size[:2]
-        if self._chained is not None:
+        if self._chained is not None and self._chained.terminalProtocol is not None:
             self._chained.terminalProtocol.terminalSize(self.width, self.height)
 
     def eofReceived(self) -> None:
@@ -353,7 +369,9 @@ class _Session(TerminalSession):
             self._chained.loseConnection()
 
 
-def _peer(transport: Any) -> str:
+def _peer(transport: ITransport | None) -> str:
+    if transport is None:
+        return "(unknown peer)"
     try:
         a = transport.getPeer()
     except Exception:
@@ -371,22 +389,41 @@ def _offered_key(data: bytes) -> str:
 
 
 class _Transport(SSHServerTransport):
+    factory: _Factory
+
     def connectionMade(self) -> None:
         self.peer_name = _peer(self.transport)
         log.warning("manhole: connection from %s", self.peer_name)
         self.factory.sessions.add(self)
         super().connectionMade()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.factory.sessions.discard(self)
         log.warning("manhole: connection from %s closed", self.peer_name)
         super().connectionLost(reason)
 
 
+class _Factory(ConchFactory):
+    """The manhole's SSH factory, which keeps its open connections (to close them with the listener)."""
+
+    sessions: set[_Transport]
+
+
+@implementer(IRealm)
+class _Realm(TerminalRealm):
+    """Twisted's terminal realm, declared as the realm it is."""
+
+
+#: What a successful login gives: the avatar's interface, the avatar, and how to log it out.
+_PortalTuple = tuple[type[IConchUser], IConchUser, Callable[[], None]]
+
+
 class _UserAuth(userauth.SSHUserAuthServer):
     """Public keys only; every attempt is logged with the peer and the key's fingerprint."""
 
-    def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> Any:
+    transport: _Transport
+
+    def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> defer.Deferred[_PortalTuple]:
         peer = self.transport.peer_name
         who = user.decode("utf-8", "backslashreplace")
         method = kind.decode("ascii", "replace")
@@ -400,11 +437,11 @@ class _UserAuth(userauth.SSHUserAuthServer):
             return d
         fp = _offered_key(data)
 
-        def accepted(result: Any) -> Any:
+        def accepted(result: _PortalTuple) -> _PortalTuple:
             log.warning("manhole: accepted key %s for %r from %s", fp, who, peer)
             return result
 
-        def refused(f: Any) -> Any:
+        def refused(f: Failure) -> Failure:
             if f.check(conch_error.ValidPublicKey, conch_error.IgnoreAuthentication):
                 log.info("manhole: key %s offered by %s is authorized; waiting for its signature", fp, peer)
             else:
@@ -424,7 +461,7 @@ class KeyChecker:
     def __init__(self, authorized: tuple[keys.Key, ...]) -> None:
         self._blobs = {k.blob() for k in authorized}
 
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred:
+    def requestAvatarId(self, credentials: SSHPrivateKey) -> defer.Deferred[bytes | tuple[()]]:
         if credentials.blob not in self._blobs:
             return defer.fail(UnauthorizedLogin("key not authorized"))
         if not credentials.signature:
@@ -438,15 +475,20 @@ class KeyChecker:
         return defer.succeed(credentials.username)
 
 
-def make_factory(s: Settings, host: keys.Key, ns: dict[str, Any]) -> ConchFactory:
-    realm = TerminalRealm()
+def make_factory(s: Settings, host: keys.Key, ns: dict[str, Any]) -> _Factory:
+    def terminal() -> insults.ServerProtocol:
+        return insults.ServerProtocol(_Repl, ns)
+
+    realm = _Realm()
     realm.sessionFactory = _Session
-    realm.chainedProtocolFactory = lambda: insults.ServerProtocol(_Repl, ns)
-    factory = ConchFactory(Portal(realm, [KeyChecker(s.keys)]))
+    # (Twisted takes any callable that makes the terminal; its type is read from its default, the class)
+    realm.chainedProtocolFactory = terminal  # type: ignore[assignment]
+    factory = _Factory(Portal(realm, [KeyChecker(s.keys)]))
     factory.protocol = _Transport
     factory.services = {**factory.services, b"ssh-userauth": _UserAuth}
     factory.publicKeys = {host.sshType(): host.public()}
-    factory.privateKeys = {host.sshType(): host}
+    # (Twisted's ConchFactory declares its keys as bytes; they are keys, as SSHFactory uses them)
+    factory.privateKeys = {host.sshType(): host}  # type: ignore[dict-item]
     factory.sessions = set()
     return factory
 
@@ -454,14 +496,14 @@ def make_factory(s: Settings, host: keys.Key, ns: dict[str, Any]) -> ConchFactor
 class Manhole:
     """The listener: open, close, toggled by a signal."""
 
-    def __init__(self, s: Settings, reactor: Any, factory: ConchFactory, warn: Callable[[str], None]) -> None:
+    def __init__(self, s: Settings, reactor: Reactor, factory: _Factory, warn: Callable[[str], None]) -> None:
         self.settings = s
         self._reactor = reactor
         self._factory = factory
         self._warn = warn
-        self._port: Any = None
+        self._port: IListeningPort | None = None
         self._busy = False
-        self._old_handler: Any = None
+        self._old_handler: Callable[[int, FrameType | None], object] | int | signal.Handlers | None = None
 
     @property
     def is_open(self) -> bool:
@@ -472,7 +514,7 @@ class Manhole:
         if self._port is None:
             return None
         h = self._port.getHost()
-        return f"{h.host}:{h.port}" if hasattr(h, "port") else str(getattr(h, "name", h))
+        return f"{h.host}:{h.port}" if isinstance(h, (IPv4Address, IPv6Address)) else str(getattr(h, "name", h))
 
     async def open(self) -> None:
         if self._port is not None:
@@ -489,8 +531,11 @@ class Manhole:
         if port is None:
             return
         for t in list(self._factory.sessions):
-            t.transport.loseConnection()
-        await port.stopListening()
+            if t.transport is not None:
+                t.transport.loseConnection()
+        stopped = port.stopListening()
+        if stopped is not None:
+            await stopped
         log.warning("manhole: closed")
 
     def toggle(self) -> None:
@@ -509,7 +554,7 @@ class Manhole:
         if self.settings.signum is None:
             return
 
-        def handler(signum: int, frame: Any) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
             self._reactor.callFromThread(self.toggle)
         self._old_handler = signal.signal(self.settings.signum, handler)
         log.warning("manhole: closed until signal %s (kill -%s %d)", signal.Signals(self.settings.signum).name,
@@ -521,7 +566,7 @@ class Manhole:
             self._old_handler = None
 
 
-async def start(config: cfg.Config, reactor: Any, op: Any, state_dir: str,
+async def start(config: cfg.Config, reactor: Reactor, op: Watched, state_dir: str,
                 warn: Callable[[str], None]) -> Manhole | None:
     """Start the manhole a configuration asks for (None when it is off).
 

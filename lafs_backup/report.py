@@ -7,7 +7,14 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any, Callable
+from types import FrameType
+from typing import IO, TYPE_CHECKING, Any, Callable, Collection, Protocol
+
+from .protocols import GatewayLike
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+    from twisted.internet.task import LoopingCall
 
 
 @dataclass
@@ -140,7 +147,7 @@ class Reporter:
         """A command's product on stdout, as text (a cap, a listing, a configuration)."""
         print(text, file=self.out, end=end, flush=True)
 
-    def record(self, obj: Any) -> None:
+    def record(self, obj: object) -> None:
         """A command's product on stdout as one JSON line."""
         self._json(obj)
 
@@ -149,7 +156,7 @@ class Reporter:
         line = json.dumps(obj, sort_keys=True) if self.json_mode else text
         print(line, file=self.err if err else self.out, flush=True)
 
-    def _json(self, obj: Any) -> None:
+    def _json(self, obj: object) -> None:
         print(json.dumps(obj, sort_keys=True), file=self.out, flush=True)
 
     def excluded(self, counts: dict[str, list[int]]) -> None:
@@ -215,6 +222,16 @@ def _printable(text: str) -> str:
         "unicode_escape").decode("ascii") if not text.isprintable() else text
 
 
+class _Bar(Protocol):
+    """A progress bar on the terminal (tqdm's)."""
+
+    def update(self, n: int) -> object: ...
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Progress:
     """Live progress of phase two.
 
@@ -224,15 +241,15 @@ class Progress:
     Otherwise nothing at all.  Driven by a LoopingCall on the injected clock.
     """
 
-    def __init__(self, reporter: Reporter, clock: Any, total_entries: int, total_bytes: int,
+    def __init__(self, reporter: Reporter, clock: IReactorTime, total_entries: int, total_bytes: int,
                  interval: float = 0.5) -> None:
         self.rep = reporter
         self.clock = clock
         self.total_entries = total_entries
         self.total_bytes = total_bytes
         self.interval = interval if not reporter.json_mode else max(interval, 1.0)
-        self._bar: Any = None
-        self._loop: Any = None
+        self._bar: _Bar | None = None
+        self._loop: LoopingCall | None = None
         self._shown = 0
         self._t0 = clock.seconds()
 
@@ -282,12 +299,19 @@ class Progress:
             self._bar = None
 
 
-def _isatty(stream: Any) -> bool:
+def _isatty(stream: IO[str]) -> bool:
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
 
+
+
+class Uploading(Protocol):
+    """The uploader of a running backup, as the operation shows it (``backup.upload.Uploader``)."""
+
+    @property
+    def in_flight(self) -> Collection[bytes]: ...
 
 
 class Operation:
@@ -300,12 +324,12 @@ class Operation:
     def __init__(self, command: str, reporter: Reporter, now: Callable[[], float] = time.monotonic) -> None:
         self.command = command
         self.reporter = reporter
-        self.gateway: Any = None
-        self.uploader: Any = None
+        self.gateway: GatewayLike | None = None
+        self.uploader: Uploading | None = None
         #: Entries and bytes of regular files the run will go through (0 until known).
         self.totals: list[int] = [0, 0]
         #: The command's own frame (its coroutine), to inspect its local variables.
-        self.frame: Any = None
+        self.frame: FrameType | None = None
         self._now = now
         self._start = now()
 

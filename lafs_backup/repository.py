@@ -30,6 +30,7 @@ from typing import Any, Iterable
 
 from . import __version__
 from .errors import GatewayError, GridError, UsageError
+from .protocols import JSON, GatewayLike
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class Record:
     def metadata(self) -> dict[str, Any]:
         """The link metadata that is the record on the grid."""
         try:
-            source: Any = self.source.decode("utf-8")
+            source: str | dict[str, str] = self.source.decode("utf-8")
         except UnicodeDecodeError:
             source = {"b64": base64.b64encode(self.source).decode()}
         out = {"lafs_backup_record": RECORD_FORMAT, "host": self.host, "source": source, "time": self.ts,
@@ -110,7 +111,7 @@ class Record:
         return out
 
     @classmethod
-    def from_metadata(cls, cap: str, meta: Any, writer: str, name: str) -> "Record | None":
+    def from_metadata(cls, cap: str, meta: object, writer: str, name: str) -> "Record | None":
         """The record an entry's link metadata holds (None: not a record this version can read)."""
         if not isinstance(meta, dict) or meta.get("lafs_backup_record") != RECORD_FORMAT:
             return None
@@ -141,14 +142,14 @@ def record_name(ts: float, generation: int) -> str:
 class Repository:
     """A repository on the grid, through ``gateway`` (see the module docstring)."""
 
-    def __init__(self, gateway: Any, key: RepoKey, attempts: int = 8) -> None:
+    def __init__(self, gateway: GatewayLike, key: RepoKey, attempts: int = 8) -> None:
         self.gw = gateway
         self.key = key
         self._attempts = attempts
         self._writers_cap: str | None = None
 
     @classmethod
-    async def create(cls, gateway: Any, furl: str | None = None, needed: int | None = None,
+    async def create(cls, gateway: GatewayLike, furl: str | None = None, needed: int | None = None,
                      happy: int | None = None, total: int | None = None) -> "Repository":
         """Make a new, empty repository on the grid."""
         from .caps import lit_cap
@@ -170,7 +171,7 @@ class Repository:
             self._writers_cap = entry[1]
         return self._writers_cap
 
-    async def _listing(self, cap: str) -> dict[str, tuple[str, str | None, str | None, Any]]:
+    async def _listing(self, cap: str) -> dict[str, tuple[str, str | None, str | None, JSON]]:
         """name -> (type, write cap or None, read cap, metadata) of a directory's children."""
         try:
             listing = await self.gw.get_json(cap)

@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 from . import history
 from .config import Config
@@ -19,12 +19,13 @@ from .engine.runtime import Runtime
 from .grid import ratelimit
 from .grid.gateway import Gateway, make_http_client
 from .history import Backup
+from .protocols import GatewayLike
 from .system.lock import CacheLock
 from .system.places import data_dir, state_dir
 
 if TYPE_CHECKING:
     from .grid.local import LocalGrid
-    from .repository import Repository
+    from .repository import RepoKey, Repository
 
 
 @dataclass
@@ -37,9 +38,9 @@ class Opener:
     repo_arg: str | None = None
     _gateway: Gateway | None = None
     _url: str | None = None
-    _key: Any = None
+    _key: RepoKey | None = None
     _key_read: bool = False
-    _repo: Any = None
+    _repo: Repository | None = None
     _history: list[Backup] | None = None
 
     # -- the grid -----------------------------------------------------------------------------
@@ -76,10 +77,11 @@ class Opener:
                     self._url = await self.ensure_grid(self.grid())
         return self._url
 
-    def joined_gateway(self, key: Any) -> "LocalGrid":
+    def joined_gateway(self, key: RepoKey) -> "LocalGrid":
         """This machine's gateway node for the grid a recovery key names (made on first use)."""
         from .grid.local import GridSpec, LocalGrid
 
+        assert key.furl is not None  # (asked only of a key that names its grid)
         d = os.path.join(data_dir(), "gateways", hashlib.sha256(key.furl.encode()).hexdigest()[:12])
         g = self.config.grid
         return LocalGrid(GridSpec(d, key.total or g.nodes, key.needed or g.needed, key.happy or g.happy,
@@ -116,7 +118,7 @@ class Opener:
         self._url = None
         self._gateway = None
 
-    async def happy(self, gw: Gateway | None = None) -> int:
+    async def happy(self, gw: GatewayLike | None = None) -> int:
         """The happiness the grid asks of an upload: ``destination.happy``; the embedded grid's own;
         else, for another gateway, the number of storage servers it is connected to now (Tahoe's
         web API does not tell a client its ``shares.happy``)."""
@@ -196,7 +198,7 @@ class Opener:
             lock.release()
 
     # -- the repository -------------------------------------------------------------------------
-    def explicit_key(self) -> Any:
+    def explicit_key(self) -> RepoKey | None:
         """The recovery key given by --repo, LAFS_BACKUP_REPO or ``repository.key_file`` (None: none)."""
         from .errors import UsageError
         from .repository import RepoKey
@@ -223,7 +225,7 @@ class Opener:
             return self.config.repository.key_file
         return key_path_for(await self.url() if self.config.destination.url else None)
 
-    async def repo_key(self) -> Any:
+    async def repo_key(self) -> RepoKey | None:
         """The recovery key: given, or this machine's own (None: there is no repository yet)."""
         from .repository import RepoKey
 
@@ -234,7 +236,7 @@ class Opener:
                 key = self._key = RepoKey.decode(_read_key(path, path))
         return key
 
-    async def repository(self, create: bool = False) -> Any:
+    async def repository(self, create: bool = False) -> Repository | None:
         """The repository (None: none is configured, and ``create`` is False)."""
         from .repository import Repository
 
@@ -271,7 +273,7 @@ class Opener:
             repo = Repository(dst_gw, key)
         return dest, dst_gw, repo
 
-    async def create_repository(self) -> Any:
+    async def create_repository(self) -> Repository:
         """Make a repository on the grid and keep its key, mode 0600; say where, once."""
         from .errors import UsageError
         from .repository import Repository
@@ -329,7 +331,7 @@ def key_path_for(url: str | None) -> str:
     return os.path.join(state_dir(), "repositories", f"{name}.key")
 
 
-def save_key(path: str, key: Any) -> None:
+def save_key(path: str, key: RepoKey) -> None:
     """Keep a recovery key in a new file of mode 0600, synced."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -339,7 +341,7 @@ def save_key(path: str, key: Any) -> None:
         os.fsync(f.fileno())
 
 
-def read_key_arg(arg: str, what: str) -> Any:
+def read_key_arg(arg: str, what: str) -> RepoKey:
     """A recovery key given as the key itself, a file holding it, or - (stdin)."""
     import sys
 

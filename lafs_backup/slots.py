@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Any, Awaitable, Callable, ParamSpec, TypeVar
+from typing import Awaitable, Callable, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -21,7 +21,7 @@ class _Waiter:
     def __init__(self, cancel: Callable[[_Waiter], None]) -> None:
         self.deferred: Deferred[None] = Deferred(lambda _d: cancel(self))
         #: Set when a released slot was handed to this waiter: the call that fires ``deferred``.
-        self.wake: Any = None  # an IDelayedCall
+        self.wake: IDelayedCall | None = None
         self.cancelled = False
 
 
@@ -48,8 +48,7 @@ class Slots:
         self.limit = limit
         #: Slots free now (none while anyone waits).
         self.tokens = limit
-        # (zope interfaces confuse mypy's view of their methods: the call is kept as a plain callable)
-        self._call_later: Callable[..., Any] = clock.callLater
+        self._clock = clock
         self._queue: list[tuple[float, int, _Waiter]] = []  # a heap; cancelled waiters are dropped lazily
         self._order = itertools.count()
         self._waiting = 0
@@ -78,7 +77,7 @@ class Slots:
             if w.cancelled:
                 continue
             self._waiting -= 1
-            w.wake = self._call_later(0, w.deferred.callback, None)
+            w.wake = self._clock.callLater(0, w.deferred.callback, None)
             return
         if self.tokens >= self.limit:
             raise RuntimeError("a slot was released that was not acquired")

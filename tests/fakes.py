@@ -1,5 +1,9 @@
 """In-memory fakes of the gateway and the object cache, for fast unit tests of the core classes.
 
+They are what they stand for to the type checker too (``lafs_backup.protocols.GatewayLike`` and
+``lafs_backup.store.protocols.ObjectCacheLike``: see ``test_types.py``); what no unit test needs
+of the gateway raises NotImplementedError.
+
 They behave like the real ones where the core relies on it: caps are
 content-derived (the same bytes give the same cap), a directory's cap names
 its exact body, listings come back in the web API's shape, downloads can be
@@ -13,12 +17,14 @@ import base64
 import hashlib
 import json
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 
 from lafs_backup.caps import lit_cap, lit_data
 from lafs_backup.errors import GatewayError
+from lafs_backup.protocols import JSON, AttemptLike, BodyFile
 from lafs_backup.retry import RetryPolicy
 from lafs_backup.store.snapshot import Hit
 
@@ -32,12 +38,12 @@ class FakeGateway:
     "unhappy" (UploadUnhappinessError), a status, or a callable returning an exception.
     ``hold`` makes uploads wait for :meth:`release` (to observe concurrency)."""
 
-    def __init__(self, clock: Any = None, attempts: int = 3) -> None:
+    def __init__(self, clock: IReactorTime | None = None, attempts: int = 3) -> None:
         import random
 
         from twisted.internet.task import Clock
 
-        self.clock = clock or Clock()
+        self.clock: IReactorTime = clock or Clock()
         self.retry = RetryPolicy(attempts, (1.0, 2.0), None, None)
         self.rng = random.Random(0)
         self.objects: dict[str, bytes] = {}
@@ -46,7 +52,8 @@ class FakeGateway:
         self.fail: dict[tuple[str, int], Any] = {}
         self.halted: BaseException | None = None
         self.hold = False
-        self.waiting: list[Deferred] = []
+        self.waiting: list[Deferred[None]] = []
+        self.inflight: set[AttemptLike] = set()
         self.in_flight = 0
         self.most_in_flight = 0
         self.priorities: list[float] = []
@@ -56,6 +63,15 @@ class FakeGateway:
 
     def halt(self, why: BaseException) -> None:
         self.halted = why
+
+    def resume(self) -> None:
+        self.halted = None
+
+    async def preflight(self) -> None:
+        pass
+
+    async def connected_servers(self) -> list[str]:
+        return ["fake"]
 
     def _maybe_fail(self, kind: str) -> None:
         self.counts[kind] += 1
@@ -73,7 +89,7 @@ class FakeGateway:
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             if self.hold:
-                d: Deferred = Deferred()
+                d: Deferred[None] = Deferred()
                 self.waiting.append(d)
                 await d
         finally:
@@ -96,7 +112,7 @@ class FakeGateway:
         await self._held()
         return self._file_cap(data)
 
-    async def put_file(self, opener: Callable[[], Any], label: str | None = None) -> str:
+    async def put_file(self, opener: Callable[[], BodyFile], label: str | None = None) -> str:
         self._maybe_fail("put")
         f = opener()
         data = b""
@@ -116,7 +132,7 @@ class FakeGateway:
         self.dirs[cap] = body
         return cap
 
-    async def get_json(self, cap: str, path: Any = ()) -> Any:
+    async def get_json(self, cap: str, path: Sequence[str] = ()) -> JSON:
         self.counts["get"] += 1
         body = json.loads(self.dirs.get(cap, b"{}"))
         children = {}
@@ -142,6 +158,30 @@ class FakeGateway:
     async def get_range(self, cap: str, offset: int, length: int) -> bytes:
         self.counts["range"] += 1
         return self.objects[cap][offset:offset + length]
+
+    # -- what no unit test asks of it ------------------------------------------------------------
+    async def mkdir_mutable(self) -> str:
+        raise NotImplementedError
+
+    async def check(self, cap: str, add_lease: bool = True, repair: bool = False, verify: bool = False) -> JSON:
+        raise NotImplementedError
+
+    async def stream_deep_check(self, cap: str, sink: Callable[[bytes], None], add_lease: bool = True,
+                                repair: bool = False, verify: bool = False) -> None:
+        raise NotImplementedError
+
+    async def stream_manifest(self, cap: str, sink: Callable[[bytes], None]) -> None:
+        raise NotImplementedError
+
+    async def link(self, dircap: str, name: str, cap: str) -> bool:
+        raise NotImplementedError
+
+    async def set_children(self, dircap: str, children: Mapping[str, tuple[str, JSON]],
+                           replace: bool = True) -> bool:
+        raise NotImplementedError
+
+    async def unlink(self, dircap: str, name: str) -> bool:
+        raise NotImplementedError
 
 
 class FakeCache:

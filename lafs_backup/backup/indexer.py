@@ -18,22 +18,34 @@ kept it as in the previous snapshot (:meth:`Indexer.kept`).  The indexer
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
-from typing import Any, Callable, Sequence
+from typing import Callable, Final, Sequence
 
 from twisted.internet.defer import Deferred
 
 from ..errors import QueueError
 from ..store.entry import Entry
 from ..store.index import IndexWriter
+from ..protocols import RunStats
+from ..store.protocols import ChunkStore
 from ..store.snapshot import Child, body_names, edge_metadata
-from ..store.store import Store, temp_file, write_all
+from ..store.store import temp_file, write_all
+from .settled import Records, Trees
 
 log = logging.getLogger(__name__)
 
+
+class _Reused(enum.Enum):
+    REUSED = "reused"
+
+
 #: Marks the index record of a subtree the walk kept whole (its records are the previous index's).
-_REUSED = object()
+_REUSED: Final = _Reused.REUSED
+#: A finished directory waiting for its turn: its cap, its body (or where it lies in the spill file,
+#: or :data:`_REUSED`), and its names.
+_Held = tuple[str, bytes | tuple[int, int] | _Reused, bytes]
 #: The most chunks an index carried over from snapshot to snapshot (by ``watch``'s incremental
 #: rounds) may reach; past that a round's snapshot is read through its directories until the next
 #: full walk writes a fresh index.
@@ -55,8 +67,9 @@ class Indexer:
     gives their index records (``settled.Records``).
     """
 
-    def __init__(self, store: Store, stats: Any, on_dir: Callable[[bytes, str], None] | None = None,
-                 base: Sequence[str] | None = None, settled: Any = None, records: Any = None) -> None:
+    def __init__(self, store: ChunkStore, stats: RunStats, on_dir: Callable[[bytes, str], None] | None = None,
+                 base: Sequence[str] | None = None, settled: Trees | None = None,
+                 records: Records | None = None) -> None:
         self.store = store
         self.stats = stats
         #: Told when storing a chunk fails (the uploader halts the run).
@@ -68,10 +81,10 @@ class Indexer:
         # Directory records in queue order (a directory finished early waits for those before it),
         # cut into chunks stored as they are cut.
         self.writer = IndexWriter()
-        self._order: list[tuple[Entry, Any]] = []
+        self._order: list[tuple[Entry, object]] = []
         # Records finished before their turn: in memory up to _HELD bytes, then in an unnamed
         # temporary file (a directory held up by a large upload may keep the rest of the tree waiting).
-        self._bodies: dict[bytes, tuple[str, Any, bytes]] = {}
+        self._bodies: dict[bytes, _Held] = {}
         self._held = 0
         self._spill: int | None = None
         self._spill_end = 0
@@ -87,7 +100,7 @@ class Indexer:
         self.caps: tuple[str, ...] = ()
 
     # -- what the uploader feeds ---------------------------------------------------------------------
-    def queued(self, e: Entry, result: Any) -> None:
+    def queued(self, e: Entry, result: object) -> None:
         """A directory of the queue, in queue order, with its result: its edge, or the Deferred of the
         task that makes it.  Adds the records of the directories finished so far."""
         self._order.append((e, result))
@@ -113,7 +126,7 @@ class Indexer:
         self._partial = True  # its directories' bodies are not at hand
         return self._done(e, cap)
 
-    def made(self, e: Entry, cap: str, body: bytes, names: bytes, times: tuple[Any, Any],
+    def made(self, e: Entry, cap: str, body: bytes, names: bytes, times: tuple[int | None, int | None],
              whole: bool) -> Child:
         """The edge of a directory made (or found stored) with this ``body`` and these ``names``;
         ``times``: its mtime and ctime now; ``whole``: every entry in it was stored."""
@@ -128,6 +141,7 @@ class Indexer:
         to :data:`INDEX_CARRIED_MAX` chunks in all."""
         self._drain()
         if self._whole and not self._broken:
+            assert self._settled is not None  # (a whole tree is kept only from a trees file)
             self.caps = tuple(self._settled.index)
             self.stats.index_chunks += len(self.caps)
             return list(self.caps) or None
@@ -168,7 +182,8 @@ class Indexer:
         st.subtrees_kept += 1
         st.entries_kept += files + dirs + links + specials
 
-    def _done(self, e: Entry, cap: str, times: tuple[Any, Any] = (None, None), body: Any = None,
+    def _done(self, e: Entry, cap: str, times: tuple[int | None, int | None] = (None, None),
+              body: bytes | _Reused | None = None,
               names: bytes = b"") -> Child:
         if self._on_dir is not None:
             self._on_dir(e.path, cap)
@@ -206,7 +221,7 @@ class Indexer:
         if taken:
             del order[:taken]
 
-    def _settle(self, e: Entry, done: Any) -> None:
+    def _settle(self, e: Entry, done: _Held | None) -> None:
         """List a finished directory in :attr:`trees` if every entry of its subtree was stored."""
         path = e.path
         if done is None or path in self._dirty:  # (None: the directory itself could not be stored)
@@ -214,6 +229,7 @@ class Indexer:
                 self._dirty.add(e.parent or b"")
             return
         if done[1] is _REUSED:
+            assert self._settled is not None  # (subtrees are kept whole only from a trees file)
             self.trees.extend(self._settled.subtree(path))
             return
         digest = e.extra("tree")

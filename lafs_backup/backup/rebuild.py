@@ -22,6 +22,7 @@ from ..read.reader import Reader
 from ..slots import Slots
 from ..store.index import BadIndex
 from ..store.index import chunk_bytes
+from ..store.protocols import ObjectCacheLike
 from ..store.snapshot import (INDEX, OBJECTS, PACKED_MARKER_BODY, TREE, Hit, blob_key, body_key, canonical_json,
                               content_key, file_key, index_key)
 
@@ -32,7 +33,7 @@ class Rebuilder:
     """Fills ``cache`` (as generation ``gen``) from snapshots read through ``reader``; ``clock``
     (None: the reader's) is the reactor a freed listing slot wakes the next on."""
 
-    def __init__(self, reader: Reader, cache: Any, generation: int, listings: int = 8,
+    def __init__(self, reader: Reader, cache: ObjectCacheLike, generation: int, listings: int = 8,
                  clock: IReactorTime | None = None) -> None:
         self.reader = reader
         self.cache = cache
@@ -61,7 +62,7 @@ class Rebuilder:
         self.cache.commit()
         return self.rows
 
-    async def _directory(self, cap: str, path: list[bytes]) -> dict[str, Any]:
+    async def _directory(self, cap: str, path: list[bytes]) -> dict[str, tuple[str, str, dict[str, Any]]]:
         """A directory's children; its exact body gets a row (a backup making it again finds it)."""
         await self._slots.acquire()
         try:

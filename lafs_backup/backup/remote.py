@@ -40,8 +40,8 @@ from typing import Any, Iterator, Mapping, Sequence
 from ..errors import UsageError
 from ..store.entry import Entry, join
 from ..filters import Filter
-from .scan import Extras, Listed, walk
-from .select import Selection
+from .scan import Extras, Listed, WalkHooks, walk
+from .select import HeadFn, Selection
 from ..store.store import temp_file, write_all
 from ..system.remotefs import label_of, open_url
 from .source import NoteFn, WarnFn
@@ -60,7 +60,7 @@ _MD5_HEX = re.compile(r"^[0-9a-fA-F]{32}$")
 
 # -- pure decisions ----------------------------------------------------------------------------
 
-def to_ns(value: Any) -> int | None:
+def to_ns(value: object) -> int | None:
     """A reported time as nanoseconds since the epoch (None: absent or not a time).
 
     Floats are rounded to microseconds, the resolution of a ``datetime``, so
@@ -93,7 +93,7 @@ def mtime_of(info: Mapping[str, Any]) -> int | None:
     return None
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).hex()
     return "" if value is None else str(value)
@@ -183,7 +183,7 @@ def child_name(base: str, name: str, kind: str, size: int = 0) -> tuple[str | No
     return rest, None
 
 
-def mode_for(kind: str, reported: Any) -> int:
+def mode_for(kind: str, reported: object) -> int:
     """The ``st_mode`` of a listed file or directory: the reported permission bits, or the defaults."""
     fmt = stat.S_IFDIR if kind == "directory" else stat.S_IFREG
     if isinstance(reported, int) and not isinstance(reported, bool) and stat.S_IMODE(reported):
@@ -307,7 +307,7 @@ class FsspecSource:
             out[name] = (name, st, extras)
         return [out[n] for n in sorted(out)]
 
-    def _head(self, dir_path: str) -> Any:
+    def _head(self, dir_path: str) -> HeadFn:
         """Read the first bytes of a child of ``dir_path`` (an ignore file, a CACHEDIR.TAG)."""
         def head(name: bytes, n: int) -> bytes | None:
             try:
@@ -365,7 +365,8 @@ class FsspecSource:
         return Entry.from_stat(rel, st, extras=extras)
 
     # -- the Source protocol -----------------------------------------------------------------------
-    def walk(self, flt: object, warn: WarnFn, note_once: NoteFn, hooks: Any = None) -> Iterator[Entry]:
+    def walk(self, flt: Filter | Selection, warn: WarnFn, note_once: NoteFn,
+             hooks: WalkHooks | None = None) -> Iterator[Entry]:
         """Every included entry, each child before its directory, names sorted as bytes, the root last
         (the walk of ``scan.walk``).
 
@@ -492,7 +493,7 @@ class _Tree:
         path = f"{parent}/{name.decode('utf-8')}"
         return path, self._src._list(path, rel, warn)
 
-    def head(self, d: str) -> Any:
+    def head(self, d: str) -> HeadFn:
         return self._src._head(d)
 
     def keep(self, d: str, name: bytes, rel: bytes, st: os.stat_result, listed: Extras | None,

@@ -2,39 +2,42 @@
 
 The saver does the work of one file, symlink or special file; the uploader
 (``upload.py``) decides when.  A file is re-stat'ed from the source, then
-decided by the planner from the cache (``store/plan.py``): unchanged files are
-not read.  Small files are read whole and go into a pack; large ones are
-hashed, then uploaded on their own unless their content is known.  A file
-that changes while it is read is read once more (a large one from a
-private copy), then stored as last read with a warning.
+decided by the planner from the cache (``decider.py``, often a batch ahead):
+unchanged files are not read.  Small files are read whole and go into a
+pack; large ones are hashed, then uploaded on their own unless their content
+is known.  A file that changes while it is read is read once more (a large
+one from a private copy), then stored as last read with a warning.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
 import stat
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Iterator, TypeVar
 
 from twisted.internet.interfaces import IReactorTime
 
 from ..caps import LIT_MAX, lit_cap
 from ..log import NOISE
+from ..protocols import ReporterLike
 from ..slots import Slots
-from ..store.entry import KIND_FILE, KIND_SOCKET, Entry, kind_of
+from ..store.entry import KIND_SOCKET, Entry, kind_of
 from ..store.snapshot import Child, Hit, edge_metadata
 from ..store import plan
-from ..store.store import SourceChanged, Store
+from ..store.protocols import ObjectCacheLike, StoreLike
+from ..store.store import SourceChanged
+from .decider import AHEAD, Decided, Decider
+from .reading import SourceReader, why
+from .source import Source
+
+if TYPE_CHECKING:
+    from .upload import Budget
 
 log = logging.getLogger(__name__)
 
-#: A decision and the stat it was made from.
-Decided = tuple[plan.Decision, "os.stat_result | None"]
-#: Entries read ahead by :meth:`FileSaver.ahead` to decide their files together: enough for one
-#: query to cost little per key; more keeps more objects alive for the garbage collector to visit.
-AHEAD = 100
+T = TypeVar("T")
 
 
 class FileSaver:
@@ -45,8 +48,8 @@ class FileSaver:
     (None: the gateway's) is the reactor a freed file slot wakes the next file on.
     """
 
-    def __init__(self, source: Any, store: Store, cache: Any, generation: int, reporter: Any,
-                 budget: Any, open_files: int = 12, mode: str = "stat",
+    def __init__(self, source: Source, store: StoreLike, cache: ObjectCacheLike, generation: int,
+                 reporter: ReporterLike, budget: Budget, open_files: int = 12, mode: str = "stat",
                  clock: IReactorTime | None = None) -> None:
         self.source = source
         self.store = store
@@ -61,76 +64,22 @@ class FileSaver:
         self._plain = store.settings.plain
         #: Relative paths being read or uploaded right now (for progress and the manhole).
         self.in_flight: set[bytes] = set()
-        #: Decisions made by :meth:`ahead` for files not yet at their turn, by path.
-        self._ahead: dict[bytes, Decided] = {}
-        #: Whether content was stored from a path before, asked by :meth:`ahead` (files to read).
-        self._seen_ahead: dict[bytes, bool] = {}
+        #: The planner's first decision for each file, often made a batch ahead.
+        self.decider = Decider(source, cache, generation, mode, self._plain)
+        #: Opens the source's files and reads small ones whole.
+        self.reading = SourceReader(source, reporter, store.blocking)
 
     # -- the planner's first decision -----------------------------------------------------------
     def _key(self, e: Entry, st: os.stat_result) -> bytes:
         return plan.state_key(e.path, st, self._plain)
 
-    def _rows(self, keys: list[bytes]) -> dict[bytes, Hit]:
-        return self.cache.lookup_many(keys, self.gen)
-
-    def _stat(self, e: Entry) -> tuple[bytes, os.stat_result | None, str]:
-        """A file's lstat now, for the planner: (path, stat or None, why it could not be had)."""
-        try:
-            return e.path, self.source.lstat(e.path), ""
-        except OSError as err:
-            return e.path, None, _why(err)
-
     def decide(self, e: Entry) -> Decided:
-        """The planner's first decision for a file, from its stat now and the cache."""
-        decided = self._ahead.pop(e.path, None)
-        if decided is not None:
-            return decided
-        file = self._stat(e)
-        d = plan.for_files([file], self._rows, self.mode, self._plain)[0]
-        log.debug("%s: %r", d, e.path)
-        return d, file[1]
+        """The planner's first decision for a file (:meth:`Decider.decide`)."""
+        return self.decider.decide(e)
 
     def ahead(self, entries: Iterable[Entry], held: bool = False, size: int = AHEAD) -> Iterator[Entry]:
-        """``entries`` as they are, while the files among them are decided ``size`` at a time.
-
-        Each batch is stat'ed, then looked up in the cache in two queries (the
-        states as they are, then the misses without their inode), instead of one
-        or two queries per file; :meth:`decide` then takes the decision made
-        here.  The stat is still taken in phase two, a batch before the file's
-        turn, so a file changed since the walk is still seen as changed.  With
-        ``held``, files the walk marked as held (``watch``) are left to
-        :meth:`decide` (they may never be decided); so is every file when the
-        mode reads files anyway.
-        """
-        if self.mode != "stat":
-            yield from entries
-            return
-        batch: list[Entry] = []
-        for e in entries:
-            batch.append(e)
-            if len(batch) >= size:
-                self._decide_many(batch, held)
-                yield from batch
-                batch.clear()
-        self._decide_many(batch, held)
-        yield from batch
-
-    def _decide_many(self, batch: list[Entry], held: bool) -> None:
-        files = [self._stat(e) for e in batch if e.kind == KIND_FILE and not (held and e.extra("hold") is not None)]
-        if not files:
-            return
-        debug = log.isEnabledFor(logging.DEBUG)
-        ahead = self._ahead
-        to_read: list[bytes] = []
-        for (path, st, _), d in zip(files, plan.for_files(files, self._rows, self.mode, self._plain)):
-            if debug:
-                log.debug("%s: %r", d, path)
-            ahead[path] = (d, st)
-            if d.action != plan.UNCHANGED and d.action != plan.SKIP:
-                to_read.append(path)
-        if to_read:  # whether each was stored before (new or changed), asked together too
-            seen = self.cache.saw_paths(self.source.label, to_read)
-            self._seen_ahead.update((p, p in seen) for p in to_read)
+        """``entries`` as they are, while their files are decided ``size`` at a time (:meth:`Decider.ahead`)."""
+        return self.decider.ahead(entries, held, size)
 
     def unchanged_now(self, e: Entry) -> tuple[Child | None, Decided]:
         """An unchanged file's edge straight from the cache, without a task (an unchanged rerun
@@ -161,9 +110,7 @@ class FileSaver:
             return await self.store.child(e, st, d.hit)
         self.stats.files += 1
         try:
-            seen = self._seen_ahead.pop(e.path, None)
-            if seen is None:
-                seen = self.cache.saw_path(self.source.label, e.path)
+            seen = self.decider.seen(e.path)
             cached = self.cache.lookup(self._key(e, st), self.gen) if self.mode != "stat" else None
             if st.st_size <= self._small_max:
                 done = await self._small(e, st.st_size, cached, seen)
@@ -185,7 +132,7 @@ class FileSaver:
         finally:
             self.stats.bytes_done += e.size
 
-    async def _in_slot(self, e: Entry, work: Any) -> Any:
+    async def _in_slot(self, e: Entry, work: Awaitable[T]) -> T:
         await self._files.acquire()
         self.in_flight.add(e.path)
         try:
@@ -215,7 +162,7 @@ class FileSaver:
 
         hold = _Hold(self.budget, await self.budget.take(size))
         try:
-            read = await self._in_slot(e, self._read_small(e))  # never hold a slot while waiting for a pack
+            read = await self._in_slot(e, self.reading.read_small(e))  # never hold a slot while waiting for a pack
             if read is None:
                 return None
             st, data = read
@@ -234,57 +181,16 @@ class FileSaver:
             def drop() -> None:
                 box.clear()
                 hold.release()
+                appended()
 
             hit = await self.store.content(sha, len(box[0]), d.hit, lambda: self.store.member(box.pop(), sha, e.path,
                                                                                                   appended),
-                                           on_wait=lambda: (drop(), appended()))
+                                           on_wait=drop)
             self.cache.store_hit(key, hit, self.gen)
             return await self.store.child(e, st, hit), d
         finally:
             appended()
             hold.release()
-
-    async def _open(self, e: Entry) -> Any:
-        """Open a source file for reading (never through a symlink); None after a warning.  A source
-        whose opening blocks on the network (an object store's) is opened off the reactor thread."""
-        try:
-            if getattr(self.source, "blocking", False):
-                return await self.store.blocking(self.source.open, e.path)
-            return self.source.open(e.path)
-        except OSError as err:
-            self.rep.warn(e.path, f"skipped: {_why(err)}")
-            return None
-
-    def _regular(self, e: Entry, st: os.stat_result) -> bool:
-        if stat.S_ISREG(st.st_mode):
-            return True
-        self.rep.warn(e.path, "skipped: it is no longer a regular file")
-        return False
-
-    async def _read_small(self, e: Entry) -> tuple[os.stat_result, bytes] | None:
-        """Read a small file whole; read it again once if it changed meanwhile."""
-        f = await self._open(e)
-        if f is None:
-            return None
-        try:
-            for attempt in (1, 2):
-                st = f.fstat()
-                if not self._regular(e, st):
-                    return None
-                data = _read_all(f, st.st_size + 1)
-                after = f.fstat()
-                self.stats.bytes_read += len(data)
-                if len(data) == st.st_size and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
-                    return st, data
-                if attempt == 2:
-                    self.rep.warn(e.path, "changed while it was being read (twice); stored as last read")
-                    return after, data
-            raise AssertionError("unreachable")
-        except OSError as err:
-            self.rep.warn(e.path, f"skipped: {_why(err)}")
-            return None
-        finally:
-            f.close()
 
     async def _large(self, e: Entry, cached: Hit | None, seen: bool) -> tuple[Child, plan.Decision] | None:
         """A file above the pack limit: hashed, then uploaded as its own object unless known.
@@ -293,14 +199,14 @@ class FileSaver:
         shrinks under an upload) is read once more, the second time from a
         private copy, so what is stored is whole and matches its SHA-256.
         """
-        f = await self._open(e)
+        f = await self.reading.open(e)
         if f is None:
             return None
         copy = None
         try:
             for attempt in (1, 2):
                 st = f.fstat()
-                if not self._regular(e, st):
+                if not self.reading.regular(e, st):
                     return None
                 src, size = f, st.st_size
                 if attempt == 2:
@@ -328,7 +234,7 @@ class FileSaver:
                 self.rep.warn(e.path, "changed while it was being read (twice); stored as last read")
             return await self.store.child(e, st, hit, size), d
         except OSError as err:
-            self.rep.warn(e.path, f"skipped: {_why(err)}")
+            self.rep.warn(e.path, f"skipped: {why(err)}")
             return None
         finally:
             f.close()
@@ -341,7 +247,7 @@ class FileSaver:
         try:
             st = self.source.lstat(e.path)
         except OSError as err:
-            self.rep.warn(e.path, f"skipped: {_why(err)}")
+            self.rep.warn(e.path, f"skipped: {why(err)}")
             return None
         if not is_type(st.st_mode):
             self.rep.warn(e.path, f"skipped: {what}")
@@ -367,7 +273,7 @@ class FileSaver:
 class _Hold:
     """Bytes reserved from a budget, given back exactly once."""
 
-    def __init__(self, budget: Any, n: int) -> None:
+    def __init__(self, budget: Budget, n: int) -> None:
         self._budget = budget
         self._n = n
 
@@ -375,24 +281,6 @@ class _Hold:
         if self._n:
             self._budget.give(self._n)
             self._n = 0
-
-
-def _read_all(f: Any, size: int) -> bytes:
-    parts = []
-    pos = 0
-    while pos < size:
-        chunk = f.pread(size - pos, pos)
-        if not chunk:
-            break
-        parts.append(chunk)
-        pos += len(chunk)
-    return b"".join(parts)
-
-
-def _why(err: OSError) -> str:
-    if err.errno in (errno.ENOENT, errno.ENOTDIR):  # ENOTDIR: a parent was replaced by a file
-        return "it vanished since the scan"
-    return err.strerror or str(err)
 
 
 __all__ = ["FileSaver", "NOISE"]

@@ -15,7 +15,7 @@ import logging
 import os
 import stat
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Callable, Generic, Iterator, Protocol, Sequence, TypeVar
 
 from ..store.entry import Entry, join, kind_of
 from ..errors import UsageError
@@ -34,6 +34,9 @@ NoteFn = Callable[[str, str], None]
 Extras = tuple[tuple[str, bytes], ...]
 #: A listed child: its name, its lstat, and the extras its listing gave (None: read when it is kept).
 Listed = tuple[bytes, os.stat_result, "Extras | None"]
+
+#: A directory as a tree opened it (a local fd, a remote path).
+H = TypeVar("H")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -55,26 +58,26 @@ class WalkHooks:
     hot_since_ns: int | None = None
 
 
-class Tree(Protocol):
+class Tree(Protocol[H]):
     """A source as :func:`walk` reads it.  A directory is a handle the tree opened (a local fd, a
     remote path); its listing is sorted by name bytes."""
 
     #: How a directory that cannot be listed is named in its warning ("cannot read directory").
     cannot: str
 
-    def root(self, warn: WarnFn) -> tuple[Any, Sequence[Listed], Entry]:
+    def root(self, warn: WarnFn) -> tuple[H, Sequence[Listed], Entry]:
         """The root opened and listed, and its entry; raises :class:`UsageError` (no backup)."""
         ...
 
-    def enter(self, parent: Any, name: bytes, rel: bytes, warn: WarnFn) -> tuple[Any, Sequence[Listed]]:
+    def enter(self, parent: H, name: bytes, rel: bytes, warn: WarnFn) -> tuple[H, Sequence[Listed]]:
         """A child directory opened and listed; raises OSError (nothing is left open)."""
         ...
 
-    def head(self, d: Any) -> HeadFn:
+    def head(self, d: H) -> HeadFn:
         """Reads the first bytes of a regular file in ``d`` (an ignore file, a CACHEDIR.TAG)."""
         ...
 
-    def keep(self, d: Any, name: bytes, rel: bytes, st: os.stat_result, listed: Extras | None,
+    def keep(self, d: H, name: bytes, rel: bytes, st: os.stat_result, listed: Extras | None,
              warn: WarnFn) -> Extras:
         """A child the selection keeps: its extras (problems reading them go to ``warn``)."""
         ...
@@ -83,23 +86,23 @@ class Tree(Protocol):
         """The entry of a directory entered and kept, from its listing."""
         ...
 
-    def readlink(self, d: Any, name: bytes) -> bytes:
+    def readlink(self, d: H, name: bytes) -> bytes:
         """A symlink's target; raises OSError."""
         ...
 
-    def close(self, d: Any) -> None: ...
+    def close(self, d: H) -> None: ...
 
 
 @dataclass
-class _Frame:
+class _Frame(Generic[H]):
     rel: bytes
-    handle: Any
+    handle: H
     entry: Entry
     children: Iterator[Listed]
     state: DirState
 
 
-def walk(tree: Tree, sel: Selection, warn: WarnFn, hooks: WalkHooks | None = None) -> Iterator[Entry]:
+def walk(tree: Tree[H], sel: Selection, warn: WarnFn, hooks: WalkHooks | None = None) -> Iterator[Entry]:
     """Yield an :class:`Entry` for every included entry of ``tree``, then the root.
 
     Every child is yielded strictly before its directory (post-order), in
@@ -168,8 +171,8 @@ def walk(tree: Tree, sel: Selection, warn: WarnFn, hooks: WalkHooks | None = Non
             warn(rel, "listed by --files-from, but not in the source (or excluded by another rule)")
 
 
-def _enter(tree: Tree, parent: _Frame, name: bytes, rel: bytes, st: os.stat_result, extras: Extras,
-           sel: Selection, warn: WarnFn) -> _Frame | None:
+def _enter(tree: Tree[H], parent: _Frame[H], name: bytes, rel: bytes, st: os.stat_result, extras: Extras,
+           sel: Selection, warn: WarnFn) -> _Frame[H] | None:
     """Open and list a child directory (None: it cannot be read, or the selection excludes it)."""
     try:
         d, children = tree.enter(parent.handle, name, rel, warn)

@@ -34,7 +34,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator, Protocol
 
 from ..system.paths import replacing
 from .queue import escape, unescape
@@ -138,7 +138,25 @@ def forget(path: str) -> None:
         pass
 
 
-def still_kept(trees: Trees, backups: Iterable[Any]) -> bool:
+class Recorded(Protocol):
+    """A backup as the local history lists it (``history.Backup``)."""
+
+    @property
+    def cap(self) -> str: ...
+
+    @property
+    def generation(self) -> int: ...
+
+
+class RecordSource(Protocol):
+    """Directory records by cap: the previous snapshot's index as a reader loaded it."""
+
+    def record(self, cap: str) -> tuple[str, bytes, bytes | None] | None: ...
+
+    def close(self) -> None: ...
+
+
+def still_kept(trees: Trees, backups: Iterable[Recorded]) -> bool:
     """Whether the snapshot the trees file describes is still a backup this cache keeps."""
     return any(b.cap == trees.snapshot and b.generation == trees.generation for b in backups)
 
@@ -147,7 +165,7 @@ class Records:
     """The index records of kept subtrees, taken from the previous snapshot's index (loaded
     through a reader) in the order the previous backup wrote them."""
 
-    def __init__(self, trees: Trees, bodies: Any) -> None:
+    def __init__(self, trees: Trees, bodies: RecordSource | None) -> None:
         self.trees = trees
         self._bodies = bodies  # .record(cap) -> (cap, body, names) | None
 

@@ -9,10 +9,15 @@ whole and large ones in a thread.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from ..store.entry import Entry
 from ..system.paths import LocalFile, lstat_beneath, open_beneath
+
+if TYPE_CHECKING:  # (the walk is imported when it runs)
+    from ..filters import Filter
+    from .scan import WalkHooks
+    from .select import Selection
 
 WarnFn = Callable[[bytes, str], None]
 NoteFn = Callable[[str, str], None]
@@ -52,7 +57,8 @@ class Source(Protocol):
 
     label: bytes
 
-    def walk(self, flt: object, warn: WarnFn, note_once: NoteFn, hooks: Any = None) -> Iterator[Entry]:
+    def walk(self, flt: Filter | Selection, warn: WarnFn, note_once: NoteFn,
+             hooks: WalkHooks | None = None) -> Iterator[Entry]:
         """Every included entry, each child before its directory, the root (``b""``) last.
         ``hooks``: an incremental walk's (``scan.WalkHooks``), where the source supports one."""
         ...
@@ -73,10 +79,11 @@ class LocalSource:
         self.root = os.fsencode(os.path.abspath(os.fsdecode(root)))
         self.label = self.root
 
-    def walk(self, flt: object, warn: WarnFn, note_once: NoteFn, hooks: Any = None) -> Iterator[Entry]:
+    def walk(self, flt: Filter | Selection, warn: WarnFn, note_once: NoteFn,
+             hooks: WalkHooks | None = None) -> Iterator[Entry]:
         from .scan import scan
 
-        return scan(self.root, flt, warn, note_once, hooks)  # type: ignore[arg-type]
+        return scan(self.root, flt, warn, note_once, hooks)
 
     def lstat(self, rel: bytes) -> os.stat_result:
         return lstat_beneath(self.root, rel)

@@ -15,24 +15,40 @@ the subtrees the walk kept whole.
 
 from __future__ import annotations
 
+import enum
 import logging
+import os
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Final, Iterable, TypeVar
 
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
 from ..errors import QueueError
+from ..protocols import ReporterLike
 from ..store.entry import KIND_DIR, KIND_FILE, KIND_LINK, Entry
+from ..store.protocols import ObjectCacheLike
 from ..store.snapshot import Child, child_names, dir_body
-from ..store.store import Store
+from ..store.protocols import StoreLike
 from .indexer import Indexer
 from .saver import FileSaver
+from .source import Source
 
 log = logging.getLogger(__name__)
 
+
+class _Failed(enum.Enum):
+    FAILED = "failed"
+
+
 #: Marks a subtree that failed fatally (the error is kept on the uploader).
-_FAILED = object()
+_FAILED: Final = _Failed.FAILED
+#: What an entry came to: its edge, None (left out, after a warning), or :data:`_FAILED`.
+Outcome = Child | None | _Failed
+#: An entry's result as its directory waits for it: its outcome, or the Deferred of the task that makes it.
+Result = Outcome | Deferred[Outcome]
+T = TypeVar("T")
 #: Entries handled between two returns to the reactor, so signals and timers stay live.
 _SLICE = 2000
 
@@ -50,9 +66,9 @@ class Uploader:
     """Runs phase two for one backup: ``source`` is read, ``store`` stores, ``cache`` remembers,
     ``indexer`` records the directories (a plain :class:`~.indexer.Indexer` of ``store`` if None)."""
 
-    def __init__(self, source: Any, store: Store, cache: Any, generation: int, reporter: Any,
-                 settings: Settings = Settings(), clock: Any = None,
-                 hold: Callable[[Entry, Callable[[], Awaitable[Any]]], Awaitable[Child | None]] | None = None,
+    def __init__(self, source: Source, store: StoreLike, cache: ObjectCacheLike, generation: int, reporter: ReporterLike,
+                 settings: Settings = Settings(), clock: IReactorTime | None = None,
+                 hold: Callable[[Entry, Callable[[], Awaitable[Child | None]]], Awaitable[Child | None]] | None = None,
                  indexer: Indexer | None = None) -> None:
         """``hold(entry, save)`` gives the edge of a file the walk marked as still being written:
         its previous edge, None to leave it out this time, or what ``save()`` (storing it as it is
@@ -119,8 +135,8 @@ class Uploader:
     async def _run(self, entries: Iterable[Entry]) -> str:
         # Each entry's result is a value when it could be settled at once, or a Deferred
         # for the task that makes it.
-        pending: dict[bytes, list[Any]] = {}
-        root: Any = None
+        pending: dict[bytes, list[Result]] = {}
+        root: Result = None
         have_root = False
         handled = 0
         for e in entries:
@@ -161,7 +177,7 @@ class Uploader:
         assert self.fatal is not None
         raise self.fatal
 
-    async def _entry(self, e: Entry, children: list[Any]) -> Any:
+    async def _entry(self, e: Entry, children: list[Result]) -> Result:
         """The result of one entry: settled now (a value), or the Deferred of its task."""
         if e.kind == KIND_DIR:
             if e.extra("reuse") is not None:  # the subtree is as in the previous snapshot
@@ -171,7 +187,7 @@ class Uploader:
                 return now
             return await self._start(self._directory(e, children), 1 + len(children))
         if e.kind == KIND_FILE and self._hold is not None and e.extra("hold") is not None:
-            def save() -> Awaitable[Any]:
+            def save() -> Awaitable[Child | None]:
                 self._files_pending += 1
                 return self._counted(self.saver.file(e))
             return await self._start(self._hold(e, save))
@@ -186,18 +202,18 @@ class Uploader:
             return await self._start(self.saver.symlink(e))
         return await self._start(self.saver.special(e))
 
-    async def _start(self, coro: Any, weight: int = 1) -> Any:
+    async def _start(self, coro: Awaitable[Outcome], weight: int = 1) -> Result:
         """Run ``coro`` as a task within the window; its Deferred, or its value if it finished at once."""
         held = await self._window.take(weight)
         d = self._spawn(coro, held)
         if d.called:  # settled without waiting: pass the value on, not the Deferred
-            box: list[Any] = []
+            box: list[Outcome] = []
             d.addCallback(box.append)
             return box[0]
         return d
 
-    def _spawn(self, coro: Any, held: int) -> Deferred:
-        async def guarded() -> Any:
+    def _spawn(self, coro: Awaitable[Outcome], held: int) -> Deferred[Outcome]:
+        async def guarded() -> Outcome:
             try:
                 return await coro
             except BaseException as e:  # LafsBackupError: fatal; anything else: a bug, for the traceback
@@ -208,7 +224,7 @@ class Uploader:
                 self._window.give(held)
         return Deferred.fromCoroutine(guarded())
 
-    async def _counted(self, coro: Any) -> Any:
+    async def _counted(self, coro: Awaitable[T]) -> T:
         try:
             return await coro
         finally:
@@ -230,7 +246,7 @@ class Uploader:
             return None
 
     # -- directories -------------------------------------------------------------------------------
-    def _directory_now(self, e: Entry, children: list[Any]) -> Child | None:
+    def _directory_now(self, e: Entry, children: list[Result]) -> Child | None:
         """A directory whose children are all settled and whose body is stored, or None."""
         if self.settings.mode == "force" or any(isinstance(c, Deferred) or c is _FAILED for c in children):
             return None
@@ -242,7 +258,7 @@ class Uploader:
                 return None  # the task says what happened
             if not _is_dir(st):
                 return None
-        kids = [c for c in children if c is not None]
+        kids = [c for c in children if isinstance(c, Child)]  # (all are settled: edges, or None)
         body = dir_body(kids)
         d = self.store.plan_directory(body)
         log.debug("%s: %r", d, e.path)
@@ -254,7 +270,7 @@ class Uploader:
         times = (st.st_mtime_ns, st.st_ctime_ns) if st is not None else (None, None)
         return self.index.made(e, d.hit.cap, body, child_names(kids), times, None not in children)
 
-    async def _directory(self, e: Entry, children: list[Any]) -> Any:
+    async def _directory(self, e: Entry, children: list[Result]) -> Outcome:
         self.stats.dirs += 1
         waits = [c for c in children if isinstance(c, Deferred)]
         got = iter(await gatherResults(waits) if waits else [])
@@ -266,7 +282,7 @@ class Uploader:
             st = self.saver.still(e, _is_dir, "it is no longer a directory (replaced since the scan)")
             if st is None:
                 return None
-        kids = [r for r in results if r is not None]
+        kids = [r for r in results if isinstance(r, Child)]  # (none failed: edges, or None)
         body = dir_body(kids)
         cap = await self.store.directory(body, priority=-(e.path.count(b"/") + 1) if e.path else 0, path=e.path)
         # Times as they are now, like the children's (entries may have gone since the scan).
@@ -274,10 +290,10 @@ class Uploader:
         return self.index.made(e, cap, body, child_names(kids), times, None not in results)
 
 
-def _is_dir(mode_or_st: Any) -> bool:
+def _is_dir(mode_or_st: int | os.stat_result) -> bool:
     import stat
 
-    mode = getattr(mode_or_st, "st_mode", mode_or_st)
+    mode = mode_or_st if isinstance(mode_or_st, int) else mode_or_st.st_mode
     return stat.S_ISDIR(mode)
 
 
@@ -288,7 +304,7 @@ class Budget:
     open pack then, so the memory it holds is freed once it is uploaded).
     """
 
-    def __init__(self, size: int, starved: Any = None) -> None:
+    def __init__(self, size: int, starved: Callable[[], None] | None = None) -> None:
         self.size = size
         self.free = size
         self._starved = starved

@@ -69,13 +69,15 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     gw = await o.gateway()
     backup = BackupRun(o.rt, conf, gw, o, source, job, sel, qpath, trees_at)
     made = await backup.run(reuse_queue=reuse_queue is not False)
+    recorded = made.backup
+    assert recorded is not None  # (only a round of watch may come to the previous snapshot and record nothing)
     rep.stats.requests = dict(gw.counts)
     copies = []
     for url in conf.destination.copy_to:  # the backup is done and recorded: a grid that cannot take it is a warning
         try:
             dest, dst_gw, repo = await o.other_grid(url)
             summary = await copy_backups(o.rt, conf.operation.jobs, gw, dst_gw, dest, repo, o.locked_cache,
-                                         [made.backup])
+                                         [recorded])
         except (LafsBackupError, OSError) as e:
             why = e.message if isinstance(e, LafsBackupError) else (e.strerror or str(e))
             rep.warn(url, f"the backup was not copied to this grid ({why}); 'lafs-backup copy --to-url {url}' "
@@ -85,8 +87,8 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
         rep.info(f"copied to {url}: {summary['objects_copied']} objects, {summary['directories_made']} directories")
     if conf.destination.result.print_to_stdout and not rep.json_mode:
         rep.output(made.cap)
-    sid = made.backup.short_id
-    rep.finish("backup", {"id": sid, "cap": made.cap, "generation": made.backup.generation, "copies": copies}
+    sid = recorded.short_id
+    rep.finish("backup", {"id": sid, "cap": made.cap, "generation": recorded.generation, "copies": copies}
                if rep.json_mode else None)
-    rep.info(f"snapshot {sid} saved (generation {made.backup.generation})")
+    rep.info(f"snapshot {sid} saved (generation {recorded.generation})")
     return outcome(rep)

@@ -74,6 +74,7 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
             return outcome(rep)
         gw = await o.gateway() if (ns.enumerate_shares is not None or any(b.link_dir for b in forget)) else None
         if ns.enumerate_shares is not None:
+            assert gw is not None
             _write(o, "".join(f"{si}\n" for si in await forgetting.only_theirs(gw, forget, keep)),
                    ns.enumerate_shares)
             if ns.enumerate_only:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import Callable
 
 from ..backup.source import is_url
 from ..errors import UsageError
@@ -60,7 +60,7 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     return 1 if found else 0
 
 
-async def _remote_live(o: Opener, reader: Reader, url: str, emit: Any, cap: str) -> None:
+async def _remote_live(o: Opener, reader: Reader, url: str, emit: Callable[[Change], None], cap: str) -> None:
     """``--live`` for an fsspec source: its walk now (through the filter rules, in a thread), and the
     objects whose size is unchanged but whose time moved, read and hashed."""
     import hashlib

@@ -8,9 +8,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorFromThreads
 
 from ..errors import ExitCode, MountError, UsageError
 from ..read.browse import Browser
@@ -18,6 +19,9 @@ from ..read.reader import Reader
 from ..resources import Opener
 from .which import choose
 from . import options
+
+if TYPE_CHECKING:  # (imported once libfuse is known to be there)
+    from ..read.mount import SnapshotFS
 
 
 #: The example ``--help`` shows.
@@ -35,7 +39,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 class _Loop:
     """libfuse's loop, in a thread of its own; ``wait()`` fires (in the reactor) when it has ended."""
 
-    def __init__(self, reactor: Any, fs: Any, mountpoint: str, options: dict[str, Any]) -> None:
+    def __init__(self, reactor: IReactorFromThreads, fs: SnapshotFS, mountpoint: str, options: dict[str, Any]) -> None:
         self.reactor = reactor
         self.error: BaseException | None = None
         self.ended = False
@@ -46,7 +50,7 @@ class _Loop:
     def start(self) -> None:
         self._thread.start()
 
-    def _run(self, fs: Any, mountpoint: str, options: dict[str, Any]) -> None:
+    def _run(self, fs: SnapshotFS, mountpoint: str, options: dict[str, Any]) -> None:
         try:
             import mfusepy
 

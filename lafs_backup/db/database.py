@@ -8,7 +8,7 @@ import os
 import sqlite3
 import time
 import types
-from typing import Any, Callable, TypeVar
+from typing import Callable, Concatenate, ParamSpec, Protocol, TypeVar
 
 from ..errors import CacheBusyError, CacheError
 
@@ -105,10 +105,20 @@ def move_aside(path: str, now: Callable[[], float] = time.time) -> str:
     return dest
 
 
-def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+class _OfFile(Protocol):
+    """An object of the database file at ``path`` (a guarded class's instance)."""
+
+    path: str
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _guarded(method: Callable[Concatenate[_OfFile, _P], _R]) -> Callable[Concatenate[_OfFile, _P], _R]:
     """Turn sqlite's errors in the middle of a run (a file damaged under us) into :class:`CacheError`."""
     @functools.wraps(method)
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def call(self: _OfFile, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as e:

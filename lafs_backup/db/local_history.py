@@ -73,7 +73,7 @@ class LocalHistory:
         return self._backup(r, self.checks())
 
     @staticmethod
-    def _backup(r: Any, checks: dict[str, tuple[float | None, float | None]]) -> Backup:
+    def _backup(r: tuple[Any, ...], checks: dict[str, tuple[float | None, float | None]]) -> Backup:
         (row, gen, cap, source, name, ts, link_dir, link_name, result_file, host, tags, summary, writer,
          record) = r
         ts_check, ts_lease = checks.get(cap, (None, None))

@@ -6,6 +6,7 @@ cleanup that forgets that backup meanwhile makes the run walk again."""
 
 from __future__ import annotations
 
+import argparse
 import glob
 import hashlib
 import logging
@@ -13,11 +14,13 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncContextManager, Awaitable, Callable, Iterable, Iterator, Protocol
+from typing import AsyncContextManager, Awaitable, Callable, Iterable, Iterator, Protocol
 
 from .. import history
 from ..backup import settled
-from ..backup.queue import QueueReader, write_queue
+from ..backup.queue import QueueReader, SettleFn, write_queue
+from ..backup.scan import WalkHooks
+from ..backup.settled import Records, Trees
 from ..backup.select import Selection, listed_paths, read_list
 from ..filters import parse_if_present, parse_size
 from ..backup.source import LocalSource, Source, is_url
@@ -27,7 +30,9 @@ from ..config import Config
 from ..db.local import LocalDB
 from ..errors import GatewayError, LocalError, QueueError, UsageError
 from ..history import Backup
+from ..protocols import GatewayLike
 from ..report import Progress, Reporter
+from ..repository import Repository
 from ..store.entry import Entry
 from ..store.snapshot import Child
 from ..store.store import Store, StoreSettings
@@ -49,13 +54,13 @@ class Target(Protocol):
 
     async def cache_path(self) -> str: ...
 
-    async def repository(self, create: bool = False) -> Any: ...
+    async def repository(self, create: bool = False) -> Repository | None: ...
 
     async def backups(self) -> list[Backup]: ...
 
     def forget_backups(self) -> None: ...
 
-    async def happy(self, gw: Any = None) -> int: ...
+    async def happy(self, gw: GatewayLike | None = None) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,7 @@ class SelectArgs:
     exclude_larger_than: str | None = None
 
     @classmethod
-    def of(cls, ns: Any) -> "SelectArgs":
+    def of(cls, ns: argparse.Namespace) -> "SelectArgs":
         """From parsed arguments (absent ones are the defaults)."""
         def many(name: str) -> tuple[str, ...]:
             return tuple(getattr(ns, name, None) or ())
@@ -173,7 +178,7 @@ def queue_path(conf: Config, source: bytes, override: str | None) -> str:
 
 
 async def phase_one(rt: Runtime, source: Source, qpath: str, totals: list[int], sel: Selection,
-                    hooks: Any = None, settle: Any = None) -> int:
+                    hooks: WalkHooks | None = None, settle: SettleFn | None = None) -> int:
     """Walk the source into the queue, in a thread; the reactor stays free meanwhile.
 
     Interrupting the command stops the walk at its next entry; the previous
@@ -217,11 +222,12 @@ class BackupRun:
     """One backup of ``source``: walk (or reuse a queue), upload, record, publish.
 
     It is given everything it works with: the runtime, the configuration,
-    the gateway, the target (the entry cache under its lock, the
-    repository), and where the queue and the trees file are.
+    the gateway (None: a run that only writes the queue), the target (the
+    entry cache under its lock, the repository), and where the queue and
+    the trees file are.
     """
 
-    def __init__(self, rt: Runtime, conf: Config, gw: Any, target: Target, source: Source, job: Job,
+    def __init__(self, rt: Runtime, conf: Config, gw: GatewayLike | None, target: Target, source: Source, job: Job,
                  sel: Selection, qpath: str, trees_at: str | None) -> None:
         self.rt, self.conf, self.gw, self.target = rt, conf, gw, target
         self.source, self.job, self.sel, self.qpath = source, job, sel, qpath
@@ -252,12 +258,14 @@ class BackupRun:
         else:
             trees = _settled_trees(self.conf, self.trees_at) if self.trees_at is not None else None
             await self._walk(trees, kept, keep=self.trees_at is not None)
-        await self.gw.preflight()
+        gw = self.gw
+        assert gw is not None  # (only a run that writes the queue alone has none)
+        await gw.preflight()
         while True:
             try:
-                keeping = await _keeping(self.gw, self.conf, trees, kept)
+                keeping = await _keeping(gw, self.conf, trees, kept)
                 try:
-                    return await phase_two(self.rt, self.conf, self.gw, self.target, self.source, self.qpath,
+                    return await phase_two(self.rt, self.conf, gw, self.target, self.source, self.qpath,
                                            self.totals, self.job, incremental=keeping, trees_at=self.trees_at)
                 finally:
                     if keeping is not None and keeping.records is not None:
@@ -297,7 +305,7 @@ class Incremental:
     packs: frozenset[str] = frozenset()
     objects: frozenset[str] = frozenset()
     on_dir: Callable[[bytes, str], None] | None = None
-    hold: Callable[[Entry, Any], Awaitable[Child | None]] | None = None
+    hold: Callable[[Entry, Callable[[], Awaitable[Child | None]]], Awaitable[Child | None]] | None = None
     #: The snapshot it builds on: a round that comes to the very same snapshot records nothing.
     previous: str | None = None
     #: The chunks of that snapshot's index (the kept directories' records are there).
@@ -306,8 +314,8 @@ class Incremental:
     previous_tree: Child | None = None
     #: A backup's walk that kept subtrees of the last one whole: its trees file, and the index
     #: records of the kept subtrees (see ``settled``).
-    settled: Any = None
-    records: Any = None
+    settled: Trees | None = None
+    records: Records | None = None
 
 
 @dataclass(frozen=True)
@@ -315,7 +323,7 @@ class Made:
     """A finished, recorded backup."""
 
     cap: str
-    backup: Any  # None: the snapshot is the previous one, and nothing was recorded
+    backup: Backup | None  # None: the snapshot is the previous one, and nothing was recorded
     generation: int
     packs: frozenset[str]
     objects: frozenset[str]
@@ -324,7 +332,7 @@ class Made:
     tree: Child | None = None
 
 
-async def phase_two(rt: Runtime, conf: Config, gw: Any, target: Target, source: Source, qpath: str,
+async def phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target, source: Source, qpath: str,
                     totals: list[int], job: Job, incremental: Incremental | None = None,
                     trees_at: str | None = None) -> Made:
     """Upload a queue and record the backup: under the cache's lock, into the repository.
@@ -333,6 +341,7 @@ async def phase_two(rt: Runtime, conf: Config, gw: Any, target: Target, source: 
     async with target.locked_cache(fresh=job.rebuild_cache) as db:
         cache = db.objects  # what the store and the uploader look up and record
         repo = await target.repository(create=True)
+        assert repo is not None  # (made if there was none)
         if incremental is not None and incremental.settled is not None and not settled.still_kept(
                 incremental.settled, db.history.backups()):
             raise Forgotten()
@@ -404,7 +413,7 @@ def _settled_trees(conf: Config, at: str) -> settled.Trees | None:
     return trees
 
 
-async def _keeping(gw: Any, conf: Config, trees: settled.Trees | None, kept: list[bytes]) -> Incremental | None:
+async def _keeping(gw: GatewayLike, conf: Config, trees: settled.Trees | None, kept: list[bytes]) -> Incremental | None:
     """What phase two needs of the last backup when the walk kept subtrees of it: its packs and
     objects, its generation as the base, and (unless the whole tree was kept) its index records."""
     if trees is None or not kept:

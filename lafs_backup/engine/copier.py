@@ -25,21 +25,26 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from ..caps import lit_data
 from ..errors import GatewayError, SnapshotError
+from ..protocols import GatewayLike
 from ..read.reader import Reader
 from ..slots import Slots
 from ..store.index import BadIndex, IndexWriter
 from ..store.snapshot import INDEX, body_names, canonical_json, index_body, index_caps
+from ..store.protocols import WriterLike
 from ..store.store import Writer, full_error, temp_file, write_all
 from ..system.paths import LocalFile
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -66,21 +71,21 @@ class Copier:
     """Copies snapshots from ``source`` (a gateway) to ``dest`` (another gateway's client, written
     through a :class:`~..store.store.Writer`)."""
 
-    def __init__(self, source: Any, dest: Any, map_get: Callable[[str], str | None],
+    def __init__(self, source: GatewayLike, dest: GatewayLike, map_get: Callable[[str], str | None],
                  map_put: Callable[[str, str], None], jobs: int = 4, tmpdir: str | None = None,
                  reader: Reader | None = None, clock: IReactorTime | None = None) -> None:
         """``reader`` (of ``source``): directories are read from each snapshot's index through it.
         ``clock`` (None: the source gateway's) is the reactor a freed slot wakes the next on."""
         self.src = source
         self.reader = reader
-        self.out = Writer(dest)
+        self.out: WriterLike = Writer(dest)
         self._get = map_get
         self._put = map_put
         clock = clock if clock is not None else source.clock
         self._slots = Slots(max(1, jobs), clock)
         self._listings = Slots(max(2, jobs), clock)
         self._tmpdir = tmpdir
-        self._inflight: dict[str, list[Deferred]] = {}
+        self._inflight: dict[str, list[Deferred[str]]] = {}
         self.stats = CopyStats()
 
     async def snapshot(self, cap: str) -> str:
@@ -148,7 +153,7 @@ class Copier:
         return [ntype, out]
 
     # -- the snapshot index ------------------------------------------------------------------------
-    async def _index(self, cap: Any) -> str | None:
+    async def _index(self, cap: object) -> str | None:
         """The destination's index of a copied snapshot: each record of the source's index with its
         destination caps, chunked anew (None, and the copy is read through its directories, if a
         record names a directory or object the copy does not hold)."""
@@ -231,12 +236,12 @@ class Copier:
             return done
         return await self._once(cap, lambda c: self._transfer(c, can_salt))
 
-    async def _once(self, cap: str, work: Callable[[str], Any]) -> str:
+    async def _once(self, cap: str, work: Callable[[str], Awaitable[str]]) -> str:
         """``work(cap)``, once however many edges name ``cap`` at the same time (a pack, the packed-file
         marker directory): the grid refuses two uploads of the same bytes at once as unhappy."""
         waiting = self._inflight.get(cap)
         if waiting is not None:
-            d: Deferred = Deferred()
+            d: Deferred[str] = Deferred()
             waiting.append(d)
             return str(await d)
         waiting = self._inflight[cap] = []
@@ -292,12 +297,13 @@ class Copier:
             self.stats.different += 1
 
 
-async def _all(coros: list[Any]) -> list[Any]:
+async def _all(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
     """The results of ``coros`` run together.  When one fails, the others are waited for (none goes on
     storing after the copy has stopped), then the first failure is raised as itself."""
     results = await DeferredList([Deferred.fromCoroutine(c) for c in coros], consumeErrors=True)
     for ok, value in results:
         if not ok:
+            assert isinstance(value, Failure)  # (what failed gives its Failure, which Twisted's types leave out)
             value.raiseException()
     return [value for _, value in results]
 

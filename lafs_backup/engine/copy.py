@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, AsyncContextManager, Callable
+from typing import TYPE_CHECKING, Any, AsyncContextManager, Callable, Mapping
 
 from ..db.local import LocalDB
 from ..history import Backup, iso
+from ..protocols import GatewayLike
 from .runtime import Runtime
 
+if TYPE_CHECKING:
+    from ..repository import Repository
 
-async def copy_backups(rt: Runtime, jobs: int, src_gw: Any, dst_gw: Any, dest: str, repo: Any,
+
+async def copy_backups(rt: Runtime, jobs: int, src_gw: GatewayLike, dst_gw: GatewayLike, dest: str, repo: Repository,
                        locked_cache: Callable[[], AsyncContextManager[LocalDB]],
                        backups: list[Backup]) -> dict[str, Any]:
     """Copy ``backups`` (newest first) that the destination's repository ``repo`` does not hold yet;
@@ -61,5 +65,5 @@ async def copy_backups(rt: Runtime, jobs: int, src_gw: Any, dst_gw: Any, dest: s
                                                                                                   before[1])}
 
 
-def _delta(now: Any, before: dict[str, int]) -> dict[str, int]:
+def _delta(now: Mapping[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in now.items() if v - before.get(k, 0)}

@@ -17,15 +17,16 @@ import os
 import threading
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
 
 from ..store import plan
 from ..backup.select import Selection
-from ..backup.source import Source
+from ..backup.source import Source, WarnFn
 from ..config import Config
 from ..db.local import LocalDB
 from ..log import NOISE
-from ..report import _size, outcome
+from ..report import Reporter, _size, outcome
+from ..store.entry import Entry
+from ..store.protocols import ObjectCacheLike
 from ..caps import LIT_MAX
 from ..store.snapshot import Hit, content_key
 from .runtime import Runtime
@@ -74,7 +75,7 @@ async def dry_run(rt: Runtime, conf: Config, source: Source, sel: Selection, mod
             if db is not None:
                 db.close()
 
-    def plan_all(cache: Any) -> None:
+    def plan_all(cache: ObjectCacheLike | None) -> None:
         seen: set[bytes] = set()
         for e in source.walk(sel, warn, note):
             if stop.is_set():
@@ -98,7 +99,7 @@ async def dry_run(rt: Runtime, conf: Config, source: Source, sel: Selection, mod
     return outcome(rep)
 
 
-def _report(rep: Any, source: str, p: Plan) -> None:
+def _report(rep: Reporter, source: str, p: Plan) -> None:
     for path in p.to_upload:
         rep.output(f"would upload: {path}")
     result = {k: v for k, v in vars(p).items() if k != "to_upload"}
@@ -123,8 +124,8 @@ class _Stopped(Exception):
     pass
 
 
-def _plan_file(p: Plan, e: Any, cache: Any, source: Source, mode: str, plain: bool, seen: set[bytes],
-               warn: Any, noise: bool) -> None:
+def _plan_file(p: Plan, e: Entry, cache: ObjectCacheLike | None, source: Source, mode: str, plain: bool,
+               seen: set[bytes], warn: WarnFn, noise: bool) -> None:
     """One file, as phase two would decide it: the planner decides, from the walk's stat of it and
     the cache's rows (``cache`` None: there is none)."""
     p.files += 1
@@ -157,7 +158,7 @@ def _plan_file(p: Plan, e: Any, cache: Any, source: Source, mode: str, plain: bo
         p.to_upload.append(os.fsdecode(e.path))
 
 
-def _hash(source: Source, rel: bytes, warn: Any) -> bytes | None:
+def _hash(source: Source, rel: bytes, warn: WarnFn) -> bytes | None:
     try:
         f = source.open(rel)
     except OSError as e:

@@ -8,14 +8,18 @@ import glob
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .. import history
 from ..backup.record import remove_result_line
 from ..db.local_history import LocalHistory
 from ..errors import SnapshotError, UsageError
 from ..history import Backup
+from ..protocols import GatewayLike
 from ..upkeep.retention import Policy, decide
+
+if TYPE_CHECKING:
+    from ..repository import Repository
 
 
 @dataclass(frozen=True)
@@ -70,9 +74,11 @@ def by_name(everything: list[Backup], chosen: list[Backup], generations: Sequenc
     return Verdicts(reasons, {})
 
 
-async def forget(forgotten: list[Backup], cache: LocalHistory, repo: Any, gw: Any) -> int:
+async def forget(forgotten: list[Backup], cache: LocalHistory, repo: Repository | None,
+                 gw: GatewayLike | None) -> int:
     """Forget ``forgotten``: their repository records (``repo``: None, none), result links (through
-    ``gw``) and lines, and the cache rows no kept backup uses; returns the rows deleted."""
+    ``gw``; None: none of them has one) and lines, and the cache rows no kept backup uses; returns
+    the rows deleted."""
     from ..repository import Record
 
     if repo is not None:
@@ -80,13 +86,14 @@ async def forget(forgotten: list[Backup], cache: LocalHistory, repo: Any, gw: An
                                   writer=b.writer, name=b.record) for b in forgotten if b.writer and b.record])
     for b in forgotten:
         if b.link_dir and b.link_name:
+            assert gw is not None
             await gw.unlink(b.link_dir, b.link_name)
         if b.result_file:
             remove_result_line(b.result_file, b.cap)
     return int(cache.forget([b.row for b in forgotten if b.row is not None]))
 
 
-async def only_theirs(gw: Any, forgotten: list[Backup], kept: list[Backup]) -> list[str]:
+async def only_theirs(gw: GatewayLike, forgotten: list[Backup], kept: list[Backup]) -> list[str]:
     """The storage indexes reachable only from the forgotten backups, sorted."""
     gone: set[str] = set()
     for b in forgotten:
@@ -96,7 +103,7 @@ async def only_theirs(gw: Any, forgotten: list[Backup], kept: list[Backup]) -> l
     return sorted(gone)
 
 
-async def storage_indexes(gw: Any, cap: str) -> set[str]:
+async def storage_indexes(gw: GatewayLike, cap: str) -> set[str]:
     """Storage indexes of every object reachable from ``cap`` (LIT objects have none)."""
     out: set[str] = set()
     buf = [b""]

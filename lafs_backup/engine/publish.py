@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import time
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from .. import history
 from ..backup.record import append_result, link_into
@@ -16,14 +16,18 @@ from ..db.local_history import LocalHistory
 from ..db.objects import ObjectCache
 from ..errors import GatewayError, GridError
 from ..history import Backup, iso
+from ..protocols import GatewayLike
 from ..report import Reporter
 from ..system.places import this_host
+
+if TYPE_CHECKING:
+    from ..repository import Repository
 
 log = logging.getLogger(__name__)
 
 
-async def record_backup(rep: Reporter, result: ResultConfig, cache: LocalHistory, gw: Any, gen: int, snap: str,
-                        source: bytes, host: str, tags: tuple[str, ...]) -> Backup:
+async def record_backup(rep: Reporter, result: ResultConfig, cache: LocalHistory, gw: GatewayLike, gen: int,
+                        snap: str, source: bytes, host: str, tags: tuple[str, ...]) -> Backup:
     """Record a finished backup: the link, the result file, and (made durable) the cache row."""
     ts = time.time()
     lname = await link_into(gw, result.append_to_lafs_dir, source, ts, snap) if result.append_to_lafs_dir else None
@@ -42,7 +46,7 @@ async def record_backup(rep: Reporter, result: ResultConfig, cache: LocalHistory
                                ts, result.append_to_lafs_dir, lname, result_file, host, tags, summary)
 
 
-async def publish(rep: Reporter, repo: Any, cache: LocalHistory) -> None:
+async def publish(rep: Reporter, repo: Repository, cache: LocalHistory) -> None:
     """Record in the repository every backup of this cache it does not hold yet (this one, and any a
     run before could not record there)."""
     from ..repository import Record
@@ -60,7 +64,7 @@ async def publish(rep: Reporter, repo: Any, cache: LocalHistory) -> None:
         cache.set_recorded(b.row, placed.writer, placed.name)
 
 
-async def rebuild_cache(rep: Reporter, everything: list[Backup], gw: Any, cache: ObjectCache, gen: int,
+async def rebuild_cache(rep: Reporter, everything: list[Backup], gw: GatewayLike, cache: ObjectCache, gen: int,
                         source: bytes, host: str) -> None:
     """A new cache (a new machine, or one set aside): fill it from the newest recorded backup of this
     source, so that what is stored already is not uploaded again."""
@@ -78,7 +82,7 @@ async def rebuild_cache(rep: Reporter, everything: list[Backup], gw: Any, cache:
                              "not uploaded again")
 
 
-async def unhappy(gw: Any, e: GatewayError, happy: Callable[[Any], Awaitable[int]]) -> GridError:
+async def unhappy(gw: GatewayLike, e: GatewayError, happy: Callable[[GatewayLike], Awaitable[int]]) -> GridError:
     """Say why the grid refused an upload: usually storage servers are missing (``happy``: how many
     the grid asks for, when its answer does not say)."""
     asked = re.search(r"asked to place shares on at least (\d+) server", e.body)

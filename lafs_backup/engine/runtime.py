@@ -4,9 +4,15 @@ thread pool that keeps blocking work off the reactor."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable, TypeVar, TypeVarTuple
 
 from ..report import Operation, Reporter
+
+if TYPE_CHECKING:
+    from ..protocols import Reactor
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 @dataclass(frozen=True)
@@ -14,11 +20,11 @@ class Runtime:
     """The reactor (a test's memory reactor runs thread work inline), the reporter and the running
     operation (None outside the CLI)."""
 
-    reactor: Any
+    reactor: Reactor
     reporter: Reporter
     op: Operation | None = None
 
-    async def in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def in_thread(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """Run blocking work off the reactor thread, so signals, timers and the manhole stay live
         (inline when the injected reactor has no threads, as a test's memory reactor)."""
         from twisted.internet.interfaces import IReactorThreads
@@ -28,14 +34,14 @@ class Runtime:
             return fn(*args)
         return await deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
 
-    def threadsafe(self, fn: Callable[..., None]) -> Callable[..., None]:
+    def threadsafe(self, fn: Callable[[*Ts], None]) -> Callable[[*Ts], None]:
         """``fn``, called on the reactor thread whoever calls it (a reporter method, from a thread)."""
         from twisted.internet.interfaces import IReactorThreads
 
         if not IReactorThreads.providedBy(self.reactor):
             return fn
 
-        def call(*args: Any) -> None:
+        def call(*args: *Ts) -> None:
             self.reactor.callFromThread(fn, *args)
         return call
 

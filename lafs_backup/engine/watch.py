@@ -19,9 +19,10 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 
 from ..backup import changes as ch
 from ..backup.changes import Change, Changes, Round, parent_of
@@ -32,11 +33,15 @@ from ..backup.source import LocalSource
 from ..config import Config
 from ..errors import CacheBusyError, GridError, LockedError, UsageError
 from ..history import iso
+from ..protocols import GatewayLike
 from ..report import Stats
 from ..store.entry import Entry
 from ..store.snapshot import Child, Node
 from .backup import Incremental, Job, Made, SelectArgs, Target, phase_one, phase_two, selection
 from .runtime import Runtime
+
+if TYPE_CHECKING:  # (inotify is imported when a watch starts)
+    from ..system.inotify import Event
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,9 @@ BACKOFF_MAX = 300.0
 EXHAUSTED_RESCAN = 600.0
 #: Rounds a file may be held back as still being written; then it is stored as it is.
 HOLDS_MAX = 2
+#: The previous snapshot's directories listed in a round, by path: their edges by name, or the
+#: waiters of a listing under way.
+_Listings = dict[bytes, dict[bytes, Node] | list[Deferred[dict[bytes, Node]]]]
 
 
 class DirNode:
@@ -79,7 +87,7 @@ def _tree(made: dict[bytes, str], kept: dict[bytes, DirNode]) -> DirNode | None:
     return nodes.get(b"")
 
 
-def _change(e: Any) -> Change:
+def _change(e: Event) -> Change:
     """A kernel event (``system/inotify.Event``) as a change."""
     kind = (ch.CREATED if e.created else ch.DELETED if e.deleted else ch.MOVED_FROM if e.moved_from
             else ch.MOVED_TO if e.moved_to else ch.CHANGED)
@@ -89,7 +97,7 @@ def _change(e: Any) -> Change:
 class WatchTarget(Target, Protocol):
     """A backup target that can also find the grid again (the embedded one restarts after a failure)."""
 
-    async def gateway(self) -> Any: ...
+    async def gateway(self) -> GatewayLike: ...
 
     def forget_gateway(self) -> None: ...
 
@@ -139,7 +147,7 @@ class Watcher:
         self.previous: DirNode | None = None
         self.made: Made | None = None
         self._wake: Deferred | None = None
-        self._wake_call: Any = None
+        self._wake_call: IDelayedCall | None = None
         self._exhausted_said = False
         self._holds: dict[bytes, int] = {}
         self.rounds = 0
@@ -154,7 +162,7 @@ class Watcher:
         return frozenset(names)
 
     # -- events ---------------------------------------------------------------------------------
-    def _events(self, events: list[Any] | None) -> None:
+    def _events(self, events: list[Event] | None) -> None:
         now = self.clock.seconds()
         if events is None:
             self.rep.note_once("overflow", "events were lost (the kernel's inotify queue overflowed; raise the "
@@ -292,13 +300,13 @@ class Watcher:
         sel = selection(self.conf, self.ns, self.source.label)
         await phase_one(self.rt, self.source, self.qpath, totals, sel, hooks)
         held: list[bytes] = []
-        listings: dict[bytes, Any] = {}
+        listings: _Listings = {}
 
-        async def hold(e: Entry, save: Any) -> Child | None:
+        async def hold(e: Entry, save: Callable[[], Awaitable[Child | None]]) -> Child | None:
             n = self._holds.get(e.path, 0) + 1
             if n > HOLDS_MAX:  # written without pause: stored as it is, so no snapshot goes without it
                 self._holds.pop(e.path, None)
-                return await save()  # type: ignore[no-any-return]
+                return await save()
             self._holds[e.path] = n
             held.append(e.parent or b"")
             return await self._previous_edge(previous, e, listings)
@@ -322,7 +330,7 @@ class Watcher:
         self.made = made
         self._report(r, full, made, gw, before, time.monotonic() - t0, len(held))
 
-    async def _previous_edge(self, previous: DirNode | None, e: Entry, listings: dict[bytes, Any]) -> Child | None:
+    async def _previous_edge(self, previous: DirNode | None, e: Entry, listings: _Listings) -> Child | None:
         """A file still being written keeps its edge from the previous snapshot (None: it had none).
         ``listings``: the previous directories listed in this round, each listed once."""
         from ..read.reader import Reader
@@ -357,11 +365,12 @@ class Watcher:
         meta = {k: v for k, v in n.metadata.items() if k not in ("tahoe", "salt", "name_b64")}
         return Child(e.name, n.cap, meta)
 
-    def _report(self, r: Round, full: bool, made: Made, gw: Any, before: dict[str, int], seconds: float,
+    def _report(self, r: Round, full: bool, made: Made, gw: GatewayLike, before: dict[str, int], seconds: float,
                 held: int) -> None:
         s = self.rep.stats
         requests = {k: v - before.get(k, 0) for k, v in gw.counts.items() if v - before.get(k, 0)}
         b = made.backup
+        assert b is not None  # (a round that recorded nothing is not reported)
         event = {"type": "snapshot", "id": b.short_id, "generation": made.generation, "time": iso(b.ts),
                  "incremental": not full, "changes": r.changes, "dirs_rescanned": s.dirs if full else len(r.closure), "files": s.files, "files_uploaded": s.files_uploaded,
                  "files_changed": s.files_changed, "files_new": s.files_new, "bytes_uploaded": s.bytes_uploaded,

@@ -139,7 +139,7 @@ class LocalGrid:
     def load(self) -> dict[str, Any] | None:
         try:
             with open(self._state_path()) as f:
-                return json.load(f)  # type: ignore[no-any-return]
+                return json.load(f)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:

@@ -15,7 +15,7 @@ import re
 import stat
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Mapping
 
 from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
@@ -44,7 +44,7 @@ class Item:
         return self.node.kind
 
     @property
-    def meta(self) -> Any:
+    def meta(self) -> Mapping[str, Any]:
         return self.node.metadata
 
     def st_mode(self) -> int:

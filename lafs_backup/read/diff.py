@@ -6,7 +6,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from ..filters import Filter
 from ..store.entry import KIND_DIR, Entry, kind_of
@@ -167,7 +167,7 @@ class LiveDiff:
                 self.emit(Change("+", p))
                 continue
             content = by_stat(n.metadata, live)
-            if content is HASH:
+            if isinstance(content, str):  # HASH: only the content's hash can tell
                 content = _sha256(base + b"/" + name) != n.metadata.get("sha256")
             live.pop("ctime_ns", None)
             aspects = compare_meta(n.metadata, live, content)
@@ -193,7 +193,7 @@ class SourceDiff:
     changed when its size differs, or when its mtime differs and ``sha256(path)`` (read now)
     differs from the recorded one."""
 
-    def __init__(self, reader: Reader, live: Mapping[bytes, Entry], sha256: Callable[[bytes], Any],
+    def __init__(self, reader: Reader, live: Mapping[bytes, Entry], sha256: Callable[[bytes], Awaitable[str | None]],
                  emit: Callable[[Change], None]) -> None:
         self.reader = reader
         self.live = live
@@ -222,7 +222,7 @@ class SourceDiff:
                 self.emit(Change("+", p))
                 continue
             content = by_stat(n.metadata, live)
-            if content is HASH:
+            if isinstance(content, str):  # HASH: only the content's hash can tell
                 content = await self.sha256(crel) != n.metadata.get("sha256")
             aspects = compare_meta(n.metadata, live, content)
             if aspects:

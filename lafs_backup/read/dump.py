@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import tarfile
 import tempfile
-from typing import IO, Any, Callable
+from typing import IO, AsyncIterator, Callable
 
 from ..store.entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET
 from ..store.snapshot import xattrs_of
@@ -136,14 +136,14 @@ async def write_tar(browser: Browser, reader: Reader, top: Item, out: IO[bytes],
     return written
 
 
-async def _with_top(browser: Browser, top: Item) -> Any:
+async def _with_top(browser: Browser, top: Item) -> AsyncIterator[Item]:
     yield top
     if top.kind == KIND_DIR:
         async for item in browser.walk(top):
             yield item
 
 
-async def _spool(reader: Reader, item: Item, spool: Any) -> Content:
+async def _spool(reader: Reader, item: Item, spool: IO[bytes]) -> Content:
     def restart() -> None:
         spool.seek(0)
         spool.truncate()

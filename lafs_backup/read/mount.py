@@ -36,9 +36,10 @@ import time
 import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine, TypeVar, TypeVarTuple
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import blockingCallFromThread
 
 from ..store.entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FILE, KIND_LINK
@@ -46,6 +47,9 @@ from ..store.snapshot import xattrs_of
 from .browse import Browser, Item
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 #: Files up to this size are read whole into memory; larger ones are spooled to disk.
 SMALL = 1 << 20
@@ -257,7 +261,7 @@ def _virtual_attrs(v: _Virtual) -> dict[str, Any]:
             "st_ctime": ns, "st_uid": os.getuid(), "st_gid": os.getgid()}
 
 
-def _ino(snap: str | None, path: str, node: Any) -> int:
+def _ino(snap: str | None, path: str, node: _Virtual | _Snap | Item) -> int:
     """A stable inode number: by backup and path, or by backup and hard-link group (shared)."""
     group = node.meta.get("hardlink") if isinstance(node, Item) and node.kind == KIND_FILE else None
     key = f"{snap}\0{group}" if isinstance(group, str) else f"{snap}\0{path.rstrip('/') or '/'}"
@@ -270,7 +274,7 @@ class SnapshotFS:
 
     use_ns = True
 
-    def __init__(self, reactor: Any, browser: Browser, backups: list[Backup], tmpdir: str) -> None:
+    def __init__(self, reactor: IReactorFromThreads, browser: Browser, backups: list[Backup], tmpdir: str) -> None:
         self.reactor = reactor
         self.browser = browser
         self.top = layout(backups)
@@ -280,8 +284,10 @@ class SnapshotFS:
         self._lock = threading.Lock()
 
     # -- resolving a path ------------------------------------------------------------------------
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return blockingCallFromThread(self.reactor, lambda: ensureDeferred(fn(*args)))
+    def _call(self, fn: Callable[[*Ts], Coroutine[Any, Any, T]], *args: *Ts) -> T:
+        # (Twisted types the callable as a union of two callables, which mypy cannot solve for T:
+        # what comes back is the result of the Deferred the callable returns)
+        return blockingCallFromThread(self.reactor, lambda: ensureDeferred(fn(*args)))  # type: ignore[arg-type]
 
     async def _resolve(self, path: str) -> _Virtual | _Snap | Item:
         return (await self._locate(path))[0]

@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from ..caps import lit_data
 from ..errors import GatewayError, SnapshotError
+from ..protocols import JSON, GatewayLike
 from ..slots import Slots
 from ..store.encode import Decoder
 from ..store.packer import PackRef
@@ -69,7 +70,7 @@ class Reader:
     on, and those of the walks that read through it.
     """
 
-    def __init__(self, gateway: Any, whole_packs: bool = False, tmpdir: str | None = None,
+    def __init__(self, gateway: GatewayLike, whole_packs: bool = False, tmpdir: str | None = None,
                  use_index: bool = True, jobs: int = 4, clock: IReactorTime | None = None) -> None:
         self.gw = gateway
         self.clock: IReactorTime = clock if clock is not None else gateway.clock
@@ -129,7 +130,7 @@ class Reader:
         if self.index is not None:
             await self._load_chunks(chunks)
 
-    async def _load_index(self, cap: Any) -> None:
+    async def _load_index(self, cap: object) -> None:
         """Fetch the chunks of an index (those not fetched already), ``jobs`` at a time."""
         assert self.index is not None
         if not isinstance(cap, str) or cap in self.index.loaded:
@@ -169,7 +170,7 @@ class Reader:
             raise err from None
         log.info("index: %d chunks (%d bytes) loaded in %.2f s", len(chunks), size[0], time.monotonic() - started)
 
-    async def raw_listing(self, cap: str) -> Any:
+    async def raw_listing(self, cap: str) -> JSON:
         """A directory's listing (``["dirnode", {"children": ...}]``): from a loaded index, else from
         the grid."""
         body = self.index.body(cap) if self.index is not None else None
@@ -234,7 +235,7 @@ class Reader:
         await self._packs.prefetch(pack_caps(await self.gw.get_json(objects_cap)), jobs)
 
     # -- content ---------------------------------------------------------------------------------
-    async def content(self, node: Node, sink: Callable[[bytes], None],
+    async def content(self, node: Node, sink: Callable[[bytes], object],
                       restart: Callable[[], None] = lambda: None) -> Content:
         """Feed a file's content to ``sink``; ``restart()`` means "start over" (the gateway sent
         the whole file again after a fault).  Returns what was read and what was recorded."""
@@ -356,7 +357,7 @@ class _IndexStore:
 class _PackReader:
     """Packed members: one Range GET each, or (``whole``) slices of packs fetched once."""
 
-    def __init__(self, gateway: Any, whole: bool, tmpdir: str | None = None) -> None:
+    def __init__(self, gateway: GatewayLike, whole: bool, tmpdir: str | None = None) -> None:
         self.gw = gateway
         self.whole = whole
         self._dir = tempfile.TemporaryDirectory(prefix="lafs-backup-packs-", dir=tmpdir) if whole else None
@@ -387,7 +388,7 @@ class _PackReader:
 
     async def read(self, ref: PackRef) -> bytes:
         if not self.whole:
-            return await self.gw.get_range(ref.cap, ref.offset, ref.length)  # type: ignore[no-any-return]
+            return await self.gw.get_range(ref.cap, ref.offset, ref.length)
         entry = self._files.get(ref.cap)
         if entry is None:
             entry = self._files[ref.cap] = _Spool(self)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from typing import Any, Sequence
+from typing import IO, Any, Callable, Sequence, TypeVar, TypeVarTuple
 
 from ..errors import GatewayError, RestoreError, UsageError
+from ..protocols import InThread
 from ..system.remotefs import open_url
 from ..report import Reporter
 from ..store.entry import KIND_DIR, KIND_FILE
@@ -24,12 +25,15 @@ from .reader import Reader
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
 
 class RemoteRestorer:
     """Restores a snapshot (or some of its subtrees) below an fsspec URL."""
 
     def __init__(self, reader: Reader, reporter: Reporter, url: str, storage_options: dict[str, Any] | None = None,
-                 spool_dir: str | None = None, in_thread: Any = None) -> None:
+                 spool_dir: str | None = None, in_thread: InThread | None = None) -> None:
         """``in_thread(fn, *args)`` runs the store's blocking calls off the reactor thread."""
         self.reader = reader
         self.rep = reporter
@@ -58,10 +62,10 @@ class RemoteRestorer:
             else:
                 await self._one(item)
 
-    async def _blocking(self, fn: Any, *args: Any) -> Any:
+    async def _blocking(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         return fn(*args) if self._in_thread is None else await self._in_thread(fn, *args)
 
-    def _write(self, spool: Any, key: str) -> Any:
+    def _write(self, spool: IO[bytes], key: str) -> int | None:
         """Copy the checked spool to ``key`` (blocking); the size the store then reports."""
         spool.seek(0)
         with self.fs.open(key, "wb") as out:

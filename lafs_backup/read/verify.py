@@ -10,6 +10,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from ..errors import GatewayError, SnapshotError
 from ..grid.health import StreamParser, Verdict
+from ..protocols import GatewayLike
 from ..report import Reporter
 from ..slots import Slots
 from ..store.entry import KIND_DIR, KIND_FILE
@@ -29,7 +30,7 @@ class Verifier:
     (None: the reader's) is the reactor a freed read slot wakes the next on.
     """
 
-    def __init__(self, gateway: Any, reader: Reader, reporter: Reporter, sample: float = 100.0, jobs: int = 6,
+    def __init__(self, gateway: GatewayLike, reader: Reader, reporter: Reporter, sample: float = 100.0, jobs: int = 6,
                  rng: random.Random | None = None, index: Reader | None = None,
                  clock: IReactorTime | None = None) -> None:
         self.gw = gateway

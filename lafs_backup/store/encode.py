@@ -4,7 +4,7 @@ turns stored bytes back into a file's content (which files to compress: ``encodi
 from __future__ import annotations
 
 import lzma
-from typing import Any, Callable
+from typing import Callable, Protocol
 
 import lz4.frame
 
@@ -19,6 +19,23 @@ SALT_MARK = b"\0lafs-backup-salt:"
 #: Objects stored by earlier versions behind a SALT_LEN salt *before* their bytes ("salted",
 #: "salted+lz4"): still read.
 SALTED = "salted"
+
+
+class Compressor(Protocol):
+    """A streaming compressor (lz4's frame compressor, after its ``begin()``; ``lzma``'s)."""
+
+    def compress(self, data: bytes, /) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+class Decompressor(Protocol):
+    """A streaming decompressor (lz4's frame decompressor, ``lzma``'s): ``eof`` once its frame ended."""
+
+    @property
+    def eof(self) -> bool: ...
+
+    def decompress(self, data: bytes, /) -> bytes: ...
 
 
 def _unsalted(method: str | None) -> tuple[bool, str | None]:
@@ -61,7 +78,7 @@ class Decoder:
         self._skip = SALT_LEN if salt else 0
         self._left = size if method is None else None
         if method is None:
-            self._d: Any = None
+            self._d: Decompressor | None = None
         elif method == LZ4:
             self._d = lz4.frame.LZ4FrameDecompressor()
         elif method == XZ:
@@ -81,7 +98,7 @@ class Decoder:
             return chunk
         if self._d.eof:
             return b""  # past the end of the frame: a salt
-        return self._d.decompress(chunk)  # type: ignore[no-any-return]
+        return self._d.decompress(chunk)
 
 
 def decode(method: str | None, data: bytes, size: int | None = None) -> bytes:

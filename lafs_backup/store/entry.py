@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ class Entry:
         return None
 
     @classmethod
-    def from_stat(cls, path: bytes, st: "os.stat_result", target: bytes | None = None,  # noqa: F821
+    def from_stat(cls, path: bytes, st: os.stat_result, target: bytes | None = None,
                   extras: tuple[tuple[str, bytes], ...] = ()) -> "Entry":
         kind = kind_of(st.st_mode)
         if kind is None:

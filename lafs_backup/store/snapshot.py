@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 
+from ..protocols import JSON
 from .entry import (KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET,
                     Entry, escape)
 
@@ -31,11 +32,11 @@ _KIND_NAMES = {KIND_FILE: "file", KIND_DIR: "dir", KIND_LINK: "symlink", KIND_FI
 _NAME_KINDS = {v: k for k, v in _KIND_NAMES.items()}
 
 
-def canonical_json(obj: Any) -> bytes:
+def canonical_json(obj: object) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
-def _text(raw: bytes) -> Any:
+def _text(raw: bytes) -> str | dict[str, str]:
     """Bytes as JSON: a string if valid UTF-8, else {"b64": ...}."""
     try:
         return raw.decode("utf-8")
@@ -43,7 +44,7 @@ def _text(raw: bytes) -> Any:
         return {"b64": base64.b64encode(raw).decode("ascii")}
 
 
-def _untext(value: Any) -> bytes:
+def _untext(value: object) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, dict) and isinstance(value.get("b64"), str):
@@ -185,12 +186,12 @@ def index_body(chunks: Iterable[str]) -> bytes:
     return canonical_json({f"chunk-{i:06d}": ["filenode", {"ro_uri": cap}] for i, cap in enumerate(chunks)})
 
 
-def index_caps(listing: Any) -> list[str]:
+def index_caps(listing: JSON) -> list[str]:
     """The chunks linked from an ``index`` directory listing, in order."""
     return _linked(listing, "chunk-")
 
 
-def _linked(listing: Any, prefix: str) -> list[str]:
+def _linked(listing: JSON, prefix: str) -> list[str]:
     """The caps a directory listing links under names starting with ``prefix``, by name."""
     try:
         children = listing[1]["children"]
@@ -222,7 +223,7 @@ def objects_body(packs: Iterable[str], objects: Iterable[str] = ()) -> bytes:
     return canonical_json(body)
 
 
-def pack_caps(listing: Any) -> list[str]:
+def pack_caps(listing: JSON) -> list[str]:
     """The packs linked from an ``objects`` directory listing."""
     return _linked(listing, "pack-")
 
@@ -316,7 +317,7 @@ def _safe_name(name: bytes) -> bool:
     return bool(name) and name not in (b".", b"..") and b"/" not in name and b"\0" not in name
 
 
-def parse_children(listing: Any) -> list[Node]:
+def parse_children(listing: JSON) -> list[Node]:
     """Edges of a ``?t=json`` directory listing, with exact names.
 
     Raises :class:`BadSnapshot` for a name that could escape the restore
@@ -367,7 +368,7 @@ def names_of(entries: Iterable[tuple[bytes, str, str]]) -> bytes:
 
 def child_names(children: Iterable[Child]) -> bytes:
     """:func:`names_of` of the children a directory is made of (the same as of its body)."""
-    return names_of((c.name, _NAME_KINDS.get(c.metadata.get("type"), KIND_FILE), c.cap) for c in children)
+    return names_of((c.name, _NAME_KINDS.get(c.metadata.get("type", ""), KIND_FILE), c.cap) for c in children)
 
 
 def body_names(body: bytes) -> bytes:
@@ -375,7 +376,7 @@ def body_names(body: bytes) -> bytes:
     return names_of((n.name, n.kind, n.cap) for n in parse_children(["dirnode", {"children": json.loads(body)}]))
 
 
-def parse_root(listing: Any) -> Node:
+def parse_root(listing: JSON) -> Node:
     """The ``tree`` edge of a snapshot root listing."""
     try:
         info = listing[1]["children"][TREE][1]

@@ -20,25 +20,31 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Awaitable, Callable, Generic, Iterator, TypeVar, TypeVarTuple
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 
 from ..caps import LIT_MAX, lit_cap
 from ..errors import GatewayError, LafsBackupError, LocalError
 from ..log import NOISE
+from ..protocols import GatewayLike, InThread, RunStats
 from ..encoding import LZ4, XZ, EncodingRules
-from .encode import SALT_LEN, SALT_MARK, compress
+from .encode import SALT_LEN, SALT_MARK, Compressor, compress
 from .entry import Entry
 from . import index as snapshot_index
 from .packer import Packer, PackRef
 from . import plan
+from .protocols import ObjectCacheLike, ReadAt
 from ..system.paths import LocalFile
 from .snapshot import (PACKED_MARKER_BODY, Child, Hit, blob_key, body_key, content_key, edge_metadata, index_body,
                        index_key, objects_body, root_body, salted_body)
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 @dataclass(frozen=True)
@@ -73,8 +79,8 @@ class Store:
     compression) off the reactor; ``on_fatal`` is told when committing fails.
     """
 
-    def __init__(self, gateway: Any, cache: Any, generation: int, settings: StoreSettings, stats: Any,
-                 clock: Any = None, in_thread: Callable[..., Awaitable[Any]] | None = None,
+    def __init__(self, gateway: GatewayLike, cache: ObjectCacheLike, generation: int, settings: StoreSettings,
+                 stats: RunStats, clock: IReactorTime | None = None, in_thread: InThread | None = None,
                  on_fatal: Callable[[BaseException], None] = lambda e: None) -> None:
         self.gw = gateway
         self.cache = cache
@@ -89,9 +95,9 @@ class Store:
         self.writer = Writer(gateway)
         self.packer = Packer(self._put_pack, settings.pack_target_size, settings.pack_max_files,
                              clock if clock is not None else gateway.clock)
-        self._uploading: dict[bytes, _Shared] = {}
-        self._marker: _Shared | str | None = None
-        self._commit_call: Any = None
+        self._uploading: dict[bytes, _Shared[Hit]] = {}
+        self._marker: _Shared[str] | str | None = None
+        self._commit_call: IDelayedCall | None = None
         #: Every pack and encoded object the snapshot refers to, old ones included: linked from its root.
         self.packs_used: set[str] = set()
         self.encoded_used: set[str] = set()
@@ -185,7 +191,7 @@ class Store:
     async def _put_pack(self, buf: bytes) -> str:
         return await self.writer.put_bytes(buf, "a pack")  # (members are addressed by offset)
 
-    async def file(self, src: Any, size: int, sha: bytes, path: bytes) -> Hit:
+    async def file(self, src: ReadAt, size: int, sha: bytes, path: bytes) -> Hit:
         """Store a large file read from ``src`` (a :class:`~..backup.source.SourceFile`) as its own
         object: compressed into a temporary file when that pays, else its raw bytes.
 
@@ -215,22 +221,22 @@ class Store:
         log.log(NOISE, "uploaded: %r (%d bytes)", path, size)
         return Hit(cap, last.sha256.digest(), None)
 
-    async def _put_object(self, src: Any, size: int, path: bytes, slices: list["_FileSlice"] | None = None) -> str:
+    async def _put_object(self, src: ReadAt, size: int, path: bytes, slices: list[_FileSlice] | None = None) -> str:
         """Upload ``size`` bytes of ``src`` (a plain filenode is exactly its bytes: never salted)."""
         label = _label(path)
         return await self.writer.put_file(src, size, label, f"the upload of {label}", not self.settings.plain, slices)
 
-    async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def blocking(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """``fn(*args)`` off the reactor thread (inline when the store was given no thread runner)."""
         if self._in_thread is None:
             return fn(*args)
         return await self._in_thread(fn, *args)
 
-    async def hash(self, src: Any, size: int) -> bytes:
+    async def hash(self, src: ReadAt, size: int) -> bytes:
         """SHA-256 of the first ``size`` bytes of ``src``, off the reactor thread."""
-        return await self.blocking(_sha256, src, size)  # type: ignore[no-any-return]
+        return await self.blocking(_sha256, src, size)
 
-    async def private_copy(self, src: Any, size: int, path: bytes) -> Any:
+    async def private_copy(self, src: ReadAt, size: int, path: bytes) -> LocalFile:
         """A copy of a changing file in an unnamed temporary file: bytes that stay put."""
         fd = await self.blocking(_copy_to_temp, src, size, self.settings.tmpdir, path)
         return LocalFile(fd)
@@ -270,7 +276,7 @@ class Store:
         return cap
 
     # -- the edges of stored files -------------------------------------------------------------
-    def child_now(self, e: Entry, st: Any, hit: Hit, size: int | None = None) -> Child | None:
+    def child_now(self, e: Entry, st: os.stat_result, hit: Hit, size: int | None = None) -> Child | None:
         """The edge for a stored file (of ``size`` bytes, st_size by default); None if it needs
         the marker directory and that is not known yet (see :meth:`child`)."""
         meta = edge_metadata(e, st.st_size if size is None else size, st.st_mtime_ns, st.st_ctime_ns,
@@ -289,7 +295,7 @@ class Store:
         (self.packs_used if hit.offset is not None else self.encoded_used).add(hit.cap)
         return Child(e.name, marker, meta)
 
-    async def child(self, e: Entry, st: Any, hit: Hit, size: int | None = None) -> Child:
+    async def child(self, e: Entry, st: os.stat_result, hit: Hit, size: int | None = None) -> Child:
         found = self.child_now(e, st, hit, size)
         if found is None:
             await self._packed_marker()
@@ -313,7 +319,8 @@ class Store:
         if isinstance(self._marker, str):
             return self._marker
         if self._marker is None:
-            shared = self._marker = _Shared()
+            shared: _Shared[str] = _Shared()
+            self._marker = shared
             try:
                 cap = await self.directory(PACKED_MARKER_BODY)
             except BaseException as err:
@@ -362,7 +369,7 @@ class Writer:
     says when the grid refuses it as unhappy; it raises :class:`GatewayError` when it cannot.
     """
 
-    def __init__(self, gw: Any) -> None:
+    def __init__(self, gw: GatewayLike) -> None:
         self.gw = gw
 
     async def put_bytes(self, data: bytes, what: str) -> str:
@@ -372,8 +379,8 @@ class Writer:
         return await despite_unhappiness(
             self.gw, lambda salt: self.gw.put_bytes(data + SALT_MARK + salt if salt else data), what)
 
-    async def put_file(self, src: Any, size: int, label: str, what: str, can_salt: bool = True,
-                       slices: list["_FileSlice"] | None = None) -> str:
+    async def put_file(self, src: ReadAt, size: int, label: str, what: str, can_salt: bool = True,
+                       slices: list[_FileSlice] | None = None) -> str:
         """The first ``size`` bytes of ``src`` (a file read by offset: ``pread``) as an immutable
         file, each attempt through a fresh view of it (listed in ``slices``: the last one hashed what
         was sent).  ``can_salt`` False: an object that must hold exactly these bytes (a plain
@@ -402,7 +409,7 @@ class Writer:
         return await self.put_bytes(stored, "an index chunk"), len(stored)
 
 
-async def despite_unhappiness(gw: Any, put: Callable[[bytes | None], Awaitable[str]], what: str,
+async def despite_unhappiness(gw: GatewayLike, put: Callable[[bytes | None], Awaitable[str]], what: str,
                               can_salt: bool = True) -> str:
     """``put(salt)`` stores an object through the gateway ``gw`` (``salt`` None: exactly as it is) and
     returns its cap: the one way an object refused as unhappy is stored again (every
@@ -434,18 +441,18 @@ async def despite_unhappiness(gw: Any, put: Callable[[bytes | None], Awaitable[s
         await deferLater(gw.clock, delay, lambda: None)
 
 
-class _Shared:
+class _Shared(Generic[T]):
     """The outcome of one upload, awaited by any number of identical-content waiters."""
 
     def __init__(self) -> None:
-        self._waiters: list[Deferred] = []
+        self._waiters: list[Deferred[T]] = []
 
-    def wait(self) -> Deferred:
-        d: Deferred = Deferred()
+    def wait(self) -> Deferred[T]:
+        d: Deferred[T] = Deferred()
         self._waiters.append(d)
         return d
 
-    def fire(self, result: Any) -> None:
+    def fire(self, result: T) -> None:
         for d in self._waiters:
             d.callback(result)
 
@@ -462,7 +469,7 @@ class _FileSlice(io.RawIOBase):
     the file's bytes and are not hashed.  Closing it leaves the file open.
     """
 
-    def __init__(self, src: Any, size: int, suffix: bytes = b"") -> None:
+    def __init__(self, src: ReadAt, size: int, suffix: bytes = b"") -> None:
         self._src = src
         self._size = size
         self._suffix = suffix
@@ -507,7 +514,7 @@ class _FileSlice(io.RawIOBase):
         return data
 
 
-def _read_exactly(src: Any, n: int, offset: int) -> bytes:
+def _read_exactly(src: ReadAt, n: int, offset: int) -> bytes:
     """Up to ``n`` bytes from ``offset`` (fewer only at the end of the file)."""
     parts = []
     got = 0
@@ -520,7 +527,7 @@ def _read_exactly(src: Any, n: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _chunks(src: Any, size: int) -> Iterator[bytes]:
+def _chunks(src: ReadAt, size: int) -> Iterator[bytes]:
     """The first ``size`` bytes of ``src`` (fewer if it shrank), in 1 MiB reads."""
     pos = 0
     while pos < size:
@@ -531,7 +538,7 @@ def _chunks(src: Any, size: int) -> Iterator[bytes]:
         pos += len(chunk)
 
 
-def _sha256(src: Any, size: int) -> bytes:
+def _sha256(src: ReadAt, size: int) -> bytes:
     h = hashlib.sha256()
     for chunk in _chunks(src, size):
         h.update(chunk)
@@ -576,18 +583,19 @@ def _into_temp(tmpdir: str | None, path: bytes, doing: str, chunks: Iterator[byt
         raise
 
 
-def _copy_to_temp(src: Any, size: int, tmpdir: str | None, path: bytes) -> int:
+def _copy_to_temp(src: ReadAt, size: int, tmpdir: str | None, path: bytes) -> int:
     """Copy the first ``size`` bytes of ``src`` (fewer if it shrank) into an unnamed temporary file."""
     return _into_temp(tmpdir, path, "copying", _chunks(src, size))[0]
 
 
-def _compress_to_temp(enc: str, src: Any, size: int, tmpdir: str | None, path: bytes) -> tuple[int, int, bytes]:
+def _compress_to_temp(enc: str, src: ReadAt, size: int, tmpdir: str | None, path: bytes) -> tuple[int, int, bytes]:
     """Compress a file into an unnamed temporary file: (its fd, its length, SHA-256 of what was read)."""
     if enc == LZ4:
         import lz4.frame
 
-        comp: Any = lz4.frame.LZ4FrameCompressor()
-        head = comp.begin()
+        frame = lz4.frame.LZ4FrameCompressor()
+        head = frame.begin()
+        comp: Compressor = frame
     elif enc == XZ:
         import lzma
 

@@ -14,11 +14,12 @@ import errno
 import logging
 import os
 import threading
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 from inotify_simple import INotify, flags
 from zope.interface import implementer
-from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
+from twisted.python.failure import Failure
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Notifier:
     """Watches directories; ``deliver(changes)`` gets each batch of events (``None``: events were
     lost), on the reactor thread.  :meth:`watch` may be called from the walk's thread."""
 
-    def __init__(self, reactor: Any, deliver: Callable[[list[Event] | None], None]) -> None:
+    def __init__(self, reactor: IReactorFDSet, deliver: Callable[[list[Event] | None], None]) -> None:
         self._reactor = reactor
         self._deliver = deliver
         self._ino = INotify(nonblocking=True)
@@ -151,7 +152,7 @@ class Notifier:
         if out:
             self._deliver(out)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure) -> None:
         pass
 
     def close(self) -> None:

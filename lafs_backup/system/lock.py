@@ -5,9 +5,12 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import LockedError
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
 
 
 class _Warner(Protocol):
@@ -28,7 +31,7 @@ class CacheLock:
         self._fd: int | None = None
         self._said_waiting = False
 
-    async def acquire_waiting(self, wait: float, clock: Any, poll: float = 0.5) -> None:
+    async def acquire_waiting(self, wait: float, clock: IReactorTime, poll: float = 0.5) -> None:
         """:meth:`acquire`, waiting up to ``wait`` seconds (on ``clock``) for a live holder to finish."""
         from twisted.internet.task import deferLater
 

@@ -236,7 +236,7 @@ class Applier:
             self._try("set mode", lambda: target.chmod(stat.S_IMODE(mode)))
         for name, value in xattrs.items():
             self._try(f"set extended attribute {name.decode('utf-8', 'replace')}",
-                      lambda n=name, v=value: target.setxattr(n, v))
+                      functools.partial(target.setxattr, name, value))
         if not link:
             for key, default in (("acl", False), ("default_acl", True)):
                 acl = meta.get(key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from contextlib import contextmanager
-from typing import IO, Iterator
+from typing import Iterator, TextIO
 
 O_NOATIME = getattr(os, "O_NOATIME", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -106,7 +106,7 @@ def lstat_beneath(root: bytes, rel: bytes) -> os.stat_result:
 
 
 @contextmanager
-def replacing(path: str, buffering: int = -1) -> Iterator[IO[str]]:
+def replacing(path: str, buffering: int = -1) -> Iterator[TextIO]:
     """A new text file (mode 0600) that replaces ``path`` when the block ends without error.
 
     It is written as ``path.tmp.PID``, synced, renamed over ``path``, and the

@@ -40,11 +40,17 @@ char *cap_to_text(cap_t caps, ssize_t *length_p);
 int cap_free(void *obj_d);
 """
 
-_libs: dict[str, Any] = {}
-_ffi: Any = None
+# cffi ships no types: what it makes of ``_CDEF`` at run time (its FFI, each library's C functions,
+# and the C values they take and give) is typed by those C declarations alone.
+FFI = Any
+CLib = Any
+CData = Any
+
+_libs: dict[str, CLib] = {}
+_ffi: FFI = None
 
 
-def _load(name: str) -> Any:
+def _load(name: str) -> CLib:
     global _ffi
     if name not in _libs:
         if _ffi is None:  # cffi's parser costs ~15 ms: only pay it when an ACL or capability shows up
@@ -59,11 +65,11 @@ def _load(name: str) -> Any:
     return _libs[name]
 
 
-def _acl() -> Any:
+def _acl() -> CLib:
     return _load(ACL_LIBRARY)
 
 
-def _cap() -> Any:
+def _cap() -> CLib:
     return _load(CAP_LIBRARY)
 
 
@@ -108,7 +114,7 @@ def get_acl(path: bytes, default: bool = False) -> tuple[str, str] | None:
         lib.acl_free(acl)
 
 
-def _acl_text(lib: Any, acl: Any, options: int) -> str:
+def _acl_text(lib: CLib, acl: CData, options: int) -> str:
     p = lib.acl_to_any_text(acl, _ffi.NULL, b",", options)
     if p == _ffi.NULL:
         raise OSError(_ffi.errno, "acl_to_any_text failed")

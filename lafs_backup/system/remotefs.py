@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:  # (fsspec is optional: the ``s3`` and ``azure`` extras)
+    from fsspec import AbstractFileSystem
 
 
 def label_of(url: str) -> bytes:
@@ -50,7 +53,7 @@ def _url_secrets(url: str) -> list[str]:
 class Opened:
     """A file system, the root path in it, and how to show text about it safely."""
 
-    fs: Any
+    fs: AbstractFileSystem
     root: str
     label: str
     secrets: list[str] = field(default_factory=list, repr=False)

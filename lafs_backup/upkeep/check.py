@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from ..errors import GatewayError
 from ..grid.health import StreamParser, Verdict, judge, storage_index
+from ..protocols import GatewayLike
 from ..slots import Slots
 
 
@@ -48,7 +49,7 @@ class Checker:
     ``clock`` (None: the gateway's) is the reactor a freed slot wakes the next on.
     """
 
-    def __init__(self, gateway: Any, happy: int, lease: bool, repair: bool,
+    def __init__(self, gateway: GatewayLike, happy: int, lease: bool, repair: bool,
                  on_verdict: Callable[[Verdict], None], jobs: int = 6, clock: IReactorTime | None = None) -> None:
         self.gw = gateway
         self.happy = happy
@@ -137,7 +138,7 @@ class Checker:
             await gatherResults(waits, consumeErrors=True)
 
 
-class _Unit(dict):  # type: ignore[type-arg]
+class _Unit(dict[str, Any]):
     """A unit for user format strings: ``{0[path]}``, ``{0[type]}``, ``{0[summary]}`` ..."""
 
 

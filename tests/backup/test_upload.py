@@ -114,7 +114,7 @@ async def test_files_decided_ahead_are_decided_as_one_by_one(tmp_path):
     assert {e.path: up.saver.decide(e) for e in files} == expected
     actions = {e.path: expected[e.path][0].action for e in (rebuilt, changed, vanished)}
     assert actions == {rebuilt.path: "unchanged", changed.path: "read", vanished.path: "skip"}
-    assert up.saver._ahead == {}
+    assert up.saver.decider._ahead == {}
 
 
 @pytest_twisted.ensureDeferred
