@@ -24,7 +24,7 @@ def tree(root, dirs=3, files=4):
 
 
 def uploader(root, gw, cache, window=4000, **indexing):
-    """An uploader of ``root``; ``indexing``: what its indexer is given (``settled``, ``records``...)."""
+    """An uploader of ``root``; ``indexing``: what its indexer is given (``subtrees``, ``records``...)."""
     src = LocalSource(bytes(root))
     store = Store(gw, cache, 1, StoreSettings(pack_target_size=1 << 16), Reporter().stats, clock=None)
     rep = Reporter()

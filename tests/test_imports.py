@@ -16,7 +16,7 @@ ONLY_IN = {
     "twisted.internet.reactor": {"cli.py"},
     "twisted.conch": {"manhole.py"},
     "inotify_simple": {"system/inotify.py"},
-    "fsspec": {"system/remotefs.py"},
+    "fsspec": {"system/fsspec_fs.py"},
     "msgpack": {"store/index.py"},
     "s3fs": set(),
     "boto3": set(),

@@ -9,10 +9,10 @@ kept it as in the previous snapshot (:meth:`Indexer.kept`).  The indexer
   finished early waits for those before it, in memory up to a bound, then
   in an unnamed temporary file), cut into chunks that are stored as they
   are cut; the records of a subtree kept whole are the previous index's
-  (``settled.Records``), and a snapshot whose whole tree was kept has the
+  (``subtrees.Records``), and a snapshot whose whole tree was kept has the
   previous index itself;
 * lists, in :attr:`Indexer.trees`, every directory stored without a
-  problem, for the next backup's walk (``settled.py``);
+  problem, for the next backup's walk (``subtrees.py``);
 * tells ``on_dir`` (``watch``) every directory's cap as it is settled.
 """
 
@@ -32,7 +32,7 @@ from ..protocols import RunStats
 from ..store.protocols import ChunkStore
 from ..store.snapshot import Child, body_names, edge_metadata
 from ..store.store import temp_file, write_all
-from .settled import Records, Trees
+from .subtrees import Records, Trees
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,10 @@ class Indexer:
     ``on_dir(path, cap)`` is told every directory's cap as it is settled
     (``watch`` keeps them for its next round).  ``base`` is the index of the
     snapshot whose directories the queue's ``reuse`` entries keep: this
-    snapshot's index links its chunks too.  ``settled`` is the trees file of
-    the previous backup (``settled.Trees``) when the walk kept subtrees of it
-    whole (their ``reuse`` entries carry ``settled`` counts), and ``records``
-    gives their index records (``settled.Records``).
+    snapshot's index links its chunks too.  ``subtrees`` is the trees file of
+    the previous backup (``subtrees.Trees``) when the walk kept subtrees of it
+    whole (their ``reuse`` entries carry ``subtrees`` counts), and ``records``
+    gives their index records (``subtrees.Records``).
     """
 
     def __init__(self, store: ChunkStore, stats: RunStats, on_dir: Callable[[bytes, str], None] | None = None,

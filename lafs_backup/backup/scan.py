@@ -6,7 +6,7 @@ incremental walk's hooks itself.  A local tree (:func:`scan`) holds one open
 directory per level of depth and reaches every entry relative to its
 directory's fd, so paths of any length work, no symlink is ever followed,
 directories are read with O_NOATIME where allowed, and FIFOs and devices
-are never opened.  A remote one is in ``remote.py``.
+are never opened.  An fsspec one (a bucket) is in ``fsspec_source.py``.
 """
 
 from __future__ import annotations

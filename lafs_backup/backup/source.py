@@ -36,7 +36,7 @@ def recorded_as(source: str | None) -> bytes | None:
     if not source:
         return None
     if is_url(source):
-        from ..system.remotefs import label_of
+        from ..system.fsspec_fs import label_of
 
         return label_of(source)
     return os.fsencode(os.path.abspath(os.path.expanduser(source)))

@@ -105,7 +105,7 @@ class Uploader:
     @property
     def trees(self) -> list[tuple[bytes, bytes, str]]:
         """(path, digest, cap) of every directory stored without a problem, in queue order (for the
-        next backup's walk: ``settled.py``)."""
+        next backup's walk: ``subtrees.py``)."""
         return self.index.trees
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..backup.settled import trees_path
+from ..backup.subtrees import trees_path
 from ..engine.backup import BackupRun, Job, SelectArgs, make_source, queue_path, selection
 from ..engine.copy import copy_backups
 from ..errors import LafsBackupError

@@ -65,7 +65,7 @@ async def _remote_live(o: Opener, reader: Reader, url: str, emit: Callable[[Chan
     objects whose size is unchanged but whose time moved, read and hashed."""
     import hashlib
 
-    from ..backup.remote import FsspecSource
+    from ..backup.fsspec_source import FsspecSource
 
     source = FsspecSource(url, o.config.source.storage_options)
     warn = o.rt.threadsafe(o.rt.reporter.warn)

@@ -36,7 +36,7 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     reader = Reader(gw, whole_packs=not ns.paths)
     try:
         from ..backup.source import is_url
-        from ..read.remote import RemoteRestorer
+        from ..read.fsspec_target import RemoteRestorer
 
         if is_url(ns.target):
             await RemoteRestorer(reader, o.rt.reporter, ns.target, o.config.source.storage_options,

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import AsyncContextManager, Awaitable, Callable, Iterable, Iterator, Protocol
 
 from .. import history
-from ..backup import settled
+from ..backup import subtrees
 from ..backup.queue import QueueReader, SettleFn, write_queue
 from ..backup.scan import WalkHooks
-from ..backup.settled import Records, Trees
+from ..backup.subtrees import Records, Trees
 from ..backup.select import Selection, listed_paths, read_list
 from ..filters import parse_if_present, parse_size
 from ..backup.source import LocalSource, Source, is_url
@@ -102,7 +102,7 @@ def make_source(conf: Config, rep: Reporter, arg: str | None) -> Source:
     fsspec URL (``s3://bucket/prefix``, with ``source.storage_options``)."""
     src = arg or conf.source.path
     if src and is_url(src):
-        from ..backup.remote import FsspecSource
+        from ..backup.fsspec_source import FsspecSource
 
         return FsspecSource(src, conf.source.storage_options)
     return local_source(conf, rep, arg)
@@ -237,7 +237,7 @@ class BackupRun:
         if job.mode != "stat" or job.rebuild_cache:
             # A new cache knows none of the rows the record builds on; another mode may store what
             # the record's directories do not hold (content changed under unchanged stat data).
-            settled.forget(trees_at or "")
+            subtrees.forget(trees_at or "")
             trees_at = None
         #: A backup that walks and uploads in one go keeps whole the subtrees unchanged since the last one.
         self.trees_at = trees_at
@@ -272,13 +272,13 @@ class BackupRun:
                         keeping.records.close()
             except Forgotten:  # (a cleanup forgot the previous backup meanwhile: walk again, keeping nothing)
                 log.info("the previous backup was forgotten during the walk; walking again")
-                settled.forget(self.trees_at or "")
+                subtrees.forget(self.trees_at or "")
                 self.rt.reporter.stats = type(self.rt.reporter.stats)()
                 self.totals[:] = [0, 0]
                 trees, kept = None, []
                 await self._walk(None, kept, keep=True)
 
-    async def _walk(self, trees: settled.Trees | None, kept: list[bytes], keep: bool = True) -> int:
+    async def _walk(self, trees: subtrees.Trees | None, kept: list[bytes], keep: bool = True) -> int:
         """Phase one; with ``keep``, the queue's directories carry the digests of their subtrees (for
         this backup's trees file), and those ``trees`` knows are kept whole."""
         def settle(path: bytes, digest: bytes) -> str | None:
@@ -313,7 +313,7 @@ class Incremental:
     #: That snapshot's tree (the source root's edge).
     previous_tree: Child | None = None
     #: A backup's walk that kept subtrees of the last one whole: its trees file, and the index
-    #: records of the kept subtrees (see ``settled``).
+    #: records of the kept subtrees (see ``subtrees``).
     settled: Trees | None = None
     records: Records | None = None
 
@@ -342,7 +342,7 @@ async def phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target, 
         cache = db.objects  # what the store and the uploader look up and record
         repo = await target.repository(create=True)
         assert repo is not None  # (made if there was none)
-        if incremental is not None and incremental.settled is not None and not settled.still_kept(
+        if incremental is not None and incremental.settled is not None and not subtrees.still_kept(
                 incremental.settled, db.history.backups()):
             raise Forgotten()
         gen = cache.begin_generation(source.label, incremental.base if incremental is not None else None)
@@ -398,22 +398,22 @@ class Forgotten(Exception):
     """The backup whose subtrees the walk kept is no longer kept itself."""
 
 
-def _load_trees(conf: Config, at: str) -> settled.Trees | None:
+def _load_trees(conf: Config, at: str) -> subtrees.Trees | None:
     """The trees file at ``at``, if it was made with this configuration's settings."""
-    return settled.load(at, settled.fingerprint(conf.destination.pack_max_file_size == 0))
+    return subtrees.load(at, subtrees.fingerprint(conf.destination.pack_max_file_size == 0))
 
 
-def _settled_trees(conf: Config, at: str) -> settled.Trees | None:
-    """The trees file of the last backup, if the next walk may keep subtrees of it (see ``settled``).
+def _settled_trees(conf: Config, at: str) -> subtrees.Trees | None:
+    """The trees file of the last backup, if the next walk may keep subtrees of it (see ``subtrees``).
     Whether that backup is still kept is asked under the cache's lock (``phase_two``): if it is not,
     the walk is made again, keeping nothing."""
     trees = _load_trees(conf, at)
-    if trees is None or not trees.index or trees.chain >= settled.CHAIN_MAX:
+    if trees is None or not trees.index or trees.chain >= subtrees.CHAIN_MAX:
         return None
     return trees
 
 
-async def _keeping(gw: GatewayLike, conf: Config, trees: settled.Trees | None, kept: list[bytes]) -> Incremental | None:
+async def _keeping(gw: GatewayLike, conf: Config, trees: subtrees.Trees | None, kept: list[bytes]) -> Incremental | None:
     """What phase two needs of the last backup when the walk kept subtrees of it: its packs and
     objects, its generation as the base, and (unless the whole tree was kept) its index records."""
     if trees is None or not kept:
@@ -424,7 +424,7 @@ async def _keeping(gw: GatewayLike, conf: Config, trees: settled.Trees | None, k
 
         reader = Reader(gw, jobs=conf.operation.jobs)
         await reader.load_index(list(trees.index))
-        records = settled.Records(trees, reader.index)
+        records = subtrees.Records(trees, reader.index)
     return Incremental(trees.generation, trees.packs, trees.objects, settled=trees, records=records)
 
 
@@ -437,13 +437,13 @@ def _save_trees(at: str, snap: str, gen: int, store: Store, uploader: Uploader,
                 incremental: Incremental | None) -> None:
     """Write the trees file of the backup just recorded (a failure costs the next backup time only)."""
     before = incremental.settled if incremental is not None else None
-    trees = settled.Trees(snap, gen, settled.fingerprint(store.settings.plain), before.chain + 1 if before else 1,
+    trees = subtrees.Trees(snap, gen, subtrees.fingerprint(store.settings.plain), before.chain + 1 if before else 1,
                           uploader.index_caps, frozenset(store.packs_used), frozenset(store.encoded_used),
                           uploader.trees)
     try:
-        settled.save(at, trees)
+        subtrees.save(at, trees)
     except OSError as e:
-        settled.forget(at)
+        subtrees.forget(at)
         log.warning("the record of this backup's directories (%s) could not be written (%s); the next backup "
                     "decides every entry again", at, e.strerror)
 
@@ -459,7 +459,7 @@ def _count_queue(qpath: str, label: bytes, totals: list[int], kept: list[tuple[b
                 kept.append((e.path, (e.extra("reuse") or b"").decode("ascii", "replace")))
 
 
-def _queued_trees(conf: Config, at: str | None, queued: list[tuple[bytes, str]], qpath: str) -> settled.Trees | None:
+def _queued_trees(conf: Config, at: str | None, queued: list[tuple[bytes, str]], qpath: str) -> subtrees.Trees | None:
     """For ``--reuse-queue``: the trees file the queue's kept directories came from (they must all
     be in it as they are in the queue: else the queue is refused, to be made again)."""
     if not queued:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from .. import history
-from ..backup.record import remove_result_line
+from ..backup.result import remove_result_line
 from ..db.local_history import LocalHistory
 from ..errors import SnapshotError, UsageError
 from ..history import Backup

@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from .. import history
-from ..backup.record import append_result, link_into
+from ..backup.result import append_result, link_into
 from ..config import ResultConfig
 from ..db.local_history import LocalHistory
 from ..db.objects import ObjectCache
@@ -68,7 +68,7 @@ async def rebuild_cache(rep: Reporter, everything: list[Backup], gw: GatewayLike
                         source: bytes, host: str) -> None:
     """A new cache (a new machine, or one set aside): fill it from the newest recorded backup of this
     source, so that what is stored already is not uploaded again."""
-    from ..backup.rebuild import Rebuilder
+    from ..backup.cache_rebuild import Rebuilder
     from ..read.reader import Reader
 
     mine = history.matching(everything, source, host) or history.matching(everything, source)

@@ -1,4 +1,4 @@
-"""A watch: back up, then turn each settled burst of changes into a new, incremental snapshot.
+"""A watch: back up, then turn each quiet burst of changes into a new, incremental snapshot.
 
 The first round is a normal backup (an interrupted one is resumed): it
 walks the whole tree and puts an inotify watch on every directory it

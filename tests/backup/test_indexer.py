@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 
 from lafs_backup.backup import indexer
 from lafs_backup.backup.indexer import INDEX_CARRIED_MAX, Indexer
-from lafs_backup.backup.settled import Trees
+from lafs_backup.backup.subtrees import Trees
 from lafs_backup.errors import QueueError
 from lafs_backup.report import Stats
 from lafs_backup.store.entry import Entry

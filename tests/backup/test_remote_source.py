@@ -14,7 +14,7 @@ fsspec = pytest.importorskip("fsspec")
 from fsspec.implementations.memory import MemoryFile  # noqa: E402
 
 from lafs_backup.filters import compile_rules  # noqa: E402
-from lafs_backup.backup.remote import FsspecSource, Identity, child_name, identity_of, label_of, to_ns  # noqa: E402
+from lafs_backup.backup.fsspec_source import FsspecSource, Identity, child_name, identity_of, label_of, to_ns  # noqa: E402
 from lafs_backup.backup.select import Selection  # noqa: E402
 from lafs_backup.errors import UsageError  # noqa: E402
 from lafs_backup.store.snapshot import file_key  # noqa: E402

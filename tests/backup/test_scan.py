@@ -84,7 +84,7 @@ def test_one_loop_walks_any_tree_and_closes_what_it_opened():
     directory that cannot be listed warned in the tree's words, every opened directory closed."""
     import stat
 
-    from lafs_backup.backup.remote import make_stat
+    from lafs_backup.backup.fsspec_source import make_stat
     from lafs_backup.backup.scan import walk
     from lafs_backup.backup.select import Selection
     from lafs_backup.store.entry import Entry

@@ -14,7 +14,7 @@ import pytest_twisted
 from fakes import FakeGateway
 
 from lafs_backup import config as cfg
-from lafs_backup.backup.settled import trees_path
+from lafs_backup.backup.subtrees import trees_path
 from lafs_backup.db.local import LocalDB
 from lafs_backup.engine.backup import BackupRun, Job, SelectArgs, local_source, selection
 from lafs_backup.engine.runtime import Runtime

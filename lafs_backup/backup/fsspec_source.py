@@ -43,7 +43,7 @@ from ..filters import Filter
 from .scan import Extras, Listed, WalkHooks, walk
 from .select import HeadFn, Selection
 from ..store.store import temp_file, write_all
-from ..system.remotefs import label_of, open_url
+from ..system.fsspec_fs import label_of, open_url
 from .source import NoteFn, WarnFn
 
 log = logging.getLogger(__name__)

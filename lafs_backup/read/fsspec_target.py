@@ -17,7 +17,7 @@ from typing import IO, Any, Callable, Sequence, TypeVar, TypeVarTuple
 
 from ..errors import GatewayError, RestoreError, UsageError
 from ..protocols import InThread
-from ..system.remotefs import open_url
+from ..system.fsspec_fs import open_url
 from ..report import Reporter
 from ..store.entry import KIND_DIR, KIND_FILE
 from .browse import Browser, Item

@@ -1,7 +1,7 @@
 """Opening an fsspec file system from a URL and its storage options, with every secret kept out of messages.
 
-The only module that imports fsspec: a remote source (``backup/remote.py``)
-and a remote restore target (``read/remote.py``) both open their file system
+The only module that imports fsspec: a remote source (``backup/fsspec_source.py``)
+and a remote restore target (``read/fsspec_target.py``) both open their file system
 here.  Credentials come in the options and sometimes in the URL itself
 (``s3://key:secret@bucket``, ``?sig=...``): :class:`Opened` scrubs all of them
 out of any text before it is shown.

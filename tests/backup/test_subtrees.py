@@ -18,7 +18,7 @@ import pytest
 import pytest_twisted
 
 from conftest import make_tree, restored_ok
-from lafs_backup.backup import settled
+from lafs_backup.backup import subtrees
 from lafs_backup.filters import compile_rules
 from lafs_backup.backup.queue import QueueReader, write_queue
 from lafs_backup.backup.scan import scan
@@ -92,24 +92,24 @@ def test_the_trees_file_round_trips_any_path_and_refuses_what_it_cannot_trust(tm
     odd = b"dir\nwith\ttabs \xff"
     dirs = [(odd + b"/sub", b"\1" * 32, "URI:DIR2-CHK:s"), (odd, b"\2" * 32, "URI:DIR2-CHK:o"),
             (b"other", b"\3" * 32, "URI:DIR2-CHK:t"), (b"", b"\4" * 32, "URI:DIR2-CHK:r")]
-    t = settled.Trees("URI:DIR2-CHK:snap", 7, "fp", 2, ("URI:CHK:i",), frozenset({"URI:CHK:p"}), frozenset(), dirs)
-    settled.save(at, t)
+    t = subtrees.Trees("URI:DIR2-CHK:snap", 7, "fp", 2, ("URI:CHK:i",), frozenset({"URI:CHK:p"}), frozenset(), dirs)
+    subtrees.save(at, t)
     assert stat.S_IMODE(os.stat(at).st_mode) == 0o600  # it holds caps
-    back = settled.load(at, "fp")
+    back = subtrees.load(at, "fp")
     assert back is not None and back.dirs == dirs and back.index == ("URI:CHK:i",) and back.chain == 2
     assert back.cap(odd, b"\2" * 32) == "URI:DIR2-CHK:o" and back.cap(odd, b"\1" * 32) is None
     assert [p for p, _, _ in back.subtree(odd)] == [odd + b"/sub", odd]
     assert [p for p, _, _ in back.subtree(b"")] == [p for p, _, _ in dirs]
     assert back.subtree(b"missing") == []
-    assert settled.load(at, "other settings") is None
+    assert subtrees.load(at, "other settings") is None
     with open(at, "r+b") as f:  # cut short: not trusted
         f.truncate(os.path.getsize(at) - 20)
-    assert settled.load(at, "fp") is None
-    assert settled.load(str(tmp_path / "none"), "fp") is None
+    assert subtrees.load(at, "fp") is None
+    assert subtrees.load(str(tmp_path / "none"), "fp") is None
 
 
 # -- the uploader, over fakes -----------------------------------------------------------------------
-async def _upload(src: Path, gw, cache, tmp_path: Path, trees: settled.Trees | None = None):
+async def _upload(src: Path, gw, cache, tmp_path: Path, trees: subtrees.Trees | None = None):
     from builders import uploader
 
     from lafs_backup.read.reader import Reader
@@ -128,14 +128,14 @@ async def _upload(src: Path, gw, cache, tmp_path: Path, trees: settled.Trees | N
     if trees is not None and kept:
         reader = Reader(gw)
         await reader.load_index(list(trees.index))
-        records = settled.Records(trees, reader.index)
+        records = subtrees.Records(trees, reader.index)
         up, _ = uploader(src, gw, cache, settled=trees, records=records)
         up.store.packs_used |= trees.packs
     else:
         up, _ = uploader(src, gw, cache)
     with QueueReader(str(q)) as r:
         cap = await up.run(r)
-    made = settled.Trees(cap, 1, "fp", 1, up.index_caps, frozenset(up.store.packs_used), frozenset(), up.trees)
+    made = subtrees.Trees(cap, 1, "fp", 1, up.index_caps, frozenset(up.store.packs_used), frozenset(), up.trees)
     return cap, up, made
 
 
@@ -237,8 +237,8 @@ def test_a_forgotten_backup_is_never_built_on_and_a_chain_ends(grid, home, lb, t
     restored_ok(grid.url, home, src, tmp_path / "r1")
 
     # Every CHAIN_MAX-th backup decides every entry again (unused objects are released then).
-    kept = [_backup(lb, src)["subtrees_kept"] for _ in range(settled.CHAIN_MAX)]
-    assert kept == [1] * (settled.CHAIN_MAX - 1) + [0], kept
+    kept = [_backup(lb, src)["subtrees_kept"] for _ in range(subtrees.CHAIN_MAX)]
+    assert kept == [1] * (subtrees.CHAIN_MAX - 1) + [0], kept
 
 
 @pytest.mark.parametrize("mode", ["checksum"])

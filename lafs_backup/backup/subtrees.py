@@ -1,4 +1,4 @@
-"""Settled subtrees: what the last backup of a source made of each directory, so that the next
+"""Subtrees kept whole: what the last backup of a source made of each directory, so that the next
 one keeps an unchanged subtree whole instead of deciding each of its entries again.
 
 After a backup, the *trees file* (one per source and grid, mode 0600: it holds
@@ -58,7 +58,7 @@ def fingerprint(plain: bool) -> str:
 
 @dataclass
 class Trees:
-    """The settled directories of one snapshot (see the module docstring)."""
+    """The directories of one snapshot, for the next walk to keep whole (see the module docstring)."""
 
     snapshot: str
     generation: int
