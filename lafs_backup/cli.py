@@ -242,7 +242,7 @@ _WITH_MANHOLE = {"backup", "watch", "copy", "restore", "check", "verify", "clean
 async def _dispatch(opener: Opener, ns: argparse.Namespace) -> int:
     import importlib
 
-    from .commands import COMMANDS
+    from .commands import COMMANDS, READ_ONLY
 
     module = importlib.import_module(f".commands.{COMMANDS[ns.command][0]}", __package__)
     try:
@@ -251,6 +251,13 @@ async def _dispatch(opener: Opener, ns: argparse.Namespace) -> int:
         gw = getattr(opener, "_gateway", None)
         if gw is not None:
             log.info("%s: gateway requests %s", ns.command, dict(sorted(gw.counts.items())))
+        if opener.started and ns.command in READ_ONLY:
+            # A read command leaves the machine as it found it: the grid it had to start stops.
+            stopped = await opener.stop_started()
+            opener.rt.reporter.say(f"lafs-backup: stopped the embedded grid this command started "
+                                   f"({len(stopped)} nodes)")
+        elif opener.started and ns.command in ("backup", "watch", "copy", "check", "cleanup", "init"):
+            opener.keep_started()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

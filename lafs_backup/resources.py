@@ -42,6 +42,8 @@ class Opener:
     _key_read: bool = False
     _repo: Repository | None = None
     _history: list[Backup] | None = None
+    #: The grids (and gateways) this command started: a read command stops them when it ends.
+    started: list["LocalGrid"] = dataclasses.field(default_factory=list)
 
     # -- the grid -----------------------------------------------------------------------------
     def grid(self, directory: str | None = None, listen: str | None = None) -> "LocalGrid":
@@ -91,20 +93,55 @@ class Opener:
         """Start the embedded grid if needed (off the reactor thread) and wait for its servers."""
         from .grid.local import wait_connected
 
+        new = grid.load() is None
         try:
             state, started = await self.rt.in_thread(grid.start_processes)
         except BaseException:
             grid.cancel()  # interrupted: stop the thread's subprocess now
             raise
         if started:
-            what = "a gateway for the grid of the recovery key" if state.get("join") else "the embedded local grid"
-            self.rt.reporter.say(f"lafs-backup: started {what} in {grid.dir}")
+            self.started.append(grid)
+            if state.get("join"):
+                self.rt.reporter.say(f"lafs-backup: started a gateway for the grid of the recovery key in {grid.dir}")
+            elif new:
+                self.rt.reporter.say(
+                    f"lafs-backup: made the embedded local grid in {grid.dir} and started it.  Every share of "
+                    "every backup on it is on this machine's own disk: a grid to try the tool with, not to "
+                    "survive this disk (the README's 'Moving to a real grid' says how).  "
+                    "'lafs-backup grid down' stops it; 'grid up' starts it again")
+            else:
+                self.rt.reporter.say(f"lafs-backup: started the embedded local grid in {grid.dir} "
+                                     "('lafs-backup grid down' stops it)")
         if state.get("url") is None:  # a storage node of a grid made elsewhere: nothing to wait for here
             return ""
         gw = self.make_gateway(state["url"], jobs=2, attempts=1)
         await wait_connected(gw.connected_servers, state["happy"], self.config.grid.start_timeout,
                              self.rt.sleep, self.rt.reactor.seconds)
         return str(state["url"])
+
+    async def stop_started(self) -> list[str]:
+        """Stop the grids this command started (a read command's, when it ends); the node names."""
+        stopped: list[str] = []
+        for grid in self.started:
+            stopped += await self.rt.in_thread(grid.stop)
+        self.started.clear()
+        return stopped
+
+    def keep_started(self) -> None:
+        """Leave the grids this command started running (a backup: the next one needs them), and
+        say so once per grid."""
+        for grid in self.started:
+            told = os.path.join(grid.dir, "told-running")
+            if os.path.exists(told):
+                continue
+            self.rt.reporter.say(f"lafs-backup: the embedded grid keeps running, for the next backup "
+                                 "('lafs-backup grid down' stops it; any command starts it again)")
+            try:
+                with open(told, "w"):
+                    pass
+            except OSError:
+                pass
+        self.started.clear()
 
     async def gateway(self) -> Gateway:
         if self._gateway is None:

@@ -24,3 +24,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'grid': ('grid', 'manage the embedded local Tahoe-LAFS grid, or join one'),
     'dump-config': ('dump_config', 'print the merged configuration'),
 }
+
+#: Commands that only read: they stop an embedded grid they had to start when they end.
+READ_ONLY = frozenset({"list", "ls", "find", "dump", "restore", "mount", "verify", "diff"})
