@@ -89,7 +89,7 @@ class MountError(LafsBackupError):
 
 
 class LockedError(LafsBackupError):
-    """Another lafs-backup run (pid {pid}, started {started}) holds the lock {path}."""
+    """Another lafs-backup run (pid {pid}, started {started}) holds the lock {path}; nothing was done.  Run again when it has finished, or give --wait-lock SECONDS to wait for it."""
 
     exit_code = ExitCode.LOCKED
 

@@ -116,7 +116,7 @@ def test_readers_work_and_writers_wait_or_refuse_while_a_backup_runs(lb, grid, h
         assert r.code == 0, r.err
         # Writers: refused at once (exit 5) by default ...
         r = lb("cleanup", "--keep-last", "5")
-        assert r.code == 5 and "holds the lock" in r.err and "rebuild" not in r.err, r.err
+        assert r.code == 5 and "holds the lock" in r.err and "--wait-lock SECONDS" in r.err and "rebuild" not in r.err, r.err
         # ... or wait for the lock, and then run.
         r = lb("--wait-lock", "300", "check")
         assert r.code == 0, r.err
