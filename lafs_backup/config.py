@@ -149,11 +149,51 @@ def parse_override(item: str) -> tuple[str, YAMLValue]:
     if "=" not in item:
         raise ConfigError(source="command line", key=item, problem="expected KEY=VALUE")
     key, _, raw = item.partition("=")
+    key = key.strip()
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    return key.strip(), value
+    if list in SCHEMA.get(key, ()) and not isinstance(value, list) and raw.strip().startswith("[") \
+            and raw.strip().endswith("]"):
+        # A list YAML cannot read, as shells make people write one: regexes with backslashes in
+        # double quotes ("-\.bin$"), brackets and stars unquoted ([-*~$, -/tmp/]).
+        value = _flow_list(raw.strip()[1:-1])
+    return key, value
+
+
+def _flow_list(text: str) -> list[str]:
+    """The items of ``a, "b", 'c'`` as written: split at the commas outside quotes and brackets,
+    each quoted item taken literally (a JSON string is decoded)."""
+    import json
+
+    items, cur, depth, quote = [], "", 0, ""
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth <= 0:
+            items.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    items.append(cur)
+    out = []
+    for item in (i.strip() for i in items):
+        if len(item) >= 2 and item[0] == item[-1] and item[0] in "\"'":
+            try:
+                decoded = json.loads(item) if item[0] == '"' else None
+            except ValueError:
+                decoded = None
+            item = decoded if isinstance(decoded, str) else item[1:-1]
+        if item:
+            out.append(item)
+    return out
 
 
 def _nest(dotted: str, value: YAMLValue) -> dict[str, Any]:

@@ -63,13 +63,15 @@ def compile_rules(rules: Iterable[object], source: str = "filter") -> Filter:
     for raw in rules:
         if not isinstance(raw, str):
             raise FilterError(repr(raw), "a rule must be a string", source)
+        # A rule is a regex; a glob ('*.bin') is for --exclude or an ignore file, and says so.
+        hint = "; a glob such as '*.bin' is given with --exclude or in an ignore file" if "*" in raw else ""
         if len(raw) < 1 or raw[0] not in "+-":
-            raise FilterError(raw, "a rule must start with '+' (include) or '-' (exclude)", source)
+            raise FilterError(raw, f"a rule must start with '+' (include) or '-' (exclude){hint}", source)
         body = raw[1:]
         try:
             pattern = re.compile(body.encode("utf-8", "surrogateescape"))
         except re.error as e:
-            raise FilterError(raw, f"invalid regular expression: {e}", source)
+            raise FilterError(raw, f"invalid regular expression: {e}{hint}", source)
         out.append(Rule(raw[0] == "+", pattern, raw))
     return Filter(tuple(out))
 

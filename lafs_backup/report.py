@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, Callable, Collection, Protocol
 
+from .names import shown_text
 from .protocols import GatewayLike
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class Reporter:
     def advise(self, topic: str, message: str) -> None:
         """A warning about the backups as a whole, not about one entry: it does not make the run
         partial (its exit code stays 0).  In JSON mode it is a JSON line on stderr, so that a
-        command whose stdout is one document (``list --json``) keeps it parseable."""
+        command whose stdout is one document (``list --json``) keeps its JSON lines parseable."""
         if self.json_mode:
             print(json.dumps({"type": "warning", "topic": topic, "message": message}, sort_keys=True),
                   file=self.err, flush=True)
@@ -170,9 +171,16 @@ class Reporter:
         return [f"  excluded by {reason}: {c['entries']} entries, {_size(c['bytes'])} of files"
                 for reason, c in sorted(self.stats.excluded.items(), key=lambda kv: (-kv[1]["entries"], kv[0]))]
 
-    def finish(self, kind: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def finish(self, kind: str, extra: dict[str, Any] | None = None,
+               counters: Collection[str] | None = None) -> dict[str, Any]:
+        """Print the run's summary (one JSON document, or lines on stderr) and return it: the
+        :class:`Stats` fields named by ``counters`` (None: all of them; warnings, problems and
+        seconds always), then ``extra``."""
         self.stats.seconds = round(self._now() - self._start, 3)
-        summary = {"type": "summary", "operation": kind, **asdict(self.stats), **(extra or {})}
+        stats = asdict(self.stats)
+        if counters is not None:
+            stats = {k: v for k, v in stats.items() if k in counters or k in ("warnings", "problems", "seconds")}
+        summary = {"type": "summary", "operation": kind, **stats, **(extra or {})}
         if self.json_mode:
             self._json(summary)
         else:
@@ -182,22 +190,31 @@ class Reporter:
                 lines.append(f"  files: {s.files} ({s.files_new} new, {s.files_changed} changed, "
                              f"{s.files_unchanged} unchanged)")
                 lines.append(f"  contents: {s.files_uploaded} stored, {s.files_deduplicated} already stored "
-                             f"(deduplicated), {s.files_lit} inline; {s.packs} packs uploaded")
-                lines.append(f"  index: {s.index_chunks} chunks ({s.index_chunks_new} stored)")
-                lines.append(f"  directories: {s.dirs} ({s.dirs_new} created, {s.dirs_unchanged} unchanged); "
-                             f"symlinks: {s.symlinks}; special files: {s.specials}")
+                             f"(deduplicated), {s.files_lit} inline; {plural(s.packs, 'pack')} uploaded")
+                lines.append(f"  index: {plural(s.index_chunks, 'chunk')} ({s.index_chunks_new} stored)")
+                # s.dirs counts the source's directories; dirs_new and dirs_unchanged count every
+                # directory object the snapshot needed (the source's, and its root, index and objects list).
+                lines.append(f"  directories: {s.dirs}; symlinks: {s.symlinks}; special files: {s.specials}")
+                lines.append(f"  directory objects (the source's and the snapshot's own): {s.dirs_new} stored, "
+                             f"{s.dirs_unchanged} already stored")
                 if s.subtrees_kept:
-                    lines.append(f"  kept whole: {s.subtrees_kept} directories as in the previous backup, "
-                                 f"with the {s.entries_kept} entries below them")
+                    lines.append(f"  kept whole: {plural(s.subtrees_kept, 'directory', 'directories')} as in the "
+                                 f"previous backup, with the {plural(s.entries_kept, 'entry', 'entries')} below them")
                 lines.append(f"  bytes read: {_size(s.bytes_read)}, uploaded: {_size(s.bytes_uploaded)}; saved by "
                              f"deduplication: {_size(s.bytes_deduplicated)}, by compression: "
                              f"{_size(s.bytes_compression_saved)}")
                 lines.extend(self.excluded_lines())
             elif kind == "verify":
-                lines.append(f"  every share checked; file contents read back: {s.files} "
+                ext = extra or {}
+                lines.append(f"  snapshot: {ext.get('id') or '(a cap not recorded here)'}; every share checked; "
+                             f"file contents read back: {ext.get('files_read', s.files)} "
                              f"({_size(s.bytes_read)})")
             elif kind == "restore":
-                lines.append(f"  files: {s.files}, directories: {s.dirs}, symlinks: {s.symlinks}, "
+                would = "would be " if summary.get("dry_run") else ""
+                lines.append(f"  {would}written: {summary.get('written', 0)}, {would}overwritten: "
+                             f"{summary.get('overwritten', 0)}, left as they were: {summary.get('skipped', 0)}, "
+                             f"{would}deleted: {summary.get('deleted', 0)}, failed: {summary.get('failed', 0)}")
+                lines.append(f"  restored files: {s.files}, directories: {s.dirs}, symlinks: {s.symlinks}, "
                              f"special files: {s.specials}, bytes written: {s.bytes_written}")
             if s.warnings:
                 lines.append(f"  warnings: {s.warnings} (entries skipped or incomplete; see above)")
@@ -206,6 +223,12 @@ class Reporter:
             if not self.quiet:
                 print("\n".join(lines), file=self.err)
         return summary
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``n`` and ``word``, plural unless ``n`` is 1 ("1 pack", "0 packs"; ``words`` when not
+    just an ``s``: "2 directories")."""
+    return f"{n} {word}" if n == 1 else f"{n} {words or word + 's'}"
 
 
 def _size(n: float) -> str:
@@ -217,9 +240,9 @@ def _size(n: float) -> str:
 
 
 def _printable(text: str) -> str:
-    """A path made safe for one terminal line (no raw control characters)."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").encode(
-        "unicode_escape").decode("ascii") if not text.isprintable() else text
+    """A path (decoded with surrogateescape) as one printable line, as ``ls`` prints it
+    (see :func:`names.shown`: a PATH argument written so names the same path)."""
+    return shown_text(text)
 
 
 class _Bar(Protocol):

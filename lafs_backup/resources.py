@@ -134,7 +134,7 @@ class Opener:
             told = os.path.join(grid.dir, "told-running")
             if os.path.exists(told):
                 continue
-            self.rt.reporter.say(f"lafs-backup: the embedded grid keeps running, for the next backup "
+            self.rt.reporter.say("lafs-backup: the embedded grid keeps running, for the next backup "
                                  "('lafs-backup grid down' stops it; any command starts it again)")
             try:
                 with open(told, "w"):

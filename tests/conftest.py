@@ -49,6 +49,13 @@ class Grid:
         return dict(self._counts)
 
 
+def json_lines(text: str) -> list:
+    """The JSON lines of a command's output (``list --json``, ``ls --json``...), one value each."""
+    import json
+
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def cli_env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["XDG_STATE_HOME"] = str(home / "state")

@@ -22,13 +22,13 @@ ONLY_IN = {
     "boto3": set(),
 }
 #: Modules that decide or describe, and do no I/O: no network, database, process, thread or reactor.
-PURE = {"store/plan.py", "filters.py", "encoding.py", "retry.py", "caps.py", "backup/queue.py", "store/snapshot.py",
+PURE = {"store/plan.py", "filters.py", "encoding.py", "names.py", "retry.py", "caps.py", "backup/queue.py", "store/snapshot.py",
         "store/entry.py", "upkeep/retention.py", "history.py", "config.py", "errors.py", "backup/changes.py",
         "store/index.py", "grid/health.py", "grid/download.py"}
 IO_MODULES = {"treq", "sqlite3", "twisted", "cffi", "subprocess", "socket", "threading", "xattr", "urllib"}
 #: The ground floor's small pure helpers, the project's one semaphore, and the protocols of the resources
 #: the stages are handed (the gateway, the reporter): every layer may import them.
-GROUND = {"errors", "log", "slots", "caps", "retry", "filters", "encoding", "protocols"}
+GROUND = {"errors", "log", "slots", "caps", "retry", "filters", "encoding", "protocols", "names"}
 #: The layers, from the ground up: each package or top-level module (a row) and the project modules
 #: its modules may import.  A row names only itself and rows above it in this table, so nothing
 #: imports up and no two layers import each other (checked below).  The configuration sits on the
@@ -43,6 +43,7 @@ LAYERS: dict[str, set[str]] = {
     "retry": set(),
     "filters": {"errors"},
     "encoding": {"errors"},
+    "names": {"errors"},
     "protocols": {"retry"},
     "config": {"errors", "log", "retry", "filters", "encoding"},
     "system": {"system"} | GROUND,

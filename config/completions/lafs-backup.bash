@@ -7,10 +7,10 @@
 
 _shtab_lafs_backup_subparsers=(backup watch copy restore list ls find dump mount cleanup diff verify check init key grid dump-config)
 
-_shtab_lafs_backup_backup_option_strings=(-h --help --queue-only --reuse-queue -j --jobs --mode --rebuild-cache --host --tag --dry-run -x --one-file-system --exclude-caches --exclude-if-present --exclude-larger-than --files-from --files-from-verbatim --files-from-raw --git-ignore)
-_shtab_lafs_backup_watch_option_strings=(-h --help --settle --rescan-interval --min-interval -j --jobs --host --tag -x --one-file-system --exclude-caches --exclude-if-present --exclude-larger-than --files-from --files-from-verbatim --files-from-raw --git-ignore)
+_shtab_lafs_backup_backup_option_strings=(-h --help --queue-only --reuse-queue -j --jobs --mode --rebuild-cache --host --tag --dry-run --exclude --iexclude --exclude-file -x --one-file-system --exclude-caches --exclude-if-present --exclude-larger-than --files-from --files-from-verbatim --files-from-raw --git-ignore)
+_shtab_lafs_backup_watch_option_strings=(-h --help --settle --rescan-interval --min-interval -j --jobs --host --tag --exclude --iexclude --exclude-file -x --one-file-system --exclude-caches --exclude-if-present --exclude-larger-than --files-from --files-from-verbatim --files-from-raw --git-ignore)
 _shtab_lafs_backup_copy_option_strings=(-h --help --to-url -j --jobs --to-repo --source --host --tag)
-_shtab_lafs_backup_restore_option_strings=(-h --help -t --target --no-owner --numeric-owner --source --host --tag)
+_shtab_lafs_backup_restore_option_strings=(-h --help -t --target --no-owner --numeric-owner --overwrite --delete -n --dry-run --source --host --tag)
 _shtab_lafs_backup_list_option_strings=(-h --help --source --host --tag)
 _shtab_lafs_backup_ls_option_strings=(-h --help -l --long -R --recursive --source --host --tag)
 _shtab_lafs_backup_find_option_strings=(-h --help --regex --snapshot --source --host --tag)
@@ -29,9 +29,11 @@ _shtab_lafs_backup_option_strings=(-h --help --version -c --config -o --set --ur
 
 
 _shtab_lafs_backup_backup___mode_choices=(stat checksum verify force)
+_shtab_lafs_backup_restore___overwrite_choices=(always if-changed if-newer never)
 _shtab_lafs_backup_grid_pos_0_choices=(up down status furl join)
 _shtab_lafs_backup_pos_0_choices=(backup watch copy restore list ls find dump mount cleanup diff verify check init key grid dump-config)
 
+_shtab_lafs_backup_backup_pos_0_nargs='*'
 _shtab_lafs_backup_backup__h_nargs=0
 _shtab_lafs_backup_backup___help_nargs=0
 _shtab_lafs_backup_backup___queue_only_nargs='?'
@@ -56,6 +58,9 @@ _shtab_lafs_backup_restore__h_nargs=0
 _shtab_lafs_backup_restore___help_nargs=0
 _shtab_lafs_backup_restore___no_owner_nargs=0
 _shtab_lafs_backup_restore___numeric_owner_nargs=0
+_shtab_lafs_backup_restore___delete_nargs=0
+_shtab_lafs_backup_restore__n_nargs=0
+_shtab_lafs_backup_restore___dry_run_nargs=0
 _shtab_lafs_backup_list__h_nargs=0
 _shtab_lafs_backup_list___help_nargs=0
 _shtab_lafs_backup_ls__h_nargs=0

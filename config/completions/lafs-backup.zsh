@@ -59,6 +59,9 @@ _shtab_lafs_backup_backup_options=(
   "--host[record the backup as made on this host (default\: the host name)]:NAME:"
   "*--tag[record this tag with the backup (repeatable)]:TAG:"
   "--dry-run[walk and plan only\: say what would be uploaded (files and bytes, after dedup against the cache)\; nothing is written to the grid or the cache]"
+  "*--exclude[skip what GLOB matches, as a line of an ignore file does\: with a \'\/\' it is anchored at the source (\'\/build\', \'docs\/\*.pdf\'), without it matches a name at any depth (\'\*.bin\', \'node_modules\/\') (repeatable)]:GLOB:"
+  "*--iexclude[the same, ignoring case (repeatable)]:GLOB:"
+  "*--exclude-file[skip what the globs in FILE match, one a line (\'\#\' comments) (repeatable)]:FILE:"
   {-x,--one-file-system}"[never cross a mount point (the mount point directory itself is recorded)]"
   "--exclude-caches[skip the contents of directories holding a valid CACHEDIR.TAG (keeping the tag)]"
   "*--exclude-if-present[skip directories holding a file NAME (that starts with HEADER) (repeatable)]:NAME[:HEADER]:"
@@ -67,7 +70,7 @@ _shtab_lafs_backup_backup_options=(
   "*--files-from-verbatim[the same, each line taken exactly (repeatable)]:FILE:"
   "*--files-from-raw[the same, NUL-separated, each path taken exactly (repeatable)]:FILE:"
   "--git-ignore[honour .gitignore files as well as .lafsbackupignore]"
-  ":directory to back up (default\: source.path):"
+  "(*)::directory to back up (default\: source.path)\; several are each backed up and recorded as their own source, one after the other:"
 )
 
 # guard to ensure default positional specs are added only once per session
@@ -148,7 +151,7 @@ _shtab_lafs_backup_dump_options=(
   "--host[only backups made on this host]:NAME:"
   "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
   ":a snapshot cap, a generation number, an id, or \'latest\':"
-  ":the file or directory in the snapshot (\'.\' for all of it):"
+  ":the file or directory in the snapshot, written as ls prints it (\'.\' for all of it):"
 )
 
 # guard to ensure default positional specs are added only once per session
@@ -221,7 +224,7 @@ _shtab_lafs_backup_ls_options=(
   "--host[only backups made on this host]:NAME:"
   "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
   ":a snapshot cap, a generation number, an id, or \'latest\':"
-  ":a directory (or file) in the snapshot (default\: its root):"
+  ":a directory (or file) in the snapshot, written as ls prints it (default\: its root):"
 )
 
 # guard to ensure default positional specs are added only once per session
@@ -244,6 +247,9 @@ _shtab_lafs_backup_restore_options=(
   {-t,--target}"[directory to restore into]:DIR:"
   "--no-owner[don\'t restore ownership (as tar --no-same-owner)]"
   "--numeric-owner[restore the recorded uid\/gid, not the user and group names (as tar)]"
+  "--overwrite[what to do with a file already in DIR\: \'always\' replace it (default)\; \'if-changed\' only if its size or SHA-256 differs from the snapshot\'s (else only its attributes are restored)\; \'if-newer\' only if the snapshot\'s mtime is newer\; \'never\' leave it]:overwrite:(always if-changed if-newer never)"
+  "--delete[remove what DIR (below the PATHs restored, if given) holds that the snapshot does not]"
+  {-n,--dry-run}"[change nothing\: list each file that would be written, overwritten, skipped or deleted]"
   "--source[only backups of this source directory (default for \'latest\'\: source.path)]:PATH:"
   "--host[only backups made on this host]:NAME:"
   "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
@@ -274,6 +280,9 @@ _shtab_lafs_backup_watch_options=(
   {-j,--jobs}"[requests in flight (operation.jobs)]:N:"
   "--host[record the backups as made on this host (default\: the host name)]:NAME:"
   "*--tag[record this tag with every backup (repeatable)]:TAG:"
+  "*--exclude[skip what GLOB matches, as a line of an ignore file does\: with a \'\/\' it is anchored at the source (\'\/build\', \'docs\/\*.pdf\'), without it matches a name at any depth (\'\*.bin\', \'node_modules\/\') (repeatable)]:GLOB:"
+  "*--iexclude[the same, ignoring case (repeatable)]:GLOB:"
+  "*--exclude-file[skip what the globs in FILE match, one a line (\'\#\' comments) (repeatable)]:FILE:"
   {-x,--one-file-system}"[never cross a mount point (the mount point directory itself is recorded)]"
   "--exclude-caches[skip the contents of directories holding a valid CACHEDIR.TAG (keeping the tag)]"
   "*--exclude-if-present[skip directories holding a file NAME (that starts with HEADER) (repeatable)]:NAME[:HEADER]:"

@@ -118,25 +118,54 @@ def listed_paths(root: bytes, entries: Sequence[tuple[bytes, bool]]) -> Listed:
 # -- ignore files ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class IgnoreLayer:
-    """One ignore file: its patterns apply to the subtree of the directory ``base``."""
+    """One ignore file (or the globs of one command-line option): its patterns apply to the subtree
+    of the directory ``base``; with ``fold``, case-insensitively."""
 
     base: bytes
     spec: object  # pathspec.GitIgnoreSpec
     label: str
+    fold: bool = False
 
     def verdict(self, rel: bytes, is_dir: bool) -> bool | None:
         """True: ignored; False: re-included by a ``!`` pattern; None: no pattern matches."""
         sub = rel[len(self.base) + 1:] if self.base else rel
         name = os.fsdecode(sub) + ("/" if is_dir else "")
+        if self.fold:
+            name = name.lower()
         return self.spec.check_file(name).include  # type: ignore[attr-defined]
 
 
 def parse_ignore(base: bytes, name: bytes, data: bytes) -> IgnoreLayer:
-    import pathspec
-
     lines = data.decode("utf-8", "surrogateescape").splitlines()
     label = os.fsdecode(os.path.join(base, name)) if base else os.fsdecode(name)
-    return IgnoreLayer(base, pathspec.GitIgnoreSpec.from_lines(lines), label)
+    return compile_globs(lines, label, base=base)
+
+
+def compile_globs(lines: Sequence[str], label: str, fold: bool = False, base: bytes = b"") -> IgnoreLayer:
+    """Gitignore-style patterns, as an ignore file in ``base`` holds them (``--exclude`` and its
+    kin: the source root): a pattern with a ``/`` (other than a trailing one) is anchored there,
+    one without matches a name at any depth, ``dir/`` only directories, ``!`` re-includes; ``#``
+    starts a comment.  With ``fold``, matching ignores case.  Raises :class:`UsageError` for a
+    pattern that is not a glob."""
+    import pathspec
+
+    if fold:
+        lines = [ln.lower() for ln in lines]
+    try:
+        spec = pathspec.GitIgnoreSpec.from_lines(lines)
+    except (ValueError, TypeError) as e:  # (pathspec's GitWildMatchPatternError is a ValueError)
+        raise UsageError(f"{label}: {e}") from None
+    return IgnoreLayer(base, spec, label, fold)
+
+
+def read_globs(path: str) -> list[str]:
+    """The lines of an ``--exclude-file`` (one glob a line, ``#`` comments)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UsageError(f"--exclude-file {path}: {e.strerror}") from None
+    return data.decode("utf-8", "surrogateescape").splitlines()
 
 
 def ignored_by(layers: Sequence[IgnoreLayer], rel: bytes, is_dir: bool) -> IgnoreLayer | None:
@@ -187,6 +216,9 @@ class Selection:
     larger_than: int | None = None
     ignore_names: tuple[bytes, ...] = ()
     listed: Listed | None = None
+    #: The globs of ``--exclude``, ``--iexclude`` and ``--exclude-file``, rooted at the source
+    #: (each is its own layer: one that matches excludes, whatever the others say).
+    globs: tuple[IgnoreLayer, ...] = ()
     excluded: Excluded = field(default_factory=Excluded)
 
     def enter(self, rel: bytes, children: dict[bytes, os.stat_result], parent: DirState | None,
@@ -225,6 +257,9 @@ class Selection:
         rule = self.filter.rule_for(rel, is_dir)
         if rule is not None and not rule.include:
             return f"filter rule {rule.text!r}"
+        for globs in self.globs:
+            if globs.verdict(rel, is_dir):
+                return globs.label
         if self.listed is not None and self.listed.paths and not self.listed.wants(rel):
             return "not listed by --files-from"
         if state.cache_dir and os.path.basename(rel) != CACHEDIR_TAG:

@@ -75,9 +75,10 @@ class Source(Protocol):
 class LocalSource:
     """A directory on a local file system, reached beneath its root by openat chains."""
 
-    def __init__(self, root: bytes) -> None:
+    def __init__(self, root: bytes, label: bytes | None = None) -> None:
         self.root = os.fsencode(os.path.abspath(os.fsdecode(root)))
-        self.label = self.root
+        #: What its backups are recorded as: the root, or the path it was given as (a symlink to it).
+        self.label = label if label is not None else self.root
 
     def walk(self, flt: Filter | Selection, warn: WarnFn, note_once: NoteFn,
              hooks: WalkHooks | None = None) -> Iterator[Entry]:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from ..backup.select import Selection
+from ..backup.source import Source
 from ..backup.subtrees import trees_path
 from ..engine.backup import BackupRun, Job, SelectArgs, make_source, queue_path, selection
 from ..engine.copy import copy_backups
-from ..errors import LafsBackupError
+from ..errors import LafsBackupError, UsageError
+from ..log import redact
 from ..report import outcome
 from ..resources import Opener
 from ..system.places import this_host
@@ -21,7 +25,9 @@ EXAMPLE = 'lafs-backup backup ~/Documents'
 
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``backup``."""
-    p.add_argument("source", nargs="?", help="directory to back up (default: source.path)")
+    p.add_argument("source", nargs="*", metavar="SOURCE",
+                   help="directory to back up (default: source.path); several are each backed up and recorded as "
+                        "their own source, one after the other")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--queue-only", nargs="?", const=True, default=False, metavar="PATH",
                    help="only build the queue (phase one), optionally at PATH")
@@ -45,9 +51,37 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def run(o: Opener, ns: argparse.Namespace) -> int:
+    conf = o.config
+    given: list[str | None] = list(ns.source) or [None]
+    if len(given) > 1 and (ns.queue_only is not False or ns.reuse_queue is not False) and (
+            isinstance(ns.queue_only, str) or isinstance(ns.reuse_queue, str) or conf.source.queue_path):
+        raise UsageError("--queue-only PATH and --reuse-queue PATH (or source.queue_path) name one queue: with "
+                         "several sources, leave the PATH out (each source has its own queue), or back them up "
+                         "one at a time")
+    # Every source and its selection first: a mistake in any of them stops the command before a backup.
+    runs = []
+    for arg in given:
+        source = make_source(conf, o.rt.reporter, arg)
+        runs.append((source, selection(conf, SelectArgs.of(ns), source.label)))
+    if len(runs) == 1:
+        return await one(o, ns, *runs[0])
+    worst = 0
+    for i, (source, sel) in enumerate(runs):
+        if i:
+            o.rt.reporter.stats = type(o.rt.reporter.stats)()
+        o.rt.reporter.info(f"lafs-backup: backing up {os.fsdecode(source.label)}")
+        try:
+            code = await one(o, ns, source, sel)
+        except LafsBackupError as e:  # the other sources are still backed up
+            o.rt.reporter.error(f"{os.fsdecode(source.label)}: {redact(e.message)}")
+            code = int(e.exit_code)
+        worst = max(worst, code)
+    return worst
+
+
+async def one(o: Opener, ns: argparse.Namespace, source: Source, sel: Selection) -> int:
+    """Back up one source."""
     rep, conf = o.rt.reporter, o.config
-    source = make_source(conf, rep, ns.source)
-    sel = selection(conf, SelectArgs.of(ns), source.label)
     if ns.dry_run:  # (argparse keeps it apart from --queue-only and --reuse-queue)
         from ..engine.dry_run import dry_run
 

@@ -12,7 +12,7 @@ from ..engine import forget as forgetting
 from ..errors import UsageError
 from ..history import Backup
 from ..history import as_json as backup_json
-from ..report import outcome
+from ..report import outcome, plural
 from ..resources import Opener
 from ..upkeep.retention import Policy, parse_duration
 from . import options, which
@@ -30,9 +30,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--up-to", action="store_true", help="also forget every older backup")
     periods = {"hourly": "hours", "daily": "days", "weekly": "weeks", "monthly": "months", "yearly": "years"}
     p.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the N newest backups")
-    for unit, plural in periods.items():
+    for unit, units in periods.items():
         p.add_argument(f"--keep-{unit}", type=int, default=0, metavar="N",
-                        help=f"keep the newest backup of each of the last N {plural} that have one")
+                        help=f"keep the newest backup of each of the last N {units} that have one")
     p.add_argument("--keep-within", metavar="DURATION", help="keep all within DURATION (e.g. 30d, 1y6m) of the newest")
     p.add_argument("--dry-run", action="store_true", help="only list what would be forgotten and kept, and why")
     p.add_argument("-e", "--enumerate-shares", nargs="?", const="-", default=None, metavar="FILE|-",
@@ -84,8 +84,10 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     if rep.json_mode:
         rep.record(summary)
     else:
-        rep.info(f"forgot {len(forget)} backup(s), kept {len(keep)}; {rows} cache row(s) that no kept backup "
-                 "uses were deleted (nothing is deleted from the grid: leases simply stop being renewed)")
+        rep.info(f"forgot {plural(len(forget), 'backup')}, kept {len(keep)}; {plural(rows, 'cache row')} that no "
+                 "kept backup uses deleted.  Nothing is deleted from the grid: the objects of the forgotten backups "
+                 "that no kept backup uses are no longer renewed, and the servers may drop them once their leases "
+                 f"lapse (within {o.config.destination.lease_days or 31:g} days)")
     return outcome(rep)
 
 
@@ -94,6 +96,9 @@ def _report(o: Opener, forget: list[Backup], keep: list[Backup], verdicts: forge
     """A dry run's listing is its product (stdout); otherwise it is a report (stderr), and stdout
     stays free for -e's storage indexes."""
     rep = o.rt.reporter
+    if dry_run:
+        rep.emit(f"(dry run) {plural(len(forget), 'backup')} would be forgotten, {len(keep)} kept; nothing "
+                 "changes", {"type": "dry_run", "forget": len(forget), "keep": len(keep)})
     for b in forget:
         info = backup_json(b)
         why = verdicts.reasons[b.id]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import names
 from ..errors import UsageError
 from ..read.browse import TYPE_NAMES, Browser
 from ..read.dump import write_file, write_tar
@@ -23,7 +24,7 @@ EXAMPLE = 'lafs-backup dump latest notes/todo.txt > todo.txt'
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``dump``."""
     p.add_argument("snapshot", help="a snapshot cap, a generation number, an id, or 'latest'")
-    p.add_argument("path", help="the file or directory in the snapshot ('.' for all of it)")
+    p.add_argument("path", help="the file or directory in the snapshot, written as ls prints it ('.' for all of it)")
     p.add_argument("--force", action="store_true", help="write to stdout even when it is a terminal")
     options.which(p)
 
@@ -40,7 +41,7 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     reader = Reader(gw, use_index=ns.path in ("", ".", "/"), jobs=o.config.operation.jobs)
     try:
         browser = Browser(reader, ahead=max(4, o.config.operation.jobs), remember=64)
-        item = await browser.lookup(cap, ns.path)
+        item = await browser.lookup(cap, names.parsed(ns.path))
         if item.kind == KIND_FILE:
             content = await write_file(reader, item, out)
             if content.matches is False:

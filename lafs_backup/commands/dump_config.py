@@ -1,8 +1,9 @@
-"""``dump-config``: the merged configuration, as YAML."""
+"""``dump-config``: the merged configuration, as YAML (or one JSON document)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
 from .. import config as cfg
 from ..errors import ExitCode
@@ -18,5 +19,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def run(o: Opener, ns: argparse.Namespace) -> int:
-    o.rt.reporter.output(cfg.dump(cfg.shown(o.config.tree)), end="")
+    rep = o.rt.reporter
+    if rep.json_mode:  # one document
+        rep.output(json.dumps(cfg.shown(o.config.tree), sort_keys=True, default=str))
+    else:
+        rep.output(cfg.dump(cfg.shown(o.config.tree)), end="")
     return ExitCode.OK

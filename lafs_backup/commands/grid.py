@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..errors import ExitCode, GridError, UsageError
 from ..resources import Opener
@@ -82,14 +83,24 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     state = grid.load()
     if state is None:
         raise GridError(problem=f"no local grid in {grid.dir} (run 'lafs-backup grid up')")
-    rep.output(f"url: {state['url']}")
-    rep.output(f"directory: {grid.dir}")
-    rep.output(f"encoding: {state['needed']}-of-{state['nodes']}, happy={state['happy']}")
-    for name in grid.node_names(state):
-        rep.output(f"node {name}: {'running' if grid.alive(state, name) else 'stopped'}")
+    doc: dict[str, Any] = {"type": "grid", "url": state["url"], "directory": str(grid.dir),
+                           "needed": state["needed"], "nodes": state["nodes"], "happy": state["happy"],
+                           "running": {name: grid.alive(state, name) for name in grid.node_names(state)}}
+    code = ExitCode.GRID
     if grid.alive(state, "gateway"):
         gw = o.make_gateway(state["url"], jobs=1, attempts=1)
-        servers = await gw.connected_servers()
-        rep.output(f"connected servers: {len(servers)} ({', '.join(sorted(servers))})")
-        return ExitCode.OK if len(servers) >= state["happy"] else ExitCode.GRID
-    return ExitCode.GRID
+        servers = sorted(await gw.connected_servers())
+        doc["connected_servers"] = servers
+        code = ExitCode.OK if len(servers) >= state["happy"] else ExitCode.GRID
+    if rep.json_mode:  # one document
+        rep.record(doc)
+        return code
+    rep.output(f"url: {doc['url']}")
+    rep.output(f"directory: {doc['directory']}")
+    rep.output(f"encoding: {state['needed']}-of-{state['nodes']}, happy={state['happy']}")
+    for name, alive in doc["running"].items():
+        rep.output(f"node {name}: {'running' if alive else 'stopped'}")
+    if "connected_servers" in doc:
+        servers = doc["connected_servers"]
+        rep.output(f"connected servers: {len(servers)} ({', '.join(servers)})")
+    return code

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from .. import history
 from ..backup.source import recorded_as
 from ..errors import ExitCode
 from ..history import as_json as backup_json
+from ..report import plural
 from ..resources import Opener
 from .which import advise
 from . import options
@@ -30,7 +30,11 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     items = [backup_json(b, floors) for b in chosen]
     rep = o.rt.reporter
     if rep.json_mode:
-        rep.output(json.dumps(items, indent=1))
+        for it in items:  # JSON lines, a backup each
+            rep.record({"type": "backup", **it})
+    elif not items and everything:
+        rep.info(f"no backups match {_filters(ns)} ({plural(len(everything), 'backup')} recorded; see "
+                 "'lafs-backup list')")
     elif not items:
         rep.info("no finished backups recorded")
     else:
@@ -42,3 +46,11 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
                        f"leases renewed: {it['leases_renewed'] or 'never'}{grids}{copy}  {it['cap']}")
     advise(o, chosen, leases=False)
     return ExitCode.OK
+
+
+def _filters(ns: argparse.Namespace) -> str:
+    """The filters a listing was asked for, as the user gave them."""
+    given = [f"--source {ns.source}"] if ns.source else []
+    given += [f"--host {ns.host}"] if ns.host else []
+    given += [f"--tag {t}" for t in ns.tag or ()]
+    return " ".join(given) or "the filters"

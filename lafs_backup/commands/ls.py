@@ -10,6 +10,7 @@ from typing import AsyncIterator
 
 from ..read.browse import Browser, Item
 from ..read.reader import Reader
+from .. import names
 from ..report import _printable, outcome
 from ..resources import Opener
 from ..store.entry import KIND_DIR, KIND_LINK, unescape
@@ -24,7 +25,7 @@ EXAMPLE = 'lafs-backup ls -l latest notes'
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``ls``."""
     p.add_argument("snapshot", help="a snapshot cap, a generation number, an id, or 'latest'")
-    p.add_argument("path", nargs="?", default="", help="a directory (or file) in the snapshot (default: its root)")
+    p.add_argument("path", nargs="?", default="", help="a directory (or file) in the snapshot, written as ls prints it (default: its root)")
     p.add_argument("-l", "--long", action="store_true", help="mode, owner, group, size and mtime too")
     p.add_argument("-R", "--recursive", action="store_true", help="every entry below, not only the children")
     options.which(p)
@@ -54,7 +55,7 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     # is cheaper read on its own.
     reader = Reader(await o.gateway(), use_index=ns.recursive, jobs=o.config.operation.jobs)
     browser = Browser(reader, ahead=max(4, o.config.operation.jobs), remember=64)
-    top = await browser.lookup(cap, ns.path or "")
+    top = await browser.lookup(cap, names.parsed(ns.path or ""))
     items = [top] if top.kind != KIND_DIR else None
 
     def line(item: Item) -> str:
@@ -78,16 +79,13 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
 
 
 async def names_walk(browser: Browser, top: Item, size: int = 5000) -> AsyncIterator[list[str]]:
-    """The lines of ``ls -R`` below the directory ``top`` (as :func:`shown` writes them: a path with
-    a character that cannot be printed is escaped whole), from each directory's names, up to
-    ``size`` at a time."""
-    raw_top = top.path + b"/" if top.path else b""
-    shown_top = shown(top) if top.path else ""
-    levels = [(shown_top if not top.path or _plain(top.path) else None, raw_top,
-               iter(await browser.names(top.node.cap)))]
+    """The lines of ``ls -R`` below the directory ``top`` (as :func:`shown` writes them, a name at
+    a time: see :func:`names.shown`), from each directory's names, up to ``size`` at a time."""
+    prefix = shown(top) if top.path else ""
+    levels = [(prefix, iter(await browser.names(top.node.cap)))]
     out: list[str] = []
     while levels:
-        prefix, raw_prefix, lines = levels[-1]
+        prefix, lines = levels[-1]
         text = next(lines, None)
         if text is None:
             levels.pop()
@@ -95,22 +93,12 @@ async def names_walk(browser: Browser, top: Item, size: int = 5000) -> AsyncIter
         kind, name = text[0], text[1:]
         if kind == KIND_DIR:
             name, _, cap = name.partition("\t")
-        if "\\" in name:  # escaped as in the queue
-            name = unescape(name).decode("utf-8", "surrogateescape")
-            fits = name.isprintable()
-        else:
-            fits = True  # (printed as is: printable)
-        if prefix is not None and fits:
-            line = prefix + name
-        else:
-            prefix = None  # this path and every one below it are escaped whole
-            line = _printable((raw_prefix + name.encode("utf-8", "surrogateescape")).decode(
-                "utf-8", "surrogateescape"))
+        if "\\" in name or not name.isprintable():  # escaped as in the queue, or to be escaped
+            name = names.shown(unescape(name) if "\\" in name else name.encode("utf-8"))
+        line = prefix + name
         if kind == KIND_DIR:
             out.append(line + "/")
-            levels.append((line + "/" if prefix is not None else None,
-                           raw_prefix + name.encode("utf-8", "surrogateescape") + b"/",
-                           iter(await browser.names(cap))))
+            levels.append((line + "/", iter(await browser.names(cap))))
         else:
             out.append(line)
         if len(out) >= size:
@@ -118,10 +106,3 @@ async def names_walk(browser: Browser, top: Item, size: int = 5000) -> AsyncIter
             out = []
     if out:
         yield out
-
-
-def _plain(path: bytes) -> bool:
-    try:
-        return path.decode("utf-8").isprintable()
-    except UnicodeDecodeError:
-        return False

@@ -15,7 +15,15 @@ def which(p: argparse.ArgumentParser, what: str = "backups") -> None:
 
 def selection(p: argparse.ArgumentParser) -> None:
     """The selection options of ``backup`` and ``watch``."""
-    sel = p.add_argument_group("what to back up (each adds to its source.* configuration key)")
+    sel = p.add_argument_group("what to back up (an option with a source.* configuration key adds to it)")
+    sel.add_argument("--exclude", action="append", metavar="GLOB",
+                     help="skip what GLOB matches, as a line of an ignore file does: with a '/' it is anchored at "
+                          "the source ('/build', 'docs/*.pdf'), without it matches a name at any depth ('*.bin', "
+                          "'node_modules/') (repeatable)")
+    sel.add_argument("--iexclude", action="append", metavar="GLOB",
+                     help="the same, ignoring case (repeatable)")
+    sel.add_argument("--exclude-file", action="append", metavar="FILE",
+                     help="skip what the globs in FILE match, one a line ('#' comments) (repeatable)")
     sel.add_argument("-x", "--one-file-system", action="store_true", default=None,
                      help="never cross a mount point (the mount point directory itself is recorded)")
     sel.add_argument("--exclude-caches", action="store_true", default=None,

@@ -9,7 +9,7 @@ from ..read.reader import Reader
 from ..read.verify import Verifier
 from ..report import outcome
 from ..resources import Opener
-from .which import resolve
+from .which import resolve_backup
 from . import options
 
 
@@ -28,7 +28,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 async def run(o: Opener, ns: argparse.Namespace) -> int:
     if not 0 < ns.sample <= 100:
         raise UsageError(f"--sample must be a percentage above 0 and at most 100, not {ns.sample}")
-    cap = await resolve(o, ns.snapshot, ns.source, ns.host, ns.tag)
+    cap, record = await resolve_backup(o, ns.snapshot, ns.source, ns.host, ns.tag)
     gw = await o.gateway()
     # The walk reads the grid's directories themselves; the index is checked against them.
     reader = Reader(gw, whole_packs=ns.sample >= 50, use_index=False)
@@ -39,6 +39,9 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     finally:
         reader.close()
         index.close()
-    o.rt.reporter.stats.files = v.files_read
-    o.rt.reporter.finish("verify")
+    # Its own fields: what was checked (every share of the snapshot; the contents of files_read files).
+    o.rt.reporter.finish("verify", {
+        "id": record.short_id if record is not None else None,
+        "generation": record.generation if record is not None else None,
+        "sample_percent": ns.sample, "files_read": v.files_read}, counters=("bytes_read",))
     return outcome(o.rt.reporter)

@@ -30,6 +30,15 @@ async def resolve(o: Opener, ref: str, source: str | None = None, host: str | No
     return history.resolve(await o.backups(), ref, latest_of(o, source), host, tags or ()).cap
 
 
+async def resolve_backup(o: Opener, ref: str, source: str | None = None, host: str | None = None,
+                         tags: Sequence[str] | None = None) -> tuple[str, Backup | None]:
+    """The cap a SNAPSHOT argument names, and its record (None: a cap not recorded here)."""
+    if ref.startswith("URI:"):
+        return ref, next((b for b in await o.backups() if b.cap == ref), None)
+    b = history.resolve(await o.backups(), ref, latest_of(o, source), host, tags or ())
+    return b.cap, b
+
+
 def advise(o: Opener, backups: list[Backup], leases: bool = True, copies: bool = True) -> None:
     """Say what the user should act on about ``backups``: leases that may end within a week, and
     backups held by fewer grids than ``destination.copies`` asks."""

@@ -21,7 +21,7 @@ from ..backup import subtrees
 from ..backup.queue import QueueReader, SettleFn, write_queue
 from ..backup.scan import WalkHooks
 from ..backup.subtrees import Records, Trees
-from ..backup.select import Selection, listed_paths, read_list
+from ..backup.select import Selection, compile_globs, listed_paths, read_globs, read_list
 from ..filters import parse_if_present, parse_size
 from ..backup.source import LocalSource, Source, is_url
 from ..backup.indexer import Indexer
@@ -86,15 +86,25 @@ class SelectArgs:
     one_file_system: bool = False
     exclude_caches: bool = False
     exclude_larger_than: str | None = None
+    #: Globs (``--exclude``), case-insensitive globs (``--iexclude``), files of globs (``--exclude-file``).
+    exclude: tuple[str, ...] = ()
+    iexclude: tuple[str, ...] = ()
+    exclude_file: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, ns: argparse.Namespace) -> "SelectArgs":
         """From parsed arguments (absent ones are the defaults)."""
         def many(name: str) -> tuple[str, ...]:
             return tuple(getattr(ns, name, None) or ())
-        return cls(many("exclude_if_present"), bool(getattr(ns, "git_ignore", False)), many("files_from"),
-                   many("files_from_verbatim"), many("files_from_raw"), bool(getattr(ns, "one_file_system", False)),
-                   bool(getattr(ns, "exclude_caches", False)), getattr(ns, "exclude_larger_than", None))
+
+        def flag(name: str) -> bool:
+            return bool(getattr(ns, name, False))
+
+        return cls(exclude_if_present=many("exclude_if_present"), git_ignore=flag("git_ignore"),
+                   files_from=many("files_from"), files_from_verbatim=many("files_from_verbatim"),
+                   files_from_raw=many("files_from_raw"), one_file_system=flag("one_file_system"),
+                   exclude_caches=flag("exclude_caches"), exclude_larger_than=getattr(ns, "exclude_larger_than", None),
+                   exclude=many("exclude"), iexclude=many("iexclude"), exclude_file=many("exclude_file"))
 
 
 def make_source(conf: Config, rep: Reporter, arg: str | None) -> Source:
@@ -109,15 +119,22 @@ def make_source(conf: Config, rep: Reporter, arg: str | None) -> Source:
 
 
 def local_source(conf: Config, rep: Reporter, arg: str | None) -> LocalSource:
+    """The local directory SOURCE (or ``source.path``) names, recorded under the path as given: a
+    symlink to a directory is walked through, but its backups are the link's.  Raises
+    :class:`UsageError` for a path that does not exist or is not a directory."""
     src = arg or conf.source.path
     if not src:
         raise UsageError("No source to back up: give SOURCE or set source.path")
     path = os.path.abspath(os.path.expanduser(src))
     if not os.path.isdir(path) and glob.has_magic(path):
         path = pick(conf.source.pick_policy, rep, path)
+    if not os.path.exists(path):
+        raise UsageError(f"Source {path} does not exist")
     if not os.path.isdir(path):
         raise UsageError(f"Source {path} is not a directory")
-    return LocalSource(os.fsencode(path))
+    # The walk opens its root without following a symlink: it is given the directory the path
+    # resolves to, and records the backup under the path.
+    return LocalSource(os.fsencode(os.path.realpath(path)), label=os.fsencode(path))
 
 
 def pick(policy: str, rep: Reporter, pattern: str) -> str:
@@ -154,6 +171,13 @@ def selection(conf: Config, ns: SelectArgs, root: bytes) -> Selection:
             lists.extend((p, style == "plain") for p in read_list(f, style))
     if given and not lists:
         raise UsageError("--files-from: the lists name no path (nothing would be backed up)")
+    globs = []
+    if ns.exclude:
+        globs.append(compile_globs(ns.exclude, "--exclude"))
+    if ns.iexclude:
+        globs.append(compile_globs(ns.iexclude, "--iexclude", fold=True))
+    for f in ns.exclude_file:
+        globs.append(compile_globs(read_globs(f), f"--exclude-file {f}"))
     return Selection(
         filter=conf.filter,
         one_file_system=bool(c.one_file_system or ns.one_file_system),
@@ -162,7 +186,8 @@ def selection(conf: Config, ns: SelectArgs, root: bytes) -> Selection:
         larger_than=parse_size(ns.exclude_larger_than) if ns.exclude_larger_than is not None
         else c.exclude_larger_than,
         ignore_names=tuple(os.fsencode(n) for n in names),
-        listed=listed_paths(root, lists) if lists else None)
+        listed=listed_paths(root, lists) if lists else None,
+        globs=tuple(globs))
 
 
 def queue_path(conf: Config, source: bytes, override: str | None) -> str:

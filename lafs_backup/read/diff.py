@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
 from ..filters import Filter
+from ..names import shown
 from ..store.entry import KIND_DIR, Entry, kind_of
 from ..store.snapshot import Node, edge_metadata
 from ..system.meta import Capturer
@@ -100,7 +101,7 @@ class SnapshotDiff:
             return  # immutable and convergent: the same cap is the same subtree, metadata included
         la, lb = await self._list(a), await self._list(b)
         for name in sorted(set(la) | set(lb)):
-            p = f"{path}/{name.decode('utf-8', 'backslashreplace')}"
+            p = f"{path}/{shown(name)}"
             na, nb = la.get(name), lb.get(name)
             if nb is None:
                 self.emit(Change("-", p))
@@ -154,7 +155,7 @@ class LiveDiff:
             names = set()
         for name in sorted(set(snap) | names):
             crel = rel + b"/" + name if rel else name
-            p = "/" + crel.decode("utf-8", "backslashreplace")
+            p = "/" + shown(crel)
             n = snap.get(name)
             if name not in names:
                 self.emit(Change("-", p))
@@ -212,7 +213,7 @@ class SourceDiff:
         snap = {n.name: n for n in await self.reader.children(node)}
         for name in sorted(set(snap) | set(self._children.get(rel, ()))):
             crel = rel + b"/" + name if rel else name
-            p = "/" + crel.decode("utf-8", "backslashreplace")
+            p = "/" + shown(crel)
             n, e = snap.get(name), self.live.get(crel)
             if e is None:
                 self.emit(Change("-", p))

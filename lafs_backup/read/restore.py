@@ -6,6 +6,11 @@ length works and nothing can be written outside the target, whatever the
 snapshot or the target already holds.  Attributes are applied in the order
 chown, mode, xattrs, ACLs, capabilities, times; a directory's after all its
 children are done.
+
+What is already in the target is met by an overwrite policy (:func:`decide`,
+a pure decision per entry), optionally with ``delete`` (entries of the
+restored directories that the snapshot does not hold are removed, never
+through a symlink) and ``dry_run`` (each change is listed, none is made).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import logging
 import os
 import stat
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
@@ -24,16 +30,90 @@ from twisted.internet.interfaces import IReactorTime
 from ..store.entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET
 from ..errors import GatewayError, RestoreError
 from ..log import NOISE
+from ..protocols import InThread
 from ..slots import Slots
 from ..system.meta import Applier, FdHandle, LinkHandle, forget_owner_names
 from ..system.paths import open_dir_chain
-from ..report import Reporter
+from ..report import Reporter, _printable as _shown
 from ..store.snapshot import Node, xattrs_of
 from .reader import Reader
 
 log = logging.getLogger(__name__)
 
 _ZERO_RUN = 4096
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+#: What ``--overwrite`` accepts: what to do with an entry that is already in the target.
+OVERWRITE_POLICIES = ("always", "if-changed", "if-newer", "never")
+
+#: Decision actions: nothing there (write), something there replaced (overwrite) or left (skip),
+#: a directory in the way (blocked), and, for ``if-changed``, same size (compare the content).
+WRITE, OVERWRITE, SKIP, BLOCKED, COMPARE = "write", "overwrite", "skip", "blocked", "compare"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a restore does with one non-directory entry, and why (logged at DEBUG)."""
+
+    action: str
+    reason: str
+
+
+def decide(policy: str, kind: str, meta: Mapping[str, object], st: os.stat_result | None,
+           link_target: bytes | None = None, snapshot_target: bytes | None = None) -> Decision:
+    """What to do with the snapshot entry of ``kind`` and ``meta`` where the target holds ``st``
+    (its lstat; None: nothing).  ``link_target``: what the symlink there points to;
+    ``snapshot_target``: what the snapshot's does.  ``COMPARE`` asks the caller to hash the file
+    there against ``meta["sha256"]``: the same content is SKIP (its attributes restored), else
+    OVERWRITE."""
+    if st is None:
+        return Decision(WRITE, "not in the target")
+    if stat.S_ISDIR(st.st_mode):
+        return Decision(BLOCKED, "a directory is in the way")
+    if policy == "always":
+        return Decision(OVERWRITE, "--overwrite always")
+    if policy == "never":
+        return Decision(SKIP, "already there (--overwrite never)")
+    if policy == "if-newer":
+        mtime = meta.get("mtime_ns")
+        if isinstance(mtime, int) and mtime > st.st_mtime_ns:
+            return Decision(OVERWRITE, "the snapshot's is newer")
+        return Decision(SKIP, "the one there is as new or newer")
+    if policy != "if-changed":
+        raise ValueError(f"unknown overwrite policy {policy!r}")
+    if kind == KIND_FILE:
+        if not stat.S_ISREG(st.st_mode):
+            return Decision(OVERWRITE, "not a regular file there")
+        if st.st_nlink != 1:
+            # Its attributes would be applied to every name of it: write a new file instead.
+            return Decision(OVERWRITE, "hard-linked there")
+        if meta.get("size") != st.st_size:
+            return Decision(OVERWRITE, "size differs")
+        if not isinstance(meta.get("sha256"), str):
+            return Decision(OVERWRITE, "no recorded SHA-256 to compare with")
+        return Decision(COMPARE, "same size")
+    if kind == KIND_LINK:
+        if stat.S_ISLNK(st.st_mode) and link_target is not None and link_target == snapshot_target:
+            return Decision(SKIP, "the same symlink")
+        return Decision(OVERWRITE, "not the same symlink")
+    want = {KIND_FIFO: stat.S_IFIFO, KIND_CHAR: stat.S_IFCHR, KIND_BLOCK: stat.S_IFBLK}.get(kind)
+    rdev = meta.get("rdev")
+    if want == stat.S_IFMT(st.st_mode) and (kind == KIND_FIFO or rdev == st.st_rdev):
+        return Decision(SKIP, "the same kind of file")
+    return Decision(OVERWRITE, "not the same kind of file")
+
+
+@dataclass
+class RestoreCounts:
+    """What a restore did (or, dry, would do) with the target's entries: non-directory entries
+    written where nothing was, overwritten, left as they were (skipped), not restored (failed),
+    and entries deleted (``delete``)."""
+
+    written: int = 0
+    overwritten: int = 0
+    skipped: int = 0
+    failed: int = 0
+    deleted: int = 0
 
 
 class _Group:
@@ -69,9 +149,15 @@ class Restorer:
 
     def __init__(self, reader: Reader, reporter: Reporter, target: str, window: int = 64,
                  listings: int = 4, owners: bool | None = None, numeric: bool = False,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None, overwrite: str = "always", delete: bool = False,
+                 dry_run: bool = False, in_thread: InThread | None = None) -> None:
         """``clock`` (None: the reader's) is the reactor a freed slot wakes the next directory or
-        file on."""
+        file on.  ``overwrite`` (one of :data:`OVERWRITE_POLICIES`) says what to do with an entry
+        already there; ``delete`` removes what the restored directories hold and the snapshot does
+        not; ``dry_run`` lists each change (``would write PATH``...) and makes none.
+        ``in_thread`` hashes existing files off the reactor (None: inline)."""
+        if overwrite not in OVERWRITE_POLICIES:
+            raise ValueError(f"unknown overwrite policy {overwrite!r}")
         self.reader = reader
         clock = clock if clock is not None else reader.clock
         self.rep = reporter
@@ -90,10 +176,18 @@ class Restorer:
         self._groups: dict[str, _Group] = {}
         self._prefetch_jobs = max(1, listings // 2)
         self._leaf_dirs = _DirFds()
+        self._overwrite = overwrite
+        self._delete = delete
+        self._dry_run = dry_run
+        self._in_thread = in_thread
+        self.counts = RestoreCounts()
         forget_owner_names()  # user and group names are looked up afresh for each restore
 
     async def run(self, snapshot_cap: str, paths: Sequence[bytes] = ()) -> None:
         tree, objects = await self.reader.root(snapshot_cap)
+        if self._dry_run:
+            await self._plan(tree, paths)
+            return
         prefetch = None
         if not paths:
             # A full restore needs every pack: fetch them all now, while the tree is being walked.
@@ -119,6 +213,156 @@ class Restorer:
                 await prefetch
             self._leaf_dirs.close()
             os.close(self._root_fd)
+
+    # -- a dry run ---------------------------------------------------------------------
+    async def _plan(self, tree: Node, paths: Sequence[bytes]) -> None:
+        """Say what a restore would change, changing nothing (a missing target is empty)."""
+        try:
+            self._root_fd = os.open(self.target, _DIR_FLAGS)
+        except FileNotFoundError:
+            self._root_fd = -1
+        except OSError as e:
+            raise RestoreError(problem=f"cannot use target {os.fsdecode(self.target)}: {e.strerror}")
+        try:
+            if not paths:
+                await self._plan_dir(tree, [])
+            for p in paths:
+                node, parents = await self._find(tree, p)
+                if node.kind == KIND_DIR:
+                    await self._plan_dir(node, parents + [node.name])
+                else:
+                    fd = self._open_existing(parents)
+                    try:
+                        await self._plan_leaf(node, fd, parents)
+                    finally:
+                        if fd is not None:
+                            os.close(fd)
+        finally:
+            if self._root_fd >= 0:
+                os.close(self._root_fd)
+
+    def _open_existing(self, parts: list[bytes]) -> int | None:
+        """The directory ``parts`` if the target has it (None: a restore would make it)."""
+        if self._root_fd < 0:
+            return None
+        try:
+            return open_dir_chain(self._root_fd, parts)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return None
+            raise
+
+    async def _plan_dir(self, node: Node, parts: list[bytes]) -> None:
+        self.stats.dirs += 1
+        fd = self._open_existing(parts)
+        try:
+            children = await self._list(node)
+            for child in children:
+                if child.kind == KIND_DIR:
+                    await self._plan_dir(child, parts + [child.name])
+                else:
+                    await self._plan_leaf(child, fd, parts)
+            if self._delete and fd is not None:
+                self._delete_extra(fd, parts, {c.name for c in children})
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    async def _plan_leaf(self, node: Node, dfd: int | None, parts: list[bytes]) -> None:
+        rel = self._rel(parts, node.name)
+        if node.kind == KIND_SOCKET:
+            return
+        decision = Decision(WRITE, "not in the target") if dfd is None else await self._decide(node, dfd, rel)
+        if decision.action == BLOCKED:
+            self.rep.warn(rel, "a directory is in the way; would not be restored")
+            self.counts.failed += 1
+            return
+        self._count(decision)
+        self._said(decision.action, rel)
+
+    def _said(self, action: str, rel: bytes) -> None:
+        """One line of a dry run: ``would ACTION PATH`` (JSON: a ``dry-run`` record)."""
+        path = os.fsdecode(rel)
+        self.rep.emit(f"would {action} {_shown(path)}", {"type": "dry-run", "action": action, "path": _shown(path)})
+
+    def _count(self, decision: Decision) -> None:
+        if decision.action == WRITE:
+            self.counts.written += 1
+        elif decision.action == OVERWRITE:
+            self.counts.overwritten += 1
+        elif decision.action == SKIP:
+            self.counts.skipped += 1
+
+    # -- the overwrite policy and --delete ---------------------------------------------
+    async def _decide(self, node: Node, dfd: int, rel: bytes) -> Decision:
+        """The policy's decision for ``node`` against what ``dfd`` holds under its name, with the
+        content compared when it asks to (a file left as it is gets its recorded attributes,
+        unless this is a dry run)."""
+        try:
+            st: os.stat_result | None = os.stat(node.name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        there = None
+        if st is not None and stat.S_ISLNK(st.st_mode) and node.kind == KIND_LINK:
+            there = os.readlink(node.name, dir_fd=dfd)
+        decision = decide(self._overwrite, node.kind, node.metadata, st, there, node.target)
+        if decision.action == COMPARE:
+            decision = await self._compare(node, dfd, rel)
+        log.debug("%s %r: %s", decision.action, rel, decision.reason)
+        return decision
+
+    async def _compare(self, node: Node, dfd: int, rel: bytes) -> Decision:
+        """Hash the file there (opened without following a symlink, checked to be a regular file
+        with one name) against the recorded SHA-256."""
+        try:
+            fd = os.open(node.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        except OSError:
+            return Decision(OVERWRITE, "cannot read the file there")
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size != node.metadata.get("size"):
+                return Decision(OVERWRITE, "the file there changed while it was compared")
+            digest = await self._in_thread(_sha256_fd, fd) if self._in_thread is not None else _sha256_fd(fd)
+            if digest != node.metadata.get("sha256"):
+                return Decision(OVERWRITE, "content differs")
+            if not self._dry_run:
+                self._applier(rel).apply(FdHandle(fd), node.metadata, KIND_FILE, xattrs_of(node.metadata))
+            return Decision(SKIP, "same content (attributes restored)")
+        finally:
+            os.close(fd)
+
+    def _delete_extra(self, dfd: int, parts: list[bytes], keep: set[bytes]) -> None:
+        """Remove (dry: list) what the directory ``dfd`` holds and ``keep`` does not."""
+        for name in sorted(os.fsencode(n) for n in os.listdir(dfd)):
+            if name not in keep:
+                self._remove(dfd, name, self._rel(parts, name))
+
+    def _remove(self, dfd: int, name: bytes, rel: bytes) -> None:
+        """Remove ``name`` from ``dfd``, a directory with all it holds; a symlink is removed itself,
+        never followed (each directory is opened with O_NOFOLLOW below the one before)."""
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                try:
+                    if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) != (st.st_dev, st.st_ino):
+                        self.rep.warn(rel, "it was replaced while it was deleted; left")
+                        return
+                    self._delete_extra(fd, rel.split(b"/"), set())
+                finally:
+                    os.close(fd)
+                if not self._dry_run:
+                    os.rmdir(name, dir_fd=dfd)
+            elif not self._dry_run:
+                os.unlink(name, dir_fd=dfd)
+        except OSError as e:
+            self.rep.warn(rel, f"cannot delete: {e.strerror}")
+            return
+        self.counts.deleted += 1
+        if self._dry_run:
+            self._said("delete", rel)
+        else:
+            log.debug("deleted %r: not in the snapshot", rel)
 
     # -- navigation ---------------------------------------------------------------
     async def _find(self, tree: Node, rel: bytes) -> tuple[Node, list[bytes]]:
@@ -204,6 +448,8 @@ class Restorer:
                     self.rep.warn(rel, "the directory was replaced while it was restored; its attributes "
                                        "were not applied")
                     return
+                if self._delete:
+                    self._delete_extra(fd, parts, {c.name for c in children})
                 self._applier(rel).apply(FdHandle(fd), node.metadata, KIND_DIR, xattrs_of(node.metadata))
         except OSError as e:
             self.rep.warn(rel, f"cannot set attributes: {e.strerror}")
@@ -213,6 +459,7 @@ class Restorer:
             await self._restore_leaf(node, parts)
         except OSError as e:
             self.rep.warn(self._rel(parts, node.name), f"cannot restore: {e.strerror}")
+            self.counts.failed += 1
         finally:
             self._window.release()
 
@@ -220,41 +467,60 @@ class Restorer:
     async def _restore_leaf(self, node: Node, parts: list[bytes]) -> None:
         rel = self._rel(parts, node.name)
         log.log(NOISE, "restoring %r", rel)
+        if node.kind == KIND_SOCKET:
+            self.rep.note(rel, "socket not restored (sockets cannot be restored)")
+            return
+        with self._leaf_dir(parts) as dfd:
+            decision = await self._decide(node, dfd, rel)
+        if decision.action == BLOCKED:
+            self.rep.warn(rel, "a directory is in the way; not restored")
+            self.counts.failed += 1
+            return
+        if decision.action == SKIP:
+            self.counts.skipped += 1
+            return
         meta = node.metadata
         group = None
+        ok: bool | None = None
         if node.kind == KIND_FILE and isinstance(meta.get("hardlink"), str):
             gid = meta["hardlink"]
             if gid in self._groups:
-                if await self._link_to_group(self._groups[gid], parts, node.name, rel):
-                    return
+                ok = await self._link_to_group(self._groups[gid], parts, node.name, rel)
             else:
                 group = self._groups[gid] = _Group()
-        ok = False
-        try:
-            with self._leaf_dir(parts) as dfd:
-                if node.kind == KIND_SOCKET:
-                    self.rep.note(rel, "socket not restored (sockets cannot be restored)")
-                    return
-                ok = await self._create(node, dfd, rel)
-        finally:
-            if group is not None:
-                group.finish((parts, node.name) if ok else None)
+        if ok is None:
+            try:
+                with self._leaf_dir(parts) as dfd:
+                    ok = await self._create(node, dfd, rel)
+            finally:
+                if group is not None:
+                    group.finish((parts, node.name) if ok else None)
+        if not ok:  # said why (a warning or a problem)
+            self.counts.failed += 1
+            return
+        self._count(decision)
+        if node.kind == KIND_FILE:
+            self.stats.files += 1
+        elif node.kind == KIND_LINK:
+            self.stats.symlinks += 1
+        else:
+            self.stats.specials += 1
 
-    async def _link_to_group(self, group: _Group, parts: list[bytes], name: bytes, rel: bytes) -> bool:
-        """Make ``name`` a hard link to the group's first restored member; False to restore it plainly."""
+    async def _link_to_group(self, group: _Group, parts: list[bytes], name: bytes, rel: bytes) -> bool | None:
+        """Make ``name`` a hard link to the group's first restored member: True if it was, False
+        if a directory is in the way, None to restore it plainly."""
         await group.wait()
         if group.done is None:
-            return False
+            return None
         src_parts, src_name = group.done
         try:
             with self._dir(src_parts) as sfd, self._dir(parts, create=True) as dfd:
                 if not _clear(dfd, name, rel, self.rep):
-                    return True
+                    return False
                 os.link(src_name, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
         except OSError as e:
             log.info("cannot hard-link %r (%s); restoring it as a copy", rel, e.strerror)
-            return False
-        self.stats.files += 1
+            return None
         return True
 
     async def _create(self, node: Node, dfd: int, rel: bytes) -> bool:
@@ -263,19 +529,16 @@ class Restorer:
         name = node.name
         applier = self._applier(rel)
         if node.kind == KIND_FILE:
-            self.stats.files += 1
             return await self._file(node, dfd, rel, applier)
         if not _clear(dfd, name, rel, self.rep):
             return False
         if node.kind == KIND_LINK:
-            self.stats.symlinks += 1
             if node.target is None:
                 self.rep.warn(rel, "symlink without a target; skipped")
                 return False
             os.symlink(node.target, name, dir_fd=dfd)
             applier.apply(LinkHandle(dfd, name), meta, KIND_LINK, xattrs_of(meta))
             return True
-        self.stats.specials += 1
         if node.kind == KIND_FIFO:
             os.mkfifo(name, 0o600, dir_fd=dfd)
         else:
@@ -327,7 +590,6 @@ class Restorer:
                 self.rep.warn(rel, f"cannot read from the grid: {e.reason or e}")
                 return False
             sink.close()
-            self.stats.bytes_written += sink.size
             if got.matches is False:
                 self.rep.problem(rel, f"{got.mismatch}; not restored")
                 return False
@@ -340,6 +602,7 @@ class Restorer:
                     return False
                 raise
             placed = True
+            self.stats.bytes_written += sink.size  # only what was put in place
             return True
         finally:
             os.close(fd)
@@ -348,6 +611,18 @@ class Restorer:
                     os.unlink(tmp, dir_fd=dfd)
                 except OSError:
                     pass
+
+
+def _sha256_fd(fd: int) -> str:
+    """The SHA-256 (hex) of the file open as ``fd``, read by offset."""
+    h = hashlib.sha256()
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, offset)
+        if not chunk:
+            return h.hexdigest()
+        h.update(chunk)
+        offset += len(chunk)
 
 
 async def _all_done(waits: list[Deferred]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import json_lines, run_cli
 from lafs_backup.filters import compile_rules, parse_if_present, parse_size
 from lafs_backup.backup.scan import scan
 from lafs_backup.backup.select import CACHEDIR_SIGNATURE, Listed, Selection, listed_paths
@@ -245,17 +245,17 @@ def test_a_glob_source_backs_up_the_directory_the_policy_picks(grid, home, tmp_p
     conf = tmp_path / "c.yaml"
     conf.write_text(f"source:\n  path: '{snaps}/daily-*'\n")
     r = run_cli(["--url", grid.url, "-c", str(conf), "--json", "backup"], home, check=True)
-    listed = json.loads(run_cli(["--url", grid.url, "--json", "list"], home, check=True).out)
+    listed = json_lines(run_cli(["--url", grid.url, "--json", "list"], home, check=True).out)
     assert listed[-1]["source"] == str(snaps / "daily-2026-12-01")  # alphasort_last, the default
     r = run_cli(["--url", grid.url, "-c", str(conf), "-o", "source.pick_policy=mtime_newest", "backup"], home,
                 check=True)
-    listed = json.loads(run_cli(["--url", grid.url, "--json", "list"], home, check=True).out)
+    listed = json_lines(run_cli(["--url", grid.url, "--json", "list"], home, check=True).out)
     assert listed[-1]["source"] == str(snaps / "daily-2026-11-29")  # touched last
     out = tmp_path / "out"
     run_cli(["--url", grid.url, "restore", r.out.strip(), "--target", str(out)], home, check=True)
     assert (out / "stamp").read_text() == "daily-2026-11-29"
     # `--source PATTERN` picks the backups of every directory the glob matches.
-    got = json.loads(run_cli(["--url", grid.url, "--json", "list", "--source", f"{snaps}/daily-*"], home,
+    got = json_lines(run_cli(["--url", grid.url, "--json", "list", "--source", f"{snaps}/daily-*"], home,
                              check=True).out)
     assert len(got) == 2
     bad = run_cli(["--url", grid.url, "-o", f"source.path={snaps}/weekly-*", "backup"], home)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, cli_env, make_tree
+from conftest import ROOT, cli_env, json_lines, make_tree
 from lafs_backup.store.snapshot import file_key
 
 
@@ -106,7 +106,7 @@ def test_readers_work_and_writers_wait_or_refuse_while_a_backup_runs(lb, grid, h
         assert running.poll() is None
         # Readers: no lock, no waiting, no "damaged cache".
         r = lb("list", "--json")
-        assert r.code == 0 and [b["cap"] for b in json.loads(r.out)] == [first], r.err
+        assert r.code == 0 and [b["cap"] for b in json_lines(r.out)] == [first], r.err
         out = tmp_path / "out"
         r = lb("restore", "1", "--target", str(out))
         assert r.code == 0, r.err
@@ -124,7 +124,7 @@ def test_readers_work_and_writers_wait_or_refuse_while_a_backup_runs(lb, grid, h
     finally:
         running.communicate(timeout=300)
     assert running.returncode == 0
-    assert len(json.loads(lb("list", "--json", check=True).out)) == 2
+    assert len(json_lines(lb("list", "--json", check=True).out)) == 2
 
 
 def test_the_shipped_timers_firing_together_run_one_after_the_other(lb, grid, home, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, make_tree
+from conftest import cli_env, json_lines, make_tree
 from treecompare import differences
 
 
@@ -78,7 +78,7 @@ def test_round_trip_then_unchanged_rerun_sends_nothing(lb, grid, home, tree, tmp
     lb("restore", "latest", "--target", str(out), check=True)
     assert differences(tree, out) == []
 
-    listed = json.loads(lb("list", "--json", check=True).out)
+    listed = json_lines(lb("list", "--json", check=True).out)
     assert [b["cap"] for b in listed] == [cap, cap]
     assert [b["generation"] for b in listed] == [1, 2]
     assert listed[0]["source"] == str(tree)

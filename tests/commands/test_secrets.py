@@ -10,13 +10,12 @@ find caps: it is not blind.
 
 from __future__ import annotations
 
-import json
 import re
 import stat
 import urllib.request
 
 import pytest
-from conftest import make_tree, run_cli
+from conftest import json_lines, make_tree, run_cli
 from faultproxy import FaultProxy
 from treecompare import differences
 
@@ -72,7 +71,7 @@ def test_no_cap_in_any_output_or_log(grid, tmp_path):
     def echo(method: str, path: str, n: int) -> str | None:
         return "500-echo" if method in ("GET", "POST") or (method == "PUT" and n % 2) else None
 
-    latest = json.loads(run_cli(["--url", grid.url, "list", "--json"], home, check=True).out)[-1]["cap"]
+    latest = json_lines(run_cli(["--url", grid.url, "list", "--json"], home, check=True).out)[-1]["cap"]
     with FaultProxy(grid.url, echo) as proxy:
         fast = ["-o", "operation.retry.attempts=2", "-o", "operation.retry.delay=[0]"]
         r = run_cli(["--url", proxy.url, "-c", str(conf), "--noise", *fast, "restore", latest,
@@ -124,5 +123,5 @@ def test_insecure_request_logging_does_show_caps(grid, tmp_path):
     r = run_cli([*lb, "-o", "http.debug_requests=true", "restore", "latest", "--target",
                  str(tmp_path / "out")], home, check=True)
     assert caps_in(r.err), "debug_requests should log request URLs with their caps"
-    listed = json.loads(run_cli(["--url", grid.url, "list", "--json"], home, check=True).out)
+    listed = json_lines(run_cli(["--url", grid.url, "list", "--json"], home, check=True).out)
     assert listed and all(b["cap"].startswith("URI:DIR2-CHK:") for b in listed)

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import cli_env, local_grid, make_tree, run_cli
+from conftest import cli_env, json_lines, local_grid, make_tree, run_cli
 from treecompare import full_differences
 
 pytestmark = pytest.mark.slow
@@ -95,7 +95,7 @@ def test_copy_to_a_grid_of_another_shape(grids, home, tmp_path):
     summary = json.loads(r.out.splitlines()[-1])
     assert summary["snapshots_copied"] == 2
     total = sum(b.requests().values()) - start
-    copied = [x["cap"] for x in json.loads(run_cli(["--url", b.url, "--json", "list"], home, check=True).out)]
+    copied = [x["cap"] for x in json_lines(run_cli(["--url", b.url, "--json", "list"], home, check=True).out)]
     expected += index_chunks(b.url, copied) - index_chunks(a.url, [first, second])  # the index is chunked anew
     print(f"copy: {expected} objects and directories; killed after {killed} stores, {total} in all")
     assert expected <= total <= expected + 4 + 2, (expected, killed, total)
@@ -108,9 +108,9 @@ def test_copy_to_a_grid_of_another_shape(grids, home, tmp_path):
     assert b.requests() == before
 
     # Either grid's list knows; the copies check clean on their own grid (3-of-5, happy 5).
-    listed = json.loads(run_cli(["--url", a.url, "--json", "list"], home, check=True).out)
+    listed = json_lines(run_cli(["--url", a.url, "--json", "list"], home, check=True).out)
     assert [x["copies"] for x in listed] == [[b.url], [b.url]]
-    copies = json.loads(run_cli(["--url", b.url, "--json", "list"], home, check=True).out)
+    copies = json_lines(run_cli(["--url", b.url, "--json", "list"], home, check=True).out)
     assert [x["original"] for x in copies] == [first, second]
     r = run_cli(["--url", b.url, "check"], home)
     assert r.code == 0, r.err
@@ -123,7 +123,7 @@ def test_copy_to_a_grid_of_another_shape(grids, home, tmp_path):
                  "backup", str(src)], home)
     assert r.code == 0, r.err
     assert json.loads(r.out.splitlines()[-1])["copies"] == [b.url]
-    listed = json.loads(run_cli(["--url", a.url, "--json", "list"], home, check=True).out)
+    listed = json_lines(run_cli(["--url", a.url, "--json", "list"], home, check=True).out)
     assert [x["copies"] for x in listed] == [[b.url]] * 3
     r = run_cli(["--url", a.url, "-o", "destination.copies=2", "list"], home, check=True)
     assert "fewer than" not in r.err

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import json_lines, run_cli
 
 SECRET = "s3cr3t-do-not-print-" + "x" * 12
 
@@ -96,7 +96,7 @@ def test_a_bucket_is_backed_up_restored_and_followed(grid, home, tmp_path, bucke
 
     # The snapshot records what the store says of each object (ETags, an MD5 only where the ETag is
     # one), and no owner: an object store has none.
-    cap = json.loads(run("--json", "list").out)[-1]["cap"]
+    cap = json_lines(run("--json", "list").out)[-1]["cap"]
     with urllib.request.urlopen(f"{grid.url}uri/{urllib.parse.quote(cap)}/tree/media?t=json") as f:
         children = json.load(f)[1]["children"]
     single, multi = children["blob-0.bin"][1]["metadata"], children["multipart.bin"][1]["metadata"]

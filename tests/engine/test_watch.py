@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli_env, make_tree, restored_ok, run_cli
+from conftest import ROOT, cli_env, json_lines, make_tree, restored_ok, run_cli
 from faultproxy import FaultProxy
 from treecompare import differences
 
@@ -136,7 +136,7 @@ def test_each_change_becomes_an_incremental_snapshot_that_restores(grid, home, t
     assert code == 143 and took < 5, (code, took, w.err)
     # Each snapshot is a normal recorded backup.
     r = run_cli(["--url", grid.url, "--json", "list"], home, check=True)
-    assert len(json.loads(r.out)) == len([x for x in w.all if x["type"] == "snapshot"]) >= 4
+    assert len(json_lines(r.out)) == len([x for x in w.all if x["type"] == "snapshot"]) >= 4
 
 
 def test_a_burst_of_changes_becomes_one_snapshot(grid, home, tmp_path):

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Grid, check_ok, cli_env, local_grid, make_tree, restored_ok, run_cli
+from conftest import Grid, check_ok, cli_env, json_lines, local_grid, make_tree, restored_ok, run_cli
 from faultproxy import FaultProxy
 from treecompare import differences
 
@@ -46,7 +46,7 @@ def grid_up(g: Grid, ghome: Path) -> None:
 
 
 def recorded(url: str, home: Path) -> list[dict]:
-    return json.loads(run_cli(["--url", url, "list", "--json"], home, check=True).out)
+    return json_lines(run_cli(["--url", url, "list", "--json"], home, check=True).out)
 
 
 def start(args: list[str], home: Path) -> subprocess.Popen:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import local_grid, make_tree, run_cli
+from conftest import json_lines, local_grid, make_tree, run_cli
 from lafs_backup.grid.health import StreamParser, judge
 from lafs_backup.grid.local import GridSpec, LocalGrid
 
@@ -89,10 +89,10 @@ def test_lost_share_is_reported_then_repaired(own_grid, tmp_path):
     r = run_cli([*lb, "check"], home)
     assert r.code == 0, r.err + r.out  # a healthy grid of another shape checks clean
     assert "0 unhealthy, leases renewed" in r.err
-    listed = json.loads(run_cli([*lb, "list", "--json"], home, check=True).out)[0]
+    listed = json_lines(run_cli([*lb, "list", "--json"], home, check=True).out)[0]
     assert listed["last_check"] and listed["leases_renewed"]
 
-    cap = json.loads(run_cli([*lb, "list", "--json"], home, check=True).out)[0]["cap"]
+    cap = json_lines(run_cli([*lb, "list", "--json"], home, check=True).out)[0]["cap"]
     ours = _manifest(grid.url, cap)  # the grid also holds the repository: take a share of the backup's
     victim = next(p for p in _share_files(grid.dir, "storage1") if p.parent.name in ours)
     victim.unlink()
@@ -163,7 +163,7 @@ def test_every_backup_checked_each_distinct_object_once(own_grid, tmp_path):
         chunks = _index_chunks(grid.url, caps[older["generation"] - 1])
         assert 1 <= chunks <= 3, chunks
         assert older["objects"] <= 9 + chunks and older["shared"] > 0, (older, chunks)
-    listed = json.loads(run_cli([*lb, "list", "--json"], home, check=True).out)
+    listed = json_lines(run_cli([*lb, "list", "--json"], home, check=True).out)
     assert all(b["leases_renewed"] for b in listed)
 
 
@@ -178,7 +178,7 @@ def test_least_recently_checked_goes_round_robin(own_grid, tmp_path):
     for _ in range(2):
         r = run_cli([*lb, "check", "-a"], home, check=True)
         assert r.err.count("objects checked") == 1
-    checked = [b["last_check"] for b in json.loads(run_cli([*lb, "list", "--json"], home, check=True).out)]
+    checked = [b["last_check"] for b in json_lines(run_cli([*lb, "list", "--json"], home, check=True).out)]
     assert all(checked)
 
 
@@ -231,13 +231,15 @@ def test_verify_reads_back_and_finds_a_corrupted_share(own_grid, tmp_path):
     r = run_cli([*lb, "verify", "latest", "--json"], home)
     assert r.code == 0, r.err + r.out
     summary = json.loads(r.out.splitlines()[-1])
-    assert summary["files"] == files and summary["problems"] == 0
+    assert summary["files_read"] == files and summary["problems"] == 0
+    assert summary["id"] == json_lines(run_cli([*lb, "list", "--json"], home, check=True).out)[-1]["id"]
+    assert "files_uploaded" not in summary and summary["sample_percent"] == 100
 
     r = run_cli([*lb, "verify", "latest", "--sample", "50", "--json"], home, check=True)
-    assert 0 < json.loads(r.out.splitlines()[-1])["files"] < files
+    assert 0 < json.loads(r.out.splitlines()[-1])["files_read"] < files
 
     # Flip bytes in the middle of this backup's biggest share on one server.
-    cap = json.loads(run_cli([*lb, "list", "--json"], home, check=True).out)[-1]["cap"]
+    cap = json_lines(run_cli([*lb, "list", "--json"], home, check=True).out)[-1]["cap"]
     ours = _manifest(grid.url, cap)
     victim = max((p for p in _share_files(grid.dir, "storage1") if p.parent.name in ours),
                  key=lambda p: p.stat().st_size)

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from conftest import make_tree
+from conftest import json_lines, make_tree
 from lafs_backup.errors import UsageError
 from lafs_backup.upkeep.retention import Policy, decide, parse_duration
 
@@ -71,17 +71,17 @@ def test_cleanup_forgets_exactly_the_named_backup(lb, grid, home, tmp_path):
     r = lb("-c", str(conf), "cleanup", "-g", "1", "--dry-run", check=True)
     assert re.search(r"^would forget: [0-9a-f]{8} \(generation 1,", r.out, re.M)
     assert re.search(r"^keep: [0-9a-f]{8} \(generation 3,", r.out, re.M)
-    assert len(json.loads(lb("list", "--json", check=True).out)) == 3
+    assert len(json_lines(lb("list", "--json", check=True).out)) == 3
 
     r = lb("-c", str(conf), "cleanup", "-g", "1", "-e", "-", "-n", check=True)
     only_first = set(r.out.split())
     assert only_first  # generation 1 had a tree of its own
     assert only_first <= _manifest_sis(grid.url, caps[0])
     assert not only_first & (_manifest_sis(grid.url, caps[1]) | _manifest_sis(grid.url, caps[2]))
-    assert len(json.loads(lb("list", "--json", check=True).out)) == 3  # -n forgets nothing
+    assert len(json_lines(lb("list", "--json", check=True).out)) == 3  # -n forgets nothing
 
     r = lb("-c", str(conf), "cleanup", "1", check=True)
-    assert [b["generation"] for b in json.loads(lb("list", "--json", check=True).out)] == [2, 3]
+    assert [b["generation"] for b in json_lines(lb("list", "--json", check=True).out)] == [2, 3]
     assert [ln.split()[-1] for ln in results.read_text().splitlines()] == caps[1:]
     links = json.load(urllib.request.urlopen(grid.url + "uri/" + dircap + "?t=json"))[1]["children"]
     assert sorted(v[1]["ro_uri"] for v in links.values()) == sorted(caps[1:])
@@ -106,7 +106,7 @@ def test_retention_policy_with_controlled_times(lb, grid, home, tmp_path):
     r = lb("cleanup", "--keep-daily", "1", "--keep-within", "2d")
     assert r.code == 1, r.err  # a warning: one backup is stamped in the future
     assert "stamped in the future" in r.err
-    assert sorted(b["generation"] for b in json.loads(lb("list", "--json", check=True).out)) == [2, 3, 4, 5]
+    assert sorted(b["generation"] for b in json_lines(lb("list", "--json", check=True).out)) == [2, 3, 4, 5]
 
 
 def test_retention_and_latest_go_by_source(lb, grid, home, tmp_path):
@@ -132,7 +132,7 @@ def test_retention_and_latest_go_by_source(lb, grid, home, tmp_path):
     assert re.search(r"^keep: [0-9a-f]{8} \(generation 2,", r.out, re.M)
     assert re.search(r"^keep: [0-9a-f]{8} \(generation 3,", r.out, re.M)
     lb("cleanup", "--keep-last", "1", check=True)
-    left = json.loads(lb("list", "--json", check=True).out)
+    left = json_lines(lb("list", "--json", check=True).out)
     assert sorted((x["source"], x["generation"]) for x in left) == [(str(a), 2), (str(b), 3)]
     # The backups kept for a still check clean: its rows and leases were not dropped with b's newer one.
     before = grid.requests()
@@ -140,4 +140,4 @@ def test_retention_and_latest_go_by_source(lb, grid, home, tmp_path):
     assert grid.requests() == before
     # All together, as before, on request.
     lb("cleanup", "--keep-last", "1", "--group-by", "none", check=True)
-    assert [x["generation"] for x in json.loads(lb("list", "--json", check=True).out)] == [4]
+    assert [x["generation"] for x in json_lines(lb("list", "--json", check=True).out)] == [4]
