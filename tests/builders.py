@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from twisted.internet.task import Clock
 
 from lafs_backup.backup.indexer import Indexer
 from lafs_backup.backup.source import LocalSource
@@ -29,7 +28,9 @@ def uploader(root, gw, cache, window=4000, **indexing):
     store = Store(gw, cache, 1, StoreSettings(pack_target_size=1 << 16), Reporter().stats, clock=None)
     rep = Reporter()
     store.stats = rep.stats
-    return Uploader(src, store, cache, 1, rep, Settings(window=window), clock=Clock(),
+    from twisted.internet import reactor  # (budgets wake takers in a turn of their own: a running reactor)
+
+    return Uploader(src, store, cache, 1, rep, Settings(window=window), clock=reactor,
                     indexer=Indexer(store, rep.stats, **indexing)), src
 
 

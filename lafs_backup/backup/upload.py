@@ -81,10 +81,10 @@ class Uploader:
         packer = store.packer
         s = store.settings
         # Small files read but not yet stored in an uploaded pack: at most this many bytes.
-        self.budget = Budget(4 * s.pack_target_size + s.pack_max_file_size, packer.relieve)
+        self.budget = Budget(4 * s.pack_target_size + s.pack_max_file_size, packer.relieve, clock)
         # Entries in flight, weighted: a directory counts its children, whose results it holds.
         # When it runs out, tasks may be waiting for the open pack: seal it.
-        self._window = Budget(settings.window, packer.relieve)
+        self._window = Budget(settings.window, packer.relieve, clock)
         self.saver = FileSaver(source, store, cache, generation, reporter, self.budget, settings.open_files,
                                settings.mode, clock)
         self.fatal: BaseException | None = None
@@ -304,10 +304,16 @@ class Budget:
     open pack then, so the memory it holds is freed once it is uploaded).
     """
 
-    def __init__(self, size: int, starved: Callable[[], None] | None = None) -> None:
+    def __init__(self, size: int, starved: Callable[[], None] | None = None,
+                 clock: IReactorTime | None = None) -> None:
+        """``clock``: a taker given room is woken in a reactor turn of its own (as ``slots.Slots``
+        does), never inside the stack of the task that gave it back: hundreds of members of one
+        pack finishing at once each gave room to the next inside the one before, until the stack
+        ran out (None: woken at once, for tests without a reactor)."""
         self.size = size
         self.free = size
         self._starved = starved
+        self._clock = clock
         self._waiters: list[tuple[int, Deferred]] = []
 
     async def take(self, n: int) -> int:
@@ -328,6 +334,9 @@ class Budget:
         while self._waiters and self._waiters[0][0] <= self.free:
             m, d = self._waiters.pop(0)
             self.free -= m
-            d.callback(None)
+            if self._clock is not None:
+                self._clock.callLater(0, d.callback, None)
+            else:
+                d.callback(None)
         if self._waiters and self._starved is not None:
             self._starved()  # still short: maybe nothing else will free room now

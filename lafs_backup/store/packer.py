@@ -50,6 +50,8 @@ class Packer:
         self._slots = Slots(uploads, clock)
         self._pending: list[Deferred] = []
         self.packs_uploaded = 0
+        #: Relief was asked while a pack was uploading: seal when the uploads are done.
+        self._relief_owed = False
 
     def add(self, data: bytes) -> Deferred:
         """Append ``data`` now; the Deferred fires with its :class:`PackRef` once its pack is uploaded."""
@@ -80,6 +82,16 @@ class Packer:
         will free room when it finishes (sealing now would only make a small pack)."""
         if self.uploading == 0:
             self.seal()
+        else:
+            # The upload under way may free no room at all (its members' entries can stay held by
+            # directories waiting for members of the open pack): owe the relief, and seal the open
+            # pack once the uploads are done, so the run never waits for a pack nobody seals.
+            self._relief_owed = True
+
+    def _settle_relief(self) -> None:
+        if self._relief_owed and self.uploading == 0:
+            self._relief_owed = False
+            self.seal()
 
     def drain(self) -> None:
         """No more entries will be read: seal once the members still being read are in."""
@@ -90,6 +102,7 @@ class Packer:
         """Close the open pack and start its upload (no-op when it is empty)."""
         if not self._members:
             return
+        self._relief_owed = False
         buf, members = bytes(self._buf), self._members
         self._buf, self._members = bytearray(), []
         self.uploading += 1
@@ -104,6 +117,7 @@ class Packer:
             self.uploading -= 1
             for d, _, _ in members:
                 d.errback(e)
+            self._settle_relief()
             return
         finally:
             self._slots.release()
@@ -112,6 +126,7 @@ class Packer:
         log.debug("pack of %d members, %d bytes stored", len(members), len(buf))
         for d, off, length in members:
             d.callback(PackRef(cap, off, length))
+        self._settle_relief()
 
     async def flush(self) -> None:
         """Seal the open pack and wait for every upload."""

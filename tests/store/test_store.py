@@ -152,3 +152,36 @@ async def test_the_packer_seals_at_its_target_and_on_drain():
     assert [(r.cap, r.offset, r.length) for r in refs] == [
         ("URI:CHK:pack1", 0, 40), ("URI:CHK:pack1", 40, 70), ("URI:CHK:pack2", 0, 10)]
     assert sealed == [b"a" * 40 + b"b" * 70, b"c" * 10]
+
+
+@pytest_twisted.ensureDeferred
+async def test_relief_asked_during_an_upload_seals_the_open_pack_once_it_is_done():
+    """A run whose window or memory ran short while a pack was uploading: that upload may free no
+    room (its members' entries stay held by directories waiting for the open pack's members), so
+    the open pack is sealed once the upload is done.  Without it the run waited forever (seen on a
+    29,000-file site-packages tree: 763 members in an open pack, nothing in flight)."""
+    from twisted.internet.defer import Deferred
+
+    gates: list[Deferred] = []
+    sealed: list[bytes] = []
+
+    async def put(buf):
+        sealed.append(buf)
+        d: Deferred = Deferred()
+        gates.append(d)
+        await d
+        return f"URI:CHK:pack{len(sealed)}"
+
+    clock = Clock()
+    p = Packer(put, target_size=100, max_files=10, clock=clock)
+    first = p.add(b"a" * 120)  # sealed at its target: uploading
+    clock.advance(0)
+    assert len(sealed) == 1 and p.uploading == 1
+    waiting = p.add(b"b" * 10)  # the open pack
+    p.relieve()  # asked while the first upload is under way: owed, not a pack of one member now
+    assert len(sealed) == 1
+    gates[0].callback(None)  # the first upload is done, and frees nothing for anybody
+    clock.advance(0)
+    assert len(sealed) == 2 and sealed[1] == b"b" * 10  # the owed relief sealed the open pack
+    gates[1].callback(None)
+    assert (await first).cap == "URI:CHK:pack1" and (await waiting).cap == "URI:CHK:pack2"
