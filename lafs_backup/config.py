@@ -56,6 +56,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "destination.result.append_to_lafs_dir": (str, _NULL),
     "destination.pack.max_file_size": (int,),
     "destination.pack.target_size": (int,),
+    "destination.tree": (str, _NULL),
     "destination.encoding.method": (str, _NULL),
     "destination.encoding.min_size": (int,),
     "destination.encoding.path_filter": (list,),
@@ -251,6 +252,8 @@ def _check_values(tree: Mapping[str, Any]) -> None:
                 "watch.settle", "watch.rescan_interval", "watch.min_interval", "watch.max_delay"):
         if get(tree, key) < 0:
             raise bad(key, "must not be negative")
+    if get(tree, "destination.tree") not in (None, "index", "tahoe"):
+        raise bad("destination.tree", f"must be index or tahoe, got {get(tree, 'destination.tree')!r}")
     if get(tree, "destination.pack.target_size") < 1 << 16:
         raise bad("destination.pack.target_size", "must be at least 65536")
     if get(tree, "logging.level").lower() not in LEVELS:
@@ -398,6 +401,9 @@ class DestinationConfig:
     #: How many grids should hold each backup, and the other grids' gateways ``backup`` copies to.
     copies: int = 1
     copy_to: tuple[str, ...] = ()
+    #: Where the source's directories live: "index" (in the snapshot index alone) or "tahoe" (one
+    #: Tahoe directory each, browsable with Tahoe's own tools).
+    tree: str = "index"
 
 
 @dataclass(frozen=True)
@@ -516,7 +522,8 @@ def from_tree(tree: Mapping[str, Any]) -> Config:
             g("destination.pack.max_file_size"), g("destination.pack.target_size"),
             compile_rules(g("destination.encoding.method"), g("destination.encoding.min_size"),
                           g("destination.encoding.path_filter")),
-            g("destination.copies"), tuple(gateway_base(u) for u in g("destination.copy_to"))),
+            g("destination.copies"), tuple(gateway_base(u) for u in g("destination.copy_to")),
+            _tree_place(tree)),
         grid=GridConfig(expand(g("grid.dir")), g("grid.nodes"), g("grid.needed"), g("grid.happy"),
                         float(g("grid.start_timeout"))),
         operation=OperationConfig(g("operation.jobs"), g("operation.window"), retry_policy(tree),
@@ -536,3 +543,12 @@ def from_tree(tree: Mapping[str, Any]) -> Config:
 def load(files: Iterable[str] = (), overrides: Iterable[tuple[str, YAMLValue]] = ()) -> Config:
     """The configuration of one run: base, then ``files``, then ``overrides``, read into records."""
     return from_tree(load_tree(files, overrides))
+
+
+def _tree_place(tree: YAMLValue) -> str:
+    """``destination.tree``, or its default: in the index, unless packing is off (a plain tree is
+    there to be restored with `tahoe cp` alone, so its directories are Tahoe's)."""
+    chosen = get(tree, "destination.tree")
+    if chosen is not None:
+        return str(chosen)
+    return "tahoe" if get(tree, "destination.pack.max_file_size") == 0 else "index"

@@ -84,6 +84,11 @@ class GatewayLike(Protocol):
         ...
 
     @property
+    def bytes_sent(self) -> int:
+        """Bytes of request bodies handed to the gateway so far (failed attempts taken back)."""
+        ...
+
+    @property
     def inflight(self) -> Collection[AttemptLike]: ...
 
     def halt(self, why: BaseException) -> None: ...
@@ -139,9 +144,11 @@ class RunStats(Protocol):
     dirs: int
     dirs_new: int
     dirs_unchanged: int
+    dirs_indexed: int
     symlinks: int
     specials: int
     bytes_done: int
+    bytes_to_store: int
     bytes_read: int
     bytes_uploaded: int
     bytes_deduplicated: int

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, Callable, Collection, Protocol
@@ -34,11 +35,20 @@ class Stats:
     dirs: int = 0
     dirs_new: int = 0
     dirs_unchanged: int = 0
+    #: Source directories recorded in the snapshot index alone (no Tahoe directory made).
+    dirs_indexed: int = 0
     symlinks: int = 0
     specials: int = 0
+    #: Bytes of regular files done with, whatever became of them (stored, unchanged, kept, skipped).
     bytes_done: int = 0
+    #: Bytes of the files phase two found new or changed (read to be stored, unless their content
+    #: turns out to be stored already): what a backup has to send, before compression.
+    bytes_to_store: int = 0
     bytes_read: int = 0
     bytes_uploaded: int = 0
+    #: Bytes of request bodies the run handed to the gateway (contents, directories, index,
+    #: records), attempts that failed not counted: what went over the wire to the grid.
+    bytes_sent: int = 0
     bytes_deduplicated: int = 0
     bytes_compression_saved: int = 0
     bytes_written: int = 0
@@ -168,7 +178,7 @@ class Reporter:
             c["bytes"] += size
 
     def excluded_lines(self) -> list[str]:
-        return [f"  excluded by {reason}: {c['entries']} entries, {_size(c['bytes'])} of files"
+        return [f"  excluded by {reason}: {c['entries']} entries, {size_text(c['bytes'])} of files"
                 for reason, c in sorted(self.stats.excluded.items(), key=lambda kv: (-kv[1]["entries"], kv[0]))]
 
     def finish(self, kind: str, extra: dict[str, Any] | None = None,
@@ -196,26 +206,28 @@ class Reporter:
                 # directory object the snapshot needed (the source's, and its root, index and objects list).
                 lines.append(f"  directories: {s.dirs}; symlinks: {s.symlinks}; special files: {s.specials}")
                 lines.append(f"  directory objects (the source's and the snapshot's own): {s.dirs_new} stored, "
-                             f"{s.dirs_unchanged} already stored")
+                             f"{s.dirs_unchanged} already stored"
+                             + (f"; {s.dirs_indexed} recorded in the index alone" if s.dirs_indexed else ""))
                 if s.subtrees_kept:
                     lines.append(f"  kept whole: {plural(s.subtrees_kept, 'directory', 'directories')} as in the "
                                  f"previous backup, with the {plural(s.entries_kept, 'entry', 'entries')} below them")
-                lines.append(f"  bytes read: {_size(s.bytes_read)}, uploaded: {_size(s.bytes_uploaded)}; saved by "
-                             f"deduplication: {_size(s.bytes_deduplicated)}, by compression: "
-                             f"{_size(s.bytes_compression_saved)}")
+                lines.append(f"  bytes: {size_text(s.bytes_to_store)} new or changed, {size_text(s.bytes_read)} "
+                             f"read, {size_text(s.bytes_sent)} sent to the grid ({size_text(s.bytes_uploaded)} of "
+                             f"it contents and index); saved by deduplication: {size_text(s.bytes_deduplicated)}, "
+                             f"by compression: {size_text(s.bytes_compression_saved)}")
                 lines.extend(self.excluded_lines())
             elif kind == "verify":
                 ext = extra or {}
                 lines.append(f"  snapshot: {ext.get('id') or '(a cap not recorded here)'}; every share checked; "
                              f"file contents read back: {ext.get('files_read', s.files)} "
-                             f"({_size(s.bytes_read)})")
+                             f"({size_text(s.bytes_read)})")
             elif kind == "restore":
                 would = "would be " if summary.get("dry_run") else ""
                 lines.append(f"  {would}written: {summary.get('written', 0)}, {would}overwritten: "
                              f"{summary.get('overwritten', 0)}, left as they were: {summary.get('skipped', 0)}, "
                              f"{would}deleted: {summary.get('deleted', 0)}, failed: {summary.get('failed', 0)}")
                 lines.append(f"  restored files: {s.files}, directories: {s.dirs}, symlinks: {s.symlinks}, "
-                             f"special files: {s.specials}, bytes written: {s.bytes_written}")
+                             f"special files: {s.specials}; {size_text(s.bytes_written)} written")
             if s.warnings:
                 lines.append(f"  warnings: {s.warnings} (entries skipped or incomplete; see above)")
             if s.problems:
@@ -231,12 +243,27 @@ def plural(n: int, word: str, words: str | None = None) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {words or word + 's'}"
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+def size_text(n: float) -> str:
+    """A number of bytes as people read it, the one way every summary, progress line and message
+    shows a size: binary units, whole bytes below 1 KiB, one decimal from there on ("785 B",
+    "1.0 KiB", "2.9 MiB", "1.2 GiB").  JSON carries exact bytes instead."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    sign, n = ("-" if n < 0 else ""), abs(n)
+    i = 0
+    # (rounded first: 1048575 bytes is "1.0 MiB", not "1024.0 KiB")
+    while i < len(units) - 1 and (round(n) if i == 0 else round(n, 1)) >= 1024:
         n /= 1024
-    return str(n)
+        i += 1
+    return f"{sign}{n:.0f} B" if i == 0 else f"{sign}{n:.1f} {units[i]}"
+
+
+def duration_text(seconds: float | None) -> str:
+    """A time left as progress shows it: "0:42", "12:05", "1:02:03"; "?" when unknown."""
+    if seconds is None:
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def _printable(text: str) -> str:
@@ -245,36 +272,106 @@ def _printable(text: str) -> str:
     return shown_text(text)
 
 
+def left_to_send(total: int, done: int, storing: int, to_store: int, deduplicated: int, uploaded: int,
+                 compression_saved: int, sent: int) -> int:
+    """The bytes a backup still has to send to the grid: an estimate, never below 0 (pure).
+
+    Of the ``total`` bytes of regular files, phase two knows the fate of those it has come to:
+    ``done`` (finished, whatever became of them) and ``storing`` (new or changed, being stored
+    now).  Of those, ``to_store`` were new or changed, ``deduplicated`` of them turned out to be
+    stored already.  The files not come to yet are expected to need storing in the same share, so
+    the unchanged files of a tree count for nothing.  What compression kept of the contents stored
+    so far (``uploaded``, against ``compression_saved``) turns file bytes into bytes on the wire,
+    and what was ``sent`` already is taken off.
+    """
+    decided = done + storing
+    needed = max(0, to_store - deduplicated)
+    undecided = max(0, total - decided)
+    share = min(1.0, needed / decided) if decided else 1.0
+    kept = uploaded / (uploaded + compression_saved) if uploaded + compression_saved > 0 else 1.0
+    return max(0, round((needed + share * undecided) * kept) - sent)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Where a backup's sending stands: ``sent`` bytes, about ``left`` still to send, and the rate
+    of the bytes sent lately (bytes a second; None until two measures, or while none moved)."""
+
+    sent: int
+    left: int
+    rate: float | None
+
+    @property
+    def total(self) -> int:
+        """What the run sends in all, as it looks now."""
+        return self.sent + self.left
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds until what is left is sent at the recent rate (0: nothing left; None: unknown,
+        rather than a made-up 0 while nothing moves)."""
+        if self.left == 0:
+            return 0.0
+        return self.left / self.rate if self.rate else None
+
+
+#: Seconds of recent progress the send rate is measured over: long enough to even out a rate
+#: limit's bursts and packs sealed now and then, short enough to follow a link that slows down.
+RATE_WINDOW = 10.0
+
+
+class Uploading(Protocol):
+    """The uploader of a running backup, as progress and the manhole read it (``backup.upload.Uploader``)."""
+
+    @property
+    def in_flight(self) -> Collection[bytes]: ...
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes of request bodies this run handed to the gateway (failed attempts taken back)."""
+        ...
+
+    @property
+    def bytes_storing(self) -> int:
+        """Bytes of the new or changed files being stored right now."""
+        ...
+
+
 class _Bar(Protocol):
-    """A progress bar on the terminal (tqdm's)."""
+    """A progress bar on the terminal (tqdm's; the numbers it shows are ours)."""
 
-    def update(self, n: int) -> object: ...
+    total: float
+    n: float
 
-    def set_postfix_str(self, s: str, refresh: bool = True) -> None: ...
+    def set_description_str(self, desc: str | None = None, refresh: bool | None = True) -> None: ...
 
     def close(self) -> None: ...
 
 
 class Progress:
-    """Live progress of phase two.
+    """Live progress of phase two, counted in bytes sent to the grid.
 
-    On a terminal: a bar on stderr (tqdm) with bytes, rate and ETA, and the
-    counts of entries, new, unchanged and deduplicated files.  With
-    ``--json``: a progress line on stdout every ``interval`` seconds.
-    Otherwise nothing at all.  Driven by a LoopingCall on the injected clock.
+    It shows what went over the wire (``uploader.bytes_sent``) against an estimate of what the run
+    sends in all (:func:`left_to_send`: the new and changed files, not the unchanged ones), the rate
+    of the bytes sent over the last :data:`RATE_WINDOW` seconds, and an ETA from the bytes left to
+    send at that rate.  On a terminal: a bar on stderr, drawn by tqdm with these numbers in
+    :func:`size_text`'s units, and the counts of entries and files.  With ``--json``: a progress
+    line on stdout every ``interval`` seconds (at least one).  Otherwise nothing at all.  Driven by
+    a LoopingCall on the injected clock, which every time it shows is read from.
     """
 
     def __init__(self, reporter: Reporter, clock: IReactorTime, total_entries: int, total_bytes: int,
-                 interval: float = 0.5) -> None:
+                 uploader: Uploading | None = None, interval: float = 0.5) -> None:
         self.rep = reporter
         self.clock = clock
         self.total_entries = total_entries
         self.total_bytes = total_bytes
+        self.uploader = uploader
         self.interval = interval if not reporter.json_mode else max(interval, 1.0)
         self._bar: _Bar | None = None
         self._loop: LoopingCall | None = None
-        self._shown = 0
-        self._t0 = clock.seconds()
+        #: (time, bytes sent) measured over the last RATE_WINDOW seconds, oldest first.
+        self._samples: deque[tuple[float, int]] = deque()
 
     @property
     def enabled(self) -> bool:
@@ -285,33 +382,59 @@ class Progress:
             return
         from twisted.internet.task import LoopingCall
 
+        self._samples.append((self.clock.seconds(), self._sent()))
         if not self.rep.json_mode:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                             file=self.rep.err, leave=False, desc="backup")
+            self._bar = tqdm(total=1, file=self.rep.err, leave=False, dynamic_ncols=True,
+                             bar_format="{percentage:3.0f}%|{bar}| {desc}")
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=False)
 
+    def _sent(self) -> int:
+        return self.uploader.bytes_sent if self.uploader is not None else self.rep.stats.bytes_sent
+
+    def measure(self) -> Estimate:
+        """Where sending stands now; each call is also a sample of the rate."""
+        s = self.rep.stats
+        sent = self._sent()
+        storing = self.uploader.bytes_storing if self.uploader is not None else 0
+        left = left_to_send(self.total_bytes, s.bytes_done, storing, s.bytes_to_store, s.bytes_deduplicated,
+                            s.bytes_uploaded, s.bytes_compression_saved, sent)
+        now = self.clock.seconds()
+        samples = self._samples
+        samples.append((now, sent))
+        while len(samples) > 2 and samples[1][0] <= now - RATE_WINDOW:
+            samples.popleft()  # (the oldest kept is at most RATE_WINDOW old, or the only one before now)
+        t0, sent0 = samples[0]
+        rate = (sent - sent0) / (now - t0) if now > t0 else None
+        return Estimate(sent, left, rate)
+
+    def line(self, est: Estimate) -> str:
+        """The text beside the bar."""
+        s = self.rep.stats
+        rate = f"{size_text(est.rate)}/s" if est.rate is not None else "? B/s"
+        return (f"{size_text(est.sent)} of ~{size_text(est.total)} sent, {rate}, ETA {duration_text(est.eta)}; "
+                f"entries {s.entries_done}/{self.total_entries}, files stored {s.files_uploaded}, "
+                f"unchanged {s.files_unchanged}, deduplicated {s.files_deduplicated}")
+
     def tick(self) -> None:
         s = self.rep.stats
+        est = self.measure()
         if self._bar is not None:
-            self._bar.update(max(0, s.bytes_done - self._shown))
-            self._shown = s.bytes_done
-            self._bar.set_postfix_str(
-                f"entries {s.entries_done}/{self.total_entries}, stored {s.files_uploaded}, "
-                f"unchanged {s.files_unchanged}, dedup {s.files_deduplicated}", refresh=True)
+            self._bar.total = max(1, est.total)
+            self._bar.n = est.sent
+            self._bar.set_description_str(self.line(est), refresh=True)
         else:
-            elapsed = max(1e-9, self.clock.seconds() - self._t0)
-            rate = s.bytes_done / elapsed
-            left = max(0, self.total_bytes - s.bytes_done)
             self.rep._json({
                 "type": "progress", "entries_done": s.entries_done, "entries_total": self.total_entries,
                 "bytes_done": s.bytes_done, "bytes_total": self.total_bytes,
-                "bytes_uploaded": s.bytes_uploaded, "files_new": s.files_new, "files_changed": s.files_changed,
+                "bytes_sent": est.sent, "bytes_to_send": est.total, "bytes_uploaded": s.bytes_uploaded,
+                "files_new": s.files_new, "files_changed": s.files_changed,
                 "files_unchanged": s.files_unchanged, "files_deduplicated": s.files_deduplicated,
-                "rate_bytes_per_second": round(rate), "eta_seconds": round(left / rate, 1) if rate else None,
+                "rate_bytes_per_second": round(est.rate) if est.rate is not None else None,
+                "eta_seconds": round(est.eta, 1) if est.eta is not None else None,
             })
 
     def stop(self) -> None:
@@ -327,14 +450,6 @@ def _isatty(stream: IO[str]) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
-
-
-
-class Uploading(Protocol):
-    """The uploader of a running backup, as the operation shows it (``backup.upload.Uploader``)."""
-
-    @property
-    def in_flight(self) -> Collection[bytes]: ...
 
 
 class Operation:
@@ -372,6 +487,7 @@ class Operation:
         return {"command": self.command, "seconds": round(self._now() - self._start, 1),
                 "entries_done": s.entries_done, "entries_total": self.totals[0],
                 "bytes_done": s.bytes_done, "bytes_total": self.totals[1],
+                "bytes_sent": self.uploader.bytes_sent if self.uploader is not None else s.bytes_sent,
                 "files_uploaded": s.files_uploaded, "bytes_uploaded": s.bytes_uploaded,
                 "warnings": s.warnings, "in_flight": len(self.in_flight),
                 "requests": dict(self.gateway.counts) if self.gateway is not None else {}}
@@ -379,8 +495,8 @@ class Operation:
     def __repr__(self) -> str:
         p = self.progress
         return (f"<{self.command}: {p['entries_done']}/{p['entries_total']} entries, "
-                f"{_size(p['bytes_done'])}/{_size(p['bytes_total'])}, {p['in_flight']} in flight, "
-                f"{p['seconds']}s>")
+                f"{size_text(p['bytes_done'])}/{size_text(p['bytes_total'])} done, {size_text(p['bytes_sent'])} "
+                f"sent, {p['in_flight']} in flight, {p['seconds']}s>")
 
 
 def outcome(rep: Reporter) -> int:

@@ -1,11 +1,18 @@
 """The resource opener: from the configuration, it opens what a command works with (the grid and its
 gateway, the entry cache under its lock, the repository and its key) and hands each down; the
-engine never reaches back into it."""
+engine never reaches back into it.
+
+The entry cache and the recovery key are one per grid, named by the grid's id
+(``system/grids.py``), not by the gateway's URL: any URL or port of a grid's
+gateway finds them, and a command on another grid never opens them.  Those
+named by URL before (and ``source.entry_cache.path`` itself, which now names a
+directory or a prefix) are moved to their grid's name on first use."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import os
 from dataclasses import dataclass
@@ -13,18 +20,21 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from . import history
 from .config import Config
-from .db.database import move_aside
+from .db.database import move_aside, move_cache, owner
 from .db.local import LocalDB
 from .engine.runtime import Runtime
+from .errors import GridError
 from .grid import ratelimit
 from .grid.gateway import Gateway, make_http_client
 from .history import Backup
 from .protocols import GatewayLike
+from .system import grids
 from .system.lock import CacheLock
 from .system.places import data_dir, state_dir
 
 if TYPE_CHECKING:
     from .grid.local import LocalGrid
+    from .report import Reporter
     from .repository import RepoKey, Repository
 
 
@@ -42,6 +52,8 @@ class Opener:
     _key_read: bool = False
     _repo: Repository | None = None
     _history: list[Backup] | None = None
+    _grid_id: str | None = None
+    _cache_path: str | None = None
     #: The grids (and gateways) this command started: a read command stops them when it ends.
     started: list["LocalGrid"] = dataclasses.field(default_factory=list)
 
@@ -172,48 +184,136 @@ class Opener:
         """List the backups again on next use (a backup was just recorded)."""
         self._history = None
 
-    # -- the entry cache ----------------------------------------------------------------------
-    async def cache_path(self) -> str:
-        path = self.config.source.cache_path
-        if not path:
-            name = "entry-cache.local.sqlite" if not self.config.destination.url else (
-                "entry-cache." + hashlib.sha256((await self.url()).encode()).hexdigest()[:12] + ".sqlite")
-            path = os.path.join(state_dir(), name)
-        return path
+    # -- which grid --------------------------------------------------------------------------
+    async def grid_id(self) -> str:
+        """The id of the grid this command's gateway is on (see ``system/grids.py``), asked of the
+        gateway once.  Raises :class:`GridError` if it cannot tell."""
+        if self._grid_id is None:
+            self._grid_id = await self.identify(await self.gateway())
+        return self._grid_id
 
-    async def cache_place(self) -> tuple[str, str | None] | None:
-        """Where the entry cache is, and its gateway, found without asking the gateway anything
-        (None: there is no cache yet)."""
+    async def identify(self, gw: Gateway) -> str:
+        """The id of the grid behind ``gw``, from the storage servers it knows (``GET /?t=json``),
+        recorded in this machine's registry of grids."""
+        info = await gw.welcome()
+        servers = [str(s["nodeid"]) for s in (info.get("servers") or []) if isinstance(s, dict) and s.get("nodeid")]
+        try:
+            grid = await self.rt.in_thread(grids.record, registry_path(), servers, gw.base)
+        except ValueError:
+            raise GridError(problem=f"the gateway at {gw.base} knows no storage server yet, so which grid it is "
+                                    "on (and which entry cache is its) cannot be told; run again once it is "
+                                    "connected") from None
+        return grid.id
+
+    def known_grid(self) -> str | None:
+        """The grid this command's gateway URL led to last time, found without asking the gateway
+        anything (None: not known)."""
         from .config import gateway_base
 
-        path = await self.cache_path()
-        if not os.path.exists(path):
-            return None
+        if self._grid_id is not None:
+            return self._grid_id
         url = self.config.destination.url
-        return path, (gateway_base(url) if url else None)
+        if url:
+            url = gateway_base(url)
+        else:
+            state = self.grid().load()
+            url = state.get("url") if state else None
+        if not url:
+            return None
+        found = grids.by_url(grids.load(registry_path()), url)
+        return found.id if found is not None else None
+
+    # -- the entry cache ----------------------------------------------------------------------
+    async def cache_path(self) -> str:
+        """The entry cache of this command's grid (see :func:`cache_file`); a cache of this grid
+        named before caches were named by grid is moved there first."""
+        if self._cache_path is None:
+            gid = await self.grid_id()
+            path = cache_file(self.config.source.cache_path, gid)
+            if not os.path.exists(path):
+                await self._adopt_cache(path, gid)
+            self._cache_path = path
+        return self._cache_path
+
+    async def _adopt_cache(self, path: str, gid: str) -> None:
+        """Move the cache of grid ``gid`` made before caches were named by grid to ``path``
+        (with its files beside it), if there is one: the file ``source.entry_cache.path`` named
+        (if it was used with this gateway URL), or the one named by this gateway's URL (or the
+        embedded grid's).  Under the old file's lock, so that no run writes it meanwhile."""
+        url = await self.url()
+        for old, by_name in self._legacy_caches(url):
+            if not os.path.isfile(old):
+                continue
+            grid, used_with = await self.rt.in_thread(owner, old)
+            if not (grid == gid or (grid is None and (by_name or used_with == url))):
+                continue  # another grid's (or one this URL never used)
+            lock = CacheLock(old + ".lock", self.rt.reporter)
+            await lock.acquire_waiting(self.config.operation.lock_wait, self.rt.reactor)
+            try:
+                if os.path.exists(path) or not os.path.isfile(old):
+                    return  # another command moved it meanwhile
+                os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+                move_cache(old, path)
+                for trees in glob.glob(glob.escape(old) + ".trees.*"):
+                    os.replace(trees, path + trees[len(old):])
+            finally:
+                lock.release()
+            self.rt.reporter.note_once("cache-moved", f"the entry cache {old} is now {path}: each grid has its "
+                                                      "own cache, named by the grid rather than the gateway's URL")
+            return
+
+    def _legacy_caches(self, url: str) -> list[tuple[str, bool]]:
+        """The caches an earlier version may have made for this gateway: each path, and whether its
+        name says it is this gateway's (else the URL it was used with must)."""
+        out = []
+        configured = self.config.source.cache_path
+        if configured:
+            out.append((configured, False))
+        name = ("entry-cache." + hashlib.sha256(url.encode()).hexdigest()[:12] + ".sqlite"
+                if self.config.destination.url else "entry-cache.local.sqlite")
+        out.append((os.path.join(state_dir(), name), True))
+        return out
+
+    async def cache_place(self) -> tuple[str, str | None] | None:
+        """Where the entry cache is, and its grid, found without asking the gateway anything
+        (None: the grid is not known, or it has no cache yet)."""
+        gid = self.known_grid()
+        if gid is None:
+            return None
+        path = cache_file(self.config.source.cache_path, gid)
+        return (path, gid) if os.path.exists(path) else None
+
+    def known_cache_path(self) -> str | None:
+        """Where the entry cache of the grid this gateway URL led to last time is (or would be),
+        found without asking the gateway anything (None: the grid is not known)."""
+        gid = self.known_grid()
+        return cache_file(self.config.source.cache_path, gid) if gid is not None else None
 
     async def cache(self, reader: bool = False) -> LocalDB:
         """The local database in the entry cache file: a writer (the caller holds :meth:`lock`), or
-        a reader, which works while another run writes."""
-        url = await self.url()
+        a reader, which works while runs write."""
         s = self.config.source
-        return LocalDB(await self.cache_path(), url, s.commit_rows, s.commit_seconds, reader=reader)
+        return LocalDB(await self.cache_path(), await self.grid_id(), s.commit_rows, s.commit_seconds,
+                       reader=reader)
 
-    async def lock(self) -> CacheLock:
-        """Take the entry cache's lock, waiting up to ``operation.lock_wait`` seconds for a holder."""
+    async def lock(self, scope: str | None = None) -> CacheLock:
+        """Take the entry cache's lock, waiting up to ``operation.lock_wait`` seconds for a holder:
+        with ``scope`` (``system.lock.source_scope``, ``copy_scope``), the scope's alone, beside
+        runs of other scopes; without, the whole cache's (no other run at all)."""
         path = await self.cache_path()
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-        lock = CacheLock(path + ".lock", self.rt.reporter)
+        lock = CacheLock(path + ".lock", self.rt.reporter, scope)
         await lock.acquire_waiting(self.config.operation.lock_wait, self.rt.reactor)
         return lock
 
     @contextlib.asynccontextmanager
-    async def locked_cache(self, fresh: bool = False) -> AsyncIterator[LocalDB]:
-        """The local database (the entry cache file) as its one writer: its lock taken (see
-        :meth:`lock`), it opened, and both given back however the block ends (a reactor shutdown
-        closes it too).
-        ``fresh``: the cache there is moved aside (under the lock) and a new one started."""
-        lock = await self.lock()
+    async def locked_cache(self, fresh: bool = False, scope: str | None = None) -> AsyncIterator[LocalDB]:
+        """The local database (the entry cache file) as a writer: its lock taken (see :meth:`lock`;
+        ``scope``: the run's own), it opened, and both given back however the block ends (a
+        reactor shutdown closes it too).
+        ``fresh``: the cache there is moved aside (under the whole cache's lock, whatever
+        ``scope`` says) and a new one started."""
+        lock = await self.lock(None if fresh else scope)
         try:
             if fresh:
                 cpath = await self.cache_path()
@@ -257,10 +357,15 @@ class Opener:
         return self._key
 
     async def key_path(self) -> str:
-        """Where this machine keeps its recovery key (mode 0600)."""
+        """Where this machine keeps the recovery key of the repository on this grid (mode 0600):
+        named by the grid (known from an earlier command if it is, so that printing the key needs
+        no gateway); one named by this gateway's URL before is moved there."""
         if self.config.repository.key_file:
             return self.config.repository.key_file
-        return key_path_for(await self.url() if self.config.destination.url else None)
+        gid = self.known_grid() or await self.grid_id()
+        legacy = (hashlib.sha256((await self.url()).encode()).hexdigest()[:12] if self.config.destination.url
+                  else "local")
+        return adopt_key(key_path_for(gid), key_path_for(legacy), self.rt.reporter)
 
     async def repo_key(self) -> RepoKey | None:
         """The recovery key: given, or this machine's own (None: there is no repository yet)."""
@@ -279,10 +384,21 @@ class Opener:
 
         if self._repo is None:
             key = await self.repo_key()
+            if key is None and create:
+                # Runs of other sources may start their first backup on this grid at the same time:
+                # one makes the repository, the others then find its key.
+                kpath = await self.key_path()
+                os.makedirs(os.path.dirname(os.path.abspath(kpath)), mode=0o700, exist_ok=True)
+                lock = CacheLock(kpath + ".lock", self.rt.reporter)
+                await lock.acquire_waiting(max(self.config.operation.lock_wait, KEY_LOCK_WAIT), self.rt.reactor)
+                try:
+                    key = await self.repo_key()
+                    if key is None:
+                        self._repo = await self.create_repository()
+                finally:
+                    lock.release()
             if key is not None:
                 self._repo = Repository(await self.gateway(), key)
-            elif create:
-                self._repo = await self.create_repository()
         return self._repo
 
     async def other_grid(self, to_url: str, to_repo: str | None = None) -> tuple[str, Gateway, "Repository"]:
@@ -297,8 +413,12 @@ class Opener:
             raise UsageError(f"--to-url {dest} is the grid the backups are on already")
         dst_gw = self.make_gateway(dest)
         await dst_gw.preflight()
+        dst_grid = await self.identify(dst_gw)
+        if dst_grid == await self.grid_id():
+            raise UsageError(f"--to-url {dest} is the grid the backups are on already (another gateway of it)")
         key = read_key_arg(to_repo, "--to-repo") if to_repo else None
-        path = key_path_for(dest)
+        path = adopt_key(key_path_for(dst_grid), key_path_for(hashlib.sha256(dest.encode()).hexdigest()[:12]),
+                         self.rt.reporter)
         if key is None and os.path.exists(path):
             key = read_key_arg(path, path)
         if key is None:
@@ -338,11 +458,15 @@ class Opener:
         own that it does not record yet (read without the lock)."""
         if self._history is not None:
             return self._history
-        cache = await self.cache(reader=True)
-        try:
-            local, checks, copies = cache.history.backups(), cache.history.checks(), cache.history.copies()
-        finally:
-            cache.close()
+        local: list[Backup] = []
+        checks: dict[str, tuple[float | None, float | None]] = {}
+        copies: dict[str, list[str]] = {}
+        if os.path.exists(await self.cache_path()):  # (a reader makes no cache: this grid has none yet)
+            cache = await self.cache(reader=True)
+            try:
+                local, checks, copies = cache.history.backups(), cache.history.checks(), cache.history.copies()
+            finally:
+                cache.close()
         repo = await self.repository()
         if repo is None:
             return [dataclasses.replace(b, copies=tuple(copies.get(b.cap, ()))) for b in local]
@@ -361,11 +485,49 @@ class Opener:
         self._history = history.merge(local, records, checks, copies)
         return self._history
 
-def key_path_for(url: str | None) -> str:
-    """Where this machine keeps the recovery key of the repository on the grid behind gateway ``url``
-    (None: the embedded grid)."""
-    name = "local" if url is None else hashlib.sha256(url.encode()).hexdigest()[:12]
+#: Seconds a run waits for another that is making the repository on this grid (a few requests).
+KEY_LOCK_WAIT = 300.0
+
+
+def registry_path() -> str:
+    """This machine's registry of grids (``system/grids.py``)."""
+    return os.path.join(state_dir(), "grids.json")
+
+
+def cache_file(configured: str | None, grid: str) -> str:
+    """The entry cache of ``grid``: ``entry-cache.<grid>.sqlite`` in the state directory, or in the
+    directory ``source.entry_cache.path`` names (one that exists, or a path ending in ``/``); any
+    other path is a prefix: ``/x/cache.sqlite`` gives ``/x/cache.<grid>.sqlite``."""
+    name = f"entry-cache.{grid}.sqlite"
+    if not configured:
+        return os.path.join(state_dir(), name)
+    if configured.endswith(os.sep) or os.path.isdir(configured):
+        return os.path.join(configured, name)
+    stem, ext = os.path.splitext(configured)
+    return f"{stem}.{grid}{ext or '.sqlite'}"
+
+
+def key_path_for(name: str) -> str:
+    """Where this machine keeps the recovery key of the repository on grid ``name`` (an id of
+    ``system/grids.py``; before, a digest of the gateway's URL, or ``local`` for the embedded grid)."""
     return os.path.join(state_dir(), "repositories", f"{name}.key")
+
+
+def adopt_key(path: str, legacy: str, reporter: "Reporter") -> str:
+    """``path``, the grid's key file; the key file named the earlier way (``legacy``) is moved there
+    first if the grid has none (never replacing one).  Returns ``path``."""
+    if os.path.exists(path) or not os.path.exists(legacy):
+        return path
+    try:
+        os.link(legacy, path)  # (fails if another command made one meanwhile)
+    except FileExistsError:
+        return path
+    except OSError:
+        return legacy  # (a file system without links: leave it where it is)
+    os.unlink(legacy)
+    reporter.note_once("key-moved", f"the recovery key {legacy} is now {path}: keys are named by the grid, "
+                                    "not the gateway's URL")
+    return path
 
 
 def save_key(path: str, key: RepoKey) -> None:

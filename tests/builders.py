@@ -22,10 +22,11 @@ def tree(root, dirs=3, files=4):
     return root
 
 
-def uploader(root, gw, cache, window=4000, **indexing):
-    """An uploader of ``root``; ``indexing``: what its indexer is given (``subtrees``, ``records``...)."""
+def uploader(root, gw, cache, window=4000, tree="tahoe", **indexing):
+    """An uploader of ``root``; ``tree``: where its directories live (``destination.tree``);
+    ``indexing``: what its indexer is given (``subtrees``, ``records``...)."""
     src = LocalSource(bytes(root))
-    store = Store(gw, cache, 1, StoreSettings(pack_target_size=1 << 16), Reporter().stats, clock=None)
+    store = Store(gw, cache, 1, StoreSettings(pack_target_size=1 << 16, tree=tree), Reporter().stats, clock=None)
     rep = Reporter()
     store.stats = rep.stats
     from twisted.internet import reactor  # (budgets wake takers in a turn of their own: a running reactor)

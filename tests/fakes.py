@@ -49,6 +49,8 @@ class FakeGateway:
         self.objects: dict[str, bytes] = {}
         self.dirs: dict[str, bytes] = {}
         self.counts: Counter[str] = Counter()
+        #: Bytes of request bodies "sent" (before the answer: a held upload has sent its bytes).
+        self.bytes_sent = 0
         self.fail: dict[tuple[str, int], Any] = {}
         self.halted: BaseException | None = None
         self.hold = False
@@ -109,6 +111,7 @@ class FakeGateway:
 
     async def put_bytes(self, data: bytes, label: str | None = None) -> str:
         self._maybe_fail("put")
+        self.bytes_sent += len(data)
         await self._held()
         return self._file_cap(data)
 
@@ -119,12 +122,14 @@ class FakeGateway:
         while chunk := f.read(1 << 16):
             data += chunk
         f.close()
+        self.bytes_sent += len(data)
         await self._held()
         return self._file_cap(data)
 
     async def mkdir_immutable(self, body: bytes, priority: float = 0.0) -> str:
         self._maybe_fail("mkdir")
         self.priorities.append(priority)
+        self.bytes_sent += len(body)
         await self._held()
         if body in (b"{}", b""):
             return "URI:DIR2-LIT:"

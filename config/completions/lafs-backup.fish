@@ -96,7 +96,7 @@ complete -c lafs-backup -n '__fish_seen_subcommand_from ls' -l host -r -F -d 'on
 complete -c lafs-backup -n '__fish_seen_subcommand_from ls' -l tag -r -F -d 'only backups with this tag (repeatable: all of them)'
 complete -c lafs-backup -n '__fish_seen_subcommand_from find' -s h -l help -d 'show this help message and exit'
 complete -c lafs-backup -n '__fish_seen_subcommand_from find' -l regex -d 'PATTERN is a regular expression searched in paths'
-complete -c lafs-backup -n '__fish_seen_subcommand_from find' -l snapshot -r -F -d 'only this backup (repeatable)'
+complete -c lafs-backup -n '__fish_seen_subcommand_from find' -l snapshot -r -F -d 'only this backup (repeatable): its id (from \'list\') or a unique start of it (4 c'
 complete -c lafs-backup -n '__fish_seen_subcommand_from find' -l source -r -F -d 'only backups of this source directory (default for \'latest\': source.path)'
 complete -c lafs-backup -n '__fish_seen_subcommand_from find' -l host -r -F -d 'only backups made on this host'
 complete -c lafs-backup -n '__fish_seen_subcommand_from find' -l tag -r -F -d 'only backups with this tag (repeatable: all of them)'

@@ -87,7 +87,7 @@ _shtab_lafs_backup_check_options=(
   "--source[only backups of this source directory (default for \'latest\'\: source.path)]:PATH:"
   "--host[only backups made on this host]:NAME:"
   "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
-  "(*)::caps or generation numbers (default\: all):"
+  "(*)::the backups to check (default\: all)\: its id (from \'list\') or a unique start of it (4 characters or more), \'latest\' (the newest backup of --source), a generation number, or a snapshot cap\; digits are a generation when a backup has it, else the start of an id:"
 )
 
 # guard to ensure default positional specs are added only once per session
@@ -111,7 +111,7 @@ _shtab_lafs_backup_cleanup_options=(
   "--source[only backups of this source directory (default for \'latest\'\: source.path)]:PATH:"
   "--host[only backups made on this host]:NAME:"
   "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
-  "(*)::caps or generation numbers to forget:"
+  "(*)::the backups to forget\: its id (from \'list\') or a unique start of it (4 characters or more), \'latest\' (the newest backup of --source), a generation number, or a snapshot cap\; digits are a generation when a backup has it, else the start of an id:"
 )
 
 # guard to ensure default positional specs are added only once per session
@@ -125,7 +125,7 @@ _shtab_lafs_backup_copy_options=(
   "--source[only backups of this source directory (default for \'latest\'\: source.path)]:PATH:"
   "--host[only backups made on this host]:NAME:"
   "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
-  "(*)::only these backups (default\: all):"
+  "(*)::only these backups (default\: all)\: its id (from \'list\') or a unique start of it (4 characters or more), \'latest\' (the newest backup of --source), a generation number, or a snapshot cap\; digits are a generation when a backup has it, else the start of an id:"
 )
 
 # guard to ensure default positional specs are added only once per session
@@ -137,8 +137,8 @@ _shtab_lafs_backup_diff_options=(
   "--source[only backups of this source directory (default for \'latest\'\: source.path)]:PATH:"
   "--host[only backups made on this host]:NAME:"
   "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
-  ":a cap, a generation number, or \'latest\':"
-  ":the snapshot to compare with:"
+  ":the backup to compare\: its id (from \'list\') or a unique start of it (4 characters or more), \'latest\' (the newest backup of --source), a generation number, or a snapshot cap\; digits are a generation when a backup has it, else the start of an id:"
+  ":the backup to compare it with (not with --live)\: its id (from \'list\') or a unique start of it (4 characters or more), \'latest\' (the newest backup of --source), a generation number, or a snapshot cap\; digits are a generation when a backup has it, else the start of an id:"
 )
 
 # guard to ensure default positional specs are added only once per session
@@ -150,7 +150,7 @@ _shtab_lafs_backup_dump_options=(
   "--source[only backups of this source directory (default for \'latest\'\: source.path)]:PATH:"
   "--host[only backups made on this host]:NAME:"
   "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
-  ":a snapshot cap, a generation number, an id, or \'latest\':"
+  ":the backup to read from\: its id (from \'list\') or a unique start of it (4 characters or more), \'latest\' (the newest backup of --source), a generation number, or a snapshot cap\; digits are a generation when a backup has it, else the start of an id:"
   ":the file or directory in the snapshot, written as ls prints it (\'.\' for all of it):"
 )
 
@@ -167,7 +167,7 @@ _shtab_lafs_backup_dump_config_defaults_added=0
 _shtab_lafs_backup_find_options=(
   "(- : *)"{-h,--help}"[show this help message and exit]"
   "--regex[PATTERN is a regular expression searched in paths]"
-  "*--snapshot[only this backup (repeatable)]:S:"
+  "*--snapshot[only this backup (repeatable)\: its id (from \'list\') or a unique start of it (4 characters or more), \'latest\' (the newest backup of --source), a generation number, or a snapshot cap\; digits are a generation when a backup has it, else the start of an id]:SNAPSHOT:"
   "--source[only backups of this source directory (default for \'latest\'\: source.path)]:PATH:"
   "--host[only backups made on this host]:NAME:"
   "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
@@ -223,7 +223,7 @@ _shtab_lafs_backup_ls_options=(
   "--source[only backups of this source directory (default for \'latest\'\: source.path)]:PATH:"
   "--host[only backups made on this host]:NAME:"
   "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
-  ":a snapshot cap, a generation number, an id, or \'latest\':"
+  ":the backup to list\: its id (from \'list\') or a unique start of it (4 characters or more), \'latest\' (the newest backup of --source), a generation number, or a snapshot cap\; digits are a generation when a backup has it, else the start of an id:"
   ":a directory (or file) in the snapshot, written as ls prints it (default\: its root):"
 )
 
@@ -253,7 +253,7 @@ _shtab_lafs_backup_restore_options=(
   "--source[only backups of this source directory (default for \'latest\'\: source.path)]:PATH:"
   "--host[only backups made on this host]:NAME:"
   "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
-  ":a snapshot cap, a generation number, or \'latest\':"
+  ":the backup to restore\: its id (from \'list\') or a unique start of it (4 characters or more), \'latest\' (the newest backup of --source), a generation number, or a snapshot cap\; digits are a generation when a backup has it, else the start of an id:"
   "(*)::restore only these subtrees:"
 )
 
@@ -266,7 +266,7 @@ _shtab_lafs_backup_verify_options=(
   "--source[only backups of this source directory (default for \'latest\'\: source.path)]:PATH:"
   "--host[only backups made on this host]:NAME:"
   "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
-  ":a snapshot cap, a generation number, or \'latest\':"
+  ":the backup to verify\: its id (from \'list\') or a unique start of it (4 characters or more), \'latest\' (the newest backup of --source), a generation number, or a snapshot cap\; digits are a generation when a backup has it, else the start of an id:"
 )
 
 # guard to ensure default positional specs are added only once per session

@@ -16,15 +16,15 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 
-from ..caps import LIT_MAX
+from ..caps import LIT_MAX, lit_data
 from ..errors import GatewayError
 from ..read.reader import Reader
 from ..slots import Slots
 from ..store.index import BadIndex
 from ..store.index import chunk_bytes
 from ..store.protocols import ObjectCacheLike
-from ..store.snapshot import (INDEX, OBJECTS, PACKED_MARKER_BODY, TREE, Hit, blob_key, body_key, canonical_json,
-                              content_key, file_key, index_key)
+from ..store.snapshot import (INDEX, INDEX_TREE, OBJECTS, PACKED_MARKER_BODY, TREE, Hit, blob_key, body_key,
+                              canonical_json, content_key, file_key, index_key, is_dir_id)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ class Rebuilder:
                     await self._index_chunks([ro for _, ro, _ in linked.values()])
         tree = root.get(TREE)
         if tree is not None:
-            await self._walk(tree[1], [])
+            in_index = tree[2].get(INDEX_TREE) if isinstance(tree[2], dict) else None
+            await self._walk(in_index if isinstance(in_index, str) else tree[1], [])
         self.cache.commit()
         return self.rows
 
@@ -77,7 +78,8 @@ class Rebuilder:
             if meta:
                 info["metadata"] = meta
             body[key] = [ntype, info]
-        self._row(body_key(canonical_json(body)), Hit(cap, None))
+        if not is_dir_id(cap):  # (one in the index alone is named by its body: no row needed)
+            self._row(body_key(canonical_json(body)), Hit(cap, None))
         return children
 
     async def _index_chunks(self, caps: list[str]) -> None:
@@ -124,12 +126,15 @@ class Rebuilder:
         sha = bytes.fromhex(sha_hex)
         enc = meta.get("enc") if isinstance(meta.get("enc"), str) else None
         pack = meta.get("pack")
+        marker = lit_data(cap) is None  # (in a tree in the index alone, the edge points at no marker)
         if isinstance(pack, dict):
             hit = Hit(pack["cap"], sha, enc, int(pack["offset"]), int(pack["length"]))
-            self._row(body_key(PACKED_MARKER_BODY), Hit(cap, None))  # what the edge points to
+            if marker:
+                self._row(body_key(PACKED_MARKER_BODY), Hit(cap, None))  # what the edge points to
         elif isinstance(meta.get("object"), str):
             hit = Hit(meta["object"], sha, enc)
-            self._row(body_key(PACKED_MARKER_BODY), Hit(cap, None))
+            if marker:
+                self._row(body_key(PACKED_MARKER_BODY), Hit(cap, None))
         else:
             hit = Hit(cap, sha, enc)  # a plain filenode: exactly the file's bytes
         plains = (False, True) if hit.enc is None and hit.offset is None else (False,)

@@ -48,7 +48,8 @@ _REUSED: Final = _Reused.REUSED
 _Held = tuple[str, bytes | tuple[int, int] | _Reused, bytes]
 #: The most chunks an index carried over from snapshot to snapshot (by ``watch``'s incremental
 #: rounds) may reach; past that a round's snapshot is read through its directories until the next
-#: full walk writes a fresh index.
+#: full walk writes a fresh index (where the directories live in the index alone, ``watch`` makes
+#: its next round a full walk instead).
 INDEX_CARRIED_MAX = 256
 #: Bytes of index records held in memory while they wait for a directory before them.
 _HELD = 16 << 20
@@ -155,8 +156,8 @@ class Indexer:
             if not self._base:
                 return None
             caps += [c for c in self._base if c not in caps]
-            if len(caps) > INDEX_CARRIED_MAX:
-                return None
+            if len(caps) > INDEX_CARRIED_MAX and not self.store.settings.tree_in_index:
+                return None  # (a tree in the index alone has no other copy: ``watch`` walks it whole first)
         self.caps = tuple(caps)
         return caps
 

@@ -51,9 +51,10 @@ def trees_path(cache_path: str, source: bytes) -> str:
     return f"{cache_path}.trees.{hashlib.sha256(source).hexdigest()[:16]}"
 
 
-def fingerprint(plain: bool) -> str:
-    """What, besides the entries themselves, a directory's cap depends on."""
-    return f"edges=1 plain={int(plain)}"
+def fingerprint(plain: bool, tree: str) -> str:
+    """What, besides the entries themselves, a directory's cap depends on (``tree``: where the
+    directories live, ``destination.tree``)."""
+    return f"edges=1 plain={int(plain)} tree={tree}"
 
 
 @dataclass

@@ -27,10 +27,12 @@ from twisted.internet.task import deferLater
 
 from ..errors import QueueError
 from ..protocols import ReporterLike
+from ..store import plan
 from ..store.entry import KIND_DIR, KIND_FILE, KIND_LINK, Entry
 from ..store.protocols import ObjectCacheLike
 from ..store.snapshot import Child, child_names, dir_body
 from ..store.protocols import StoreLike
+from .decider import Decided
 from .indexer import Indexer
 from .saver import FileSaver
 from .source import Source
@@ -93,6 +95,9 @@ class Uploader:
         self.index.on_fatal = self.fail
         self._files_pending = 0
         self._files_done: Deferred | None = None
+        #: Bytes of the new or changed files being stored now (for progress).
+        self.bytes_storing = 0
+        self._sent_before = store.gw.bytes_sent
         self._hold = hold
         #: The snapshot's tree (the source root's directory and its metadata) once made.
         self.tree: Child | None = None
@@ -112,6 +117,11 @@ class Uploader:
     def in_flight(self) -> set[bytes]:
         """Relative paths being read or uploaded right now (for progress and the manhole)."""
         return self.saver.in_flight
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes of request bodies this run handed to the gateway so far (for progress)."""
+        return self.store.gw.bytes_sent - self._sent_before
 
     def fail(self, e: BaseException) -> None:
         """The run has failed: remember the first cause, and send nothing more."""
@@ -189,7 +199,8 @@ class Uploader:
         if e.kind == KIND_FILE and self._hold is not None and e.extra("hold") is not None:
             def save() -> Awaitable[Child | None]:
                 self._files_pending += 1
-                return self._counted(self.saver.file(e))
+                decided = self.saver.decide(e)
+                return self._counted(self.saver.file(e, decided), self._storing(e, decided))
             return await self._start(self._hold(e, save))
         if e.kind == KIND_FILE:
             child, decided = self.saver.unchanged_now(e)
@@ -197,7 +208,7 @@ class Uploader:
                 self.stats.entries_done += 1
                 return child
             self._files_pending += 1
-            return await self._start(self._counted(self.saver.file(e, decided)))
+            return await self._start(self._counted(self.saver.file(e, decided), self._storing(e, decided)))
         if e.kind == KIND_LINK:
             return await self._start(self.saver.symlink(e))
         return await self._start(self.saver.special(e))
@@ -224,10 +235,21 @@ class Uploader:
                 self._window.give(held)
         return Deferred.fromCoroutine(guarded())
 
-    async def _counted(self, coro: Awaitable[T]) -> T:
+    def _storing(self, e: Entry, decided: Decided) -> int:
+        """Count a file the saver is to store (new or changed, as :meth:`FileSaver.file` tells them from
+        its decision) in the bytes to store; its size, to give back when it is done (0: not stored)."""
+        d, st = decided
+        if d.action == plan.SKIP or st is None or (d.action == plan.UNCHANGED and d.hit is not None):
+            return 0
+        self.stats.bytes_to_store += e.size
+        self.bytes_storing += e.size
+        return e.size
+
+    async def _counted(self, coro: Awaitable[T], storing: int = 0) -> T:
         try:
             return await coro
         finally:
+            self.bytes_storing -= storing
             self._files_pending -= 1
             if self._files_pending == 0 and self._files_done is not None:
                 d, self._files_done = self._files_done, None
@@ -265,7 +287,10 @@ class Uploader:
         if d.hit is None:
             return None
         self.stats.dirs += 1
-        self.stats.dirs_unchanged += 1
+        if d.action == plan.INDEX:
+            self.stats.dirs_indexed += 1
+        else:
+            self.stats.dirs_unchanged += 1
         self.stats.entries_done += 1
         times = (st.st_mtime_ns, st.st_ctime_ns) if st is not None else (None, None)
         return self.index.made(e, d.hit.cap, body, child_names(kids), times, None not in children)

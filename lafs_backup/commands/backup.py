@@ -15,6 +15,7 @@ from ..errors import LafsBackupError, UsageError
 from ..log import redact
 from ..report import outcome
 from ..resources import Opener
+from ..system.lock import copy_scope
 from ..system.places import this_host
 from . import options
 
@@ -92,16 +93,17 @@ async def one(o: Opener, ns: argparse.Namespace, source: Source, sel: Selection)
     if o.rt.op is not None:
         o.rt.op.frame = sys._getframe()
     job = Job(ns.host or this_host(), tuple(ns.tag or ()), ns.mode, ns.rebuild_cache)
-    trees_at = trees_path(await o.cache_path(), source.label)
-    if queue_only is not False:
-        backup = BackupRun(o.rt, conf, None, o, source, job, sel, qpath, trees_at)
+    if queue_only is not False:  # (no gateway asked: the cache of the grid its URL led to last, if known)
+        known = o.known_cache_path()
+        backup = BackupRun(o.rt, conf, None, o, source, job, sel, qpath,
+                           trees_path(known, source.label) if known else None)
         queued = await backup.queue_only()
         rep.info(f"queue: {queued.entries} entries written to {qpath}")
         if rep.json_mode:
             rep.record({"type": "queue", "path": qpath, "entries": queued.entries, "warnings": rep.stats.warnings})
         return outcome(rep)
     gw = await o.gateway()
-    backup = BackupRun(o.rt, conf, gw, o, source, job, sel, qpath, trees_at)
+    backup = BackupRun(o.rt, conf, gw, o, source, job, sel, qpath, trees_path(await o.cache_path(), source.label))
     made = await backup.run(reuse_queue=reuse_queue is not False)
     recorded = made.backup
     assert recorded is not None  # (only a round of watch may come to the previous snapshot and record nothing)
@@ -110,8 +112,8 @@ async def one(o: Opener, ns: argparse.Namespace, source: Source, sel: Selection)
     for url in conf.destination.copy_to:  # the backup is done and recorded: a grid that cannot take it is a warning
         try:
             dest, dst_gw, repo = await o.other_grid(url)
-            summary = await copy_backups(o.rt, conf.operation.jobs, gw, dst_gw, dest, repo, o.locked_cache,
-                                         [recorded])
+            summary = await copy_backups(o.rt, conf.operation.jobs, gw, dst_gw, dest, repo,
+                                         lambda: o.locked_cache(scope=copy_scope(repo.key.writecap)), [recorded])
         except (LafsBackupError, OSError) as e:
             why = e.message if isinstance(e, LafsBackupError) else (e.strerror or str(e))
             rep.warn(url, f"the backup was not copied to this grid ({why}); 'lafs-backup copy --to-url {url}' "

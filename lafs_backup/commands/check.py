@@ -22,7 +22,7 @@ EXAMPLE = 'lafs-backup check --least-recently-checked'
 
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``check``."""
-    p.add_argument("backups", nargs="*", metavar="BACKUP", help="caps or generation numbers (default: all)")
+    options.snapshot(p, "the backups to check (default: all)", dest="backups", nargs="*")
     p.add_argument("-a", "--least-recently-checked", action="store_true",
                    help="check only the backup checked least recently (round-robin from cron)")
     p.add_argument("-r", "--repair", action="store_true", help="repair what is not healthy")

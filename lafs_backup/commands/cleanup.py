@@ -24,7 +24,7 @@ EXAMPLE = 'lafs-backup cleanup --keep-daily 7 --keep-weekly 4 --keep-monthly 12 
 
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``cleanup``."""
-    p.add_argument("backups", nargs="*", metavar="BACKUP", help="caps or generation numbers to forget")
+    options.snapshot(p, "the backups to forget", dest="backups", nargs="*")
     p.add_argument("-g", "--generation", type=int, action="append", default=[], metavar="N",
                     help="forget this generation (repeatable)")
     p.add_argument("--up-to", action="store_true", help="also forget every older backup")

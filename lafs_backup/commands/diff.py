@@ -8,10 +8,12 @@ from typing import Callable
 
 from ..backup.source import is_url
 from ..errors import UsageError
+from ..report import plural
+from ..history import Backup, iso
 from ..read.diff import Change, LiveDiff, SnapshotDiff, SourceDiff
 from ..read.reader import Reader
 from ..resources import Opener
-from .which import latest_of, resolve
+from .which import latest_of, resolve_backup
 from . import options
 
 
@@ -21,8 +23,9 @@ EXAMPLE = 'lafs-backup diff latest --live'
 
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``diff``."""
-    p.add_argument("a", metavar="SNAPSHOT", help="a cap, a generation number, or 'latest'")
-    p.add_argument("b", nargs="?", metavar="OTHER", help="the snapshot to compare with")
+    options.snapshot(p, "the backup to compare", dest="a")
+    options.snapshot(p, "the backup to compare it with (not with --live)", dest="b", nargs="?",
+                     metavar="OTHER")
     p.add_argument("--live", action="store_true", help="compare with the source directory as it is now")
     options.which(p)
 
@@ -32,20 +35,23 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
         raise UsageError("give either two snapshots (diff A B) or one and --live")
     rep = o.rt.reporter
     found: list[Change] = []
+    cap_a, rec = await resolve_backup(o, ns.a, ns.source, ns.host, ns.tag)
+    cap_b, rec_b = await resolve_backup(o, ns.b, ns.source, ns.host, ns.tag) if ns.b is not None else ("", None)
+    # Each record names both sides by their one id (see history.Backup.short_id); --live's other side is "live".
+    sides = {"from": _id(rec), "to": _id(rec_b) if ns.b is not None else "live"}
 
     def emit(c: Change) -> None:
         found.append(c)
-        rep.emit(c.line(), c.as_dict())
+        rep.emit(c.line(), {**c.as_dict(), **sides})
 
-    cap_a = await resolve(o, ns.a, ns.source, ns.host, ns.tag)
+    rep.info(f"comparing {_side(rec)} with "
+             + (_side(rec_b) if ns.b is not None else "its source as it is now"))
     reader = Reader(await o.gateway())
     try:
         if ns.b is not None:
-            cap_b = await resolve(o, ns.b, ns.source, ns.host, ns.tag)
             await reader.load_differences(cap_a, cap_b)
             await SnapshotDiff(reader, emit).run(cap_a, cap_b)
         else:
-            rec = next((x for x in await o.backups() if x.cap == cap_a), None)
             src = rec.source if rec is not None else latest_of(o, ns.source)
             if src and is_url(os.fsdecode(src)):
                 await _remote_live(o, reader, os.fsdecode(src), emit, cap_a)
@@ -56,8 +62,17 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
                 await LiveDiff(reader, src, emit, o.config.filter).run(cap_a)
     finally:
         reader.close()
-    rep.info(f"{len(found)} difference(s)")
+    rep.info(f"{plural(len(found), 'difference')} between {sides['from'] or 'the cap'} and {sides['to'] or 'the cap'}")
     return 1 if found else 0
+
+
+def _id(b: Backup | None) -> str | None:
+    """A side's id (None: a cap not recorded here)."""
+    return b.short_id if b is not None else None
+
+
+def _side(b: Backup | None) -> str:
+    return f"{b.short_id} (generation {b.generation}, {iso(b.ts)})" if b is not None else "a cap not recorded here"
 
 
 async def _remote_live(o: Opener, reader: Reader, url: str, emit: Callable[[Change], None], cap: str) -> None:

@@ -23,7 +23,7 @@ EXAMPLE = 'lafs-backup dump latest notes/todo.txt > todo.txt'
 
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``dump``."""
-    p.add_argument("snapshot", help="a snapshot cap, a generation number, an id, or 'latest'")
+    options.snapshot(p, "the backup to read from")
     p.add_argument("path", help="the file or directory in the snapshot, written as ls prints it ('.' for all of it)")
     p.add_argument("--force", action="store_true", help="write to stdout even when it is a terminal")
     options.which(p)

@@ -20,9 +20,11 @@ EXAMPLE = "lafs-backup find '*.pdf'"
 
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``find``."""
-    p.add_argument("pattern", help="a glob matched against names (against whole paths if it has a '/')")
+    p.add_argument("pattern", metavar="PATTERN",
+                   help="a glob matched against names (against whole paths if it has a '/')")
     p.add_argument("--regex", action="store_true", help="PATTERN is a regular expression searched in paths")
-    p.add_argument("--snapshot", action="append", metavar="S", help="only this backup (repeatable)")
+    p.add_argument("--snapshot", action="append", metavar="SNAPSHOT",
+                   help=f"only this backup (repeatable): {options.SNAPSHOT_HELP}")
     options.which(p)
 
 

@@ -68,6 +68,12 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
         raise UsageError("only 'grid join' takes a FURL")
     grid = o.grid(ns.dir, listen=ns.listen)
     if ns.action == "up":
+        made = grid.load()
+        if made is not None and ns.listen and made.get("listen") != ns.listen:
+            # (its nodes' addresses are written into their configurations, and into the FURL users hold)
+            was = f"listening as {made['listen']}" if made.get("listen") else "on this machine's loopback only"
+            rep.say(f"lafs-backup: the grid in {grid.dir} was made {was}, and stays so: --listen applies when a "
+                    f"grid is made (a grid to be reached as {ns.listen} is made in another --dir)")
         rep.output(await o.ensure_grid(grid))
         return ExitCode.OK
     if ns.action == "furl":

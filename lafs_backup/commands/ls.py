@@ -24,7 +24,7 @@ EXAMPLE = 'lafs-backup ls -l latest notes'
 
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``ls``."""
-    p.add_argument("snapshot", help="a snapshot cap, a generation number, an id, or 'latest'")
+    options.snapshot(p, "the backup to list")
     p.add_argument("path", nargs="?", default="", help="a directory (or file) in the snapshot, written as ls prints it (default: its root)")
     p.add_argument("-l", "--long", action="store_true", help="mode, owner, group, size and mtime too")
     p.add_argument("-R", "--recursive", action="store_true", help="every entry below, not only the children")

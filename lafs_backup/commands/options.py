@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+#: How every command's help says what a SNAPSHOT argument takes (the same words everywhere; the
+#: rules in full are docs/commands.md's "Naming a snapshot", as history.resolve applies them).
+SNAPSHOT_HELP = ("its id (from 'list') or a unique start of it (4 characters or more), 'latest' (the newest "
+                 "backup of --source), a generation number, or a snapshot cap; digits are a generation when a "
+                 "backup has it, else the start of an id")
+
+
+def snapshot(p: argparse.ArgumentParser, role: str, dest: str = "snapshot", nargs: str | None = None,
+             metavar: str = "SNAPSHOT") -> None:
+    """A positional argument naming a backup (or several, with ``nargs``): ``role`` says what the
+    command does with it, :data:`SNAPSHOT_HELP` what it may be."""
+    p.add_argument(dest, nargs=nargs, metavar=metavar, help=f"{role}: {SNAPSHOT_HELP}")
+
 
 def which(p: argparse.ArgumentParser, what: str = "backups") -> None:
     """--source, --host and --tag: which source's backups a 'latest' (or a listing) means."""

@@ -24,7 +24,7 @@ COUNTERS = ("files", "dirs", "symlinks", "specials", "bytes_written", "requests"
 
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``restore``."""
-    p.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
+    options.snapshot(p, "the backup to restore")
     p.add_argument("paths", nargs="*", metavar="PATH", help="restore only these subtrees")
     p.add_argument("-t", "--target", required=True, metavar="DIR", help="directory to restore into")
     p.add_argument("--no-owner", action="store_true", help="don't restore ownership (as tar --no-same-owner)")

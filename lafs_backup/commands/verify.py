@@ -19,7 +19,7 @@ EXAMPLE = 'lafs-backup verify latest --sample 10'
 
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``verify``."""
-    p.add_argument("snapshot", help="a snapshot cap, a generation number, or 'latest'")
+    options.snapshot(p, "the backup to verify")
     p.add_argument("--sample", type=float, default=100.0, metavar="PERCENT",
                    help="read back only this percentage of the files, chosen at random (default 100)")
     options.which(p)

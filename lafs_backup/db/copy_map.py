@@ -21,5 +21,5 @@ class CopyMap:
 
     def set_copied(self, dest: str, src: str, dst: str) -> None:
         """Grid ``dest`` confirmed ``src`` as ``dst``: committed at once, so a killed copy never sends it again."""
-        self._db.conn.execute("INSERT OR REPLACE INTO copied VALUES (?, ?, ?)", (dest, src, dst))
-        self._db.commit()
+        with self._db.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO copied VALUES (?, ?, ?)", (dest, src, dst))

@@ -1,27 +1,30 @@
 """The local database's sqlite file: opened (created 0600) in WAL mode, its schema made or migrated, its commits
-batched."""
+batched into short write transactions, so that several runs write one file side by side."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sqlite3
 import time
 import types
-from typing import Callable, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Callable, Concatenate, Iterator, ParamSpec, Protocol, TypeVar
 
 from ..errors import CacheBusyError, CacheError
 
-SCHEMA_VERSION = 7
-#: How long to wait for another process's write to finish before calling the cache busy.
+SCHEMA_VERSION = 8
+#: How long to wait for another process's write to finish before calling the cache busy.  Every
+#: write transaction is short (one batch of rows), so a wait this long means something is wrong.
 BUSY_TIMEOUT_MS = 10000
 
 # Every table, and the schema version (``meta.schema_version``) that added each column.  A file
 # of any older version is migrated (``Database._migrate``); a newer one is refused.
 #
 # meta(key, value)  -- 1
-#   schema_version (1); destination (1): the gateway URL the caps belong to; synced: the time of
-#   the last durable commit.
+#   schema_version (1); grid (8): the grid the caps belong to, by its id (``system/grids.py``);
+#   destination (1, unused since 8): the gateway URL, which named the grid before; synced: the
+#   time of the last durable commit.
 #
 # Held by the object cache (objects.py):
 # generations  -- one row per backup run
@@ -35,7 +38,10 @@ BUSY_TIMEOUT_MS = 10000
 #   pack_offset, pack_length (2): set when the content is a slice of the pack named by ``cap``
 #   first_gen (3): the generation that first stored the row.  A row may be used by any backup
 #       whose generation lies in [first_gen, generation]; cleanup deletes a row only when no kept
-#       backup does.  (Rows older than version 3 got first_gen 1.)
+#       backup does.  (Rows older than version 3 got first_gen 1.)  Since 8, with runs of
+#       several sources at once: a use widens the range (first_gen only lowers, generation only
+#       rises) only while the row still holds the cap that run used, and a row stored again
+#       with another cap starts a new range (see objects.py).
 # paths (2)  -- key (a hash of source and path), generation: the source paths whose content was
 #   ever read, to tell a changed file from a new one
 #
@@ -105,6 +111,32 @@ def move_aside(path: str, now: Callable[[], float] = time.time) -> str:
     return dest
 
 
+def move_cache(path: str, dest: str) -> None:
+    """Rename a cache (and its -wal and -shm files) to ``dest``.  The caller holds its lock, so no
+    run writes it; a reader that has it open reads on through its open files, which stay the same."""
+    for suffix in ("-wal", "-shm", ""):  # (the database last: a -wal never waits beside no database)
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, dest + suffix)
+
+
+def owner(path: str) -> tuple[str | None, str | None]:
+    """The grid the cache at ``path`` records, and the gateway URL an earlier version recorded
+    (each None when absent; both when it cannot be read as a cache).  Reads the file alone, as it
+    is (a row still in its -wal is not seen), and leaves nothing beside it (no -wal, no -shm): it
+    may be another grid's."""
+    from urllib.parse import quote
+
+    try:
+        conn = sqlite3.connect(f"file:{quote(path)}?mode=ro&immutable=1", uri=True)
+        try:
+            found = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('grid', 'destination')"))
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None, None
+    return found.get("grid"), found.get("destination")
+
+
 class _OfFile(Protocol):
     """An object of the database file at ``path`` (a guarded class's instance)."""
 
@@ -143,21 +175,31 @@ class Database:
     """Open (creating, mode 0600) and migrate the database at ``path``: one connection, which the
     object cache, the local history and the copy map share.
 
-    Raises :class:`CacheError` if the file is not a usable cache, or was
-    used with another gateway than ``destination``.  A writer holds the
-    cache's lock (see ``system/lock.py``) before it opens it; a ``reader`` does not,
-    sees every commit as it lands, and never writes (but to create or
-    migrate the file, which no writer of this version needs then).
+    Raises :class:`CacheError` if the file is not a usable cache, or belongs
+    to another grid than ``grid`` (an id, see ``system/grids.py``; None: a
+    reader that asks nothing of a gateway).  A writer holds one of the
+    cache's locks (see ``system/lock.py``) before it opens it: runs of
+    different sources (or copy destinations) write the one file at the same
+    time.  A ``reader`` holds none, sees every commit as it lands, and never
+    writes (but to create or migrate the file, which no writer of this
+    version needs then).
 
-    Rows are written only after the gateway confirmed a cap.  The uploader
-    commits rows that record an upload at once; other writes are batched (``commit_rows``
-    rows or ``commit_seconds`` seconds, whichever first; see :meth:`wrote`).  In WAL mode with
-    synchronous=NORMAL a killed process loses no committed row, and a power cut may roll back
-    the last commits but never leaves a damaged file.  A recorded backup is made durable at
-    once (``commit(durable=True)``, a commit at synchronous=FULL).
+    No transaction stays open between writes: reads see the latest commit,
+    and each write is one short ``BEGIN IMMEDIATE`` transaction
+    (:meth:`transaction`), which waits up to ``BUSY_TIMEOUT_MS`` for another
+    run's to end.  So two runs never fail on each other's snapshot, and
+    each reads what the other committed.  Rows are written only after the
+    gateway confirmed a cap.  The object cache holds its rows in memory and
+    writes them in the next transaction; the uploader commits rows that
+    record an upload at once, other rows are batched (``commit_rows`` rows
+    or ``commit_seconds`` seconds, whichever first; see :meth:`wrote`).  In
+    WAL mode with synchronous=NORMAL a killed process loses no committed
+    row, and a power cut may roll back the last commits but never leaves a
+    damaged file.  A recorded backup is made durable at once
+    (``commit(durable=True)``, a commit at synchronous=FULL).
     """
 
-    def __init__(self, path: str, destination: str | None, commit_rows: int = 500,
+    def __init__(self, path: str, grid: str | None, commit_rows: int = 500,
                  commit_seconds: float = 2.0, now: Callable[[], float] = time.time,
                  reader: bool = False) -> None:
         self.path = path
@@ -166,8 +208,10 @@ class Database:
         self._commit_rows = commit_rows
         self._commit_seconds = commit_seconds
         self._dirty = 0
-        #: Writes held in memory (the object cache's), made before each commit: see :meth:`on_flush`.
+        #: Writes held in memory (the object cache's), made first in each write transaction: see :meth:`on_flush`.
         self._flushes: list[Callable[[], None]] = []
+        #: Transactions open (nested ones join the outermost).
+        self._depth = 0
         self._last_commit = now()
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         try:
@@ -181,20 +225,18 @@ class Database:
                 pass
             #: The connection (None once closed).  Used in the thread that opened it only.
             self.conn = sqlite3.connect(path, isolation_level=None)
-            # A writer's commit holds the file for milliseconds: wait for it rather than fail.
+            # Another run's commit holds the file for milliseconds: wait for it rather than fail.
             self.conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
-            self._check_destination(destination)
+            self._check_grid(grid)
             if reader:
                 self.conn.execute("PRAGMA query_only=ON")
         except sqlite3.DatabaseError as e:
             raise db_error(path, e)
         except OSError as e:
             raise CacheError(path=path, problem=e.strerror)
-        if not reader:
-            self.conn.execute("BEGIN")
 
     # -- schema ------------------------------------------------------------
     def _migrate(self) -> None:
@@ -249,46 +291,74 @@ class Database:
             db.execute("ROLLBACK")
             raise
 
-    def _check_destination(self, destination: str | None) -> None:
-        if destination is None:  # a reader that asks nothing of a gateway (backup --dry-run)
+    def _check_grid(self, grid: str | None) -> None:
+        if grid is None:  # a reader that asks nothing of a gateway (backup --dry-run)
             return
-        row = self.conn.execute("SELECT value FROM meta WHERE key='destination'").fetchone()
-        if row is None:
-            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('destination', ?)", (destination,))
-        elif row[0] != destination:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='grid'").fetchone()
+        if row is None and not self.reader:
+            # (A file made before version 8 was named by its gateway's URL: the resource opener
+            # found it for this grid, see resources.py.)
+            with self.transaction():
+                self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('grid', ?)", (grid,))
+            row = self.conn.execute("SELECT value FROM meta WHERE key='grid'").fetchone()
+        if row is not None and row[0] != grid:
             raise CacheError(path=self.path, problem=(
-                f"it belongs to the gateway {row[0]}, not {destination}; caps from one grid "
-                "mean nothing on another. Set source.entry_cache.path to a separate file"))
+                f"it belongs to the grid {row[0]}, not {grid} (the grid of this gateway); caps from one "
+                "grid mean nothing on another. Move it aside (each grid has its own cache)"))
 
     # -- commits -----------------------------------------------------------
     def on_flush(self, flush: Callable[[], None]) -> None:
-        """Have ``flush`` write the rows its owner holds in memory before each commit (and
-        whenever :meth:`flush` is called), so that they land in the transaction that follows."""
+        """Have ``flush`` write the rows its owner holds in memory first in each write
+        transaction, so that they land with it."""
         self._flushes.append(flush)
 
-    def flush(self) -> None:
-        """Write the rows held in memory into the open transaction (not committed)."""
-        for flush in self._flushes:
-            flush()
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``: it waits for another run's to end), which
+        starts by writing the rows held in memory, and commits when the block ends (rolls back
+        if it raises).  Nested, it joins the one open.  Yields the connection."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.conn
+            finally:
+                self._depth -= 1
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            for flush in self._flushes:
+                flush()
+            yield self.conn
+            self.conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):  # (sqlite may have rolled it back already)
+                self.conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._depth = 0
 
     def wrote(self) -> None:
-        """One more row written: commit when the batch is full (rows or seconds, whichever first)."""
+        """One more row held: commit when the batch is full (rows or seconds, whichever first)."""
         self._dirty += 1
         if (self._commit_rows > 0 and self._dirty >= self._commit_rows) or (
                 self._commit_seconds > 0 and self.now() - self._last_commit >= self._commit_seconds):
             self.commit()
 
     def commit(self, durable: bool = False) -> None:
-        """Commit; ``durable``: also sync, so that the commit survives a power cut."""
-        self.flush()
-        self.conn.execute("COMMIT")
+        """Write the rows held in memory, in one transaction; ``durable``: also sync, so that the
+        commit survives a power cut."""
+        with self.transaction():
+            pass
         if durable:
             # One small transaction at synchronous=FULL syncs the write-ahead
             # log, and with it every commit before it.
             self.conn.execute("PRAGMA synchronous=FULL")
-            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('synced', ?)", (repr(self.now()),))
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("BEGIN")
+            try:
+                with self.transaction():
+                    self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('synced', ?)", (repr(self.now()),))
+            finally:
+                self.conn.execute("PRAGMA synchronous=NORMAL")
         self._dirty = 0
         self._last_commit = self.now()
 
@@ -296,11 +366,10 @@ class Database:
         """Commit and close; safe to call twice (a signal's shutdown trigger, then the normal path)."""
         if self.conn is None:
             return
-        if not self.reader:
+        if not self.reader and not self._depth:
             try:
-                self.flush()
-                self.conn.execute("COMMIT")
-            except sqlite3.Error:
+                self.commit()
+            except (sqlite3.Error, CacheError, CacheBusyError):
                 pass
         self.conn.close()
         self.conn = None  # type: ignore[assignment]

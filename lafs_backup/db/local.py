@@ -20,10 +20,10 @@ class LocalDB:
     Like every sqlite object, it is used in the thread that opened it only.
     """
 
-    def __init__(self, path: str, destination: str | None, commit_rows: int = 500,
+    def __init__(self, path: str, grid: str | None, commit_rows: int = 500,
                  commit_seconds: float = 2.0, now: Callable[[], float] = time.time,
                  reader: bool = False) -> None:
-        self.db = Database(path, destination, commit_rows, commit_seconds, now, reader)
+        self.db = Database(path, grid, commit_rows, commit_seconds, now, reader)
         self.path = path
         self.reader = reader
         self.objects = ObjectCache(self.db)

@@ -33,18 +33,19 @@ class LocalHistory:
                       result_file: str | None = None, host: str | None = None, tags: tuple[str, ...] = (),
                       summary: dict[str, Any] | None = None) -> Backup:
         """Record a finished backup, made durable at once (with every row stored before it)."""
-        cur = self._db.conn.execute(
-            "INSERT INTO backups (generation, cap, source, name, ts, link_dir, link_name, result_file, host, "
-            "tags, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (generation, cap, source, name, ts, link_dir, link_name, result_file, host, json.dumps(list(tags)),
-             json.dumps(summary or {})))
+        with self._db.transaction() as db:  # (it writes the rows held first)
+            cur = db.execute(
+                "INSERT INTO backups (generation, cap, source, name, ts, link_dir, link_name, result_file, host, "
+                "tags, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (generation, cap, source, name, ts, link_dir, link_name, result_file, host, json.dumps(list(tags)),
+                 json.dumps(summary or {})))
         self._db.commit(durable=True)  # the record of a finished backup must survive a power cut
         return self._backup_row(int(cur.lastrowid or 0))
 
     def set_recorded(self, row: int, writer: str, record: str) -> None:
         """The repository now records backup ``row`` as ``writer/record``."""
-        self._db.conn.execute("UPDATE backups SET writer=?, record=? WHERE id=?", (writer, record, row))
-        self._db.commit()
+        with self._db.transaction() as db:
+            db.execute("UPDATE backups SET writer=?, record=? WHERE id=?", (writer, record, row))
 
     def backups(self) -> list[Backup]:
         """The backups this cache made, oldest first, with their checks."""
@@ -57,15 +58,14 @@ class LocalHistory:
 
         Returns the number of object rows deleted.  Rows of interrupted runs
         newer than every backup are kept: the next run resumes with them.
+        The caller holds the whole cache's lock (no run is under way).
         """
-        db = self._db.conn
-        self._db.flush()
-        top = db.execute("SELECT MAX(generation) FROM backups").fetchone()[0] or 0
-        for i in rows:
-            db.execute("DELETE FROM backups WHERE id=?", (i,))
-        kept = {r[0] for r in db.execute("SELECT DISTINCT generation FROM backups")}
-        deleted = self._objects.drop_unused(kept, top)
-        self._db.commit()
+        with self._db.transaction() as db:
+            top = db.execute("SELECT MAX(generation) FROM backups").fetchone()[0] or 0
+            for i in rows:
+                db.execute("DELETE FROM backups WHERE id=?", (i,))
+            kept = {r[0] for r in db.execute("SELECT DISTINCT generation FROM backups")}
+            deleted = self._objects.drop_unused(kept, top)
         return deleted
 
     def _backup_row(self, row: int) -> Backup:
@@ -84,12 +84,12 @@ class LocalHistory:
     # -- checks --------------------------------------------------------------
     def set_checked(self, caps: list[str], ts: float, leases: bool) -> None:
         """Record a completed check of these backups (``leases``: it renewed every object's lease)."""
-        for cap in caps:
-            self._db.conn.execute("INSERT INTO checked VALUES (?, ?, NULL) ON CONFLICT(cap) DO UPDATE SET "
-                                  "ts_check=excluded.ts_check", (cap, ts))
-            if leases:
-                self._db.conn.execute("UPDATE checked SET ts_lease=? WHERE cap=?", (ts, cap))
-        self._db.commit()
+        with self._db.transaction() as db:
+            for cap in caps:
+                db.execute("INSERT INTO checked VALUES (?, ?, NULL) ON CONFLICT(cap) DO UPDATE SET "
+                           "ts_check=excluded.ts_check", (cap, ts))
+                if leases:
+                    db.execute("UPDATE checked SET ts_lease=? WHERE cap=?", (ts, cap))
 
     def checks(self) -> dict[str, tuple[float | None, float | None]]:
         """cap -> (last check, last lease renewal) of every backup ever checked from here."""
@@ -98,7 +98,8 @@ class LocalHistory:
     # -- copies on other grids -------------------------------------------------
     def record_copy(self, cap: str, dest: str, dst: str, ts: float) -> None:
         """Snapshot ``cap`` is held by grid ``dest`` too, as ``dst`` (made durable at once)."""
-        self._db.conn.execute("INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?)", (cap, dest, dst, ts))
+        with self._db.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?)", (cap, dest, dst, ts))
         self._db.commit(durable=True)
 
     def copies(self) -> dict[str, list[str]]:

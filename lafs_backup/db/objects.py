@@ -13,8 +13,8 @@ from .database import Database, guarded
 #: Keys asked for in one query by :meth:`ObjectCache.lookup_many` (sqlite before 3.32 takes 999
 #: parameters at most).
 LOOKUP_BATCH = 500
-#: Rows marked as used, held until they are written together (their keys: about 7 MB at most).
-BUMP_BATCH = 100000
+#: Rows marked as used, held until they are written together (their keys and caps: about 6 MB at most).
+BUMP_BATCH = 20000
 
 
 @functools.lru_cache(maxsize=64)
@@ -30,15 +30,23 @@ class ObjectCache:
 
     Rows stored and marks of rows used are held in memory and written at the
     next commit of ``db`` (whoever makes it), in key order.
+
+    Several runs (of different sources) may write the file at once, each
+    with its own generation.  So a row's range of generations only widens
+    (``first_gen`` only lowers, ``generation`` only rises), and only while
+    the row holds the cap the run used: a run that stores a key another
+    stored meanwhile under another cap starts the row's range anew, with its
+    own generation.  The range then never claims a generation whose backup
+    does not use the row's cap, and cleanup never keeps a row alive for a
+    backup that does not renew its object's lease.
     """
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self.path = db.path
         self.reader = db.reader
-        #: Keys of rows looked up by generation ``_bump_gen``, to be marked as used by it.
-        self._bumps: list[bytes] = []
-        self._bump_gen = 0
+        #: Rows looked up, to be marked as used: (key, the cap found, the generation that used it).
+        self._bumps: list[tuple[bytes, str, int]] = []
         # Rows stored but not yet written to the file (see _flush_writes): key -> row.
         self._new_objects: dict[bytes, tuple[Any, ...]] = {}
         self._new_paths: dict[bytes, int] = {}
@@ -54,46 +62,48 @@ class ObjectCache:
         an incremental backup builds on (None: a backup that looks at every entry).
 
         An interrupted run's generation (the newest for this source, with no
-        finished backup) is reused, so a resumed run doesn't leave a gap.
+        finished backup, and no newer generation of any source since) is
+        reused, so a resumed run doesn't leave a gap.  The caller holds the
+        source's lock, so no run of it is under way: a generation without a
+        backup is an interrupted one.  Allocated in one write transaction:
+        runs of other sources starting at the same time get generations of
+        their own.
         """
-        db = self._db.conn
-        self._db.flush()
-        row = db.execute(
-            "SELECT gen FROM generations WHERE source=? ORDER BY gen DESC LIMIT 1", (source,)).fetchone()
-        if row is not None:
-            # Finished: the local history recorded a backup of it.
-            done = db.execute("SELECT 1 FROM backups WHERE generation=?", (row[0],)).fetchone()
-            newest = db.execute("SELECT MAX(gen) FROM generations").fetchone()[0]
-            if not done and row[0] == newest:
-                db.execute("UPDATE generations SET base=? WHERE gen=?", (base, row[0]))
-                self._db.commit()
-                return int(row[0])
-        top = db.execute(
-            "SELECT MAX(g) FROM (SELECT MAX(gen) AS g FROM generations "
-            "UNION ALL SELECT MAX(generation) FROM objects)").fetchone()[0]
-        gen = int(top or 0) + 1
-        db.execute("INSERT INTO generations VALUES (?, ?, ?, ?)", (gen, source, self._db.now(), base))
-        self._db.commit()
+        with self._db.transaction() as db:
+            row = db.execute(
+                "SELECT gen FROM generations WHERE source=? ORDER BY gen DESC LIMIT 1", (source,)).fetchone()
+            if row is not None:
+                # Finished: the local history recorded a backup of it.
+                done = db.execute("SELECT 1 FROM backups WHERE generation=?", (row[0],)).fetchone()
+                newest = db.execute("SELECT MAX(gen) FROM generations").fetchone()[0]
+                if not done and row[0] == newest:
+                    db.execute("UPDATE generations SET base=? WHERE gen=?", (base, row[0]))
+                    return int(row[0])
+            top = db.execute(
+                "SELECT MAX(g) FROM (SELECT MAX(gen) AS g FROM generations "
+                "UNION ALL SELECT MAX(generation) FROM objects)").fetchone()[0]
+            gen = int(top or 0) + 1
+            db.execute("INSERT INTO generations VALUES (?, ?, ?, ?)", (gen, source, self._db.now(), base))
         return gen
 
     def drop_unused(self, kept: set[int], top: int) -> int:
         """Delete the rows and generations up to ``top`` that no generation in ``kept`` can use,
         nor any generation an incremental one among them builds on; returns the rows deleted.
 
-        Not committed: the local history calls it inside its ``forget``, which commits.
+        In one write transaction (the local history's ``forget`` calls it inside its own).  The
+        caller holds the whole cache's lock: no run is under way, whose rows it could take.
         """
-        db = self._db.conn
-        self._db.flush()
-        kept = self._with_bases(kept)
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS kept (g INTEGER PRIMARY KEY)")
-        db.execute("DELETE FROM kept")
-        db.executemany("INSERT INTO kept VALUES (?)", [(g,) for g in kept])
-        cur = db.execute(
-            "DELETE FROM objects WHERE generation <= ? AND NOT EXISTS "
-            "(SELECT 1 FROM kept WHERE g BETWEEN COALESCE(objects.first_gen, 1) AND objects.generation)",
-            (top,))
-        deleted = cur.rowcount
-        db.execute("DELETE FROM generations WHERE gen <= ? AND gen NOT IN (SELECT g FROM kept)", (top,))
+        with self._db.transaction() as db:
+            kept = self._with_bases(kept)
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS kept (g INTEGER PRIMARY KEY)")
+            db.execute("DELETE FROM kept")
+            db.executemany("INSERT INTO kept VALUES (?)", [(g,) for g in kept])
+            cur = db.execute(
+                "DELETE FROM objects WHERE generation <= ? AND NOT EXISTS "
+                "(SELECT 1 FROM kept WHERE g BETWEEN COALESCE(objects.first_gen, 1) AND objects.generation)",
+                (top,))
+            deleted = cur.rowcount
+            db.execute("DELETE FROM generations WHERE gen <= ? AND gen NOT IN (SELECT g FROM kept)", (top,))
         return deleted
 
     def _with_bases(self, kept: set[int]) -> set[int]:
@@ -122,9 +132,7 @@ class ObjectCache:
         if row is None:
             return None
         if row[2] != generation and not self.reader:
-            self._bump(generation, key)
-            if len(self._bumps) >= BUMP_BATCH:
-                self._flush_bumps()
+            self._bump(key, row[0], generation)
         return Hit(row[0], row[1], row[3], row[4], row[5])
 
     def lookup_many(self, keys: list[bytes], generation: int) -> dict[bytes, Hit]:
@@ -140,27 +148,22 @@ class ObjectCache:
             found.update((k, self._new_hit(k, new[k], generation)) for k in keys if k in new)
             keys = [k for k in keys if k not in found]
         db = self._db.conn
-        self._bump_generation(generation)
         bumps, marks = self._bumps, not self.reader
         for i in range(0, len(keys), LOOKUP_BATCH):
             chunk = keys[i:i + LOOKUP_BATCH]
             for key, cap, sha256, gen, enc, offset, length in db.execute(_select_many(len(chunk)), chunk):
                 if gen != generation and marks:
-                    bumps.append(key)
+                    bumps.append((key, cap, generation))
                 found[key] = Hit(cap, sha256, enc, offset, length)
-        if len(self._bumps) >= BUMP_BATCH:
-            self._flush_bumps()
+        if len(bumps) >= BUMP_BATCH:
+            self._db.commit()
         return found
 
-    def _bump(self, generation: int, key: bytes) -> None:
+    def _bump(self, key: bytes, cap: str, generation: int) -> None:
         # Marking rows as used is batched (see _flush_bumps): an unchanged rerun touches every row.
-        self._bump_generation(generation)
-        self._bumps.append(key)
-
-    def _bump_generation(self, generation: int) -> None:
-        if generation != self._bump_gen:
-            self._flush_bumps()
-            self._bump_gen = generation
+        self._bumps.append((key, cap, generation))
+        if len(self._bumps) >= BUMP_BATCH:
+            self._db.commit()
 
     def _new_hit(self, key: bytes, row: tuple[Any, ...], generation: int) -> Hit:
         if row[3] != generation and not self.reader:
@@ -170,13 +173,20 @@ class ObjectCache:
     def _flush_writes(self) -> None:
         """Write the rows stored since the last flush, in key order (the keys are hashes: in
         order, the inserts walk the table's pages once instead of landing on random ones), then
-        the marks of rows used."""
+        the marks of rows used.  Called first in each write transaction (``Database.transaction``)."""
         if self._new_objects:
             rows = sorted(self._new_objects.values())
             self._new_objects = {}
+            # A key stored before with the same cap: its range widens.  With another cap (another
+            # run stored it meanwhile, or --mode force stored it again): the row is this one,
+            # whose range starts here.
             self._db.conn.executemany(
                 "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
-                "cap=excluded.cap, sha256=excluded.sha256, generation=excluded.generation, enc=excluded.enc, "
+                "first_gen=CASE WHEN objects.cap=excluded.cap "
+                "THEN MIN(COALESCE(objects.first_gen, 1), excluded.first_gen) ELSE excluded.first_gen END, "
+                "generation=CASE WHEN objects.cap=excluded.cap "
+                "THEN MAX(objects.generation, excluded.generation) ELSE excluded.generation END, "
+                "cap=excluded.cap, sha256=excluded.sha256, enc=excluded.enc, "
                 "pack_offset=excluded.pack_offset, pack_length=excluded.pack_length", rows)
         if self._new_paths:
             paths = sorted(self._new_paths.items())
@@ -187,11 +197,12 @@ class ObjectCache:
     def _flush_bumps(self) -> None:
         if self._bumps:
             # In key order, the updates walk the table's pages once, front to back; in
-            # lookup order (random: keys are hashes) each lands on a page read anew.
+            # lookup order (random: keys are hashes) each lands on a page read anew.  Only a row
+            # that still holds the cap the run found: another run may have stored it anew.
             self._bumps.sort()
-            gen = self._bump_gen
-            self._db.conn.executemany("UPDATE objects SET generation=? WHERE key=?",
-                                      ((gen, k) for k in self._bumps))
+            self._db.conn.executemany(
+                "UPDATE objects SET generation=MAX(generation, ?1), first_gen=MIN(COALESCE(first_gen, 1), ?1) "
+                "WHERE key=?2 AND cap=?3", ((gen, key, cap) for key, cap, gen in self._bumps))
             self._bumps = []
 
     def store(self, key: bytes, cap: str, generation: int, sha256: bytes | None = None,

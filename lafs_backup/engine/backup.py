@@ -1,5 +1,6 @@
 """A backup run: phase one walks the source into the queue (in a thread), phase two uploads it under the
-entry cache's lock, and the finished backup is recorded and published (see ``engine.publish``).
+source's lock on the entry cache (runs of other sources go on beside it), and the finished backup is
+recorded and published (see ``engine.publish``).
 
 Unchanged subtrees of the last backup are kept whole (``backup.settled``); a
 cleanup that forgets that backup meanwhile makes the run walk again."""
@@ -36,6 +37,7 @@ from ..repository import Repository
 from ..store.entry import Entry
 from ..store.snapshot import Child
 from ..store.store import Store, StoreSettings
+from ..system.lock import source_scope
 from ..system.places import state_dir
 from .publish import publish, rebuild_cache, record_backup, unhappy
 from .runtime import Runtime
@@ -50,7 +52,7 @@ class Interrupted(Exception):
 class Target(Protocol):
     """Where a backup is written, as the resource opener (``resources.Opener``) opens it."""
 
-    def locked_cache(self, fresh: bool = False) -> AsyncContextManager[LocalDB]: ...
+    def locked_cache(self, fresh: bool = False, scope: str | None = None) -> AsyncContextManager[LocalDB]: ...
 
     async def cache_path(self) -> str: ...
 
@@ -360,10 +362,12 @@ class Made:
 async def phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target, source: Source, qpath: str,
                     totals: list[int], job: Job, incremental: Incremental | None = None,
                     trees_at: str | None = None) -> Made:
-    """Upload a queue and record the backup: under the cache's lock, into the repository.
+    """Upload a queue and record the backup: under the source's lock on the cache (a run of another
+    source may write it at the same time), into the repository.
     ``trees_at``: where to write the trees file of this backup, for the next one's walk."""
     rep = rt.reporter
-    async with target.locked_cache(fresh=job.rebuild_cache) as db:
+    sent_before = gw.bytes_sent
+    async with target.locked_cache(fresh=job.rebuild_cache, scope=source_scope(source.label)) as db:
         cache = db.objects  # what the store and the uploader look up and record
         repo = await target.repository(create=True)
         assert repo is not None  # (made if there was none)
@@ -376,7 +380,7 @@ async def phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target, 
         dest = conf.destination
         store = Store(gw, cache, gen, StoreSettings(dest.pack_max_file_size, dest.pack_target_size,
                                                     max(1, conf.operation.window // 2), dest.encoding,
-                                                    mode=job.mode),
+                                                    mode=job.mode, tree=dest.tree),
                       rep.stats, rt.reactor, rt.in_thread)
         inc = incremental or Incremental(None)
         store.packs_used |= inc.packs
@@ -388,7 +392,7 @@ async def phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target, 
                             rt.reactor, hold=inc.hold, indexer=indexer)
         if rt.op is not None:
             rt.op.uploader = uploader
-        progress = Progress(rep, rt.reactor, totals[0], totals[1])
+        progress = Progress(rep, rt.reactor, totals[0], totals[1], uploader)
         progress.start()
         try:
             with QueueReader(qpath, expect_source=source.label) as reader:
@@ -409,12 +413,13 @@ async def phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target, 
             b = await record_backup(rep, dest.result, db.history, gw, gen, snap, source.label, job.host, job.tags)
             if trees_at is not None:
                 _save_trees(trees_at, snap, gen, store, uploader, incremental)
-            await publish(rep, repo, db.history)
+            await publish(rep, repo, db.history, source.label)
             target.forget_backups()
         if incremental is None or incremental.settled is not None:  # (not each round of watch)
             said = history.expiring_warning(await target.backups(), time.time(), dest.lease_days)
             if said:
                 rep.advise("leases", said)
+    rep.stats.bytes_sent = gw.bytes_sent - sent_before  # (the repository's records included)
     return Made(snap, b, gen, frozenset(store.packs_used), frozenset(store.encoded_used), uploader.index_caps,
                 uploader.tree)
 
@@ -425,7 +430,8 @@ class Forgotten(Exception):
 
 def _load_trees(conf: Config, at: str) -> subtrees.Trees | None:
     """The trees file at ``at``, if it was made with this configuration's settings."""
-    return subtrees.load(at, subtrees.fingerprint(conf.destination.pack_max_file_size == 0))
+    return subtrees.load(at, subtrees.fingerprint(conf.destination.pack_max_file_size == 0,
+                                                      conf.destination.tree))
 
 
 def _settled_trees(conf: Config, at: str) -> subtrees.Trees | None:
@@ -462,8 +468,8 @@ def _save_trees(at: str, snap: str, gen: int, store: Store, uploader: Uploader,
                 incremental: Incremental | None) -> None:
     """Write the trees file of the backup just recorded (a failure costs the next backup time only)."""
     before = incremental.settled if incremental is not None else None
-    trees = subtrees.Trees(snap, gen, subtrees.fingerprint(store.settings.plain), before.chain + 1 if before else 1,
-                          uploader.index_caps, frozenset(store.packs_used), frozenset(store.encoded_used),
+    trees = subtrees.Trees(snap, gen, subtrees.fingerprint(store.settings.plain, store.settings.tree),
+                          before.chain + 1 if before else 1, uploader.index_caps, frozenset(store.packs_used), frozenset(store.encoded_used),
                           uploader.trees)
     try:
         subtrees.save(at, trees)

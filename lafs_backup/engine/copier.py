@@ -37,7 +37,7 @@ from ..protocols import GatewayLike
 from ..read.reader import Reader
 from ..slots import Slots
 from ..store.index import BadIndex, IndexWriter
-from ..store.snapshot import INDEX, body_names, canonical_json, index_body, index_caps
+from ..store.snapshot import INDEX, INDEX_TREE, body_names, canonical_json, dir_id, index_body, index_caps, is_dir_id
 from ..store.protocols import WriterLike
 from ..store.store import Writer, full_error, temp_file, write_all
 from ..system.paths import LocalFile
@@ -125,7 +125,10 @@ class Copier:
             made_index = await self._index(index[1].get("ro_uri"))
             if made_index is not None:
                 edges[INDEX] = ["dirnode", {"ro_uri": made_index}]
-        made = await self.out.mkdir(canonical_json(edges))
+        body = canonical_json(edges)
+        # A directory that lives in the index alone is named by its body: the index made last
+        # records it under that name.
+        made = dir_id(body) if is_dir_id(cap) else await self.out.mkdir(body)
         self._record(cap, made)
         self.stats.dirs += 1
         return str(made)
@@ -143,6 +146,8 @@ class Copier:
             meta["pack"] = {**pack, "cap": await self._object(pack["cap"])}
         if isinstance(meta.get("object"), str):
             meta["object"] = await self._object(meta["object"])
+        if isinstance(meta.get(INDEX_TREE), str):  # the tree's root, in the index alone
+            meta[INDEX_TREE] = await self._dir(meta[INDEX_TREE])
         # A file stored as itself (a plain tree, which `tahoe cp` restores) must keep exactly its bytes;
         # every other object is read by offset or length, so a salt after its bytes changes nothing.
         exact = ntype == "filenode" and meta.get("type") == "file" and "pack" not in meta and "object" not in meta

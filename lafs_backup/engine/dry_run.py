@@ -24,7 +24,7 @@ from ..backup.source import Source, WarnFn
 from ..config import Config
 from ..db.local import LocalDB
 from ..log import NOISE
-from ..report import Reporter, _size, outcome
+from ..report import Reporter, outcome, size_text
 from ..store.entry import Entry
 from ..store.protocols import ObjectCacheLike
 from ..caps import LIT_MAX
@@ -58,7 +58,8 @@ class Plan:
 async def dry_run(rt: Runtime, conf: Config, source: Source, sel: Selection, mode: str,
                   where: tuple[str, str | None] | None) -> int:
     """Walk and plan every file; report what a backup would do and return the exit code.
-    ``where``: the entry cache's path and gateway URL (None: there is no cache yet)."""
+    ``where``: the entry cache's path and its grid (None: there is no cache yet, or its grid is not
+    known without asking the gateway)."""
     rep = rt.reporter
     plain = conf.destination.pack_max_file_size == 0
     stop = threading.Event()
@@ -108,10 +109,10 @@ def _report(rep: Reporter, source: str, p: Plan) -> None:
                     "warnings": rep.stats.warnings})
         return
     lines = [f"dry run of a backup of {source}: nothing was written",
-             f"  files: {p.files} ({_size(p.bytes_total)}): {p.files_unchanged} unchanged, {p.files_read} "
+             f"  files: {p.files} ({size_text(p.bytes_total)}): {p.files_unchanged} unchanged, {p.files_read} "
              f"to read and hash",
-             f"  would upload: {p.files_to_upload} files, {_size(p.bytes_to_upload)} (before compression); "
-             f"already stored (deduplicated): {p.files_deduplicated} files, {_size(p.bytes_deduplicated)}; "
+             f"  would upload: {p.files_to_upload} files, {size_text(p.bytes_to_upload)} (before compression); "
+             f"already stored (deduplicated): {p.files_deduplicated} files, {size_text(p.bytes_deduplicated)}; "
              f"inline: {p.files_inline}",
              f"  directories: {p.dirs}; symlinks: {p.symlinks}; special files: {p.specials}",
              *rep.excluded_lines()]

@@ -46,13 +46,15 @@ async def record_backup(rep: Reporter, result: ResultConfig, cache: LocalHistory
                                ts, result.append_to_lafs_dir, lname, result_file, host, tags, summary)
 
 
-async def publish(rep: Reporter, repo: Repository, cache: LocalHistory) -> None:
-    """Record in the repository every backup of this cache it does not hold yet (this one, and any a
-    run before could not record there)."""
+async def publish(rep: Reporter, repo: Repository, cache: LocalHistory, source: bytes) -> None:
+    """Record in the repository every backup of ``source`` in this cache it does not hold yet (this
+    one, and any a run before could not record there).  The caller holds the source's lock: only it
+    writes that source's directories in the repository (another source's are its own runs' to
+    write, which may be under way)."""
     from ..repository import Record
 
     for b in cache.backups():
-        if b.record or b.row is None:
+        if b.record or b.row is None or b.source != source:
             continue
         try:
             placed = await repo.add(Record(b.cap, b.host or this_host(), b.source, b.ts, b.generation, b.tags,

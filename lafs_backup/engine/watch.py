@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IDelayedCall
 
 from ..backup import changes as ch
 from ..backup.changes import Change, Changes, Round, parent_of
+from ..backup.indexer import INDEX_CARRIED_MAX
 from ..backup.scan import WalkHooks
 from ..backup.select import CACHEDIR_TAG
 from ..filters import parse_if_present
@@ -34,7 +35,7 @@ from ..config import Config
 from ..errors import CacheBusyError, GridError, LockedError, UsageError
 from ..history import iso
 from ..protocols import GatewayLike
-from ..report import Stats
+from ..report import Stats, size_text
 from ..store.entry import Entry
 from ..store.snapshot import Child, Node
 from .backup import Incremental, Job, Made, SelectArgs, Target, phase_one, phase_two, selection
@@ -266,7 +267,7 @@ class Watcher:
 
     async def _round(self, r: Round, failing: bool = False) -> None:
         """One snapshot: a full walk (``r.everything``) or an incremental one."""
-        full = r.everything or self.previous is None or self.made is None
+        full = r.everything or self.previous is None or self.made is None or self._index_full(self.made)
         self.rep.stats = Stats()
         self.rep._start = self.rep._now()
         gw = await self.target.gateway()
@@ -330,6 +331,12 @@ class Watcher:
         self.made = made
         self._report(r, full, made, gw, before, time.monotonic() - t0, len(held))
 
+    def _index_full(self, made: Made) -> bool:
+        """Must this round walk the whole tree because its directories live in the index alone,
+        and the index it would carry over is missing or has reached its bound?"""
+        return self.conf.destination.tree == "index" and (
+            not made.index or len(made.index) >= INDEX_CARRIED_MAX)
+
     async def _previous_edge(self, previous: DirNode | None, e: Entry, listings: _Listings) -> Child | None:
         """A file still being written keeps its edge from the previous snapshot (None: it had none).
         ``listings``: the previous directories listed in this round, each listed once."""
@@ -350,7 +357,13 @@ class Watcher:
             waiters: list[Deferred] = []
             listings[parent] = waiters
             try:
-                nodes = await Reader(await self.target.gateway()).children(Node(b"", "d", node.cap, {}))
+                reader = Reader(await self.target.gateway())
+                try:
+                    if self.made is not None:
+                        await reader.root(self.made.cap)  # (its index holds the directories)
+                    nodes = await reader.children(Node(b"", "d", node.cap, {}))
+                finally:
+                    reader.close()
             except BaseException as err:
                 del listings[parent]
                 for w in waiters:
@@ -374,12 +387,13 @@ class Watcher:
         event = {"type": "snapshot", "id": b.short_id, "generation": made.generation, "time": iso(b.ts),
                  "incremental": not full, "changes": r.changes, "dirs_rescanned": s.dirs if full else len(r.closure), "files": s.files, "files_uploaded": s.files_uploaded,
                  "files_changed": s.files_changed, "files_new": s.files_new, "bytes_uploaded": s.bytes_uploaded,
-                 "dirs_created": s.dirs_new, "held": held, "requests": requests,
+                 "bytes_sent": s.bytes_sent,
+                 "dirs_created": s.dirs_new, "dirs_indexed": s.dirs_indexed, "held": held, "requests": requests,
                  "requests_total": sum(requests.values()), "warnings": s.warnings, "seconds": round(seconds, 3)}
         text = (f"snapshot {b.short_id} (generation {made.generation}, {iso(b.ts)}): "
                 + ("full rescan" if full else f"{r.changes} change(s), {len(r.closure)} director(ies) rescanned")
                 + f"; {s.files_uploaded} file(s) stored, {s.dirs_new} director(ies) made, "
-                  f"{sum(requests.values())} request(s), {seconds:.1f}s"
+                  f"{size_text(s.bytes_sent)} sent, {sum(requests.values())} request(s), {seconds:.1f}s"
                 + (f"; {held} file(s) still being written wait for the next round" if held else ""))
         self.rep.emit(text, event, err=not self.rep.json_mode)
 

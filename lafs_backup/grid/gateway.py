@@ -55,6 +55,11 @@ class Gateway:
         return self.sender.counts
 
     @property
+    def bytes_sent(self) -> int:
+        """Bytes of request bodies handed to the gateway so far (failed attempts taken back)."""
+        return self.sender.bytes_sent
+
+    @property
     def inflight(self) -> set[Attempt]:
         """In-flight attempts, for the manhole's ``debug_timeouts``."""
         return self.sender.inflight

@@ -182,9 +182,9 @@ class _Watchdog:
 
 @implementer(IConsumer)
 class _TickingConsumer:
-    """Passes body bytes on to the transport, telling the watchdog that bytes moved."""
+    """Passes body bytes on to the transport, telling ``tick`` how many moved."""
 
-    def __init__(self, consumer: IConsumer, tick: Callable[[], None]) -> None:
+    def __init__(self, consumer: IConsumer, tick: Callable[[int], None]) -> None:
         self._consumer = consumer
         self._tick = tick
 
@@ -195,21 +195,29 @@ class _TickingConsumer:
         self._consumer.unregisterProducer()
 
     def write(self, data: bytes) -> None:
-        self._tick()
+        self._tick(len(data))
         self._consumer.write(data)
 
 
 @implementer(IBodyProducer)
 class _WatchedBody:
-    """A request body read from a file object, watched by a :class:`_Watchdog`."""
+    """A request body read from a file object, watched by a :class:`_Watchdog`; ``moved(n)`` is
+    told of each ``n`` bytes handed to the connection (``written`` adds them up)."""
 
-    def __init__(self, fobj: BodyFile, watchdog: _Watchdog) -> None:
+    def __init__(self, fobj: BodyFile, watchdog: _Watchdog, moved: Callable[[int], None]) -> None:
         self._inner = FileBodyProducer(fobj, readSize=1 << 16)
         self.length = self._inner.length
         self._wd = watchdog
+        self._moved = moved
+        self.written = 0
+
+    def _tick(self, n: int) -> None:
+        self._wd.activity()
+        self.written += n
+        self._moved(n)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        d = self._inner.startProducing(_TickingConsumer(consumer, self._wd.activity))
+        d = self._inner.startProducing(_TickingConsumer(consumer, self._tick))
 
         def done(result: None) -> None:
             self._wd.sent()
@@ -248,6 +256,9 @@ class Sender:
         self.limit_objects = limit_objects
         #: Requests sent, by kind ("put", "mkdir", "get", ...), attempts included.
         self.counts: Counter[str] = Counter()
+        #: Bytes of request bodies handed to the connection, as they go (what progress counts).  An
+        #: attempt that fails is taken back: its bytes are sent again, or the request fails.
+        self.bytes_sent = 0
         #: In-flight attempts, for the manhole's ``debug_timeouts``.
         self.inflight: set[Attempt] = set()
         self._slots = Slots(jobs, clock)
@@ -330,11 +341,11 @@ class Sender:
         wd = _Watchdog(self.clock, self.retry.timeout if call.timed else None,
                        self._answer_wait(size) if call.timed else None, att)
         fobj: BodyFile | None = None
+        data: _WatchedBody | None = None
         try:
-            data: _WatchedBody | None = None
             if call.body is not None:
                 fobj = call.body() if callable(call.body) else io.BytesIO(call.body)
-                data = _WatchedBody(fobj, wd)
+                data = _WatchedBody(fobj, wd, self._moved)
 
             async def collect(resp: IResponse, sink: Callable[[bytes], None]) -> None:
                 def fed(chunk: bytes) -> None:
@@ -368,16 +379,31 @@ class Sender:
             finally:
                 self.inflight.discard(att)
                 wd.stop()
+        except BaseException:
+            self._take_back(data)
+            raise
         finally:
             if fobj is not None:
                 fobj.close()
         show = self.show(call.url)
+        error: GatewayError | None = None
         if code not in call.ok:
-            return code, result, GatewayError(call.method, show, code, result)
-        problem = call.check(result) if call.check is not None else None
-        if problem is not None:
-            return code, result, GatewayError(call.method, show, None, "", reason=f"bad answer: {problem}")
-        return code, result, None
+            error = GatewayError(call.method, show, code, result)
+        else:
+            problem = call.check(result) if call.check is not None else None
+            if problem is not None:
+                error = GatewayError(call.method, show, None, "", reason=f"bad answer: {problem}")
+        if error is not None:
+            self._take_back(data)
+        return code, result, error
+
+    def _moved(self, n: int) -> None:
+        self.bytes_sent += n
+
+    def _take_back(self, body: _WatchedBody | None) -> None:
+        """A failed attempt's bytes no longer count as sent."""
+        if body is not None:
+            self.bytes_sent -= body.written
 
 
 def body_size(body: Body) -> int:

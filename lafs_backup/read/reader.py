@@ -30,7 +30,8 @@ from ..store.encode import Decoder
 from ..store.packer import PackRef
 from ..store.index import BadIndex, Record
 from ..store.index import records as index_records
-from ..store.snapshot import INDEX, OBJECTS, BadSnapshot, Node, index_caps, pack_caps, parse_children, parse_root
+from ..store.snapshot import (INDEX, OBJECTS, BadSnapshot, Node, dir_id, index_caps, is_dir_id, pack_caps,
+                              parse_children, parse_root)
 from ..store.store import temp_file, write_all
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,14 @@ class Reader:
         self.gw = gateway
         self.clock: IReactorTime = clock if clock is not None else gateway.clock
         self._packs = _PackReader(gateway, whole_packs, tmpdir)
-        #: Directory bodies from snapshot indexes (None: every directory is read from the grid).
+        self._tmpdir = tmpdir
+        #: Directory bodies from snapshot indexes (None: every directory is read from the grid,
+        #: but those of a snapshot that keeps them in its index alone).
         self.index = _IndexStore(tmpdir) if use_index else None
         self._jobs = max(1, jobs)
+        #: Index directories only partly loaded (by :meth:`load_differences`): loaded whole when a
+        #: directory that lives in an index alone is not found.
+        self._partly: list[str] = []
 
     @property
     def whole_packs(self) -> bool:
@@ -95,6 +101,11 @@ class Reader:
         children = (listing[1].get("children") or {}) if isinstance(listing, list) else {}
         objects = children.get(OBJECTS)
         index = children.get(INDEX)
+        if is_dir_id(tree.cap):  # its directories are in its index alone
+            if not index:
+                raise SnapshotError(what="(given)", problem="its directories are in an index it does not link")
+            if self.index is None:
+                self.index = _IndexStore(self._tmpdir)
         if index and self.index is not None:
             await self._load_index(index[1].get("ro_uri"))
         return tree, (objects[1].get("ro_uri") if objects else None)
@@ -123,6 +134,7 @@ class Reader:
         chunks_b = index_caps(await self.gw.get_json(b))
         shared = set(chunks_a) & set(chunks_b)
         await self._load_chunks([c for c in chunks_a + chunks_b if c not in shared])
+        self._partly += [a, b]
         self.index.loaded.update((a, b))
 
     async def load_index(self, chunks: list[str]) -> None:
@@ -172,14 +184,33 @@ class Reader:
 
     async def raw_listing(self, cap: str) -> JSON:
         """A directory's listing (``["dirnode", {"children": ...}]``): from a loaded index, else from
-        the grid."""
-        body = self.index.body(cap) if self.index is not None else None
+        the grid.  A directory that lives in an index alone is proven by its name (the SHA-256 of
+        its body); raises :class:`SnapshotError` when its record is missing or not its own."""
+        body = await self._index_only(cap) if is_dir_id(cap) else (
+            self.index.body(cap) if self.index is not None else None)
         if body is not None:
             try:
                 return ["dirnode", {"children": json.loads(body)}]
             except ValueError:
                 raise SnapshotError(what="(given)", problem="an index record is not a directory")
         return await self.gw.get_json(cap)
+
+    async def _index_only(self, cap: str) -> bytes:
+        """The body of a directory that lives in an index alone, checked against its name."""
+        if self.index is not None:
+            while self._partly and self.index.body(cap) is None:
+                whole = self._partly.pop()
+                self.index.loaded.discard(whole)
+                await self._load_index(whole)
+        body = self.index.body(cap) if self.index is not None else None
+        if body is None:
+            raise SnapshotError(what="(given)", problem=(
+                "a directory is missing from the snapshot index, which alone holds it (an index chunk "
+                "could not be read; `check --repair` may restore its shares)"))
+        if dir_id(body) != cap:
+            raise SnapshotError(what="(given)", problem="a directory of the snapshot index is damaged: its record "
+                                                        "does not match its name")
+        return body
 
     @property
     def has_index(self) -> bool:
@@ -204,7 +235,7 @@ class Reader:
     def indexed_children(self, node: Node) -> list[Node] | None:
         """A directory's edges as a loaded index records them (None: it is not there)."""
         body = self.index.body(node.cap) if self.index is not None else None
-        if body is None:
+        if body is None or (is_dir_id(node.cap) and dir_id(body) != node.cap):
             return None
         try:
             return parse_children(["dirnode", {"children": json.loads(body)}])

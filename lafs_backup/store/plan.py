@@ -7,7 +7,8 @@ content is reused without reading it), to be read, or skipped.  Once read and
 hashed, from the cache row for its content (:func:`for_content`): known
 content (stored already, by this backup or an earlier one) or to be
 stored.  A directory is decided from the cache row for its exact body
-(:func:`for_directory`).  Every decision is a :class:`Decision` with its
+(:func:`for_directory`), or, when the tree lives in the snapshot index
+alone, named by its body and recorded there (:func:`in_index`).  Every decision is a :class:`Decision` with its
 reason, logged at DEBUG as borg logs its files cache ("UNCHANGED: ...").
 """
 
@@ -24,6 +25,7 @@ READ = "read"
 KNOWN = "known"
 STORE = "store"
 SKIP = "skip"
+INDEX = "index"
 
 MODES = ("stat", "checksum", "verify", "force")
 
@@ -149,3 +151,9 @@ def for_directory(known: Hit | None, mode: str) -> Decision:
     if known is not None:
         return Decision(KNOWN, "the same children and metadata were stored already", known)
     return Decision(STORE, "its children or their metadata changed")
+
+
+def in_index(name: str) -> Decision:
+    """A directory that lives in the snapshot index alone: recorded there under ``name`` (its
+    ``snapshot.dir_id``), at no request."""
+    return Decision(INDEX, "recorded in the snapshot index", Hit(name, None))

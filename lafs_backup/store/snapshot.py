@@ -5,6 +5,12 @@ source root's directory, whose edge carries the root's own metadata.  Every
 edge below carries the entry's metadata (see :func:`edge_metadata`).  Tahoe
 normalises child names to NFC and needs them as UTF-8, so when a name's
 bytes differ from its key the exact bytes ride along in ``name_b64``.
+
+The source's directories are either Tahoe directories (one
+``mkdir-immutable`` each: any Tahoe tool can browse them) or, by default,
+records of the snapshot's index alone, named by the SHA-256 of their body
+(:func:`dir_id`): then ``tree`` points at a small marker directory and its
+edge's ``index_tree`` metadata names the root's record.
 """
 
 from __future__ import annotations
@@ -24,6 +30,11 @@ from .entry import (KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_
 
 FORMAT = 1
 TREE = "tree"
+#: The edge metadata of ``tree`` naming the root's index record, in a snapshot whose directories
+#: live in its index alone.
+INDEX_TREE = "index_tree"
+#: How a directory that lives in the index alone is named (see :func:`dir_id`).
+DIR_ID_PREFIX = "lafs-backup-dir:"
 OBJECTS = "objects"
 INDEX = "index"
 
@@ -170,9 +181,28 @@ def dir_body(children: Iterable[Child]) -> bytes:
     return canonical_json(out)
 
 
-def root_body(tree: Child, objects: str | None = None, index: str | None = None) -> bytes:
-    """The snapshot root: ``tree``, the source root with its metadata, ``objects`` and ``index`` if any."""
-    body: dict[str, Any] = {TREE: ["dirnode", {"ro_uri": tree.cap, "metadata": dict(tree.metadata)}]}
+def dir_id(body: bytes) -> str:
+    """The name of a directory that lives in the index alone: the SHA-256 of its exact body (names,
+    caps and metadata), so the same children give the same name, and a record read back is proven
+    by hashing it.  Not a Tahoe cap: nothing on the grid has it."""
+    return DIR_ID_PREFIX + hashlib.sha256(b"dir\0" + body).hexdigest()
+
+
+def is_dir_id(cap: str) -> bool:
+    """Is ``cap`` the name of a directory that lives in the index alone (see :func:`dir_id`)?"""
+    return cap.startswith(DIR_ID_PREFIX)
+
+
+def root_body(tree: Child, objects: str | None = None, index: str | None = None,
+              marker: str | None = None) -> bytes:
+    """The snapshot root: ``tree``, the source root with its metadata, ``objects`` and ``index`` if any.
+    ``marker``: the tree lives in the index alone (``tree.cap`` is its root's :func:`dir_id`), and
+    ``tree`` points at this marker directory instead."""
+    meta = dict(tree.metadata)
+    cap = tree.cap
+    if marker is not None:
+        meta[INDEX_TREE], cap = tree.cap, marker
+    body: dict[str, Any] = {TREE: ["dirnode", {"ro_uri": cap, "metadata": meta}]}
     if objects is not None:
         body[OBJECTS] = ["dirnode", {"ro_uri": objects}]
     if index is not None:
@@ -234,6 +264,12 @@ def pack_caps(listing: JSON) -> list[str]:
 #: "object" metadata.
 PACKED_MARKER_BODY = canonical_json({
     "this-file-is-in-a-pack--restore-it-with-lafs-backup": ["filenode", {"ro_uri": "URI:LIT:"}]})
+
+#: Where ``tree`` points in a snapshot whose directories live in its index alone: `tahoe ls` of it
+#: says so, and its edge's ``index_tree`` metadata names the root's record.
+INDEX_TREE_MARKER_BODY = canonical_json({
+    "this-tree-is-in-the-snapshot-index--browse-or-restore-it-with-lafs-backup": [
+        "filenode", {"ro_uri": "URI:LIT:"}]})
 
 
 def body_key(body: bytes) -> bytes:
@@ -383,6 +419,11 @@ def parse_root(listing: JSON) -> Node:
     except (IndexError, KeyError, TypeError):
         raise BadSnapshot("not a lafs-backup snapshot (no 'tree' entry)")
     meta = info.get("metadata") or {}
+    in_index = meta.get(INDEX_TREE)
+    if isinstance(in_index, str):
+        if not is_dir_id(in_index):
+            raise BadSnapshot("the snapshot names its tree's index record wrongly")
+        return Node(b"", KIND_DIR, in_index, {k: v for k, v in meta.items() if k != INDEX_TREE})
     return Node(b"", KIND_DIR, info.get("ro_uri") or info.get("rw_uri"), meta)
 
 

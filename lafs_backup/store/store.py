@@ -38,8 +38,8 @@ from .packer import Packer, PackRef
 from . import plan
 from .protocols import ObjectCacheLike, ReadAt
 from ..system.paths import LocalFile
-from .snapshot import (PACKED_MARKER_BODY, Child, Hit, blob_key, body_key, content_key, edge_metadata, index_body,
-                       index_key, objects_body, root_body, salted_body)
+from .snapshot import (INDEX_TREE_MARKER_BODY, PACKED_MARKER_BODY, Child, Hit, blob_key, body_key, content_key,
+                       dir_id, edge_metadata, index_body, index_key, objects_body, root_body, salted_body)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,13 @@ class StoreSettings:
     tmpdir: str | None = None
     #: stat, checksum, verify or force (force stores every object again).
     mode: str = "stat"
+    #: Where the source's directories live: "index" (records of the snapshot index alone, named by
+    #: ``snapshot.dir_id``) or "tahoe" (an immutable Tahoe directory each).
+    tree: str = "tahoe"
+
+    @property
+    def tree_in_index(self) -> bool:
+        return self.tree == "index"
 
     @property
     def plain(self) -> bool:
@@ -247,6 +254,8 @@ class Store:
         target in the metadata is ever read back)."""
         if len(target) <= LIT_MAX:
             return lit_cap(target)
+        if self.settings.tree_in_index:
+            return lit_cap(b"")  # (no Tahoe directory links it: the metadata is all there is)
         key = blob_key(target)
         hit = self.cache.lookup(key, self.gen) if self.settings.mode != "force" else None
         if hit is not None:
@@ -257,13 +266,24 @@ class Store:
         return cap
 
     def plan_directory(self, body: bytes) -> "plan.Decision":
-        """The planner's decision for a directory of this exact body (names, caps, metadata)."""
+        """The planner's decision for a source directory of this exact body (names, caps, metadata)."""
+        if self.settings.tree_in_index:
+            return plan.in_index(dir_id(body))
         known = self.cache.lookup(body_key(body), self.gen) if self.settings.mode != "force" else None
         return plan.for_directory(known, self.settings.mode)
 
     async def directory(self, body: bytes, priority: float = 0.0, path: bytes | None = None) -> str:
-        """The cap of an immutable directory with this exact body, made unless already stored."""
-        d = self.plan_directory(body)
+        """The cap of a source directory with this exact body: made unless already stored, or its
+        name in the index (``tree_in_index``: the index records it, nothing goes to the grid)."""
+        if self.settings.tree_in_index:
+            self.stats.dirs_indexed += 1
+            return dir_id(body)
+        return await self._tahoe_directory(body, priority, path)
+
+    async def _tahoe_directory(self, body: bytes, priority: float = 0.0, path: bytes | None = None) -> str:
+        """The cap of an immutable Tahoe directory with this exact body, made unless already stored."""
+        known = self.cache.lookup(body_key(body), self.gen) if self.settings.mode != "force" else None
+        d = plan.for_directory(known, self.settings.mode)
         if path is not None:
             log.debug("%s: %r", d, path)
         if d.hit is not None:
@@ -288,7 +308,12 @@ class Store:
         elif hit.enc:
             meta["object"] = hit.cap
         else:
+            if self.settings.tree_in_index and not hit.cap.startswith("URI:LIT:"):
+                self.encoded_used.add(hit.cap)  # (linked from the objects directory, for its leases)
             return Child(e.name, hit.cap, meta)  # a plain filenode: exactly the file's bytes
+        if self.settings.tree_in_index:  # (no Tahoe directory links it: no marker needed)
+            (self.packs_used if hit.offset is not None else self.encoded_used).add(hit.cap)
+            return Child(e.name, lit_cap(b""), meta)
         marker = self._marker_now()
         if marker is None:
             return None
@@ -322,7 +347,7 @@ class Store:
             shared: _Shared[str] = _Shared()
             self._marker = shared
             try:
-                cap = await self.directory(PACKED_MARKER_BODY)
+                cap = await self._tahoe_directory(PACKED_MARKER_BODY)
             except BaseException as err:
                 self._marker = None
                 shared.fail(err)
@@ -337,7 +362,7 @@ class Store:
         """The directory linking every pack and encoded object the snapshot uses (None: none)."""
         if not (self.packs_used or self.encoded_used):
             return None
-        return await self.directory(objects_body(self.packs_used, self.encoded_used))
+        return await self._tahoe_directory(objects_body(self.packs_used, self.encoded_used))
 
     async def index_chunk(self, raw: bytes) -> str:
         """The cap of an index chunk (``raw``: its uncompressed bytes), stored unless known."""
@@ -358,8 +383,13 @@ class Store:
         chunks ``index``, if given); returns the snapshot cap."""
         await self.packer.flush()
         self.stats.packs = self.packer.packs_uploaded
-        index_dir = await self.directory(index_body(index)) if index else None
-        return await self.directory(root_body(tree, objects, index_dir))
+        marker = None
+        if self.settings.tree_in_index:
+            if not index:
+                raise LafsBackupError("the snapshot index, which holds its directories, could not be made")
+            marker = await self._tahoe_directory(INDEX_TREE_MARKER_BODY)
+        index_dir = await self._tahoe_directory(index_body(index)) if index else None
+        return await self._tahoe_directory(root_body(tree, objects, index_dir, marker))
 
 
 class Writer:

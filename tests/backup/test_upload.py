@@ -34,6 +34,25 @@ async def test_a_tree_becomes_one_snapshot_and_an_unchanged_rerun_sends_nothing(
 
 
 @pytest_twisted.ensureDeferred
+async def test_what_progress_reads_bytes_to_store_storing_and_sent(tmp_path):
+    """New and changed files count in the bytes to store as they are handed to the saver, and in the bytes
+    being stored until they are done; unchanged ones never; the bytes sent are the gateway's, this run's."""
+    root = tree(tmp_path / "src")
+    files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+    total = sum(p.stat().st_size for p in files)
+    gw, cache = FakeGateway(), FakeCache()
+    _, up = await run(root, gw, cache)
+    assert up.stats.bytes_to_store == total and up.bytes_storing == 0
+    assert up.bytes_sent == gw.bytes_sent > 0
+    changed = files[0]
+    changed.write_bytes(changed.read_bytes() + b"more")
+    sent = gw.bytes_sent
+    _, up2 = await run(root, gw, cache)
+    assert up2.stats.bytes_to_store == changed.stat().st_size and up2.bytes_storing == 0
+    assert up2.bytes_sent == gw.bytes_sent - sent > 0  # (its own run's: the first run's not counted)
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_window_bounds_the_entries_in_flight(tmp_path):
     root = tree(tmp_path / "src", dirs=1, files=10)
     gw, cache = FakeGateway(), FakeCache()

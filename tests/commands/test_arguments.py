@@ -3,6 +3,8 @@ one error prefix with a usage line, -v and -q, and global options documented onc
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from lafs_backup.arguments import parse, verb_parser
@@ -63,3 +65,34 @@ def test_a_commands_help_shows_its_own_options_first_and_the_global_ones_once():
     own, glob = text.index("--target"), text.index("global options")
     assert own < glob and text.count("--wait-lock SECONDS") == 1 and "--wait-lock" not in text.split("\n\n")[0]
     assert "exit codes:" in text and "configuration:" in text
+
+
+#: The commands that take backups by name, and how (a positional SNAPSHOT, or find's --snapshot).
+NAMING = {"restore", "ls", "dump", "diff", "verify", "copy", "check", "cleanup", "find"}
+
+
+def test_every_snapshot_argument_says_the_same_in_help(tmp_path):
+    """One wording in every command's --help for what names a backup: its id, a unique start of it,
+    'latest', a generation number or a cap (docs/commands.md, 'Naming a snapshot')."""
+    from lafs_backup.commands import COMMANDS
+    from lafs_backup.commands.options import SNAPSHOT_HELP
+
+    from conftest import run_cli
+
+    for verb in COMMANDS:
+        r = run_cli([verb, "--help"], tmp_path, timeout=60)
+        assert r.code == 0, r.err
+        text = " ".join(r.out.split())  # (argparse wraps lines)
+        names = verb in NAMING
+        assert (SNAPSHOT_HELP in text) == names, verb
+        assert ("SNAPSHOT" in text) == names, verb
+        assert not re.search(r"\bBACKUP\b| S\b", text), verb  # (the metavars the help used to have)
+        for old in ("a cap, a generation number", "caps or generation numbers", "a snapshot cap, a generation"):
+            assert old not in text, (verb, old)
+    # Each such argument, positional or option, has it whole.
+    for verb in NAMING:
+        p = verb_parser(verb)
+        named = [a for a in p._actions if a.metavar in ("SNAPSHOT", "OTHER")]
+        assert named and all(a.help and a.help.endswith(": " + SNAPSHOT_HELP) for a in named), verb
+    assert [a.metavar for a in verb_parser("diff")._actions if a.metavar in ("SNAPSHOT", "OTHER")] == \
+        ["SNAPSHOT", "OTHER"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -87,12 +88,39 @@ def test_second_run_is_refused_and_a_stale_lock_is_taken_over(lb, grid, home, tm
 
 # -- runs that meet each other ---------------------------------------------------------------
 
-PACED = ["-o", "destination.pack.max_file_size=1", "-o", "operation.rate_limit.objects=1/8:1"]
-
 
 def _start(args, home):
     return subprocess.Popen([sys.executable, "-m", "lafs_backup", *args], env=cli_env(home),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def _held_in_phase_two(grid, home, *args: str):
+    """A backup (``args``) started through a proxy that holds its first upload until the block ends:
+    while the block runs, the backup is in phase two, holding its lock, and cannot finish.  Yields
+    the process; waits for it to end (and checks it succeeded) after letting the upload go."""
+    import threading
+
+    from faultproxy import FaultProxy
+
+    reached, release = threading.Event(), threading.Event()
+
+    def plan(method: str, path: str, n: int):
+        if method == "PUT" and path.startswith("/uri"):  # an upload: the run is in phase two, under its lock
+            reached.set()
+            release.wait(600)
+        return None
+
+    with FaultProxy(grid.url, plan) as proxy:
+        held = _start(["--url", proxy.url, *args], home)
+        try:
+            if not reached.wait(600):
+                raise AssertionError(f"the backup never uploaded: {held.communicate(timeout=60)[1]}")
+            yield held
+        finally:
+            release.set()
+            _, err = held.communicate(timeout=600)
+        assert held.returncode == 0, err
 
 
 def test_readers_work_and_writers_wait_or_refuse_while_a_backup_runs(lb, grid, home, tmp_path):
@@ -100,10 +128,7 @@ def test_readers_work_and_writers_wait_or_refuse_while_a_backup_runs(lb, grid, h
     first = lb("backup", str(src), check=True).out.strip()
     for p in sorted(src.rglob("*.txt"))[:100]:
         p.write_bytes(p.read_bytes() + b"more\n")
-    running = _start(["--url", grid.url, *PACED, "backup", str(src)], home)
-    try:
-        time.sleep(1.5)  # the backup takes some 13 s: 100 uploads paced at 8 a second
-        assert running.poll() is None
+    with _held_in_phase_two(grid, home, "backup", str(src)) as running:
         # Readers: no lock, no waiting, no "damaged cache".
         r = lb("list", "--json")
         assert r.code == 0 and [b["cap"] for b in json_lines(r.out)] == [first], r.err
@@ -117,13 +142,12 @@ def test_readers_work_and_writers_wait_or_refuse_while_a_backup_runs(lb, grid, h
         # Writers: refused at once (exit 5) by default ...
         r = lb("cleanup", "--keep-last", "5")
         assert r.code == 5 and "holds the lock" in r.err and "--wait-lock SECONDS" in r.err and "rebuild" not in r.err, r.err
+        assert f"pid {running.pid}" in r.err  # (named from the backup's own lock file)
         # ... or wait for the lock, and then run.
-        r = lb("--wait-lock", "300", "check")
-        assert r.code == 0, r.err
-        assert running.poll() is not None  # it waited for the backup to end
-    finally:
-        running.communicate(timeout=300)
-    assert running.returncode == 0
+        check = _start(["--url", grid.url, "--wait-lock", "600", "check"], home)
+        _wait_for_line(check, f"waiting for pid {running.pid}")
+    _, err = check.communicate(timeout=600)
+    assert check.returncode == 0, err
     assert len(json_lines(lb("list", "--json", check=True).out)) == 2
 
 
@@ -189,3 +213,47 @@ def test_readers_beside_a_running_check_never_break_its_cache(lb, grid, home, tm
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
         assert "disk I/O error" not in err
+
+
+def _wait_for_line(p, text: str) -> list[str]:
+    """Read ``p``'s stderr until a line holding ``text`` (the lines read); fails if it ends first."""
+    seen = []
+    for line in p.stderr:
+        seen.append(line)
+        if text in line:
+            return seen
+    raise AssertionError(f"the run ended without saying {text!r}:\n{''.join(seen)}")
+
+
+def test_backups_of_two_sources_run_at_once_and_the_same_source_waits(lb, grid, home, tmp_path):
+    """Backup A is held in phase two, holding its source's lock: its first upload waits at a proxy
+    until the test lets it go.  Meanwhile a backup of another source starts and finishes, a second
+    backup of A is refused naming --wait-lock, and one with --wait-lock says it waits for A.  A
+    goes through the proxy, B straight to the gateway: two URLs of one grid, one cache."""
+    from treecompare import differences
+
+    a = make_tree(tmp_path / "a", small=40, medium=2, large=0, seed=1)
+    b = make_tree(tmp_path / "b", small=40, medium=2, large=0, seed=2)
+    with _held_in_phase_two(grid, home, "backup", str(a)) as held:
+        # Another source: runs to the end beside A.
+        r = lb("backup", str(b))
+        assert r.code == 0, r.err
+        assert held.poll() is None  # (A's upload is still held: it cannot have finished)
+        # The same source: refused at once, naming the holder and --wait-lock ...
+        r = lb("backup", str(a))
+        assert r.code == 5, r.err
+        assert f"pid {held.pid}" in r.err and "--wait-lock SECONDS" in r.err, r.err
+        # ... or, with --wait-lock, waiting for it.
+        waiting = _start(["--url", grid.url, "--wait-lock", "600", "backup", str(a)], home)
+        _wait_for_line(waiting, f"waiting for pid {held.pid}")
+    _, err = waiting.communicate(timeout=600)
+    assert waiting.returncode == 0, err
+    state = home / "state" / "lafs-backup"
+    assert len(list(state.glob("entry-cache.*.sqlite"))) == 1  # one grid, one cache, whatever the URL
+    assert len(list((state / "repositories").glob("*.key"))) == 1
+    backups = json_lines(lb("list", "--json", check=True).out)
+    assert sorted(x["source"] for x in backups) == sorted([str(a), str(a), str(b)])
+    for src in (a, b):
+        out = tmp_path / f"restored-{src.name}"
+        lb("restore", "latest", "--source", str(src), "--target", str(out), check=True)
+        assert differences(src, out) == []

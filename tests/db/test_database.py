@@ -54,12 +54,69 @@ def test_a_durable_commit_is_noted(tmp_path):
     assert d.conn.execute("PRAGMA synchronous").fetchone() == (1,)  # back to NORMAL
 
 
-def test_other_destination_is_refused(tmp_path):
+def test_another_grids_cache_is_refused(tmp_path):
     p = str(tmp_path / "c")
-    Database(p, "http://one/").close()
-    with pytest.raises(CacheError, match="belongs to the gateway http://one/"):
-        Database(p, "http://two/")
+    Database(p, "gone").close()
+    with pytest.raises(CacheError, match="belongs to the grid gone, not gtwo"):
+        Database(p, "gtwo")
     Database(p, None, reader=True).close()  # a dry run asks no gateway
+
+
+def test_a_cache_named_by_its_gateway_takes_the_grid_that_found_it(tmp_path):
+    """A file of version 7 recorded its gateway's URL: the opener found it for a grid (by that URL's
+    name), and its first writer records the grid; a reader records nothing."""
+    p = str(tmp_path / "c")
+    Database(p, "gone").close()
+    db = sqlite3.connect(p)
+    db.execute("DELETE FROM meta WHERE key='grid'")
+    db.execute("INSERT INTO meta VALUES ('destination', 'http://127.0.0.1:3456/')")
+    db.commit()
+    db.close()
+    Database(p, "gnew", reader=True).close()
+    assert sqlite3.connect(p).execute("SELECT value FROM meta WHERE key='grid'").fetchone() is None
+    Database(p, "gnew").close()
+    assert sqlite3.connect(p).execute("SELECT value FROM meta WHERE key='grid'").fetchone() == ("gnew",)
+
+
+def test_two_writers_interleave_without_failing(tmp_path):
+    """Two runs (of different sources) write one file at once: no transaction stays open between
+    writes, so neither fails on the other's snapshot or holds the other out; each sees the other's
+    commits; generations are allocated apart."""
+    p = str(tmp_path / "c")
+    a, b = LocalDB(p, "g", commit_rows=0, commit_seconds=0), LocalDB(p, "g", commit_rows=0, commit_seconds=0)
+    ga, gb = a.objects.begin_generation(b"/a"), b.objects.begin_generation(b"/b")
+    assert (ga, gb) == (1, 2)
+    a.objects.store(b"ka", "URI:CHK:a", ga)
+    assert b.objects.lookup(b"ka", gb) is None  # held by a, not committed yet
+    b.objects.store(b"kb", "URI:CHK:b", gb)
+    b.commit()
+    a.commit()
+    assert b.objects.lookup(b"ka", gb).cap == "URI:CHK:a" and a.objects.lookup(b"kb", ga).cap == "URI:CHK:b"
+    a.history.record_backup(ga, "URI:DIR2-CHK:a", b"/a", "a", 1.0)
+    b.history.record_backup(gb, "URI:DIR2-CHK:b", b"/b", "b", 2.0)
+    assert [x.cap for x in a.history.backups()] == ["URI:DIR2-CHK:a", "URI:DIR2-CHK:b"]
+    a.close()
+    b.close()
+    # Each row's range spans both generations that used it: the older one's use lowered first_gen.
+    rows = {k: (f, g) for k, f, g in sqlite3.connect(p).execute("SELECT key, first_gen, generation FROM objects")}
+    assert rows == {b"ka": (1, 2), b"kb": (1, 2)}
+
+
+def test_a_write_waits_for_another_runs_transaction(tmp_path, monkeypatch):
+    """A write transaction that another run holds past the busy timeout: busy (exit 5), not damaged."""
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 50)
+    p = str(tmp_path / "c")
+    a = LocalDB(p, "g")
+    holder = sqlite3.connect(p, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        assert a.history.backups() == []  # reads go on
+        with pytest.raises(CacheBusyError):
+            a.objects.begin_generation(b"/a")
+    finally:
+        holder.execute("ROLLBACK")
+    assert a.objects.begin_generation(b"/a") == 1
+    a.close()
 
 
 def test_corrupt_file_gives_a_way_out(tmp_path):

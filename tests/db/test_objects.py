@@ -106,3 +106,47 @@ def test_drop_unused_follows_the_base_chain(tmp_path):
     assert c.lookup(b"one", g4) is None and c.lookup(b"three", g4) is None
     assert c.lookup(b"four", g4) is not None and c.lookup(b"reused", g4) is not None
     local.close()
+
+
+def test_a_rows_range_only_widens_and_follows_its_cap(tmp_path):
+    """Runs of several sources at once: a use by an older generation lowers first_gen, by a newer
+    one raises generation; a key another run stored anew with another cap starts a new range, and
+    a use of the cap it held before marks nothing (that generation does not use the new cap)."""
+    p = str(tmp_path / "c")
+    local = LocalDB(p, "g", commit_rows=0, commit_seconds=0)
+    c = local.objects
+
+    def row(key: bytes):
+        return sqlite3.connect(p).execute("SELECT cap, first_gen, generation FROM objects WHERE key=?",
+                                          (key,)).fetchone()
+
+    c.store(b"k", "URI:CHK:a", 5)
+    c.commit()
+    c.lookup(b"k", 3)  # an older run (started before, still going) uses it
+    c.commit()
+    assert row(b"k") == ("URI:CHK:a", 3, 5)
+    c.lookup(b"k", 7)
+    c.commit()
+    assert row(b"k") == ("URI:CHK:a", 3, 7)
+    c.store(b"k", "URI:CHK:a", 4)  # the same cap stored again: the range stays as wide
+    c.commit()
+    assert row(b"k") == ("URI:CHK:a", 3, 7)
+    assert c.lookup(b"k", 9).cap == "URI:CHK:a"  # found with cap a, marked at the next commit ...
+    c.store(b"k", "URI:CHK:b", 8)  # ... after another run stored the key anew (or --mode force)
+    c.commit()
+    assert row(b"k") == ("URI:CHK:b", 8, 8)  # generation 9 used cap a, not b: not in b's range
+    local.close()
+
+
+def test_concurrent_generations_do_not_resume_each_other(tmp_path):
+    """A run's generation is reused only by the next run of its own source, and only while it is
+    the newest: a run of another source started meanwhile never takes it."""
+    p = str(tmp_path / "c")
+    a, b = LocalDB(p, "g"), LocalDB(p, "g")
+    ga = a.objects.begin_generation(b"/a")
+    gb = b.objects.begin_generation(b"/b")  # a is still under way: b gets its own
+    assert gb == ga + 1
+    assert b.objects.begin_generation(b"/b") == gb  # b interrupted and run again: resumed
+    assert a.objects.begin_generation(b"/a") == gb + 1  # a's is no longer the newest
+    a.close()
+    b.close()

@@ -20,6 +20,7 @@ from lafs_backup.engine.backup import BackupRun, Job, SelectArgs, local_source, 
 from lafs_backup.engine.runtime import Runtime
 from lafs_backup.errors import GridError
 from lafs_backup.report import Reporter
+from lafs_backup.system.lock import source_scope
 
 
 class RecordingRepository:
@@ -41,12 +42,14 @@ class RecordingTarget:
 
     def __init__(self, home: Path) -> None:
         self.events: list[Any] = []
+        self.scopes: list[str | None] = []
         self.path = str(home / "cache.sqlite")
         self.repo = RecordingRepository(self.events)
 
     @contextlib.asynccontextmanager
-    async def locked_cache(self, fresh: bool = False):
+    async def locked_cache(self, fresh: bool = False, scope: str | None = None):
         self.events.append(("lock", fresh))
+        self.scopes.append(scope)
         db = LocalDB(self.path, "fake")
         try:
             yield db
@@ -109,6 +112,8 @@ async def test_a_first_backup_asks_in_this_order(tmp_path):
                              "forget_backups", "backups", "unlock"]
     assert made.backup.cap == made.cap and made.backup.tags == ("t",)
     assert gw.counts["preflight"] == 1 and gw.dirs
+    # The source's own lock: a backup of another source may write the cache at the same time.
+    assert target.scopes == [source_scope(os.fsencode(str(tmp_path / "src")))]
 
 
 @pytest_twisted.ensureDeferred

@@ -8,11 +8,11 @@ import hashlib
 import json
 import os
 import random
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from gridtree import edges
 import yaml
 
 from conftest import json_lines, run_cli
@@ -97,8 +97,7 @@ def test_a_bucket_is_backed_up_restored_and_followed(grid, home, tmp_path, bucke
     # The snapshot records what the store says of each object (ETags, an MD5 only where the ETag is
     # one), and no owner: an object store has none.
     cap = json_lines(run("--json", "list").out)[-1]["cap"]
-    with urllib.request.urlopen(f"{grid.url}uri/{urllib.parse.quote(cap)}/tree/media?t=json") as f:
-        children = json.load(f)[1]["children"]
+    children = edges(grid.url, cap, "media")
     single, multi = children["blob-0.bin"][1]["metadata"], children["multipart.bin"][1]["metadata"]
     assert single["md5"] == single["etag"] == hashlib.md5(objects["media/blob-0.bin"]).hexdigest()
     assert "-" in multi["etag"] and "md5" not in multi

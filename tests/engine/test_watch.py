@@ -92,13 +92,13 @@ def test_each_change_becomes_an_incremental_snapshot_that_restores(grid, home, t
         assert ev["incremental"] is True
         assert ev["files_uploaded"] == 1 and ev["files"] < 100, ev
         assert ev["dirs_rescanned"] == depth, ev
-        # The directories on the way (the source root's included), the objects directory, the index
-        # directory and the snapshot's root.
-        assert ev["dirs_created"] == depth + 3, ev
+        # The directories on the way (the source root's included) are records of the index alone;
+        # the objects directory, the index directory and the snapshot's root are Tahoe's.
+        assert ev["dirs_indexed"] == depth and ev["dirs_created"] == 3, ev
         # Two uploads (the pack; the index chunk of the new directories, which links the previous
-        # snapshot's chunks for the rest), those directories, and the record (a link and two
-        # listings of the writer's directory).
-        assert ev["requests"].get("put") == 2 and ev["requests_total"] <= depth + 8, ev
+        # snapshot's chunks for the rest), those three directories, and the record (a link and two
+        # listings of the writer's directory): no request for the directories on the way.
+        assert ev["requests"].get("put") == 2 and ev["requests_total"] <= 8, ev
         restored_ok(grid.url, home, src, tmp_path / "r1")
 
         # A new directory with files, one of them in a subdirectory made at the same time.

@@ -93,6 +93,28 @@ async def test_retries_5xx_with_backoff_then_succeeds():
 
 
 @pytest_twisted.ensureDeferred
+async def test_bytes_sent_count_request_bodies_and_a_failed_attempt_is_taken_back():
+    """What progress counts: the bytes handed to the gateway.  An attempt that failed is sent again, so
+    its bytes count once, for the attempt that went through."""
+    clock = Clock()
+    res = FlakyUpload([500])
+    gw, stub = gateway(res, clock)
+    from twisted.internet.defer import Deferred
+
+    d = Deferred.fromCoroutine(gw.put_bytes(b"x" * 1000))
+    await settle(stub)
+    assert res.calls == 1 and gw.bytes_sent == 0  # sent, refused: taken back
+    clock.advance(1.5)
+    await settle(stub)
+    await d
+    assert res.calls == 2 and gw.bytes_sent == 1000
+    d = Deferred.fromCoroutine(gw.put_bytes(b"y" * 100))
+    await settle(stub)
+    await d
+    assert res.calls == 3 and gw.bytes_sent == 1100
+
+
+@pytest_twisted.ensureDeferred
 async def test_4xx_is_not_retried_and_error_hides_caps():
     clock = Clock()
     res = FlakyUpload([400])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from conftest import json_lines
+
 from lafs_backup.read.diff import compare_meta
 
 
@@ -60,7 +62,8 @@ def test_diff_two_snapshots_and_live(lb, tmp_path):
     os.unlink(src / "new.txt")
     j = lb("diff", "2", "1", "--json")
     recs = [json.loads(x) for x in j.out.splitlines()]
-    assert {"type": "removed", "path": "/new.txt", "changed": []} in recs
+    ids = {b["generation"]: b["id"] for b in json_lines(lb("list", "--json", check=True).out)}
+    assert {"type": "removed", "path": "/new.txt", "changed": [], "from": ids[2], "to": ids[1]} in recs
     assert lb("diff", "2", "2").code == 0
     assert lb("diff", "latest").code == 2  # neither OTHER nor --live: a usage error
 
@@ -79,3 +82,37 @@ def test_diff_live_follows_the_filter_rules(lb, tmp_path):
     (src / "new.txt").write_text("n" * 100)
     r = lb("-c", str(conf), "diff", "latest", "--live")
     assert r.code == 1 and r.out.splitlines() == ["M / (mtime)", "+ /new.txt"], r.out
+
+
+def test_every_difference_names_both_snapshots_by_their_one_id(lb, tmp_path):
+    """Whatever form each side is named in (id, start of an id, generation, latest, cap), each JSON
+    record carries the two ids 'list' shows; the text output's lines stay pasteable paths, and its
+    report on stderr names both sides."""
+    src = tmp_path / "src"
+    _tree(src)
+    lb("backup", str(src), check=True)
+    (src / "new.txt").write_text("new\n")
+    lb("backup", str(src), check=True)
+    first, second = json_lines(lb("list", "--json", check=True).out)
+    for a, b in ((first["id"], second["id"]), (first["id"][:5], "latest"), ("1", second["id"][:4]),
+                 (first["cap"], second["cap"])):
+        r = lb("--json", "diff", a, b, "--source", str(src))
+        assert r.code == 1, r.err
+        recs = json_lines(r.out)
+        assert recs and all((x["from"], x["to"]) == (first["id"], second["id"]) for x in recs), (a, b, recs)
+        assert {"type": "added", "path": "/new.txt", "changed": [], "from": first["id"], "to": second["id"]} in recs
+    r = lb("diff", "2", "1", check=False)
+    assert "- /new.txt" in r.out.splitlines()
+    assert f"comparing {second['id']} (generation 2, {second['time']}) with {first['id']} (generation 1, " \
+           f"{first['time']})" in r.err
+    assert f"2 differences between {second['id']} and {first['id']}" in r.err
+
+    # --live: the other side is the source as it is now.
+    (src / "newer.txt").write_text("newer\n")
+    r = lb("--json", "diff", second["id"], "--live")
+    assert r.code == 1
+    assert {"type": "added", "path": "/newer.txt", "changed": [], "from": second["id"], "to": "live"} in \
+        json_lines(r.out)
+    r = lb("diff", "latest", "--live", "--source", str(src))
+    assert "+ /newer.txt" in r.out.splitlines() and f"comparing {second['id']} (generation 2" in r.err
+    assert "with its source as it is now" in r.err

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
+from gridtree import edges, listing
 from treecompare import differences
 
 MARKER = "this-file-is-in-a-pack--restore-it-with-lafs-backup"
+TREE_MARKER = "this-tree-is-in-the-snapshot-index--browse-or-restore-it-with-lafs-backup"
 
 
 def build(root: Path) -> None:
@@ -31,17 +33,13 @@ def build(root: Path) -> None:
     (root / "big-random.img").write_bytes(rnd(3 << 20))  # above max_file_size, raw
 
 
-def listing(url: str, cap: str, path: str = "") -> dict:
-    u = url + "uri/" + cap + ("/" + path if path else "") + "?t=json"
-    return json.load(urllib.request.urlopen(u))[1]["children"]
-
-
-@pytest.mark.parametrize("method", ["lz4", "xz"])
-def test_packed_deduplicated_compressed_and_lit_entries_restore(lb, grid, tmp_path, method):
+@pytest.mark.parametrize("method,tree", [("lz4", "index"), ("xz", "index"), ("lz4", "tahoe")])
+def test_packed_deduplicated_compressed_and_lit_entries_restore(lb, grid, tmp_path, method, tree):
     src = tmp_path / "src"
     build(src)
     conf = tmp_path / "c.yaml"
-    conf.write_text(f"destination:\n  pack:\n    max_file_size: 1048576\n  encoding:\n    method: {method}\n")
+    conf.write_text(f"destination:\n  tree: {tree}\n  pack:\n    max_file_size: 1048576\n"
+                    f"  encoding:\n    method: {method}\n")
     r = lb("-c", str(conf), "--json", "backup", str(src), check=True)
     summary = json.loads(r.out.splitlines()[-1])
     assert summary["files_lit"] == 2
@@ -50,9 +48,8 @@ def test_packed_deduplicated_compressed_and_lit_entries_restore(lb, grid, tmp_pa
     assert summary["packs"] == 1
     cap = summary["cap"]
 
-    tree = listing(grid.url, cap)["tree"][1]["ro_uri"]
-    top = listing(grid.url, tree)
-    a = listing(grid.url, tree, "a")
+    top = edges(grid.url, cap, "")
+    a = edges(grid.url, cap, "a")
     assert top["tiny.txt"][1]["ro_uri"].startswith("URI:LIT:")
     notes = a["notes.txt"][1]["metadata"]
     assert notes["enc"] == method and notes["size"] == (src / "a" / "notes.txt").stat().st_size
@@ -64,8 +61,13 @@ def test_packed_deduplicated_compressed_and_lit_entries_restore(lb, grid, tmp_pa
     assert big["enc"] == method and big["object"].startswith("URI:CHK:")
     assert top["big-random.img"][1]["ro_uri"].startswith("URI:CHK:")  # plain: exactly its bytes
     assert "enc" not in top["big-random.img"][1]["metadata"]
-    # Packed and encoded files point at the marker directory, never at wrong bytes.
-    assert a["notes.txt"][0] == "dirnode" and MARKER in listing(grid.url, a["notes.txt"][1]["ro_uri"])
+    if tree == "tahoe":
+        # Packed and encoded files point at the marker directory, never at wrong bytes.
+        assert a["notes.txt"][0] == "dirnode" and MARKER in listing(grid.url, a["notes.txt"][1]["ro_uri"])
+    else:
+        # No Tahoe directory is made for the tree: `tree` is a note, and the root is an index record.
+        assert list(listing(grid.url, listing(grid.url, cap)["tree"][1]["ro_uri"])) == [TREE_MARKER]
+        assert summary["dirs_indexed"] == 3 and summary["dirs_new"] == 4  # root, index, objects, the note
 
     out = tmp_path / "out"
     lb("restore", cap, "--target", str(out), check=True)
@@ -78,24 +80,33 @@ def test_packed_deduplicated_compressed_and_lit_entries_restore(lb, grid, tmp_pa
     assert (part / "big-text.log").read_bytes() == (src / "big-text.log").read_bytes()
 
 
-def test_every_pack_and_object_is_reachable_for_deep_check(lb, grid, tmp_path):
+@pytest.mark.parametrize("tree", ["index", "tahoe"])
+def test_every_pack_and_object_is_reachable_for_deep_check(lb, grid, tmp_path, tree):
     src = tmp_path / "src"
     build(src)
-    cap = lb("backup", str(src), check=True).out.strip()
+    (src / "long-link").symlink_to("t" * 80)  # a target too long for a LIT cap
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"destination:\n  tree: {tree}\n")
+    cap = lb("-c", str(conf), "backup", str(src), check=True).out.strip()
     req = urllib.request.Request(grid.url + "uri/" + cap + "?t=stream-manifest", method="POST")
     lines = [json.loads(ln) for ln in urllib.request.urlopen(req).read().splitlines() if ln.startswith(b"{")]
     reachable = {u["cap"] for u in lines if u.get("type") in ("file", "directory")}
-    tree = listing(grid.url, cap)["tree"][1]["ro_uri"]
-    referenced = set()
+    referenced, files = set(), set()
     for path in ("", "a", "a/b"):
-        for name, (_, info) in listing(grid.url, tree, path).items():
+        for name, (_, info) in edges(grid.url, cap, path).items():
             meta = info.get("metadata", {})
             if "pack" in meta:
                 referenced.add(meta["pack"]["cap"])
             if "object" in meta:
                 referenced.add(meta["object"])
+            if not info["ro_uri"].startswith("URI:LIT:") and meta.get("type") == "file":
+                files.add(info["ro_uri"])
     assert len(referenced) == 2  # one pack, one compressed object
     assert referenced <= reachable
+    # A file stored as itself (big-random.img) is reached too: through its Tahoe directory, or
+    # (a tree in the index alone) from the objects directory.
+    # (and with Tahoe directories, the marker directory every packed file's edge points at).
+    assert len(files) == (1 if tree == "index" else 2) and files <= reachable
 
 
 def _tahoe_cp(grid, cap: str, dest: Path) -> None:
@@ -119,10 +130,22 @@ def test_packing_off_gives_a_plain_tree_that_tahoe_cp_restores(lb, grid, tmp_pat
             assert (out / "tree" / p.relative_to(src)).read_bytes() == p.read_bytes(), p
 
 
-def test_tahoe_cp_of_a_packed_tree_never_gives_wrong_contents(lb, grid, tmp_path):
+def test_tahoe_cp_of_a_tree_in_the_index_gives_a_note_saying_so(lb, grid, tmp_path):
     src = tmp_path / "src"
     build(src)
     cap = lb("backup", str(src), check=True).out.strip()
+    out = tmp_path / "cp"
+    _tahoe_cp(grid, cap, out)
+    assert [p.name for p in (out / "tree").iterdir()] == [TREE_MARKER]
+    assert (out / "tree" / TREE_MARKER).read_bytes() == b""
+
+
+def test_tahoe_cp_of_a_packed_tree_never_gives_wrong_contents(lb, grid, tmp_path):
+    src = tmp_path / "src"
+    build(src)
+    conf = tmp_path / "c.yaml"
+    conf.write_text("destination:\n  tree: tahoe\n")
+    cap = lb("-c", str(conf), "backup", str(src), check=True).out.strip()
     out = tmp_path / "cp"
     _tahoe_cp(grid, cap, out)
     for p in src.rglob("*"):
