@@ -237,6 +237,17 @@ class Lafs(Tool):
         return put_s, get_s, size
 
 
+class LafsTahoeTree(Lafs):
+    """lafs-backup with ``destination.tree: tahoe`` (a Tahoe directory per source directory), on a
+    grid of its own: the first backup only, beside the default's, for the README's trade-off."""
+
+    name = "lafs-backup, tree: tahoe"
+
+    def setup(self) -> None:
+        self.home, self.gdir, self.url, self.env, self.lb = self._grid("real-lafs-tahoe")
+        self.lb = self.lb + ["-o", "destination.tree=tahoe"]
+
+
 STEPS = ["first backup", "unchanged rerun", "after a scattered 1% change", "full restore", "recursive listing",
          "find one name"]
 
@@ -268,6 +279,11 @@ def bench_real(work: Path, timed: Callable[..., tuple[float, int, str]], grid: C
         assert isinstance(lafs, Lafs)
         phase_one = lafs.queue_only(copies[lafs.name])
         limit = lafs.grid_limit(copies[lafs.name]) if "lz4" in have else None
+        # The same first backup with a Tahoe directory per source directory, on a fresh grid of its own,
+        # right after the default's.
+        tahoe_tree = LafsTahoeTree(work, timed, grid)
+        tahoe_tree.setup()
+        tahoe_copy = copy_tree([base], work / "tree-lafs-tahoe") / base.name
         changed = 0
         for step in STEPS:
             if step == "after a scattered 1% change":
@@ -277,6 +293,8 @@ def bench_real(work: Path, timed: Callable[..., tuple[float, int, str]], grid: C
                 tree = copies[t.name]
                 if step in ("first backup", "unchanged rerun", "after a scattered 1% change"):
                     results[t.name][step] = t.backup(tree)
+                    if step == "first backup" and t is lafs:
+                        first_tahoe = tahoe_tree.backup(tahoe_copy)
                 elif step == "full restore":
                     out = work / f"restore-{t.name}"
                     shutil.rmtree(out, ignore_errors=True)
@@ -288,9 +306,11 @@ def bench_real(work: Path, timed: Callable[..., tuple[float, int, str]], grid: C
                     results[t.name][step] = t.find("Makefile")
         try:
             grid_down(lafs.gdir, lafs.home)
+            grid_down(tahoe_tree.gdir, tahoe_tree.home)
         finally:
             for t in tools:
                 shutil.rmtree(work / f"tree-{t.name}", ignore_errors=True)
+            shutil.rmtree(work / "tree-lafs-tahoe", ignore_errors=True)
         lines += [f"### {label}: {entries:,} entries, {dirs:,} directories, {links:,} symlinks, "
                   f"{size / 2**20:.0f} MiB", ""]
         names = [t.name for t in tools]
@@ -304,7 +324,9 @@ def bench_real(work: Path, timed: Callable[..., tuple[float, int, str]], grid: C
         lines.append("")
         first = results[names[0]]["first backup"][0]
         lines.append(f"Phase one alone: {phase_one[0]:.2f} s ({phase_one[1] // 1024} MB).  The scattered "
-                     f"change touched {changed:,} files.")
+                     f"change touched {changed:,} files.  The first backup with `destination.tree: tahoe` (a "
+                     f"Tahoe directory per source directory, on a fresh grid of its own): {first_tahoe[0]:.2f} s "
+                     f"({first_tahoe[1] // 1024} MB), {first_tahoe[0] / first:.2f}x the default's.")
         if limit is not None:
             put_s, get_s, tar_size = limit
             goal = 1.5 * (put_s + phase_one[0])

@@ -103,7 +103,10 @@ class Store:
         self.packer = Packer(self._put_pack, settings.pack_target_size, settings.pack_max_files,
                              clock if clock is not None else gateway.clock)
         self._uploading: dict[bytes, _Shared[Hit]] = {}
-        self._marker: _Shared[str] | str | None = None
+        #: The cap every packed file's edge points to in a tree of Tahoe directories: a tiny directory
+        #: saying how to restore it, so plain Tahoe tools show a directory there, never wrong contents.
+        self._marker = _MadeOnce(lambda: self._cached_dir(PACKED_MARKER_BODY),
+                                 lambda: self._tahoe_directory(PACKED_MARKER_BODY))
         self._commit_call: IDelayedCall | None = None
         #: Every pack and encoded object the snapshot refers to, old ones included: linked from its root.
         self.packs_used: set[str] = set()
@@ -314,7 +317,7 @@ class Store:
         if self.settings.tree_in_index:  # (no Tahoe directory links it: no marker needed)
             (self.packs_used if hit.offset is not None else self.encoded_used).add(hit.cap)
             return Child(e.name, lit_cap(b""), meta)
-        marker = self._marker_now()
+        marker = self._marker.now()
         if marker is None:
             return None
         (self.packs_used if hit.offset is not None else self.encoded_used).add(hit.cap)
@@ -323,39 +326,14 @@ class Store:
     async def child(self, e: Entry, st: os.stat_result, hit: Hit, size: int | None = None) -> Child:
         found = self.child_now(e, st, hit, size)
         if found is None:
-            await self._packed_marker()
+            await self._marker.get()
             found = self.child_now(e, st, hit, size)
         assert found is not None
         return found
 
-    def _marker_now(self) -> str | None:
-        if isinstance(self._marker, str):
-            return self._marker
-        if self._marker is None:
-            hit = self.cache.lookup(body_key(PACKED_MARKER_BODY), self.gen)
-            if hit is not None:
-                self._marker = hit.cap
-                return hit.cap
-        return None
-
-    async def _packed_marker(self) -> str:
-        """The cap every packed file's edge points to: a tiny directory saying how to restore it,
-        so plain Tahoe tools show a directory there instead of wrong file contents."""
-        if isinstance(self._marker, str):
-            return self._marker
-        if self._marker is None:
-            shared: _Shared[str] = _Shared()
-            self._marker = shared
-            try:
-                cap = await self._tahoe_directory(PACKED_MARKER_BODY)
-            except BaseException as err:
-                self._marker = None
-                shared.fail(err)
-                raise
-            self._marker = cap
-            shared.fire(cap)
-            return cap
-        return str(await self._marker.wait())
+    def _cached_dir(self, body: bytes) -> str | None:
+        hit = self.cache.lookup(body_key(body), self.gen)
+        return hit.cap if hit is not None else None
 
     # -- the snapshot's own objects -----------------------------------------------------------------
     async def objects_dir(self) -> str | None:
@@ -469,6 +447,43 @@ async def despite_unhappiness(gw: GatewayLike, put: Callable[[bytes | None], Awa
         delay = gw.retry.delay(attempt - (1 if can_salt else 0)) * gw.rng.uniform(0.7, 1.3)
         log.info("%s was refused as unhappy; trying again in %.1fs", what, delay)
         await deferLater(gw.clock, delay, lambda: None)
+
+
+class _MadeOnce:
+    """An object made at most once however many ask for it at the same time: ``known()`` if it
+    gives a cap (the entry cache's row), else ``make()`` (a failure lets the next asker try again)."""
+
+    def __init__(self, known: Callable[[], str | None], make: Callable[[], Awaitable[str]]) -> None:
+        self._known = known
+        self._make = make
+        self._state: _Shared[str] | str | None = None
+
+    def now(self) -> str | None:
+        if isinstance(self._state, str):
+            return self._state
+        if self._state is None:
+            cap = self._known()
+            if cap is not None:
+                self._state = cap
+            return cap
+        return None
+
+    async def get(self) -> str:
+        if isinstance(self._state, str):
+            return self._state
+        if self._state is None:
+            shared: _Shared[str] = _Shared()
+            self._state = shared
+            try:
+                cap = await self._make()
+            except BaseException as err:
+                self._state = None
+                shared.fail(err)
+                raise
+            self._state = cap
+            shared.fire(cap)
+            return cap
+        return str(await self._state.wait())
 
 
 class _Shared(Generic[T]):
