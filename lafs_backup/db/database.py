@@ -297,7 +297,7 @@ class Database:
         row = self.conn.execute("SELECT value FROM meta WHERE key='grid'").fetchone()
         if row is None and not self.reader:
             # (A file made before version 8 was named by its gateway's URL: the resource opener
-            # found it for this grid, see resources.py.)
+            # found it for this grid, see resources/places.py.)
             with self.transaction():
                 self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('grid', ?)", (grid,))
             row = self.conn.execute("SELECT value FROM meta WHERE key='grid'").fetchone()
