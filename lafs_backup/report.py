@@ -226,8 +226,9 @@ class Reporter:
                 lines.append(f"  {would}written: {summary.get('written', 0)}, {would}overwritten: "
                              f"{summary.get('overwritten', 0)}, left as they were: {summary.get('skipped', 0)}, "
                              f"{would}deleted: {summary.get('deleted', 0)}, failed: {summary.get('failed', 0)}")
-                lines.append(f"  restored files: {s.files}, directories: {s.dirs}, symlinks: {s.symlinks}, "
-                             f"special files: {s.specials}; {size_text(s.bytes_written)} written")
+                if not summary.get("dry_run"):  # (a dry run restores nothing: the line above says it all)
+                    lines.append(f"  restored files: {s.files}, directories: {s.dirs}, symlinks: {s.symlinks}, "
+                                 f"special files: {s.specials}; {size_text(s.bytes_written)} written")
             if s.warnings:
                 lines.append(f"  warnings: {s.warnings} (entries skipped or incomplete; see above)")
             if s.problems:

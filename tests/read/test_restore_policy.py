@@ -118,6 +118,9 @@ def test_dry_run_changes_nothing_then_delete(lb, backed_up, tmp_path):
                      "would delete dir-link"}
     assert contents(target) == before
     assert {rel: os.lstat(target / rel).st_mtime_ns for rel in before} == stamps
+    # Its summary says what would be done, and claims nothing restored.
+    assert "would be overwritten: 3" in r.err and "would be deleted: 6" in r.err, r.err
+    assert "restored files" not in r.err and "written\n" not in r.err, r.err
 
     # A dry run into a directory that does not exist: everything would be written, nothing made.
     r = lb("--json", "restore", "latest", "--source", str(backed_up), "--target", str(tmp_path / "none"),
