@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IDelayedCall
 
 from ..backup import changes as ch
@@ -42,6 +42,7 @@ from .backup import Incremental, Job, Made, SelectArgs, Target, phase_one, phase
 from .runtime import Runtime
 
 if TYPE_CHECKING:  # (inotify is imported when a watch starts)
+    from ..read.reader import Reader
     from ..system.inotify import Event
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,40 @@ def _change(e: Event) -> Change:
     kind = (ch.CREATED if e.created else ch.DELETED if e.deleted else ch.MOVED_FROM if e.moved_from
             else ch.MOVED_TO if e.moved_to else ch.CHANGED)
     return Change(e.dir, e.name, kind, e.is_dir)
+
+
+class _PreviousSnapshot:
+    """The previous snapshot, as a round reads it for the files it holds back: one reader, its index
+    (which may be all there is of its directories) loaded once, and closed when the round ends."""
+
+    def __init__(self, target: "WatchTarget", cap: str | None) -> None:
+        self._target = target
+        self._cap = cap
+        self._reader: "Reader | None" = None
+        self._opening = DeferredLock()
+
+    async def children(self, dircap: str) -> list[Node]:
+        from ..read.reader import Reader
+
+        await self._opening.acquire()
+        try:
+            if self._reader is None:
+                reader = Reader(await self._target.gateway())
+                try:
+                    if self._cap is not None:
+                        await reader.root(self._cap)
+                except BaseException:
+                    reader.close()
+                    raise
+                self._reader = reader
+        finally:
+            self._opening.release()
+        return await self._reader.children(Node(b"", "d", dircap, {}))
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 class WatchTarget(Target, Protocol):
@@ -302,6 +337,7 @@ class Watcher:
         await phase_one(self.rt, self.source, self.qpath, totals, sel, hooks)
         held: list[bytes] = []
         listings: _Listings = {}
+        earlier = _PreviousSnapshot(self.target, self.made.cap if self.made is not None else None)
 
         async def hold(e: Entry, save: Callable[[], Awaitable[Child | None]]) -> Child | None:
             n = self._holds.get(e.path, 0) + 1
@@ -310,7 +346,7 @@ class Watcher:
                 return await save()
             self._holds[e.path] = n
             held.append(e.parent or b"")
-            return await self._previous_edge(previous, e, listings)
+            return await self._previous_edge(previous, e, listings, earlier)
 
         inc = Incremental(None if full or self.made is None else self.made.generation,
                           frozenset() if full or self.made is None else self.made.packs,
@@ -319,8 +355,11 @@ class Watcher:
                           previous=None if full or self.made is None else self.made.cap,
                           index=() if full or self.made is None else self.made.index,
                           previous_tree=None if full or self.made is None else self.made.tree)
-        made = await phase_two(self.rt, self.conf, gw, self.target, self.source, self.qpath, totals, self.job,
-                               incremental=inc)
+        try:
+            made = await phase_two(self.rt, self.conf, gw, self.target, self.source, self.qpath, totals, self.job,
+                                   incremental=inc)
+        finally:
+            earlier.close()
         self.previous = _tree(made_dirs, kept)
         self.rounds += 1
         for d in held:  # still being written: backed up by a later round
@@ -337,11 +376,11 @@ class Watcher:
         return self.conf.destination.tree == "index" and (
             not made.index or len(made.index) >= INDEX_CARRIED_MAX)
 
-    async def _previous_edge(self, previous: DirNode | None, e: Entry, listings: _Listings) -> Child | None:
+    async def _previous_edge(self, previous: DirNode | None, e: Entry, listings: _Listings,
+                             earlier: "_PreviousSnapshot") -> Child | None:
         """A file still being written keeps its edge from the previous snapshot (None: it had none).
-        ``listings``: the previous directories listed in this round, each listed once."""
-        from ..read.reader import Reader
-
+        ``listings``: the previous directories listed in this round, each listed once, through
+        ``earlier``."""
         parent = e.parent or b""
         node = previous.find(parent) if previous is not None else None
         if node is None:
@@ -357,13 +396,7 @@ class Watcher:
             waiters: list[Deferred] = []
             listings[parent] = waiters
             try:
-                reader = Reader(await self.target.gateway())
-                try:
-                    if self.made is not None:
-                        await reader.root(self.made.cap)  # (its index holds the directories)
-                    nodes = await reader.children(Node(b"", "d", node.cap, {}))
-                finally:
-                    reader.close()
+                nodes = await earlier.children(node.cap)
             except BaseException as err:
                 del listings[parent]
                 for w in waiters:
