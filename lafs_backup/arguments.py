@@ -130,6 +130,12 @@ def find_verb(argv: Sequence[str]) -> tuple[int, str] | None:
     return None
 
 
+
+#: What users of restic, borg and kopia type for a command this tool names otherwise: the error
+#: for an unknown command suggests ours (not aliases: each command has one name).
+RIVALS = {"snapshots": "list", "forget": "cleanup", "prune": "cleanup", "cat": "dump", "extract": "restore",
+          "create": "backup", "snapshot": "backup", "compare": "diff"}
+
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     """The command and its arguments, options and paths in any order (``--`` ends the options).
 
@@ -145,7 +151,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     at, verb = found
     commands = _commands()
     if verb not in commands:
-        near = difflib.get_close_matches(verb, list(commands), n=1, cutoff=0.6)
+        near = [RIVALS[verb]] if verb in RIVALS else difflib.get_close_matches(verb, list(commands), n=1,
+                                                                                cutoff=0.6)
         hint = f"; did you mean '{near[0]}'?" if near else ""
         raise UsageError(f"'{verb}' is not a command{hint}\nSee '{PROG} --help' for the commands.")
     p = verb_parser(verb)

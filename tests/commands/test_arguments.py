@@ -47,6 +47,13 @@ def test_an_unknown_command_suggests_the_nearest():
     assert err.count("lafs-backup: error:") == 1 and "lafs-backup: lafs-backup" not in err
 
 
+def test_a_rivals_name_for_a_command_suggests_ours():
+    for typed, ours in (("snapshots", "list"), ("forget", "cleanup"), ("cat", "dump")):
+        code, _, err = call([typed])
+        assert code == ExitCode.USAGE
+        assert f"'{typed}' is not a command; did you mean '{ours}'?" in err, err
+
+
 def test_a_missing_required_option_is_one_prefix_and_a_usage_line():
     code, _, err = call(["restore", "latest"])
     assert code == ExitCode.USAGE
