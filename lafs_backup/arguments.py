@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
-from typing import Sequence
+from typing import Any, Sequence
 
 from . import __version__
 from .errors import ExitCode, UsageError
@@ -42,29 +42,36 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_global(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The options every command takes, before or after its name."""
-    p.add_argument("-c", "--config", action="append", metavar="FILE", default=argparse.SUPPRESS,
-                   help="YAML file layered over the base config (repeatable; later files win)")
-    p.add_argument("-o", "--set", action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
-                   help="override one config key, e.g. -o operation.jobs=4 (wins over files)")
-    p.add_argument("--url", default=argparse.SUPPRESS, metavar="URL",
-                   help="gateway URL (destination.url); default: the embedded local grid")
-    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                   help="say more: -v logs at INFO, -vv at DEBUG")
-    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                   help="say only warnings and errors (no progress, no summary)")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                   help="log at DEBUG level, and print a bug's traceback")
-    p.add_argument("--noise", action="store_true", default=argparse.SUPPRESS,
-                   help="log every path (below DEBUG)")
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                   help="machine-readable output (JSON lines)")
-    p.add_argument("--repo", metavar="KEY|FILE|-", default=argparse.SUPPRESS,
-                   help="the repository's recovery key: the key itself, a file holding it, or - to read it "
-                        "from stdin (also LAFS_BACKUP_REPO, or repository.key_file; default: this machine's)")
-    p.add_argument("--wait-lock", type=float, metavar="SECONDS", default=argparse.SUPPRESS,
-                   help="wait up to SECONDS for another run holding the entry cache's lock "
-                        "(operation.lock_wait; default: exit at once with code 5)")
+    """The options every command takes, before or after its name.  A spelling the command's own
+    arguments use already is the command's there (``tag --set``): the global option keeps its others
+    (``-o``)."""
+    taken = set(getattr(p, "_option_string_actions", {}))
+
+    def add(*names: str, **kw: Any) -> None:
+        p.add_argument(*[n for n in names if n not in taken], **kw)
+
+    add("-c", "--config", action="append", metavar="FILE", default=argparse.SUPPRESS,
+        help="YAML file layered over the base config (repeatable; later files win)")
+    add("-o", "--set", action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
+        help="override one config key, e.g. -o operation.jobs=4 (wins over files)")
+    add("--url", default=argparse.SUPPRESS, metavar="URL",
+        help="gateway URL (destination.url); default: the embedded local grid")
+    add("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+        help="say more: -v logs at INFO, -vv at DEBUG")
+    add("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+        help="say only warnings and errors (no progress, no summary)")
+    add("--debug", action="store_true", default=argparse.SUPPRESS,
+        help="log at DEBUG level, and print a bug's traceback")
+    add("--noise", action="store_true", default=argparse.SUPPRESS,
+        help="log every path (below DEBUG)")
+    add("--json", action="store_true", default=argparse.SUPPRESS,
+        help="machine-readable output (JSON lines)")
+    add("--repo", metavar="KEY|FILE|-", default=argparse.SUPPRESS,
+        help="the repository's recovery key: the key itself, a file holding it, or - to read it "
+             "from stdin (also LAFS_BACKUP_REPO, or repository.key_file; default: this machine's)")
+    add("--wait-lock", type=float, metavar="SECONDS", default=argparse.SUPPRESS,
+        help="wait up to SECONDS for another run holding the entry cache's lock "
+             "(operation.lock_wait; default: exit at once with code 5)")
 
 
 def _commands() -> dict[str, tuple[str, str]]:
@@ -134,7 +141,7 @@ def find_verb(argv: Sequence[str]) -> tuple[int, str] | None:
 #: What users of restic, borg and kopia type for a command this tool names otherwise: the error
 #: for an unknown command suggests ours (not aliases: each command has one name).
 RIVALS = {"snapshots": "list", "forget": "cleanup", "prune": "cleanup", "cat": "dump", "extract": "restore",
-          "create": "backup", "snapshot": "backup", "compare": "diff"}
+          "create": "backup", "snapshot": "backup", "compare": "diff", "info": "stats"}
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     """The command and its arguments, options and paths in any order (``--`` ends the options).
@@ -156,11 +163,29 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         hint = f"; did you mean '{near[0]}'?" if near else ""
         raise UsageError(f"'{verb}' is not a command{hint}\nSee '{PROG} --help' for the commands.")
     p = verb_parser(verb)
+    _refuse_shadowed(verb, p, argv[:at])
     rest = argv[:at] + argv[at + 1:]
     _refuse_unknown_options(p, rest)
-    ns = p.parse_intermixed_args(rest)
+    if "--" in rest:  # (parse_intermixed_args reads options again after it: '-- sh -c CMD' took -c as ours)
+        cut = rest.index("--")
+        ns = _after_dashes(p, rest[:cut], rest[cut + 1:])
+    else:
+        ns = p.parse_intermixed_args(rest)
     ns.command = verb
     return ns
+
+
+def _refuse_shadowed(verb: str, p: Parser, before: list[str]) -> None:
+    """A global option given before the command in a spelling the command takes as its own
+    (``--set`` before ``tag``) is refused, naming the spelling that stays global."""
+    top = top_parser()
+    for word in before:
+        name = word.split("=", 1)[0]
+        glob = next((a for a in top._actions if name in a.option_strings), None)
+        own = next((a for a in p._actions if name in a.option_strings), None)
+        if glob is not None and own is not None and own.dest != glob.dest:
+            others = " or ".join(s for s in glob.option_strings if s != name)
+            p.error(f"{name} is {verb}'s own option; give the global one as {others}")
 
 
 def _refuse_unknown_options(p: Parser, words: list[str]) -> None:
@@ -178,9 +203,22 @@ def _refuse_unknown_options(p: Parser, words: list[str]) -> None:
                 near = difflib.get_close_matches(name, [k for k in known if k.startswith("--")], n=1, cutoff=0.6)
                 hint = f"; did you mean {near[0]}?" if near else ""
                 p.error(f"unknown option {name}{hint}")
-            i += 2 if known.get(name) and "=" not in word else 1
+            i += 2 if known.get(name) and "=" not in word and words[i + 1:i + 2] != ["--"] else 1
             continue
         i += 1
+
+
+def _after_dashes(p: argparse.ArgumentParser, head: list[str], tail: list[str]) -> argparse.Namespace:
+    """Parse ``head -- tail``: options anywhere in ``head``, every word of ``tail`` an argument,
+    even one that starts with '-' (``parse_intermixed_args`` reads options again after a ``--``)."""
+    marks = {f"\0{i}": word for i, word in enumerate(tail)}  # (never an option, never a user's word)
+    ns = p.parse_intermixed_args(head + list(marks))
+    for key, value in vars(ns).items():
+        if isinstance(value, str) and value in marks:
+            setattr(ns, key, marks[value])
+        elif isinstance(value, list):
+            setattr(ns, key, [marks.get(v, v) if isinstance(v, str) else v for v in value])
+    return ns
 
 
 def _number(word: str) -> bool:

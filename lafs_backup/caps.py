@@ -21,3 +21,17 @@ def lit_data(cap: str) -> bytes | None:
         return None
     text = cap[len("URI:LIT:"):].upper()
     return base64.b32decode(text + "=" * (-len(text) % 8))
+
+
+def stored_size(cap: str) -> tuple[int, int, int] | None:
+    """``(size, k, N)`` of an immutable object as its cap records it: a file (``URI:CHK:``) or a
+    directory (``URI:DIR2-CHK:``) of ``size`` bytes, erasure-coded into N shares any k of which
+    rebuild it.  None for a cap that records no size (a LIT cap, whose bytes are in the cap itself,
+    or a mutable one)."""
+    for prefix in ("URI:CHK:", "URI:DIR2-CHK:"):
+        if cap.startswith(prefix):
+            parts = cap[len(prefix):].split(":")
+            if len(parts) == 5 and all(p.isdigit() for p in parts[2:]) and int(parts[2]) > 0:
+                return int(parts[4]), int(parts[2]), int(parts[3])
+            return None
+    return None

@@ -45,6 +45,11 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "source.ignore_file": (str, _NULL),
     "source.git_ignore": (bool,),
     "source.storage_options": (dict, _NULL),
+    # (A string is accepted here only to be refused with a message saying how to write the list.)
+    "source.hooks.before": (list, str),
+    "source.hooks.after": (list, str),
+    "source.hooks.on_failure": (list, str),
+    "source.hooks.timeout": _NUM,
     "filter": (list,),
     "destination.url": (str, _NULL),
     "destination.happy": (int, _NULL),
@@ -70,6 +75,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "operation.jobs": (int,),
     "operation.lock_wait": _NUM,
     "operation.window": (int,),
+    "operation.index_cache": (str, int, _NULL),
     "operation.timeout": (int, float, _NULL),
     "operation.answer_timeout": (int, float, _NULL),
     "operation.retry.attempts": (int,),
@@ -301,6 +307,17 @@ def retry_policy(tree: Mapping[str, Any]) -> RetryPolicy:
     )
 
 
+def _index_cache(value: str | int | None) -> int:
+    """``operation.index_cache``: a size (``1G``, ``512M``), or 0 or null for no local copies."""
+    if value is None:
+        return 0
+    try:
+        return parse_size(value, "operation.index_cache")
+    except UsageError as e:
+        raise ConfigError(source="configuration", key="operation.index_cache",
+                          problem=e.message.split(": ", 1)[-1])
+
+
 def shown(tree: Mapping[str, Any]) -> dict[str, Any]:
     """The tree as it may be shown (``dump-config``, the manhole's ``config``): storage options, which
     hold credentials, by their names only."""
@@ -370,6 +387,21 @@ class SelectConfig:
 
 
 @dataclass(frozen=True)
+class HooksConfig:
+    """``source.hooks``: the argument lists run before a backup, after it, and when it fails (empty:
+    none), each within ``timeout`` seconds (see ``engine/hooks.py``)."""
+
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    on_failure: tuple[str, ...] = ()
+    timeout: float = 600.0
+
+    @property
+    def any(self) -> bool:
+        return bool(self.before or self.after or self.on_failure)
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     path: str | None
     queue_path: str | None
@@ -380,6 +412,7 @@ class SourceConfig:
     select: SelectConfig = SelectConfig()
     #: Options of an fsspec source or restore target (credentials, endpoint): never logged.
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
+    hooks: HooksConfig = HooksConfig()
 
 
 @dataclass(frozen=True)
@@ -424,6 +457,8 @@ class OperationConfig:
     #: Token buckets (seconds per token, burst): bytes uploaded, requests sent.
     rate_bytes: tuple[float, float] | None
     rate_objects: tuple[float, float] | None
+    #: Bytes of local copies of index chunks and immutable directory listings (0: none kept).
+    index_cache: int = 0
 
 
 @dataclass(frozen=True)
@@ -500,6 +535,28 @@ def _select(tree: Mapping[str, Any]) -> SelectConfig:
                         tuple(expand(x) or x for x in strings("files_from_raw")), name, g("git_ignore"))
 
 
+def _hooks(tree: Mapping[str, Any]) -> HooksConfig:
+    """``source.hooks``, checked: each an argument list of strings whose first names the program."""
+    def command(name: str) -> tuple[str, ...]:
+        key = "source.hooks." + name
+        value = get(tree, key)
+        if isinstance(value, str):
+            raise ConfigError(source="configuration", key=key, problem=(
+                f"expected an argument list such as [pg_dump, --file=/srv/db.sql, mydb], got the string {value!r} "
+                "(hooks run without a shell; for one, write [sh, -c, 'the command'])"))
+        if value and not (all(isinstance(a, str) and "\0" not in a for a in value) and value[0]):
+            raise ConfigError(source="configuration", key=key, problem=(
+                "expected a list of strings (the program, then its arguments), with no NUL character, "
+                f"got {value!r}"))
+        return tuple(value)
+
+    timeout = get(tree, "source.hooks.timeout")
+    if not (timeout > 0 and timeout < float("inf")):  # (NaN fails this too)
+        raise ConfigError(source="configuration", key="source.hooks.timeout", problem=(
+            f"expected a positive number of seconds, got {timeout!r}"))
+    return HooksConfig(command("before"), command("after"), command("on_failure"), float(timeout))
+
+
 def from_tree(tree: Mapping[str, Any]) -> Config:
     """Read a merged, validated tree (:func:`load_tree`) into records.  Filter rules, encoding
     rules and rate limits are compiled here, so a bad one stops the tool before any work."""
@@ -513,7 +570,7 @@ def from_tree(tree: Mapping[str, Any]) -> Config:
         source=SourceConfig(expand(g("source.path")), expand(g("source.queue.path")),
                             expand(g("source.entry_cache.path")), g("source.entry_cache.commit_after.rows"),
                             float(g("source.entry_cache.commit_after.seconds")), pick_policy(tree), _select(tree),
-                            g("source.storage_options")),
+                            g("source.storage_options"), _hooks(tree)),
         filter=compile_from_config(g("filter")),
         destination=DestinationConfig(
             g("destination.url"), g("destination.happy"), g("destination.lease_days"),
@@ -528,7 +585,7 @@ def from_tree(tree: Mapping[str, Any]) -> Config:
                         float(g("grid.start_timeout"))),
         operation=OperationConfig(g("operation.jobs"), g("operation.window"), retry_policy(tree),
                                   float(g("operation.lock_wait")), rate("operation.rate_limit.bytes"),
-                                  rate("operation.rate_limit.objects")),
+                                  rate("operation.rate_limit.objects"), _index_cache(g("operation.index_cache"))),
         debug_requests=g("http.debug_requests"),
         log_level=g("logging.level"),
         repository=RepositoryConfig(expand(g("repository.key_file")), g("repository.introducer_furl")),

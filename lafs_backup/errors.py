@@ -138,6 +138,18 @@ class RestoreError(LafsBackupError):
     """Restore failed: {problem}"""
 
 
+class StreamReadError(LafsBackupError):
+    """Cannot read the stream to back up ({what}): {problem}; nothing was recorded"""
+
+
+class StreamCommandError(LafsBackupError):
+    """The command {program} (--stdin-from-command) {problem}; its output was not backed up and nothing was recorded"""
+
+
+class HookError(LafsBackupError):
+    """The {hook} hook ({program}) {problem}; the backup was not made and nothing was recorded (source.hooks.{hook})"""
+
+
 def tahoe_exception_name(body: str) -> str:
     """Pull the last line of a ``text/plain`` Tahoe error body (the exception)."""
     lines = [ln.strip() for ln in body.strip().splitlines() if ln.strip()]

@@ -2,7 +2,9 @@
 patterns searched in '/'-rooted relative paths), and the values of the exclusion options (sizes, marker files).
 
 The configuration compiles them once (``config.py``); phase one (``backup/select.py``, ``backup/scan.py``)
-and ``diff`` (``read/diff.py``) apply them.
+and ``diff`` (``read/diff.py``) apply them.  The globs of ``--exclude`` and of ignore files
+(:func:`compile_globs`, gitignore semantics) are compiled here too: backup's selection and restore's
+``--include``/``--exclude`` (``read/pick.py``) share them.
 """
 
 from __future__ import annotations
@@ -78,6 +80,43 @@ def compile_rules(rules: Iterable[object], source: str = "filter") -> Filter:
 
 def compile_from_config(rules: Sequence[object]) -> Filter:
     return compile_rules(rules, "configuration key 'filter'")
+
+
+# -- globs: --exclude, ignore files, restore's --include ---------------------------------------
+@dataclass(frozen=True)
+class IgnoreLayer:
+    """One ignore file (or the globs of one command-line option): its patterns apply to the subtree
+    of the directory ``base``; with ``fold``, case-insensitively."""
+
+    base: bytes
+    spec: object  # pathspec.GitIgnoreSpec
+    label: str
+    fold: bool = False
+
+    def verdict(self, rel: bytes, is_dir: bool) -> bool | None:
+        """True: ignored; False: re-included by a ``!`` pattern; None: no pattern matches."""
+        sub = rel[len(self.base) + 1:] if self.base else rel
+        name = os.fsdecode(sub) + ("/" if is_dir else "")
+        if self.fold:
+            name = name.lower()
+        return self.spec.check_file(name).include  # type: ignore[attr-defined]
+
+
+def compile_globs(lines: Sequence[str], label: str, fold: bool = False, base: bytes = b"") -> IgnoreLayer:
+    """Gitignore-style patterns, as an ignore file in ``base`` holds them (``--exclude`` and its
+    kin: the source root): a pattern with a ``/`` (other than a trailing one) is anchored there,
+    one without matches a name at any depth, ``dir/`` only directories, ``!`` re-includes; ``#``
+    starts a comment.  With ``fold``, matching ignores case.  Raises :class:`UsageError` for a
+    pattern that is not a glob."""
+    import pathspec
+
+    if fold:
+        lines = [ln.lower() for ln in lines]
+    try:
+        spec = pathspec.GitIgnoreSpec.from_lines(lines)
+    except (ValueError, TypeError) as e:  # (pathspec's GitWildMatchPatternError is a ValueError)
+        raise UsageError(f"{label}: {e}") from None
+    return IgnoreLayer(base, spec, label, fold)
 
 
 # -- the values of the exclusion options ---------------------------------------------------------

@@ -54,6 +54,12 @@ class Backup:
         return self.source.decode("utf-8", "backslashreplace")
 
     @property
+    def rewritten_from(self) -> str | None:
+        """A rewrite (``lafs-backup rewrite``): the short id of the backup it was made from."""
+        note = self.summary.get("rewritten_from")
+        return note if isinstance(note, str) else None
+
+    @property
     def short_id(self) -> str:
         """A short name for it, the same on every machine (from its snapshot cap and time)."""
         import hashlib
@@ -79,6 +85,23 @@ def merge(local: Sequence[Backup], records: Sequence[Any], checks: dict[str, tup
     # Not recorded there yet (the repository could not be written): this machine's own record stands.
     out += [b for b in local if not b.record]
     return sorted(out, key=lambda x: (x.ts, x.id))
+
+
+def check_tag(text: str) -> str:
+    """A tag as the options that record one take it (``backup --tag``, ``tag --add``...): returned
+    as it is; :class:`UsageError` when it is empty, starts or ends with a blank, holds a control
+    character, or a ',' (listings join tags with it, and restic users write 'a,b' for two tags)."""
+    import unicodedata
+
+    if not text:
+        raise UsageError("a tag cannot be empty")
+    if text != text.strip():
+        raise UsageError(f"a tag cannot start or end with a blank: {text!r}")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text):
+        raise UsageError(f"a tag cannot hold a control character: {text!r}")
+    if "," in text:
+        raise UsageError(f"a tag cannot hold ',': {text!r} (give each tag its own option)")
+    return text
 
 
 #: What retention and ``latest`` may group backups by.
@@ -126,6 +149,16 @@ def matching(backups: Iterable[Backup], source: bytes | None = None, host: str |
     return sorted((b for b in backups
                    if same_source(b) and (host is None or b.host == host) and all(t in b.tags for t in tags)),
                   key=lambda x: (x.ts, x.id))
+
+
+def unchanged(backups: Iterable[Backup], source: bytes, host: str | None, cap: str) -> Backup | None:
+    """The newest backup of ``source`` made on ``host`` (whatever its tags), if its snapshot is
+    ``cap``: a backup made now would be the very same snapshot (``backup --skip-if-unchanged``
+    records nothing then).  None: there is none, or its snapshot is another."""
+    want = os.path.normpath(source)
+    last = max((b for b in backups if os.path.normpath(b.source) == want and b.host == host),
+               key=lambda b: (b.ts, b.id), default=None)
+    return last if last is not None and last.cap == cap else None
 
 
 def resolve(backups: Sequence[Backup], ref: str, source: bytes | None = None,
@@ -216,7 +249,7 @@ def as_json(b: Backup, floors: dict[str, float] | None = None) -> dict[str, Any]
             "last_check": iso(b.ts_check) if b.ts_check else None,
             "leases_renewed": iso(b.ts_lease) if b.ts_lease else None,
             "leases_end": iso(floor + LEASE_DAYS * 86400) if floor is not None else None,
-            "copies": list(b.copies), "original": b.original}
+            "copies": list(b.copies), "original": b.original, "rewritten_from": b.rewritten_from}
 
 
 def choose(everything: list[Backup], refs: Sequence[str], source: bytes | None, latest_of: bytes | None,

@@ -146,6 +146,14 @@ class Reporter:
         if not self.json_mode and not self.quiet:
             print(message, file=self.err)
 
+    def hook_output(self, hook: str, stream: str, line: str) -> None:
+        """A line a hook (``source.hooks``) wrote on its ``stream`` (stdout or stderr): on stderr as
+        ``hook NAME: LINE`` (not with -q), or a JSON line ``{"type": "hook", ...}`` on stdout."""
+        if self.json_mode:
+            self._json({"type": "hook", "hook": hook, "stream": stream, "line": line})
+        elif not self.quiet:
+            print(f"hook {hook}: {line}", file=self.err, flush=True)
+
     def say(self, message: str) -> None:
         """A line for the user on stderr, in either mode (e.g. that the embedded grid was started)."""
         print(message, file=self.err, flush=True)
@@ -191,6 +199,8 @@ class Reporter:
         if counters is not None:
             stats = {k: v for k, v in stats.items() if k in counters or k in ("warnings", "problems", "seconds")}
         summary = {"type": "summary", "operation": kind, **stats, **(extra or {})}
+        if kind == "backup":  # (the name ``stats`` gives the same figure: see the summary's "added")
+            summary["bytes_added"] = self.stats.bytes_uploaded
         if self.json_mode:
             self._json(summary)
         else:
@@ -211,10 +221,12 @@ class Reporter:
                 if s.subtrees_kept:
                     lines.append(f"  kept whole: {plural(s.subtrees_kept, 'directory', 'directories')} as in the "
                                  f"previous backup, with the {plural(s.entries_kept, 'entry', 'entries')} below them")
+                # "added": the contents and index chunks this backup stored, after compression (what
+                # ``stats`` counts as the objects it added: the same bytes when the cache knew the rest).
                 lines.append(f"  bytes: {size_text(s.bytes_to_store)} new or changed, {size_text(s.bytes_read)} "
-                             f"read, {size_text(s.bytes_sent)} sent to the grid ({size_text(s.bytes_uploaded)} of "
-                             f"it contents and index); saved by deduplication: {size_text(s.bytes_deduplicated)}, "
-                             f"by compression: {size_text(s.bytes_compression_saved)}")
+                             f"read, {size_text(s.bytes_sent)} sent to the grid; added: {size_text(s.bytes_uploaded)} "
+                             f"(contents and index, after compression); saved by deduplication: "
+                             f"{size_text(s.bytes_deduplicated)}, by compression: {size_text(s.bytes_compression_saved)}")
                 lines.extend(self.excluded_lines())
             elif kind == "verify":
                 ext = extra or {}

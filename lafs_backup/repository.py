@@ -6,6 +6,8 @@ A repository is a mutable Tahoe directory::
     writers/                    one directory per host and source, written only by that writer
         ann.3f2a9c0d51e7/       a writer: one child per backup, the snapshot's own cap, whose
             20261202T023012.481516Z.g41    link metadata is the backup's record
+        ann.9b1c4e77a0d2/       a machine's tag changes (``lafs-backup tag``), one child each: a small
+            20261203T101500.000000Z.t5e0f91aa  LIT cap, whose link metadata is the change
 
 Tahoe's mutable directories are last-writer-wins, and two gateways writing
 one directory at once can lose an update (``UncoordinatedWriteError``), so
@@ -14,6 +16,13 @@ each writer has a directory that only it writes, and the one shared write
 and repeated until it holds.  Listing the repository costs one request for
 ``writers/`` and one per writer.
 
+A backup's record is written once, and never rewritten: a change of its tags
+is a record of its own (:class:`TagChange`), naming the backup by its place
+(``writer/record``), in a directory that only the machine that made the
+change writes (``tag`` runs on one machine take a lock).  The tags a backup
+has are its record's, changed by every change that names it, in time order
+(:func:`retagged`).  An older version reads such entries as no record at all.
+
 The recovery key (:class:`RepoKey`) is a bearer secret: the repository's
 write cap, and how to reach the grid (its introducer FURL and encoding).
 """
@@ -21,12 +30,13 @@ write cap, and how to reach the grid (its introducer FURL and encoding).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from . import __version__
 from .errors import GatewayError, GridError, UsageError
@@ -38,6 +48,10 @@ KEY_PREFIX = "lafs-backup-key-v1:"
 MARKER = "lafs-backup-repository"
 WRITERS = "writers"
 RECORD_FORMAT = 1
+TAGS_FORMAT = 1
+#: The "source" a machine's tag changes are filed under: a writer directory of their own (no real
+#: source holds a NUL, so no backup's writer can have its name).
+TAGS_SOURCE = b"\0tags"
 
 
 @dataclass(frozen=True)
@@ -126,6 +140,65 @@ class Record:
             return None
 
 
+@dataclass(frozen=True)
+class TagChange:
+    """A change of one backup's tags (``lafs-backup tag``): ``set`` replaces them (None: it does
+    not), then ``remove`` takes some away and ``add`` adds some (at the end, each once)."""
+
+    #: The backup's place in the repository: ``writer/record`` (its ``history.Backup.id``).
+    target: str
+    ts: float
+    host: str
+    set: tuple[str, ...] | None = None
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+    #: Where it is: its writer's directory and its entry's name there.
+    writer: str = ""
+    name: str = ""
+
+    def applied(self, tags: Sequence[str]) -> tuple[str, ...]:
+        """``tags`` as this change leaves them (in their order, new ones last)."""
+        out: list[str] = []
+        for t in (self.set if self.set is not None else tags):
+            if t not in out and t not in self.remove:
+                out.append(t)
+        return tuple(out + [t for t in dict.fromkeys(self.add) if t not in out])
+
+    def metadata(self) -> dict[str, Any]:
+        """The link metadata that is the change on the grid."""
+        return {"lafs_backup_tags": TAGS_FORMAT, "target": self.target, "time": self.ts, "host": self.host,
+                "set": list(self.set) if self.set is not None else None, "add": list(self.add),
+                "remove": list(self.remove), "version": __version__}
+
+    @classmethod
+    def from_metadata(cls, meta: object, writer: str, name: str) -> "TagChange | None":
+        """The change an entry's link metadata holds (None: not a change this version can read)."""
+        if not isinstance(meta, dict) or meta.get("lafs_backup_tags") != TAGS_FORMAT:
+            return None
+        try:
+            tags = {k: tuple(str(t) for t in meta.get(k) or ()) for k in ("set", "add", "remove")}
+            return cls(str(meta["target"]), float(meta["time"]), str(meta.get("host", "")),
+                       tags["set"] if meta.get("set") is not None else None, tags["add"], tags["remove"],
+                       writer, name)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def retagged(records: Iterable[Record], changes: Iterable[TagChange]) -> list[Record]:
+    """``records`` with the tags every change that names one gives it, applied in time order
+    (changes made at the same time: in the order of their places)."""
+    by_target: dict[str, list[TagChange]] = {}
+    for c in sorted(changes, key=lambda c: (c.ts, c.writer, c.name)):
+        by_target.setdefault(c.target, []).append(c)
+    out = []
+    for r in records:
+        tags = r.tags
+        for c in by_target.get(f"{r.writer}/{r.name}", ()):
+            tags = c.applied(tags)
+        out.append(r if tags == r.tags else dataclasses.replace(r, tags=tags))
+    return out
+
+
 def writer_name(host: str, source: bytes) -> str:
     """The directory of one writer: its host, and a digest of its source (names stay short and safe)."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", host)[:64] or "host"
@@ -137,6 +210,15 @@ def record_name(ts: float, generation: int) -> str:
 
     frac = f"{ts % 1:.6f}"[2:]
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(ts)) + f".{frac}Z.g{generation}"
+
+
+def change_name(ts: float) -> str:
+    """The entry of a tag change: its time, and a random part (two changes at once never share it)."""
+    import secrets
+    import time
+
+    frac = f"{ts % 1:.6f}"[2:]
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(ts)) + f".{frac}Z.t{secrets.token_hex(4)}"
 
 
 class Repository:
@@ -187,8 +269,15 @@ class Repository:
                 for name, (ntype, info) in children.items()}
 
     async def records(self) -> list[Record]:
-        """Every backup recorded by every writer, oldest first."""
+        """Every backup recorded by every writer, oldest first, with the tags its tag changes give it."""
+        records, changes = await self.contents()
+        return retagged(records, changes)
+
+    async def contents(self) -> tuple[list[Record], list[TagChange]]:
+        """Every backup recorded by every writer (oldest first, its tags as recorded), and every
+        tag change."""
         out: list[Record] = []
+        changes: list[TagChange] = []
         for writer, (_, rw, ro, _) in sorted((await self._listing(await self._writers())).items()):
             cap = rw or ro
             if cap is None:
@@ -197,8 +286,12 @@ class Repository:
                 rec = Record.from_metadata(snap or "", meta, writer, name) if snap else None
                 if rec is not None:
                     out.append(rec)
+                    continue
+                change = TagChange.from_metadata(meta, writer, name)
+                if change is not None:
+                    changes.append(change)
         out.sort(key=lambda r: (r.ts, r.name))
-        return out
+        return out, changes
 
     async def _writer_dir(self, writer: str, create: bool) -> str | None:
         """The write cap of a writer's directory, made and linked (verified) when ``create``."""
@@ -230,9 +323,38 @@ class Repository:
         raise GridError(problem="the backup could not be recorded in the repository; it is kept in the "
                                 "local cache and recorded there by the next run")
 
-    async def forget(self, recs: Iterable[Record]) -> None:
-        """Remove records from their writers' directories."""
+    async def add_changes(self, host: str, changes: Sequence[TagChange]) -> list[TagChange]:
+        """Record tag changes made on ``host``, in its own directory (made on first use), in one
+        write, read back until they all hold; returns them with their places.  The caller holds
+        this machine's lock on its tag changes (no other writer writes that directory)."""
+        from .caps import lit_cap
+
+        writer = writer_name(host, TAGS_SOURCE)
+        wcap = await self._writer_dir(writer, create=True)
+        assert wcap is not None
+        placed = [dataclasses.replace(c, writer=writer, name=change_name(c.ts)) for c in changes]
+        for _ in range(self._attempts):
+            # Each links a small LIT cap (no shares, nothing to renew): the change is its link metadata.
+            marker = lit_cap(json.dumps({"lafs_backup_tags": TAGS_FORMAT}).encode())
+            await self.gw.set_children(wcap, {c.name: (marker, c.metadata()) for c in placed}, replace=False)
+            there = await self._listing(wcap)
+            if all(c.name in there and TagChange.from_metadata(there[c.name][3], writer, c.name) == c
+                   for c in placed):
+                return placed
+        raise GridError(problem="the tag changes could not be recorded in the repository; try again")
+
+    async def forget(self, recs: Iterable[Record], host: str | None = None) -> None:
+        """Remove records from their writers' directories; with ``host``, also the tag changes
+        made on ``host`` (the caller's own) that name them."""
+        gone = []
         for rec in recs:
             wcap = await self._writer_dir(rec.writer, create=False)
             if wcap is not None:
                 await self.gw.unlink(wcap, rec.name)
+            gone.append(f"{rec.writer}/{rec.name}")
+        wcap = await self._writer_dir(writer_name(host, TAGS_SOURCE), create=False) if host and gone else None
+        if wcap is not None:
+            for name, (_, _, _, meta) in (await self._listing(wcap)).items():
+                change = TagChange.from_metadata(meta, "", name)
+                if change is not None and change.target in gone:
+                    await self.gw.unlink(wcap, name)

@@ -109,7 +109,7 @@ class FakeGateway:
         self.objects[cap] = data
         return cap
 
-    async def put_bytes(self, data: bytes, label: str | None = None) -> str:
+    async def put_bytes(self, data: bytes, label: str | None = None, keep: bool = False) -> str:
         self._maybe_fail("put")
         self.bytes_sent += len(data)
         await self._held()
@@ -163,6 +163,11 @@ class FakeGateway:
     async def get_range(self, cap: str, offset: int, length: int) -> bytes:
         self.counts["range"] += 1
         return self.objects[cap][offset:offset + length]
+
+    async def get_small(self, cap: str) -> bytes:
+        parts: list[bytes] = []
+        await self.download(cap, parts.append, parts.clear)
+        return b"".join(parts)
 
     # -- what no unit test asks of it ------------------------------------------------------------
     async def mkdir_mutable(self) -> str:

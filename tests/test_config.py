@@ -270,3 +270,32 @@ def test_non_utf8_paths_in_settings(tmp_path):
                            str(src), "--queue-only"], str(tmp_path))
     _assert_clean(code, err)
     assert code == 0 and os.path.exists(queue), err
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("source:\n  hooks:\n    before: pg_dump mydb > /srv/db.sql\n",
+     "source.hooks.before: expected an argument list such as [pg_dump"),
+    ("source:\n  hooks:\n    after: [1, 2]\n", "source.hooks.after: expected a list of strings"),
+    ("source:\n  hooks:\n    on_failure: ['', x]\n", "source.hooks.on_failure: expected a list of strings"),
+    ("source:\n  hooks:\n    before: {sh: x}\n", "source.hooks.before: expected list or string"),
+    ("source:\n  hooks:\n    timeout: 0\n", "source.hooks.timeout: expected a positive number"),
+    ("source:\n  hooks:\n    timeout: .nan\n", "source.hooks.timeout: expected a positive number"),
+    ("source:\n  hooks:\n    timeout: .inf\n", "source.hooks.timeout: expected a positive number"),
+    ("source:\n  hooks:\n    befor: [x]\n", "source.hooks.befor: unknown key"),
+])
+def test_hook_settings_are_checked_and_the_error_names_the_key(tmp_path, text, fragment):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        cfg.load([str(f)])
+    assert fragment in str(e.value)
+
+
+def test_hook_settings_are_read_into_the_record(tmp_path):
+    assert cfg.load([]).source.hooks == cfg.HooksConfig((), (), (), 600.0)
+    f = tmp_path / "c.yaml"
+    f.write_text("source:\n  hooks:\n    before: [sh, -c, 'pg_dump db > /srv/db.sql']\n    timeout: 30\n")
+    hooks = cfg.load([str(f)]).source.hooks
+    assert hooks.before == ("sh", "-c", "pg_dump db > /srv/db.sql") and hooks.timeout == 30.0 and hooks.any
+    assert cfg.load([], [cfg.parse_override("source.hooks.after=[touch, /tmp/done]")]).source.hooks.after == \
+        ("touch", "/tmp/done")

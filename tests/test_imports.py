@@ -24,7 +24,7 @@ ONLY_IN = {
 #: Modules that decide or describe, and do no I/O: no network, database, process, thread or reactor.
 PURE = {"store/plan.py", "filters.py", "encoding.py", "names.py", "retry.py", "caps.py", "backup/queue.py", "store/snapshot.py",
         "store/entry.py", "upkeep/retention.py", "history.py", "config.py", "errors.py", "backup/changes.py",
-        "store/index.py", "grid/health.py", "grid/download.py"}
+        "store/index.py", "grid/health.py", "grid/download.py", "read/tally.py", "engine/prune.py"}
 IO_MODULES = {"treq", "sqlite3", "twisted", "cffi", "subprocess", "socket", "threading", "xattr", "urllib"}
 #: The ground floor's small pure helpers, the project's one semaphore, and the protocols of the resources
 #: the stages are handed (the gateway, the reporter): every layer may import them.

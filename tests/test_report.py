@@ -222,5 +222,18 @@ def test_every_summary_gives_sizes_in_the_one_style():
         assert not re.search(r"\d{4,}", body), body
         assert not re.search(r"\d ?(kB|MB|GB|bytes)\b", body), body
     assert "2.9 MiB new or changed, 2.9 MiB read, 2.9 MiB sent to the grid" in texts["backup"]
+    # What the backup added, in the words ``stats`` uses for the same figure.
+    assert "sent to the grid; added: 2.9 MiB (contents and index, after compression)" in texts["backup"]
     assert "5.0 GiB of files" in texts["backup"] and "2.0 KiB" in texts["backup"] and "512 B" in texts["backup"]
     assert "2.9 MiB written" in texts["restore"]
+
+
+def test_a_backups_json_summary_gives_the_bytes_it_added():
+    out = io.StringIO()
+    rep = Reporter(json_mode=True, out=out)
+    rep.stats.bytes_uploaded = 12345
+    rep.finish("backup")
+    assert json.loads(out.getvalue())["bytes_added"] == 12345
+    out2 = io.StringIO()
+    Reporter(json_mode=True, out=out2).finish("restore")
+    assert "bytes_added" not in json.loads(out2.getvalue())

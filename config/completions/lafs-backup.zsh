@@ -25,6 +25,9 @@ _shtab_lafs_backup_commands() {
     ls:'List the entries of a snapshot, without restoring it.'
     mount:'Mount every backup as a read-only FUSE file system (in the foreground, until Ctrl-C or SIGTERM).'
     restore:'Restore a snapshot into a directory.'
+    rewrite:'Make new snapshots of backups without the paths --exclude matches (a leaked secret, a huge file).'
+    stats:'What each backup holds and added, and what the repository stores (from the indexes alone).'
+    tag:'Add, remove or set the tags of backups already made (recorded in the repository).'
     verify:'Verify every share and read contents back against their SHA-256; exit 6 on damage.'
     watch:'Back up, then snapshot every settled burst of changes (inotify), until Ctrl-C or SIGTERM.'
   )
@@ -58,7 +61,11 @@ _shtab_lafs_backup_backup_options=(
   "--rebuild-cache[move the entry cache aside (e.g. a damaged one) and start a new one\; content already on the grid is found again through convergence]"
   "--host[record the backup as made on this host (default\: the host name)]:NAME:"
   "*--tag[record this tag with the backup (repeatable)]:TAG:"
+  "--skip-if-unchanged[record no new backup when the snapshot is the same as the last backup of the source (on this host)\: nothing changed\; the summary says so and the exit code is 0]"
   "--dry-run[walk and plan only\: say what would be uploaded (files and bytes, after dedup against the cache)\; nothing is written to the grid or the cache]"
+  "--stdin[back up what is piped into lafs-backup (pg_dump mydb \| lafs-backup backup --stdin), recorded as the source stdin\:\/\/NAME]"
+  "--stdin-from-command[run the command given after \'--\' (no shell) and back up its output\; a non-zero exit fails the backup and nothing is recorded]"
+  "--stdin-filename[the name of the stream\'s file, and of its source stdin\:\/\/NAME (default\: stdin)]:NAME:"
   "*--exclude[skip what GLOB matches, as a line of an ignore file does\: with a \'\/\' it is anchored at the source (\'\/build\', \'docs\/\*.pdf\'), without it matches a name at any depth (\'\*.bin\', \'node_modules\/\') (repeatable)]:GLOB:"
   "*--iexclude[the same, ignoring case (repeatable)]:GLOB:"
   "*--exclude-file[skip what the globs in FILE match, one a line (\'\#\' comments) (repeatable)]:FILE:"
@@ -70,7 +77,7 @@ _shtab_lafs_backup_backup_options=(
   "*--files-from-verbatim[the same, each line taken exactly (repeatable)]:FILE:"
   "*--files-from-raw[the same, NUL-separated, each path taken exactly (repeatable)]:FILE:"
   "--git-ignore[honour .gitignore files as well as .lafsbackupignore]"
-  "(*)::directory to back up (default\: source.path)\; several are each backed up and recorded as their own source, one after the other:"
+  "(*)::directory to back up (default\: source.path)\; several are each backed up and recorded as their own source, one after the other\; with --stdin-from-command, the command and its arguments, after \'--\':"
 )
 
 # guard to ensure default positional specs are added only once per session
@@ -104,6 +111,7 @@ _shtab_lafs_backup_cleanup_options=(
   "--keep-monthly[keep the newest backup of each of the last N months that have one]:N:"
   "--keep-yearly[keep the newest backup of each of the last N years that have one]:N:"
   "--keep-within[keep all within DURATION (e.g. 30d, 1y6m) of the newest]:DURATION:"
+  "*--keep-tag[keep every backup carrying TAG, whatever the policy (or the names) say (repeatable)]:TAG:"
   "--dry-run[only list what would be forgotten and kept, and why]"
   {-e,--enumerate-shares}"[list the storage indexes reachable only from the forgotten backups]:FILE|-:"
   {-n,--enumerate-only}"[with -e\: list, forget nothing]"
@@ -250,6 +258,12 @@ _shtab_lafs_backup_restore_options=(
   "--overwrite[what to do with a file already in DIR\: \'always\' replace it (default)\; \'if-changed\' only if its size or SHA-256 differs from the snapshot\'s (else only its attributes are restored)\; \'if-newer\' only if the snapshot\'s mtime is newer\; \'never\' leave it]:overwrite:(always if-changed if-newer never)"
   "--delete[remove what DIR (below the PATHs restored, if given) holds that the snapshot does not]"
   {-n,--dry-run}"[change nothing\: list each file that would be written, overwritten, skipped or deleted]"
+  "*--include[restore only what GLOB matches (a directory with all it holds), and the directories on the way to it\: with a \'\/\' it is anchored at the snapshot\'s root (\'\/etc\/\', \'docs\/\*.pdf\'), without it matches a name at any depth (\'\*.conf\') (repeatable)]:GLOB:"
+  "*--iinclude[the same, ignoring case (repeatable)]:GLOB:"
+  "*--include-file[restore only what the globs in FILE match, one a line (\'\#\' comments) (repeatable)]:FILE:"
+  "*--exclude[leave out what GLOB matches (a directory with all it holds), as backup --exclude does (repeatable)]:GLOB:"
+  "*--iexclude[the same, ignoring case (repeatable)]:GLOB:"
+  "*--exclude-file[leave out what the globs in FILE match, one a line (\'\#\' comments) (repeatable)]:FILE:"
   "--source[only backups of this source directory (default for \'latest\'\: source.path)]:PATH:"
   "--host[only backups made on this host]:NAME:"
   "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
@@ -259,6 +273,47 @@ _shtab_lafs_backup_restore_options=(
 
 # guard to ensure default positional specs are added only once per session
 _shtab_lafs_backup_restore_defaults_added=0
+
+_shtab_lafs_backup_rewrite_options=(
+  "(- : *)"{-h,--help}"[show this help message and exit]"
+  "*--exclude[remove what GLOB matches (a directory with all it holds)\: with a \'\/\' it is anchored at the snapshot\'s root (\'\/notes\/key.pem\', \'docs\/\*.iso\'), without it matches a name at any depth (\'secret.txt\', \'\*.iso\') (repeatable)]:GLOB:"
+  "*--iexclude[the same, ignoring case (repeatable)]:GLOB:"
+  "*--exclude-file[remove what the globs in FILE match, one a line (\'\#\' comments) (repeatable)]:FILE:"
+  "--forget[forget each original backup once its rewrite is recorded (default\: both are kept)]"
+  {-n,--dry-run}"[change nothing\: list what would be removed, with sizes, and the total]"
+  "--source[only backups of this source directory (default for \'latest\'\: source.path)]:PATH:"
+  "--host[only backups made on this host]:NAME:"
+  "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
+  "(*):the backups to rewrite\: its id (from \'list\') or a unique start of it (4 characters or more), \'latest\' (the newest backup of --source), a generation number, or a snapshot cap\; digits are a generation when a backup has it, else the start of an id:"
+)
+
+# guard to ensure default positional specs are added only once per session
+_shtab_lafs_backup_rewrite_defaults_added=0
+
+_shtab_lafs_backup_stats_options=(
+  "(- : *)"{-h,--help}"[show this help message and exit]"
+  "--source[only backups of this source directory (default for \'latest\'\: source.path)]:PATH:"
+  "--host[only backups made on this host]:NAME:"
+  "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
+  "(*)::the backups to show (default\: all\; the repository\'s figures cover every backup)\: its id (from \'list\') or a unique start of it (4 characters or more), \'latest\' (the newest backup of --source), a generation number, or a snapshot cap\; digits are a generation when a backup has it, else the start of an id:"
+)
+
+# guard to ensure default positional specs are added only once per session
+_shtab_lafs_backup_stats_defaults_added=0
+
+_shtab_lafs_backup_tag_options=(
+  "(- : *)"{-h,--help}"[show this help message and exit]"
+  "*--add[add this tag (repeatable)]:TAG:"
+  "*--remove[remove this tag (repeatable)]:TAG:"
+  "*--set[replace every tag with these (repeatable\; not with --add or --remove\; -o is then the only spelling of the global option that overrides a configuration key)]:TAG:"
+  "--source[only backups of this source directory (default for \'latest\'\: source.path)]:PATH:"
+  "--host[only backups made on this host]:NAME:"
+  "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
+  "(*):the backups to tag\: its id (from \'list\') or a unique start of it (4 characters or more), \'latest\' (the newest backup of --source), a generation number, or a snapshot cap\; digits are a generation when a backup has it, else the start of an id:"
+)
+
+# guard to ensure default positional specs are added only once per session
+_shtab_lafs_backup_tag_defaults_added=0
 
 _shtab_lafs_backup_verify_options=(
   "(- : *)"{-h,--help}"[show this help message and exit]"
@@ -331,6 +386,9 @@ _shtab_lafs_backup() {
         ls) _arguments -C -s $_shtab_lafs_backup_ls_options ;;
         mount) _arguments -C -s $_shtab_lafs_backup_mount_options ;;
         restore) _arguments -C -s $_shtab_lafs_backup_restore_options ;;
+        rewrite) _arguments -C -s $_shtab_lafs_backup_rewrite_options ;;
+        stats) _arguments -C -s $_shtab_lafs_backup_stats_options ;;
+        tag) _arguments -C -s $_shtab_lafs_backup_tag_options ;;
         verify) _arguments -C -s $_shtab_lafs_backup_verify_options ;;
         watch) _arguments -C -s $_shtab_lafs_backup_watch_options ;;
       esac

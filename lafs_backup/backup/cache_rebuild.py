@@ -24,7 +24,8 @@ from ..store.index import BadIndex
 from ..store.index import chunk_bytes
 from ..store.protocols import ObjectCacheLike
 from ..store.snapshot import (INDEX, INDEX_TREE, OBJECTS, PACKED_MARKER_BODY, TREE, Hit, blob_key, body_key,
-                              canonical_json, content_key, file_key, index_key, is_dir_id)
+                              canonical_json, content_key, extents_key, file_key, index_key, is_dir_id)
+from ..system.sparse import as_cap, layout_of
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +138,20 @@ class Rebuilder:
                 self._row(body_key(PACKED_MARKER_BODY), Hit(cap, None))
         else:
             hit = Hit(cap, sha, enc)  # a plain filenode: exactly the file's bytes
+        try:
+            layout = layout_of(meta)
+        except ValueError:
+            return
         plains = (False, True) if hit.enc is None and hit.offset is None else (False,)
         for plain in plains:
             if not hit.cap.startswith("URI:LIT:"):  # a LIT file's content is its cap: computed, not looked up
                 self._row(content_key(sha, plain), hit)
-            self._row(file_key(rel, size, mtime, ctime, None, plain), hit)
+            if layout is None:
+                self._row(file_key(rel, size, mtime, ctime, None, plain), hit)
+            elif not plain:  # a sparse file's state: its data's object, and beside it where that data lies
+                state = file_key(rel, size, mtime, ctime, None, plain)
+                self._row(extents_key(state), Hit(as_cap(layout), sha))
+                self._row(state, hit)
 
 
 def _name(key: str, meta: dict[str, Any]) -> bytes:

@@ -14,6 +14,8 @@ import stat
 from ..protocols import InThread, ReporterLike
 from ..store.entry import Entry
 from ..store.protocols import ReadAt
+from ..system.paths import LocalFile
+from ..system.sparse import Layout, data_extents
 from .source import Source, SourceFile
 
 
@@ -48,6 +50,12 @@ class SourceReader:
             return True
         self.rep.warn(e.path, "skipped: it is no longer a regular file")
         return False
+
+    def layout(self, f: SourceFile, size: int) -> Layout | None:
+        """Where the data of a local file lies when it has holes worth recording (``system.sparse``);
+        None: it is read whole, as a dense file (no hole, a source that is not a local file, or a
+        file system that cannot say)."""
+        return data_extents(f.fd, size) if isinstance(f, LocalFile) else None
 
     async def read_small(self, e: Entry) -> tuple[os.stat_result, bytes] | None:
         """Read a small file whole: (its fstat, its bytes), or None after a warning.

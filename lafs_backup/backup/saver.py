@@ -24,12 +24,13 @@ from ..log import NOISE
 from ..protocols import ReporterLike
 from ..slots import Slots
 from ..store.entry import KIND_SOCKET, Entry, kind_of
-from ..store.snapshot import Child, Hit, edge_metadata
+from ..store.snapshot import Child, Hit, edge_metadata, extents_key
 from ..store import plan
-from ..store.protocols import ObjectCacheLike, StoreLike
+from ..store.protocols import ObjectCacheLike, ReadAt, StoreLike
 from ..store.store import SourceChanged
+from ..system.sparse import EXTENTS, ExtentView, Layout, as_cap, from_cache
 from .decider import AHEAD, Decided, Decider
-from .reading import SourceReader, why
+from .reading import SourceReader, read_all, why
 from .source import Source
 
 if TYPE_CHECKING:
@@ -62,6 +63,10 @@ class FileSaver:
         self._files = Slots(open_files, clock if clock is not None else store.gw.clock)
         self._small_max = store.settings.pack_max_file_size
         self._plain = store.settings.plain
+        #: Large files with holes are stored as their data and its layout (``system.sparse``): not
+        #: in a plain tree (each file exactly its bytes) nor in one of Tahoe directories (whose
+        #: edges Tahoe's own tools read as the file).
+        self._sparse = not self._plain and store.settings.tree_in_index
         #: Relative paths being read or uploaded right now (for progress and the manhole).
         self.in_flight: set[bytes] = set()
         #: The planner's first decision for each file, often made a batch ahead.
@@ -84,13 +89,47 @@ class FileSaver:
     def unchanged_now(self, e: Entry) -> tuple[Child | None, Decided]:
         """An unchanged file's edge straight from the cache, without a task (an unchanged rerun
         never leaves the reactor turn), or None and the decision for :meth:`file` to go on from."""
-        d, st = decided = self.decide(e)
+        decided, layout = self._reuse(e, self.decide(e))
+        d, st = decided
         if d.action != plan.UNCHANGED or d.hit is None or st is None:
             return None, decided
         child = self.store.child_now(e, st, d.hit)
+        if child is not None and layout is not None:
+            child = _with_layout(child, layout)
         if child is not None:
             self._count_unchanged(e)
         return child, decided
+
+    def _reuse(self, e: Entry, decided: Decided) -> tuple[Decided, Layout | None]:
+        """An unchanged file's decision and where its data lies (None: a dense file), from the
+        cache row kept beside its state's when it was stored sparse; READ when such a layout
+        cannot be recorded in this backup (its tree in Tahoe directories)."""
+        d, st = decided
+        if (d.action != plan.UNCHANGED or d.hit is None or st is None or self._plain
+                or st.st_size <= self._small_max):
+            return (d, st), None
+        key = self._layout_key(e, st)
+        row = self.cache.lookup(key, self.gen)
+        layout = from_cache(row.cap, st.st_size) if row is not None and row.sha256 == d.hit.sha256 else None
+        if layout is not None and not self._sparse:
+            return (plan.Decision(plan.READ, "stored sparse, which a tree of Tahoe directories cannot record"),
+                    st), None
+        return (d, st), layout
+
+    def _comparable(self, e: Entry, st: os.stat_result, cached: Hit | None, layout: Layout | None) -> Hit | None:
+        """The cache row of a file's state (``--mode checksum``, ``verify``) if its SHA-256 is of
+        what was read now: the whole file both times, or the data of the same layout; else None
+        (a file stored whole by an earlier version, now read sparse, is not silent corruption)."""
+        if cached is None or self._plain:
+            return cached
+        row = self.cache.lookup(self._layout_key(e, st), self.gen)
+        was = from_cache(row.cap, st.st_size) if row is not None and row.sha256 == cached.sha256 else None
+        return cached if was == layout else None
+
+    def _layout_key(self, e: Entry, st: os.stat_result) -> bytes:
+        """The cache key of a sparse file's layout in state ``st`` (by its state as a snapshot
+        records it, without its inode, so a cache rebuilt from snapshots has it too)."""
+        return extents_key(plan.state_key(e.path, st, self._plain, inode=False))
 
     def _count_unchanged(self, e: Entry) -> None:
         self.stats.files += 1
@@ -99,7 +138,7 @@ class FileSaver:
 
     # -- files -------------------------------------------------------------------------------------
     async def file(self, e: Entry, decided: Decided | None = None) -> Child | None:
-        d, st = decided or self.decide(e)
+        (d, st), layout = self._reuse(e, decided or self.decide(e))
         if d.action == plan.SKIP or st is None:
             self.stats.files += 1
             self.stats.bytes_done += e.size
@@ -107,7 +146,8 @@ class FileSaver:
             return None
         if d.action == plan.UNCHANGED and d.hit is not None:
             self._count_unchanged(e)
-            return await self.store.child(e, st, d.hit)
+            child = await self.store.child(e, st, d.hit)
+            return child if layout is None else _with_layout(child, layout)
         self.stats.files += 1
         try:
             seen = self.decider.seen(e.path)
@@ -198,6 +238,10 @@ class FileSaver:
         A file that changes while it is read (its size or mtime move, or it
         shrinks under an upload) is read once more, the second time from a
         private copy, so what is stored is whole and matches its SHA-256.
+
+        A file with holes (where ``_sparse``) is stored as the concatenation of
+        its data extents, hashed and deduplicated as such, and its edge and
+        the cache record where that data lies (``system.sparse``).
         """
         f = await self.reading.open(e)
         if f is None:
@@ -208,30 +252,44 @@ class FileSaver:
                 st = f.fstat()
                 if not self.reading.regular(e, st):
                     return None
-                src, size = f, st.st_size
+                layout = self.reading.layout(f, st.st_size) if self._sparse else None
+                src: ReadAt = f if layout is None else ExtentView(f, layout)
+                size = expected = st.st_size if layout is None else layout.data_size
                 if attempt == 2:
-                    copy = await self.store.private_copy(f, st.st_size, e.path)
+                    copy = await self.store.private_copy(src, size, e.path)
                     src, size = copy, copy.fstat().st_size
+                    if layout is not None and size != expected:
+                        layout = layout.cut(size)  # (what it holds is what its edge says)
                 sha = await self.store.hash(src, size)
                 self.stats.bytes_read += size
-                d = self._content_decision(e, sha, cached, seen)
+                d = self._content_decision(e, sha, self._comparable(e, st, cached, layout), seen)
                 try:
-                    hit = await self.store.content(sha, size, d.hit,
-                                                   lambda: self.store.file(src, size, sha, e.path))
+                    if layout is not None and size <= LIT_MAX:  # next to no data: its cap holds it
+                        data = read_all(src, size)
+                        hit = Hit(lit_cap(data), hashlib.sha256(data).digest())
+                    else:
+                        hit = await self.store.content(sha, size, d.hit,
+                                                       lambda: self.store.file(src, size, sha, e.path))
                 except SourceChanged:
                     if copy is not None:
                         raise
                     log.info("%r changed while it was uploaded; reading it again", e.path)
                     continue
                 after = f.fstat()
-                if (hit.sha256 == sha and size == st.st_size
+                if (hit.sha256 == sha and size == expected
                         and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)):
+                    if layout is not None:  # (written beside the state's row, in the same commit)
+                        self.cache.store(self._layout_key(e, st), as_cap(layout), self.gen, hit.sha256)
                     self.cache.store_hit(self._key(e, st), hit, self.gen)
                     break
                 if attempt == 1:
                     log.info("%r changed while it was read; reading it again", e.path)
                     continue
                 self.rep.warn(e.path, "changed while it was being read (twice); stored as last read")
+            if layout is not None:
+                log.debug("sparse: %r (%d bytes of data in %d extents, %d bytes in all)", e.path, size,
+                          len(layout.extents), layout.size)
+                return _with_layout(await self.store.child(e, st, hit), layout), d
             return await self.store.child(e, st, hit, size), d
         except OSError as err:
             self.rep.warn(e.path, f"skipped: {why(err)}")
@@ -268,6 +326,11 @@ class FileSaver:
         if e.kind == KIND_SOCKET:
             self.rep.note_once("sockets", "sockets are recorded but cannot be restored")
         return Child(e.name, lit_cap(b""), edge_metadata(e))
+
+
+def _with_layout(child: Child, layout: Layout) -> Child:
+    """A sparse file's edge: its object holds the data, its ``extents`` where that data lies."""
+    return Child(child.name, child.cap, {**child.metadata, EXTENTS: layout.as_json()})
 
 
 class _Hold:

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from ..errors import UsageError
-from ..filters import Filter
-# Re-exported for engine/backup.py and engine/watch.py, which import them from here: import them
-# from ..filters instead.
+from ..filters import Filter, IgnoreLayer, compile_globs
+# IgnoreLayer and compile_globs (the one glob engine: backup's --exclude, restore's --include and
+# --exclude) live in ..filters; engine/backup.py imports them from here too.
 
 #: The signature a valid ``CACHEDIR.TAG`` starts with (the Cache Directory Tagging specification).
 CACHEDIR_TAG = b"CACHEDIR.TAG"
@@ -116,55 +116,20 @@ def listed_paths(root: bytes, entries: Sequence[tuple[bytes, bool]]) -> Listed:
 
 
 # -- ignore files ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class IgnoreLayer:
-    """One ignore file (or the globs of one command-line option): its patterns apply to the subtree
-    of the directory ``base``; with ``fold``, case-insensitively."""
-
-    base: bytes
-    spec: object  # pathspec.GitIgnoreSpec
-    label: str
-    fold: bool = False
-
-    def verdict(self, rel: bytes, is_dir: bool) -> bool | None:
-        """True: ignored; False: re-included by a ``!`` pattern; None: no pattern matches."""
-        sub = rel[len(self.base) + 1:] if self.base else rel
-        name = os.fsdecode(sub) + ("/" if is_dir else "")
-        if self.fold:
-            name = name.lower()
-        return self.spec.check_file(name).include  # type: ignore[attr-defined]
-
-
 def parse_ignore(base: bytes, name: bytes, data: bytes) -> IgnoreLayer:
     lines = data.decode("utf-8", "surrogateescape").splitlines()
     label = os.fsdecode(os.path.join(base, name)) if base else os.fsdecode(name)
     return compile_globs(lines, label, base=base)
 
 
-def compile_globs(lines: Sequence[str], label: str, fold: bool = False, base: bytes = b"") -> IgnoreLayer:
-    """Gitignore-style patterns, as an ignore file in ``base`` holds them (``--exclude`` and its
-    kin: the source root): a pattern with a ``/`` (other than a trailing one) is anchored there,
-    one without matches a name at any depth, ``dir/`` only directories, ``!`` re-includes; ``#``
-    starts a comment.  With ``fold``, matching ignores case.  Raises :class:`UsageError` for a
-    pattern that is not a glob."""
-    import pathspec
-
-    if fold:
-        lines = [ln.lower() for ln in lines]
-    try:
-        spec = pathspec.GitIgnoreSpec.from_lines(lines)
-    except (ValueError, TypeError) as e:  # (pathspec's GitWildMatchPatternError is a ValueError)
-        raise UsageError(f"{label}: {e}") from None
-    return IgnoreLayer(base, spec, label, fold)
-
-
-def read_globs(path: str) -> list[str]:
-    """The lines of an ``--exclude-file`` (one glob a line, ``#`` comments)."""
+def read_globs(path: str, what: str = "--exclude-file") -> list[str]:
+    """The lines of an ``--exclude-file`` (or ``what``: restore's ``--include-file``...): one glob
+    a line, ``#`` comments."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise UsageError(f"--exclude-file {path}: {e.strerror}") from None
+        raise UsageError(f"{what} {path}: {e.strerror}") from None
     return data.decode("utf-8", "surrogateescape").splitlines()
 
 

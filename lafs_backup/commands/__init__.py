@@ -11,10 +11,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'copy': ('copy', "copy backups to a second grid (every one it lacks, newest first), recorded in that grid's repository"),
     'restore': ('restore', 'restore a snapshot into a directory'),
     'list': ('list', 'list finished backups'),
+    'stats': ('stats', 'what each backup holds and added, and what the repository stores (from the indexes alone)'),
     'ls': ('ls', 'list the entries of a snapshot, without restoring it'),
     'find': ('find', 'find paths in every backup (or the ones given)'),
     'dump': ('dump', "write a file's bytes, or a directory as a tar stream, to stdout"),
     'mount': ('mount', 'mount every backup as a read-only FUSE file system (in the foreground, until Ctrl-C or SIGTERM)'),
+    'tag': ('tag', 'add, remove or set the tags of backups already made (recorded in the repository)'),
+    'rewrite': ('rewrite', 'make new snapshots of backups without the paths --exclude matches (a leaked secret, a huge file)'),
     'cleanup': ('cleanup', 'forget backups: named ones, or those a retention policy does not keep'),
     'diff': ('diff', 'what changed between two snapshots, or a snapshot and the live source (exit 1 if any)'),
     'verify': ('verify', 'verify every share and read contents back against their SHA-256; exit 6 on damage'),
@@ -26,4 +29,4 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 #: Commands that only read: they stop an embedded grid they had to start when they end.
-READ_ONLY = frozenset({"list", "ls", "find", "dump", "restore", "mount", "verify", "diff"})
+READ_ONLY = frozenset({"list", "stats", "ls", "find", "dump", "restore", "mount", "verify", "diff"})

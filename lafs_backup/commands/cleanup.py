@@ -14,6 +14,7 @@ from ..history import Backup
 from ..history import as_json as backup_json
 from ..report import outcome, plural
 from ..resources import Opener
+from ..system.places import this_host
 from ..upkeep.retention import Policy, parse_duration
 from . import options, which
 
@@ -34,6 +35,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--keep-{unit}", type=int, default=0, metavar="N",
                         help=f"keep the newest backup of each of the last N {units} that have one")
     p.add_argument("--keep-within", metavar="DURATION", help="keep all within DURATION (e.g. 30d, 1y6m) of the newest")
+    p.add_argument("--keep-tag", action="append", default=[], metavar="TAG",
+                   help="keep every backup carrying TAG, whatever the policy (or the names) say (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="only list what would be forgotten and kept, and why")
     p.add_argument("-e", "--enumerate-shares", nargs="?", const="-", default=None, metavar="FILE|-",
                     help="list the storage indexes reachable only from the forgotten backups")
@@ -57,6 +60,9 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
         raise UsageError("-n/--enumerate-only needs -e/--enumerate-shares")
     if (ns.backups or ns.generation) and not policy.empty:
         raise UsageError("give either backups to forget, or a --keep-* policy, not both")
+    if ns.keep_tag and policy.empty and not (ns.backups or ns.generation):
+        raise UsageError("--keep-tag keeps tagged backups from a policy or from the backups named: give a "
+                         "--keep-* policy (e.g. --keep-last 10) or the backups to forget too")
     async with o.locked_cache() as cache:
         everything = await o.backups()
         if not policy.empty:
@@ -64,10 +70,11 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
             verdicts = forgetting.by_policy(
                 everything, policy, group_by, history.matching(everything, wanted, ns.host, ns.tag or ()), wanted,
                 time.time(), lambda b: rep.warn(f"generation {b.generation}",
-                                                "stamped in the future: kept, and not used to expire others"))
+                                                "stamped in the future: kept, and not used to expire others"),
+                ns.keep_tag)
         else:
             chosen = which.choose(o, everything, ns.backups, ns.source, ns.host, ns.tag) if ns.backups else []
-            verdicts = forgetting.by_name(everything, chosen, ns.generation, ns.up_to, group_by)
+            verdicts = forgetting.by_name(everything, chosen, ns.generation, ns.up_to, group_by, ns.keep_tag)
         forget, keep = verdicts.split(everything)
         _report(o, forget, keep, verdicts, ns.dry_run, policy.empty)
         if ns.dry_run:
@@ -79,7 +86,7 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
                    ns.enumerate_shares)
             if ns.enumerate_only:
                 return outcome(rep)
-        rows = await forgetting.forget(forget, cache.history, await o.repository(), gw)
+        rows = await forgetting.forget(forget, cache.history, await o.repository(), gw, this_host())
     summary = {"type": "summary", "forgotten": len(forget), "kept": len(keep), "rows_deleted": rows}
     if rep.json_mode:
         rep.record(summary)

@@ -42,6 +42,7 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
             tags = f"  [{','.join(it['tags'])}]" if it["tags"] else ""
             grids = f"  also on: {', '.join(it['copies'])}" if it["copies"] else ""
             copy = "  (a copy)" if it["original"] else ""
+            copy += f"  (rewritten from {it['rewritten_from']})" if it["rewritten_from"] else ""
             rep.output(f"{it['id']}  {it['generation']:>5}  {it['time']}  {it['host'] or '-'}  {it['source']}{tags}  "
                        f"leases renewed: {it['leases_renewed'] or 'never'}{grids}{copy}  {it['cap']}")
     advise(o, chosen, leases=False)

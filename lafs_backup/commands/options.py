@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..filters import IgnoreLayer
+
 #: How every command's help says what a SNAPSHOT argument takes (the same words everywhere; the
 #: rules in full are docs/commands.md's "Naming a snapshot", as history.resolve applies them).
 SNAPSHOT_HELP = ("its id (from 'list') or a unique start of it (4 characters or more), 'latest' (the newest "
@@ -16,6 +18,31 @@ def snapshot(p: argparse.ArgumentParser, role: str, dest: str = "snapshot", narg
     """A positional argument naming a backup (or several, with ``nargs``): ``role`` says what the
     command does with it, :data:`SNAPSHOT_HELP` what it may be."""
     p.add_argument(dest, nargs=nargs, metavar=metavar, help=f"{role}: {SNAPSHOT_HELP}")
+
+
+def tag(text: str) -> str:
+    """The type of an option that records a tag (``backup --tag``, ``tag --add``...): the rules
+    of :func:`history.check_tag`, said as argparse says a bad value ("argument --tag: ...")."""
+    from ..errors import UsageError
+    from ..history import check_tag
+
+    try:
+        return check_tag(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
+
+
+def globs(ns: argparse.Namespace, kind: str) -> tuple[IgnoreLayer, ...]:
+    """The layers of ``--KIND``, ``--iKIND`` and ``--KIND-file`` (``restore``'s include and exclude,
+    ``rewrite``'s exclude): globs as backup's --exclude takes them, each option a layer of its own."""
+    from ..backup.select import read_globs
+    from ..filters import compile_globs
+
+    out = [compile_globs(getattr(ns, kind), f"--{kind}")] if getattr(ns, kind) else []
+    out += [compile_globs(getattr(ns, "i" + kind), f"--i{kind}", fold=True)] if getattr(ns, "i" + kind) else []
+    out += [compile_globs(read_globs(f, f"--{kind}-file"), f"--{kind}-file {f}")
+            for f in getattr(ns, f"{kind}_file") or ()]
+    return tuple(out)
 
 
 def which(p: argparse.ArgumentParser, what: str = "backups") -> None:

@@ -28,7 +28,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds at least between two rounds (watch.min_interval; default 30)")
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="requests in flight (operation.jobs)")
     p.add_argument("--host", metavar="NAME", help="record the backups as made on this host (default: the host name)")
-    p.add_argument("--tag", action="append", metavar="TAG", help="record this tag with every backup (repeatable)")
+    p.add_argument("--tag", action="append", metavar="TAG", type=options.tag,
+                   help="record this tag with every backup (repeatable)")
     options.selection(p)
 
 

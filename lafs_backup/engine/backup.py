@@ -39,6 +39,7 @@ from ..store.snapshot import Child
 from ..store.store import Store, StoreSettings
 from ..system.lock import source_scope
 from ..system.places import state_dir
+from . import hooks
 from .publish import publish, rebuild_cache, record_backup, unhappy
 from .runtime import Runtime
 
@@ -68,12 +69,14 @@ class Target(Protocol):
 @dataclass(frozen=True)
 class Job:
     """What one backup is asked: recorded for ``host`` with ``tags``, in ``mode``; with
-    ``rebuild_cache``, the entry cache is set aside and made anew."""
+    ``rebuild_cache``, the entry cache is set aside and made anew; with ``skip_if_unchanged``, a
+    snapshot that is the last one of the source on ``host`` is not recorded again."""
 
     host: str
     tags: tuple[str, ...] = ()
     mode: str = "stat"
     rebuild_cache: bool = False
+    skip_if_unchanged: bool = False
 
 
 @dataclass(frozen=True)
@@ -261,9 +264,10 @@ class BackupRun:
         self.totals = [0, 0]  # entries, bytes of regular files
         if rt.op is not None:  # (the manhole's op.progress)
             rt.op.totals = self.totals
-        if job.mode != "stat" or job.rebuild_cache:
+        if job.mode != "stat" or job.rebuild_cache or not getattr(source, "keeps_trees", True):
             # A new cache knows none of the rows the record builds on; another mode may store what
-            # the record's directories do not hold (content changed under unchanged stat data).
+            # the record's directories do not hold (content changed under unchanged stat data); a
+            # stream (``backup.stream``) is read anew each time.
             subtrees.forget(trees_at or "")
             trees_at = None
         #: A backup that walks and uploads in one go keeps whole the subtrees unchanged since the last one.
@@ -275,6 +279,10 @@ class BackupRun:
         return Queued(self.qpath, n)
 
     async def run(self, reuse_queue: bool = False) -> "Made":
+        """The backup, within the source's hooks (``engine.hooks``)."""
+        return await hooks.around(self.rt, self.conf.source.hooks, self.source.label, lambda: self._run(reuse_queue))
+
+    async def _run(self, reuse_queue: bool) -> "Made":
         """Walk (or take the queue phase one left, with ``reuse_queue``), then phase two."""
         kept: list[bytes] = []
         if reuse_queue:
@@ -357,6 +365,8 @@ class Made:
     #: The chunks of its index (empty: it has none).
     index: tuple[str, ...] = ()
     tree: Child | None = None
+    #: ``skip_if_unchanged`` found the snapshot to be this backup's, the last one: it stands for it.
+    kept: Backup | None = None
 
 
 async def phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target, source: Source, qpath: str,
@@ -404,11 +414,15 @@ async def phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target, 
         finally:
             progress.stop()
         b: Backup | None
+        kept: Backup | None = None
         if incremental is not None and incremental.previous_tree is not None and _same_tree(
                 uploader.tree, incremental.previous_tree):
             # Nothing that is backed up changed (events about excluded names, say): the previous
             # snapshot stands (this one differs from it in its index's chunks alone).
             b, snap = None, incremental.previous or snap
+        elif job.skip_if_unchanged and (kept := history.unchanged(await target.backups(), source.label, job.host,
+                                                                  snap)) is not None:
+            b = None  # (the last backup stands; its trees file describes this snapshot too)
         else:
             b = await record_backup(rep, dest.result, db.history, gw, gen, snap, source.label, job.host, job.tags)
             if trees_at is not None:
@@ -421,7 +435,7 @@ async def phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target, 
                 rep.advise("leases", said)
     rep.stats.bytes_sent = gw.bytes_sent - sent_before  # (the repository's records included)
     return Made(snap, b, gen, frozenset(store.packs_used), frozenset(store.encoded_used), uploader.index_caps,
-                uploader.tree)
+                uploader.tree, kept)
 
 
 class Forgotten(Exception):

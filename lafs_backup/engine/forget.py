@@ -35,11 +35,13 @@ class Verdicts:
 
 
 def by_policy(everything: list[Backup], policy: Policy, group_by: tuple[str, ...], scope: list[Backup],
-              wanted: bytes | None, now: float, future: Callable[[Backup], None]) -> Verdicts:
+              wanted: bytes | None, now: float, future: Callable[[Backup], None],
+              keep_tags: Sequence[str] = ()) -> Verdicts:
     """What ``policy`` keeps of ``scope``, in each group (by default: each source on each host keeps
     its own, so a source's newest backup is never forgotten because another source has a newer
     one; a glob source, dated snapshot directories, is one source).  ``future`` is told of each
-    backup stamped in the future (kept, and not used to expire others)."""
+    backup stamped in the future (kept, and not used to expire others).  A backup carrying one
+    of ``keep_tags`` is kept whatever the policy says (it still counts in the policy's periods)."""
     reasons: dict[str, str] = {}
     kept: dict[str, list[str]] = {}
     pattern = os.fsdecode(wanted) if wanted is not None and glob.has_magic(wanted) else None
@@ -48,14 +50,29 @@ def by_policy(everything: list[Backup], policy: Policy, group_by: tuple[str, ...
         label = " on ".join(reversed(key)) if key else ""
         for i in d.future:
             future(next(x for x in members if x.id == i))
-        reasons.update({i: "not kept by the policy" + (f" for {label}" if label else "") for i in d.forget})
+        tagged = tag_reasons(members, keep_tags)
+        reasons.update({i: "not kept by the policy" + (f" for {label}" if label else "") for i in d.forget
+                        if i not in tagged})
         kept.update(d.keep)
+        for i, why in tagged.items():
+            kept.setdefault(i, []).extend(why)
     return Verdicts(reasons, kept)
 
 
+def tag_reasons(backups: Sequence[Backup], keep_tags: Sequence[str]) -> dict[str, list[str]]:
+    """Backup id -> why ``--keep-tag`` keeps it (``tag T``), for those carrying one of ``keep_tags``."""
+    out: dict[str, list[str]] = {}
+    for b in backups:
+        why = [f"tag {t}" for t in dict.fromkeys(keep_tags) if t in b.tags]
+        if why:
+            out[b.id] = why
+    return out
+
+
 def by_name(everything: list[Backup], chosen: list[Backup], generations: Sequence[int], up_to: bool,
-            group_by: tuple[str, ...]) -> Verdicts:
-    """The backups named (and, with ``up_to``, every older one of the same group)."""
+            group_by: tuple[str, ...], keep_tags: Sequence[str] = ()) -> Verdicts:
+    """The backups named (and, with ``up_to``, every older one of the same group), but those
+    carrying one of ``keep_tags``."""
     chosen = list(chosen)
     for g in generations:
         found = [b for b in everything if b.generation == g]
@@ -71,19 +88,21 @@ def by_name(everything: list[Backup], chosen: list[Backup], generations: Sequenc
             for other in everything:
                 if other.ts <= b.ts and history.group_key(other, group_by) == same:
                     reasons.setdefault(other.id, "older than a named backup (--up-to)")
-    return Verdicts(reasons, {})
+    tagged = tag_reasons([b for b in everything if b.id in reasons], keep_tags)
+    return Verdicts({i: why for i, why in reasons.items() if i not in tagged}, tagged)
 
 
 async def forget(forgotten: list[Backup], cache: LocalHistory, repo: Repository | None,
-                 gw: GatewayLike | None) -> int:
-    """Forget ``forgotten``: their repository records (``repo``: None, none), result links (through
-    ``gw``; None: none of them has one) and lines, and the cache rows no kept backup uses; returns
-    the rows deleted."""
+                 gw: GatewayLike | None, host: str | None = None) -> int:
+    """Forget ``forgotten``: their repository records (``repo``: None, none) and the tag changes
+    ``host`` (this machine; None: none) made of them, result links (through ``gw``; None: none of
+    them has one) and lines, and the cache rows no kept backup uses; returns the rows deleted."""
     from ..repository import Record
 
     if repo is not None:
         await repo.forget([Record(b.cap, b.host or "", b.source, b.ts, b.generation, b.tags, b.summary,
-                                  writer=b.writer, name=b.record) for b in forgotten if b.writer and b.record])
+                                  writer=b.writer, name=b.record) for b in forgotten if b.writer and b.record],
+                          host)
     for b in forgotten:
         if b.link_dir and b.link_name:
             assert gw is not None

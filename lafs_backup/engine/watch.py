@@ -251,6 +251,9 @@ class Watcher:
             self.rt.op.frame = sys._getframe()
         self.rep.info(f"lafs-backup: watching {os.fsdecode(self.source.label)} (settle {self.settle:g}s, full "
                       f"rescan every {self.rescan_interval:g}s)")
+        if self.conf.source.hooks.any:  # (why: see engine/hooks.py)
+            self.rep.note_once("hooks", "watch runs no source.hooks: its rounds follow the changes of the live "
+                                        "tree (run 'lafs-backup backup' on a timer for backups that need them)")
         pending: Round | None = Round.of((), everything=True)
         last_full = self.clock.seconds()
         failures = 0

@@ -9,6 +9,7 @@ does not parse) is retried like a dropped connection.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -25,6 +26,7 @@ from ..errors import GatewayError, GridError
 from ..protocols import JSON, BodyFile
 from ..retry import RetryPolicy
 from .download import Resume
+from .kept import KeptReads
 from .ratelimit import TokenBucket
 from .sender import Attempt, Call, Collect, HTTPClient, Sender, body_size, make_http_client
 
@@ -43,6 +45,8 @@ class Gateway:
     rng: random.Random = field(default_factory=random.Random)
     limit_bytes: TokenBucket | None = None
     limit_objects: TokenBucket | None = None
+    #: Local copies of index chunks and immutable directory listings (None: none kept).
+    kept: KeptReads | None = None
 
     def __post_init__(self) -> None:
         self.base = self.base_url if self.base_url.endswith("/") else self.base_url + "/"
@@ -92,11 +96,15 @@ class Gateway:
                                        size=size, check=lambda b: cap_problem(b, ("CHK", "LIT"), size)))
         return _cap_from(body)
 
-    async def put_bytes(self, data: bytes, label: str | None = None) -> str:
-        """Upload bytes as an immutable file; return its cap."""
+    async def put_bytes(self, data: bytes, label: str | None = None, keep: bool = False) -> str:
+        """Upload bytes as an immutable file; return its cap.  ``keep``: a local copy is kept too
+        (an index chunk, which :meth:`get_small` then reads with no request)."""
         _, body = await self.send(Call("put", "PUT", self.url(), body=data, label=label, upload=True,
                                        check=lambda b: cap_problem(b, ("CHK", "LIT"), len(data))))
-        return _cap_from(body)
+        cap = _cap_from(body)
+        if keep and self.kept is not None:
+            self.kept.put(cap, data)
+        return cap
 
     async def mkdir_immutable(self, body: bytes, priority: float = 0.0) -> str:
         """Create an immutable directory from a JSON body ``{name: [type, {ro_uri, metadata}]}``.
@@ -116,11 +124,39 @@ class Gateway:
         return _cap_from(body)
 
     async def get_json(self, cap: str, path: Sequence[str] = ()) -> JSON:
-        """``GET /uri/CAP[/path]?t=json``, parsed."""
+        """``GET /uri/CAP[/path]?t=json``, parsed.  An immutable directory's listing is kept
+        locally (see :attr:`kept`) and read from there the next time."""
+        keep = self.kept if not path and cap.startswith("URI:DIR2-CHK:") else None
+        if keep is not None:
+            held = keep.get(cap)
+            if held is not None:
+                with contextlib.suppress(ValueError):
+                    return json.loads(held)
         parsed: list[JSON] = []
-        await self.send(Call("get", "GET", self.url(cap, path), params={"t": "json"},
-                             check=lambda b: _parse_json(b, parsed)))
+        raw: list[bytes] = []
+
+        def parse(body: bytes) -> str | None:
+            raw[:] = [body]
+            return _parse_json(body, parsed)
+
+        await self.send(Call("get", "GET", self.url(cap, path), params={"t": "json"}, check=parse))
+        if keep is not None:
+            keep.put(cap, raw[-1])
         return parsed[-1]
+
+    async def get_small(self, cap: str) -> bytes:
+        """The whole of a small immutable file (an index chunk): its local copy, else downloaded
+        (and then kept, see :attr:`kept`)."""
+        if self.kept is not None:
+            held = self.kept.get(cap)
+            if held is not None:
+                return held
+        parts: list[bytes] = []
+        await self.download(cap, parts.append, parts.clear)
+        data = b"".join(parts)
+        if self.kept is not None and cap.startswith("URI:CHK:"):
+            self.kept.put(cap, data)
+        return data
 
     async def download(self, cap: str, sink: Callable[[bytes], None],
                        restart: Callable[[], None] | None = None) -> int:

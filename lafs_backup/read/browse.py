@@ -24,6 +24,7 @@ from ..errors import SnapshotError
 from ..slots import Slots
 from ..store.entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET, unescape
 from ..store.snapshot import Node, names_of
+from ..system.sparse import EXTENTS, layout_of
 from .reader import Reader
 
 TYPE_NAMES = {KIND_FILE: "file", KIND_DIR: "dir", KIND_LINK: "symlink", KIND_FIFO: "fifo", KIND_CHAR: "chardev",
@@ -78,6 +79,13 @@ class Item:
         for key in ("user", "group", "sha256", "hardlink"):
             if isinstance(self.meta.get(key), str):
                 out[key] = self.meta[key]
+        if self.kind == KIND_FILE and isinstance(self.meta.get(EXTENTS), list):
+            try:
+                layout = layout_of(self.meta)
+            except ValueError:
+                layout = None
+            if layout is not None:  # (its sha256 is its data's)
+                out["sparse"] = {"data_size": layout.data_size, "extents": len(layout.extents)}
         if self.kind == KIND_LINK and self.node.target is not None:
             out["target"] = self.node.target.decode("utf-8", "backslashreplace")
         if self.kind in (KIND_CHAR, KIND_BLOCK) and isinstance(self.meta.get("rdev"), int):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from ..names import shown
 from ..store.entry import KIND_DIR, Entry, kind_of
 from ..store.snapshot import Node, edge_metadata
 from ..system.meta import Capturer
+from ..system.sparse import EXTENTS, holds
 from .reader import Reader
 
 #: Metadata keys compared, and the word each difference is reported as.
@@ -73,6 +73,10 @@ def _content_differs(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool | None:
     if a.get("type") != "file" or b.get("type") != "file":
         return None
     if a.get("size") != b.get("size"):
+        return True
+    if a.get(EXTENTS) != b.get(EXTENTS):
+        # The same data laid out otherwise is other content (a sparse file and its dense copy are
+        # told apart only by reading them: counted as changed).
         return True
     sa, sb = a.get("sha256"), b.get("sha256")
     return sa != sb if sa and sb else None
@@ -169,7 +173,7 @@ class LiveDiff:
                 continue
             content = by_stat(n.metadata, live)
             if isinstance(content, str):  # HASH: only the content's hash can tell
-                content = _sha256(base + b"/" + name) != n.metadata.get("sha256")
+                content = not _holds(base + b"/" + name, n.metadata)
             live.pop("ctime_ns", None)
             aspects = compare_meta(n.metadata, live, content)
             if aspects:
@@ -232,10 +236,11 @@ class SourceDiff:
                 await self._dir(n, crel)
 
 
-def _sha256(path: bytes) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _holds(path: bytes, meta: Mapping[str, Any]) -> bool:
+    """Whether the live file at ``path`` holds the content ``meta`` records (sparse or not)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return holds(fd, meta)
+    finally:
+        os.close(fd)
 

@@ -1,7 +1,7 @@
 """A restore's leaves: each non-directory entry made in its directory (an open descriptor), never
 through a symlink, with its recorded attributes applied through a descriptor of what was made: a file
-written under a temporary name, checked and renamed into place (sparse where its content has runs of
-zeros), a symlink, a FIFO or a device."""
+written under a temporary name, checked and renamed into place (sparse again: its recorded holes and
+its aligned blocks of zeros are seeked over), a symlink, a FIFO or a device."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from ..errors import GatewayError
 from ..system.meta import Applier, FdHandle, LinkHandle
 from ..report import Reporter
 from ..store.snapshot import Node, xattrs_of
+from ..system.sparse import ZERO_BLOCK, is_zero
 from .overwrite import SPECIAL_TYPES
 from .reader import Reader
-
-_ZERO_RUN = 4096
 
 
 class Leaves:
@@ -90,7 +89,7 @@ class Leaves:
         try:
             sink = _SparseSink(fd)
             try:
-                got = await self.reader.content(node, sink.write, sink.restart)
+                got = await self.reader.content(node, sink.write, sink.restart, sink.hole)
             except GatewayError as e:
                 self.rep.warn(rel, f"cannot read from the grid: {e.reason or e}")
                 return False
@@ -155,31 +154,48 @@ def _partial_name(name: bytes) -> bytes:
 
 
 class _SparseSink:
-    """Writes a download to ``fd``, seeking over runs of zeros so sparse files stay sparse."""
+    """Writes a download to ``fd`` (a new, empty file) at its offsets, leaving holes: a sparse
+    file's recorded holes (:meth:`hole`) and every block of zeros within :data:`ZERO_BLOCK`-aligned
+    bounds are seeked over, so the file is sparse where its file system makes holes."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.size = 0  # a new, empty file
-        self._hole = False
+        self.size = 0  # the content's length so far
+        self._written = 0  # the end of what was written
 
     def restart(self) -> None:
         os.ftruncate(self.fd, 0)
-        os.lseek(self.fd, 0, os.SEEK_SET)
         self.size = 0
-        self._hole = False
+        self._written = 0
+
+    def hole(self, n: int) -> None:
+        self.size += n
 
     def write(self, chunk: bytes) -> None:
+        at = self.size
         self.size += len(chunk)
-        if len(chunk) >= _ZERO_RUN and chunk.count(0) == len(chunk):
-            os.lseek(self.fd, len(chunk), os.SEEK_CUR)
-            self._hole = True
-            return
-        self._hole = False
-        view = memoryview(chunk)
-        while view:
-            k = os.write(self.fd, view)
+        start: int | None = None  # where the run of data being gathered began
+        i = 0
+        while i < len(chunk):
+            j = min(len(chunk), i + ZERO_BLOCK - (at + i) % ZERO_BLOCK)
+            if is_zero(chunk[i:j]):
+                if start is not None:
+                    self._put(memoryview(chunk)[start:i], at + start)
+                    start = None
+            elif start is None:
+                start = i
+            i = j
+        if start is not None:
+            self._put(memoryview(chunk)[start:], at + start)
+
+    def _put(self, data: bytes | memoryview, at: int) -> None:
+        view = memoryview(data)
+        while view:  # a nearly full disk may take part of a write
+            k = os.pwrite(self.fd, view, at)
             view = view[k:]
+            at += k
+        self._written = max(self._written, at)
 
     def close(self) -> None:
-        if self._hole:
+        if self._written < self.size:
             os.ftruncate(self.fd, self.size)  # a trailing hole needs the size set

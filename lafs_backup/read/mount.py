@@ -124,6 +124,12 @@ class _Spool:
         self.have += len(chunk)
         self._wake()
 
+    def hole(self, n: int) -> None:
+        """A sparse file's hole: a hole in the spool too (it reads as zeros), not zeros written."""
+        self.have += n
+        os.ftruncate(self.fd, self.have)
+        self._wake()
+
     def restart(self) -> None:
         self.have = 0
 
@@ -218,7 +224,7 @@ class Contents:
 
     async def _fill(self, item: Item, spool: _Spool) -> None:
         try:
-            content = await self.browser.reader.content(item.node, spool.write, spool.restart)
+            content = await self.browser.reader.content(item.node, spool.write, spool.restart, spool.hole)
         except Exception as e:  # the grid failed: every read waiting on it gets EIO
             log.warning("mount: %r could not be read: %s", item.path, e)
             spool.finish(str(e) or "the grid could not be read")

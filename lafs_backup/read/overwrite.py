@@ -1,11 +1,11 @@
 """What a restore does with what its target already holds: the overwrite policy (:func:`decide`, a pure
 decision per entry; the file there hashed when it asks), ``delete`` (what a restored directory holds and
-the snapshot does not, removed, never through a symlink), a dry run's ``would ...`` lines, and the
+the snapshot does not, removed, never through a symlink, and only what ``--include``/``--exclude`` take),
+a dry run's ``would ...`` lines, and the
 counts of both."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -15,8 +15,10 @@ from typing import Callable, Mapping
 from ..store.entry import KIND_BLOCK, KIND_CHAR, KIND_FIFO, KIND_FILE, KIND_LINK
 from ..protocols import InThread
 from ..system.meta import Applier, FdHandle
+from ..system.sparse import holds
 from ..report import Reporter, _printable as _shown
 from ..store.snapshot import Node, xattrs_of
+from .pick import IN, MAYBE, OUT, Pick
 
 # The restore's own logger: what it decides about the target is logged under the restore's name.
 log = logging.getLogger("lafs_backup.read.restore")
@@ -111,11 +113,13 @@ class Existing:
     making it).
 
     ``applier`` gives the applier of a path's recorded attributes (a file left as it is gets
-    them); ``in_thread`` hashes existing files off the reactor (None: inline)."""
+    them); ``in_thread`` hashes existing files off the reactor (None: inline); ``pick``: the paths
+    ``--delete`` may remove (None: all)."""
 
     def __init__(self, rep: Reporter, overwrite: str, delete: bool, dry_run: bool,
-                 applier: Callable[[bytes], Applier], in_thread: InThread | None) -> None:
+                 applier: Callable[[bytes], Applier], in_thread: InThread | None, pick: Pick | None = None) -> None:
         self.rep = rep
+        self.pick = pick if pick is not None else Pick()
         self.overwrite = overwrite
         self.delete = delete
         self.dry_run = dry_run
@@ -152,8 +156,9 @@ class Existing:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size != node.metadata.get("size"):
                 return Decision(OVERWRITE, "the file there changed while it was compared")
-            digest = await self._in_thread(_sha256_fd, fd) if self._in_thread is not None else _sha256_fd(fd)
-            if digest != node.metadata.get("sha256"):
+            same = (await self._in_thread(holds, fd, node.metadata) if self._in_thread is not None
+                    else holds(fd, node.metadata))
+            if not same:
                 return Decision(OVERWRITE, "content differs")
             if not self.dry_run:
                 self._applier(rel).apply(FdHandle(fd), node.metadata, KIND_FILE, xattrs_of(node.metadata))
@@ -181,15 +186,39 @@ class Existing:
         self.rep.emit(f"would {action} {_shown(path)}", {"type": "dry-run", "action": action, "path": _shown(path)})
 
     # -- --delete --------------------------------------------------------------------------
-    def delete_extra(self, dfd: int, parts: list[bytes], keep: set[bytes]) -> None:
-        """Remove (dry: list) what the directory ``dfd`` holds and ``keep`` does not."""
+    def delete_extra(self, dfd: int, parts: list[bytes], keep: set[bytes], state: str = IN) -> int:
+        """Remove (dry: list) what the directory ``dfd`` (at ``parts``, in the ``state`` of the
+        restore's :class:`~.pick.Pick`) holds and ``keep`` does not, of what the pick takes: an
+        entry it leaves out is never touched, and in a directory it may hold paths of (``MAYBE``)
+        only those are removed.  Returns how many entries not in ``keep`` are left there."""
+        left = 0
         for name in sorted(os.fsencode(n) for n in os.listdir(dfd)):
-            if name not in keep:
-                self._remove(dfd, name, rel_path(parts, name))
+            if name in keep:
+                continue
+            rel = rel_path(parts, name)
+            there = self._state(dfd, name, rel, state)
+            if there == OUT or not self._remove(dfd, name, rel, keep_dir=there == MAYBE):
+                left += 1
+        return left
 
-    def _remove(self, dfd: int, name: bytes, rel: bytes) -> None:
-        """Remove ``name`` from ``dfd``, a directory with all it holds; a symlink is removed itself,
-        never followed (each directory is opened with O_NOFOLLOW below the one before)."""
+    def _state(self, dfd: int, name: bytes, rel: bytes, parent: str) -> str:
+        """The pick's state of the entry ``name`` the target holds (OUT: it cannot be looked at)."""
+        if not self.pick.narrows:
+            return IN
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except OSError:
+            return OUT
+        state = self.pick.state(rel, stat.S_ISDIR(st.st_mode), parent)
+        if state == OUT:
+            log.debug("left %r: not taken by --include/--exclude", rel)
+        return state
+
+    def _remove(self, dfd: int, name: bytes, rel: bytes, keep_dir: bool = False) -> bool:
+        """Remove ``name`` from ``dfd``, a directory with all it holds (that the pick takes); a
+        symlink is removed itself, never followed (each directory is opened with O_NOFOLLOW below
+        the one before).  ``keep_dir``: a directory the pick only may hold paths of: what it holds
+        is removed, not itself.  Returns whether ``name`` is gone (dry: would be)."""
         try:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
@@ -197,31 +226,24 @@ class Existing:
                 try:
                     if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) != (st.st_dev, st.st_ino):
                         self.rep.warn(rel, "it was replaced while it was deleted; left")
-                        return
-                    self.delete_extra(fd, rel.split(b"/"), set())
+                        return False
+                    left = self.delete_extra(fd, rel.split(b"/"), set(), MAYBE if keep_dir else IN)
                 finally:
                     os.close(fd)
+                if keep_dir or left:
+                    if left and not keep_dir:
+                        log.debug("kept %r: it holds what --include/--exclude leave out", rel)
+                    return False
                 if not self.dry_run:
                     os.rmdir(name, dir_fd=dfd)
             elif not self.dry_run:
                 os.unlink(name, dir_fd=dfd)
         except OSError as e:
             self.rep.warn(rel, f"cannot delete: {e.strerror}")
-            return
+            return False
         self.counts.deleted += 1
         if self.dry_run:
             self.said("delete", rel)
         else:
             log.debug("deleted %r: not in the snapshot", rel)
-
-
-def _sha256_fd(fd: int) -> str:
-    """The SHA-256 (hex) of the file open as ``fd``, read by offset."""
-    h = hashlib.sha256()
-    offset = 0
-    while True:
-        chunk = os.pread(fd, 1 << 20, offset)
-        if not chunk:
-            return h.hexdigest()
-        h.update(chunk)
-        offset += len(chunk)
+        return True

@@ -33,6 +33,7 @@ from ..store.index import records as index_records
 from ..store.snapshot import (INDEX, OBJECTS, BadSnapshot, Node, dir_id, index_caps, is_dir_id, pack_caps,
                               parse_children, parse_root)
 from ..store.store import temp_file, write_all
+from ..system.sparse import Unfold, layout_of
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,19 @@ class Reader:
 
     ``whole_packs``: fetch each pack once into a private temporary file and
     slice members from it (fastest when most of a pack is wanted: a full
-    restore); otherwise each packed file is one Range GET (fastest for a few).
+    restore); otherwise each packed file is one Range GET (fastest for a few),
+    and with ``ranges_before_whole`` a pack read that many times by range is
+    then fetched whole (a restore of some paths: it may read most of a pack).
     ``clock`` (None: the gateway's) is the reactor its semaphores wake waiters
     on, and those of the walks that read through it.
     """
 
     def __init__(self, gateway: GatewayLike, whole_packs: bool = False, tmpdir: str | None = None,
-                 use_index: bool = True, jobs: int = 4, clock: IReactorTime | None = None) -> None:
+                 use_index: bool = True, jobs: int = 4, clock: IReactorTime | None = None,
+                 ranges_before_whole: int | None = None) -> None:
         self.gw = gateway
         self.clock: IReactorTime = clock if clock is not None else gateway.clock
-        self._packs = _PackReader(gateway, whole_packs, tmpdir)
+        self._packs = _PackReader(gateway, whole_packs, tmpdir, ranges_before_whole)
         self._tmpdir = tmpdir
         #: Directory bodies from snapshot indexes (None: every directory is read from the grid,
         #: but those of a snapshot that keeps them in its index alone).
@@ -160,10 +164,8 @@ class Reader:
         async def one(chunk: str) -> None:
             await slots.acquire()
             try:
-                parts: list[bytes] = []
-                await self.gw.download(chunk, parts.append, parts.clear)
+                data = await self.gw.get_small(chunk)
                 assert self.index is not None
-                data = b"".join(parts)
                 size[0] += len(data)
                 self.index.add(chunk, data)
             except (BadIndex, GatewayError, OSError) as e:
@@ -223,9 +225,7 @@ class Reader:
         held = self.index.chunk_records(chunk) if self.index is not None else None
         if held is not None:
             return held
-        parts: list[bytes] = []
-        await self.gw.download(chunk, parts.append, parts.clear)
-        return list(index_records(b"".join(parts)))
+        return list(index_records(await self.gw.get_small(chunk)))
 
     def indexed_names(self, cap: str) -> bytes | None:
         """A directory's names as a loaded index records them (None: not there, or an index of
@@ -267,22 +267,34 @@ class Reader:
 
     # -- content ---------------------------------------------------------------------------------
     async def content(self, node: Node, sink: Callable[[bytes], object],
-                      restart: Callable[[], None] = lambda: None) -> Content:
+                      restart: Callable[[], None] = lambda: None,
+                      hole: Callable[[int], object] | None = None) -> Content:
         """Feed a file's content to ``sink``; ``restart()`` means "start over" (the gateway sent
-        the whole file again after a fault).  Returns what was read and what was recorded."""
+        the whole file again after a fault).  Returns what was read and what was recorded.
+
+        A sparse file's stored data is laid out at its extents (``system.sparse``): ``sink`` gets
+        its logical content, zeros in its holes, or ``hole(n)`` for each hole if given (a restore
+        seeks over it).  Its SHA-256 is its data's, as recorded; its size the logical one."""
         size = node.metadata.get("size")
         recorded = size if isinstance(size, int) else None
         want = node.metadata.get("sha256")
+        wanted = want if isinstance(want, str) else None
+        try:
+            layout = layout_of(node.metadata)
+        except ValueError:  # (damaged metadata: nothing can be laid out)
+            return Content(0, "", recorded, wanted or "?")
+        unfold = Unfold(layout, sink, hole) if layout is not None else None
+        out = unfold.feed if unfold is not None else sink
         h = hashlib.sha256()
         got = [0]
-        decoder = [Decoder(node.enc, recorded)]
+        decoder = [Decoder(node.enc, recorded if layout is None else layout.data_size)]
 
         def feed(chunk: bytes) -> None:
             plain = decoder[0].feed(chunk)
             if plain:
                 h.update(plain)
                 got[0] += len(plain)
-                sink(plain)
+                out(plain)
 
         packed = node.pack
         source = node.object or node.cap
@@ -295,11 +307,16 @@ class Reader:
                 nonlocal h
                 h = hashlib.sha256()
                 got[0] = 0
-                decoder[0] = Decoder(node.enc, recorded)
+                decoder[0] = Decoder(node.enc, recorded if layout is None else layout.data_size)
+                if unfold is not None:
+                    unfold.reset()
                 restart()
 
             await self.gw.download(source, feed, again)
-        return Content(got[0], h.hexdigest(), recorded, want if isinstance(want, str) else None)
+        if layout is not None and unfold is not None and got[0] == layout.data_size:
+            unfold.finish()
+            got[0] = layout.size  # (a wrong length of data is a mismatch of its SHA-256 anyway)
+        return Content(got[0], h.hexdigest(), recorded, wanted)
 
     def close(self) -> None:
         self._packs.close()
@@ -386,13 +403,18 @@ class _IndexStore:
 
 
 class _PackReader:
-    """Packed members: one Range GET each, or (``whole``) slices of packs fetched once."""
+    """Packed members: one Range GET each (with ``ranges_before_whole``, a pack read more times
+    than that is then fetched whole), or (``whole``) slices of packs fetched once."""
 
-    def __init__(self, gateway: GatewayLike, whole: bool, tmpdir: str | None = None) -> None:
+    def __init__(self, gateway: GatewayLike, whole: bool, tmpdir: str | None = None,
+                 ranges_before_whole: int | None = None) -> None:
         self.gw = gateway
         self.whole = whole
+        self._tmpdir = tmpdir
+        self._most_ranges = ranges_before_whole
         self._dir = tempfile.TemporaryDirectory(prefix="lafs-backup-packs-", dir=tmpdir) if whole else None
         self._files: dict[str, _Spool] = {}
+        self._ranges: dict[str, int] = {}
 
     async def prefetch(self, caps: list[str], concurrency: int) -> None:
         spools = []
@@ -418,10 +440,14 @@ class _PackReader:
                             consumeErrors=True)
 
     async def read(self, ref: PackRef) -> bytes:
-        if not self.whole:
-            return await self.gw.get_range(ref.cap, ref.offset, ref.length)
+        if not self.whole and ref.cap not in self._files:
+            self._ranges[ref.cap] = self._ranges.get(ref.cap, 0) + 1
+            if self._most_ranges is None or self._ranges[ref.cap] <= self._most_ranges:
+                return await self.gw.get_range(ref.cap, ref.offset, ref.length)
         entry = self._files.get(ref.cap)
         if entry is None:
+            if self._dir is None:
+                self._dir = tempfile.TemporaryDirectory(prefix="lafs-backup-packs-", dir=self._tmpdir)
             entry = self._files[ref.cap] = _Spool(self)
         if not entry.started:
             # Needed now, before the prefetch (which goes in the objects directory's order, not the

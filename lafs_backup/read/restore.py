@@ -11,7 +11,10 @@ What is already in the target is met by an overwrite policy (:func:`decide`,
 a pure decision per entry), optionally with ``delete`` (entries of the
 restored directories that the snapshot does not hold are removed, never
 through a symlink) and ``dry_run`` (each change is listed, none is made):
-see ``overwrite``.  The leaves themselves are made by ``leaves``.
+see ``overwrite``.  The leaves themselves are made by ``leaves``.  A ``pick``
+(``--include``/``--exclude``, see ``pick``) narrows all of it: what it leaves
+out is neither restored nor deleted, and a directory is made only on the way
+to a path it takes.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from ..store.snapshot import Node, xattrs_of
 from .leaves import Leaves, clear
 from .overwrite import (BLOCKED, COMPARE, DIR_FLAGS, OVERWRITE, OVERWRITE_POLICIES, SKIP, WRITE, Decision, Existing,
                         RestoreCounts, decide, rel_path)
+from .pick import IN, MAYBE, OUT, Below, Pick
 from .reader import Reader
 
 log = logging.getLogger(__name__)
@@ -76,13 +80,14 @@ class Restorer:
     ``owners``: restore ownership (None: only when running as root).
     ``numeric``: use the recorded uid/gid, not the user and group names.
     What is there already is met by :class:`~.overwrite.Existing`, the leaves are made by
-    :class:`~.leaves.Leaves`, and a dry run is a :class:`DryRun`.
+    :class:`~.leaves.Leaves`, and a dry run is a :class:`DryRun`.  ``pick``: the paths
+    ``--include``/``--exclude`` take (None: all).
     """
 
     def __init__(self, reader: Reader, reporter: Reporter, target: str, window: int = 64,
                  listings: int = 4, owners: bool | None = None, numeric: bool = False,
                  clock: IReactorTime | None = None, overwrite: str = "always", delete: bool = False,
-                 dry_run: bool = False, in_thread: InThread | None = None) -> None:
+                 dry_run: bool = False, in_thread: InThread | None = None, pick: Pick | None = None) -> None:
         """``clock`` (None: the reader's) is the reactor a freed slot wakes the next directory or
         file on.  ``overwrite`` (one of :data:`OVERWRITE_POLICIES`) says what to do with an entry
         already there; ``delete`` removes what the restored directories hold and the snapshot does
@@ -109,7 +114,9 @@ class Restorer:
         self._prefetch_jobs = max(1, listings // 2)
         self._leaf_dirs = _DirFds()
         self._dry_run = dry_run
-        self._existing = Existing(reporter, overwrite, delete, dry_run, self._applier, in_thread)
+        self._pick = pick if pick is not None else Pick()
+        self._below = Below(self._pick, reader.children)
+        self._existing = Existing(reporter, overwrite, delete, dry_run, self._applier, in_thread, self._pick)
         self._leaves = Leaves(reader, reporter, self._is_root)
         self.counts = self._existing.counts
         forget_owner_names()  # user and group names are looked up afresh for each restore
@@ -120,7 +127,7 @@ class Restorer:
             await DryRun(self.reader, self.stats, self.target, self._existing).run(tree, paths)
             return
         prefetch = None
-        if not paths:
+        if not paths and not self._pick.narrows:
             # A full restore needs every pack: fetch them all now, while the tree is being walked.
             prefetch = Deferred.fromCoroutine(self.reader.prefetch(objects, self._prefetch_jobs))
         try:
@@ -130,13 +137,18 @@ class Restorer:
             raise _unusable(self.target, e)
         try:
             if not paths:
-                await self._restore_dir(tree, [])
+                await self._restore_dir(tree, [], self._pick.root)
             for p in paths:
                 node, parents = await find(self.reader, tree, p)
-                with self._dir(parents, create=True):
-                    pass
+                state = self._pick.state_of(parents + [node.name], node.kind == KIND_DIR)
+                if state == OUT:
+                    self.rep.note(rel_path(parents, node.name), "left out by --include/--exclude")
+                    continue
+                if state == IN:
+                    with self._dir(parents, create=True):
+                        pass
                 if node.kind == KIND_DIR:
-                    await self._restore_dir(node, parents + [node.name])
+                    await self._restore_dir(node, parents + [node.name], state)
                 else:
                     await self._restore_leaf(node, parents)
         finally:
@@ -172,7 +184,13 @@ class Restorer:
         return Applier(lambda msg: self.rep.warn(rel, msg), self.rep.note_once, self._owners, self._numeric)
 
     # -- directories ----------------------------------------------------------------
-    async def _restore_dir(self, node: Node, parts: list[bytes]) -> None:
+    async def _restore_dir(self, node: Node, parts: list[bytes], state: str = IN) -> None:
+        """Restore the directory ``node`` at ``parts``, in the pick's ``state`` (``MAYBE``: only if
+        it holds something the pick takes; else only ``--delete`` looks into it)."""
+        if state == MAYBE and not await self._below.holds(node, parts):
+            if self._existing.delete:
+                await self._sweep(node, parts)
+            return
         self.stats.dirs += 1
         rel = rel_path(parts)
         try:
@@ -191,8 +209,12 @@ class Restorer:
         try:
             children = await self.reader.children(node)
             for child in children:
-                if child.kind == KIND_DIR:
-                    waits.append(Deferred.fromCoroutine(self._restore_dir(child, parts + [child.name])))
+                taken = self._pick.state(rel_path(parts, child.name), child.kind == KIND_DIR, state) \
+                    if self._pick.narrows else IN
+                if taken == OUT:
+                    log.debug("left %r: not taken by --include/--exclude", rel_path(parts, child.name))
+                elif child.kind == KIND_DIR:
+                    waits.append(Deferred.fromCoroutine(self._restore_dir(child, parts + [child.name], taken)))
                 else:
                     await self._window.acquire()
                     waits.append(Deferred.fromCoroutine(self._windowed_leaf(child, parts)))
@@ -210,10 +232,29 @@ class Restorer:
                                        "were not applied")
                     return
                 if self._existing.delete:
-                    self._existing.delete_extra(fd, parts, {c.name for c in children})
+                    self._existing.delete_extra(fd, parts, {c.name for c in children}, state)
                 self._applier(rel).apply(FdHandle(fd), node.metadata, KIND_DIR, xattrs_of(node.metadata))
         except OSError as e:
             self.rep.warn(rel, f"cannot set attributes: {e.strerror}")
+
+    async def _sweep(self, node: Node, parts: list[bytes]) -> None:
+        """``--delete`` in a ``MAYBE`` directory that holds nothing the pick takes: what the target
+        holds there (and below) that the pick takes and the snapshot does not is deleted; nothing
+        is made, no attribute applied."""
+        try:
+            fd = open_dir_chain(self._root_fd, parts)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return  # the target has no such directory: nothing to delete
+            raise
+        try:
+            children = await self.reader.children(node)
+            for child in children:
+                if child.kind == KIND_DIR and self._pick.state(rel_path(parts, child.name), True, MAYBE) == MAYBE:
+                    await self._sweep(child, parts + [child.name])
+            self._existing.delete_extra(fd, parts, {c.name for c in children}, MAYBE)
+        finally:
+            os.close(fd)
 
     async def _windowed_leaf(self, node: Node, parts: list[bytes]) -> None:
         try:
@@ -304,12 +345,16 @@ class DryRun:
         except OSError as e:
             raise _unusable(self.target, e)
         try:
+            pick = self._existing.pick
             if not paths:
-                await self._dir(tree, [])
+                await self._dir(tree, [], pick.root)
             for p in paths:
                 node, parents = await find(self.reader, tree, p)
+                state = pick.state_of(parents + [node.name], node.kind == KIND_DIR)
+                if state == OUT:
+                    continue
                 if node.kind == KIND_DIR:
-                    await self._dir(node, parents + [node.name])
+                    await self._dir(node, parents + [node.name], state)
                 else:
                     fd = self._open_existing(parents)
                     try:
@@ -332,21 +377,32 @@ class DryRun:
                 return None
             raise
 
-    async def _dir(self, node: Node, parts: list[bytes]) -> None:
-        self.stats.dirs += 1
+    async def _dir(self, node: Node, parts: list[bytes], state: str = IN) -> bool:
+        """Say what restoring the directory ``node`` (in the pick's ``state``) would change;
+        returns whether it would be restored (``MAYBE``: it holds something the pick takes)."""
+        pick = self._existing.pick
         fd = self._open_existing(parts)
+        taken = state == IN
         try:
             children = await self.reader.children(node)
             for child in children:
+                there = pick.state(rel_path(parts, child.name), child.kind == KIND_DIR, state) \
+                    if pick.narrows else IN
+                if there == OUT:
+                    continue
                 if child.kind == KIND_DIR:
-                    await self._dir(child, parts + [child.name])
+                    taken = await self._dir(child, parts + [child.name], there) or taken
                 else:
+                    taken = True
                     await self._leaf(child, fd, parts)
             if self._existing.delete and fd is not None:
-                self._existing.delete_extra(fd, parts, {c.name for c in children})
+                self._existing.delete_extra(fd, parts, {c.name for c in children}, state)
         finally:
             if fd is not None:
                 os.close(fd)
+        if taken:
+            self.stats.dirs += 1
+        return taken
 
     async def _leaf(self, node: Node, dfd: int | None, parts: list[bytes]) -> None:
         rel = rel_path(parts, node.name)

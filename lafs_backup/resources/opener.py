@@ -4,6 +4,7 @@ collaborator that opens it (the grid nodes, the grid's places, the entry cache, 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncContextManager
 
@@ -12,9 +13,11 @@ from ..db.local import LocalDB
 from ..engine.runtime import Runtime
 from ..grid import ratelimit
 from ..grid.gateway import Gateway, make_http_client
+from ..grid.kept import KeptReads
 from ..history import Backup
 from ..protocols import GatewayLike
 from ..system.lock import CacheLock
+from ..system.places import state_dir
 from .cache import EntryCache
 from .nodes import Nodes
 from .places import GridPlaces
@@ -82,7 +85,9 @@ class Opener:
         return Gateway(url, make_http_client(self.rt.reactor, j + 2), self.rt.reactor, policy, j,
                        self.config.debug_requests,
                        limit_bytes=ratelimit.make(op.rate_bytes, self.rt.reactor),
-                       limit_objects=ratelimit.make(op.rate_objects, self.rt.reactor))
+                       limit_objects=ratelimit.make(op.rate_objects, self.rt.reactor),
+                       kept=KeptReads(os.path.join(state_dir(), "index-cache"), op.index_cache)
+                       if op.index_cache > 0 else None)
 
     async def url(self) -> str:
         """The gateway base URL: the configured one; else, when the recovery key says how to reach a

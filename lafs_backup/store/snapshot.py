@@ -290,6 +290,12 @@ def file_key(path: bytes, size: int, mtime_ns: int, ctime_ns: int, ino: int | No
     return hashlib.sha256(b"%s\0%s\0%d:%d:%d:%s" % (tag, path, size, mtime_ns, ctime_ns, last)).digest()
 
 
+def extents_key(state: bytes) -> bytes:
+    """Cache key of the layout (``system.sparse``) of the sparse file whose state key is ``state``:
+    the file state's row names its data's object, this row where that data lies."""
+    return hashlib.sha256(b"extents\0" + state).digest()
+
+
 def content_key(sha: bytes, plain: bool = False) -> bytes:
     """Cache key of stored content, by its plaintext SHA-256 (``plain``: stored as is, alone)."""
     return (b"plain\0" if plain else b"content\0") + sha

@@ -380,12 +380,13 @@ class Writer:
     def __init__(self, gw: GatewayLike) -> None:
         self.gw = gw
 
-    async def put_bytes(self, data: bytes, what: str) -> str:
+    async def put_bytes(self, data: bytes, what: str, keep: bool = False) -> str:
         """``data`` as an immutable file.  Its bytes are read back by offset or length (a pack's
         members, a compressed frame, an index chunk) or not at all, so a salt after them changes
-        nothing for a reader.  ``what`` names it in the log."""
+        nothing for a reader.  ``what`` names it in the log; ``keep``: the gateway keeps a local
+        copy (an index chunk, read again by the next backup and by every read command)."""
         return await despite_unhappiness(
-            self.gw, lambda salt: self.gw.put_bytes(data + SALT_MARK + salt if salt else data), what)
+            self.gw, lambda salt: self.gw.put_bytes(data + SALT_MARK + salt if salt else data, keep=keep), what)
 
     async def put_file(self, src: ReadAt, size: int, label: str, what: str, can_salt: bool = True,
                        slices: list[_FileSlice] | None = None) -> str:
@@ -414,7 +415,7 @@ class Writer:
         """An index chunk (``raw``: its uncompressed bytes), stored compressed: its cap, and the
         length stored."""
         stored = snapshot_index.compress(raw)
-        return await self.put_bytes(stored, "an index chunk"), len(stored)
+        return await self.put_bytes(stored, "an index chunk", keep=True), len(stored)
 
 
 async def despite_unhappiness(gw: GatewayLike, put: Callable[[bytes | None], Awaitable[str]], what: str,

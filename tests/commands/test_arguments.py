@@ -48,7 +48,7 @@ def test_an_unknown_command_suggests_the_nearest():
 
 
 def test_a_rivals_name_for_a_command_suggests_ours():
-    for typed, ours in (("snapshots", "list"), ("forget", "cleanup"), ("cat", "dump")):
+    for typed, ours in (("snapshots", "list"), ("forget", "cleanup"), ("cat", "dump"), ("info", "stats")):
         code, _, err = call([typed])
         assert code == ExitCode.USAGE
         assert f"'{typed}' is not a command; did you mean '{ours}'?" in err, err
@@ -75,7 +75,7 @@ def test_a_commands_help_shows_its_own_options_first_and_the_global_ones_once():
 
 
 #: The commands that take backups by name, and how (a positional SNAPSHOT, or find's --snapshot).
-NAMING = {"restore", "ls", "dump", "diff", "verify", "copy", "check", "cleanup", "find"}
+NAMING = {"restore", "ls", "dump", "diff", "verify", "copy", "check", "cleanup", "find", "stats", "tag", "rewrite"}
 
 
 def test_every_snapshot_argument_says_the_same_in_help(tmp_path):

@@ -166,6 +166,13 @@ def wrapper(at: Path) -> Path:
     exe.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(ROOT))} exec {shlex.quote(sys.executable)} "
                    f"-m lafs_backup \"$@\"\n")
     exe.chmod(0o755)
+    # The database the README dumps is not here: its client programs are stand-ins, pg_dump writing a
+    # dump of its database that psql, given it back, keeps beside the home (see _dump_restored).
+    for name, script in (("pg_dump", 'printf -- "-- PostgreSQL database dump of %s\\nCREATE TABLE notes(body text);\\n'
+                                     'INSERT INTO notes VALUES (\'first row\');\\n" "${@: -1}"'),
+                         ("psql", 'cat > "$HOME/psql-$1.sql"')):
+        (at / name).write_text(f"#!/bin/bash\nset -e\n{script}\n")
+        (at / name).chmod(0o755)
     return at
 
 
@@ -451,7 +458,15 @@ def _listen_said(run: Run, m: Machine, got: subprocess.CompletedProcess) -> None
 
 
 #: What to do after a command ran: a pattern of the README's text -> a check or a note for later commands.
+def _dump_restored(run: Run, m: Machine, got: subprocess.CompletedProcess) -> None:
+    """The stream backed up from pg_dump came back whole, into psql."""
+    dumped = m.bash("pg_dump mydb").stdout
+    assert dumped.startswith("-- PostgreSQL database dump of mydb")
+    assert (m.home / "psql-mydb_restored.sql").read_text() == dumped
+
+
 AFTER: dict[str, Callable[[Run, Machine, subprocess.CompletedProcess], None]] = {
+    r"lafs-backup dump latest mydb.sql .*\| psql ": _dump_restored,
     r"lafs-backup grid up --listen ": _listen_said,
     r"lafs-backup grid furl > grid.furl": _furl_written,
     r"(LAFS_BACKUP_FURL=.* )?lafs-backup grid join": _joined,
@@ -494,7 +509,8 @@ def test_the_quick_start_runs_as_written(grid, tmp_path):
         again = next(got for text, got in run.outputs.items() if text.startswith("lafs-backup backup /home/me/docs"))
         assert "  contents: 0 stored, " in again.stderr, again.stderr
         listed = json_lines(run.machines["new machine"].bash("lafs-backup --json list").stdout)
-        assert {b["source"] for b in listed} == {str(me / "docs")}, listed  # (what cleanup kept, and more since)
+        # (what cleanup kept, and more since; and the database dumps, streams of their own source)
+        assert {b["source"] for b in listed} == {str(me / "docs"), "stdin://mydb.sql"}, listed
         for snippet in qs.yaml:  # each configuration snippet is one lafs-backup reads
             f = tmp_path / "snippet.yaml"
             f.write_text(run.adapt(snippet))
@@ -502,14 +518,20 @@ def test_the_quick_start_runs_as_written(grid, tmp_path):
             assert got.returncode == 0, got.stderr
             want = yaml.safe_load(run.adapt(snippet))
             have = json.loads(got.stdout)
-            for section, keys in want.items():
-                assert {k: have[section][k] for k in keys} == keys, (snippet, have[section])
+            assert _as_set(want, have) == want, (snippet, have)
     finally:
         run.stop_everything()
     for command, why in run.handled:
         print(f"not run as written: {command!r}: {why}")
     ran = set(run.outputs) | {c for c, _ in run.handled} | {c.text for c in qs.commands if c.text.startswith("export ")}
     assert ran == {c.text for c in qs.commands}
+
+
+def _as_set(want: object, have: object) -> object:
+    """``have`` cut down to the keys ``want`` sets, at every depth (a snippet sets some keys of a section)."""
+    if isinstance(want, dict) and isinstance(have, dict):
+        return {k: _as_set(v, have.get(k)) for k, v in want.items()}
+    return have
 
 
 def test_the_shipped_units_pass_the_syntax_check_and_a_broken_one_does_not(tmp_path):

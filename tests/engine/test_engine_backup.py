@@ -175,3 +175,36 @@ async def test_the_operation_counts_the_walk_for_the_manhole(tmp_path):
     run2 = BackupRun(run.rt, run.conf, None, target, run.source, run.job, run.sel, run.qpath, run.trees_at)
     await run2.queue_only()
     assert op.totals is run2.totals and op.totals[0] == 16 and op.totals[1] > 0
+
+
+class KnowingTarget(RecordingTarget):
+    """A target whose history is the entry cache's (the backups made through it)."""
+
+    async def backups(self) -> list[Any]:
+        self.events.append("backups")
+        db = LocalDB(self.path, "fake")
+        try:
+            return db.history.backups()
+        finally:
+            db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_skip_if_unchanged_records_nothing_while_the_snapshot_is_the_last_ones(tmp_path):
+    tree(tmp_path / "src")
+    gw, target = Gateway(), KnowingTarget(tmp_path)
+    first = await backup(tmp_path, gw, target, skip_if_unchanged=True).run()
+    assert first.backup is not None and first.kept is None  # (none before it)
+    target.events.clear()
+    second = await backup(tmp_path, gw, target, skip_if_unchanged=True).run()
+    assert second.cap == first.cap and second.backup is None
+    assert second.kept is not None and second.kept.short_id == first.backup.short_id
+    assert not [e for e in target.events if isinstance(e, tuple) and e[0] == "repository.add"]
+    assert "forget_backups" not in target.events and len(target.repo.records) == 1
+    (tmp_path / "src" / "d1" / "f2.txt").write_text("changed")
+    third = await backup(tmp_path, gw, target, skip_if_unchanged=True).run()
+    assert third.backup is not None and third.cap != first.cap and len(target.repo.records) == 2
+    # Another host's backups are not this one's last: host "other" records although the snapshot is the same.
+    run = backup(tmp_path, gw, target, skip_if_unchanged=True)
+    run.job = Job("other", (), skip_if_unchanged=True)
+    assert (await run.run()).backup is not None

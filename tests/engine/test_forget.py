@@ -54,7 +54,7 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple] = []
 
-    async def forget(self, records):
+    async def forget(self, records, host=None):
         self.events.append(("repository.forget", sorted(r.generation for r in records)))
 
     async def unlink(self, d, name):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import re
 import stat
 import subprocess
@@ -139,15 +140,22 @@ def test_dump_writes_exact_bytes_with_few_requests(backed):
     def requests(err: str) -> int:
         return sum(json.loads(re.search(r"dump: gateway requests (\{.*\})", err).group(1).replace("'", '"')).values())
 
+    # (the local copies that the backup and the tests before this one kept, dropped)
+    shutil.rmtree(home / "state" / "lafs-backup" / "index-cache", ignore_errors=True)
     data, err, code = _dump(lb, home, second, "docs/deep/er/leaf.txt")
     assert code == 0, err
     assert data == (src / "docs" / "deep" / "er" / "leaf.txt").read_bytes()
     # The snapshot's root, its index directory and its one index chunk (the directories on the way
     # live there alone), then one Range read of the pack.
     assert requests(err) == 4, err
-    # 'latest' reads the repository too (3), and asks the gateway which grid it fronts (1), to find
-    # that grid's cache of what this machine recorded.
+    # 'latest' reads the repository (3), and asks the gateway which grid it fronts (1), to find
+    # that grid's cache of what this machine recorded; the root and index directory listings are
+    # immutable, kept locally since the last dump; the Range read again.
     data, err, code = _dump(lb, home, "latest", "docs/deep/er/leaf.txt")
+    assert code == 0 and data == (src / "docs" / "deep" / "er" / "leaf.txt").read_bytes()
+    assert requests(err) == 5, err
+    # With no local copies, every one of them is asked of the gateway.
+    data, err, code = _dump([*lb, "-o", "operation.index_cache=0"], home, "latest", "docs/deep/er/leaf.txt")
     assert code == 0 and data == (src / "docs" / "deep" / "er" / "leaf.txt").read_bytes()
     assert requests(err) == 8, err
     for rel in ("big.bin", "text.log"):
