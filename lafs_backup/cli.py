@@ -14,6 +14,7 @@ from . import arguments
 from . import config as cfg
 from . import log as logsetup
 from .errors import ExitCode, LafsBackupError, UsageError
+from .system.memory import limit_arenas
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -291,6 +292,7 @@ def _main(args: list[str], say: SayFn) -> int:
         except UsageError as e:
             say(f"lafs-backup: error: {e.message}")
             return int(ExitCode.USAGE)
+    limit_arenas()  # (before the reactor's threads start)
     stopper = Stopper(say)
     # Stays INTERRUPTED only if the reactor stopped before the command returned.
     code: list[int] = [int(ExitCode.INTERRUPTED)]

@@ -274,6 +274,8 @@ async def rewrite_backups(rep: Reporter, gw: GatewayLike, repo: Repository | Non
 
     if not dry_run and repo is None:
         raise UsageError("there is no repository on this grid yet (no backup was made): nothing to rewrite")
+    # A rerun after a kill between recording a rewrite and forgetting its original finds it recorded.
+    recorded = {r.cap for r in await repo.records()} if repo is not None else set()
     reader = Reader(gw, jobs=jobs)
     rewriter = Rewriter(gw, reader, pick, dry_run)
     totals = {"rewritten": 0, "unchanged": 0, "forgotten": 0, "removed_files": 0, "removed_bytes": 0,
@@ -301,20 +303,19 @@ async def rewrite_backups(rep: Reporter, gw: GatewayLike, repo: Repository | Non
                          {"type": "would_rewrite", "id": b.short_id, "generation": b.generation,
                           "files": made.removed_files, "bytes": made.removed_bytes})
                 continue
-            assert repo is not None
-            new = await record(repo, cache, b, made, host)
+            assert repo is not None and made.cap is not None
+            if made.cap in recorded:
+                rep.emit(f"recorded already: {what}: its rewrite is recorded (by an earlier run)",
+                         {"type": "recorded_already", "id": b.short_id, "generation": b.generation, "cap": made.cap})
+            else:
+                new = await record(repo, cache, b, made, host)
+                recorded.add(made.cap)
+                _said(rep, what, b, new, made)
             totals["rewritten"] += 1
             totals["directories_made"] += made.dirs_made
             totals["index_chunks_made"] += made.chunks_made
             totals["index_chunks_reused"] += made.chunks_reused
             totals["objects_unlinked"] += made.objects_dropped
-            rep.emit(f"rewritten: {what} -> {new.short_id}: {plural(made.removed_files, 'file')} "
-                     f"({size_text(made.removed_bytes)}) removed; {plural(made.dirs_made, 'directory', 'directories')} "
-                     f"and {plural(made.chunks_made, 'index chunk')} written, {made.chunks_reused} reused",
-                     {"type": "rewritten", "id": b.short_id, "new_id": new.short_id, "generation": b.generation,
-                      "cap": new.cap, "files": made.removed_files, "bytes": made.removed_bytes,
-                      "directories_made": made.dirs_made, "index_chunks_made": made.chunks_made,
-                      "index_chunks_reused": made.chunks_reused, "objects_unlinked": made.objects_dropped})
             if forget:
                 await forgetting([b], cache, repo, gw, host)
                 totals["forgotten"] += 1
@@ -323,3 +324,16 @@ async def rewrite_backups(rep: Reporter, gw: GatewayLike, repo: Repository | Non
     finally:
         reader.close()
     return totals
+
+
+def _said(rep: Reporter, what: str, b: Backup, new: Backup, made: Rewritten) -> None:
+    """Say what rewriting ``b`` into ``new`` did."""
+    from ..report import plural, size_text
+
+    rep.emit(f"rewritten: {what} -> {new.short_id}: {plural(made.removed_files, 'file')} "
+             f"({size_text(made.removed_bytes)}) removed; {plural(made.dirs_made, 'directory', 'directories')} "
+             f"and {plural(made.chunks_made, 'index chunk')} written, {made.chunks_reused} reused",
+             {"type": "rewritten", "id": b.short_id, "new_id": new.short_id, "generation": b.generation,
+              "cap": new.cap, "files": made.removed_files, "bytes": made.removed_bytes,
+              "directories_made": made.dirs_made, "index_chunks_made": made.chunks_made,
+              "index_chunks_reused": made.chunks_reused, "objects_unlinked": made.objects_dropped})

@@ -43,8 +43,12 @@ _KIND_NAMES = {KIND_FILE: "file", KIND_DIR: "dir", KIND_LINK: "symlink", KIND_FI
 _NAME_KINDS = {v: k for k, v in _KIND_NAMES.items()}
 
 
+#: JSON text in canonical form: no ASCII escaping, no spaces, keys sorted.
+_canonical = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+
+
 def canonical_json(obj: object) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    return _canonical(obj).encode("utf-8")
 
 
 def _text(raw: bytes) -> str | dict[str, str]:
@@ -166,19 +170,30 @@ def dir_body(children: Iterable[Child]) -> bytes:
     cache key and, through convergence, the same dircap.  Keys that would
     collide after NFC normalisation get a ``~N`` suffix; any key that is not
     exactly the name's bytes carries ``name_b64``.
+
+    The bytes are :func:`canonical_json` of ``{key: [kind, {ro_uri, metadata}]}``,
+    written one child at a time: a directory of tens of thousands of entries
+    then holds no second copy of every child's metadata, nor the encoder's
+    pieces of the whole, at once.
     """
-    out: dict[str, Any] = {}
+    used: set[str] = set()
+    items: list[tuple[str, bytes]] = []
     for child in sorted(children, key=lambda c: c.name):
         key = base = display_name(child.name)
         n = 0
-        while key in out or key == "":
+        while key in used or key == "":
             n += 1
             key = f"{base}~{n}"
-        meta = dict(child.metadata)
+        used.add(key)
+        meta = child.metadata
         if key.encode("utf-8") != child.name:
-            meta["name_b64"] = base64.b64encode(child.name).decode("ascii")
-        out[key] = ["dirnode" if child.is_dir else "filenode", {"ro_uri": child.cap, "metadata": meta}]
-    return canonical_json(out)
+            meta = {**meta, "name_b64": base64.b64encode(child.name).decode("ascii")}
+        elif type(meta) is not dict:
+            meta = dict(meta)
+        edge = ["dirnode" if child.is_dir else "filenode", {"ro_uri": child.cap, "metadata": meta}]
+        items.append((key, f"{_canonical(key)}:{_canonical(edge)}".encode("utf-8")))
+    items.sort(key=lambda item: item[0])  # (the order of sort_keys)
+    return b"{" + b",".join(item for _, item in items) + b"}"
 
 
 def dir_id(body: bytes) -> str:

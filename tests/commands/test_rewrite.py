@@ -6,15 +6,19 @@ lists and changes nothing; a snapshot where nothing matches is left alone."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
+import subprocess
+import sys
+import tarfile
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import check_ok, json_lines
+from conftest import check_ok, cli_env, json_lines
 from treecompare import describe_tree
 
 pytestmark = pytest.mark.slow
@@ -64,7 +68,14 @@ def reachable(url: str, cap: str) -> set[str]:
     """The caps of every object reachable from ``cap`` (what `check` renews)."""
     req = urllib.request.Request(f"{url}uri/{cap}?t=stream-manifest", method="POST")
     with urllib.request.urlopen(req) as r:
-        return {json.loads(line)["cap"] for line in r.read().splitlines() if line.startswith(b"{")}
+        lines = [json.loads(line) for line in r.read().splitlines() if line.startswith(b"{")]
+    return {x["cap"] for x in lines if x.get("cap")}  # (the last line is the stats)
+
+
+def dump(url: str, home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``dump`` through the real CLI, its tar stream as bytes."""
+    return subprocess.run([sys.executable, "-m", "lafs_backup", "--url", url, "dump", *args, "--force"],
+                          env=cli_env(home), capture_output=True, timeout=300)
 
 
 def backups(lb) -> list[dict]:
@@ -92,14 +103,25 @@ def test_rewrite_removes_a_file_everywhere_and_keeps_the_rest(lb, grid, home, tm
     said = json_lines(r.out)
     gone = {x["path"]: x["bytes"] for x in said if x["type"] == "removed"}
     assert gone == {"notes/secret.txt": (src / "notes/secret.txt").stat().st_size,
-                    "deep/er/secret.txt": 20, "big.iso": 3 << 19}
+                    "deep/er/secret.txt": len(MARK), "big.iso": 3 << 19}
     assert said[-1]["removed_bytes"] == sum(gone.values()) and said[-1]["rewritten"] == 0
     assert grid.requests()["put"] == before["put"] and grid.requests()["mkdir"] == before["mkdir"]
     assert backups(lb) == [old]
 
-    r = lb(*c, "rewrite", "latest", "--exclude", "secret.txt", "--exclude", "*.iso", "--forget", check=True)
-    assert "removed: notes/secret.txt" in r.out and "forgot: " + old["id"] in r.out
-    assert "immutable shares cannot be deleted" in r.err
+    before = grid.requests()
+    r = lb(*c, "--json", "rewrite", "latest", "--exclude", "secret.txt", "--exclude", "*.iso", "--forget",
+           check=True)
+    said = json_lines(r.out)
+    assert {x["path"] for x in said if x["type"] == "removed"} == set(gone)
+    assert [x["id"] for x in said if x["type"] == "forget"] == [old["id"]]
+    [made] = [x for x in said if x["type"] == "rewritten"]
+    # Only what changed is written: the four directories on the way to what was removed (records of
+    # the index alone in a tree kept there), the index chunks that held them, and the root's own.
+    assert made["directories_made"] == 4
+    sent = {k: v - before[k] for k, v in grid.requests().items()}
+    assert sent["put"] == made["index_chunks_made"] >= 1
+    assert sent["mkdir"] == (4 if tree == "tahoe" else 0) + 2 + (1 if made["objects_unlinked"] else 0)
+    assert made["objects_unlinked"] >= (1 if tree == "index" else 0)
     [new] = backups(lb)
     assert new["id"] != old["id"] and new["cap"] != old["cap"]
     assert (new["time"], new["timestamp"], new["host"], new["source"], new["tags"], new["generation"]) == \
@@ -112,9 +134,12 @@ def test_rewrite_removes_a_file_everywhere_and_keeps_the_rest(lb, grid, home, tm
     assert "secret.txt" not in listed and "big.iso" not in listed and "kept.txt" in listed
     assert lb("find", "secret.txt").out.strip() == ""
     assert "notes/f00.txt" in lb("find", "f00.txt", check=True).out
-    tar = lb("dump", "latest", ".", "--force").out
-    assert "secret.txt" not in tar and "hunter2" not in tar and "kept.txt" in tar
-    assert lb("dump", "latest", "notes/secret.txt", "--force").code != 0
+    tar = dump(grid.url, home, "latest", ".")
+    assert tar.returncode == 0 and b"secret.txt" not in tar.stdout and b"hunter2" not in tar.stdout
+    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as t:
+        names = t.getnames()
+    assert "deep/er/kept.txt" in [n.lstrip("./") for n in names] and not [n for n in names if "secret" in n]
+    assert dump(grid.url, home, "latest", "notes/secret.txt").returncode != 0
     raw = index_bytes(grid.url, new["cap"])
     assert raw and b"secret.txt" not in raw and MARK not in raw and b"big.iso" not in raw
     # The ISO's object is no longer reachable from the new snapshot (check renews it no more).
@@ -138,7 +163,7 @@ def test_without_forget_both_are_kept_and_a_snapshot_without_matches_is_left_alo
     [old] = backups(lb)
     r = lb("rewrite", old["id"], "--exclude", "/notes/secret.txt", check=True)
     assert "removed: notes/secret.txt" in r.out and "deep/er" not in r.out
-    assert "the originals are kept" in r.err
+    assert "the originals are kept" in r.err and "immutable shares cannot be deleted" in r.err
     both = backups(lb)
     assert [b["id"] for b in both if b["rewritten_from"] is None] == [old["id"]]
     [new] = [b for b in both if b["rewritten_from"] == old["id"]]
@@ -146,6 +171,11 @@ def test_without_forget_both_are_kept_and_a_snapshot_without_matches_is_left_alo
     assert "secret.txt" not in lb("ls", new["id"], "notes", check=True).out
     assert "secret.txt" in lb("ls", old["id"], "notes", check=True).out
     assert "deep/er/secret.txt" in lb("find", "secret.txt", "--snapshot", new["id"], check=True).out
+
+    # A rerun (as after a kill before --forget) finds the same rewrite recorded, and records no other.
+    r = lb("rewrite", old["id"], "--exclude", "/notes/secret.txt", check=True)
+    assert f"recorded already: {old['id']}" in r.out
+    assert backups(lb) == both
 
     before = grid.requests()
     r = lb("rewrite", new["id"], "--exclude", "/notes/secret.txt", "--forget", check=True)
