@@ -107,6 +107,7 @@ complete -c lafs-backup -n '__fish_seen_subcommand_from stats' -l host -r -F -d 
 complete -c lafs-backup -n '__fish_seen_subcommand_from stats' -l tag -r -F -d 'only backups with this tag (repeatable: all of them)'
 complete -c lafs-backup -n '__fish_seen_subcommand_from ls' -s h -l help -d 'show this help message and exit'
 complete -c lafs-backup -n '__fish_seen_subcommand_from ls' -s l -l long -d 'mode, owner, group, size and mtime too'
+complete -c lafs-backup -n '__fish_seen_subcommand_from ls' -l human-readable -d 'with -l: sizes as the rest of the tool prints them (785 B, 2.9 MiB), not in byte'
 complete -c lafs-backup -n '__fish_seen_subcommand_from ls' -s R -l recursive -d 'every entry below, not only the children'
 complete -c lafs-backup -n '__fish_seen_subcommand_from ls' -l source -r -F -d 'only backups of this source directory (default for \'latest\': source.path)'
 complete -c lafs-backup -n '__fish_seen_subcommand_from ls' -l host -r -F -d 'only backups made on this host'

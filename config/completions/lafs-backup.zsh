@@ -227,6 +227,7 @@ _shtab_lafs_backup_list_defaults_added=0
 _shtab_lafs_backup_ls_options=(
   "(- : *)"{-h,--help}"[show this help message and exit]"
   {-l,--long}"[mode, owner, group, size and mtime too]"
+  "--human-readable[with -l\: sizes as the rest of the tool prints them (785 B, 2.9 MiB), not in bytes]"
   {-R,--recursive}"[every entry below, not only the children]"
   "--source[only backups of this source directory (default for \'latest\'\: source.path)]:PATH:"
   "--host[only backups made on this host]:NAME:"

@@ -11,7 +11,7 @@ from typing import AsyncIterator
 from ..read.browse import Browser, Item
 from ..read.reader import Reader
 from .. import names
-from ..report import _printable, outcome
+from ..report import _printable, outcome, size_text
 from ..resources import Opener
 from ..store.entry import KIND_DIR, KIND_LINK, unescape
 from .which import resolve
@@ -27,17 +27,21 @@ def arguments(p: argparse.ArgumentParser) -> None:
     options.snapshot(p, "the backup to list")
     p.add_argument("path", nargs="?", default="", help="a directory (or file) in the snapshot, written as ls prints it (default: its root)")
     p.add_argument("-l", "--long", action="store_true", help="mode, owner, group, size and mtime too")
+    p.add_argument("--human-readable", action="store_true",
+                   help="with -l: sizes as the rest of the tool prints them (785 B, 2.9 MiB), not in bytes")
     p.add_argument("-R", "--recursive", action="store_true", help="every entry below, not only the children")
     options.which(p)
 
 
-def long_line(item: Item) -> str:
-    """``ls -l``'s line: mode, owner, group, size, mtime (UTC), path, and a symlink's target."""
+def long_line(item: Item, human: bool = False) -> str:
+    """``ls -l``'s line: mode, owner, group, size (in bytes; ``human``: as :func:`size_text` writes
+    it), mtime (UTC), path, and a symlink's target."""
     meta = item.meta
     user = meta.get("user") if isinstance(meta.get("user"), str) else str(item.int_meta("uid"))
     group = meta.get("group") if isinstance(meta.get("group"), str) else str(item.int_meta("gid"))
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(item.int_meta("mtime_ns") / 1e9))
-    text = f"{stat.filemode(item.st_mode())} {user:<8} {group:<8} {item.size():>12} {when}  {shown(item)}"
+    size = size_text(item.size()) if human else str(item.size())
+    text = f"{stat.filemode(item.st_mode())} {user:<8} {group:<8} {size:>12} {when}  {shown(item)}"
     if item.kind == KIND_LINK and item.node.target is not None:
         text += " -> " + _printable(item.node.target.decode("utf-8", "surrogateescape"))
     return text
@@ -61,7 +65,7 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     def line(item: Item) -> str:
         if rep.json_mode:
             return json.dumps(item.json(), sort_keys=True)
-        return long_line(item) if ns.long else shown(item)
+        return long_line(item, ns.human_readable) if ns.long else shown(item)
 
     def show(item: Item) -> None:
         rep.output(line(item))

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from lafs_backup.report import size_text
+
 from conftest import cli_env, run_cli
 from treecompare import differences
 
@@ -108,6 +110,12 @@ def test_ls_lists_every_entry_with_its_metadata(backed):
     assert r.out.split() == ["docs/deep/", "docs/notes.md", "docs/readme.txt"]  # 'added.txt' came later
     r = run_cli([*lb, "ls", "-l", second, "private"], home, check=True)
     assert re.match(r"-rw------- \S+\s+\S+\s+7 \d{4}-\d\d-\d\d \d\d:\d\d:\d\d  private/secret$", r.out.strip()), r.out
+    # Sizes as people read them, on request: the same line with "7 B"; a file of MiBs in MiB.
+    r = run_cli([*lb, "ls", "-l", "--human-readable", second, "private"], home, check=True)
+    assert re.match(r"-rw------- \S+\s+\S+\s+7 B \d{4}-\d\d-\d\d \d\d:\d\d:\d\d  private/secret$", r.out.strip()), r.out
+    big = (src / "big.bin").stat().st_size
+    r = run_cli([*lb, "ls", "-l", "--human-readable", second, "big.bin"], home, check=True)
+    assert f" {size_text(big)} " in r.out and str(big) not in r.out, r.out
     r = run_cli([*lb, "ls", second, "nowhere"], home)
     assert r.code == 4 and "no such path in the snapshot" in r.err
 
