@@ -55,6 +55,11 @@ class Target(Protocol):
 
     def locked_cache(self, fresh: bool = False, scope: str | None = None) -> AsyncContextManager[LocalDB]: ...
 
+    async def wait_for_lock(self, scope: str | None = None) -> None:
+        """Wait, as :meth:`locked_cache` would, until no other run holds that lock (``scope``: a
+        source's; None: the whole cache's), then let it go; raises as it would."""
+        ...
+
     async def cache_path(self) -> str: ...
 
     async def repository(self, create: bool = False) -> Repository | None: ...
@@ -279,7 +284,11 @@ class BackupRun:
         return Queued(self.qpath, n)
 
     async def run(self, reuse_queue: bool = False) -> "Made":
-        """The backup, within the source's hooks (``engine.hooks``)."""
+        """The backup, within the source's hooks (``engine.hooks``).  A run that the lock of its
+        source (or, rebuilding the cache, of the whole cache) would refuse is refused, or waits, here:
+        before its hooks and its walk, not after them.  (The lock itself is taken by phase two: a run
+        that starts in between is refused there, as before.)"""
+        await self.target.wait_for_lock(None if self.job.rebuild_cache else source_scope(self.source.label))
         return await hooks.around(self.rt, self.conf.source.hooks, self.source.label, lambda: self._run(reuse_queue))
 
     async def _run(self, reuse_queue: bool) -> "Made":

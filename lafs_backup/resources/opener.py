@@ -169,6 +169,11 @@ class Opener:
         """The local database as a writer under its lock, closed and released however the block ends."""
         return self._cache.locked(fresh, scope)
 
+    async def wait_for_lock(self, scope: str | None = None) -> None:
+        """Wait until no other run holds the lock :meth:`locked_cache` takes (``scope``: a source's;
+        None: the whole cache's), then let it go: raises :class:`CacheBusyError` as it would."""
+        (await self._cache.lock(scope)).release()
+
     # -- the repository (Repositories) --------------------------------------------------------
     def explicit_key(self) -> RepoKey | None:
         """The recovery key given by --repo, LAFS_BACKUP_REPO or ``repository.key_file`` (None: none)."""

@@ -239,10 +239,15 @@ def test_backups_of_two_sources_run_at_once_and_the_same_source_waits(lb, grid, 
         r = lb("backup", str(b))
         assert r.code == 0, r.err
         assert held.poll() is None  # (A's upload is still held: it cannot have finished)
-        # The same source: refused at once, naming the holder and --wait-lock ...
+        # The same source: refused at once, naming the holder and --wait-lock, before its walk (which
+        # would have written the source's queue anew, under A's phase two) ...
+        [queue] = (home / "state" / "lafs-backup" / "queues").glob(f"{a.name}.*.queue")
+        before = queue.stat()
         r = lb("backup", str(a))
         assert r.code == 5, r.err
         assert f"pid {held.pid}" in r.err and "--wait-lock SECONDS" in r.err, r.err
+        after = queue.stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
         # ... or, with --wait-lock, waiting for it.
         waiting = _start(["--url", grid.url, "--wait-lock", "600", "backup", str(a)], home)
         _wait_for_line(waiting, f"waiting for pid {held.pid}")

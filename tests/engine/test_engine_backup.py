@@ -57,6 +57,9 @@ class RecordingTarget:
             db.close()
             self.events.append("unlock")
 
+    async def wait_for_lock(self, scope: str | None = None) -> None:
+        self.events.append(("free?", scope is None))
+
     async def cache_path(self) -> str:
         return self.path
 
@@ -108,8 +111,9 @@ async def test_a_first_backup_asks_in_this_order(tmp_path):
     tree(tmp_path / "src")
     gw, target = Gateway(), RecordingTarget(tmp_path)
     made = await backup(tmp_path, gw, target).run()
-    assert target.events == [("lock", False), ("repository", True), "backups", ("repository.add", made.generation),
-                             "forget_backups", "backups", "unlock"]
+    # (a run the source's lock would refuse is refused before the walk: asked first)
+    assert target.events == [("free?", False), ("lock", False), ("repository", True), "backups",
+                             ("repository.add", made.generation), "forget_backups", "backups", "unlock"]
     assert made.backup.cap == made.cap and made.backup.tags == ("t",)
     assert gw.counts["preflight"] == 1 and gw.dirs
     # The source's own lock: a backup of another source may write the cache at the same time.
@@ -127,8 +131,8 @@ async def test_an_unchanged_rerun_keeps_the_tree_and_stores_nothing(tmp_path):
     assert second.cap == first.cap
     assert (len(gw.objects), len(gw.dirs)) == stored
     # The cache is asked whether the last backup is still kept (under the lock); no rebuild.
-    assert target.events == [("lock", False), ("repository", True), ("repository.add", second.generation),
-                             "forget_backups", "backups", "unlock"]
+    assert target.events == [("free?", False), ("lock", False), ("repository", True),
+                             ("repository.add", second.generation), "forget_backups", "backups", "unlock"]
 
 
 @pytest_twisted.ensureDeferred
@@ -158,7 +162,7 @@ async def test_rebuild_cache_asks_for_a_fresh_cache(tmp_path):
     tree(tmp_path / "src")
     gw, target = Gateway(), RecordingTarget(tmp_path)
     await backup(tmp_path, gw, target, rebuild_cache=True).run()
-    assert target.events[0] == ("lock", True)
+    assert target.events[:2] == [("free?", True), ("lock", True)]  # (the whole cache's lock)
 
 
 @pytest_twisted.ensureDeferred
