@@ -75,7 +75,8 @@ class KeptReads:
             if os.path.exists(path):
                 return
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            os.chmod(self.directory, 0o700)
+            if self._total is None:  # (the first write of this run: the directory made private once)
+                os.chmod(self.directory, 0o700)
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")  # (0600)
             try:
                 with os.fdopen(fd, "wb") as f:
