@@ -216,6 +216,9 @@ class FakeCache:
     def store_hit(self, key: bytes, hit: Hit, generation: int) -> None:
         self.rows[key] = hit
 
+    def store_state(self, key: bytes, hit: Hit, generation: int) -> None:
+        self.rows[key] = hit
+
     def commit(self) -> None:
         self.commits += 1
 

@@ -182,7 +182,7 @@ class FileSaver:
             self._files.release()
 
     def _content_decision(self, e: Entry, sha: bytes, cached: Hit | None, seen: bool) -> plan.Decision:
-        d = plan.for_content(sha, self.store.known_content(sha), cached, seen, self.mode)
+        d = plan.for_content(sha, self.store.known_contents([sha]).get(sha), cached, seen, self.mode)
         log.debug("%s: %r", d, e.path)
         return d
 
@@ -211,7 +211,7 @@ class FileSaver:
             if len(data) <= LIT_MAX:  # the content is the cap: no request
                 self.stats.files_lit += 1
                 hit = Hit(lit_cap(data), sha)
-                self.cache.store_hit(key, hit, self.gen)
+                self.cache.store_state(key, hit, self.gen)
                 d = plan.for_content(sha, hit, cached, seen, self.mode)
                 return await self.store.child(e, st, hit), d
             d = self._content_decision(e, sha, cached, seen)
@@ -226,7 +226,7 @@ class FileSaver:
             hit = await self.store.content(sha, len(box[0]), d.hit, lambda: self.store.member(box.pop(), sha, e.path,
                                                                                                   appended),
                                            on_wait=drop)
-            self.cache.store_hit(key, hit, self.gen)
+            self.cache.store_state(key, hit, self.gen)
             return await self.store.child(e, st, hit), d
         finally:
             appended()
@@ -280,7 +280,7 @@ class FileSaver:
                         and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)):
                     if layout is not None:  # (written beside the state's row, in the same commit)
                         self.cache.store(self._layout_key(e, st), as_cap(layout), self.gen, hit.sha256)
-                    self.cache.store_hit(self._key(e, st), hit, self.gen)
+                    self.cache.store_state(self._key(e, st), hit, self.gen)
                     break
                 if attempt == 1:
                     log.info("%r changed while it was read; reading it again", e.path)

@@ -32,6 +32,7 @@ from ..store.entry import KIND_DIR, KIND_FILE, KIND_LINK, Entry
 from ..store.protocols import ObjectCacheLike
 from ..store.snapshot import Child, child_names, dir_body
 from ..store.protocols import StoreLike
+from .batch import Runs, SmallFiles
 from .decider import Decided
 from .indexer import Indexer
 from .saver import FileSaver
@@ -89,6 +90,10 @@ class Uploader:
         self._window = Budget(settings.window, packer.relieve, clock)
         self.saver = FileSaver(source, store, cache, generation, reporter, self.budget, settings.open_files,
                                settings.mode, clock)
+        #: Runs of new small files, read together in a thread (``batch.py``).
+        self.small = Runs(SmallFiles(source, store, cache, generation, reporter, self.saver.decider, self.budget,
+                                     settings.mode, self.saver.in_flight),
+                          self._window, self._file_settled, self.fail, lambda: self.fatal is not None, _FAILED)
         self.fatal: BaseException | None = None
         store.on_fatal = self.fail
         self.index = indexer if indexer is not None else Indexer(store, reporter.stats)
@@ -165,6 +170,7 @@ class Uploader:
                 root, have_root = r, True
             else:
                 pending.setdefault(e.parent or b"", []).append(r)
+        await self.small.send()
         if self.fatal is None and not have_root:
             raise QueueError(path="(queue)", problem="it has no root directory entry")
         if self.fatal is None and pending:
@@ -190,6 +196,8 @@ class Uploader:
     async def _entry(self, e: Entry, children: list[Result]) -> Result:
         """The result of one entry: settled now (a value), or the Deferred of its task."""
         if e.kind == KIND_DIR:
+            # Its files' run goes first: the directory's task may take the whole window.
+            await self.small.send()
             if e.extra("reuse") is not None:  # the subtree is as in the previous snapshot
                 return self.index.kept(e)
             now = self._directory_now(e, children)
@@ -207,6 +215,9 @@ class Uploader:
             if child is not None:
                 self.stats.entries_done += 1
                 return child
+            if self.small.files.wants(decided):
+                self._files_pending += 1
+                return await self.small.add(e, decided, self._storing(e, decided))
             self._files_pending += 1
             return await self._start(self._counted(self.saver.file(e, decided), self._storing(e, decided)))
         if e.kind == KIND_LINK:
@@ -249,11 +260,14 @@ class Uploader:
         try:
             return await coro
         finally:
-            self.bytes_storing -= storing
-            self._files_pending -= 1
-            if self._files_pending == 0 and self._files_done is not None:
-                d, self._files_done = self._files_done, None
-                d.callback(None)
+            self._file_settled(storing)
+
+    def _file_settled(self, storing: int) -> None:
+        self.bytes_storing -= storing
+        self._files_pending -= 1
+        if self._files_pending == 0 and self._files_done is not None:
+            d, self._files_done = self._files_done, None
+            d.callback(None)
 
     async def _objects_dir(self) -> str | None:
         if self._files_pending:

@@ -49,12 +49,31 @@ class ObjectCache:
         self._bumps: list[tuple[bytes, str, int]] = []
         # Rows stored but not yet written to the file (see _flush_writes): key -> row.
         self._new_objects: dict[bytes, tuple[Any, ...]] = {}
+        # The same for the rows of files' states (:meth:`store_state`), and paths seen.
+        self._new_states: dict[bytes, tuple[Any, ...]] = {}
         self._new_paths: dict[bytes, int] = {}
+        #: The commit under way is the store's, after a confirmed upload (see :meth:`commit`).
+        self._uploads_only = False
         db.on_flush(self._flush_writes)
 
     def commit(self, durable: bool = False) -> None:
-        """Commit the database (the store does after each confirmed upload); ``durable``: also sync."""
-        self._db.commit(durable)
+        """Commit the database (the store does after each confirmed upload); ``durable``: also sync.
+
+        A commit that is not durable writes the rows of uploads (contents, directories...) but
+        leaves the rows of files' states and of paths seen to the database's next batch
+        (``Database.wrote``: every few thousand rows or seconds) or any other transaction: a
+        kill loses only the uploads in flight, and costs at most re-reading some files.  Those
+        rows land at random places of the file (their keys are hashes), so each commit that
+        carries some rewrites pages all over it: written one commit in a hundred, a first
+        backup's cache costs a fraction of it."""
+        if durable:
+            self._db.commit(durable)
+            return
+        self._uploads_only = True
+        try:
+            self._db.commit()
+        finally:
+            self._uploads_only = False
 
     # -- generations ---------------------------------------------------------
     def begin_generation(self, source: bytes, base: int | None = None) -> int:
@@ -125,7 +144,10 @@ class ObjectCache:
         """The cached cap for ``key``; marks it as used by ``generation``."""
         new = self._new_objects.get(key)
         if new is not None:
-            return self._new_hit(key, new, generation)
+            return self._new_hit(self._new_objects, key, new, generation)
+        new = self._new_states.get(key)
+        if new is not None:
+            return self._new_hit(self._new_states, key, new, generation)
         row = self._db.conn.execute(
             "SELECT cap, sha256, generation, enc, pack_offset, pack_length FROM objects WHERE key=?",
             (key,)).fetchone()
@@ -143,10 +165,10 @@ class ObjectCache:
         (phase two asks for a batch of files together, see ``saver.py``).
         """
         found: dict[bytes, Hit] = {}
-        new = self._new_objects
-        if new:
-            found.update((k, self._new_hit(k, new[k], generation)) for k in keys if k in new)
-            keys = [k for k in keys if k not in found]
+        for new in (self._new_objects, self._new_states):
+            if new:
+                found.update((k, self._new_hit(new, k, new[k], generation)) for k in keys if k in new)
+                keys = [k for k in keys if k not in found]
         db = self._db.conn
         bumps, marks = self._bumps, not self.reader
         for i in range(0, len(keys), LOOKUP_BATCH):
@@ -165,18 +187,22 @@ class ObjectCache:
         if len(self._bumps) >= BUMP_BATCH:
             self._db.commit()
 
-    def _new_hit(self, key: bytes, row: tuple[Any, ...], generation: int) -> Hit:
-        if row[3] != generation and not self.reader:
-            self._new_objects[key] = row = (*row[:3], generation, *row[4:7], row[7])
+    @staticmethod
+    def _new_hit(held: dict[bytes, tuple[Any, ...]], key: bytes, row: tuple[Any, ...], generation: int) -> Hit:
+        if row[3] != generation:  # (a reader holds no rows)
+            held[key] = row = (*row[:3], generation, *row[4:7], row[7])
         return Hit(row[1], row[2], row[4], row[5], row[6])
 
     def _flush_writes(self) -> None:
         """Write the rows stored since the last flush, in key order (the keys are hashes: in
         order, the inserts walk the table's pages once instead of landing on random ones), then
         the marks of rows used.  Called first in each write transaction (``Database.transaction``)."""
-        if self._new_objects:
-            rows = sorted(self._new_objects.values())
+        everything = not self._uploads_only
+        if self._new_objects or (everything and self._new_states):
+            rows = sorted([*self._new_objects.values(), *(self._new_states.values() if everything else ())])
             self._new_objects = {}
+            if everything:
+                self._new_states = {}
             # A key stored before with the same cap: its range widens.  With another cap (another
             # run stored it meanwhile, or --mode force stored it again): the row is this one,
             # whose range starts here.
@@ -188,7 +214,7 @@ class ObjectCache:
                 "THEN MAX(objects.generation, excluded.generation) ELSE excluded.generation END, "
                 "cap=excluded.cap, sha256=excluded.sha256, enc=excluded.enc, "
                 "pack_offset=excluded.pack_offset, pack_length=excluded.pack_length", rows)
-        if self._new_paths:
+        if self._new_paths and everything:
             paths = sorted(self._new_paths.items())
             self._new_paths = {}
             self._db.conn.executemany("INSERT OR REPLACE INTO paths VALUES (?, ?)", paths)
@@ -216,9 +242,15 @@ class ObjectCache:
     def store_hit(self, key: bytes, hit: Hit, generation: int) -> None:
         self.store(key, hit.cap, generation, hit.sha256, hit.enc, hit.offset, hit.length)
 
+    def store_state(self, key: bytes, hit: Hit, generation: int) -> None:
+        """Record where a file's state (``plan.state_key``) is stored: as :meth:`store_hit`, but
+        left out of the commits that only record uploads (see :meth:`commit`)."""
+        self._new_states[key] = (key, hit.cap, hit.sha256, generation, hit.enc, hit.offset, hit.length, generation)
+        self._db.wrote()
+
     def has_objects(self) -> bool:
         """Does the cache remember any stored object (False: new, or set aside)?"""
-        return bool(self._new_objects) or self._db.conn.execute(
+        return bool(self._new_objects or self._new_states) or self._db.conn.execute(
             "SELECT 1 FROM objects LIMIT 1").fetchone() is not None
 
     # -- paths ---------------------------------------------------------------

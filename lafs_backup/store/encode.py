@@ -8,7 +8,7 @@ from typing import Callable, Protocol
 
 import lz4.frame
 
-from ..encoding import LZ4, XZ
+from ..encoding import LZ4, XZ, EncodingRules
 
 #: Random bytes that make a second upload of an object differ from the first (another storage
 #: index), for when the grid still holds a cancelled first upload's shares as "incoming".  The
@@ -64,6 +64,14 @@ def compress(method: str, data: bytes) -> bytes | None:
         return None
     out = fn(data)
     return out if len(out) < len(data) * _WORTH else None
+
+
+def member_form(rules: EncodingRules, path: bytes, data: bytes) -> tuple[str | None, bytes]:
+    """How a small file's bytes are stored in a pack: (its encoding, the bytes), compressed if
+    ``rules`` say so for ``path`` and it pays, else (None, ``data``)."""
+    enc = rules.choose(path, len(data))
+    stored = compress(enc, data) if enc else None
+    return (enc, stored) if stored is not None else (None, data)
 
 
 class Decoder:

@@ -72,6 +72,8 @@ class Packer:
         """That member was appended, or turned out not to be needed."""
         self.expecting -= 1
         self._maybe_last()
+        if self.expecting == 0:
+            self._settle_relief()
 
     def _maybe_last(self) -> None:
         if self._draining and self.expecting == 0:
@@ -79,17 +81,19 @@ class Packer:
 
     def relieve(self) -> None:
         """Memory or the window ran short: seal the open pack, unless an upload under way
-        will free room when it finishes (sealing now would only make a small pack)."""
-        if self.uploading == 0:
+        will free room when it finishes (sealing now would only make a small pack), or the open
+        pack is empty while members are being read (they will land in it)."""
+        if self.uploading == 0 and (self._members or not self.expecting):
             self.seal()
         else:
             # The upload under way may free no room at all (its members' entries can stay held by
-            # directories waiting for members of the open pack): owe the relief, and seal the open
-            # pack once the uploads are done, so the run never waits for a pack nobody seals.
+            # directories waiting for members of the open pack), and the members being read may be
+            # all the room there is: owe the relief, and seal the open pack once the uploads are
+            # done and the members read are in, so the run never waits for a pack nobody seals.
             self._relief_owed = True
 
     def _settle_relief(self) -> None:
-        if self._relief_owed and self.uploading == 0:
+        if self._relief_owed and self.uploading == 0 and (self._members or not self.expecting):
             self._relief_owed = False
             self.seal()
 

@@ -31,7 +31,7 @@ from ..errors import GatewayError, LafsBackupError, LocalError
 from ..log import NOISE
 from ..protocols import GatewayLike, InThread, RunStats
 from ..encoding import LZ4, XZ, EncodingRules
-from .encode import SALT_LEN, SALT_MARK, Compressor, compress
+from .encode import SALT_LEN, SALT_MARK, Compressor, compress, member_form
 from .entry import Entry
 from . import index as snapshot_index
 from .packer import Packer, PackRef
@@ -177,25 +177,30 @@ class Store:
         self.stats.files_uploaded += 1
         return hit
 
-    def known_content(self, sha: bytes) -> Hit | None:
-        """The cache row for content ``sha`` (None in force mode: everything is stored again)."""
-        if self.settings.mode == "force":
-            return None
-        return self.cache.lookup(content_key(sha, self.settings.plain), self.gen)
+    def known_contents(self, shas: list[bytes]) -> dict[bytes, Hit]:
+        """The cache row of each content of ``shas`` that has one, by SHA-256 (none in force mode:
+        everything is stored again)."""
+        if self.settings.mode == "force" or not shas:
+            return {}
+        keys = {content_key(sha, self.settings.plain): sha for sha in shas}
+        return {keys[k]: hit for k, hit in self.cache.lookup_many(list(keys), self.gen).items()}
 
     # -- files ------------------------------------------------------------------------------
     async def member(self, data: bytes, sha: bytes, path: bytes, appended: Callable[[], None]) -> Hit:
         """Store a small file's bytes in a pack (compressed if the rules say so and it pays)."""
-        enc = self.settings.encoding.choose(path, len(data))
-        stored = compress(enc, data) if enc else None
-        if stored is None:
-            enc, stored = None, data
+        enc, stored = member_form(self.settings.encoding, path, data)
+        return await self.packed(stored, enc, len(data), sha, path, appended)
+
+    async def packed(self, stored: bytes, enc: str | None, size: int, sha: bytes, path: bytes,
+                     appended: Callable[[], None]) -> Hit:
+        """Store a small file of ``size`` bytes, already encoded as ``stored`` (``member_form``), in
+        a pack; ``appended()`` is called once it is in the open pack, before the upload."""
         d = self.packer.add(stored)
         appended()
         ref: PackRef = await d
         self.stats.bytes_uploaded += len(stored)
-        self.stats.bytes_compression_saved += len(data) - len(stored)
-        log.log(NOISE, "packed: %r (%d bytes, stored %d)", path, len(data), len(stored))
+        self.stats.bytes_compression_saved += size - len(stored)
+        log.log(NOISE, "packed: %r (%d bytes, stored %d)", path, size, len(stored))
         return Hit(ref.cap, sha, enc, ref.offset, ref.length)
 
     async def _put_pack(self, buf: bytes) -> str:

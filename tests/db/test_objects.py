@@ -75,6 +75,32 @@ def test_rows_are_written_at_commit_and_read_back_before_and_after(tmp_path, mon
     local.close()
 
 
+def test_files_states_and_paths_wait_for_a_batch_commit_while_uploads_are_committed_at_once(tmp_path):
+    """The store's commit after an upload writes the upload's rows alone; files' states and paths
+    seen (hashed keys, all over the file) go in the database's next batch or any other
+    transaction, and are answered from memory until then."""
+    local = LocalDB(str(tmp_path / "c"), "http://g/", commit_rows=0, commit_seconds=0)
+    c = local.objects
+    c.store(b"content-a", "URI:CHK:a", 1, b"ha")
+    c.store_state(b"state-a", Hit("URI:CHK:a", b"ha"), 1)
+    c.record_path(b"src", b"p/a", 1)
+    db = sqlite3.connect(str(tmp_path / "c"))
+    c.commit()
+    assert db.execute("SELECT key FROM objects").fetchall() == [(b"content-a",)]
+    assert db.execute("SELECT COUNT(*) FROM paths").fetchone() == (0,)
+    assert c.lookup(b"state-a", 2) == Hit("URI:CHK:a", b"ha") and c.saw_path(b"src", b"p/a")
+    assert c.lookup_many([b"state-a", b"content-a"], 2).keys() == {b"state-a", b"content-a"}
+    assert c.has_objects()
+    local.db.commit()  # (the batch's commit, or any other transaction: everything held)
+    assert db.execute("SELECT key, generation FROM objects ORDER BY key").fetchall() == [
+        (b"content-a", 2), (b"state-a", 2)]
+    assert db.execute("SELECT COUNT(*) FROM paths").fetchone() == (1,)
+    c.store_state(b"state-b", Hit("URI:CHK:b", b"hb"), 2)
+    c.commit(durable=True)  # (the end of a backup)
+    assert db.execute("SELECT COUNT(*) FROM objects WHERE key=?", (b"state-b",)).fetchone() == (1,)
+    local.close()
+
+
 def test_store_hit_records_every_field(tmp_path):
     c = LocalDB(str(tmp_path / "c"), "http://g/").objects
     hit = Hit("URI:CHK:p", b"s", "xz", 10, 20)

@@ -185,3 +185,34 @@ async def test_relief_asked_during_an_upload_seals_the_open_pack_once_it_is_done
     assert len(sealed) == 2 and sealed[1] == b"b" * 10  # the owed relief sealed the open pack
     gates[1].callback(None)
     assert (await first).cap == "URI:CHK:pack1" and (await waiting).cap == "URI:CHK:pack2"
+
+
+@pytest_twisted.ensureDeferred
+async def test_relief_asked_while_members_are_read_seals_the_pack_they_land_in():
+    """A run's window or memory ran short while the open pack was empty and a run of small files
+    was being read in a thread: sealing the empty pack frees nothing, so the relief is owed until
+    those members are in, then their pack is sealed (else, with nothing uploading, every task
+    waited for a pack that nobody sealed)."""
+    sealed: list[bytes] = []
+
+    async def put(buf):
+        sealed.append(buf)
+        return f"URI:CHK:pack{len(sealed)}"
+
+    clock = Clock()
+    p = Packer(put, target_size=100, max_files=10, clock=clock)
+    p.expect()
+    p.expect()  # two members being read
+    p.relieve()  # nothing to seal yet
+    assert sealed == [] and p.uploading == 0
+    first = p.add(b"a" * 10)
+    p.expected()
+    clock.advance(0)
+    assert sealed == []  # one member is still being read: it lands in the same pack
+    second = p.add(b"b" * 10)
+    p.expected()
+    clock.advance(0)
+    assert sealed == [b"a" * 10 + b"b" * 10]
+    assert (await first).cap == (await second).cap == "URI:CHK:pack1"
+    p.relieve()  # nothing open, nothing being read: nothing owed
+    assert p.expecting == 0 and len(sealed) == 1
