@@ -101,7 +101,8 @@ def verb_parser(verb: str) -> Parser:
     mod.arguments(own)
     usage = own.format_usage().removeprefix("usage: ").strip() + " [GLOBAL OPTIONS]"
     p = Parser(prog=f"{PROG} {verb}", usage=usage, description=summary[:1].upper() + summary[1:] + ".",
-               epilog=(f"example:\n  {example}\n\n" if example else "") + EPILOG)
+               epilog=(f"example:\n  {example}\n\n" if example else "") + EPILOG
+               + (f"\n{mod.EPILOG}" if getattr(mod, "EPILOG", None) else ""))
     mod.arguments(p)
     add_global(p.add_argument_group(f"global options (see '{PROG} --help')"))
     return p

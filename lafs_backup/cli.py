@@ -151,7 +151,11 @@ async def run(reactor: Reactor, argv: Sequence[str], out: IO[str] | None = None,
         rep.json_mode = getattr(ns, "json", False)
         rep.quiet = bool(getattr(ns, "quiet", False))
         op = Operation(ns.command, rep)
-        opener = Opener(config, Runtime(reactor, rep, op), repo_arg=getattr(ns, "repo", None))
+        from .engine.monitor import Monitor
+
+        # (the opener made next knows the grid's entry cache once the command has asked for its gateway)
+        monitor = Monitor.of(config, ns.command, reactor, rep, lambda: opener.known_cache_path())
+        opener = Opener(config, Runtime(reactor, rep, op, monitor), repo_arg=getattr(ns, "repo", None))
         if ns.command not in _WITH_MANHOLE:
             return await _dispatch(opener, ns)
         from . import manhole
@@ -163,7 +167,7 @@ async def run(reactor: Reactor, argv: Sequence[str], out: IO[str] | None = None,
             await manhole.stop(mh)
     except LafsBackupError as e:
         rep.error(logsetup.redact(e.message))
-        return int(e.exit_code)
+        return _own_code(argv, int(e.exit_code))
     except SystemExit as e:  # argparse's --help
         return int(e.code or 0)
     except BrokenPipeError:  # the reader of stdout went away (| head): stop quietly
@@ -240,25 +244,53 @@ def crashed(say: SayFn, debug: bool) -> int:
 _WITH_MANHOLE = {"backup", "watch", "copy", "restore", "check", "verify", "cleanup", "diff"}
 
 
+def _own_code(argv: Sequence[str], code: int) -> int:
+    """The exit code of a command that failed with ``code``: the command's own for any error when it
+    follows another convention (``status``: 3, unknown), else ``code``."""
+    from .commands import ERROR_CODES
+
+    found = arguments.find_verb(argv)
+    return ERROR_CODES.get(found[1], code) if found is not None else code
+
+
 async def _dispatch(opener: Opener, ns: argparse.Namespace) -> int:
     import importlib
 
     from .commands import COMMANDS, READ_ONLY
 
     module = importlib.import_module(f".commands.{COMMANDS[ns.command][0]}", __package__)
+    monitor = opener.rt.monitor  # (a command that changes state: pings, its run recorded, the metrics file)
+    if monitor is not None:
+        await monitor.started()
+    ended: tuple[int, str | None] | None = None
     try:
-        return int(await module.run(opener, ns))
+        code = int(await module.run(opener, ns))
+        ended = (code, None)
+        return code
+    except LafsBackupError as e:
+        ended = (int(e.exit_code), e.message)
+        raise
+    except Exception as e:  # (a bug, reported by the caller; a cancelled run is not recorded)
+        from twisted.internet.defer import CancelledError
+
+        if not isinstance(e, CancelledError):
+            ended = (int(ExitCode.INTERNAL), f"internal error: {type(e).__name__}")
+        raise
     finally:
-        gw = getattr(opener, "_gateway", None)
-        if gw is not None:
-            log.info("%s: gateway requests %s", ns.command, dict(sorted(gw.counts.items())))
-        if opener.started and ns.command in READ_ONLY:
-            # A read command leaves the machine as it found it: the grid it had to start stops.
-            stopped = await opener.stop_started()
-            opener.rt.reporter.say(f"lafs-backup: stopped the embedded grid this command started "
-                                   f"({len(stopped)} nodes)")
-        elif opener.started and ns.command in ("backup", "watch", "copy", "check", "cleanup", "init"):
-            opener.keep_started()
+        try:
+            if monitor is not None and ended is not None:
+                await monitor.ended(*ended)
+        finally:
+            gw = getattr(opener, "_gateway", None)
+            if gw is not None:
+                log.info("%s: gateway requests %s", ns.command, dict(sorted(gw.counts.items())))
+            if opener.started and ns.command in READ_ONLY:
+                # A read command leaves the machine as it found it: the grid it had to start stops.
+                stopped = await opener.stop_started()
+                opener.rt.reporter.say(f"lafs-backup: stopped the embedded grid this command started "
+                                       f"({len(stopped)} nodes)")
+            elif opener.started and ns.command in ("backup", "watch", "copy", "check", "cleanup", "init"):
+                opener.keep_started()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

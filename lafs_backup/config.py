@@ -88,6 +88,11 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "manhole.allow_remote": (bool,),
     "manhole.authorized_keys": (str, list, _NULL),
     "manhole.on_signal": (str, _NULL),
+    "metrics.enabled": (bool,),
+    "metrics.textfile": (str, _NULL),
+    "notify.url": (str, _NULL),
+    "notify.commands": (list,),
+    "notify.timeout": _NUM,
     "watch.settle": _NUM,
     "watch.rescan_interval": _NUM,
     "watch.min_interval": _NUM,
@@ -98,7 +103,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
 
 
 #: Keys naming a local file or directory.
-_PATH_KEYS = ("source.path", "source.queue.path", "source.entry_cache.path",
+_PATH_KEYS = ("source.path", "source.queue.path", "source.entry_cache.path", "metrics.textfile",
               "destination.result.append_to_file", "grid.dir", "manhole.authorized_keys", "repository.key_file")
 
 
@@ -282,6 +287,31 @@ def _check_values(tree: Mapping[str, Any]) -> None:
     url = get(tree, "destination.url")
     if url is not None and not url.startswith(("http://", "https://")):
         raise bad("destination.url", f"must be an http:// or https:// URL, got {url!r}")
+    _check_notify(tree)
+
+
+#: The commands ``notify.commands`` may name: those whose runs are monitored (``engine/monitor.py``).
+NOTIFY_COMMANDS = ("backup", "watch", "copy", "check", "cleanup", "rewrite", "tag", "init", "verify")
+
+
+def _check_notify(tree: Mapping[str, Any]) -> None:
+    """``notify``: an http(s) URL with a host (it is not shown whole: it holds a token), known commands,
+    a positive timeout."""
+    url = get(tree, "notify.url")
+    if url is not None:
+        scheme, host = url_host(url)
+        if scheme not in ("http", "https") or not host:
+            shown = f"{scheme}:..." if scheme else "a URL without a scheme"
+            raise ConfigError(source="configuration", key="notify.url", problem=(
+                f"must be an http:// or https:// URL with a host, such as https://hc-ping.com/UUID, not {shown}"))
+    for name in get(tree, "notify.commands"):
+        if name not in NOTIFY_COMMANDS:
+            raise ConfigError(source="configuration", key="notify.commands", problem=(
+                f"{name!r} is not a command that changes state; expected some of {', '.join(NOTIFY_COMMANDS)}"))
+    timeout = get(tree, "notify.timeout")
+    if not (0 < timeout < float("inf")):
+        raise ConfigError(source="configuration", key="notify.timeout",
+                          problem=f"expected a positive number of seconds, got {timeout!r}")
 
 
 def gateway_base(url: str) -> str:
@@ -320,12 +350,25 @@ def _index_cache(value: str | int | None) -> int:
 
 def shown(tree: Mapping[str, Any]) -> dict[str, Any]:
     """The tree as it may be shown (``dump-config``, the manhole's ``config``): storage options, which
-    hold credentials, by their names only."""
+    hold credentials, by their names only; ``notify.url``, which holds a token, by its host alone."""
     out = dict(tree)
     options = out.get("source", {}).get("storage_options")
     if options:
         out["source"] = {**out["source"], "storage_options": {k: "<hidden>" for k in options}}
+    url = out.get("notify", {}).get("url")
+    if url:
+        scheme, host = url_host(url)
+        out["notify"] = {**out["notify"], "url": f"{scheme}://{host}/<hidden>"}
     return out
+
+
+def url_host(url: str) -> tuple[str, str]:
+    """A URL's scheme and host (with its port), as far as they can be told ("" when not)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "", ""
+    host = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    return scheme.lower(), host
 
 
 def dump(tree: Mapping[str, Any]) -> str:
@@ -487,6 +530,20 @@ class WatchConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """``metrics`` and ``notify``: whether, and where, the metrics file is written (None: in the state
+    directory), and the healthchecks.io-style URL pinged around the runs of ``notify_commands``,
+    each ping given up after ``notify_timeout`` seconds (see ``engine/monitor.py``)."""
+
+    metrics: bool = True
+    textfile: str | None = None
+    #: A token, in effect: never logged or shown whole.
+    notify_url: str | None = field(default=None, repr=False)
+    notify_commands: tuple[str, ...] = ("backup", "watch")
+    notify_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, checked: every value the commands use, typed."""
 
@@ -502,6 +559,7 @@ class Config:
     watch: WatchConfig
     #: The merged tree itself, for ``dump-config`` and the manhole's ``config``.
     tree: Mapping[str, Any]
+    monitor: MonitorConfig = MonitorConfig()
 
 
 def _select(tree: Mapping[str, Any]) -> SelectConfig:
@@ -594,6 +652,8 @@ def from_tree(tree: Mapping[str, Any]) -> Config:
         watch=WatchConfig(float(g("watch.settle")), float(g("watch.rescan_interval")), float(g("watch.min_interval")),
                           float(g("watch.max_delay"))),
         tree=tree,
+        monitor=MonitorConfig(g("metrics.enabled"), expand(g("metrics.textfile")), g("notify.url"),
+                              tuple(g("notify.commands")), float(g("notify.timeout"))),
     )
 
 

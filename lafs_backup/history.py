@@ -67,6 +67,27 @@ class Backup:
         return hashlib.sha256(f"{self.cap}\0{self.ts!r}".encode()).hexdigest()[:8]
 
 
+@dataclass(frozen=True)
+class Run:
+    """How the last run of a command ended, as the local history records it (``status``, the metrics)."""
+
+    command: str
+    #: When it ended.
+    ts: float
+    seconds: float | None
+    #: Its exit code (see ``errors.ExitCode``): 0 done, 1 done with entries skipped, others failed.
+    code: int
+    #: What it found, by name: check's ``unhealthy`` and ``repaired`` objects, verify's ``problems``...
+    details: dict[str, Any] = field(default_factory=dict)
+    #: When a run of this command last ended well (None: never, as far as this machine knows).
+    ts_ok: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Did it do its work (0; or 1, some entries skipped with a warning)?"""
+        return self.code in (0, 1)
+
+
 def merge(local: Sequence[Backup], records: Sequence[Any], checks: dict[str, tuple[float | None, float | None]],
           copies: dict[str, list[str]] | None = None) -> list[Backup]:
     """The backups the repository ``records`` (every machine's), each joined with this machine's own

@@ -87,11 +87,29 @@ class Reporter:
         self.quiet = False
         self.out = out or sys.stdout
         self.err = err or sys.stderr
-        self.stats = Stats()
-        self.warnings: list[Warning_] = []
         self._now = now
         self._start = now()
+        self.stats = Stats()
+        self.warnings: list[Warning_] = []
         self._said_once: set[str] = set()
+        #: What the run found, by name, for the record of its run (check's ``unhealthy`` and
+        #: ``repaired`` objects, verify's ``problems``): ``status`` and the metrics show it.
+        self.found: dict[str, Any] = {}
+
+    @property
+    def stats(self) -> Stats:
+        """The counters of this run, or of this round of a command that runs several (a new
+        :class:`Stats` set here starts them again, and :meth:`elapsed` with them)."""
+        return self._stats
+
+    @stats.setter
+    def stats(self, value: Stats) -> None:
+        self._stats = value
+        self._stats_start = self._now()
+
+    def elapsed(self) -> float:
+        """Seconds since the counters in :attr:`stats` started (the run, or its round, or its source)."""
+        return self._now() - self._stats_start
 
     def warn(self, path: bytes | str, message: str) -> None:
         shown = path if isinstance(path, str) else (os.fsdecode(path) if path else ".")

@@ -9,7 +9,9 @@ PKG = Path(__file__).resolve().parent.parent / "lafs_backup"
 
 #: Library -> the only modules (paths below lafs_backup/) that may import it.
 ONLY_IN = {
-    "treq": {"grid/sender.py"},
+    # (grid/notify.py: a ping to a monitoring URL, not the gateway: never retried, and its URL, a token, is
+    # never logged, where the sender logs every request's URL)
+    "treq": {"grid/sender.py", "grid/notify.py"},
     "sqlite3": {"db/database.py"},
     "cffi": {"system/posix1e.py"},
     "xattr": {"system/meta.py"},
@@ -20,11 +22,15 @@ ONLY_IN = {
     "msgpack": {"store/index.py"},
     "s3fs": set(),
     "boto3": set(),
+    # Tahoe's own client classes (the storage protocol, caps, lease secrets) serve the custodian only.
+    "allmydata": {"custodian/secrets.py", "custodian/targets.py", "custodian/join.py", "custodian/leases.py"},
+    "foolscap": {"custodian/join.py", "custodian/leases.py"},
 }
 #: Modules that decide or describe, and do no I/O: no network, database, process, thread or reactor.
 PURE = {"store/plan.py", "filters.py", "encoding.py", "names.py", "retry.py", "caps.py", "backup/queue.py", "store/snapshot.py",
         "store/entry.py", "upkeep/retention.py", "history.py", "config.py", "errors.py", "backup/changes.py",
-        "store/index.py", "grid/health.py", "grid/download.py", "read/tally.py", "engine/prune.py"}
+        "store/index.py", "grid/health.py", "grid/download.py", "read/tally.py", "engine/prune.py",
+        "read/standing.py", "engine/metrics.py", "custodian/secrets.py", "custodian/targets.py"}
 IO_MODULES = {"treq", "sqlite3", "twisted", "cffi", "subprocess", "socket", "threading", "xattr", "urllib"}
 #: The ground floor's small pure helpers, the project's one semaphore, and the protocols of the resources
 #: the stages are handed (the gateway, the reporter): every layer may import them.
@@ -50,18 +56,21 @@ LAYERS: dict[str, set[str]] = {
     "history": GROUND,
     "report": GROUND,
     "grid": {"grid", "system/paths"} | GROUND,
+    "custodian": {"custodian", "grid/ratelimit"} | GROUND,
     "store": {"store", "system"} | GROUND,
     "db": {"db", "history", "store"} | GROUND,
     "repository": {"__version__"} | GROUND,
     "upkeep": {"upkeep", "grid"} | GROUND,
-    "read": {"read", "store", "grid", "system", "report"} | GROUND,
+    # (status gathers the repository's records and the local history: read/status.py)
+    "read": {"read", "store", "grid", "system", "report", "history", "db", "config"} | GROUND,
     "backup": {"backup", "read", "store", "db", "system"} | GROUND,
     "manhole": {"config"} | GROUND,
     "engine": {"engine", "backup", "read", "store", "db", "history", "repository", "report", "config", "system",
                "grid", "upkeep"} | GROUND,
+    "web": {"web", "read", "store", "history", "report"} | GROUND,
     "resources": {"resources", "engine/runtime", "db", "config", "grid", "history", "repository", "report",
                   "system"} | GROUND,
-    "commands": {"commands", "resources", "engine", "backup", "read", "store", "db", "history", "repository",
+    "commands": {"commands", "resources", "web", "engine", "backup", "read", "store", "db", "history", "repository",
                  "report", "config", "system", "grid", "upkeep"} | GROUND,
     "arguments": {"commands", "__version__"} | GROUND,
     "cli": {"arguments", "commands", "resources", "engine", "manhole", "report", "config", "system"} | GROUND,

@@ -5,7 +5,7 @@
 #    source ~/.local/share/bash_completion/lafs-backup
 # See also: https://github.com/scop/bash-completion/blob/main/doc/configuration.md
 
-_shtab_lafs_backup_subparsers=(backup watch copy restore list stats ls find dump mount tag rewrite cleanup diff verify check init key grid dump-config)
+_shtab_lafs_backup_subparsers=(backup watch copy restore list stats ls find dump mount web tag rewrite cleanup diff verify status check init key grid dump-config)
 
 _shtab_lafs_backup_backup_option_strings=(-h --help --queue-only --reuse-queue -j --jobs --mode --rebuild-cache --host --tag --skip-if-unchanged --dry-run --stdin --stdin-from-command --stdin-filename --exclude --iexclude --exclude-file -x --one-file-system --exclude-caches --exclude-if-present --exclude-larger-than --files-from --files-from-verbatim --files-from-raw --git-ignore)
 _shtab_lafs_backup_watch_option_strings=(-h --help --settle --rescan-interval --min-interval -j --jobs --host --tag --exclude --iexclude --exclude-file -x --one-file-system --exclude-caches --exclude-if-present --exclude-larger-than --files-from --files-from-verbatim --files-from-raw --git-ignore)
@@ -17,11 +17,13 @@ _shtab_lafs_backup_ls_option_strings=(-h --help -l --long --human-readable -R --
 _shtab_lafs_backup_find_option_strings=(-h --help --regex --snapshot --source --host --tag)
 _shtab_lafs_backup_dump_option_strings=(-h --help --force --source --host --tag)
 _shtab_lafs_backup_mount_option_strings=(-h --help --allow-other --source --host --tag)
+_shtab_lafs_backup_web_option_strings=(-h --help --port --socket --url-file)
 _shtab_lafs_backup_tag_option_strings=(-h --help --add --remove --set --source --host --tag)
 _shtab_lafs_backup_rewrite_option_strings=(-h --help --exclude --iexclude --exclude-file --forget -n --dry-run --source --host --tag)
 _shtab_lafs_backup_cleanup_option_strings=(-h --help -g --generation --up-to --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --keep-within --keep-tag --dry-run -e --enumerate-shares -n --enumerate-only --group-by --source --host --tag)
 _shtab_lafs_backup_diff_option_strings=(-h --help --live --source --host --tag)
 _shtab_lafs_backup_verify_option_strings=(-h --help --sample --source --host --tag)
+_shtab_lafs_backup_status_option_strings=(-h --help)
 _shtab_lafs_backup_check_option_strings=(-h --help -a --least-recently-checked -r --repair -n --no-lease -f --format --healthy-format -e --error-output --source --host --tag)
 _shtab_lafs_backup_init_option_strings=(-h --help)
 _shtab_lafs_backup_key_option_strings=(-h --help)
@@ -34,7 +36,7 @@ _shtab_lafs_backup_option_strings=(-h --help --version -c --config -o --set --ur
 _shtab_lafs_backup_backup___mode_choices=(stat checksum verify force)
 _shtab_lafs_backup_restore___overwrite_choices=(always if-changed if-newer never)
 _shtab_lafs_backup_grid_pos_0_choices=(up down status furl join)
-_shtab_lafs_backup_pos_0_choices=(backup watch copy restore list stats ls find dump mount tag rewrite cleanup diff verify check init key grid dump-config)
+_shtab_lafs_backup_pos_0_choices=(backup watch copy restore list stats ls find dump mount web tag rewrite cleanup diff verify status check init key grid dump-config)
 
 _shtab_lafs_backup_backup_pos_0_nargs='*'
 _shtab_lafs_backup_backup__h_nargs=0
@@ -88,6 +90,8 @@ _shtab_lafs_backup_dump___force_nargs=0
 _shtab_lafs_backup_mount__h_nargs=0
 _shtab_lafs_backup_mount___help_nargs=0
 _shtab_lafs_backup_mount___allow_other_nargs=0
+_shtab_lafs_backup_web__h_nargs=0
+_shtab_lafs_backup_web___help_nargs=0
 _shtab_lafs_backup_tag_pos_0_nargs=+
 _shtab_lafs_backup_tag__h_nargs=0
 _shtab_lafs_backup_tag___help_nargs=0
@@ -111,6 +115,8 @@ _shtab_lafs_backup_diff___help_nargs=0
 _shtab_lafs_backup_diff___live_nargs=0
 _shtab_lafs_backup_verify__h_nargs=0
 _shtab_lafs_backup_verify___help_nargs=0
+_shtab_lafs_backup_status__h_nargs=0
+_shtab_lafs_backup_status___help_nargs=0
 _shtab_lafs_backup_check_pos_0_nargs='*'
 _shtab_lafs_backup_check__h_nargs=0
 _shtab_lafs_backup_check___help_nargs=0

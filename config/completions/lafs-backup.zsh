@@ -27,9 +27,11 @@ _shtab_lafs_backup_commands() {
     restore:'Restore a snapshot into a directory.'
     rewrite:'Make new snapshots of backups without the paths --exclude matches (a leaked secret, a huge file).'
     stats:'What each backup holds and added, and what the repository stores (from the indexes alone).'
+    status:'Am I safe? the last backups, leases, checks, the grid and copies; exit 0 OK, 1 warning, 2 critical, 3 unknown (as a Nagios or Icinga check).'
     tag:'Add, remove or set the tags of backups already made (recorded in the repository).'
     verify:'Verify every share and read contents back against their SHA-256; exit 6 on damage.'
     watch:'Back up, then snapshot every settled burst of changes (inotify), until Ctrl-C or SIGTERM.'
+    web:'Serve a local read-only dashboard of the backups in a browser (127.0.0.1 and a token; until Ctrl-C or SIGTERM).'
   )
   _describe 'lafs-backup commands' _commands
 }
@@ -302,6 +304,13 @@ _shtab_lafs_backup_stats_options=(
 # guard to ensure default positional specs are added only once per session
 _shtab_lafs_backup_stats_defaults_added=0
 
+_shtab_lafs_backup_status_options=(
+  "(- : *)"{-h,--help}"[show this help message and exit]"
+)
+
+# guard to ensure default positional specs are added only once per session
+_shtab_lafs_backup_status_defaults_added=0
+
 _shtab_lafs_backup_tag_options=(
   "(- : *)"{-h,--help}"[show this help message and exit]"
   "*--add[add this tag (repeatable)]:TAG:"
@@ -353,6 +362,16 @@ _shtab_lafs_backup_watch_options=(
 # guard to ensure default positional specs are added only once per session
 _shtab_lafs_backup_watch_defaults_added=0
 
+_shtab_lafs_backup_web_options=(
+  "(- : *)"{-h,--help}"[show this help message and exit]"
+  "--port[the TCP port on 127.0.0.1 to listen on (0\: any free one\; default 8765)]:port:"
+  "--socket[listen on this Unix socket instead (mode 0600), e.g. for a reverse proxy or \'ssh -L\']:PATH:"
+  "--url-file[write the URL to open (it holds the token) to this file, mode 0600, instead of printing it (its directory is made, mode 0700, if missing)]:PATH:"
+)
+
+# guard to ensure default positional specs are added only once per session
+_shtab_lafs_backup_web_defaults_added=0
+
 
 _shtab_lafs_backup() {
   local context state line curcontext="$curcontext" one_or_more='(*)' remainder='(-)*:' default='*::: :->lafs-backup'
@@ -389,9 +408,11 @@ _shtab_lafs_backup() {
         restore) _arguments -C -s $_shtab_lafs_backup_restore_options ;;
         rewrite) _arguments -C -s $_shtab_lafs_backup_rewrite_options ;;
         stats) _arguments -C -s $_shtab_lafs_backup_stats_options ;;
+        status) _arguments -C -s $_shtab_lafs_backup_status_options ;;
         tag) _arguments -C -s $_shtab_lafs_backup_tag_options ;;
         verify) _arguments -C -s $_shtab_lafs_backup_verify_options ;;
         watch) _arguments -C -s $_shtab_lafs_backup_watch_options ;;
+        web) _arguments -C -s $_shtab_lafs_backup_web_options ;;
       esac
   esac
 }

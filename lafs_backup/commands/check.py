@@ -67,6 +67,8 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
 
             checker = Checker(gw, await o.happy(gw), lease, ns.repair, seen, o.config.operation.jobs)
             total_bad = 0
+            found = rep.found  # (the record of this run: status and the metrics show it)
+            found.update(backups=len(chosen), objects=0, unhealthy=0, repaired=0, leases_renewed=lease)
             # Newest first: the newest backup holds most of what the older ones share.
             for b in sorted(chosen, key=lambda x: (x.ts, x.id), reverse=True):
                 info = current[0] = backup_json(b)
@@ -80,6 +82,9 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
                 else:
                     cache.history.set_checked([b.cap], started, lease)
                 total_bad += len(bad)
+                found["objects"] += result.checked
+                found["unhealthy"] += len(bad)
+                found["repaired"] += sum(1 for v in bad if v.repaired)
                 summary = {"type": "checked", "generation": b.generation, "objects": result.checked,
                            "shared": result.shared, "unhealthy": len(bad),
                            "repaired": sum(1 for v in bad if v.repaired)}

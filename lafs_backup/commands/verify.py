@@ -39,6 +39,11 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     finally:
         reader.close()
         index.close()
+    # What it found, for the record of this run (status and the metrics show it).
+    o.rt.reporter.found.update(id=record.short_id if record is not None else None,
+                               generation=record.generation if record is not None else None,
+                               problems=o.rt.reporter.stats.problems, files_read=v.files_read,
+                               sample_percent=ns.sample)
     # Its own fields: what was checked (every share of the snapshot; the contents of files_read files).
     o.rt.reporter.finish("verify", {
         "id": record.short_id if record is not None else None,

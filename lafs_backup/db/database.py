@@ -13,7 +13,7 @@ from typing import Callable, Concatenate, Iterator, ParamSpec, Protocol, TypeVar
 
 from ..errors import CacheBusyError, CacheError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 #: How long to wait for another process's write to finish before calling the cache busy.  Every
 #: write transaction is short (one batch of rows), so a wait this long means something is wrong.
 BUSY_TIMEOUT_MS = 10000
@@ -57,6 +57,10 @@ BUSY_TIMEOUT_MS = 10000
 #   from the repository), by snapshot cap; filled from backups.ts_check and ts_lease on migration
 # copies (7)  -- cap, dest, dst, ts: the snapshots copied to another grid (its gateway URL), for
 #   ``list``
+# runs (9)  -- command, ts, seconds, code, details, ts_ok: the last run of each command that changes
+#   state (and of ``verify``): when it ended, how long it took, its exit code, what it found (JSON:
+#   check's unhealthy objects, verify's problems), and when a run of it last succeeded; for
+#   ``status`` and the metrics file
 #
 # Held by the copy map (copy_map.py):
 # copied (7)  -- dest, src, dst: for ``copy``, each object or directory the destination grid
@@ -82,6 +86,8 @@ CREATE TABLE IF NOT EXISTS copied (dest TEXT NOT NULL, src TEXT NOT NULL, dst TE
     PRIMARY KEY (dest, src)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS copies (cap TEXT NOT NULL, dest TEXT NOT NULL, dst TEXT NOT NULL, ts REAL NOT NULL,
     PRIMARY KEY (cap, dest)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (command TEXT PRIMARY KEY, ts REAL NOT NULL, seconds REAL, code INTEGER NOT NULL,
+    details TEXT, ts_ok REAL) WITHOUT ROWID;
 """
 
 
@@ -285,6 +291,9 @@ class Database:
                                "dst TEXT NOT NULL, PRIMARY KEY (dest, src)) WITHOUT ROWID")
                     db.execute("CREATE TABLE IF NOT EXISTS copies (cap TEXT NOT NULL, dest TEXT NOT NULL, "
                                "dst TEXT NOT NULL, ts REAL NOT NULL, PRIMARY KEY (cap, dest)) WITHOUT ROWID")
+                if version < 9:
+                    db.execute("CREATE TABLE IF NOT EXISTS runs (command TEXT PRIMARY KEY, ts REAL NOT NULL, "
+                               "seconds REAL, code INTEGER NOT NULL, details TEXT, ts_ok REAL) WITHOUT ROWID")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             db.execute("COMMIT")
         except BaseException:

@@ -1,19 +1,19 @@
-"""The local history: the backups this machine made, the checks of any backup, and the snapshots copied to other
-grids."""
+"""The local history: the backups this machine made, the checks of any backup, the snapshots copied to other
+grids, and the last run of each command that changes state."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from ..history import Backup
+from ..history import Backup, Run
 from .database import Database, guarded
 from .objects import ObjectCache
 
 
 @guarded
 class LocalHistory:
-    """The tables ``backups``, ``checked`` and ``copies`` of ``db`` (see ``database.py``).
+    """The tables ``backups``, ``checked``, ``copies`` and ``runs`` of ``db`` (see ``database.py``).
 
     :meth:`forget` also drops the rows of ``objects`` (the object cache) that no kept backup
     uses any more: what a backup keeps alive is this record's to say.
@@ -108,3 +108,20 @@ class LocalHistory:
         for cap, dest in self._db.conn.execute("SELECT cap, dest FROM copies ORDER BY dest"):
             out.setdefault(cap, []).append(dest)
         return out
+
+    # -- the last run of each command ------------------------------------------
+    def record_run(self, run: Run) -> None:
+        """Record how the last run of ``run.command`` ended (replacing the one before; when it failed, the time
+        of the last success stays), made durable at once: it is what ``status`` and the metrics say."""
+        with self._db.transaction() as db:
+            db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(command) DO UPDATE SET "
+                       "ts=excluded.ts, seconds=excluded.seconds, code=excluded.code, details=excluded.details, "
+                       "ts_ok=COALESCE(excluded.ts_ok, runs.ts_ok)",
+                       (run.command, run.ts, run.seconds, run.code, json.dumps(run.details, sort_keys=True),
+                        run.ts if run.ok else None))
+        self._db.commit(durable=True)
+
+    def runs(self) -> dict[str, Run]:
+        """Command name -> its last run recorded here (see :meth:`record_run`)."""
+        return {r[0]: Run(r[0], r[1], r[2], r[3], json.loads(r[4] or "{}"), r[5]) for r in self._db.conn.execute(
+            "SELECT command, ts, seconds, code, details, ts_ok FROM runs")}

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from .. import history
 from ..backup.result import append_result, link_into
@@ -40,8 +40,10 @@ async def record_backup(rep: Reporter, result: ResultConfig, cache: LocalHistory
                                   "backup is recorded in the entry cache ('lafs-backup list')")
             result_file = None
     st = rep.stats
-    summary = {k: getattr(st, k) for k in ("files", "files_new", "files_changed", "files_unchanged", "dirs",
-                                           "symlinks", "bytes_read", "bytes_uploaded", "packs", "warnings")}
+    summary: dict[str, Any] = {k: getattr(st, k) for k in (
+        "files", "files_new", "files_changed", "files_unchanged", "dirs", "symlinks", "bytes_read", "bytes_uploaded",
+        "packs", "warnings")}
+    summary["seconds"] = round(rep.elapsed(), 3)  # (status and the metrics show how long a backup took)
     return cache.record_backup(gen, snap, source, os.path.basename(source).decode("utf-8", "replace"),
                                ts, result.append_to_lafs_dir, lname, result_file, host, tags, summary)
 

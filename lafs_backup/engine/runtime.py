@@ -10,6 +10,7 @@ from ..report import Operation, Reporter
 
 if TYPE_CHECKING:
     from ..protocols import Reactor
+    from .monitor import Monitor
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -17,12 +18,14 @@ Ts = TypeVarTuple("Ts")
 
 @dataclass(frozen=True)
 class Runtime:
-    """The reactor (a test's memory reactor runs thread work inline), the reporter and the running
-    operation (None outside the CLI)."""
+    """The reactor (a test's memory reactor runs thread work inline), the reporter, the running
+    operation (None outside the CLI) and the monitoring of a command that changes state (None: none;
+    ``watch`` tells it of each round)."""
 
     reactor: Reactor
     reporter: Reporter
     op: Operation | None = None
+    monitor: Monitor | None = None
 
     async def in_thread(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """Run blocking work off the reactor thread, so signals, timers and the manhole stay live

@@ -372,6 +372,8 @@ class Watcher:
             return
         self.made = made
         self._report(r, full, made, gw, before, time.monotonic() - t0, len(held))
+        if self.rt.monitor is not None:  # (each round is a run: recorded, the metrics file rewritten, pinged)
+            await self.rt.monitor.round_done()
 
     def _index_full(self, made: Made) -> bool:
         """Must this round walk the whole tree because its directories live in the index alone,
