@@ -206,6 +206,9 @@ class FakeCache:
     def lookup(self, key: bytes, generation: int) -> Hit | None:
         return self.rows.get(key)
 
+    def known_keys(self, keys: list[bytes]) -> set[bytes]:
+        return {k for k in keys if k in self.rows}
+
     def lookup_many(self, keys: list[bytes], generation: int) -> dict[bytes, Hit]:
         return {k: self.rows[k] for k in keys if k in self.rows}
 

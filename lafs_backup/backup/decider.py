@@ -5,7 +5,10 @@ Phase two looks at a file again at its turn and asks the planner
 does it for a batch of files a little before their turn, in two cache
 queries per batch instead of one or two per file, and asks together whether
 content was stored from each path to be read before; :meth:`Decider.decide`
-and :meth:`Decider.seen` then answer from what was asked.
+and :meth:`Decider.seen` then answer from what was asked.  A file whose state
+as the walk found it the cache has never seen is decided from the walk's
+stat (it is opened and fstat'ed as it is read); only the others are stat'ed
+again.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class Decider:
         self._ahead: dict[bytes, Decided] = {}
         #: Whether content was stored from a path before, asked by :meth:`ahead` (files to read).
         self._seen_ahead: dict[bytes, bool] = {}
+        #: Whether the next batch first asks which states the cache knows (see :meth:`_unknown_read`).
+        self._peek = True
 
     def _rows(self, keys: list[bytes]) -> dict[bytes, Hit]:
         return self.cache.lookup_many(keys, self.gen)
@@ -94,12 +99,16 @@ class Decider:
         yield from batch
 
     def _decide_many(self, batch: list[Entry], held: bool) -> None:
-        files = [self._stat(e) for e in batch if e.kind == KIND_FILE and not (held and e.extra("hold") is not None)]
-        if not files:
+        entries = [e for e in batch if e.kind == KIND_FILE and not (held and e.extra("hold") is not None)]
+        if not entries:
             return
         debug = log.isEnabledFor(logging.DEBUG)
         ahead = self._ahead
         to_read: list[bytes] = []
+        again = self._unknown_read(entries, to_read) if self._peek else entries
+        # (a batch mostly known, as in a rerun, makes the next one skip the first question)
+        self._peek = len(again) * 2 < len(entries)
+        files = [self._stat(e) for e in again]
         for (path, st, _), d in zip(files, plan.for_files(files, self._rows, self.mode, self._plain)):
             if debug:
                 log.debug("%s: %r", d, path)
@@ -110,6 +119,28 @@ class Decider:
             seen = self.cache.saw_paths(self.source.label, to_read)
             self._seen_ahead.update((p, p in seen) for p in to_read)
 
+    def _unknown_read(self, entries: list[Entry], to_read: list[bytes]) -> list[Entry]:
+        """Decide to read every file whose state, as the walk found it, the cache has never seen
+        (asked without marking any row used): it is opened and fstat'ed as it is read, so it is
+        not stat'ed again now (a first backup's files, each new one).  Returns the others, to be
+        stat'ed now and looked up, so that a file changed since the walk is seen as changed."""
+        walked = [(e.path, walk_stat(e)) for e in entries]
+        keys = [(plan.state_key(p, st, self._plain), plan.state_key(p, st, self._plain, inode=False))
+                for p, st in walked]
+        known = self.cache.known_keys([k for pair in keys for k in pair])
+        again = []
+        debug = log.isEnabledFor(logging.DEBUG)
+        for e, (path, st), (key, bare) in zip(entries, walked, keys):
+            if key in known or bare in known:
+                again.append(e)
+                continue
+            d = plan.for_file(st, None, self.mode)
+            if debug:
+                log.debug("%s: %r", d, path)
+            self._ahead[path] = (d, st)
+            to_read.append(path)
+        return again
+
     def seen(self, path: bytes) -> bool:
         """Whether content was stored from ``path`` before: as :meth:`ahead` asked, else asked now."""
         seen = self._seen_ahead.pop(path, None)
@@ -117,3 +148,10 @@ class Decider:
             seen = self.cache.saw_path(self.source.label, path)
         return seen
 
+
+def walk_stat(e: Entry) -> os.stat_result:
+    """The stat phase one recorded for an entry, as an ``os.stat_result`` (times to the nanosecond;
+    access time, block counts and device numbers zero)."""
+    return os.stat_result((e.mode, e.ino, e.dev, e.nlink, e.uid, e.gid, e.size, 0, e.mtime_ns // 10**9,
+                           e.ctime_ns // 10**9, 0.0, e.mtime_ns / 1e9, e.ctime_ns / 1e9, 0, e.mtime_ns,
+                           e.ctime_ns, 0, 0, 0))

@@ -104,4 +104,6 @@ def why(err: OSError) -> str:
     """Why an entry cannot be saved, as its warning says it."""
     if err.errno in (errno.ENOENT, errno.ENOTDIR):  # ENOTDIR: a parent was replaced by a file
         return "it vanished since the scan"
+    if err.errno == errno.ELOOP:  # (opened never through a symlink: it was replaced by one)
+        return "it is no longer a regular file"
     return err.strerror or str(err)

@@ -181,6 +181,19 @@ class ObjectCache:
             self._db.commit()
         return found
 
+    def known_keys(self, keys: list[bytes]) -> set[bytes]:
+        """Which of ``keys`` have a row, without marking any as used (one query per
+        :data:`LOOKUP_BATCH`): whether a state is worth a second look, before :meth:`lookup_many`."""
+        held = self._new_objects, self._new_states
+        found = {k for k in keys if k in held[0] or k in held[1]}
+        todo = [k for k in keys if k not in found]
+        db = self._db.conn
+        for i in range(0, len(todo), LOOKUP_BATCH):
+            chunk = todo[i:i + LOOKUP_BATCH]
+            found.update(row[0] for row in db.execute(
+                f"SELECT key FROM objects WHERE key IN ({','.join('?' * len(chunk))})", chunk))
+        return found
+
     def _bump(self, key: bytes, cap: str, generation: int) -> None:
         # Marking rows as used is batched (see _flush_bumps): an unchanged rerun touches every row.
         self._bumps.append((key, cap, generation))

@@ -169,3 +169,29 @@ async def test_small_files_queued_behind_slow_large_ones_never_run_out_of_stack(
     done.addTimeout(60, reactor)
     cap = await done
     assert cap in gw.dirs and rep.stats.files == 3030 and rep.stats.warnings == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_run_of_small_files_keeps_each_files_outcome(tmp_path, monkeypatch):
+    """New small files go through runs read in a thread: a file that vanished after the walk is
+    skipped with the one-file path's warning, the others are stored, and the rerun finds them all
+    unchanged."""
+    from lafs_backup.backup import batch
+
+    runs = []
+    reader = batch.read_small_files
+    monkeypatch.setattr(batch, "read_small_files", lambda source, es, enc: runs.append(len(es)) or reader(source, es, enc))
+    root = tree(tmp_path / "src", dirs=2, files=5)
+    gw, cache = FakeGateway(), FakeCache()
+    up, src = uploader(root, gw, cache)
+    warned = []
+    up.rep.warn = lambda path, message: warned.append((path, message))
+    entries = list(src.walk(compile_rules([]), lambda p, m: None, lambda k, m: None))
+    files = [e for e in entries if e.kind == "f"]
+    (root / files[3].path.decode()).unlink()
+    await up.run(entries)
+    assert warned == [(files[3].path, "skipped: it vanished since the scan")]
+    assert sum(runs) == len(files) and len(runs) < len(files)  # (every file in a run, several to a run)
+    assert up.stats.files == len(files) and up.stats.files_new == len(files) - 1
+    _, again = await run(root, gw, cache)
+    assert again.stats.files_unchanged == len(files) - 1 and again.stats.files_new == 0
