@@ -8,6 +8,13 @@ pages it once held.  Two arenas hold the same work in less memory
 (measured on a first backup of 37,768 real files: 195 MB peak RSS with the
 default, 179 MB with two) at no cost in time, since the threads spend their
 time in system calls, not in malloc.
+
+glibc also raises the size above which a block gets pages of its own (mmap)
+each time such a block is freed, up to 32 MiB: after the first few packs
+and file reads, every buffer of a backup comes from the heap, which then
+holds the high-water mark of them all.  A fixed threshold of 256 KiB keeps
+packs, uploads and whole reads of small files in pages of their own, given
+back when freed (the same first backup: 171 MB to 160 MB).
 """
 
 from __future__ import annotations
@@ -17,23 +24,26 @@ import logging
 
 log = logging.getLogger(__name__)
 
-#: glibc's mallopt parameter for the most arenas (malloc.h: M_ARENA_MAX).
+#: glibc's mallopt parameters (malloc.h): the most arenas, and the size from which blocks are mapped.
 _M_ARENA_MAX = -8
+_M_MMAP_THRESHOLD = -3
 ARENAS = 2
+MMAP_THRESHOLD = 256 << 10
 
 
-def limit_arenas(arenas: int = ARENAS) -> bool:
-    """Ask glibc for at most ``arenas`` malloc arenas; True if it agreed.  Call before any thread
-    starts.  Elsewhere (another C library) nothing changes."""
+def limit_arenas(arenas: int = ARENAS, mmap_threshold: int = MMAP_THRESHOLD) -> bool:
+    """Ask glibc for at most ``arenas`` malloc arenas, and pages of their own for every block of
+    ``mmap_threshold`` bytes or more; True if it agreed to both.  Call before any thread starts.
+    Elsewhere (another C library) nothing changes."""
     try:
         mallopt = ctypes.CDLL(None).mallopt  # (the C library the interpreter runs on)
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    done = bool(mallopt(_M_ARENA_MAX, arenas))
-    log.debug("malloc arenas limited to %d: %s", arenas, done)
+    done = bool(mallopt(_M_ARENA_MAX, arenas)) and bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold))
+    log.debug("malloc arenas limited to %d, blocks of %d bytes mapped: %s", arenas, mmap_threshold, done)
     return done
 
 
-__all__ = ["ARENAS", "limit_arenas"]
+__all__ = ["ARENAS", "MMAP_THRESHOLD", "limit_arenas"]
