@@ -49,7 +49,7 @@ machine as far as possible:
 bench/RESULTS.md's "Dashboard" figures (2026-12-06) came from these, DIR
 holding a copy of ``lafs_backup`` whose ``Dashboard.lookup`` always used the
 browser's lookup (the whole index first: the dashboard before
-``web/locate.py``), with ``config`` beside it (``core.yaml`` links there).
+``read/locate.py``, then ``web/locate.py``), with ``config`` beside it (``core.yaml`` links there).
 
 Prints one JSON object (progress on stderr).
 """

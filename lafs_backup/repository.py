@@ -6,6 +6,8 @@ A repository is a mutable Tahoe directory::
     writers/                    one directory per host and source, written only by that writer
         ann.3f2a9c0d51e7/       a writer: one child per backup, the snapshot's own cap, whose
             20261202T023012.481516Z.g41    link metadata is the backup's record
+        ann.3f2a9c0d51e7.v2/    the same writer's next volume, once the one before holds
+            ...                 ``VOLUME_RECORDS`` records (see below)
         ann.9b1c4e77a0d2/       a machine's tag changes (``lafs-backup tag``), one child each: a small
             20261203T101500.000000Z.t5e0f91aa  LIT cap, whose link metadata is the change
 
@@ -23,6 +25,13 @@ change writes (``tag`` runs on one machine take a lock).  The tags a backup
 has are its record's, changed by every change that names it, in time order
 (:func:`retagged`).  An older version reads such entries as no record at all.
 
+A Tahoe mutable directory is one object: adding a child reads and writes it
+whole, and so does reading one child.  A writer's records therefore go to
+volumes of at most ``VOLUME_RECORDS`` (:func:`volume_for`, decided from the
+local history, which knows where each of its records went): each a writer
+directory of its own, read by every version as any writer is, so recording a
+backup costs the same after a thousand as after ten.
+
 The recovery key (:class:`RepoKey`) is a bearer secret: the repository's
 write cap, and how to reach the grid (its introducer FURL and encoding).
 """
@@ -36,7 +45,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from . import __version__
 from .errors import GatewayError, GridError, UsageError
@@ -49,6 +58,10 @@ MARKER = "lafs-backup-repository"
 WRITERS = "writers"
 RECORD_FORMAT = 1
 TAGS_FORMAT = 1
+#: Records a writer puts in one directory before it starts the next volume (see the module docstring).
+VOLUME_RECORDS = 100
+#: A volume's directory: the writer's, and this and its number (the first volume is the writer's own).
+_VOLUME = re.compile(r"\.v([0-9]+)$")
 #: The "source" a machine's tag changes are filed under: a writer directory of their own (no real
 #: source holds a NUL, so no backup's writer can have its name).
 TAGS_SOURCE = b"\0tags"
@@ -205,6 +218,33 @@ def writer_name(host: str, source: bytes) -> str:
     return f"{safe}.{hashlib.sha256(source).hexdigest()[:12]}"
 
 
+def volume_for(writer: str, held: Mapping[str, int], limit: int | None = None) -> str:
+    """The directory ``writer``'s next record goes to: its newest volume that ``held`` (directory ->
+    how many of the writer's records it holds, as this machine knows them) shows, or the next one
+    when that holds ``limit`` (default ``VOLUME_RECORDS``) already.  Volume 1 is ``writer`` itself,
+    volume n > 1 ``writer.vn``."""
+    limit = VOLUME_RECORDS if limit is None else limit
+    newest, count = 1, 0
+    for name, n in held.items():
+        if name == writer:
+            number = 1
+        else:
+            m = _VOLUME.search(name)
+            if m is None or name[:m.start()] != writer:
+                continue
+            number = int(m.group(1))
+        if number >= newest:
+            newest, count = number, n
+    if count >= limit:
+        newest += 1
+    return volume_name(writer, newest)
+
+
+def volume_name(writer: str, number: int) -> str:
+    """The directory of ``writer``'s volume ``number`` (1: the writer's own)."""
+    return writer if number <= 1 else f"{writer}.v{number}"
+
+
 def record_name(ts: float, generation: int) -> str:
     import time
 
@@ -309,7 +349,8 @@ class Repository:
                                 "kept changing it); try again")
 
     async def add(self, rec: Record) -> Record:
-        """Record a backup under its writer; returns the record with its place."""
+        """Record a backup under its writer (``rec.writer``: the directory, one of the writer's
+        volumes, see :func:`volume_for`; default: the writer's first); returns the record with its place."""
         writer = rec.writer or writer_name(rec.host, rec.source)
         name = rec.name or record_name(rec.ts, rec.generation)
         wcap = await self._writer_dir(writer, create=True)

@@ -9,6 +9,7 @@ from .. import names
 from ..errors import UsageError
 from ..read.browse import TYPE_NAMES, Browser
 from ..read.dump import write_file, write_tar
+from ..read.locate import Paths
 from ..read.reader import Reader
 from ..report import outcome
 from ..resources import Opener
@@ -37,11 +38,12 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
         raise UsageError("dump writes raw bytes (or a tar stream): redirect stdout to a file or a pipe, or "
                          "give --force")
     gw = await o.gateway()
-    # A whole snapshot's tar reads the index; a path needs only the directories on its way.
+    # A whole snapshot's tar reads the index; a path needs only the directories on its way (where
+    # they live in the index alone: the index chunks on its way, and those of its subtree for a tar).
     reader = Reader(gw, use_index=ns.path in ("", ".", "/"), jobs=o.config.operation.jobs)
     try:
         browser = Browser(reader, ahead=max(4, o.config.operation.jobs), remember=64)
-        item = await browser.lookup(cap, names.parsed(ns.path))
+        item = await Paths(browser).lookup(cap, names.parsed(ns.path), below=True)
         if item.kind == KIND_FILE:
             content = await write_file(reader, item, out)
             if content.matches is False:

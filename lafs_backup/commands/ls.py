@@ -9,6 +9,7 @@ import time
 from typing import AsyncIterator
 
 from ..read.browse import Browser, Item
+from ..read.locate import Paths
 from ..read.reader import Reader
 from .. import names
 from ..report import _printable, outcome, size_text
@@ -55,11 +56,12 @@ def shown(item: Item) -> str:
 async def run(o: Opener, ns: argparse.Namespace) -> int:
     rep = o.rt.reporter
     cap = await resolve(o, ns.snapshot, ns.source, ns.host, ns.tag)
-    # A recursive listing reads the snapshot's index (no request per directory); one directory
-    # is cheaper read on its own.
+    # A recursive listing reads the snapshot's index (no request per directory): below PATH, the
+    # index chunks of PATH's subtree.  One directory is cheaper read on its own, or (when the
+    # snapshot's directories live in its index alone) from the few index chunks on its path.
     reader = Reader(await o.gateway(), use_index=ns.recursive, jobs=o.config.operation.jobs)
     browser = Browser(reader, ahead=max(4, o.config.operation.jobs), remember=64)
-    top = await browser.lookup(cap, names.parsed(ns.path or ""))
+    top = await Paths(browser).lookup(cap, names.parsed(ns.path or ""), below=ns.recursive)
     items = [top] if top.kind != KIND_DIR else None
 
     def line(item: Item) -> str:

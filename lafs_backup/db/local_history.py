@@ -53,6 +53,28 @@ class LocalHistory:
         return [self._backup(r, checks) for r in self._db.conn.execute(
             f"SELECT {self._COLUMNS} FROM backups ORDER BY ts, id").fetchall()]
 
+    def unrecorded(self, source: bytes) -> list[Backup]:
+        """The backups of ``source`` this cache made that the repository does not record yet, oldest
+        first (a lookup: the cost does not grow with the backups that are recorded)."""
+        rows = self._db.conn.execute(f"SELECT {self._COLUMNS} FROM backups WHERE record IS NULL AND source=? "
+                                     "ORDER BY ts, id", (source,)).fetchall()
+        checks = self._checks_of([r[2] for r in rows])
+        return [self._backup(r, checks) for r in rows]
+
+    def with_cap(self, cap: str) -> list[Backup]:
+        """The backups this cache made whose snapshot is ``cap``."""
+        rows = self._db.conn.execute(f"SELECT {self._COLUMNS} FROM backups WHERE cap=? ORDER BY ts, id",
+                                     (cap,)).fetchall()
+        return [self._backup(r, self._checks_of([cap])) for r in rows]
+
+    def held(self, writer: str) -> dict[str, int]:
+        """Directory -> how many of this cache's backups the repository records there, for the
+        directories of ``writer`` and its volumes (``repository.volume_for`` picks the next one)."""
+        like = writer.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ".v%"
+        return {w: n for w, n in self._db.conn.execute(
+            "SELECT writer, COUNT(*) FROM backups WHERE record IS NOT NULL AND (writer=? OR writer LIKE ? "
+            "ESCAPE '\\') GROUP BY writer", (writer, like))}
+
     def forget(self, rows: list[int]) -> int:
         """Remove this cache's backups from the record, and every object row no remaining backup can use.
 
@@ -70,7 +92,7 @@ class LocalHistory:
 
     def _backup_row(self, row: int) -> Backup:
         r = self._db.conn.execute(f"SELECT {self._COLUMNS} FROM backups WHERE id=?", (row,)).fetchone()
-        return self._backup(r, self.checks())
+        return self._backup(r, self._checks_of([r[2]]))
 
     @staticmethod
     def _backup(r: tuple[Any, ...], checks: dict[str, tuple[float | None, float | None]]) -> Backup:
@@ -90,6 +112,15 @@ class LocalHistory:
                            "ts_check=excluded.ts_check", (cap, ts))
                 if leases:
                     db.execute("UPDATE checked SET ts_lease=? WHERE cap=?", (ts, cap))
+
+    def _checks_of(self, caps: list[str]) -> dict[str, tuple[float | None, float | None]]:
+        """:meth:`checks` of these caps alone."""
+        out: dict[str, tuple[float | None, float | None]] = {}
+        for cap in set(caps):
+            r = self._db.conn.execute("SELECT ts_check, ts_lease FROM checked WHERE cap=?", (cap,)).fetchone()
+            if r is not None:
+                out[cap] = (r[0], r[1])
+        return out
 
     def checks(self) -> dict[str, tuple[float | None, float | None]]:
         """cap -> (last check, last lease renewal) of every backup ever checked from here."""

@@ -391,7 +391,7 @@ async def phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target, 
         repo = await target.repository(create=True)
         assert repo is not None  # (made if there was none)
         if incremental is not None and incremental.settled is not None and not subtrees.still_kept(
-                incremental.settled, db.history.backups()):
+                incremental.settled, db.history.with_cap(incremental.settled.snapshot)):
             raise Forgotten()
         gen = cache.begin_generation(source.label, incremental.base if incremental is not None else None)
         if job.rebuild_cache or not cache.has_objects():
@@ -439,7 +439,9 @@ async def phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target, 
             await publish(rep, repo, db.history, source.label)
             target.forget_backups()
         if incremental is None or incremental.settled is not None:  # (not each round of watch)
-            said = history.expiring_warning(await target.backups(), time.time(), dest.lease_days)
+            # Of the backups this machine made (as the metrics file says them): listing every
+            # machine's from the repository would make each backup pay for the whole history.
+            said = history.expiring_warning(db.history.backups(), time.time(), dest.lease_days)
             if said:
                 rep.advise("leases", said)
     rep.stats.bytes_sent = gw.bytes_sent - sent_before  # (the repository's records included)

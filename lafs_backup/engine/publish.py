@@ -52,15 +52,18 @@ async def publish(rep: Reporter, repo: Repository, cache: LocalHistory, source: 
     """Record in the repository every backup of ``source`` in this cache it does not hold yet (this
     one, and any a run before could not record there).  The caller holds the source's lock: only it
     writes that source's directories in the repository (another source's are its own runs' to
-    write, which may be under way)."""
-    from ..repository import Record
+    write, which may be under way).  Each goes to the writer's volume :func:`repository.volume_for`
+    picks from what this cache knows it recorded where: the cost stays that of a small directory."""
+    from ..repository import Record, volume_for, writer_name
 
-    for b in cache.backups():
-        if b.record or b.row is None or b.source != source:
+    for b in cache.unrecorded(source):
+        if b.row is None:
             continue
+        host = b.host or this_host()
+        writer = writer_name(host, b.source)
         try:
-            placed = await repo.add(Record(b.cap, b.host or this_host(), b.source, b.ts, b.generation, b.tags,
-                                           b.summary))
+            placed = await repo.add(Record(b.cap, host, b.source, b.ts, b.generation, b.tags, b.summary,
+                                           writer=volume_for(writer, cache.held(writer))))
         except (GatewayError, GridError) as e:
             rep.warn("repository", f"the backup is not recorded in the repository yet ({e.message}); it "
                                    "is kept in the local cache, and the next backup records it there")

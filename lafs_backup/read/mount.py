@@ -15,7 +15,9 @@ Layout::
     tags/<tag>/<UTC time>
 
 Directories are listed from their dirnodes on first access (kept in a
-bounded cache).  A small file is read whole, decoded and checked on first
+bounded cache); where a backup's directories live in its index alone, a
+directory's record is found through the few index chunks on its way
+(``read.locate``), not by loading the whole index.  A small file is read whole, decoded and checked on first
 read (a packed file: one Range GET of its slice of the pack) and kept in
 a memory cache of bounded size.  A large file is streamed once into a
 private spool file as it is first read, and reads are answered as soon as
@@ -42,9 +44,11 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import blockingCallFromThread
 
+from ..errors import SnapshotError
 from ..store.entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FILE, KIND_LINK
 from ..store.snapshot import xattrs_of
 from .browse import Browser, Item
+from .locate import Paths
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +288,7 @@ class SnapshotFS:
         self.reactor = reactor
         self.browser = browser
         self.top = layout(backups)
+        self.paths = Paths(browser)
         self.contents = Contents(browser, tmpdir)
         self._handles: dict[int, Item] = {}
         self._next = 1
@@ -302,21 +307,27 @@ class SnapshotFS:
         """The node at ``path``, and the cap of the backup it lies in (None: above the backups)."""
         parts = [p for p in path.split("/") if p]
         here: _Virtual | _Snap | Item = self.top
-        snap: str | None = None
-        for part in parts:
-            if isinstance(here, _Virtual):
-                nxt = here.children.get(part)
-                if nxt is None or here.target is not None:
-                    raise OSError(errno.ENOENT, path)
-                here = nxt
-            elif isinstance(here, _Snap):
-                snap = here.backup.cap
-                here = await self._child(await self.browser.root(snap), part, path)
-            else:
-                here = await self._child(here, part, path)
-        if isinstance(here, _Snap):
-            snap = here.backup.cap
-        return here, snap
+        for i, part in enumerate(parts):
+            if isinstance(here, _Snap):
+                return await self._in_snapshot(here.backup.cap, parts[i:], path), here.backup.cap
+            assert isinstance(here, _Virtual)
+            nxt = here.children.get(part)
+            if nxt is None or here.target is not None:
+                raise OSError(errno.ENOENT, path)
+            here = nxt
+        return here, here.backup.cap if isinstance(here, _Snap) else None
+
+    async def _in_snapshot(self, cap: str, parts: list[str], path: str) -> Item:
+        """The entry at ``parts`` of a backup: its parent is found through the few index chunks on
+        its way (``read.locate``; the directories found are remembered), then its name."""
+        try:
+            parent = await self.paths.lookup(cap, os.fsencode("/".join(parts[:-1])))
+        except SnapshotError:
+            # (one of the parents is not there, or is not a directory: found out name by name)
+            parent = await self.paths.lookup(cap, b"")
+            for part in parts[:-1]:
+                parent = await self._child(parent, part, path)
+        return await self._child(parent, parts[-1], path)
 
     async def _child(self, item: Item, part: str, path: str) -> Item:
         if item.kind != KIND_DIR:
@@ -330,7 +341,7 @@ class SnapshotFS:
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         node, snap = self._call(self._locate, path)
         if isinstance(node, _Snap):  # a backup's directory shows its source root's own attributes
-            node = self._call(self.browser.root, node.backup.cap)
+            node = self._call(self.paths.lookup, node.backup.cap, b"")
         attrs = _virtual_attrs(node) if isinstance(node, _Virtual) else _attrs_of(node)
         attrs["st_ino"] = _ino(snap, path, node)
         if isinstance(node, Item) and isinstance(node.meta.get("hardlink"), str):
@@ -362,7 +373,7 @@ class SnapshotFS:
                 out.append((name, {"st_ino": _ino(csnap, f"{base}/{name}", child), "st_mode": mode}, 0))
             return out
         if isinstance(node, _Snap):
-            node = await self.browser.root(node.backup.cap)
+            node = await self.paths.lookup(node.backup.cap, b"")
         if node.kind != KIND_DIR:
             raise OSError(errno.ENOTDIR, path)
         out = []

@@ -141,6 +141,16 @@ class Reader:
         self._partly += [a, b]
         self.index.loaded.update((a, b))
 
+    def load_in_part(self, index_cap: str) -> None:
+        """The index directory ``index_cap`` is loaded chunk by chunk (by ``read.locate``): a
+        directory that lives in an index alone and is not among the chunks loaded then loads the
+        rest of it (as after :meth:`load_differences`), and :meth:`root` does not load it whole."""
+        if self.index is None:
+            self.index = _IndexStore(self._tmpdir)
+        if index_cap not in self.index.loaded:
+            self._partly.append(index_cap)
+            self.index.loaded.add(index_cap)
+
     async def load_index(self, chunks: list[str]) -> None:
         """Load the records of these index chunks (a chunk that cannot be read is a warning)."""
         if self.index is not None:

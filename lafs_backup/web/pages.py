@@ -4,15 +4,14 @@ reader, and downloads written by the same code as ``dump``.
 Backups are addressed by their short id (as ``list`` prints it) and paths by
 their bytes: no cap reaches a page or an address.  A directory page reads
 that directory alone: the root and the directories on its path, from the few
-index chunks that hold them (``web.locate``), not the whole index; a tar of
-a directory loads the snapshot's whole index (it reads every directory below).
+index chunks that hold them (``read.locate``), not the whole index; a tar of
+a directory loads the chunks that hold its subtree.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import IO, Awaitable, Callable, Mapping, Sequence
 
@@ -23,13 +22,13 @@ from ..history import Backup, iso
 from ..names import shown
 from ..read.browse import TYPE_NAMES, Browser, Item
 from ..read.dump import write_file, write_tar
+from ..read.locate import Paths
 from ..read.reader import Reader
 from ..read.standing import StatusReport, leases
 from ..report import plural, size_text
 from ..store.entry import KIND_DIR, KIND_FILE
 from . import overview
 from .html import Table, backup_url, esc, href, link, name_text, page, select
-from .locate import Locator
 from .svg import Point, sizes_chart
 
 log = logging.getLogger(__name__)
@@ -90,9 +89,7 @@ class Dashboard:
         self._refresh = refresh
         self._backups: list[Backup] | None = None
         self._fetched = 0.0
-        #: By snapshot cap: its locator (None: its tree is not in an index alone, or not in the
-        #: expected order: the browser's own lookup, which loads the whole index, is used).
-        self._locators: OrderedDict[str, Locator | None] = OrderedDict()
+        self.paths = Paths(browser)
 
     async def backups(self) -> list[Backup]:
         """Every finished backup, oldest first (listed again once ``refresh`` seconds have passed)."""
@@ -139,24 +136,10 @@ class Dashboard:
         raise NotFound("no such page")
 
     async def lookup(self, cap: str, rel: bytes, whole: bool = False) -> Item:
-        """The entry at ``rel`` of snapshot ``cap``: found through the few index chunks on its path,
-        or (``whole``, or when that fails) through the browser, which loads the whole index.
+        """The entry at ``rel`` of snapshot ``cap`` (``whole``: its subtree will be read, for a tar),
+        found through the few index chunks on its path where that works (``read.locate``).
         Raises :class:`SnapshotError`."""
-        if not whole:
-            if cap not in self._locators:
-                made = Locator(self.reader, self.browser, cap)
-                self._locators[cap] = made if await made.open() else None
-                if len(self._locators) > 16:
-                    self._locators.popitem(last=False)
-            loc = self._locators[cap]
-            if loc is not None:
-                found = await loc.path(rel)
-                if found is not None:
-                    return found
-                log.info("web: %s: not found from the index chunks on its path; the whole index is loaded",
-                         shown(rel) or "/")
-                self._locators[cap] = None
-        return await self.browser.lookup(cap, rel)
+        return await self.paths.lookup(cap, rel, below=whole)
 
     # -- the list of backups ----------------------------------------------------------------------
     async def backups_page(self, query: Query) -> bytes:

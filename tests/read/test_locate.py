@@ -1,11 +1,11 @@
-"""A directory found through the few index chunks on its path, not the whole index (web.locate).
+"""A directory found through the few index chunks on its path, not the whole index (read.locate).
 
 A tree whose directories live in its index alone, made by the real uploader
 on a fake gateway, with chunks made small so that its index has many: every
 directory is found with the same entries as a reader that loads the whole
 index, from a few chunks; a path that is not there is said so; and an index
 whose chunks are out of the expected order gives either the right entry or
-None (the dashboard then loads the whole index), never a wrong one.
+None (then the whole index is loaded), never a wrong one.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from lafs_backup.read.reader import Reader
 from lafs_backup.store import index
 from lafs_backup.store.entry import KIND_DIR
 from lafs_backup.store.snapshot import index_body, index_caps
-from lafs_backup.web.locate import Locator
+from lafs_backup.read.locate import Locator, Paths
 
 
 def _tree(root):
@@ -117,3 +117,62 @@ async def test_chunks_out_of_order_give_the_right_entry_or_none(tmp_path, small_
         reader.close()
     whole.close()
     assert nones > 0  # (the order misled some searches: they gave up rather than guess)
+
+
+async def _walk(browser: Browser, item) -> list[tuple[bytes, str, int]]:
+    return [(c.path, c.kind, c.size()) async for c in browser.walk(item)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subtree_is_read_from_its_own_chunks(tmp_path, small_chunks):
+    """``Paths.lookup(below=True)`` loads the chunks of the subtree alone, and a walk below it
+    gives what a reader of the whole index gives (found there, not by loading the rest)."""
+    src = _tree(tmp_path / "src")
+    gw = FakeGateway()
+    cap, _ = await run(src, gw, FakeCache(), tree="index")
+    chunks = index_caps(await gw.get_json(json.loads(gw.dirs[cap])["index"][1]["ro_uri"]))
+    whole = Reader(gw)
+    every = Browser(whole)
+    for rel in (b"a0", b"a3", b"a5", b"a2/b07", b""):
+        reader = Reader(gw, use_index=False)  # (as ls and dump make it for one path)
+        browser = Browser(reader)
+        item = await Paths(browser).lookup(cap, rel, below=True)
+        assert item.path == rel and item.kind == KIND_DIR
+        held = reader.index.chunks if reader.index is not None else 0
+        assert await _walk(browser, item) == await _walk(every, await every.lookup(cap, rel))
+        assert reader.index is not None and reader.index.chunks == held, rel  # (nothing more was loaded)
+        if rel:
+            assert held < len(chunks) // 3, (rel, held, len(chunks))
+        reader.close()
+    whole.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_paths_out_of_order_still_give_the_right_entries(tmp_path, small_chunks):
+    """With the chunks out of the expected order, a path and the walk below it are still right:
+    the locator gives up and the whole index is loaded, or a directory below that is not among
+    the chunks loaded loads the rest."""
+    src = _tree(tmp_path / "src")
+    gw = FakeGateway()
+    cap, _ = await run(src, gw, FakeCache(), tree="index")
+    root = json.loads(gw.dirs[cap])
+    chunks = index_caps(await gw.get_json(root["index"][1]["ro_uri"]))
+    shuffled = chunks[1:-1][::-1]
+    shuffled = shuffled[len(shuffled) // 2:] + shuffled[:len(shuffled) // 2] + [chunks[0], chunks[-1]]
+    gw.dirs[root["index"][1]["ro_uri"]] = index_body(shuffled)
+    whole = Reader(gw)
+    every = Browser(whole)
+    paths = [rel for rel in _dirs(src)][::7] + [b"a3/b05/f07"]
+    for rel in paths:
+        reader = Reader(gw, use_index=False)
+        browser = Browser(reader)
+        item = await Paths(browser).lookup(cap, rel, below=True)
+        want = await every.lookup(cap, rel)
+        assert (item.path, item.kind, item.size()) == (want.path, want.kind, want.size())
+        assert await _walk(browser, item) == await _walk(every, want)
+        reader.close()
+    reader = Reader(gw, use_index=False)
+    with pytest.raises(SnapshotError):
+        await Paths(Browser(reader)).lookup(cap, b"a3/b99")
+    reader.close()
+    whole.close()
