@@ -239,14 +239,16 @@ async def record(repo: Repository, cache: LocalHistory | None, b: Backup, made: 
     ``cache`` too.  Returns it as recorded."""
     import hashlib
 
-    from ..repository import Record, record_name, writer_name
+    from ..repository import Record, record_name, volume_for, writer_name
 
     assert made.cap is not None
     summary: dict[str, Any] = {**b.summary, "rewritten_from": b.short_id, "removed_files": made.removed_files,
                                "removed_bytes": made.removed_bytes}
     name = f"{record_name(b.ts, b.generation)}.r{hashlib.sha256(made.cap.encode()).hexdigest()[:8]}"
+    writer = writer_name(host, b.source)  # (its newest volume this machine knows of, as a backup's record)
     placed = await repo.add(Record(made.cap, b.host or host, b.source, b.ts, b.generation, b.tags, summary,
-                                   writer=writer_name(host, b.source), name=name))
+                                   writer=volume_for(writer, cache.held(writer) if cache is not None else {}),
+                                   name=name))
     if cache is not None and b.row is not None:
         row = cache.record_backup(b.generation, made.cap, b.source, b.name, b.ts, host=b.host, tags=b.tags,
                                   summary=summary)
