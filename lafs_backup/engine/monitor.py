@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from ..config import Config, MonitorConfig
-from ..errors import LafsBackupError
+from ..errors import CacheError, LafsBackupError
 from ..history import Run
 from ..log import redact
 from ..report import Reporter
@@ -125,6 +125,11 @@ class Monitor:
         target = metrics_path(self.conf) if self.conf.metrics else None
         try:
             await Runtime(self.reactor, self.rep).in_thread(self._record_now, path, run, target)
+        except CacheError:
+            # (its advice is the command's own error's to give: on a full disk, sqlite may fail to
+            # open the file at all, which reads like damage, and moving the cache aside would be wrong)
+            self.rep.advise("metrics", f"the run of {self.command} was not recorded for status and metrics: "
+                                       "its entry cache could not be written")
         except (LafsBackupError, OSError) as e:
             why = e.message if isinstance(e, LafsBackupError) else f"{e.strerror or e}"
             self.rep.advise("metrics", f"the run of {self.command} was not recorded for status and metrics: {why}")
