@@ -2,9 +2,10 @@
 """Benchmark lafs-backup against `tahoe backup` and duplicity, side by side, and write bench/RESULTS.md.
 
 usage: python bench/run.py [--work DIR] [--scale N] [--no-scale] [--no-rivals]
-                           [--only check|browse|watch|remote|copy|scale|real]
+                           [--only check|browse|watch|remote|copy|scale|real|derive]
 
-``--only real`` measures real trees beside restic and borg (bench/rivals.py).
+``--only real`` measures real trees beside restic and borg (bench/rivals.py); ``--only derive`` a
+Python environment with and without derive rules (bench/derive.py).
 
 Each tool gets its own copy of the tree from bench/mktree.py (default
 size) and its own fresh local grid of the same shape (3 storage nodes,
@@ -766,7 +767,8 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=1_000_000)
     ap.add_argument("--no-scale", action="store_true")
     ap.add_argument("--no-rivals", action="store_true")
-    ap.add_argument("--only", metavar="SECTION", choices=["check", "browse", "watch", "remote", "copy", "scale", "real"],
+    ap.add_argument("--only", metavar="SECTION", choices=["check", "browse", "watch", "remote", "copy", "scale", "real",
+                                                        "derive"],
                     help="measure only this section and update it in RESULTS.md")
     a = ap.parse_args()
     if a.only:
@@ -778,6 +780,13 @@ def main() -> None:
             from rivals import bench_real
 
             update_section("Real trees:", bench_real(work, timed, lambda name: fresh_grid(work, name), grid_down))
+            print((HERE / "RESULTS.md").read_text())
+            return
+        if a.only == "derive":
+            sys.path.insert(0, str(HERE))
+            from derive import bench_derive
+
+            update_section("Derived files:", bench_derive(work, timed, lambda name: fresh_grid(work, name), grid_down))
             print((HERE / "RESULTS.md").read_text())
             return
         if a.only == "scale":

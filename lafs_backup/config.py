@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import yaml
 
+from .derive import rules as derive_rules
+from .derive.rules import Rules
 from .encoding import EncodingRules, compile_rules
 from .errors import ConfigError, UsageError
 from .filters import Filter, compile_from_config, parse_if_present, parse_size
@@ -97,6 +99,11 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "watch.rescan_interval": _NUM,
     "watch.min_interval": _NUM,
     "watch.max_delay": _NUM,
+    "derive.rules": (list,),
+    "derive.allowed_programs": (list,),
+    "derive.timeout": _NUM,
+    "derive.jobs": (int,),
+    "derive.batch": (int,),
 }
 
 
@@ -544,6 +551,20 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True)
+class DeriveConfig:
+    """``derive``: the rules that store a file as the recipe that makes it, the programs this machine
+    lets a recipe run (a name looked up in /usr/local/bin, /usr/bin and /bin, or an absolute path),
+    each run's time limit, how many run at once, and how many files one run makes at most (see
+    ``lafs_backup/derive``)."""
+
+    rules: Rules = Rules(())
+    allowed_programs: tuple[str, ...] = ()
+    timeout: float = 300.0
+    jobs: int = 2
+    batch: int = 200
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, checked: every value the commands use, typed."""
 
@@ -560,6 +581,7 @@ class Config:
     #: The merged tree itself, for ``dump-config`` and the manhole's ``config``.
     tree: Mapping[str, Any]
     monitor: MonitorConfig = MonitorConfig()
+    derive: DeriveConfig = DeriveConfig()
 
 
 def _select(tree: Mapping[str, Any]) -> SelectConfig:
@@ -654,7 +676,22 @@ def from_tree(tree: Mapping[str, Any]) -> Config:
         tree=tree,
         monitor=MonitorConfig(g("metrics.enabled"), expand(g("metrics.textfile")), g("notify.url"),
                               tuple(g("notify.commands")), float(g("notify.timeout"))),
+        derive=_derive(tree),
     )
+
+
+def _derive(tree: Mapping[str, Any]) -> DeriveConfig:
+    """``derive``, checked: the rules compiled (``derive/rules.py``), the programs named plainly."""
+    programs = get(tree, "derive.allowed_programs")
+    for p in programs:
+        if not isinstance(p, str) or not p or "\0" in p or ("/" in p and not p.startswith("/")):
+            raise ConfigError(source="configuration", key="derive.allowed_programs", problem=(
+                f"expected program names (gzip) or absolute paths (/usr/bin/gzip), got {p!r}"))
+    for key in ("derive.timeout", "derive.jobs", "derive.batch"):
+        if not get(tree, key) > 0:
+            raise ConfigError(source="configuration", key=key, problem="must be more than 0")
+    return DeriveConfig(derive_rules.parse(get(tree, "derive.rules")), tuple(programs),
+                        float(get(tree, "derive.timeout")), get(tree, "derive.jobs"), get(tree, "derive.batch"))
 
 
 def load(files: Iterable[str] = (), overrides: Iterable[tuple[str, YAMLValue]] = ()) -> Config:

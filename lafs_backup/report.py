@@ -64,6 +64,11 @@ class Stats:
     requests: dict[str, int] = field(default_factory=dict)
     #: What each rule or option left out: reason -> {"entries": n, "bytes": b}.
     excluded: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Derived files stored as their recipes, and their bytes (not stored); those that matched a rule
+    #: but were stored as bytes, by reason (``backup/derive.py``).
+    derived: int = 0
+    bytes_derived: int = 0
+    derived_not: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -246,11 +251,18 @@ class Reporter:
                              f"(contents and index, after compression); saved by deduplication: "
                              f"{size_text(s.bytes_deduplicated)}, by compression: {size_text(s.bytes_compression_saved)}")
                 lines.extend(self.excluded_lines())
+                if s.derived or s.derived_not:
+                    lines.append(f"  derived: {plural(s.derived, 'file')} stored as recipes ({size_text(s.bytes_derived)} "
+                                 f"not stored); {sum(s.derived_not.values())} matched a rule but were stored as bytes")
+                    lines.extend(f"    {n}: {reason}" for reason, n in sorted(s.derived_not.items(), key=lambda kv: -kv[1]))
             elif kind == "verify":
                 ext = extra or {}
                 lines.append(f"  snapshot: {ext.get('id') or '(a cap not recorded here)'}; every share checked; "
                              f"file contents read back: {ext.get('files_read', s.files)} "
                              f"({size_text(s.bytes_read)})")
+                if ext.get("derived_checked"):
+                    lines.append(f"  derived files: {ext['derived_checked']} recipes checked (their inputs are in the "
+                                 f"snapshot as recorded), {ext.get('derived_remade', 0)} made again and compared")
             elif kind == "restore":
                 would = "would be " if summary.get("dry_run") else ""
                 lines.append(f"  {would}written: {summary.get('written', 0)}, {would}overwritten: "
@@ -259,6 +271,11 @@ class Reporter:
                 if not summary.get("dry_run"):  # (a dry run restores nothing: the line above says it all)
                     lines.append(f"  restored files: {s.files}, directories: {s.dirs}, symlinks: {s.symlinks}, "
                                  f"special files: {s.specials}; {size_text(s.bytes_written)} written")
+                derived = [f"{n} {what}" for n, what in ((summary.get("derived_skipped"), "left out (--skip-derived)"),
+                                                         (summary.get("derived_failed"), "could not be made again"))
+                           if n]
+                if derived:
+                    lines.append(f"  derived files: {', '.join(derived)}")
             if s.warnings:
                 lines.append(f"  warnings: {s.warnings} (entries skipped or incomplete; see above)")
             if s.problems:

@@ -30,7 +30,8 @@ ONLY_IN = {
 PURE = {"store/plan.py", "filters.py", "encoding.py", "names.py", "retry.py", "caps.py", "backup/queue.py", "store/snapshot.py",
         "store/entry.py", "upkeep/retention.py", "history.py", "config.py", "errors.py", "backup/changes.py",
         "store/index.py", "grid/health.py", "grid/download.py", "read/tally.py", "engine/prune.py",
-        "read/standing.py", "engine/metrics.py", "custodian/secrets.py", "custodian/targets.py"}
+        "read/standing.py", "engine/metrics.py", "custodian/secrets.py", "custodian/targets.py",
+        "derive/rules.py", "derive/recipe.py"}
 IO_MODULES = {"treq", "sqlite3", "twisted", "cffi", "subprocess", "socket", "threading", "xattr", "urllib"}
 #: The ground floor's small pure helpers, the project's one semaphore, and the protocols of the resources
 #: the stages are handed (the gateway, the reporter): every layer may import them.
@@ -51,7 +52,9 @@ LAYERS: dict[str, set[str]] = {
     "encoding": {"errors"},
     "names": {"errors"},
     "protocols": {"retry"},
-    "config": {"errors", "log", "retry", "filters", "encoding"},
+    # (the derive rules and recipes: pure, read by the configuration, the backup and the read commands)
+    "derive": {"derive"} | GROUND,
+    "config": {"errors", "log", "retry", "filters", "encoding", "derive"},
     "system": {"system"} | GROUND,
     "history": GROUND,
     "report": GROUND,
@@ -62,16 +65,16 @@ LAYERS: dict[str, set[str]] = {
     "repository": {"__version__"} | GROUND,
     "upkeep": {"upkeep", "grid"} | GROUND,
     # (status gathers the repository's records and the local history: read/status.py)
-    "read": {"read", "store", "grid", "system", "report", "history", "db", "config"} | GROUND,
-    "backup": {"backup", "read", "store", "db", "system"} | GROUND,
+    "read": {"read", "store", "grid", "system", "report", "history", "db", "config", "derive"} | GROUND,
+    "backup": {"backup", "read", "store", "db", "system", "derive"} | GROUND,
     "manhole": {"config"} | GROUND,
     "engine": {"engine", "backup", "read", "store", "db", "history", "repository", "report", "config", "system",
-               "grid", "upkeep"} | GROUND,
+               "grid", "upkeep", "derive"} | GROUND,
     "web": {"web", "read", "store", "history", "report"} | GROUND,
     "resources": {"resources", "engine/runtime", "db", "config", "grid", "history", "repository", "report",
                   "system"} | GROUND,
     "commands": {"commands", "resources", "web", "engine", "backup", "read", "store", "db", "history", "repository",
-                 "report", "config", "system", "grid", "upkeep"} | GROUND,
+                 "report", "config", "system", "grid", "upkeep", "derive"} | GROUND,
     "arguments": {"commands", "__version__"} | GROUND,
     "cli": {"arguments", "commands", "resources", "engine", "manhole", "report", "config", "system"} | GROUND,
     "__main__": {"cli"},

@@ -119,6 +119,8 @@ class Rebuilder:
             await gatherResults(waits, consumeErrors=True)
 
     def _file(self, rel: bytes, cap: str, meta: dict[str, Any]) -> None:
+        if "derived" in meta:  # (a recipe: no content of its own to know again)
+            return
         sha_hex, size = meta.get("sha256"), meta.get("size")
         mtime, ctime = meta.get("mtime_ns"), meta.get("ctime_ns")
         if not (isinstance(sha_hex, str) and isinstance(size, int) and isinstance(mtime, int)

@@ -51,10 +51,11 @@ def trees_path(cache_path: str, source: bytes) -> str:
     return f"{cache_path}.trees.{hashlib.sha256(source).hexdigest()[:16]}"
 
 
-def fingerprint(plain: bool, tree: str) -> str:
+def fingerprint(plain: bool, tree: str, derive: str = "") -> str:
     """What, besides the entries themselves, a directory's cap depends on (``tree``: where the
-    directories live, ``destination.tree``)."""
-    return f"edges=1 plain={int(plain)} tree={tree}"
+    directories live, ``destination.tree``; ``derive``: a digest of the derive rules and the programs
+    allowed, which decide which files are recipes)."""
+    return f"edges=1 plain={int(plain)} tree={tree}" + (f" derive={derive}" if derive else "")
 
 
 @dataclass

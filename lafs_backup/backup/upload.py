@@ -34,6 +34,7 @@ from ..store.snapshot import Child, child_names, dir_body
 from ..store.protocols import StoreLike
 from .batch import Runs, SmallFiles
 from .decider import Decided
+from .derive import InputCheck, InputsChanged
 from .indexer import Indexer
 from .saver import FileSaver
 from .source import Source
@@ -72,10 +73,10 @@ class Uploader:
     def __init__(self, source: Source, store: StoreLike, cache: ObjectCacheLike, generation: int, reporter: ReporterLike,
                  settings: Settings = Settings(), clock: IReactorTime | None = None,
                  hold: Callable[[Entry, Callable[[], Awaitable[Child | None]]], Awaitable[Child | None]] | None = None,
-                 indexer: Indexer | None = None) -> None:
+                 indexer: Indexer | None = None, derived: InputCheck | None = None) -> None:
         """``hold(entry, save)`` gives the edge of a file the walk marked as still being written:
         its previous edge, None to leave it out this time, or what ``save()`` (storing it as it is
-        now) gives."""
+        now) gives.  ``derived``: the files proven to be remade by their recipes (``derive.py``)."""
         self.store = store
         self.rep = reporter
         self.stats = reporter.stats
@@ -104,6 +105,7 @@ class Uploader:
         self.bytes_storing = 0
         self._sent_before = store.gw.bytes_sent
         self._hold = hold
+        self.derived = derived
         #: The snapshot's tree (the source root's directory and its metadata) once made.
         self.tree: Child | None = None
 
@@ -166,6 +168,8 @@ class Uploader:
             r = await self._entry(e, pending.pop(e.path, []) if e.kind == KIND_DIR else [])
             if e.kind == KIND_DIR:
                 self.index.queued(e, r)
+            elif self.derived is not None and e.kind == KIND_FILE:
+                r = self.derived.stored(e, r)  # type: ignore[assignment]
             if e.path == b"":
                 root, have_root = r, True
             else:
@@ -182,6 +186,8 @@ class Uploader:
         tree = (await root if isinstance(root, Deferred) else root) if have_root else _FAILED
         objects_cap = await objects
         index = await self.index.finish() if self.fatal is None else None
+        if self.fatal is None and self.derived is not None and self.derived.broken:
+            raise InputsChanged(self.derived.broken)
         if self.fatal is None:
             assert isinstance(tree, Child)
             self.tree = tree
@@ -210,6 +216,13 @@ class Uploader:
                 decided = self.saver.decide(e)
                 return self._counted(self.saver.file(e, decided), self._storing(e, decided))
             return await self._start(self._hold(e, save))
+        if e.kind == KIND_FILE and self.derived is not None and (child := self.derived.edge(e)) is not None:
+            self.stats.entries_done += 1
+            self.stats.files += 1
+            self.stats.derived += 1
+            self.stats.bytes_derived += e.size
+            self.stats.bytes_done += e.size
+            return child
         if e.kind == KIND_FILE:
             child, decided = self.saver.unchanged_now(e)
             if child is not None:

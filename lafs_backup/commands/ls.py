@@ -36,7 +36,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 def long_line(item: Item, human: bool = False) -> str:
     """``ls -l``'s line: mode, owner, group, size (in bytes; ``human``: as :func:`size_text` writes
-    it), mtime (UTC), path, and a symlink's target."""
+    it), mtime (UTC), path, a symlink's target, and how a derived file is made."""
     meta = item.meta
     user = meta.get("user") if isinstance(meta.get("user"), str) else str(item.int_meta("uid"))
     group = meta.get("group") if isinstance(meta.get("group"), str) else str(item.int_meta("gid"))
@@ -45,6 +45,9 @@ def long_line(item: Item, human: bool = False) -> str:
     text = f"{stat.filemode(item.st_mode())} {user:<8} {group:<8} {size:>12} {when}  {shown(item)}"
     if item.kind == KIND_LINK and item.node.target is not None:
         text += " -> " + _printable(item.node.target.decode("utf-8", "surrogateescape"))
+    made = item.recipe()
+    if made is not None:
+        text += f"  [derived: {made.rule}, {made.program} from {', '.join(_printable(i.path) for i in made.inputs)}]"
     return text
 
 

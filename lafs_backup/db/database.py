@@ -13,7 +13,7 @@ from typing import Callable, Concatenate, Iterator, ParamSpec, Protocol, TypeVar
 
 from ..errors import CacheBusyError, CacheError
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 #: How long to wait for another process's write to finish before calling the cache busy.  Every
 #: write transaction is short (one batch of rows), so a wait this long means something is wrong.
 BUSY_TIMEOUT_MS = 10000
@@ -62,6 +62,10 @@ BUSY_TIMEOUT_MS = 10000
 #   check's unhealthy objects, verify's problems), and when a run of it last succeeded; for
 #   ``status`` and the metrics file
 #
+# proofs (10)  -- key, recipe, generation: each derived file's recipe proven by a backup (its rule, its
+#   program's hash and the states of its inputs and of itself are the key), so a backup whose files
+#   and program did not change since does not run the program again (``proofs.py``)
+#
 # Held by the copy map (copy_map.py):
 # copied (7)  -- dest, src, dst: for ``copy``, each object or directory the destination grid
 #   confirmed, by its cap here and there
@@ -88,6 +92,8 @@ CREATE TABLE IF NOT EXISTS copies (cap TEXT NOT NULL, dest TEXT NOT NULL, dst TE
     PRIMARY KEY (cap, dest)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (command TEXT PRIMARY KEY, ts REAL NOT NULL, seconds REAL, code INTEGER NOT NULL,
     details TEXT, ts_ok REAL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS proofs (key BLOB PRIMARY KEY, recipe TEXT NOT NULL, generation INTEGER NOT NULL)
+    WITHOUT ROWID;
 """
 
 
@@ -294,6 +300,9 @@ class Database:
                 if version < 9:
                     db.execute("CREATE TABLE IF NOT EXISTS runs (command TEXT PRIMARY KEY, ts REAL NOT NULL, "
                                "seconds REAL, code INTEGER NOT NULL, details TEXT, ts_ok REAL) WITHOUT ROWID")
+                if version < 10:
+                    db.execute("CREATE TABLE IF NOT EXISTS proofs (key BLOB PRIMARY KEY, recipe TEXT NOT NULL, "
+                               "generation INTEGER NOT NULL) WITHOUT ROWID")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             db.execute("COMMIT")
         except BaseException:

@@ -6,6 +6,7 @@ import time
 from typing import Callable
 
 from .copy_map import CopyMap
+from .proofs import ProofCache
 from .database import Database
 from .local_history import LocalHistory
 from .objects import ObjectCache
@@ -29,6 +30,7 @@ class LocalDB:
         self.objects = ObjectCache(self.db)
         self.history = LocalHistory(self.db, self.objects)
         self.copy_map = CopyMap(self.db)
+        self.proofs = ProofCache(self.db)
 
     def commit(self, durable: bool = False) -> None:
         """Commit every part's writes; ``durable``: also sync, so that the commit survives a power cut."""

@@ -26,6 +26,7 @@ from ..backup.select import Selection, compile_globs, listed_paths, read_globs, 
 from ..filters import parse_if_present, parse_size
 from ..backup.source import LocalSource, Source, is_url
 from ..backup.indexer import Indexer
+from ..backup.derive import InputCheck, InputsChanged, Prover
 from ..backup.upload import Settings, Uploader
 from ..config import Config
 from ..db.local import LocalDB
@@ -39,6 +40,7 @@ from ..store.snapshot import Child
 from ..store.store import Store, StoreSettings
 from ..system.lock import source_scope
 from ..system.places import state_dir
+from ..system.programs import Programs, Runner
 from . import hooks
 from .publish import publish, rebuild_cache, record_backup, unhappy
 from .runtime import Runtime
@@ -383,7 +385,39 @@ async def phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target, 
                     trees_at: str | None = None) -> Made:
     """Upload a queue and record the backup: under the source's lock on the cache (a run of another
     source may write it at the same time), into the repository.
-    ``trees_at``: where to write the trees file of this backup, for the next one's walk."""
+    ``trees_at``: where to write the trees file of this backup, for the next one's walk.
+
+    When the inputs of derived files change between their proof and their storing, the queue is
+    uploaded again (everything but those files is stored by then), those files as bytes."""
+    demoted: frozenset[bytes] = frozenset()
+    while True:
+        try:
+            return await _phase_two(rt, conf, gw, target, source, qpath, totals, job, incremental, trees_at, demoted)
+        except InputsChanged as e:
+            log.info("%s; storing them as bytes", e)
+            demoted |= e.outputs
+            rt.reporter.stats = type(rt.reporter.stats)()
+
+
+async def _prove(rt: Runtime, conf: Config, source: Source, qpath: str, db: LocalDB, gen: int, store: Store,
+                 demoted: frozenset[bytes]) -> InputCheck | None:
+    """The derived files of the queue proven (``backup/derive.py``), for phase two; None: no rules, or a
+    source that is not a local directory."""
+    root = getattr(source, "root", None)
+    if not conf.derive.rules or not isinstance(root, bytes):
+        return None
+    d = conf.derive
+    prover = Prover(d.rules, Programs(d.allowed_programs), Runner(d.timeout), root, source.label, rt.in_thread,
+                    rt.reactor, db.proofs.lookup, lambda rows: db.proofs.remember(rows, gen), d.jobs, d.batch,
+                    demoted)
+    proofs = await prover.run(qpath)
+    rt.reporter.stats.derived_not.update(proofs.not_derived)
+    return InputCheck(proofs, await store.pointer()) if proofs.edges else None
+
+
+async def _phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target, source: Source, qpath: str,
+                     totals: list[int], job: Job, incremental: Incremental | None, trees_at: str | None,
+                     demoted: frozenset[bytes]) -> Made:
     rep = rt.reporter
     sent_before = gw.bytes_sent
     async with target.locked_cache(fresh=job.rebuild_cache, scope=source_scope(source.label)) as db:
@@ -406,9 +440,10 @@ async def phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target, 
         store.encoded_used |= inc.objects
         indexer = Indexer(store, rep.stats, on_dir=inc.on_dir, base=inc.index if incremental is not None else None,
                           settled=inc.settled, records=inc.records)
+        derived = await _prove(rt, conf, source, qpath, db, gen, store, demoted)
         uploader = Uploader(source, store, cache, gen, rep,
                             Settings(conf.operation.window, max(4, 2 * conf.operation.jobs), job.mode),
-                            rt.reactor, hold=inc.hold, indexer=indexer)
+                            rt.reactor, hold=inc.hold, indexer=indexer, derived=derived)
         if rt.op is not None:
             rt.op.uploader = uploader
         progress = Progress(rep, rt.reactor, totals[0], totals[1], uploader)
@@ -435,7 +470,7 @@ async def phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target, 
         else:
             b = await record_backup(rep, dest.result, db.history, gw, gen, snap, source.label, job.host, job.tags)
             if trees_at is not None:
-                _save_trees(trees_at, snap, gen, store, uploader, incremental)
+                _save_trees(trees_at, snap, gen, store, uploader, incremental, _derive_fp(conf))
             await publish(rep, repo, db.history, source.label)
             target.forget_backups()
         if incremental is None or incremental.settled is not None:  # (not each round of watch)
@@ -456,7 +491,15 @@ class Forgotten(Exception):
 def _load_trees(conf: Config, at: str) -> subtrees.Trees | None:
     """The trees file at ``at``, if it was made with this configuration's settings."""
     return subtrees.load(at, subtrees.fingerprint(conf.destination.pack_max_file_size == 0,
-                                                      conf.destination.tree))
+                                                      conf.destination.tree, _derive_fp(conf)))
+
+
+def _derive_fp(conf: Config) -> str:
+    """The derive rules and allowed programs, as the trees file's fingerprint holds them ("": none)."""
+    d = conf.derive
+    if not d.rules:
+        return ""
+    return hashlib.sha256(repr(([r.digest for r in d.rules.rules], d.allowed_programs)).encode()).hexdigest()[:16]
 
 
 def _settled_trees(conf: Config, at: str) -> subtrees.Trees | None:
@@ -490,10 +533,10 @@ def _same_tree(a: Child | None, b: Child) -> bool:
 
 
 def _save_trees(at: str, snap: str, gen: int, store: Store, uploader: Uploader,
-                incremental: Incremental | None) -> None:
+                incremental: Incremental | None, derive_fp: str) -> None:
     """Write the trees file of the backup just recorded (a failure costs the next backup time only)."""
     before = incremental.settled if incremental is not None else None
-    trees = subtrees.Trees(snap, gen, subtrees.fingerprint(store.settings.plain, store.settings.tree),
+    trees = subtrees.Trees(snap, gen, subtrees.fingerprint(store.settings.plain, store.settings.tree, derive_fp),
                           before.chain + 1 if before else 1, uploader.index_caps, frozenset(store.packs_used), frozenset(store.encoded_used),
                           uploader.trees)
     try:

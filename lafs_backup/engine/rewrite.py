@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ..derive import recipe
 from ..errors import GatewayError, SnapshotError, UsageError
 from ..history import Backup
 from ..protocols import GatewayLike
@@ -89,6 +90,7 @@ class Rewriter:
             new_tree = await walk.directory(tree.cap, [])
         except BadSnapshot as e:
             raise SnapshotError(what="(given)", problem=str(e))
+        walk.check_recipes()
         done = Rewritten(None, walk.removed, walk.dirs_made)
         if new_tree == tree.cap or self.dry_run:
             return done
@@ -180,6 +182,20 @@ class _Walk:
         #: Old directory cap -> the (cap, body, names) records of what it became.
         self.remade: dict[str, list[tuple[str, bytes, bytes]]] = {}
         self.dirs_made = 0
+        #: (input path, derived file) of each kept file stored as its recipe (``derive``).
+        self.needed: list[tuple[bytes, bytes]] = []
+
+    def check_recipes(self) -> None:
+        """Refuse a rewrite that removes an input of a derived file it keeps: that file could no longer
+        be made again.  Raises :class:`UsageError` naming the derived files."""
+        removed = [(r.path, r.is_dir) for r in self.removed]
+        orphans = sorted({out for inp, out in self.needed
+                          if any(inp == p or (is_dir and inp.startswith(p + b"/")) for p, is_dir in removed)})
+        if orphans:
+            shown = ", ".join(o.decode("utf-8", "backslashreplace") for o in orphans[:5])
+            more = f" and {len(orphans) - 5} more" if len(orphans) > 5 else ""
+            raise UsageError(f"the rewrite would remove inputs of derived files it keeps ({shown}{more}), which "
+                             "could then not be made again; exclude those files too")
 
     async def directory(self, cap: str, parts: list[bytes]) -> str:
         """The cap of directory ``cap`` (at ``parts``) in the new tree: its own when it loses nothing."""
@@ -198,6 +214,7 @@ class _Walk:
                     e, changed = e.with_cap(new), True
             else:
                 self.used.update(prune.objects_of(e, self.tree_in_index))
+                self._recipe_inputs(e, b"/".join(path))
             kept.append(e)
         if not changed:
             self.live.add(cap)
@@ -214,6 +231,14 @@ class _Walk:
         self.remade.setdefault(cap, []).append((made, body, body_names(body)))
         log.debug("directory %r made again without what it lost", b"/".join(parts))
         return made
+
+    def _recipe_inputs(self, e: prune.Edge, rel: bytes) -> None:
+        try:
+            made = recipe.of(e.metadata)
+        except recipe.BadRecipe:
+            return  # (its restore fails on its own; nothing a rewrite can lose)
+        if made is not None:
+            self.needed.extend((i.path.encode("utf-8"), rel) for i in made.inputs)
 
     async def _measure(self, e: prune.Edge, path: list[bytes]) -> Removed:
         """What a removed entry held: a file's size, or a directory's files and bytes."""

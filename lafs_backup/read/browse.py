@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Callable, Mapping
 from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 
+from ..derive import recipe
 from ..errors import SnapshotError
 from ..slots import Slots
 from ..store.entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET, unescape
@@ -61,6 +62,13 @@ class Item:
             return len(self.node.target or b"")
         return 0
 
+    def recipe(self) -> "recipe.Recipe | None":
+        """The recipe of a derived file (None: its bytes are stored, or the recipe is damaged)."""
+        try:
+            return recipe.of(self.meta) if self.kind == KIND_FILE else None
+        except recipe.BadRecipe:
+            return None
+
     def int_meta(self, key: str, default: int = 0) -> int:
         v = self.meta.get(key)
         return v if isinstance(v, int) and not isinstance(v, bool) else default
@@ -88,6 +96,8 @@ class Item:
                 out["sparse"] = {"data_size": layout.data_size, "extents": len(layout.extents)}
         if self.kind == KIND_LINK and self.node.target is not None:
             out["target"] = self.node.target.decode("utf-8", "backslashreplace")
+        if self.kind == KIND_FILE and isinstance(self.meta.get(recipe.KEY), dict):
+            out["derived"] = self.meta[recipe.KEY]  # (its recipe, as the backup recorded it)
         if self.kind in (KIND_CHAR, KIND_BLOCK) and isinstance(self.meta.get("rdev"), int):
             out["rdev"] = self.meta["rdev"]
         return out

@@ -336,6 +336,11 @@ class Store:
         assert found is not None
         return found
 
+    async def pointer(self) -> str:
+        """Where an edge with no content of its own (a derived file's) points: an empty LIT cap in a tree
+        in the index, else the marker directory (``tahoe cp`` makes no wrong file of it)."""
+        return lit_cap(b"") if self.settings.tree_in_index else await self._marker.get()
+
     def _cached_dir(self, body: bytes) -> str | None:
         hit = self.cache.lookup(body_key(body), self.gen)
         return hit.cap if hit is not None else None
