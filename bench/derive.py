@@ -1,7 +1,9 @@
-"""Derived files on a real Python environment: a backup with the shipped rules beside one without.
+"""Derived files on real Python environments: a backup with the shipped rules beside one without.
 
-Imported by bench/run.py (``--only derive``).  The tree is the site-packages of the Python that runs the
-benchmark, backed up where it is: a pyc names its source by the path it was compiled at, so a copy
+Imported by bench/run.py (``--only derive``).  The trees are the site-packages of the Python that runs
+the benchmark (the test environment, which pip filled) and, where there is one, Debian's
+/usr/lib/python3/dist-packages (compiled by Debian's py3compile when its packages were installed),
+each backed up where it is: a pyc names its source by the path it was compiled at, so a copy
 elsewhere would keep its pycs as bytes (docs/derived.md says so).  Each side gets a fresh home and a
 fresh local grid (3 storage nodes, 2-of-3), and runs: the first backup, an unchanged rerun, and a full
 restore, which the side with rules checks file by file against the tree.  Nothing in the tree is
@@ -14,6 +16,7 @@ import datetime
 import hashlib
 import json
 import os
+import resource
 import shutil
 import sysconfig
 from pathlib import Path
@@ -39,8 +42,23 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 
 def bench_derive(work: Path, timed: Callable[..., tuple[float, int, str]], grid: Callable[[str], tuple],
-                 grid_down: Callable[[Path, Path], None], tree: Path | None = None) -> str:
-    tree = tree or Path(sysconfig.get_paths()["purelib"])
+                 grid_down: Callable[[Path, Path], None]) -> str:
+    trees = [("the test environment's site-packages", Path(sysconfig.get_paths()["purelib"]))]
+    debian = Path("/usr/lib/python3/dist-packages")
+    if any(debian.rglob("*.pyc")):
+        trees.append(("Debian's dist-packages", debian))
+    lines = [f"## Derived files: Python environments ({datetime.date.today().isoformat()})", "",
+             "`python bench/run.py --only derive`.  Each tree is backed up in place, once without derive rules "
+             "and once with the shipped examples (`config/derive-examples.yaml`: pycs and gzip), each on a "
+             "fresh local grid (3 storage nodes, 2-of-3), on this 2-core machine.  Stored: the contents and "
+             "index the first backup added, after compression.  Peak RSS in parentheses.", ""]
+    for label, tree in trees:
+        lines += _one_tree(work, timed, grid, grid_down, label, tree)
+    return "\n".join(lines)
+
+
+def _one_tree(work: Path, timed: Callable[..., tuple[float, int, str]], grid: Callable[[str], tuple],
+              grid_down: Callable[[Path, Path], None], label: str, tree: Path) -> list[str]:
     files = [p for p in tree.rglob("*") if p.is_file() and not p.is_symlink()]
     size = sum(p.stat().st_size for p in files)
     pycs = [p for p in files if p.suffix == ".pyc"]
@@ -51,7 +69,7 @@ def bench_derive(work: Path, timed: Callable[..., tuple[float, int, str]], grid:
                 pass
     results: dict[str, dict[str, object]] = {}
     for side in ("without rules", "with rules"):
-        home, gdir, url, env, lb = grid(f"derive-{'with' if side == 'with rules' else 'without'}")
+        home, gdir, url, env, lb = grid(f"derive-{'with' if side == 'with rules' else 'without'}-{tree.name}")
         conf = ["-c", str(EXAMPLES)] if side == "with rules" else []
         r: dict[str, object] = {}
         try:
@@ -61,10 +79,14 @@ def bench_derive(work: Path, timed: Callable[..., tuple[float, int, str]], grid:
                      derived_bytes=s.get("bytes_derived", 0), not_derived=s.get("derived_not", {}))
             w, rss, _ = timed(lb + conf + ["--json", "backup", str(tree)], env=env)
             r["rerun"] = (w, rss)
-            target = work / f"derive-restore-{'with' if conf else 'without'}"
+            target = work / f"derive-restore-{'with' if conf else 'without'}-{tree.name}"
             shutil.rmtree(target, ignore_errors=True)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             w, rss, _ = timed(lb + conf + ["restore", "latest", "--target", str(target)], env=env)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             r["restore"] = (w, rss)
+            # (the restore's CPU, the programs it ran included: they are its children, and it waits for them)
+            r["restore_cpu"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
             if conf:
                 want, got = _tree_digest(tree), _tree_digest(target)
                 r["identical"] = want == got
@@ -83,23 +105,20 @@ def bench_derive(work: Path, timed: Callable[..., tuple[float, int, str]], grid:
         return b[k][0] / a[k][0]
 
     fewer = 1 - b["added"] / a["added"]
-    lines = [
-        f"## Derived files: a Python environment ({datetime.date.today().isoformat()})", "",
-        "`python bench/run.py --only derive`.  The benchmark's own site-packages, backed up in place "
-        f"({len(files)} files, {size / 1e6:.0f} MB; {len(pycs)} pycs, {pyc_size / 1e6:.0f} MB), once without "
-        "derive rules and once with the shipped examples (`config/derive-examples.yaml`: pyc and gzip), "
-        "each on a fresh local grid (3 storage nodes, 2-of-3).  Stored: the contents and index the first "
-        "backup added, after compression.  Peak RSS in parentheses.", "",
+    return [
+        f"### {label}: {tree} ({len(files)} files, {size / 1e6:.0f} MB; {len(pycs)} pycs, {pyc_size / 1e6:.0f} MB)",
+        "",
         "| | without rules | with rules | with / without |", "|---|---|---|---|",
         f"| bytes stored | {a['added'] / 1e6:.1f} MB | {b['added'] / 1e6:.1f} MB | {1 - fewer:.2f} "
         f"({fewer:.0%} fewer) |",
         f"| first backup | {t(a, 'first')} | {t(b, 'first')} | {ratio('first'):.2f}x |",
         f"| unchanged rerun | {t(a, 'rerun')} | {t(b, 'rerun')} | {ratio('rerun'):.2f}x |",
-        f"| full restore | {t(a, 'restore')} | {t(b, 'restore')} | {ratio('restore'):.2f}x |", "",
+        f"| full restore | {t(a, 'restore')} | {t(b, 'restore')} | {ratio('restore'):.2f}x |",
+        f"| its CPU (user + system, with the programs it ran) | {a['restore_cpu']:.1f} s | {b['restore_cpu']:.1f} s "
+        f"| {b['restore_cpu'] / a['restore_cpu']:.2f}x |", "",
         f"With rules, {b['derived']} files ({b['derived_bytes'] / 1e6:.1f} MB) were stored as recipes; "
         f"{sum(b['not_derived'].values())} matched a rule but were stored as bytes: "
         + (", ".join(f"{n} {why}" for why, n in sorted(b["not_derived"].items(), key=lambda kv: -kv[1])) or "none")
-        + f".  The restore with rules remade them all and was "
+        + ".  The restore with rules remade them all and was "
         + ("identical to the tree, file by file (SHA-256)." if b.get("identical")
-           else f"NOT identical to the tree: {b.get('differing')}") + "", ""]
-    return "\n".join(lines)
+           else f"NOT identical to the tree: {b.get('differing')}"), ""]

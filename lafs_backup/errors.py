@@ -138,6 +138,12 @@ class RestoreError(LafsBackupError):
     """Restore failed: {problem}"""
 
 
+class RemakeError(LafsBackupError):
+    """{count} derived file(s) could not be made again, so were not restored: {files} (the warnings above say why).  Everything else was restored; `restore --skip-derived` leaves derived files out and does not fail for them"""
+
+    exit_code = ExitCode.PARTIAL
+
+
 class StreamReadError(LafsBackupError):
     """Cannot read the stream to back up ({what}): {problem}; nothing was recorded"""
 

@@ -7,6 +7,7 @@ import sys
 
 from .. import names
 from ..errors import UsageError
+from ..read import remake
 from ..read.browse import TYPE_NAMES, Browser
 from ..read.dump import write_file, write_tar
 from ..read.locate import Paths
@@ -43,10 +44,15 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     reader = Reader(gw, use_index=ns.path in ("", ".", "/"), jobs=o.config.operation.jobs)
     try:
         browser = Browser(reader, ahead=max(4, o.config.operation.jobs), remember=64)
-        item = await Paths(browser).lookup(cap, names.parsed(ns.path), below=True)
+        paths = Paths(browser)
+        # A derived file is made again from its inputs, found through the same paths.
+        remake.make(reader, o.config.derive, o.rt.in_thread, remake.lookup_in(paths, cap))
+        item = await paths.lookup(cap, names.parsed(ns.path), below=True)
         if item.kind == KIND_FILE:
             content = await write_file(reader, item, out)
-            if content.matches is False:
+            if content.problem is not None:  # (a derived file this machine cannot make as recorded)
+                rep.warn(item.path, content.problem + "; nothing was written")
+            elif content.matches is False:
                 rep.problem(item.path, content.mismatch + " (the bytes written are what the grid holds)")
         elif item.kind == KIND_DIR or ns.path in ("", ".", "/"):
             await write_tar(browser, reader, item, out, rep.problem, rep.note_once)

@@ -14,6 +14,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 
 from ..errors import ExitCode, MountError, UsageError
+from ..read import remake
 from ..read.browse import Browser
 from ..read.reader import Reader
 from ..resources import Opener
@@ -102,7 +103,8 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     reader = Reader(gw)
     tmpdir = tempfile.mkdtemp(prefix="lafs-backup-mount-")  # mode 0700: the spools hold file contents
     browser = Browser(reader, ahead=max(4, o.config.operation.jobs), remember=256)
-    fs = SnapshotFS(o.rt.reactor, browser, chosen, tmpdir)
+    # Derived files are made again on their first read, from their inputs in the same backup.
+    fs = SnapshotFS(o.rt.reactor, browser, chosen, tmpdir, remake.make(reader, o.config.derive, o.rt.in_thread))
     options: dict[str, Any] = {"ro": True, "default_permissions": True, "fsname": "lafs-backup", "use_ino": True}
     if ns.allow_other:
         options["allow_other"] = True

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 
-from ..errors import UsageError
+from ..errors import ExitCode, RemakeError, UsageError
 from .. import names
+from ..read import remake
+from ..read.browse import Browser
+from ..read.locate import Paths
 from ..read.pick import Pick
 from ..read.reader import Reader
 from ..read.restore import OVERWRITE_POLICIES, RestoreCounts, Restorer
@@ -44,6 +48,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="remove what DIR (below the PATHs restored, if given) holds that the snapshot does not")
     p.add_argument("-n", "--dry-run", action="store_true",
                    help="change nothing: list each file that would be written, overwritten, skipped or deleted")
+    p.add_argument("--skip-derived", action="store_true",
+                   help="leave out derived files (stored as the recipe that makes them: see derive in the "
+                        "configuration) rather than make them again; they are counted in the summary")
     pick = p.add_argument_group("what to restore (globs as backup's --exclude takes them, anchored at the "
                                 "snapshot's root; what they leave out is neither restored nor deleted)")
     pick.add_argument("--include", action="append", metavar="GLOB",
@@ -76,15 +83,18 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     # --include and --exclude take) want a few members of a pack, one Range GET each, or many:
     # a pack read by range RANGES_BEFORE_WHOLE times is then fetched whole.
     reader = Reader(gw, whole_packs=not ns.paths and not pick.narrows, ranges_before_whole=RANGES_BEFORE_WHOLE)
+    # Derived files are made again from their inputs, read from the same snapshot (never from DIR).
+    remake.make(reader, o.config.derive, o.rt.in_thread, remake.lookup_in(Paths(Browser(reader)), cap))
     counts = RestoreCounts()
+    unmade: list[tuple[bytes, str]] = []
     try:
         from ..backup.source import is_url
         from ..read.fsspec_target import RemoteRestorer
 
         if is_url(ns.target):
-            if ns.overwrite != "always" or ns.delete or ns.dry_run or pick.narrows:
-                raise UsageError("--overwrite, --delete, --dry-run, --include and --exclude need a local target "
-                                 "directory")
+            if ns.overwrite != "always" or ns.delete or ns.dry_run or pick.narrows or ns.skip_derived:
+                raise UsageError("--overwrite, --delete, --dry-run, --include, --exclude and --skip-derived need a "
+                                 "local target directory")
             await RemoteRestorer(reader, o.rt.reporter, ns.target, o.config.source.storage_options,
                                  in_thread=o.rt.in_thread).run(
                 cap, [names.parsed(p) for p in ns.paths])
@@ -93,12 +103,22 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
             r = Restorer(reader, o.rt.reporter, ns.target, window=max(256, 4 * o.config.operation.jobs),
                          owners=False if ns.no_owner else None, numeric=ns.numeric_owner, clock=o.rt.reactor,
                          overwrite=ns.overwrite, delete=ns.delete, dry_run=ns.dry_run, in_thread=o.rt.in_thread,
-                         pick=pick)
+                         pick=pick, skip_derived=ns.skip_derived)
             await r.run(cap, [names.parsed(p) for p in ns.paths])
-            counts = r.counts
+            counts, unmade = r.counts, r.unmade
     finally:
         reader.close()
     o.rt.reporter.stats.requests = dict(gw.counts)
     o.rt.reporter.finish("restore", {"id": short_id, "dry_run": ns.dry_run, "overwrite": ns.overwrite,
                                      "delete": ns.delete, **dataclasses.asdict(counts)}, counters=COUNTERS)
+    if unmade:
+        err = RemakeError(count=len(unmade), files=_listed([os.fsdecode(p) for p, _ in unmade]))
+        err.exit_code = ExitCode(outcome(o.rt.reporter))
+        raise err
     return outcome(o.rt.reporter)
+
+
+def _listed(paths: list[str], most: int = 10) -> str:
+    """Paths for one line: the first ``most``, then how many more."""
+    shown = ", ".join(paths[:most])
+    return shown if len(paths) <= most else f"{shown} and {len(paths) - most} more"

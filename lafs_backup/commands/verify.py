@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
+from ..read import remake
+from ..read.browse import Browser
+from ..read.locate import Paths
 from ..read.reader import Reader
 from ..read.verify import Verifier
 from ..report import outcome
@@ -22,6 +25,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
     options.snapshot(p, "the backup to verify")
     p.add_argument("--sample", type=float, default=100.0, metavar="PERCENT",
                    help="read back only this percentage of the files, chosen at random (default 100)")
+    p.add_argument("--remake", action="store_true",
+                   help="also make derived files again (those in the sample), running their recipes as restore "
+                        "does, and compare their hashes; without it a derived file's recipe is checked (its "
+                        "inputs are in the snapshot with the recorded hashes), nothing is run")
     options.which(p)
 
 
@@ -33,8 +40,13 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     # The walk reads the grid's directories themselves; the index is checked against them.
     reader = Reader(gw, whole_packs=ns.sample >= 50, use_index=False)
     index = Reader(gw, jobs=o.config.operation.jobs)
+    # A derived file's inputs are found in the same snapshot; with --remake it is made again from them.
+    lookup = remake.lookup_in(Paths(Browser(reader)), cap)
+    if ns.remake:
+        remake.make(reader, o.config.derive, o.rt.in_thread, lookup)
     try:
-        v = Verifier(gw, reader, o.rt.reporter, ns.sample, o.config.operation.jobs, index=index)
+        v = Verifier(gw, reader, o.rt.reporter, ns.sample, o.config.operation.jobs, index=index, lookup=lookup,
+                     remake=ns.remake)
         await v.run(cap)
     finally:
         reader.close()
@@ -48,5 +60,6 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     o.rt.reporter.finish("verify", {
         "id": record.short_id if record is not None else None,
         "generation": record.generation if record is not None else None,
-        "sample_percent": ns.sample, "files_read": v.files_read}, counters=("bytes_read",))
+        "sample_percent": ns.sample, "files_read": v.files_read, "derived_checked": v.derived_checked,
+        "derived_remade": v.derived_remade}, counters=("bytes_read",))
     return outcome(o.rt.reporter)

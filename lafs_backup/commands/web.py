@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IListeningPort
 
 from ..errors import ExitCode, UsageError
 from ..history import Backup
+from ..read import remake
 from ..read.browse import Browser
 from ..read.reader import Reader
 from ..read.status import gather
@@ -51,7 +52,8 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     browser = Browser(reader, ahead=max(4, jobs), remember=256)
     dest = o.config.destination
     dashboard = Dashboard(reactor, listing, reader, browser, lambda: Reader(gw, jobs=jobs), dest.lease_days,
-                          lambda: gather(o, reactor.seconds()))
+                          lambda: gather(o, reactor.seconds()),
+                          remaker=remake.make(reader, o.config.derive, o.rt.in_thread))
     token = secrets.token_urlsafe(32)
     if ns.socket:
         path = os.path.abspath(ns.socket)

@@ -23,13 +23,14 @@ from typing import IO, AsyncIterator, Callable
 from ..store.entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_LINK, KIND_SOCKET
 from ..store.snapshot import xattrs_of
 from .browse import Browser, Item
-from .reader import Content, Reader
+from .reader import Content, Reader, Remaking
 
 _SPOOL = 8 << 20
 
 
-async def write_file(reader: Reader, item: Item, out: IO[bytes]) -> Content:
-    """Write a file's content to ``out``; returns what was read (check ``matches``)."""
+async def write_file(reader: Reader, item: Item, out: IO[bytes], remaker: Remaking | None = None) -> Content:
+    """Write a file's content to ``out``; returns what was read (check ``matches``).  A derived file
+    is made again by ``remaker`` (None: the reader's), and checked before a byte of it is written."""
     emitted = 0
     pos = 0
 
@@ -44,7 +45,7 @@ async def write_file(reader: Reader, item: Item, out: IO[bytes]) -> Content:
         nonlocal pos
         pos = 0
 
-    content = await reader.content(item.node, sink, restart)
+    content = await reader.content(item.node, sink, restart, remaker=remaker)
     out.flush()
     return content
 
@@ -96,8 +97,10 @@ def tar_info(item: Item, name: str) -> tarfile.TarInfo:
 
 
 async def write_tar(browser: Browser, reader: Reader, top: Item, out: IO[bytes],
-                    problem: Callable[[bytes, str], None], note: Callable[[str, str], None]) -> int:
-    """Write ``top`` and everything below it as a pax tar stream; returns the members written."""
+                    problem: Callable[[bytes, str], None], note: Callable[[str, str], None],
+                    remaker: Remaking | None = None) -> int:
+    """Write ``top`` and everything below it as a pax tar stream; returns the members written.  A
+    derived file is made again by ``remaker`` (None: the reader's); one that cannot be is left out."""
     tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
                        errors="surrogateescape")
     links: dict[str, str] = {}
@@ -120,7 +123,7 @@ async def write_tar(browser: Browser, reader: Reader, top: Item, out: IO[bytes],
                 written += 1
                 continue
             with tempfile.SpooledTemporaryFile(_SPOOL) as spool:
-                content = await _spool(reader, item, spool)
+                content = await _spool(reader, item, spool, remaker)
                 if content.matches is False:
                     problem(item.path, content.mismatch + "; left out of the tar stream")
                     continue
@@ -143,9 +146,9 @@ async def _with_top(browser: Browser, top: Item) -> AsyncIterator[Item]:
             yield item
 
 
-async def _spool(reader: Reader, item: Item, spool: IO[bytes]) -> Content:
+async def _spool(reader: Reader, item: Item, spool: IO[bytes], remaker: Remaking | None) -> Content:
     def restart() -> None:
         spool.seek(0)
         spool.truncate()
 
-    return await reader.content(item.node, spool.write, restart)
+    return await reader.content(item.node, spool.write, restart, remaker=remaker)

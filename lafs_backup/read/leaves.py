@@ -10,6 +10,7 @@ import hashlib
 import os
 import stat
 
+from ..derive.recipe import KEY as DERIVED
 from ..store.entry import KIND_CHAR, KIND_FIFO, KIND_FILE, KIND_LINK
 from ..errors import GatewayError
 from ..system.meta import Applier, FdHandle, LinkHandle
@@ -28,6 +29,8 @@ class Leaves:
         self.rep = rep
         self.stats = rep.stats
         self._is_root = is_root
+        #: The derived files that could not be made again (``read/remake.py``): path, why.
+        self.unmade: list[tuple[bytes, str]] = []
 
     async def create(self, node: Node, dfd: int, rel: bytes, applier: Applier) -> bool:
         """Create one non-directory entry with its attributes; False if it was not restored."""
@@ -92,10 +95,17 @@ class Leaves:
                 got = await self.reader.content(node, sink.write, sink.restart, sink.hole)
             except GatewayError as e:
                 self.rep.warn(rel, f"cannot read from the grid: {e.reason or e}")
+                if DERIVED in node.metadata:
+                    self.unmade.append((rel, f"an input cannot be read from the grid: {e.reason or e}"))
                 return False
             sink.close()
             if got.matches is False:
-                self.rep.problem(rel, f"{got.mismatch}; not restored")
+                if got.problem is not None and DERIVED in node.metadata:
+                    # (not damage of the backup: this machine cannot make it, or makes other bytes)
+                    self.unmade.append((rel, got.problem))
+                    self.rep.warn(rel, f"{got.problem}; not restored")
+                else:
+                    self.rep.problem(rel, f"{got.mismatch}; not restored")
                 return False
             applier.apply(FdHandle(fd), node.metadata, KIND_FILE, xattrs_of(node.metadata))
             try:

@@ -23,6 +23,9 @@ a memory cache of bounded size.  A large file is streamed once into a
 private spool file as it is first read, and reads are answered as soon as
 their bytes have arrived; a few spools are kept, the oldest unused ones
 are removed.  A content whose SHA-256 does not match the record gives EIO.
+A derived file (stored as its recipe) is made again on its first read, from
+its inputs in the same backup (``read.remake``), and then kept as any other
+content is: a read never runs its program twice while the file is open.
 """
 
 from __future__ import annotations
@@ -47,8 +50,11 @@ from twisted.internet.threads import blockingCallFromThread
 from ..errors import SnapshotError
 from ..store.entry import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FILE, KIND_LINK
 from ..store.snapshot import xattrs_of
+from ..derive.recipe import KEY as DERIVED
 from .browse import Browser, Item
 from .locate import Paths
+from .reader import Remaking
+from .remake import Remaker, lookup_in
 
 log = logging.getLogger(__name__)
 
@@ -177,27 +183,31 @@ class Contents:
 
     @staticmethod
     def key(item: Item) -> str:
+        if DERIVED in item.meta:  # (it points at no content: known by the bytes it is checked to be)
+            return f"derived:{item.meta.get('sha256')}:{item.meta.get('size')}"
         pack = item.node.pack
         return f"{pack[0]}@{pack[1]}+{pack[2]}" if pack else (item.node.object or item.node.cap)
 
-    async def read(self, item: Item, size: int, offset: int) -> bytes:
+    async def read(self, item: Item, size: int, offset: int, remaker: Remaking | None = None) -> bytes:
+        """``size`` bytes of ``item`` from ``offset``; ``remaker``: what makes it again, if it is a
+        derived file (of the backup it lies in)."""
         if item.size() <= SMALL:
-            data = await self._whole(item)
+            data = await self._whole(item, remaker)
             return data[offset:offset + size]
-        spool = self._spool(item)
+        spool = self._spool(item, remaker)
         await spool.until(min(offset + size, item.size()))
         if spool.failed:
             raise OSError(errno.EIO, spool.failed)
         return os.pread(spool.fd, size, offset)
 
-    async def _whole(self, item: Item) -> bytes:
+    async def _whole(self, item: Item, remaker: Remaking | None) -> bytes:
         k = self.key(item)
         hit = self._small.get(k)
         if hit is not None:
             self._small.move_to_end(k)
             return hit
         parts: list[bytes] = []
-        content = await self.browser.reader.content(item.node, parts.append, parts.clear)
+        content = await self.browser.reader.content(item.node, parts.append, parts.clear, remaker=remaker)
         if content.matches is False:
             log.warning("mount: %r: %s", item.path, content.mismatch)
             raise OSError(errno.EIO, content.mismatch)
@@ -209,14 +219,14 @@ class Contents:
             self._small_bytes -= len(old)
         return data
 
-    def _spool(self, item: Item) -> _Spool:
+    def _spool(self, item: Item, remaker: Remaking | None = None) -> _Spool:
         k = self.key(item)
         spool = self._spools.get(k)
         if spool is not None:
             self._spools.move_to_end(k)
             return spool
         spool = self._spools[k] = _Spool(self.tmpdir)
-        ensureDeferred(self._fill(item, spool))
+        ensureDeferred(self._fill(item, spool, remaker))
         for old_key in list(self._spools):
             if len(self._spools) <= self._max_spools:
                 break
@@ -226,18 +236,19 @@ class Contents:
                 old.close()
         return spool
 
-    async def _fill(self, item: Item, spool: _Spool) -> None:
+    async def _fill(self, item: Item, spool: _Spool, remaker: Remaking | None) -> None:
         try:
-            content = await self.browser.reader.content(item.node, spool.write, spool.restart, spool.hole)
+            content = await self.browser.reader.content(item.node, spool.write, spool.restart, spool.hole,
+                                                         remaker=remaker)
         except Exception as e:  # the grid failed: every read waiting on it gets EIO
             log.warning("mount: %r could not be read: %s", item.path, e)
             spool.finish(str(e) or "the grid could not be read")
             return
         spool.finish(None if content.matches is not False else content.mismatch)
 
-    def opened(self, item: Item) -> None:
+    def opened(self, item: Item, remaker: Remaking | None = None) -> None:
         if item.size() > SMALL:
-            self._spool(item).users += 1
+            self._spool(item, remaker).users += 1
 
     def released(self, item: Item) -> None:
         spool = self._spools.get(self.key(item))
@@ -284,13 +295,17 @@ class SnapshotFS:
 
     use_ns = True
 
-    def __init__(self, reactor: IReactorFromThreads, browser: Browser, backups: list[Backup], tmpdir: str) -> None:
+    def __init__(self, reactor: IReactorFromThreads, browser: Browser, backups: list[Backup], tmpdir: str,
+                 remaker: Remaker | None = None) -> None:
+        """``remaker`` makes derived files again (None: their reads fail with EIO)."""
         self.reactor = reactor
         self.browser = browser
         self.top = layout(backups)
         self.paths = Paths(browser)
         self.contents = Contents(browser, tmpdir)
-        self._handles: dict[int, Item] = {}
+        self._remaker = remaker
+        self._remakers: OrderedDict[str, Remaker] = OrderedDict()
+        self._handles: dict[int, tuple[Item, str | None]] = {}
         self._next = 1
         self._lock = threading.Lock()
 
@@ -354,6 +369,19 @@ class SnapshotFS:
                    ("..", {"st_ino": self._call(self._ino_of, parent)}, 0)]
         return entries + self._call(self._entries, path)
 
+    def _remaker_for(self, cap: str | None) -> Remaker | None:
+        """(In the reactor.)  The remaker of the backup ``cap``: its inputs are found in it."""
+        if self._remaker is None or cap is None:
+            return None
+        hit = self._remakers.get(cap)
+        if hit is None:
+            hit = self._remakers[cap] = self._remaker.at(lookup_in(self.paths, cap))
+            if len(self._remakers) > 16:
+                self._remakers.popitem(last=False)
+        else:
+            self._remakers.move_to_end(cap)
+        return hit
+
     async def _ino_of(self, path: str) -> int:
         node, snap = await self._locate(path)
         return _ino(snap, path, node)
@@ -393,29 +421,33 @@ class SnapshotFS:
     def open(self, path: str, flags: int) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR):
             raise OSError(errno.EROFS, path)
-        node = self._call(self._resolve, path)
+        node, snap = self._call(self._locate, path)
         if not isinstance(node, Item) or node.kind != KIND_FILE:
             raise OSError(errno.EISDIR if not isinstance(node, Item) or node.kind == KIND_DIR else errno.EINVAL,
                           path)
-        blockingCallFromThread(self.reactor, self.contents.opened, node)
+        blockingCallFromThread(self.reactor, lambda: self.contents.opened(node, self._remaker_for(snap)))
         with self._lock:
             fh, self._next = self._next, self._next + 1
-            self._handles[fh] = node
+            self._handles[fh] = (node, snap)
         return fh
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        item = self._handles.get(fh)
-        if item is None:
+        handle = self._handles.get(fh)
+        if handle is None:
             raise OSError(errno.EBADF, path)
+        item, snap = handle
         if offset >= item.size():
             return b""
-        return self._call(self.contents.read, item, size, offset)
+        return self._call(self._read, item, snap, size, offset)
+
+    async def _read(self, item: Item, snap: str | None, size: int, offset: int) -> bytes:
+        return await self.contents.read(item, size, offset, self._remaker_for(snap))
 
     def release(self, path: str, fh: int) -> int:
         with self._lock:
-            item = self._handles.pop(fh, None)
-        if item is not None:
-            blockingCallFromThread(self.reactor, self.contents.released, item)
+            handle = self._handles.pop(fh, None)
+        if handle is not None:
+            blockingCallFromThread(self.reactor, self.contents.released, handle[0])
         return 0
 
     def listxattr(self, path: str) -> list[str]:

@@ -99,6 +99,10 @@ class RestoreCounts:
     skipped: int = 0
     failed: int = 0
     deleted: int = 0
+    #: Derived files (stored as their recipes) left out by ``--skip-derived``, and those that could
+    #: not be made again (counted in ``failed`` too).
+    derived_skipped: int = 0
+    derived_failed: int = 0
 
 
 def rel_path(parts: list[bytes], name: bytes | None = None) -> bytes:

@@ -5,7 +5,8 @@ edges), and a file's content from wherever it lives: a slice of a pack (one
 Range GET, or a slice of the whole pack fetched once), a LIT cap, or an
 object streamed with Range restarts after a fault.  It decodes what was
 stored (compression, salts) and checks the SHA-256 and size recorded at
-backup time.  Restore, verify and diff read through it.
+backup time.  A derived file, stored as its recipe, is made again by the
+remaker it is given (``read.remake``).  Restore, verify and diff read through it.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import os
 import time
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 
 from ..caps import lit_data
+from ..derive.recipe import KEY as DERIVED
 from ..errors import GatewayError, SnapshotError
 from ..protocols import JSON, GatewayLike
 from ..slots import Slots
@@ -47,16 +49,23 @@ class Content:
     #: The size and SHA-256 recorded at backup time, if any.
     recorded_size: int | None
     recorded_sha256: str | None
+    #: Why the content could not be had as recorded, said instead of a mismatch (a derived file not
+    #: made again: ``read/remake.py``); the sink then got nothing.
+    problem: str | None = None
 
     @property
     def matches(self) -> bool | None:
         """Whether the content is what was backed up (None: nothing was recorded to compare)."""
+        if self.problem is not None:
+            return False
         if self.recorded_sha256 is None and self.recorded_size is None:
             return None
         return (self.recorded_sha256 in (None, self.sha256)) and (self.recorded_size in (None, self.size))
 
     @property
     def mismatch(self) -> str:
+        if self.problem is not None:
+            return self.problem
         if self.recorded_sha256 not in (None, self.sha256):
             return "its content does not match the SHA-256 recorded at backup time"
         return f"{self.size} bytes read back, {self.recorded_size} recorded"
@@ -88,6 +97,9 @@ class Reader:
         #: Index directories only partly loaded (by :meth:`load_differences`): loaded whole when a
         #: directory that lives in an index alone is not found.
         self._partly: list[str] = []
+        #: What makes derived files again for :meth:`content` (``read/remake.py``; None: this command
+        #: cannot, and says so).
+        self.remaker: Remaking | None = None
 
     @property
     def whole_packs(self) -> bool:
@@ -278,13 +290,21 @@ class Reader:
     # -- content ---------------------------------------------------------------------------------
     async def content(self, node: Node, sink: Callable[[bytes], object],
                       restart: Callable[[], None] = lambda: None,
-                      hole: Callable[[int], object] | None = None) -> Content:
+                      hole: Callable[[int], object] | None = None, remaker: Remaking | None = None) -> Content:
         """Feed a file's content to ``sink``; ``restart()`` means "start over" (the gateway sent
         the whole file again after a fault).  Returns what was read and what was recorded.
 
         A sparse file's stored data is laid out at its extents (``system.sparse``): ``sink`` gets
         its logical content, zeros in its holes, or ``hole(n)`` for each hole if given (a restore
-        seeks over it).  Its SHA-256 is its data's, as recorded; its size the logical one."""
+        seeks over it).  Its SHA-256 is its data's, as recorded; its size the logical one.
+
+        A derived file (stored as its recipe) is made again by ``remaker`` (None: :attr:`remaker`,
+        for the snapshot it is read from), or is a :class:`Content` that says it cannot be."""
+        if DERIVED in node.metadata:
+            remaker = remaker if remaker is not None else self.remaker
+            if remaker is None:
+                return _not_remade(node)
+            return await remaker.content(node, sink, restart, hole)
         size = node.metadata.get("size")
         recorded = size if isinstance(size, int) else None
         want = node.metadata.get("sha256")
@@ -332,6 +352,23 @@ class Reader:
         self._packs.close()
         if self.index is not None:
             self.index.close()
+
+
+class Remaking(Protocol):
+    """What makes a derived file again (``read.remake.Remaker``), as :meth:`Reader.content` uses it."""
+
+    async def content(self, node: Node, sink: Callable[[bytes], object], restart: Callable[[], None] = ...,
+                      hole: Callable[[int], object] | None = None) -> Content: ...
+
+
+def _not_remade(node: Node) -> Content:
+    """The content of a derived file read without a remaker: none, and why."""
+    size, sha = node.metadata.get("size"), node.metadata.get("sha256")
+    raw = node.metadata.get(DERIVED)
+    rule = raw.get("rule") if isinstance(raw, dict) else None
+    named = f" (rule {rule})" if isinstance(rule, str) else ""
+    return Content(0, "", size if isinstance(size, int) else None, sha if isinstance(sha, str) else None,
+                   problem=f"a derived file{named}: this command cannot make it again")
 
 
 class _IndexStore:

@@ -29,6 +29,7 @@ from typing import Iterator, Sequence
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 
+from ..derive.recipe import KEY as DERIVED
 from ..store.entry import KIND_DIR, KIND_FILE, KIND_LINK, KIND_SOCKET
 from ..errors import RestoreError
 from ..log import NOISE
@@ -87,12 +88,15 @@ class Restorer:
     def __init__(self, reader: Reader, reporter: Reporter, target: str, window: int = 64,
                  listings: int = 4, owners: bool | None = None, numeric: bool = False,
                  clock: IReactorTime | None = None, overwrite: str = "always", delete: bool = False,
-                 dry_run: bool = False, in_thread: InThread | None = None, pick: Pick | None = None) -> None:
+                 dry_run: bool = False, in_thread: InThread | None = None, pick: Pick | None = None,
+                 skip_derived: bool = False) -> None:
         """``clock`` (None: the reader's) is the reactor a freed slot wakes the next directory or
         file on.  ``overwrite`` (one of :data:`OVERWRITE_POLICIES`) says what to do with an entry
         already there; ``delete`` removes what the restored directories hold and the snapshot does
         not; ``dry_run`` lists each change (``would write PATH``...) and makes none.
-        ``in_thread`` hashes existing files off the reactor (None: inline)."""
+        ``in_thread`` hashes existing files off the reactor (None: inline).  Derived files (stored
+        as their recipes) are made again by the reader's remaker; ``skip_derived`` leaves them out
+        (counted in ``counts.derived_skipped``); those that could not be made are :attr:`unmade`."""
         if overwrite not in OVERWRITE_POLICIES:
             raise ValueError(f"unknown overwrite policy {overwrite!r}")
         self.reader = reader
@@ -118,13 +122,14 @@ class Restorer:
         self._below = Below(self._pick, reader.children)
         self._existing = Existing(reporter, overwrite, delete, dry_run, self._applier, in_thread, self._pick)
         self._leaves = Leaves(reader, reporter, self._is_root)
+        self._skip_derived = skip_derived
         self.counts = self._existing.counts
         forget_owner_names()  # user and group names are looked up afresh for each restore
 
     async def run(self, snapshot_cap: str, paths: Sequence[bytes] = ()) -> None:
         tree, objects = await self.reader.root(snapshot_cap)
         if self._dry_run:
-            await DryRun(self.reader, self.stats, self.target, self._existing).run(tree, paths)
+            await DryRun(self.reader, self.stats, self.target, self._existing, self._skip_derived).run(tree, paths)
             return
         prefetch = None
         if not paths and not self._pick.narrows:
@@ -156,6 +161,11 @@ class Restorer:
                 await prefetch
             self._leaf_dirs.close()
             os.close(self._root_fd)
+
+    @property
+    def unmade(self) -> list[tuple[bytes, str]]:
+        """The derived files that could not be made again, so were not restored: path, why."""
+        return self._leaves.unmade
 
     # -- the target's directories ------------------------------------------------------
     @contextmanager
@@ -272,6 +282,10 @@ class Restorer:
         if node.kind == KIND_SOCKET:
             self.rep.note(rel, "socket not restored (sockets cannot be restored)")
             return
+        if self._skip_derived and is_derived(node):
+            log.debug("left %r: a derived file (--skip-derived)", rel)
+            self.counts.derived_skipped += 1
+            return
         with self._leaf_dir(parts) as dfd:
             decision = await self._existing.decide(node, dfd, rel)
         if decision.action == BLOCKED:
@@ -298,6 +312,8 @@ class Restorer:
                     group.finish((parts, node.name) if ok else None)
         if not ok:  # said why (a warning or a problem)
             self.counts.failed += 1
+            if is_derived(node):
+                self.counts.derived_failed += 1
             return
         self._existing.count(decision)
         if node.kind == KIND_FILE:
@@ -329,11 +345,13 @@ class DryRun:
     """A restore's dry run: says what it would change (``would write PATH``...) and changes
     nothing; a missing target is empty.  ``existing`` decides and counts, as it does for a restore."""
 
-    def __init__(self, reader: Reader, stats: Stats, target: bytes, existing: Existing) -> None:
+    def __init__(self, reader: Reader, stats: Stats, target: bytes, existing: Existing,
+                 skip_derived: bool = False) -> None:
         self.reader = reader
         self.stats = stats
         self.target = target
         self._existing = existing
+        self._skip_derived = skip_derived
         self._root_fd = -1
 
     async def run(self, tree: Node, paths: Sequence[bytes]) -> None:
@@ -408,6 +426,9 @@ class DryRun:
         rel = rel_path(parts, node.name)
         if node.kind == KIND_SOCKET:
             return
+        if self._skip_derived and is_derived(node):
+            self._existing.counts.derived_skipped += 1
+            return
         decision = Decision(WRITE, "not in the target") if dfd is None else await self._existing.decide(node, dfd, rel)
         if decision.action == BLOCKED:
             self._existing.blocked(rel)
@@ -431,6 +452,11 @@ async def find(reader: Reader, tree: Node, rel: bytes) -> tuple[Node, list[bytes
             raise RestoreError(problem=f"{os.fsdecode(rel)!r} is not in the snapshot")
         node = match[0]
     return node, comps[:-1]
+
+
+def is_derived(node: Node) -> bool:
+    """Is ``node`` a file stored as its recipe (``derive/recipe.py``)?"""
+    return node.kind == KIND_FILE and DERIVED in node.metadata
 
 
 def _unusable(target: bytes, e: OSError) -> RestoreError:

@@ -8,6 +8,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 
+from ..derive.recipe import KEY as DERIVED
 from ..errors import GatewayError, SnapshotError
 from ..grid.health import StreamParser, Verdict
 from ..protocols import GatewayLike
@@ -16,6 +17,7 @@ from ..slots import Slots
 from ..store.entry import KIND_DIR, KIND_FILE
 from ..store.snapshot import Node, is_dir_id, names_of
 from .reader import Reader
+from .remake import Lookup, recipe_problem
 
 
 class Verifier:
@@ -29,11 +31,15 @@ class Verifier:
     every directory must be in the index exactly as on the grid (a snapshot whose directories live
     in its index alone has nothing to check it against: ``index`` goes unused).  ``clock``
     (None: the reader's) is the reactor a freed read slot wakes the next on.
+
+    A derived file (stored as its recipe) is checked without running anything: its recipe must
+    parse, and its inputs be in the snapshot (``lookup`` finds them) with the hashes it recorded.
+    With ``remake``, one in the sample is also made again by the reader's remaker and compared.
     """
 
     def __init__(self, gateway: GatewayLike, reader: Reader, reporter: Reporter, sample: float = 100.0, jobs: int = 6,
                  rng: random.Random | None = None, index: Reader | None = None,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None, lookup: Lookup | None = None, remake: bool = False) -> None:
         self.gw = gateway
         self.reader = reader
         self.index = index
@@ -41,7 +47,12 @@ class Verifier:
         self.sample = sample
         self._rng = rng or random.Random()
         self._slots = Slots(max(1, jobs) * 4, clock if clock is not None else reader.clock)
+        self._lookup = lookup
+        self._remake = remake
         self.files_read = 0
+        #: Derived files whose recipes were checked, and those made again.
+        self.derived_checked = 0
+        self.derived_remade = 0
 
     async def run(self, cap: str) -> None:
         await self._shares(cap)
@@ -88,25 +99,53 @@ class Verifier:
             cpath = f"{path}/{child.name.decode('utf-8', 'backslashreplace')}"
             if child.kind == KIND_DIR:
                 waits.append(Deferred.fromCoroutine(self._dir(child, cpath)))
-            elif child.kind == KIND_FILE and self._rng.random() * 100 < self.sample:
-                await self._slots.acquire()
-                waits.append(Deferred.fromCoroutine(self._file(child, cpath)))
+            elif child.kind == KIND_FILE:
+                sampled = self._rng.random() * 100 < self.sample
+                if DERIVED in child.metadata:
+                    await self._slots.acquire()
+                    waits.append(Deferred.fromCoroutine(self._derived(child, cpath, sampled)))
+                elif sampled:
+                    await self._slots.acquire()
+                    waits.append(Deferred.fromCoroutine(self._file(child, cpath)))
         if waits:
             await gatherResults(waits, consumeErrors=True)
 
+    async def _derived(self, node: Node, path: str, sampled: bool) -> None:
+        try:
+            why = await recipe_problem(node, self._lookup) if self._lookup is not None else None
+            if why is not None:
+                self.rep.problem(path, why)
+                return
+            self.derived_checked += 1
+            if self._remake and sampled:
+                if await self._read(node, path):
+                    self.derived_remade += 1
+        except (GatewayError, SnapshotError) as e:
+            self.rep.problem(path, f"its recipe's inputs cannot be looked up: {getattr(e, 'reason', '') or e}")
+        finally:
+            self._slots.release()
+
     async def _file(self, node: Node, path: str) -> None:
+        try:
+            await self._read(node, path)
+        finally:
+            self._slots.release()
+
+    async def _read(self, node: Node, path: str) -> bool:
+        """Read ``node`` back and compare it with its record; False: a problem was said."""
         try:
             got = await self.reader.content(node, lambda chunk: None)
             self.files_read += 1
             self.rep.stats.bytes_read += got.size
             if got.matches is False:
                 self.rep.problem(path, got.mismatch)
+                return False
             elif got.recorded_sha256 is None:
                 self.rep.note(path, "no SHA-256 recorded; read back but not compared")
         except (GatewayError, OSError, ValueError, RuntimeError) as e:
             self.rep.problem(path, f"unreadable: {getattr(e, 'reason', '') or e}")
-        finally:
-            self._slots.release()
+            return False
+        return True
 
 
 def _comparable(n: Node) -> tuple[Any, ...]:

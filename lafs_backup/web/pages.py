@@ -24,6 +24,7 @@ from ..read.browse import TYPE_NAMES, Browser, Item
 from ..read.dump import write_file, write_tar
 from ..read.locate import Paths
 from ..read.reader import Reader
+from ..read.remake import Remaker, lookup_in
 from ..read.standing import StatusReport, leases
 from ..report import plural, size_text
 from ..store.entry import KIND_DIR, KIND_FILE
@@ -73,12 +74,15 @@ class Dashboard:
     """The pages, over the backups ``listing()`` returns (asked again after ``refresh`` seconds),
     the reader and browser the tree pages share, and ``fresh_reader()`` for a diff (each its own).
 
-    ``status()``: the status report (``read.status.gather`` at the clock's time).
+    ``status()``: the status report (``read.status.gather`` at the clock's time).  ``remaker``
+    makes a derived file downloaded again, from its inputs in the same backup (None: it cannot be
+    downloaded).
     """
 
     def __init__(self, clock: IReactorTime, listing: Callable[[], Awaitable[list[Backup]]], reader: Reader,
                  browser: Browser, fresh_reader: Callable[[], Reader], lease_days: float | None,
-                 status: Callable[[], Awaitable[StatusReport]], refresh: float = 30.0) -> None:
+                 status: Callable[[], Awaitable[StatusReport]], refresh: float = 30.0,
+                 remaker: Remaker | None = None) -> None:
         self.clock = clock
         self._listing = listing
         self.reader = reader
@@ -90,6 +94,7 @@ class Dashboard:
         self._backups: list[Backup] | None = None
         self._fetched = 0.0
         self.paths = Paths(browser)
+        self.remaker = remaker
 
     async def backups(self) -> list[Backup]:
         """Every finished backup, oldest first (listed again once ``refresh`` seconds have passed)."""
@@ -231,7 +236,7 @@ class Dashboard:
             raise NotFound(f"{shown(item.path) or '/'} is a {TYPE_NAMES.get(item.kind, item.kind)}, not a file")
 
         async def write(out: IO[bytes]) -> bool:
-            content = await write_file(self.reader, item, out)
+            content = await write_file(self.reader, item, out, self._remaker_for(b))
             if content.matches is False:
                 log.warning("web: %s %r: %s", b.short_id, item.path, content.mismatch)
             return content.matches is not False
@@ -247,10 +252,14 @@ class Dashboard:
             def problem(path: bytes, message: str) -> None:
                 log.warning("web: %s tar: %r: %s", b.short_id, path, message)
 
-            await write_tar(self.browser, self.reader, item, out, problem, lambda k, m: None)
+            await write_tar(self.browser, self.reader, item, out, problem, lambda k, m: None, self._remaker_for(b))
             return True
 
         return Download(name + ".tar", "application/x-tar", None, write)
+
+    def _remaker_for(self, b: Backup) -> Remaker | None:
+        """What makes the derived files of backup ``b`` again (their inputs found in it)."""
+        return self.remaker.at(lookup_in(self.paths, b.cap)) if self.remaker is not None else None
 
 
 def _size(n: object) -> str:
