@@ -52,13 +52,16 @@ def bench_derive(work: Path, timed: Callable[..., tuple[float, int, str]], grid:
              "and once with the shipped examples (`config/derive-examples.yaml`: pycs and gzip), each on a "
              "fresh local grid (3 storage nodes, 2-of-3), on this 2-core machine.  Stored: the contents and "
              "index the first backup added, after compression.  Peak RSS in parentheses.", ""]
+    done: list[Path] = []
     for label, tree in trees:
-        lines += _one_tree(work, timed, grid, grid_down, label, tree)
+        lines += _one_tree(work, timed, grid, grid_down, label, tree, done)
+    for target in done:
+        shutil.rmtree(target, ignore_errors=True)
     return "\n".join(lines)
 
 
 def _one_tree(work: Path, timed: Callable[..., tuple[float, int, str]], grid: Callable[[str], tuple],
-              grid_down: Callable[[Path, Path], None], label: str, tree: Path) -> list[str]:
+              grid_down: Callable[[Path, Path], None], label: str, tree: Path, done: list[Path]) -> list[str]:
     files = [p for p in tree.rglob("*") if p.is_file() and not p.is_symlink()]
     size = sum(p.stat().st_size for p in files)
     pycs = [p for p in files if p.suffix == ".pyc"]
@@ -79,7 +82,7 @@ def _one_tree(work: Path, timed: Callable[..., tuple[float, int, str]], grid: Ca
                      derived_bytes=s.get("bytes_derived", 0), not_derived=s.get("derived_not", {}))
             w, rss, _ = timed(lb + conf + ["--json", "backup", str(tree)], env=env)
             r["rerun"] = (w, rss)
-            target = work / f"derive-restore-{'with' if conf else 'without'}-{tree.name}"
+            target = work / f"derive-restore-{'with' if conf else 'without'}-{tree.name}-{os.getpid()}"
             shutil.rmtree(target, ignore_errors=True)
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             w, rss, _ = timed(lb + conf + ["restore", "latest", "--target", str(target)], env=env)
@@ -91,7 +94,9 @@ def _one_tree(work: Path, timed: Callable[..., tuple[float, int, str]], grid: Ca
                 want, got = _tree_digest(tree), _tree_digest(target)
                 r["identical"] = want == got
                 r["differing"] = sorted(k for k in want if got.get(k) != want[k])[:5]
-            shutil.rmtree(target, ignore_errors=True)
+            # (Removed only at the end: a file system that just deleted thousands of files makes the
+            # next thousands slowly, which would be the next restore's cost, not its own.)
+            done.append(target)
         finally:
             grid_down(gdir, home)
         results[side] = r

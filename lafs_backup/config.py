@@ -104,6 +104,13 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "derive.timeout": _NUM,
     "derive.jobs": (int,),
     "derive.batch": (int,),
+    "custodian.key_file": (str, _NULL),
+    "custodian.state_dir": (str, _NULL),
+    "custodian.keep_within": (int, float, _NULL),
+    "custodian.grace": _NUM,
+    "custodian.poll": _NUM,
+    "custodian.quiet_alert": (int, float, _NULL),
+    "custodian.renew_every": _NUM,
 }
 
 
@@ -111,7 +118,8 @@ SCHEMA: dict[str, tuple[type, ...]] = {
 
 #: Keys naming a local file or directory.
 _PATH_KEYS = ("source.path", "source.queue.path", "source.entry_cache.path", "metrics.textfile",
-              "destination.result.append_to_file", "grid.dir", "manhole.authorized_keys", "repository.key_file")
+              "destination.result.append_to_file", "grid.dir", "manhole.authorized_keys", "repository.key_file",
+              "custodian.key_file", "custodian.state_dir")
 
 
 def _type_names(types: tuple[type, ...]) -> str:
@@ -565,6 +573,22 @@ class DeriveConfig:
 
 
 @dataclass(frozen=True)
+class CustodianConfig:
+    """``custodian``: its key file and state directory (None: the defaults, see ``commands/custodian.py``),
+    and its rules, in seconds: keep every backup first seen within ``keep_within`` (None: forever), a
+    forget request takes effect ``grace`` after it arrived, the inbox is read every ``poll``, no new
+    manifest for ``quiet_alert`` is a warning (None: never), a full renewal pass every ``renew_every``."""
+
+    key_file: str | None = None
+    state_dir: str | None = None
+    keep_within: float | None = 90 * 86400.0
+    grace: float = 30 * 86400.0
+    poll: float = 600.0
+    quiet_alert: float | None = 3 * 86400.0
+    renew_every: float = 7 * 86400.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, checked: every value the commands use, typed."""
 
@@ -582,6 +606,7 @@ class Config:
     tree: Mapping[str, Any]
     monitor: MonitorConfig = MonitorConfig()
     derive: DeriveConfig = DeriveConfig()
+    custodian: CustodianConfig = CustodianConfig()
 
 
 def _select(tree: Mapping[str, Any]) -> SelectConfig:
@@ -677,7 +702,24 @@ def from_tree(tree: Mapping[str, Any]) -> Config:
         monitor=MonitorConfig(g("metrics.enabled"), expand(g("metrics.textfile")), g("notify.url"),
                               tuple(g("notify.commands")), float(g("notify.timeout"))),
         derive=_derive(tree),
+        custodian=_custodian(tree),
     )
+
+
+def _custodian(tree: Mapping[str, Any]) -> CustodianConfig:
+    """``custodian``, checked: durations in days (``poll`` in seconds), each more than 0."""
+    def days(key: str, optional: bool = False) -> float | None:
+        value = get(tree, "custodian." + key)
+        if value is None and optional:
+            return None
+        if value is None or not (0 < value < float("inf")):
+            raise ConfigError(source="configuration", key="custodian." + key,
+                              problem=f"expected a positive number{' or null' if optional else ''}, got {value!r}")
+        return float(value) * (1.0 if key == "poll" else 86400.0)
+
+    return CustodianConfig(expand(get(tree, "custodian.key_file")), expand(get(tree, "custodian.state_dir")),
+                           days("keep_within", True), days("grace") or 0.0, days("poll") or 0.0,
+                           days("quiet_alert", True), days("renew_every") or 0.0)
 
 
 def _derive(tree: Mapping[str, Any]) -> DeriveConfig:

@@ -160,6 +160,8 @@ class RunStats(Protocol):
     index_chunks_new: int
     subtrees_kept: int
     entries_kept: int
+    derived: int
+    bytes_derived: int
 
 
 class ReporterLike(Protocol):

@@ -31,7 +31,7 @@ PURE = {"store/plan.py", "filters.py", "encoding.py", "names.py", "retry.py", "c
         "store/entry.py", "upkeep/retention.py", "history.py", "config.py", "errors.py", "backup/changes.py",
         "store/index.py", "grid/health.py", "grid/download.py", "read/tally.py", "engine/prune.py",
         "read/standing.py", "engine/metrics.py", "custodian/secrets.py", "custodian/targets.py",
-        "derive/rules.py", "derive/recipe.py"}
+        "derive/rules.py", "derive/recipe.py", "custodian/manifest.py", "custodian/policy.py"}
 IO_MODULES = {"treq", "sqlite3", "twisted", "cffi", "subprocess", "socket", "threading", "xattr", "urllib"}
 #: The ground floor's small pure helpers, the project's one semaphore, and the protocols of the resources
 #: the stages are handed (the gateway, the reporter): every layer may import them.
@@ -59,7 +59,8 @@ LAYERS: dict[str, set[str]] = {
     "history": GROUND,
     "report": GROUND,
     "grid": {"grid", "system/paths"} | GROUND,
-    "custodian": {"custodian", "grid/ratelimit"} | GROUND,
+    # (the custodian's state file is replaced whole, as the metrics file is: system/paths)
+    "custodian": {"custodian", "grid/ratelimit", "system/paths"} | GROUND,
     "store": {"store", "system"} | GROUND,
     "db": {"db", "history", "store"} | GROUND,
     "repository": {"__version__"} | GROUND,
@@ -68,13 +69,14 @@ LAYERS: dict[str, set[str]] = {
     "read": {"read", "store", "grid", "system", "report", "history", "db", "config", "derive"} | GROUND,
     "backup": {"backup", "read", "store", "db", "system", "derive"} | GROUND,
     "manhole": {"config"} | GROUND,
+    # (the host publishes lease manifests into a custodian's inbox: engine/inbox.py)
     "engine": {"engine", "backup", "read", "store", "db", "history", "repository", "report", "config", "system",
-               "grid", "upkeep", "derive"} | GROUND,
+               "grid", "upkeep", "derive", "custodian"} | GROUND,
     "web": {"web", "read", "store", "history", "report"} | GROUND,
     "resources": {"resources", "engine/runtime", "db", "config", "grid", "history", "repository", "report",
                   "system"} | GROUND,
     "commands": {"commands", "resources", "web", "engine", "backup", "read", "store", "db", "history", "repository",
-                 "report", "config", "system", "grid", "upkeep", "derive"} | GROUND,
+                 "report", "config", "system", "grid", "upkeep", "derive", "custodian"} | GROUND,
     "arguments": {"commands", "__version__"} | GROUND,
     "cli": {"arguments", "commands", "resources", "engine", "manhole", "report", "config", "system"} | GROUND,
     "__main__": {"cli"},

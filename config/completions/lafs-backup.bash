@@ -5,12 +5,12 @@
 #    source ~/.local/share/bash_completion/lafs-backup
 # See also: https://github.com/scop/bash-completion/blob/main/doc/configuration.md
 
-_shtab_lafs_backup_subparsers=(backup watch copy restore list stats ls find dump mount web tag rewrite cleanup diff verify status check init key grid dump-config)
+_shtab_lafs_backup_subparsers=(backup watch copy restore list stats ls find dump mount web tag rewrite cleanup diff verify status check init key custodian grid dump-config)
 
 _shtab_lafs_backup_backup_option_strings=(-h --help --queue-only --reuse-queue -j --jobs --mode --rebuild-cache --host --tag --skip-if-unchanged --dry-run --stdin --stdin-from-command --stdin-filename --exclude --iexclude --exclude-file -x --one-file-system --exclude-caches --exclude-if-present --exclude-larger-than --files-from --files-from-verbatim --files-from-raw --git-ignore)
 _shtab_lafs_backup_watch_option_strings=(-h --help --settle --rescan-interval --min-interval -j --jobs --host --tag --exclude --iexclude --exclude-file -x --one-file-system --exclude-caches --exclude-if-present --exclude-larger-than --files-from --files-from-verbatim --files-from-raw --git-ignore)
 _shtab_lafs_backup_copy_option_strings=(-h --help --to-url -j --jobs --to-repo --source --host --tag)
-_shtab_lafs_backup_restore_option_strings=(-h --help -t --target --no-owner --numeric-owner --overwrite --delete -n --dry-run --include --iinclude --include-file --exclude --iexclude --exclude-file --source --host --tag)
+_shtab_lafs_backup_restore_option_strings=(-h --help -t --target --no-owner --numeric-owner --overwrite --delete -n --dry-run --skip-derived --include --iinclude --include-file --exclude --iexclude --exclude-file --source --host --tag)
 _shtab_lafs_backup_list_option_strings=(-h --help --source --host --tag)
 _shtab_lafs_backup_stats_option_strings=(-h --help --source --host --tag)
 _shtab_lafs_backup_ls_option_strings=(-h --help -l --long --human-readable -R --recursive --source --host --tag)
@@ -22,11 +22,12 @@ _shtab_lafs_backup_tag_option_strings=(-h --help --add --remove --set --source -
 _shtab_lafs_backup_rewrite_option_strings=(-h --help --exclude --iexclude --exclude-file --forget -n --dry-run --source --host --tag)
 _shtab_lafs_backup_cleanup_option_strings=(-h --help -g --generation --up-to --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --keep-within --keep-tag --dry-run -e --enumerate-shares -n --enumerate-only --group-by --source --host --tag)
 _shtab_lafs_backup_diff_option_strings=(-h --help --live --source --host --tag)
-_shtab_lafs_backup_verify_option_strings=(-h --help --sample --source --host --tag)
+_shtab_lafs_backup_verify_option_strings=(-h --help --sample --remake --source --host --tag)
 _shtab_lafs_backup_status_option_strings=(-h --help)
 _shtab_lafs_backup_check_option_strings=(-h --help -a --least-recently-checked -r --repair -n --no-lease -f --format --healthy-format -e --error-output --source --host --tag)
 _shtab_lafs_backup_init_option_strings=(-h --help)
 _shtab_lafs_backup_key_option_strings=(-h --help)
+_shtab_lafs_backup_custodian_option_strings=(-h --help --key --introducer)
 _shtab_lafs_backup_grid_option_strings=(-h --help --storage --listen --dir --nodes --needed --happy)
 _shtab_lafs_backup_dump_config_option_strings=(-h --help)
 _shtab_lafs_backup_option_strings=(-h --help --version -c --config -o --set --url -v --verbose -q --quiet --debug --noise --json --repo --wait-lock)
@@ -35,8 +36,9 @@ _shtab_lafs_backup_option_strings=(-h --help --version -c --config -o --set --ur
 
 _shtab_lafs_backup_backup___mode_choices=(stat checksum verify force)
 _shtab_lafs_backup_restore___overwrite_choices=(always if-changed if-newer never)
+_shtab_lafs_backup_custodian_pos_0_choices=(init run pass check)
 _shtab_lafs_backup_grid_pos_0_choices=(up down status furl join)
-_shtab_lafs_backup_pos_0_choices=(backup watch copy restore list stats ls find dump mount web tag rewrite cleanup diff verify status check init key grid dump-config)
+_shtab_lafs_backup_pos_0_choices=(backup watch copy restore list stats ls find dump mount web tag rewrite cleanup diff verify status check init key custodian grid dump-config)
 
 _shtab_lafs_backup_backup_pos_0_nargs='*'
 _shtab_lafs_backup_backup__h_nargs=0
@@ -69,6 +71,7 @@ _shtab_lafs_backup_restore___numeric_owner_nargs=0
 _shtab_lafs_backup_restore___delete_nargs=0
 _shtab_lafs_backup_restore__n_nargs=0
 _shtab_lafs_backup_restore___dry_run_nargs=0
+_shtab_lafs_backup_restore___skip_derived_nargs=0
 _shtab_lafs_backup_list__h_nargs=0
 _shtab_lafs_backup_list___help_nargs=0
 _shtab_lafs_backup_stats_pos_0_nargs='*'
@@ -115,6 +118,7 @@ _shtab_lafs_backup_diff___help_nargs=0
 _shtab_lafs_backup_diff___live_nargs=0
 _shtab_lafs_backup_verify__h_nargs=0
 _shtab_lafs_backup_verify___help_nargs=0
+_shtab_lafs_backup_verify___remake_nargs=0
 _shtab_lafs_backup_status__h_nargs=0
 _shtab_lafs_backup_status___help_nargs=0
 _shtab_lafs_backup_check_pos_0_nargs='*'
@@ -132,6 +136,8 @@ _shtab_lafs_backup_init__h_nargs=0
 _shtab_lafs_backup_init___help_nargs=0
 _shtab_lafs_backup_key__h_nargs=0
 _shtab_lafs_backup_key___help_nargs=0
+_shtab_lafs_backup_custodian__h_nargs=0
+_shtab_lafs_backup_custodian___help_nargs=0
 _shtab_lafs_backup_grid__h_nargs=0
 _shtab_lafs_backup_grid___help_nargs=0
 _shtab_lafs_backup_grid___storage_nargs=0

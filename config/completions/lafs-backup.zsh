@@ -14,6 +14,7 @@ _shtab_lafs_backup_commands() {
     check:'Deep-check backups: renew leases, optionally repair; exit 6 if anything is unhealthy.'
     cleanup:'Forget backups: named ones, or those a retention policy does not keep.'
     copy:'Copy backups to a second grid (every one it lacks, newest first), recorded in that grid'"'"'s repository.'
+    custodian:'Keep every backup'"'"'s leases alive from another machine, without the host and without any cap that reads a backup: init (on the host), run, pass, check.'
     diff:'What changed between two snapshots, or a snapshot and the live source (exit 1 if any).'
     dump:'Write a file'"'"'s bytes, or a directory as a tar stream, to stdout.'
     dump-config:'Print the merged configuration.'
@@ -141,6 +142,16 @@ _shtab_lafs_backup_copy_options=(
 # guard to ensure default positional specs are added only once per session
 _shtab_lafs_backup_copy_defaults_added=0
 
+_shtab_lafs_backup_custodian_options=(
+  "(- : *)"{-h,--help}"[show this help message and exit]"
+  "--key[the custodian\'s key file (custodian.key_file)\; for init\: where to write it (a new file)]:FILE:"
+  "--introducer[for init\: the grid\'s introducer fURL, when the recovery key does not hold it (repository.introducer_furl)]:FURL:"
+  ":init\: make the inbox and the custodian\'s key (on the host)\; run\: the service\; pass\: one full renewal pass now\; check\: how things stand (exit 0 ok, 1 warning, 2 critical):(init run pass check)"
+)
+
+# guard to ensure default positional specs are added only once per session
+_shtab_lafs_backup_custodian_defaults_added=0
+
 _shtab_lafs_backup_diff_options=(
   "(- : *)"{-h,--help}"[show this help message and exit]"
   "--live[compare with the source directory as it is now]"
@@ -261,6 +272,7 @@ _shtab_lafs_backup_restore_options=(
   "--overwrite[what to do with a file already in DIR\: \'always\' replace it (default)\; \'if-changed\' only if its size or SHA-256 differs from the snapshot\'s (else only its attributes are restored)\; \'if-newer\' only if the snapshot\'s mtime is newer\; \'never\' leave it]:overwrite:(always if-changed if-newer never)"
   "--delete[remove what DIR (below the PATHs restored, if given) holds that the snapshot does not]"
   {-n,--dry-run}"[change nothing\: list each file that would be written, overwritten, skipped or deleted]"
+  "--skip-derived[leave out derived files (stored as the recipe that makes them\: see derive in the configuration) rather than make them again\; they are counted in the summary]"
   "*--include[restore only what GLOB matches (a directory with all it holds), and the directories on the way to it\: with a \'\/\' it is anchored at the snapshot\'s root (\'\/etc\/\', \'docs\/\*.pdf\'), without it matches a name at any depth (\'\*.conf\') (repeatable)]:GLOB:"
   "*--iinclude[the same, ignoring case (repeatable)]:GLOB:"
   "*--include-file[restore only what the globs in FILE match, one a line (\'\#\' comments) (repeatable)]:FILE:"
@@ -328,6 +340,7 @@ _shtab_lafs_backup_tag_defaults_added=0
 _shtab_lafs_backup_verify_options=(
   "(- : *)"{-h,--help}"[show this help message and exit]"
   "--sample[read back only this percentage of the files, chosen at random (default 100)]:PERCENT:"
+  "--remake[also make derived files again (those in the sample), running their recipes as restore does, and compare their hashes\; without it a derived file\'s recipe is checked (its inputs are in the snapshot with the recorded hashes), nothing is run]"
   "--source[only backups of this source directory (default for \'latest\'\: source.path)]:PATH:"
   "--host[only backups made on this host]:NAME:"
   "*--tag[only backups with this tag (repeatable\: all of them)]:TAG:"
@@ -395,6 +408,7 @@ _shtab_lafs_backup() {
         check) _arguments -C -s $_shtab_lafs_backup_check_options ;;
         cleanup) _arguments -C -s $_shtab_lafs_backup_cleanup_options ;;
         copy) _arguments -C -s $_shtab_lafs_backup_copy_options ;;
+        custodian) _arguments -C -s $_shtab_lafs_backup_custodian_options ;;
         diff) _arguments -C -s $_shtab_lafs_backup_diff_options ;;
         dump) _arguments -C -s $_shtab_lafs_backup_dump_options ;;
         dump-config) _arguments -C -s $_shtab_lafs_backup_dump_config_options ;;

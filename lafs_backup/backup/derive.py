@@ -164,7 +164,7 @@ class Prover:
                 c = _Candidate(parse_entry(line), *found)
                 if c.job(0) is not None:
                     cands[path] = c
-        needed = set()
+        needed: set[bytes] = set()
         for c in cands.values():
             job = c.job(0)
             assert job is not None
@@ -225,7 +225,7 @@ class Prover:
         if job is None or raw.get("program") != program.path or len(shas) != len(job.inputs) or \
                 len(outs) != len(job.outputs):
             return False
-        self._add(self._recipe(job, program, shas, c), outs)  # type: ignore[arg-type]
+        self._add(self._recipe(job, program, shas, c), outs)
         return True
 
     def _recipe(self, job: Job, program: Program, shas: list[str], c: _Candidate) -> Recipe:
@@ -291,8 +291,8 @@ class Prover:
     def _run(self, items: list[tuple[_Candidate, Program, bytes]], variant: int
              ) -> list[tuple[Recipe, list[tuple[str, int]]] | str]:
         """(In a thread.) Run the program once for ``items`` and compare what it made with the files."""
-        jobs = [c.job(variant) for c, _, _ in items]
-        assert all(j is not None for j in jobs)
+        jobs = [j for c, _, _ in items if (j := c.job(variant)) is not None]
+        assert len(jobs) == len(items)  # (grouped by a variant each item has)
         program = items[0][1]
         staged: dict[str, Staged] = {}
         fds: list[int] = []
@@ -337,7 +337,7 @@ class Prover:
         shas = [ran.inputs.get(p) for p in job.inputs]
         if None in shas:
             return "an input was not staged"
-        return self._recipe(job, program, shas, c), outs  # type: ignore[arg-type]
+        return self._recipe(job, program, shas, c), outs
 
     def _not(self, path: bytes, reason: str) -> None:
         log.info("%r is stored as bytes: %s", path, reason)

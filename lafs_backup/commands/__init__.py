@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'check': ('check', 'deep-check backups: renew leases, optionally repair; exit 6 if anything is unhealthy'),
     'init': ('init', 'make a repository on the grid (the first backup does it too)'),
     'key': ('key', "print the repository's recovery key (a secret: keep a copy off this machine)"),
+    'custodian': ('custodian', "keep every backup's leases alive from another machine, without the host and without "
+                               'any cap that reads a backup: init (on the host), run, pass, check'),
     'grid': ('grid', 'manage the embedded local Tahoe-LAFS grid, or join one'),
     'dump-config': ('dump_config', 'print the merged configuration'),
 }

@@ -153,13 +153,14 @@ def matches_rule(recipe: Recipe, rules: Rules) -> str | None:
     rule = rules.by_name(recipe.rule)
     if rule is None:
         return f"this machine's configuration has no derive rule named {recipe.rule!r}"
-    jobs = rule.jobs(recipe.outputs[0], recipe.root)
-    if jobs is None:
+    values = rule.values(recipe.outputs[0], recipe.root)
+    if values is None:
         return f"rule {recipe.rule!r} of this machine's configuration does not match {recipe.outputs[0]}"
     want = recipe.job
-    for job, variant in zip(jobs, rule.variants):
+    for i, variant in enumerate(rule.variants):
         if dict(variant) == dict(recipe.variant):
-            if (job.program, job.args, job.each, job.inputs, job.outputs, job.made_at) == (
+            job = rule.render(values, i)
+            if job is not None and (job.program, job.args, job.each, job.inputs, job.outputs, job.made_at) == (
                     want.program, want.args, want.each, want.inputs, want.outputs, want.made_at):
                 return None
             break

@@ -42,6 +42,7 @@ from ..system.lock import source_scope
 from ..system.places import state_dir
 from ..system.programs import Programs, Runner
 from . import hooks
+from .inbox import publish_manifest
 from .publish import publish, rebuild_cache, record_backup, unhappy
 from .runtime import Runtime
 
@@ -472,6 +473,7 @@ async def _phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target,
             if trees_at is not None:
                 _save_trees(trees_at, snap, gen, store, uploader, incremental, _derive_fp(conf))
             await publish(rep, repo, db.history, source.label)
+            await publish_manifest(rep, gw, repo.key.writecap, b)  # (when a custodian's inbox is configured)
             target.forget_backups()
         if incremental is None or incremental.settled is not None:  # (not each round of watch)
             # Of the backups this machine made (as the metrics file says them): listing every

@@ -95,11 +95,16 @@ def by_name(everything: list[Backup], chosen: list[Backup], generations: Sequenc
 async def forget(forgotten: list[Backup], cache: LocalHistory, repo: Repository | None,
                  gw: GatewayLike | None, host: str | None = None) -> int:
     """Forget ``forgotten``: their repository records (``repo``: None, none) and the tag changes
-    ``host`` (this machine; None: none) made of them, result links (through ``gw``; None: none of
+    ``host`` (this machine; None: none) made of them (and ask the repository's custodian, if it has
+    one, to forget them too: ``engine.inbox``), result links (through ``gw``; None: none of
     them has one) and lines, and the cache rows no kept backup uses; returns the rows deleted."""
     from ..repository import Record
 
     if repo is not None:
+        from .inbox import request_forgets
+
+        # The custodian is asked first: a rerun after a failure here finds the records still there.
+        await request_forgets(repo.gw, repo.key.writecap, forgotten)
         await repo.forget([Record(b.cap, b.host or "", b.source, b.ts, b.generation, b.tags, b.summary,
                                   writer=b.writer, name=b.record) for b in forgotten if b.writer and b.record],
                           host)

@@ -298,6 +298,7 @@ async def rewrite_backups(rep: Reporter, gw: GatewayLike, repo: Repository | Non
     from ..history import as_json
     from ..report import plural, size_text
     from .forget import forget as forgetting
+    from .inbox import publish_manifest
 
     if not dry_run and repo is None:
         raise UsageError("there is no repository on this grid yet (no backup was made): nothing to rewrite")
@@ -337,6 +338,7 @@ async def rewrite_backups(rep: Reporter, gw: GatewayLike, repo: Repository | Non
             else:
                 new = await record(repo, cache, b, made, host)
                 recorded.add(made.cap)
+                await publish_manifest(rep, gw, repo.key.writecap, new)  # (when a custodian's inbox is configured)
                 _said(rep, what, b, new, made)
             totals["rewritten"] += 1
             totals["directories_made"] += made.dirs_made

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -53,14 +54,27 @@ DEPTH = 8
 _CHUNK = 1 << 20
 
 
-def lookup_in(paths: Paths, cap: str) -> Lookup:
+def lookup_in(paths: Paths, cap: str, keep: int = 256) -> Lookup:
     """The lookup of snapshot ``cap``'s files, through ``paths`` (the few index chunks on the way
-    to each, where its tree lives in its index alone)."""
+    to each, where its tree lives in its index alone).  The entries of the last ``keep`` directories
+    looked in are kept: the inputs of a directory's derived files are mostly in one or two."""
+    dirs: OrderedDict[str, dict[bytes, Node]] = OrderedDict()
+
     async def lookup(path: str) -> Node | None:
-        try:
-            return (await paths.lookup(cap, path.encode("utf-8"))).node
-        except SnapshotError:
-            return None
+        parent, _, name = path.rpartition("/")
+        kids = dirs.get(parent)
+        if kids is None:
+            try:
+                item = await paths.lookup(cap, parent.encode("utf-8"))
+                kids = {c.node.name: c.node for c in await paths.browser.children(item)}
+            except SnapshotError:
+                return None
+            dirs[parent] = kids
+            if len(dirs) > keep:
+                dirs.popitem(last=False)
+        else:
+            dirs.move_to_end(parent)
+        return kids.get(name.encode("utf-8"))
     return lookup
 
 

@@ -337,8 +337,7 @@ class Store:
         return found
 
     async def pointer(self) -> str:
-        """Where an edge with no content of its own (a derived file's) points: an empty LIT cap in a tree
-        in the index, else the marker directory (``tahoe cp`` makes no wrong file of it)."""
+        """Where a derived file's edge points: an empty LIT cap (tree in the index), else the marker."""
         return lit_cap(b"") if self.settings.tree_in_index else await self._marker.get()
 
     def _cached_dir(self, body: bytes) -> str | None:

@@ -5,8 +5,8 @@ byte for byte; a restore runs the program again and checks the hash.  What a pro
 "this program, given exactly these files and this setting, made these bytes".  The setting is part of
 the proof, and is the same at backup and at restore:
 
-* The working directory is a fresh, empty directory (mode 0700, named ``lafs-backup-derive-…``) that
-  holds only the inputs, at their paths, with the mode and modification time the recipe records.
+* The working directory is a fresh, empty directory (mode 0700, named ``lafs-backup-derive-…``, in
+  ``/dev/shm`` for a run of at most 64 MiB of inputs, else in ``TMPDIR``) that holds only the inputs, at their paths, with the mode and modification time the recipe records.
   Nothing else is in it: what the program prints is captured in a separate private directory.
 * The environment is exactly::
 
@@ -232,7 +232,7 @@ class Runner:
         for path in [s.path for s in inputs] + list(outputs):
             check_path(path)
         isolation = self.isolation or machine_isolation()
-        root = self.scratch_root or tempfile.gettempdir()
+        root = self.scratch_root or _scratch_root(inputs)
         made: list[str] = []
         try:
             made.append(scratch := tempfile.mkdtemp(prefix=PREFIX, dir=root))
@@ -279,6 +279,29 @@ class Runner:
             tail = _tail(err_path)
             return f"exit status {status}: {tail}" if tail else f"exit status {status}"
         return None
+
+
+#: Runs whose inputs hold at most this many bytes get their scratch directory in memory (:data:`SHM`).
+IN_MEMORY = 64 << 20
+SHM = "/dev/shm"
+
+
+def _scratch_root(inputs: Sequence[Staged]) -> str:
+    """Where a run's scratch directory goes: a small run's in memory, when this machine has a
+    writable ``/dev/shm`` (a disk file system that creates and deletes thousands of small files a
+    second spends its time finding free inodes); any other in ``TMPDIR``."""
+    size = 0
+    for s in inputs:
+        if s.data is not None:
+            size += len(s.data)
+        else:
+            try:
+                size += os.stat(s.source).st_size
+            except OSError:
+                return tempfile.gettempdir()  # (staging says what is wrong)
+    if size <= IN_MEMORY and os.path.isdir(SHM) and os.access(SHM, os.W_OK | os.X_OK):
+        return SHM
+    return tempfile.gettempdir()
 
 
 def check_path(path: str) -> None:

@@ -510,7 +510,15 @@ def test_the_quick_start_runs_as_written(grid, tmp_path):
         assert "  contents: 0 stored, " in again.stderr, again.stderr
         listed = json_lines(run.machines["new machine"].bash("lafs-backup --json list").stdout)
         # (what cleanup kept, and more since; and the database dumps, streams of their own source)
-        assert {b["source"] for b in listed} == {str(me / "docs"), "stdin://mydb.sql"}, listed
+        assert {b["source"] for b in listed} == {str(me / "docs"), str(me / "code"), "stdin://mydb.sql"}, listed
+        # The pyc of the derived files' example is stored as its recipe, and `ls -l` says how it is made.
+        derived = next(got for text, got in run.outputs.items() if "derive-examples.yaml backup" in text)
+        assert "  derived: 1 file stored as recipes" in derived.stderr, derived.stderr
+        shown = next(got for text, got in run.outputs.items() if "derive-examples.yaml ls -l" in text)
+        assert re.search(r"hello\.cpython-3\d+\.pyc  \[derived: pyc, python3\.\d+ from hello/hello\.py\]", shown.stdout)
+        # The custodian's pass renewed what the host had backed up.
+        renewed = next(got for text, got in run.outputs.items() if text.startswith("lafs-backup custodian pass"))
+        assert re.search(r"renewed ([1-9]\d*) of \1 objects", renewed.stderr), renewed.stderr
         for snippet in qs.yaml:  # each configuration snippet is one lafs-backup reads
             f = tmp_path / "snippet.yaml"
             f.write_text(run.adapt(snippet))

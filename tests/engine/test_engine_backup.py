@@ -20,6 +20,7 @@ from lafs_backup.engine.backup import BackupRun, Job, SelectArgs, local_source, 
 from lafs_backup.engine.runtime import Runtime
 from lafs_backup.errors import GridError
 from lafs_backup.report import Reporter
+from lafs_backup.repository import RepoKey
 from lafs_backup.system.lock import source_scope
 
 
@@ -27,6 +28,7 @@ class RecordingRepository:
     def __init__(self, events: list[Any]) -> None:
         self.events = events
         self.records: list[Any] = []
+        self.key = RepoKey("URI:DIR2:no-inbox")  # (a repository with no custodian's inbox)
 
     async def add(self, rec: Any) -> Any:
         import dataclasses

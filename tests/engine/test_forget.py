@@ -9,6 +9,7 @@ import pytest_twisted
 from lafs_backup.engine.forget import by_name, by_policy, forget, only_theirs
 from lafs_backup.errors import SnapshotError, UsageError
 from lafs_backup.history import Backup
+from lafs_backup.repository import RepoKey
 from lafs_backup.upkeep.retention import Policy
 
 DAY = 86400.0
@@ -53,6 +54,9 @@ def test_names_and_up_to():
 class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple] = []
+        # (a repository with no custodian's inbox: nothing is asked of one)
+        self.key = RepoKey("URI:DIR2:no-inbox")
+        self.gw = self
 
     async def forget(self, records, host=None):
         self.events.append(("repository.forget", sorted(r.generation for r in records)))

@@ -1,0 +1,96 @@
+"""The custodian's key file: what the custodian machine needs and nothing more (the inbox's read cap, its
+own directory's write cap, the grid's introducer fURL and its lease secret), in a file of mode 0600 made
+once on the host and moved to the custodian's machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+
+from ..errors import UsageError
+from .secrets import SECRET_BYTES, LeaseSecret, decode_secret, encode_secret
+
+#: The file's first line: what it is.
+HEADER = "lafs-backup custodian key v1"
+
+
+class CustodianKeyError(UsageError):
+    """The custodian key file {path} cannot be used: {problem}"""
+
+
+@dataclass(frozen=True)
+class CustodianKey:
+    """The custodian's capabilities: the inbox's read cap (it cannot write there), its own directory's
+    write cap (the host keeps no cap of it), how to reach the grid, and its lease secret (base32).  No
+    field ever appears in a repr."""
+
+    inbox: str = field(repr=False)
+    own: str = field(repr=False)
+    furl: str | None = field(default=None, repr=False)
+    secret: str = field(default="", repr=False)
+
+    def lease_secret(self, path: str) -> LeaseSecret:
+        return LeaseSecret(decode_secret(self.secret, path))
+
+    def text(self) -> str:
+        body = {"inbox": self.inbox, "own": self.own, "furl": self.furl, "lease_secret": self.secret.strip()}
+        return HEADER + "\n" + json.dumps(body, indent=1, sort_keys=True) + "\n"
+
+
+def new_secret() -> str:
+    """A new lease secret, as the key file holds it."""
+    return encode_secret(os.urandom(SECRET_BYTES)).strip()
+
+
+def write_key(path: str, key: CustodianKey) -> None:
+    """Write ``key`` to a new file ``path`` (mode 0600 whatever the umask; never replacing one)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise CustodianKeyError(path=path, problem="the file exists already; it is never replaced") from None
+    except OSError as e:
+        raise CustodianKeyError(path=path, problem=e.strerror or str(e)) from None
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, key.text().encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_key(path: str) -> CustodianKey:
+    """The key in ``path``.  Raises :class:`CustodianKeyError` when it cannot be read, is not a custodian
+    key, or others may read it (then ``chmod 600`` it); the message never shows its content."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise CustodianKeyError(path=path, problem=e.strerror or str(e)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CustodianKeyError(path=path, problem="it is not a regular file")
+        if st.st_mode & 0o077:
+            raise CustodianKeyError(path=path, problem=(f"its mode is {stat.S_IMODE(st.st_mode):o}: others may "
+                                                        "read it; run chmod 600 on it"))
+        data = os.read(fd, 65536)
+    finally:
+        os.close(fd)
+    try:
+        head, _, rest = data.decode("ascii").partition("\n")
+        body = json.loads(rest)
+        if head.strip() != HEADER or not isinstance(body, dict):
+            raise ValueError
+        inbox, own, furl, secret = body["inbox"], body["own"], body.get("furl"), body["lease_secret"]
+        if not (isinstance(inbox, str) and inbox.startswith(("URI:DIR2-RO:", "URI:DIR2-MDMF-RO:"))
+                and isinstance(own, str) and own.startswith(("URI:DIR2:", "URI:DIR2-MDMF:"))
+                and isinstance(secret, str) and (furl is None or (isinstance(furl, str) and furl.startswith("pb://")))):
+            raise ValueError
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise CustodianKeyError(path=path, problem="it is not a lafs-backup custodian key (copy it again, whole, "
+                                                   "from the host that made it)") from None
+    key = CustodianKey(inbox, own, furl, secret)
+    key.lease_secret(path)  # (raises LeaseSecretError, naming the file, for a damaged secret)
+    return key

@@ -1,0 +1,160 @@
+"""The custodian's local state: every backup it observed (by its own clock), the forget requests, its last
+renewal pass, and its local copies of the manifests; one JSON file, replaced whole at each change.
+
+It holds no cap that reads a backup's data: the manifests' read caps (a manifest lists verify caps),
+and the verify caps inside the manifest copies.  The inbox's and its own directory's caps stay in the key
+file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import LafsBackupError
+from ..system.paths import replacing
+from .manifest import Manifest
+
+#: The state file's format.
+FORMAT = 1
+STATE = "state.json"
+STATUS = "status.json"
+MANIFESTS = "manifests"
+
+
+class StateError(LafsBackupError):
+    """The custodian's state {path} cannot be used: {problem}"""
+
+
+@dataclass
+class Seen:
+    """One backup the custodian observed: where (its writer's folder, its record's name), its manifest
+    (a read cap of that file), its size, and the times by the custodian's own clock that it was first
+    seen, found gone from the inbox, and forgotten (a forget request honoured); ``refused``: why its
+    manifest was not accepted (then nothing of it is kept)."""
+
+    folder: str
+    record: str
+    manifest: str
+    size: int
+    seen: float
+    vanished: float | None = None
+    forgotten: float | None = None
+    refused: str | None = None
+    #: Linked into the custodian's own directory.
+    copied: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.folder}/{self.record}"
+
+
+@dataclass
+class Forget:
+    """A forget request: the backup it names, when it arrived, and when it took effect (None: pending)."""
+
+    folder: str
+    record: str
+    seen: float
+    honoured: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.folder}/{self.record}"
+
+
+@dataclass
+class Pass:
+    """A renewal pass: when it started and ended, objects renewed, and the storage indexes of the objects
+    found with fewer shares than they were made with (``short``) or with fewer than rebuild them
+    (``lost``), and answers missing (a server down or silent)."""
+
+    started: float
+    finished: float
+    backups: int
+    objects: int
+    renewed: int
+    requests: int
+    short: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    unanswered: int = 0
+
+
+@dataclass
+class State:
+    backups: dict[str, Seen] = field(default_factory=dict)
+    forgets: dict[str, Forget] = field(default_factory=dict)
+    #: When a new manifest last arrived (None: never), and when this custodian first ran.
+    last_new: float | None = None
+    started: float | None = None
+    last_pass: Pass | None = None
+    #: The first pass that failed since the last complete one (None: none failed).
+    failing_since: float | None = None
+
+    def json(self) -> dict[str, Any]:
+        return {"lafs_backup_custodian": FORMAT, "backups": [dataclasses.asdict(b) for b in self.backups.values()],
+                "forgets": [dataclasses.asdict(f) for f in self.forgets.values()], "last_new": self.last_new,
+                "started": self.started, "failing_since": self.failing_since,
+                "last_pass": dataclasses.asdict(self.last_pass) if self.last_pass else None}
+
+    @classmethod
+    def from_json(cls, body: Any) -> "State":
+        if not isinstance(body, dict) or body.get("lafs_backup_custodian") != FORMAT:
+            raise ValueError("not a custodian state")
+        backups = [Seen(**b) for b in body.get("backups", [])]
+        forgets = [Forget(**f) for f in body.get("forgets", [])]
+        lp = body.get("last_pass")
+        return cls({b.key: b for b in backups}, {f.key: f for f in forgets}, body.get("last_new"),
+                   body.get("started"), Pass(**lp) if lp else None, body.get("failing_since"))
+
+
+class StateDir:
+    """The custodian's state directory (made 0700): the state file, the status file, and the local copies
+    of the manifests (named by a digest of their caps)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        os.makedirs(os.path.join(path, MANIFESTS), mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+
+    def load(self) -> State:
+        """The state (a new one when there is none yet)."""
+        path = os.path.join(self.path, STATE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return State.from_json(json.load(f))
+        except FileNotFoundError:
+            return State()
+        except (OSError, ValueError, TypeError) as e:
+            raise StateError(path=path, problem=getattr(e, "strerror", None) or str(e)) from None
+
+    def save(self, state: State) -> None:
+        with replacing(os.path.join(self.path, STATE)) as f:
+            json.dump(state.json(), f, indent=1, sort_keys=True)
+
+    def write_status(self, body: dict[str, Any]) -> str:
+        """Replace the status file with ``body``; returns its path."""
+        path = os.path.join(self.path, STATUS)
+        with replacing(path) as f:
+            json.dump(body, f, indent=1, sort_keys=True)
+        return path
+
+    def _manifest_path(self, cap: str) -> str:
+        return os.path.join(self.path, MANIFESTS, hashlib.sha256(cap.encode("ascii")).hexdigest()[:32] + ".json")
+
+    def manifest(self, cap: str) -> Manifest | None:
+        """The local copy of the manifest ``cap`` (None: none)."""
+        try:
+            with open(self._manifest_path(cap), "rb") as f:
+                return Manifest.decode(f.read())
+        except FileNotFoundError:
+            return None
+
+    def keep_manifest(self, cap: str, m: Manifest) -> None:
+        """Keep a local copy of a manifest (accepted: verify caps only)."""
+        with replacing(self._manifest_path(cap)) as f:
+            f.write(m.encode().decode("ascii"))

@@ -1,0 +1,199 @@
+"""The host's side of the custodian: ``custodian init`` makes the inbox, the custodian's own directory and
+its key file; each recorded backup then publishes its lease manifest into the inbox, and each forgotten
+one a forget request.  All of it is off until ``custodian init`` ran for the repository.
+
+The inbox is a mutable directory: the host holds its write cap (a file of mode 0600 in the state
+directory, named by a digest of the repository's write cap), the custodian its read cap::
+
+    inbox/
+        forget/                     forget requests: one entry per backup, FOLDER.RECORD
+        3f2a9c0d51e79b1c/           a writer's folder (a keyed digest of its host and source)
+            20261202T023012.481516Z.g41     its manifest: an immutable file of verify caps
+
+The host never holds the custodian directory's write cap: it is in the key file alone, which the user
+moves to the custodian's machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+from ..caps import lit_cap
+from ..custodian.keyfile import CustodianKey, new_secret, write_key
+from ..custodian.manifest import (FORGET, Last, Manifest, folder_name, forget_envelope, forget_name,
+                                  manifest_envelope, plan)
+from ..custodian.targets import verify_cap_of
+from ..errors import GatewayError, GridError, LafsBackupError, UsageError
+from ..history import Backup
+from ..protocols import GatewayLike
+from ..repository import RepoKey, record_name, writer_name
+from ..report import Reporter
+from ..store.store import Writer
+from ..system.paths import replacing
+from ..system.places import state_dir, this_host
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Inbox:
+    """The host's caps of the inbox: its write cap and that of its ``forget`` folder."""
+
+    writecap: str
+    forget: str
+
+
+def inbox_file(repo_writecap: str, where: str | None = None) -> str:
+    """Where the host keeps the inbox of the repository whose write cap is ``repo_writecap`` (in the state
+    directory's ``custodian``, or in ``where``)."""
+    digest = hashlib.sha256(b"lafs-backup inbox\0" + repo_writecap.encode("ascii")).hexdigest()[:16]
+    return os.path.join(where or os.path.join(state_dir(), "custodian"), f"inbox.{digest}.json")
+
+
+def load_inbox(repo_writecap: str) -> Inbox | None:
+    """The inbox this host publishes into (None: ``custodian init`` did not run for this repository)."""
+    path = inbox_file(repo_writecap)
+    try:
+        with open(path, encoding="utf-8") as f:
+            body = json.load(f)
+        return Inbox(str(body["inbox"]), str(body["forget"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"the custodian's inbox file {path} is damaged: run 'lafs-backup custodian init' again "
+                         "after moving it away") from None
+
+
+async def create(gw: GatewayLike, key: RepoKey, key_path: str, furl: str | None) -> str:
+    """Make the inbox (and its ``forget`` folder) and the custodian's own directory, write the custodian's
+    key file to ``key_path`` (0600, never replacing one), and keep the inbox's write cap on this host;
+    returns where that is.  Raises :class:`UsageError` when this repository has an inbox already."""
+    path = inbox_file(key.writecap)
+    if os.path.exists(path):
+        raise UsageError(f"this repository has a custodian inbox already (its cap is in {path})")
+    if os.path.exists(key_path):
+        raise UsageError(f"{key_path} exists: the custodian key is written to a new file only")
+    furl = furl or key.furl
+    if not furl:
+        raise UsageError("the custodian joins the grid through its introducer, whose fURL the recovery key does not "
+                         "hold: give it with --introducer FURL (or repository.introducer_furl)")
+    inbox = await gw.mkdir_mutable()
+    forget = await gw.mkdir_mutable()
+    own = await gw.mkdir_mutable()
+    await gw.set_children(inbox, {FORGET: (forget, None)})
+    readcap = (await gw.get_json(inbox))[1]["ro_uri"]
+    write_key(key_path, CustodianKey(str(readcap), own, furl, new_secret()))
+    del own  # the host keeps no cap of the custodian's own directory
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with replacing(path) as f:
+        json.dump({"inbox": inbox, "forget": forget}, f)
+    return path
+
+
+def _last_path(repo_writecap: str, folder: str) -> str:
+    return inbox_file(repo_writecap)[:-len(".json")] + f".{folder}.last"
+
+
+def _load_last(path: str) -> tuple[str | None, Last | None]:
+    """The writer's folder cap and its last manifest, as this host remembers them."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            body = json.load(f)
+        last = (Last(body["manifest"], frozenset(body["caps"]), int(body["depth"]))
+                if body.get("manifest") else None)
+        return str(body["folder"]), last
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError, KeyError, TypeError):
+        log.info("the last manifest's memory %s is damaged: the next manifest is whole", path)
+        return None, None
+
+
+async def snapshot_verify_caps(gw: GatewayLike, snap: str) -> set[str]:
+    """The verify caps of every object a snapshot references (LIT objects have none): the gateway's
+    manifest of it, the walk ``check`` renews leases along."""
+    out: set[str] = set()
+    buf = [b""]
+
+    def sink(chunk: bytes) -> None:
+        buf[0] += chunk
+        *lines, buf[0] = buf[0].split(b"\n")
+        for line in lines:
+            if line.startswith(b"{"):
+                cap = json.loads(line).get("cap")
+                v = verify_cap_of(cap) if isinstance(cap, str) and cap.startswith("URI:") else None
+                if v is not None:
+                    out.add(v)
+
+    await gw.stream_manifest(snap, sink)
+    sink(b"\n")
+    return out
+
+
+async def _folder(gw: GatewayLike, inbox: Inbox, folder: str, attempts: int = 8) -> str:
+    """The write cap of a writer's folder in the inbox, made and linked (verified) on first use."""
+    for _ in range(attempts):
+        children = (await gw.get_json(inbox.writecap))[1]["children"]
+        there = children.get(folder)
+        if there is not None and there[1].get("rw_uri"):
+            return str(there[1]["rw_uri"])
+        made = await gw.mkdir_mutable()
+        await gw.set_children(inbox.writecap, {folder: (made, None)}, replace=False)
+    raise GridError(problem="the writer's folder could not be added to the custodian's inbox")
+
+
+async def publish_manifest(rep: Reporter, gw: GatewayLike, repo_writecap: str, b: Backup,
+                           full_every: int | None = None) -> Manifest | None:
+    """Publish the lease manifest of the backup ``b`` just recorded into the custodian's inbox, when this
+    repository has one (else None).  A failure is a warning: the backup stands, the custodian does not
+    keep it, and the next manifest is a delta on the last one published."""
+    inbox = load_inbox(repo_writecap)
+    if inbox is None:
+        return None
+    folder = folder_name(repo_writecap, writer_name(b.host or this_host(), b.source))
+    record = b.record or record_name(b.ts, b.generation)  # (the name the repository records it by)
+    memory = _last_path(repo_writecap, folder)
+    try:
+        folder_cap, last = _load_last(memory)
+        caps = await snapshot_verify_caps(gw, b.cap)
+        m = plan(caps, last) if full_every is None else plan(caps, last, full_every)
+        data = m.encode()
+        cap = await Writer(gw).put_bytes(data, "a lease manifest")
+        if folder_cap is None:
+            folder_cap = await _folder(gw, inbox, folder)
+        await gw.set_children(folder_cap, {record: (cap, manifest_envelope(record, len(data)))})
+    except (GatewayError, GridError) as e:
+        rep.advise("custodian", f"the lease manifest of this backup is not in the custodian's inbox ({e.message}): "
+                                "the custodian does not keep this backup")
+        return None
+    with replacing(memory) as f:
+        json.dump({"folder": folder_cap, "manifest": cap, "depth": m.depth, "caps": sorted(caps)}, f)
+    log.info("lease manifest %s/%s: %d objects, %s (%d added, %d removed)", folder, record, m.objects,
+             "whole" if m.whole else "a delta", len(m.added), len(m.removed))
+    return m
+
+
+async def request_forgets(gw: GatewayLike, repo_writecap: str, backups: Iterable[Backup]) -> int:
+    """Ask the custodian to forget ``backups`` (after its grace period), when this repository has an inbox;
+    returns how many requests were linked."""
+    inbox = load_inbox(repo_writecap)
+    if inbox is None:
+        return 0
+    marker = lit_cap(b"forget")  # (the request is its link metadata; a LIT cap has no shares to keep)
+    children = {}
+    for b in backups:
+        folder = folder_name(repo_writecap, writer_name(b.host or this_host(), b.source))
+        record = b.record or record_name(b.ts, b.generation)
+        children[forget_name(folder, record)] = (marker, forget_envelope(folder, record))
+    if children:
+        try:
+            await gw.set_children(inbox.forget, children)
+        except GatewayError as e:
+            raise LafsBackupError(f"the backups are forgotten, but the custodian could not be asked to forget "
+                                  f"them ({e.message}); it keeps them") from None
+    return len(children)
