@@ -37,7 +37,11 @@ def _tree_digest(root: Path) -> dict[str, str]:
         for name in files:
             p = Path(dirpath) / name
             if p.is_file() and not p.is_symlink():
-                out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+                h = hashlib.sha256()
+                with open(p, "rb") as f:  # (in chunks: the commands this process starts next inherit its size)
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                out[str(p.relative_to(root))] = h.hexdigest()
     return out
 
 

@@ -26,12 +26,12 @@ import os
 import stat
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 
-from ..derive.recipe import KEY, Input, Recipe
+from ..derive.recipe import KEY, MAX_DEPTH, Input, Recipe, is_root
 from ..derive.rules import STDOUT, Job, Rule, Rules, argv
 from ..protocols import InThread
 from ..slots import Slots
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _OUTPUT_DIFFERS = "the rule's program makes other bytes"
 _NOT_MADE = "the program did not make the file"
+_FAILED = "the program failed: "
 #: Failures that the same inputs, output and program would meet again: remembered like proofs (a
 #: time limit reached, or a file changed meanwhile, is tried again next time).
 _LASTING = (_OUTPUT_DIFFERS, _NOT_MADE)
@@ -87,6 +88,72 @@ class Proofs:
             self.inputs[p] = i.sha256
             self.users[p].append(path)
 
+    def without(self, paths: Iterable[bytes]) -> "Proofs":
+        """These proofs but those of ``paths`` (stored as bytes after all)."""
+        gone = set(paths)
+        out = Proofs(not_derived=self.not_derived, ran=self.ran)
+        for path, proven in self.edges.items():
+            if path not in gone:
+                out.edges[path] = proven
+                for i in proven.recipe["inputs"]:
+                    p = i["path"].encode("utf-8")
+                    out.inputs[p] = i["sha256"]
+                    out.users[p].append(path)
+        return out
+
+
+def unsafe_dirs(proofs: Proofs) -> frozenset[bytes]:
+    """The directories the next walk must not keep whole: those holding a derived file with an input
+    outside them (an edit of that input would leave the kept recipe naming the old one).  Pure."""
+    out: set[bytes] = set()
+    for path, proven in proofs.edges.items():
+        inputs = [i["path"].encode("utf-8") for i in proven.recipe["inputs"]]
+        d = path.rpartition(b"/")[0]
+        while d:
+            if any(not i.startswith(d + b"/") for i in inputs):
+                out.add(d)
+            d = d.rpartition(b"/")[0]
+    return frozenset(out)
+
+
+def unsafe_chains(inputs: Mapping[bytes, Sequence[bytes]], limit: int) -> dict[bytes, str]:
+    """The derived files (``inputs``: each one's inputs) that must be stored as bytes after all, and why:
+    those made, through other derived files, from themselves (none of them could ever be made again),
+    and those made through more than ``limit`` derived files (deeper than a read goes).  Pure."""
+    bad: dict[bytes, str] = {}
+    while True:
+        def deps(p: bytes) -> list[bytes]:
+            return [i for i in inputs[p] if i in inputs and i not in bad]
+
+        depth: dict[bytes, int] = {}
+        found: dict[bytes, str] = {}
+        for start in inputs:
+            if start in depth or start in bad:
+                continue
+            stack = [(start, iter(deps(start)))]
+            on = {start}
+            while stack:
+                node, it = stack[-1]
+                nxt = next(it, None)
+                if nxt is None:
+                    stack.pop()
+                    on.discard(node)
+                    depth[node] = 1 + max((depth.get(i, 0) for i in deps(node)), default=0)
+                elif nxt in on:  # a cycle: every file on it, from nxt to node
+                    at = [n for n, _ in stack]
+                    for member in at[at.index(nxt):]:
+                        found[member] = "its recipe would be made from itself"
+                elif nxt not in depth:
+                    stack.append((nxt, iter(deps(nxt))))
+                    on.add(nxt)
+        # (Those one too deep alone: every deeper file is made through one of them, and is shallow again
+        # once they are bytes.)
+        found.update({p: f"it would be made through more than {limit} derived files"
+                      for p, d in depth.items() if d == limit + 1 and p not in found})
+        if not found:
+            return bad
+        bad.update(found)
+
 
 class _Candidate:
     """A file a rule matches: its queue entry, and its runs, one per variant, made when first asked."""
@@ -108,10 +175,11 @@ class _Candidate:
         return self._jobs[variant]
 
 
-def proof_key(digest: str, program: Program, entries: Sequence[Entry]) -> bytes:
-    """The key a proof is remembered under: the rule's definition, the program, and the state of each
-    input and output (their paths, sizes, times, inodes and modes)."""
-    h = hashlib.sha256(b"proof\0%s\0%s\0" % (digest.encode(), program.sha256.encode()))
+def proof_key(digest: str, program: Program, root: bytes, entries: Sequence[Entry]) -> bytes:
+    """The key a proof is remembered under: the rule's definition, the program, the source's path (the
+    rules' ``{root}``: a pyc names its source by it), and the state of each input and output (their
+    paths, sizes, times, inodes and modes)."""
+    h = hashlib.sha256(b"proof\0%s\0%s\0%s\0" % (digest.encode(), program.sha256.encode(), root))
     for e in entries:
         h.update(file_key(e.path, e.size, e.mtime_ns, e.ctime_ns, e.ino) + b"%d" % e.mode)
     return h.digest()
@@ -142,6 +210,8 @@ class Prover:
             root_text = self.label.decode("utf-8")
         except UnicodeError:
             return self.proofs  # (a root no rule can name)
+        if not is_root(root_text):
+            return self.proofs  # (a source recorded by no absolute path: a stream, a bucket)
         cands = await self.in_thread(self._scan, qpath, root_text)
         if not cands:
             return self.proofs
@@ -149,6 +219,12 @@ class Prover:
         await self._prove(todo)
         if self._new:
             self._remember(self._new)
+        unsafe = unsafe_chains({p: [i["path"].encode("utf-8") for i in e.recipe["inputs"]]
+                                for p, e in self.proofs.edges.items()}, MAX_DEPTH)
+        if unsafe:
+            self.proofs = self.proofs.without(unsafe)
+            for path, reason in unsafe.items():
+                self._not(path, reason)
         return self.proofs
 
     # -- the queue ------------------------------------------------------------------------------
@@ -201,7 +277,7 @@ class Prover:
                 self._not(c.entry.path, program)
                 continue
             states = [c.found[p] for p in job.inputs] + [c.entry] + [c.found[p] for p in job.outputs[1:]]
-            keyed.append((c, program, proof_key(c.rule.digest, program, states)))
+            keyed.append((c, program, proof_key(c.rule.digest, program, self.label, states)))
         known = self._remembered([k for _, _, k in keyed])
         todo = []
         for c, program, key in keyed:
@@ -273,6 +349,10 @@ class Prover:
         made = await self.slots.run(self.in_thread, self._run, items, variant)
         failed = []
         for (c, program, key), result in zip(items, made):
+            if isinstance(result, str) and result.startswith(_FAILED) and len(items) > 1:
+                # (the run failed, and made not this file: the file may be what failed it, or not)
+                failed.extend(await self._batch([(c, program, key)], variant))
+                continue
             if isinstance(result, str):
                 c.reason = result
                 failed.append((c, program, key))
@@ -319,10 +399,12 @@ class Prover:
         return out
 
     def _compare(self, c: _Candidate, job: Job, program: Program, ran: Any) -> tuple[Recipe, list[tuple[str, int]]] | str:
-        if ran.error is not None:
-            return f"the program failed: {ran.error}"
+        """The recipe of what ``ran`` made of ``c`` (a run that failed for another file of its batch may
+        still have made this one: the hash decides), or why not."""
         made = [ran.stdout_sha256 if job.made_at == STDOUT else ran.outputs.get(job.made_at)]
         made += [ran.outputs.get(o) for o in job.outputs[1:]]
+        if ran.error is not None and (job.made_at == STDOUT or None in made):
+            return _FAILED + ran.error
         entries = [c.entry] + [c.found[o] for o in job.outputs[1:]]
         outs: list[tuple[str, int]] = []
         for e, got in zip(entries, made):

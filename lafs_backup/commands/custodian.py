@@ -14,7 +14,7 @@ from ..custodian.policy import Report, Rules, pass_due
 from ..custodian.renewal import Renewal
 from ..custodian.service import Custodian, Observed
 from ..custodian.state import StateDir
-from ..errors import ExitCode, GatewayError, GridError, UsageError
+from ..errors import ExitCode, GatewayError, GridError, LafsBackupError, UsageError
 from ..protocols import GatewayLike
 from ..resources import Opener
 from ..system.places import data_dir, state_dir
@@ -29,9 +29,10 @@ run, pass and check run where the custodian lives: run reads the inbox every cus
   renews every custodian.renew_every days; pass reads it and renews everything now; check reads it and
   says how things stand.
 exit codes of check (a monitoring plugin's): 0 OK; 1 warning (a forget request pending, no new manifest
-  for custodian.quiet_alert, renewal behind, objects short of shares); 2 critical (manifests gone from the
-  inbox, a manifest refused, objects with fewer shares than rebuild them, a lease may end within 7 days);
-  3 the inbox could not be read.
+  for custodian.quiet_alert, renewal behind or failing, a manifest unreadable for a while, objects short
+  of shares); 2 critical (manifests gone from the inbox, a manifest refused, a kept backup not resolved,
+  objects with fewer shares than rebuild them, a lease may end within 7 days); 3 the inbox could not be
+  read.
 """
 
 
@@ -64,7 +65,11 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
             return await _check(o, custodian)
         if ns.action == "pass":
             _said(o, await custodian.observe())
-            p = await custodian.renew(renewal.renew)
+            try:
+                p = await custodian.renew(renewal.renew)
+            except LafsBackupError as e:
+                custodian.failed(e.message)
+                raise
             o.rt.reporter.info(f"lafs-backup custodian: renewed {p.renewed} of {p.objects} objects of {p.backups} "
                                f"backups in {p.finished - p.started:.1f}s")
             return int(_show(o, custodian.report()))
@@ -127,32 +132,41 @@ async def _check(o: Opener, custodian: Custodian) -> int:
 
 async def _serve(o: Opener, custodian: Custodian, renewal: Renewal) -> int:
     """Read the inbox every ``poll`` seconds, renew when a pass is due, say and ping how things stand;
-    until Ctrl-C or SIGTERM."""
+    until Ctrl-C or SIGTERM.  A step that fails is said and tried again at the next round: one bad
+    manifest, a gateway down or a grid not joined never stops the service."""
     rep = o.rt.reporter
     while True:
         try:
             _said(o, await custodian.observe())
-            if pass_due(custodian.state, custodian.now(), custodian.rules):
-                try:
-                    await custodian.renew(renewal.renew)
-                except GridError as e:
-                    rep.advise("custodian", f"the renewal pass could not be made: {e.message}")
-                    custodian.failed()
-        except (GatewayError, GridError) as e:
-            rep.advise("custodian", f"the inbox cannot be read now ({e.message}); trying again in "
-                                    f"{custodian.rules.poll:g}s")
-        report = custodian.report()
-        for a in report.alerts:
-            rep.advise("custodian", f"{a.level.name}: {a.topic}: {a.message}")
-        await _notify(o, report)
+        except LafsBackupError as e:
+            what = "the inbox cannot be read now" if isinstance(e, GridError) else "the inbox could not be taken in"
+            rep.advise("custodian", f"{what} ({e.message}); trying again in {custodian.rules.poll:g}s")
+        # (a pass needs only what the custodian copied before: it is made even when the inbox cannot be read)
+        if pass_due(custodian.state, custodian.now(), custodian.rules):
+            try:
+                await custodian.renew(renewal.renew)
+            except LafsBackupError as e:
+                rep.advise("custodian", f"the renewal pass could not be made ({e.message}); trying again in "
+                                        f"{custodian.rules.poll:g}s")
+                custodian.failed(e.message)
+        try:
+            report = custodian.report()
+            for a in report.alerts:
+                rep.advise("custodian", f"{a.level.name}: {a.topic}: {a.message}")
+            await _notify(o, report)
+        except LafsBackupError as e:
+            rep.advise("custodian", f"how things stand cannot be said now: {e.message}")
         await o.rt.sleep(custodian.rules.poll)
 
 
 def _said(o: Opener, seen: Observed) -> None:
     rep = o.rt.reporter
     for what, keys in (("new manifest", seen.new), ("refused manifest", seen.refused),
+                       ("manifest that cannot be read now (read again next time)", seen.unreadable),
                        ("manifest gone from the inbox", seen.vanished), ("forget request", seen.forgets),
-                       ("forgotten (its grace period passed)", seen.honoured)):
+                       ("forgotten (its grace period passed)", seen.honoured),
+                       ("not yet linked into (or out of) the custodian's own directory (tried again next time)",
+                        seen.uncopied)):
         for k in keys:
             rep.info(f"{what}: {k}")
 

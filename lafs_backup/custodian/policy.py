@@ -10,6 +10,9 @@ from typing import Any
 from .state import Forget, Seen, State
 
 DAY = 86400.0
+#: Readings of the inbox (``poll`` periods) a manifest may stay unreadable, or renewal keep failing,
+#: before that is an alert: a passing fault of the gateway or the grid says nothing.
+PATIENCE = 2
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,11 @@ class Report:
 
 def report(state: State, now: float, rules: Rules) -> Report:
     """The alerts (see docs/custodian.md): manifests gone from the inbox and refused ones (critical),
-    forget requests pending (warning), no new manifest for ``quiet_alert`` (warning), the renewal pass
-    behind (warning past 1.5 ``renew_every``, critical when a lease may end within 7 days), objects
-    with too few shares (critical when fewer than rebuild them or none)."""
+    manifests unreadable for longer than ``PATIENCE`` polls (warning), forget requests pending (warning),
+    no new manifest for ``quiet_alert`` (warning), the renewal pass behind (warning past 1.5
+    ``renew_every``, critical when a lease may end within 7 days), renewal failing for longer than
+    ``PATIENCE`` polls (warning), kept backups whose chain did not resolve in the last pass (critical),
+    objects with too few shares (critical when fewer than rebuild them or none)."""
     alerts: list[Alert] = []
     keep = kept(state, now, rules)
     gone = [b for b in keep if b.vanished is not None]
@@ -109,6 +114,11 @@ def report(state: State, now: float, rules: Rules) -> Report:
     if refused:
         alerts.append(Alert(Level.CRITICAL, "refused", f"{len(refused)} manifests were refused: " +
                             "; ".join(f"{b.key}: {b.refused}" for b in refused)))
+    stuck = sorted(k for k, since in state.unreadable.items() if now - since > PATIENCE * rules.poll)
+    if stuck:
+        alerts.append(Alert(Level.WARNING, "unreadable", f"{len(stuck)} manifests in the inbox could not be read "
+                            f"for more than {PATIENCE} readings of it (tried again at each; their backups are "
+                            "not kept until they are read): " + ", ".join(stuck)))
     waiting = pending(state)
     if waiting:
         alerts.append(Alert(Level.WARNING, "forget", f"{len(waiting)} forget requests arrived; each takes effect "
@@ -127,6 +137,15 @@ def report(state: State, now: float, rules: Rules) -> Report:
         alerts.append(Alert(Level.WARNING, "renewal", "no renewal pass yet" if p is None else
                             f"the last complete renewal pass started {_days(now - since)} ago "
                             f"(custodian.renew_every: {rules.renew_every / DAY:g} days)"))
+    failing = state.failing_since
+    if failing is not None and now - failing > PATIENCE * rules.poll:
+        alerts.append(Alert(Level.WARNING, "failing", f"renewal passes have failed for {_days(now - failing)}, "
+                            "tried again at each reading of the inbox" +
+                            (f" (the last: {state.failure})" if state.failure else "")))
+    if p is not None and p.unresolved:
+        alerts.append(Alert(Level.CRITICAL, "unresolved", f"{len(p.unresolved)} kept backups could not be "
+                            "resolved from the custodian's copies of their manifests, so the last pass did not "
+                            "renew their objects: " + ", ".join(p.unresolved[:20])))
     if p is not None and p.lost:
         alerts.append(Alert(Level.CRITICAL, "shares", f"{len(p.lost)} objects have fewer shares than rebuild them "
                             "(the owner's 'lafs-backup check --repair' may save them): " + ", ".join(p.lost[:20])))

@@ -12,12 +12,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
-from ..errors import GatewayError
+from ..errors import GridError, LafsBackupError
 from ..protocols import JSON, GatewayLike
 from .keyfile import CustodianKey
 from .leases import Renewal
-from .manifest import (FORGET, MAX_SIZE, Manifest, ManifestError, is_folder, is_record, read_envelope,
-                       read_forget, resolve)
+from .manifest import (FORGET, FULL_EVERY, MAX_SIZE, Manifest, ManifestError, is_folder, is_record,
+                       read_envelope, read_forget, resolve)
 from .policy import Report, Rules, due, kept, report
 from .state import Forget, Pass, Seen, State, StateDir
 from .targets import Target, target_of, verify_cap_of
@@ -30,19 +30,44 @@ RenewFn = Callable[[list[Target]], Awaitable[list[Renewal]]]
 
 @dataclass
 class Observed:
-    """What one reading of the inbox found: new manifests, vanished ones, new forget requests, and the
-    forget requests that took effect."""
+    """What one reading of the inbox found: new manifests, refused ones, those that could not be read now
+    (tried again at the next reading), vanished ones, new forget requests, the forget requests that took
+    effect, and the backups whose link in the custodian's own directory could not be made or removed now
+    (tried again at the next reading)."""
 
     new: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
     forgets: list[str] = field(default_factory=list)
     honoured: list[str] = field(default_factory=list)
+    uncopied: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What the kept backups reference: the verify caps of their objects and of their manifests (each
+    chain whole), and the backups whose chain of local copies did not resolve (nothing of theirs is in
+    the other two)."""
+
+    objects: set[str]
+    manifests: set[str]
+    unresolved: list[str]
 
 
 def _children(listing: JSON) -> dict[str, tuple[str, dict[str, Any]]]:
     """name -> (type, info) of a directory listing."""
     return {name: (ntype, info) for name, (ntype, info) in listing[1]["children"].items()}
+
+
+def _immutable_file(cap: object) -> bool:
+    """Is ``cap`` the read cap of an immutable file (what a manifest is), by its form alone?"""
+    if not isinstance(cap, str) or not cap.startswith("URI:CHK:"):
+        return False
+    try:
+        return verify_cap_of(cap) is not None
+    except LafsBackupError:
+        return False
 
 
 class Custodian:
@@ -61,8 +86,10 @@ class Custodian:
     # -- reading the inbox -------------------------------------------------------------------------
     async def observe(self) -> Observed:
         """Read the inbox once: copy every new manifest (the whole chain it needs, checked), note the
-        ones gone from it and the new forget requests, and honour the forget requests whose grace period
-        has passed.  The state is saved before it returns."""
+        ones gone from it and the new forget requests, honour the forget requests whose grace period
+        has passed, and bring the custodian's own directory in line.  The state is saved before it
+        returns.  Raises :class:`GridError` only when the inbox or one of its folders cannot be listed
+        (what it saw before that is saved too)."""
         now = self.now()
         st = self.state
         if st.started is None:
@@ -70,22 +97,30 @@ class Custodian:
         out = Observed()
         inbox = _children(await self.gw.get_json(self.key.inbox))
         present: set[str] = set()
-        for folder, (ntype, info) in sorted(inbox.items()):
-            if ntype != "dirnode" or not info.get("ro_uri"):
-                continue
-            listing = _children(await self.gw.get_json(info["ro_uri"]))
-            if folder == FORGET:
-                self._forgets(listing, now, out)
-            elif is_folder(folder):
-                present |= {f"{folder}/{name}" for name in listing}
-                await self._manifests(folder, listing, now, out)
+        try:
+            for folder, (ntype, info) in sorted(inbox.items()):
+                # (named before listed: whatever else the host links into the inbox is not even read)
+                if ntype != "dirnode" or not info.get("ro_uri") or not (folder == FORGET or is_folder(folder)):
+                    continue
+                listing = _children(await self.gw.get_json(info["ro_uri"]))
+                if folder == FORGET:
+                    self._forgets(listing, now, out)
+                else:
+                    present |= {f"{folder}/{name}" for name in listing}
+                    await self._manifests(folder, listing, now, out)
+        except GridError:
+            self.dir.save(st)  # (what was seen before a folder failed to list keeps its first-seen time)
+            raise
+        for key in [k for k in st.unreadable if k not in present]:
+            del st.unreadable[key]  # (gone from the inbox: nothing left to read)
         for b in st.backups.values():
             if b.key not in present and b.vanished is None and b.forgotten is None and b.refused is None:
                 b.vanished = now
                 out.vanished.append(b.key)
         for f in due(st, now, self.rules):
-            await self._honour(f, now)
+            self._honour(f, now)
             out.honoured.append(f.key)
+        await self._own_copies(out)
         self.dir.save(st)
         return out
 
@@ -102,7 +137,7 @@ class Custodian:
 
     async def _manifests(self, folder: str, listing: dict[str, tuple[str, dict[str, Any]]], now: float,
                          out: Observed) -> None:
-        copies: dict[str, tuple[str, JSON]] = {}
+        memo: dict[str, frozenset[str]] = {}
         for record, (ntype, info) in sorted(listing.items()):
             key = f"{folder}/{record}"
             if key in self.state.backups:
@@ -110,13 +145,21 @@ class Custodian:
             cap, size = info.get("ro_uri"), read_envelope(info.get("metadata"), record)
             problem = None
             if not is_record(record) or ntype != "filenode" or size is None or not isinstance(cap, str) \
-                    or not cap.startswith("URI:CHK:"):
+                    or not _immutable_file(cap):
                 problem = "its inbox entry is not a manifest's"
             else:
                 try:
-                    await self._chain(cap, size)
+                    await self._chain(cap, size, memo)
                 except ManifestError as e:
                     problem = e.message
+                except GridError as e:
+                    # A fault of the gateway or the grid says nothing of the manifest: nothing is recorded
+                    # but when it first happened, and it is read again at the next reading of the inbox.
+                    self.state.unreadable.setdefault(key, now)
+                    out.unreadable.append(key)
+                    log.info("manifest %s cannot be read now (%s): it is read again next time", key, e.message)
+                    continue
+            self.state.unreadable.pop(key, None)
             if problem is not None:
                 # (its cap is not kept: whatever the host linked there, the custodian holds manifests only)
                 self.state.backups[key] = Seen(folder, record, "", size or 0, now, refused=problem)
@@ -126,28 +169,38 @@ class Custodian:
             self.state.backups[key] = Seen(folder, record, cap, size, now)
             self.state.last_new = now
             out.new.append(key)
-            copies[record] = (cap, {"lafs_backup_manifest": 1, "record": record, "size": size, "seen": now})
-        if copies:
-            own = await self._own_folder(folder)
-            await self.gw.set_children(own, copies)
-            for record in copies:
-                self.state.backups[f"{folder}/{record}"].copied = True
 
-    async def _chain(self, cap: str, size: int | None = None) -> None:
-        """Make sure the manifest ``cap`` and every one before it in its chain are copied locally, each
-        checked (verify caps only) before any is kept.  Raises :class:`ManifestError`."""
-        fetched: list[tuple[str, Manifest]] = []
+    async def _chain(self, cap: str, size: int | None = None, memo: dict[str, frozenset[str]] | None = None) -> None:
+        """Make sure the manifest ``cap`` and every one before it in its chain are copied locally: each
+        read and checked (verify caps only), and the chain resolved to the count of objects each manifest
+        states, before any is kept (``memo``: chains resolved before, see :func:`resolve`).  Raises
+        :class:`ManifestError` for a manifest to refuse, :class:`GridError` when one cannot be read now."""
+        fetched: dict[str, Manifest] = {}
         at: str | None = cap
-        while at is not None and self.dir.manifest(at) is None:
+        while at is not None and at not in fetched and self.dir.manifest(at) is None:
             if len(fetched) > 64:
                 raise ManifestError(what="chain", problem="it is longer than 64 manifests")
+            if not _immutable_file(at):
+                raise ManifestError(what="chain", problem="a manifest it names is not an immutable file")
             m = Manifest.decode(await self._download(at, size if at == cap else None), "in the inbox")
-            fetched.append((at, m))
+            fetched[at] = m
             at = m.previous
-        for at, m in reversed(fetched):
+
+        def read(c: str) -> Manifest:
+            m = fetched.get(c) or self.dir.manifest(c)
+            if m is None:
+                raise ManifestError(what="chain", problem="a manifest of it was not copied")
+            return m
+        memo = {} if memo is None else memo
+        whole = resolve(cap, read, memo)  # (a chain that does not add up is refused whole, before any is kept)
+        memo.clear()  # (the next manifest of the writer is most likely a delta on this one: only it is kept)
+        memo[cap] = whole
+        for at, m in reversed(list(fetched.items())):
             self.dir.keep_manifest(at, m)
 
     async def _download(self, cap: str, size: int | None) -> bytes:
+        """The bytes of the manifest ``cap``.  Raises :class:`ManifestError` when they are too many or not
+        as many as its envelope says, :class:`GridError` (as the gateway does) when it cannot be read now."""
         parts: list[bytes] = []
         total = [0]
 
@@ -156,10 +209,7 @@ class Custodian:
             if total[0] > MAX_SIZE:
                 raise ManifestError(what="in the inbox", problem=f"it is larger than {MAX_SIZE} bytes")
             parts.append(chunk)
-        try:
-            await self.gw.download(cap, sink, parts.clear)
-        except GatewayError as e:
-            raise ManifestError(what="in the inbox", problem=f"it cannot be read ({e.reason or e.status})") from None
+        await self.gw.download(cap, sink, parts.clear)
         data = b"".join(parts)
         if size is not None and len(data) != size:
             raise ManifestError(what="in the inbox", problem=f"it holds {len(data)} bytes, its envelope says {size}")
@@ -174,39 +224,73 @@ class Custodian:
         await self.gw.set_children(self.key.own, {folder: (made, None)})
         return made
 
-    async def _honour(self, f: Forget, now: float) -> None:
-        """A forget request whose grace period passed: its backup is no longer kept, nor in the
-        custodian's own directory."""
+    async def _own_copies(self, out: Observed) -> None:
+        """Bring the custodian's own directory in line with its state: link every accepted backup not yet
+        linked there (with the time it was first seen), unlink every forgotten one still there.  A gateway
+        or grid error leaves that writer's folder for the next reading of the inbox (``out.uncopied``)."""
+        todo: dict[str, list[Seen]] = {}
+        for b in self.state.backups.values():
+            if b.refused is None and b.copied == (b.forgotten is not None):
+                todo.setdefault(b.folder, []).append(b)
+        for folder, backups in sorted(todo.items()):
+            link = [b for b in backups if b.forgotten is None]
+            try:
+                own = await self._own_folder(folder)
+                if link:
+                    await self.gw.set_children(own, {b.record: (b.manifest, {"lafs_backup_manifest": 1,
+                                                                             "record": b.record, "size": b.size,
+                                                                             "seen": b.seen}) for b in link})
+                    for b in link:
+                        b.copied = True
+                for b in backups:
+                    if b.forgotten is not None:
+                        await self.gw.unlink(own, b.record)
+                        b.copied = False
+            except GridError as e:
+                out.uncopied.extend(b.key for b in backups if b.copied == (b.forgotten is not None))
+                log.info("the custodian's own directory cannot be changed now (%s): tried again next time", e.message)
+
+    def _honour(self, f: Forget, now: float) -> None:
+        """A forget request whose grace period passed: its backup is no longer kept (its copy leaves the
+        custodian's own directory in :meth:`_own_copies`)."""
         f.honoured = now
         b = self.state.backups.get(f.key)
         if b is None or b.forgotten is not None:
             return
         b.forgotten = now
-        if b.copied:
-            await self.gw.unlink(await self._own_folder(b.folder), b.record)
         log.info("forgot %s: its forget request arrived %gs ago", f.key, now - f.seen)
 
     # -- renewing ----------------------------------------------------------------------------------
-    def objects(self, backups: Iterable[Seen]) -> tuple[set[str], set[str]]:
-        """The verify caps of every object of ``backups`` (their manifests resolved), and those of their
-        manifests (each chain whole)."""
+    def objects(self, backups: Iterable[Seen]) -> Resolved:
+        """What ``backups`` reference, their manifests resolved from the local copies.  A backup whose
+        chain does not resolve is left out and named (``unresolved``): the others are renewed."""
         memo: dict[str, frozenset[str]] = {}
+        previous: dict[str, str | None] = {}
         objects: set[str] = set()
         manifests: set[str] = set()
+        unresolved: list[str] = []
 
         def read(cap: str) -> Manifest:
             m = self.dir.manifest(cap)
             if m is None:
                 raise ManifestError(what="chain", problem="a manifest of it was not copied")
-            manifests.add(cap)
+            previous[cap] = m.previous
             return m
         for b in backups:
-            objects |= resolve(b.manifest, read, memo)
-            at: str | None = b.manifest
-            while at is not None and at not in manifests:
-                manifests.add(at)
-                at = read(at).previous
-        return objects, {v for v in (verify_cap_of(c) for c in manifests) if v is not None}
+            try:
+                found = resolve(b.manifest, read, memo)
+                chain: list[str] = []
+                at: str | None = b.manifest
+                while at is not None and at not in manifests and len(chain) <= 4 * FULL_EVERY:
+                    chain.append(at)
+                    at = previous[at] if at in previous else read(at).previous
+            except ManifestError as e:
+                unresolved.append(b.key)
+                log.warning("backup %s is not renewed: %s", b.key, e.message)
+                continue
+            objects |= found
+            manifests.update(chain)
+        return Resolved(objects, {v for v in (verify_cap_of(c) for c in manifests) if v is not None}, unresolved)
 
     async def directories(self) -> set[str]:
         """The verify caps of the inbox, the custodian's own directory, and their folders."""
@@ -223,25 +307,30 @@ class Custodian:
         manifests, and its directories, each distinct object once.  Recorded and saved."""
         started = self.now()
         keep = kept(self.state, started, self.rules)
-        objects, manifests = self.objects(keep)
-        caps = objects | manifests | await self.directories()
+        found = self.objects(keep)
+        caps = found.objects | found.manifests | await self.directories()
         renewals = await renew([target_of(c) for c in sorted(caps)])
         short = sorted(r.target.name for r in renewals if r.short() and not _lost(r))
         lost = sorted(r.target.name for r in renewals if _lost(r))
-        p = Pass(started, self.now(), len(keep), len(renewals), sum(1 for r in renewals if r.holding),
-                 sum(len(r.answers) for r in renewals), short, lost, sum(r.unanswered for r in renewals))
+        p = Pass(started, self.now(), len(keep) - len(found.unresolved), len(renewals),
+                 sum(1 for r in renewals if r.holding), sum(len(r.answers) for r in renewals), short, lost,
+                 sum(r.unanswered for r in renewals), found.unresolved)
         self.state.last_pass = p
         self.state.failing_since = None
+        self.state.failure = None
         self.dir.save(self.state)
-        log.info("renewal pass: %d backups, %d objects, %d short, %d lost", p.backups, p.objects, len(short),
-                 len(lost))
+        log.info("renewal pass: %d backups, %d objects, %d short, %d lost, %d unresolved", p.backups, p.objects,
+                 len(short), len(lost), len(found.unresolved))
         return p
 
-    def failed(self) -> None:
-        """A pass could not be made (the grid could not be joined): remembered for the alerts."""
+    def failed(self, why: str) -> None:
+        """A pass could not be made (``why``: the grid could not be joined, the gateway failed...):
+        remembered, with when the first of a run of failures happened by the custodian's clock, for the
+        alerts."""
         if self.state.failing_since is None:
             self.state.failing_since = self.now()
-            self.dir.save(self.state)
+        self.state.failure = why
+        self.dir.save(self.state)
 
     # -- standing ----------------------------------------------------------------------------------
     def report(self) -> Report:

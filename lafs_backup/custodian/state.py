@@ -82,6 +82,9 @@ class Pass:
     short: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     unanswered: int = 0
+    #: The kept backups whose chain of local manifest copies did not resolve: their objects were not
+    #: renewed in this pass (added after the first release of the format; absent: none).
+    unresolved: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -92,13 +95,18 @@ class State:
     last_new: float | None = None
     started: float | None = None
     last_pass: Pass | None = None
-    #: The first pass that failed since the last complete one (None: none failed).
+    #: The first pass that failed since the last complete one (None: none failed), and why the last one did.
     failing_since: float | None = None
+    failure: str | None = None
+    #: Manifests in the inbox that could not be read (a gateway or grid error, tried again at each
+    #: reading of the inbox): their key -> when that first happened.  Nothing else is recorded of them.
+    unreadable: dict[str, float] = field(default_factory=dict)
 
     def json(self) -> dict[str, Any]:
         return {"lafs_backup_custodian": FORMAT, "backups": [dataclasses.asdict(b) for b in self.backups.values()],
                 "forgets": [dataclasses.asdict(f) for f in self.forgets.values()], "last_new": self.last_new,
-                "started": self.started, "failing_since": self.failing_since,
+                "started": self.started, "failing_since": self.failing_since, "failure": self.failure,
+                "unreadable": dict(self.unreadable),
                 "last_pass": dataclasses.asdict(self.last_pass) if self.last_pass else None}
 
     @classmethod
@@ -108,8 +116,12 @@ class State:
         backups = [Seen(**b) for b in body.get("backups", [])]
         forgets = [Forget(**f) for f in body.get("forgets", [])]
         lp = body.get("last_pass")
+        unreadable = body.get("unreadable") or {}
+        if not isinstance(unreadable, dict):
+            raise TypeError("not a custodian state")
         return cls({b.key: b for b in backups}, {f.key: f for f in forgets}, body.get("last_new"),
-                   body.get("started"), Pass(**lp) if lp else None, body.get("failing_since"))
+                   body.get("started"), Pass(**lp) if lp else None, body.get("failing_since"),
+                   body.get("failure"), {str(k): float(v) for k, v in unreadable.items()})
 
 
 class StateDir:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -27,7 +28,15 @@ from typing import Any, Mapping
 from .rules import STDOUT, Job, Rules
 
 KEY = "derived"
+#: How many derived files deep a file may be made through others (a backup stores deeper ones as bytes).
+MAX_DEPTH = 8
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_root(path: str) -> bool:
+    """Is ``path`` a source's path a recipe may name (``{root}``): absolute, normalized, no NUL?"""
+    return path.startswith("/") and posixpath.normpath(path) == path and "\0" not in path and \
+        not path.startswith("//")
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,9 @@ def of(metadata: Mapping[str, Any]) -> Recipe | None:
         assert isinstance(variant, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in variant.items())
         version = raw.get("version", {})
         assert isinstance(version, dict)
-        recipe = Recipe(_str(raw["rule"]), variant, _str(raw["root"]), _str(raw["program"]),
+        root = _str(raw["root"])
+        assert is_root(root), "its root is not an absolute path"
+        recipe = Recipe(_str(raw["rule"]), variant, root, _str(raw["program"]),
                         {k: str(v) for k, v in version.items()}, _strs(raw["args"]), _strs(raw["each"]),
                         inputs, outputs, made_at, _int(raw.get("output", 0)))
         assert inputs and outputs and recipe.output < len(outputs)

@@ -8,6 +8,7 @@ cleanup that forgets that backup meanwhile makes the run walk again."""
 from __future__ import annotations
 
 import argparse
+import copy
 import glob
 import hashlib
 import logging
@@ -26,7 +27,7 @@ from ..backup.select import Selection, compile_globs, listed_paths, read_globs, 
 from ..filters import parse_if_present, parse_size
 from ..backup.source import LocalSource, Source, is_url
 from ..backup.indexer import Indexer
-from ..backup.derive import InputCheck, InputsChanged, Prover
+from ..backup.derive import InputCheck, InputsChanged, Prover, unsafe_dirs
 from ..backup.upload import Settings, Uploader
 from ..config import Config
 from ..db.local import LocalDB
@@ -391,13 +392,14 @@ async def phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target, 
     When the inputs of derived files change between their proof and their storing, the queue is
     uploaded again (everything but those files is stored by then), those files as bytes."""
     demoted: frozenset[bytes] = frozenset()
+    walked = copy.deepcopy(rt.reporter.stats)  # (what phase one counted: its warnings, what it left out)
     while True:
         try:
             return await _phase_two(rt, conf, gw, target, source, qpath, totals, job, incremental, trees_at, demoted)
         except InputsChanged as e:
             log.info("%s; storing them as bytes", e)
             demoted |= e.outputs
-            rt.reporter.stats = type(rt.reporter.stats)()
+            rt.reporter.stats = copy.deepcopy(walked)
 
 
 async def _prove(rt: Runtime, conf: Config, source: Source, qpath: str, db: LocalDB, gen: int, store: Store,
@@ -471,7 +473,8 @@ async def _phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target,
         else:
             b = await record_backup(rep, dest.result, db.history, gw, gen, snap, source.label, job.host, job.tags)
             if trees_at is not None:
-                _save_trees(trees_at, snap, gen, store, uploader, incremental, _derive_fp(conf))
+                _save_trees(trees_at, snap, gen, store, uploader, incremental, _derive_fp(conf),
+                            unsafe_dirs(derived.proofs) if derived is not None else frozenset())
             await publish(rep, repo, db.history, source.label)
             await publish_manifest(rep, gw, repo.key.writecap, b)  # (when a custodian's inbox is configured)
             target.forget_backups()
@@ -535,12 +538,12 @@ def _same_tree(a: Child | None, b: Child) -> bool:
 
 
 def _save_trees(at: str, snap: str, gen: int, store: Store, uploader: Uploader,
-                incremental: Incremental | None, derive_fp: str) -> None:
+                incremental: Incremental | None, derive_fp: str, unsafe: frozenset[bytes] = frozenset()) -> None:
     """Write the trees file of the backup just recorded (a failure costs the next backup time only)."""
     before = incremental.settled if incremental is not None else None
     trees = subtrees.Trees(snap, gen, subtrees.fingerprint(store.settings.plain, store.settings.tree, derive_fp),
                           before.chain + 1 if before else 1, uploader.index_caps, frozenset(store.packs_used), frozenset(store.encoded_used),
-                          uploader.trees)
+                          [t for t in uploader.trees if t[0] not in unsafe])
     try:
         subtrees.save(at, trees)
     except OSError as e:

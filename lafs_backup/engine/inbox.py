@@ -28,7 +28,7 @@ from ..custodian.keyfile import CustodianKey, new_secret, write_key
 from ..custodian.manifest import (FORGET, Last, Manifest, folder_name, forget_envelope, forget_name,
                                   manifest_envelope, plan)
 from ..custodian.targets import verify_cap_of
-from ..errors import GatewayError, GridError, LafsBackupError, UsageError
+from ..errors import GridError, LafsBackupError, UsageError
 from ..history import Backup
 from ..protocols import GatewayLike
 from ..repository import RepoKey, record_name, writer_name
@@ -150,15 +150,17 @@ async def _folder(gw: GatewayLike, inbox: Inbox, folder: str, attempts: int = 8)
 async def publish_manifest(rep: Reporter, gw: GatewayLike, repo_writecap: str, b: Backup,
                            full_every: int | None = None) -> Manifest | None:
     """Publish the lease manifest of the backup ``b`` just recorded into the custodian's inbox, when this
-    repository has one (else None).  A failure is a warning: the backup stands, the custodian does not
-    keep it, and the next manifest is a delta on the last one published."""
-    inbox = load_inbox(repo_writecap)
-    if inbox is None:
-        return None
-    folder = folder_name(repo_writecap, writer_name(b.host or this_host(), b.source))
-    record = b.record or record_name(b.ts, b.generation)  # (the name the repository records it by)
-    memory = _last_path(repo_writecap, folder)
+    repository has one (else None).  Never raises for what goes wrong here (the grid, a damaged inbox
+    file, this host's memory of its last manifest): the backup is recorded already, so each is a warning.
+    When the manifest could not be published the custodian does not keep this backup, and the next
+    manifest is a delta on the last one published."""
     try:
+        inbox = load_inbox(repo_writecap)
+        if inbox is None:
+            return None
+        folder = folder_name(repo_writecap, writer_name(b.host or this_host(), b.source))
+        record = b.record or record_name(b.ts, b.generation)  # (the name the repository records it by)
+        memory = _last_path(repo_writecap, folder)
         folder_cap, last = _load_last(memory)
         caps = await snapshot_verify_caps(gw, b.cap)
         m = plan(caps, last) if full_every is None else plan(caps, last, full_every)
@@ -167,12 +169,19 @@ async def publish_manifest(rep: Reporter, gw: GatewayLike, repo_writecap: str, b
         if folder_cap is None:
             folder_cap = await _folder(gw, inbox, folder)
         await gw.set_children(folder_cap, {record: (cap, manifest_envelope(record, len(data)))})
-    except (GatewayError, GridError) as e:
-        rep.advise("custodian", f"the lease manifest of this backup is not in the custodian's inbox ({e.message}): "
+    except (LafsBackupError, OSError) as e:
+        problem = e.message if isinstance(e, LafsBackupError) else (e.strerror or str(e))
+        rep.advise("custodian", f"the lease manifest of this backup is not in the custodian's inbox ({problem}): "
                                 "the custodian does not keep this backup")
         return None
-    with replacing(memory) as f:
-        json.dump({"folder": folder_cap, "manifest": cap, "depth": m.depth, "caps": sorted(caps)}, f)
+    try:
+        with replacing(memory) as f:
+            json.dump({"folder": folder_cap, "manifest": cap, "depth": m.depth, "caps": sorted(caps)}, f)
+    except OSError as e:
+        # (the next manifest is then a delta on an older one, or whole: the custodian accepts either)
+        rep.advise("custodian", "the lease manifest of this backup is in the custodian's inbox, but this host "
+                                f"could not remember it in {memory} ({e.strerror or e}): the next one is not a delta "
+                                "on it")
     log.info("lease manifest %s/%s: %d objects, %s (%d added, %d removed)", folder, record, m.objects,
              "whole" if m.whole else "a delta", len(m.added), len(m.removed))
     return m
@@ -180,7 +189,9 @@ async def publish_manifest(rep: Reporter, gw: GatewayLike, repo_writecap: str, b
 
 async def request_forgets(gw: GatewayLike, repo_writecap: str, backups: Iterable[Backup]) -> int:
     """Ask the custodian to forget ``backups`` (after its grace period), when this repository has an inbox;
-    returns how many requests were linked."""
+    returns how many requests were linked.  The caller asks before it forgets anything: raises
+    :class:`LafsBackupError` (nothing was forgotten) when the requests could not be linked, and
+    :class:`UsageError` when the inbox file is damaged."""
     inbox = load_inbox(repo_writecap)
     if inbox is None:
         return 0
@@ -193,7 +204,8 @@ async def request_forgets(gw: GatewayLike, repo_writecap: str, backups: Iterable
     if children:
         try:
             await gw.set_children(inbox.forget, children)
-        except GatewayError as e:
-            raise LafsBackupError(f"the backups are forgotten, but the custodian could not be asked to forget "
-                                  f"them ({e.message}); it keeps them") from None
+        except GridError as e:
+            # (the custodian is asked first: nothing was forgotten yet, and a rerun asks again)
+            raise LafsBackupError(f"the custodian could not be asked to forget these backups ({e.message}): "
+                                  "nothing was forgotten; run the command again") from None
     return len(children)

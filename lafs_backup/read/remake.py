@@ -31,7 +31,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from ..config import DeriveConfig
-from ..derive.recipe import KEY, BadRecipe, Input, Recipe, matches_rule, of
+from ..derive.recipe import KEY, MAX_DEPTH, BadRecipe, Input, Recipe, matches_rule, of
 from ..derive.rules import STDOUT, Job, Rules, argv
 from ..errors import SnapshotError
 from ..protocols import InThread
@@ -50,7 +50,7 @@ Lookup = Callable[[str], Awaitable[Node | None]]
 #: An input up to this size is staged from memory; a larger one from a private temporary file.
 MEMORY = 128 << 10
 #: How deep derived files may be made from derived files.
-DEPTH = 8
+DEPTH = MAX_DEPTH
 _CHUNK = 1 << 20
 
 
@@ -203,12 +203,21 @@ class Remaker:
             return Content(made[1], made[0], recorded, wanted,
                            problem=f"{rule}: remade bytes differ from the recorded ones")
         assert ran is not None
-        h = hashlib.sha256()
-        n = 0
-        with ran.open(where) as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-                n += len(chunk)
+        # Copied out of the scratch directory and checked again before the first byte is fed: nothing the
+        # program left running could change what the caller gets after the check.
+        with tempfile.SpooledTemporaryFile(max_size=MEMORY * 64, dir=self._tmpdir) as copy:
+            h = hashlib.sha256()
+            n = 0
+            with ran.open(where) as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+                    n += len(chunk)
+                    copy.write(chunk)
+            if (h.hexdigest(), n) != (wanted, recorded):
+                return Content(n, h.hexdigest(), recorded, wanted,
+                               problem=f"{rule}: remade bytes changed after the run; they are not used")
+            copy.seek(0)
+            while chunk := copy.read(_CHUNK):
                 sink(chunk)
         return Content(n, h.hexdigest(), recorded, wanted)
 

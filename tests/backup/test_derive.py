@@ -7,11 +7,9 @@ import gzip
 import hashlib
 import json
 import os
-import py_compile
 import shutil
 from pathlib import Path
 
-import pytest
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.task import Clock
 
@@ -244,3 +242,73 @@ def test_diff_counts_a_file_stored_as_bytes_then_as_its_recipe_as_unchanged(lb, 
     assert "derived" in listed["d/f1.txt.gz"]
     r = lb("diff", "1", "2", check=True)
     assert "f1.txt.gz" not in r.out and "f2.txt.gz" not in r.out, r.out
+
+
+def test_recipes_made_from_themselves_or_too_deep_are_found():
+    from lafs_backup.backup.derive import unsafe_chains
+    # gzip makes a.txt.gz from a.txt, and gunzip a.txt from a.txt.gz: neither could ever be made again.
+    cycle = unsafe_chains({b"a.txt.gz": [b"a.txt"], b"a.txt": [b"a.txt.gz"], b"b.gz": [b"b"]}, 8)
+    assert cycle == {b"a.txt.gz": "its recipe would be made from itself", b"a.txt": "its recipe would be made from itself"}
+    chain = {f"f{i}".encode(): [f"f{i + 1}".encode()] for i in range(12)}  # f0 from f1 ... f11 from f12 (bytes)
+    deep = unsafe_chains(chain, 8)
+    # f4..f11 are at most 8 deep; f3 would be 9: stored as bytes, and then f0..f2 are shallow again
+    assert set(deep) == {b"f3"} and "more than 8" in deep[b"f3"]
+    assert unsafe_chains({b"x.gz": [b"x"]}, 8) == {}
+
+
+def test_the_walk_never_keeps_a_directory_whose_recipes_read_outside_it():
+    from lafs_backup.backup.derive import unsafe_dirs
+    recipe = Recipe("r", {}, "/s", "p", {}, (), (), (Input("src/x.c", "ab" * 32, 1, 0o644, 1),),
+                    ("build/obj/x.o",), "build/obj/x.o")
+    near = Recipe("pyc", {}, "/s", "p", {}, (), (), (Input("pkg/m.py", "ab" * 32, 1, 0o644, 1),),
+                  ("pkg/__pycache__/m.pyc",), "pkg/__pycache__/m.pyc")
+    proofs = Proofs()
+    proofs.add(b"build/obj/x.o", Proven(recipe.to_json(), "cd" * 32, 1), recipe)
+    proofs.add(b"pkg/__pycache__/m.pyc", Proven(near.to_json(), "cd" * 32, 1), near)
+    assert unsafe_dirs(proofs) == {b"build", b"build/obj", b"pkg/__pycache__"}
+
+
+def test_a_proof_made_under_another_root_is_not_reused(tmp_path):
+    root = tmp_path / "src"
+    _gzip_tree(root)
+    memory: dict = {}
+    _prove(_prover(root, memory), _queue(root, tmp_path / "q"))
+    moved = Prover(parse([GZIP]), Programs(["gzip"]), Runner(30), os.fsencode(root), b"/elsewhere/src", _inline,
+                   Clock(), lambda keys: {k: memory[k] for k in keys if k in memory}, memory.update)
+    again = _prove(moved, _queue(root, tmp_path / "q"))
+    assert again.ran > 0 and all(p.recipe["root"] == "/elsewhere/src" for p in again.edges.values())
+
+
+def test_a_batch_that_fails_for_one_file_still_proves_the_others(tmp_path):
+    root = tmp_path / "src"
+    _gzip_tree(root)
+    os.system(f"cd {root}/d && cp f1.txt bad.txt && gzip -n -9 -k bad.txt")
+    picky = {**GZIP, "program": "sh", "args": ["-c", 'for f; do case $f in *bad*) exit 1;; esac; '
+                                                     'gzip -n -9 -k "$f"; done', "sh"], "variants": [{}]}
+    proofs = _prove(_prover(root, {}, rules=[picky], allowed=["sh"]), _queue(root, tmp_path / "q"))
+    assert set(proofs.edges) == {b"d/f1.txt.gz"}  # (f2 was made at level 6: other bytes)
+    assert proofs.not_derived["the program failed: exit status 1"] == 1
+
+
+def test_an_input_outside_a_kept_directory_is_seen_when_it_changes(lb, tmp_path):
+    """build/ holds x.gz made from src/x: when src/x changes, build/ is walked again (it is never kept
+    whole), x.gz is proven again, found to be other bytes, and stored as bytes: the restore is identical."""
+    root = tmp_path / "tree"
+    (root / "src").mkdir(parents=True)
+    (root / "build").mkdir()
+    (root / "src" / "x").write_bytes(b"source text\n" * 500)
+    os.system(f"gzip -n -9 -c {root}/src/x > {root}/build/x.gz")
+    rule = {**GZIP, "path": r"build/(?P<n>[^/]+)\.gz", "inputs": ["src/{n}"], "args": ["-n", "-9", "-c", "{in0}"],
+            "each": [], "output": "stdout", "variants": [{}]}
+    conf = _conf(tmp_path, rules=[rule])
+    first = [x for x in json_lines(lb("-c", conf, "--json", "backup", str(root), check=True).out)
+             if x.get("type") == "summary"][0]
+    assert first["derived"] == 1
+    (root / "src" / "x").write_bytes(b"edited source, not built again\n" * 400)
+    second = [x for x in json_lines(lb("-c", conf, "--json", "backup", str(root), check=True).out)
+              if x.get("type") == "summary"][0]
+    assert second["derived"] == 0 and second["derived_not"] == {"the rule's program makes other bytes": 1}
+    out = tmp_path / "out"
+    lb("-c", conf, "restore", "latest", "--target", str(out), check=True)
+    assert (out / "build" / "x.gz").read_bytes() == (root / "build" / "x.gz").read_bytes()
+    assert (out / "src" / "x").read_bytes() == (root / "src" / "x").read_bytes()

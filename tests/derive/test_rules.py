@@ -103,6 +103,14 @@ def test_a_recipe_round_trips_through_its_edge_metadata():
     assert matches_rule(r, parse([GZIP])) is None
 
 
+def test_a_recipe_whose_root_is_not_an_absolute_path_is_damaged():
+    for root in ("relative/src", "/a/../b", "", "//x", "/a/"):
+        raw = _recipe().to_json()
+        raw["root"] = root
+        with pytest.raises(BadRecipe):
+            recipes.of({"derived": raw})
+
+
 @given(st.sampled_from(["../x", "/etc/passwd", "a/../../b", "", "a//b", "./a"]))
 def test_a_recipe_whose_paths_leave_the_root_is_damaged(path):
     raw = _recipe().to_json()
