@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
+from .secretfile import read_private
 from .secrets import SECRET_BYTES, LeaseSecret, decode_secret, encode_secret
 
 #: The file's first line: what it is.
@@ -64,20 +64,7 @@ def write_key(path: str, key: CustodianKey) -> None:
 def read_key(path: str) -> CustodianKey:
     """The key in ``path``.  Raises :class:`CustodianKeyError` when it cannot be read, is not a custodian
     key, or others may read it (then ``chmod 600`` it); the message never shows its content."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as e:
-        raise CustodianKeyError(path=path, problem=e.strerror or str(e)) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CustodianKeyError(path=path, problem="it is not a regular file")
-        if st.st_mode & 0o077:
-            raise CustodianKeyError(path=path, problem=(f"its mode is {stat.S_IMODE(st.st_mode):o}: others may "
-                                                        "read it; run chmod 600 on it"))
-        data = os.read(fd, 65536)
-    finally:
-        os.close(fd)
+    data = read_private(path, 65536, CustodianKeyError)
     try:
         head, _, rest = data.decode("ascii").partition("\n")
         body = json.loads(rest)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import Callable
 
 from .secrets import SECRET_BYTES, LeaseSecret, LeaseSecretError, decode_secret, encode_secret
 
@@ -32,22 +33,28 @@ def create_secret_file(path: str) -> LeaseSecret:
 def read_secret_file(path: str) -> LeaseSecret:
     """The secret in ``path``.  Raises :class:`LeaseSecretError` when it cannot be read, is not a secret,
     or is readable or writable by anyone but its owner (then fix it with ``chmod 600``)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as e:
-        raise LeaseSecretError(path=path, problem=e.strerror or str(e)) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise LeaseSecretError(path=path, problem="it is not a regular file")
-        if st.st_mode & 0o077:
-            raise LeaseSecretError(path=path, problem=(f"its mode is {stat.S_IMODE(st.st_mode):o}: others may read "
-                                                       "it; run chmod 600 on it"))
-        data = os.read(fd, 4096)
-    finally:
-        os.close(fd)
+    data = read_private(path, 4096, LeaseSecretError)
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
         raise LeaseSecretError(path=path, problem="it does not hold a base32 secret") from None
     return LeaseSecret(decode_secret(text, path))
+
+
+def read_private(path: str, limit: int, error: Callable[..., Exception]) -> bytes:
+    """The first ``limit`` bytes of the private file ``path``: a regular file (never reached through a
+    symlink) that only its owner may read or write.  Raises ``error(path=..., problem=...)``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise error(path=path, problem=e.strerror or str(e)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(path=path, problem="it is not a regular file")
+        if st.st_mode & 0o077:
+            raise error(path=path, problem=(f"its mode is {stat.S_IMODE(st.st_mode):o}: others may read it; run "
+                                            "chmod 600 on it"))
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)

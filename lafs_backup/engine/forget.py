@@ -8,7 +8,7 @@ import glob
 import json
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .. import history
 from ..backup.result import remove_result_line
@@ -127,9 +127,9 @@ async def only_theirs(gw: GatewayLike, forgotten: list[Backup], kept: list[Backu
     return sorted(gone)
 
 
-async def storage_indexes(gw: GatewayLike, cap: str) -> set[str]:
-    """Storage indexes of every object reachable from ``cap`` (LIT objects have none)."""
-    out: set[str] = set()
+async def reachable(gw: GatewayLike, cap: str, each: Callable[[dict[str, Any]], None]) -> None:
+    """Call ``each`` with the gateway's record of every object reachable from ``cap`` (its manifest:
+    ``cap``, ``storage-index``...), as the records stream in."""
     buf = [b""]
 
     def sink(chunk: bytes) -> None:
@@ -137,10 +137,19 @@ async def storage_indexes(gw: GatewayLike, cap: str) -> set[str]:
         *lines, buf[0] = buf[0].split(b"\n")
         for line in lines:
             if line.startswith(b"{"):
-                si = json.loads(line).get("storage-index")
-                if si:
-                    out.add(si)
+                each(json.loads(line))
 
     await gw.stream_manifest(cap, sink)
     sink(b"\n")
+
+
+async def storage_indexes(gw: GatewayLike, cap: str) -> set[str]:
+    """Storage indexes of every object reachable from ``cap`` (LIT objects have none)."""
+    out: set[str] = set()
+
+    def each(record: dict[str, Any]) -> None:
+        if record.get("storage-index"):
+            out.add(record["storage-index"])
+
+    await reachable(gw, cap, each)
     return out

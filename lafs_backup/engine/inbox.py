@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from ..caps import lit_cap
 from ..custodian.keyfile import CustodianKey, new_secret, write_key
@@ -36,6 +36,7 @@ from ..report import Reporter
 from ..store.store import Writer
 from ..system.paths import replacing
 from ..system.places import state_dir, this_host
+from .forget import reachable
 
 log = logging.getLogger(__name__)
 
@@ -118,20 +119,14 @@ async def snapshot_verify_caps(gw: GatewayLike, snap: str) -> set[str]:
     """The verify caps of every object a snapshot references (LIT objects have none): the gateway's
     manifest of it, the walk ``check`` renews leases along."""
     out: set[str] = set()
-    buf = [b""]
 
-    def sink(chunk: bytes) -> None:
-        buf[0] += chunk
-        *lines, buf[0] = buf[0].split(b"\n")
-        for line in lines:
-            if line.startswith(b"{"):
-                cap = json.loads(line).get("cap")
-                v = verify_cap_of(cap) if isinstance(cap, str) and cap.startswith("URI:") else None
-                if v is not None:
-                    out.add(v)
+    def each(record: dict[str, Any]) -> None:
+        cap = record.get("cap")
+        v = verify_cap_of(cap) if isinstance(cap, str) and cap.startswith("URI:") else None
+        if v is not None:
+            out.add(v)
 
-    await gw.stream_manifest(snap, sink)
-    sink(b"\n")
+    await reachable(gw, snap, each)
     return out
 
 
