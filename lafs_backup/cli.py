@@ -154,7 +154,9 @@ async def run(reactor: Reactor, argv: Sequence[str], out: IO[str] | None = None,
         from .engine.monitor import Monitor
 
         # (the opener made next knows the grid's entry cache once the command has asked for its gateway)
-        monitor = Monitor.of(config, ns.command, reactor, rep, lambda: opener.known_cache_path())
+        # (a run that changes nothing, --dry-run or --queue-only, is neither recorded nor pinged)
+        changes = not (getattr(ns, "dry_run", False) or getattr(ns, "queue_only", False) is not False)
+        monitor = Monitor.of(config, ns.command, reactor, rep, lambda: opener.known_cache_path()) if changes else None
         opener = Opener(config, Runtime(reactor, rep, op, monitor), repo_arg=getattr(ns, "repo", None))
         if ns.command not in _WITH_MANHOLE:
             return await _dispatch(opener, ns)

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from ..errors import GridError
+from ..errors import GridError, UsageError
 from ..system.paths import replacing
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,10 @@ class LocalGrid:
                 return json.load(f)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
+        except OSError as e:  # (not the grid's state, but where it is: a file, a directory not ours...)
+            raise UsageError(f"the embedded grid's directory {self.dir} (grid.dir) cannot be used: "
+                             f"{e.strerror or e}")
+        except ValueError as e:
             raise GridError(problem=f"{self._state_path()} is unreadable ({e}); remove the grid directory")
 
     def _save(self, state: dict[str, Any]) -> None:
