@@ -20,7 +20,7 @@ import logging
 import os
 import stat
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Generic, TypeVar
+from typing import Callable, Generic, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
@@ -34,10 +34,8 @@ from ..store.protocols import ObjectCacheLike, StoreLike
 from ..store.snapshot import Child, Hit
 from .decider import Decided, Decider
 from .reading import read_all, why
+from .budget import Budget, Held
 from .source import LocalSource, Source
-
-if TYPE_CHECKING:
-    from .upload import Budget
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +199,7 @@ class SmallFiles:
                 d = plan.for_content(r.sha, known, None, seen, "stat")
                 log.debug("%s: %r", d, e.path)
                 hit = await self.store.content(r.sha, r.size, d.hit, lambda: self.store.packed(
-                    r.stored, r.enc, r.size, r.sha, e.path, _nothing))
+                    r.stored, r.enc, r.size, r.sha, e.path))
             self.cache.store_state(plan.state_key(e.path, r.st, self._plain), hit, self.gen)
             child = await self.store.child(e, r.st, hit)
             self.cache.record_path(self.source.label, e.path, self.gen)
@@ -215,27 +213,6 @@ class SmallFiles:
             self.stats.bytes_done += e.size
             done()
         deliver(i, child)
-
-
-def _nothing() -> None:
-    pass
-
-
-class Held:
-    """What a run took from a budget, given back in parts as its files are done, the rest at the end."""
-
-    def __init__(self, budget: Budget, n: int) -> None:
-        self._budget = budget
-        self.left = n
-
-    def give(self, n: int) -> None:
-        n = min(n, self.left)
-        if n:
-            self.left -= n
-            self._budget.give(n)
-
-    def rest(self) -> None:
-        self.give(self.left)
 
 
 class Runs(Generic[F]):

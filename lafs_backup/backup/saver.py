@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import stat
-from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Iterator, TypeVar
+from typing import Awaitable, Callable, Iterable, Iterator, TypeVar
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -31,10 +31,8 @@ from ..store.store import SourceChanged
 from ..system.sparse import EXTENTS, ExtentView, Layout, as_cap, from_cache
 from .decider import AHEAD, Decided, Decider
 from .reading import SourceReader, read_all, why
+from .budget import Budget, Held
 from .source import Source
-
-if TYPE_CHECKING:
-    from .upload import Budget
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +198,7 @@ class FileSaver:
                 expected.clear()
                 packer.expected()
 
-        hold = _Hold(self.budget, await self.budget.take(size))
+        hold = Held(self.budget, await self.budget.take(size))
         try:
             read = await self._in_slot(e, self.reading.read_small(e))  # never hold a slot while waiting for a pack
             if read is None:
@@ -220,7 +218,7 @@ class FileSaver:
 
             def drop() -> None:
                 box.clear()
-                hold.release()
+                hold.rest()
                 appended()
 
             hit = await self.store.content(sha, len(box[0]), d.hit, lambda: self.store.member(box.pop(), sha, e.path,
@@ -230,7 +228,7 @@ class FileSaver:
             return await self.store.child(e, st, hit), d
         finally:
             appended()
-            hold.release()
+            hold.rest()
 
     async def _large(self, e: Entry, cached: Hit | None, seen: bool) -> tuple[Child, plan.Decision] | None:
         """A file above the pack limit: hashed, then uploaded as its own object unless known.
@@ -331,19 +329,6 @@ class FileSaver:
 def _with_layout(child: Child, layout: Layout) -> Child:
     """A sparse file's edge: its object holds the data, its ``extents`` where that data lies."""
     return Child(child.name, child.cap, {**child.metadata, EXTENTS: layout.as_json()})
-
-
-class _Hold:
-    """Bytes reserved from a budget, given back exactly once."""
-
-    def __init__(self, budget: Budget, n: int) -> None:
-        self._budget = budget
-        self._n = n
-
-    def release(self) -> None:
-        if self._n:
-            self._budget.give(self._n)
-            self._n = 0
 
 
 __all__ = ["FileSaver", "NOISE"]

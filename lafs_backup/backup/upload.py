@@ -33,6 +33,7 @@ from ..store.protocols import ObjectCacheLike
 from ..store.snapshot import Child, child_names, dir_body
 from ..store.protocols import StoreLike
 from .batch import Runs, SmallFiles
+from .budget import Budget
 from .decider import Decided
 from .derive import InputCheck, InputsChanged
 from .indexer import Indexer
@@ -347,48 +348,3 @@ def _is_dir(mode_or_st: int | os.stat_result) -> bool:
 
     mode = mode_or_st if isinstance(mode_or_st, int) else mode_or_st.st_mode
     return stat.S_ISDIR(mode)
-
-
-class Budget:
-    """A count (bytes, or entries) that may be held at once; :meth:`take` waits for room (FIFO).
-
-    ``starved`` is called whenever a taker has to wait (the packer seals its
-    open pack then, so the memory it holds is freed once it is uploaded).
-    """
-
-    def __init__(self, size: int, starved: Callable[[], None] | None = None,
-                 clock: IReactorTime | None = None) -> None:
-        """``clock``: a taker given room is woken in a reactor turn of its own (as ``slots.Slots``
-        does), never inside the stack of the task that gave it back: hundreds of members of one
-        pack finishing at once each gave room to the next inside the one before, until the stack
-        ran out (None: woken at once, for tests without a reactor)."""
-        self.size = size
-        self.free = size
-        self._starved = starved
-        self._clock = clock
-        self._waiters: list[tuple[int, Deferred]] = []
-
-    async def take(self, n: int) -> int:
-        """Reserve ``n`` (at most the whole budget); returns what was reserved, to give back."""
-        n = min(n, self.size)
-        if self._waiters or self.free < n:
-            d: Deferred = Deferred()
-            self._waiters.append((n, d))
-            if self._starved is not None:
-                self._starved()
-            await d
-        else:
-            self.free -= n
-        return n
-
-    def give(self, n: int) -> None:
-        self.free += n
-        while self._waiters and self._waiters[0][0] <= self.free:
-            m, d = self._waiters.pop(0)
-            self.free -= m
-            if self._clock is not None:
-                self._clock.callLater(0, d.callback, None)
-            else:
-                d.callback(None)
-        if self._waiters and self._starved is not None:
-            self._starved()  # still short: maybe nothing else will free room now

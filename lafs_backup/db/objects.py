@@ -3,7 +3,6 @@ used it; the source paths read before."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from typing import Any
 
@@ -17,10 +16,9 @@ LOOKUP_BATCH = 500
 BUMP_BATCH = 20000
 
 
-@functools.lru_cache(maxsize=64)
-def _select_many(n: int) -> str:
-    return ("SELECT key, cap, sha256, generation, enc, pack_offset, pack_length FROM objects WHERE key IN "
-            f"({','.join('?' * n)})")
+#: The query of :meth:`ObjectCache.lookup_many` (its ``{}`` takes the keys).
+_SELECT_MANY = ("SELECT key, cap, sha256, generation, enc, pack_offset, pack_length FROM objects WHERE key IN "
+                "({})")
 
 
 @guarded
@@ -169,14 +167,11 @@ class ObjectCache:
             if new:
                 found.update((k, self._new_hit(new, k, new[k], generation)) for k in keys if k in new)
                 keys = [k for k in keys if k not in found]
-        db = self._db.conn
         bumps, marks = self._bumps, not self.reader
-        for i in range(0, len(keys), LOOKUP_BATCH):
-            chunk = keys[i:i + LOOKUP_BATCH]
-            for key, cap, sha256, gen, enc, offset, length in db.execute(_select_many(len(chunk)), chunk):
-                if gen != generation and marks:
-                    bumps.append((key, cap, generation))
-                found[key] = Hit(cap, sha256, enc, offset, length)
+        for key, cap, sha256, gen, enc, offset, length in self._db.rows_in(_SELECT_MANY, keys, LOOKUP_BATCH):
+            if gen != generation and marks:
+                bumps.append((key, cap, generation))
+            found[key] = Hit(cap, sha256, enc, offset, length)
         if len(bumps) >= BUMP_BATCH:
             self._db.commit()
         return found
@@ -187,11 +182,8 @@ class ObjectCache:
         held = self._new_objects, self._new_states
         found = {k for k in keys if k in held[0] or k in held[1]}
         todo = [k for k in keys if k not in found]
-        db = self._db.conn
-        for i in range(0, len(todo), LOOKUP_BATCH):
-            chunk = todo[i:i + LOOKUP_BATCH]
-            found.update(row[0] for row in db.execute(
-                f"SELECT key FROM objects WHERE key IN ({','.join('?' * len(chunk))})", chunk))
+        found.update(row[0] for row in self._db.rows_in("SELECT key FROM objects WHERE key IN ({})", todo,
+                                                         LOOKUP_BATCH))
         return found
 
     def _bump(self, key: bytes, cap: str, generation: int) -> None:
@@ -284,10 +276,8 @@ class ObjectCache:
         keys = {self._path_key(source, p): p for p in paths}
         seen = {p for k, p in keys.items() if k in self._new_paths}
         todo = [k for k in keys if keys[k] not in seen]
-        for i in range(0, len(todo), LOOKUP_BATCH):
-            chunk = todo[i:i + LOOKUP_BATCH]
-            q = f"SELECT key FROM paths WHERE key IN ({','.join('?' * len(chunk))})"
-            seen.update(keys[row[0]] for row in self._db.conn.execute(q, chunk))
+        seen.update(keys[row[0]] for row in self._db.rows_in("SELECT key FROM paths WHERE key IN ({})", todo,
+                                                              LOOKUP_BATCH))
         return seen
 
     def record_path(self, source: bytes, path: bytes, generation: int) -> None:

@@ -20,16 +20,11 @@ class ProofCache:
     def lookup(self, keys: Iterable[bytes]) -> dict[bytes, dict[str, Any]]:
         """The proofs known of ``keys``."""
         found: dict[bytes, dict[str, Any]] = {}
-        keys = list(keys)
-        for i in range(0, len(keys), 500):
-            part = keys[i:i + 500]
-            rows = self._db.conn.execute(
-                f"SELECT key, recipe FROM proofs WHERE key IN ({','.join('?' * len(part))})", part).fetchall()
-            for key, recipe in rows:
-                try:
-                    found[bytes(key)] = json.loads(recipe)
-                except ValueError:
-                    continue  # (a damaged row: proven again)
+        for key, recipe in self._db.rows_in("SELECT key, recipe FROM proofs WHERE key IN ({})", list(keys), 500):
+            try:
+                found[bytes(key)] = json.loads(recipe)
+            except ValueError:
+                continue  # (a damaged row: proven again)
         return found
 
     def remember(self, proofs: Iterable[tuple[bytes, dict[str, Any]]], generation: int) -> None:

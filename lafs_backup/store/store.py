@@ -192,7 +192,7 @@ class Store:
         return await self.packed(stored, enc, len(data), sha, path, appended)
 
     async def packed(self, stored: bytes, enc: str | None, size: int, sha: bytes, path: bytes,
-                     appended: Callable[[], None]) -> Hit:
+                     appended: Callable[[], None] = lambda: None) -> Hit:
         """Store a small file of ``size`` bytes, already encoded as ``stored`` (``member_form``), in
         a pack; ``appended()`` is called once it is in the open pack, before the upload."""
         d = self.packer.add(stored)
