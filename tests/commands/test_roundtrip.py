@@ -162,10 +162,13 @@ def test_kill_during_phase_two_then_resume(grid, home, tmp_path):
 
     r = run_cli([*base, "backup", str(src)], home, check=True)
     rerun_puts = grid.requests()["put"] - start - killed_at
-    # Only what was missing is sent again: at most the packs that were in
-    # flight (two uploads at a time) are repeated.
+    # Only what was missing is sent again: at most the uploads that were in flight (two at a time)
+    # are repeated.  The gateway logs an upload when it has served it, so one in flight when the
+    # backup was killed may be logged after the kill, in the rerun's count, as well as sent again by
+    # the rerun: up to 2 x 2.  And the rerun packs the files of those uploads with the rest, so its
+    # pack boundaries differ from the whole run's: one pack more.
     assert rerun_puts < total
-    assert rerun_puts + killed_at <= total + 3, (total, killed_at, rerun_puts)
+    assert rerun_puts + killed_at <= total + 5, (total, killed_at, rerun_puts)
 
     out = tmp_path / "restored"
     run_cli(["--url", grid.url, "restore", r.out.strip(), "--target", str(out)], home, check=True)
