@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
-from .secretfile import read_private
+from .secretfile import read_private, write_private
 from .secrets import SECRET_BYTES, LeaseSecret, decode_secret, encode_secret
 
 #: The file's first line: what it is.
@@ -47,18 +47,7 @@ def new_secret() -> str:
 def write_key(path: str, key: CustodianKey) -> None:
     """Write ``key`` to a new file ``path`` (mode 0600 whatever the umask; never replacing one)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise CustodianKeyError(path=path, problem="the file exists already; it is never replaced") from None
-    except OSError as e:
-        raise CustodianKeyError(path=path, problem=e.strerror or str(e)) from None
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, key.text().encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_private(path, key.text().encode("ascii"), CustodianKeyError)
 
 
 def read_key(path: str) -> CustodianKey:

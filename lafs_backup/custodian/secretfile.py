@@ -15,18 +15,7 @@ def create_secret_file(path: str) -> LeaseSecret:
     :class:`LeaseSecretError` when the file exists (a custodian's leases hang on its secret: an
     existing one is never replaced) or cannot be written."""
     secret = os.urandom(SECRET_BYTES)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise LeaseSecretError(path=path, problem="the file exists already; it is never replaced") from None
-    except OSError as e:
-        raise LeaseSecretError(path=path, problem=e.strerror or str(e)) from None
-    try:
-        os.fchmod(fd, 0o600)  # whatever the umask
-        os.write(fd, encode_secret(secret).encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_private(path, encode_secret(secret).encode("ascii"), LeaseSecretError)
     return LeaseSecret(secret)
 
 
@@ -56,5 +45,22 @@ def read_private(path: str, limit: int, error: Callable[..., Exception]) -> byte
             raise error(path=path, problem=(f"its mode is {stat.S_IMODE(st.st_mode):o}: others may read it; run "
                                             "chmod 600 on it"))
         return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def write_private(path: str, data: bytes, error: Callable[..., Exception]) -> None:
+    """Write ``data`` to the new file ``path``, mode 0600 whatever the umask, synced; an existing file
+    is never replaced.  Raises ``error(path=..., problem=...)``."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise error(path=path, problem="the file exists already; it is never replaced") from None
+    except OSError as e:
+        raise error(path=path, problem=e.strerror or str(e)) from None
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
     finally:
         os.close(fd)
