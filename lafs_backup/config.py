@@ -616,9 +616,9 @@ def _select(tree: Mapping[str, Any]) -> SelectConfig:
     def strings(key: str) -> tuple[str, ...]:
         items = g(key)
         for x in items:
-            if not isinstance(x, str) or not x:
+            if not isinstance(x, str) or not x or "\0" in x:
                 raise ConfigError(source="configuration", key="source." + key, problem="expected a list of "
-                                  "non-empty strings")
+                                  "non-empty strings, with no NUL character")
         return tuple(items)
 
     def checked(key: str, parse: Callable[[str], T], value: str) -> T:
