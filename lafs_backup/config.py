@@ -61,6 +61,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "destination.result.print_to_stdout": (bool,),
     "destination.result.append_to_file": (str, _NULL),
     "destination.result.append_to_lafs_dir": (str, _NULL),
+    "destination.result.cap_when_sealed": (bool,),
     "destination.pack.max_file_size": (int,),
     "destination.pack.target_size": (int,),
     "destination.tree": (str, _NULL),
@@ -86,6 +87,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "logging.level": (str,),
     "repository.key_file": (str, _NULL),
     "repository.introducer_furl": (str, _NULL),
+    "repository.window": (int,),
     "manhole.endpoint": (str, _NULL),
     "manhole.allow_remote": (bool,),
     "manhole.authorized_keys": (str, list, _NULL),
@@ -111,6 +113,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "custodian.poll": _NUM,
     "custodian.quiet_alert": (int, float, _NULL),
     "custodian.renew_every": _NUM,
+    "custodian.behind_days": _NUM,
 }
 
 
@@ -260,7 +263,7 @@ def _check_values(tree: Mapping[str, Any]) -> None:
     def bad(key: str, problem: str) -> ConfigError:
         return ConfigError(source="configuration", key=key, problem=problem)
 
-    for key in ("operation.jobs", "operation.window", "operation.retry.attempts", "grid.nodes",
+    for key in ("operation.jobs", "operation.window", "operation.retry.attempts", "grid.nodes", "repository.window",
                 "grid.needed", "grid.happy", "destination.copies"):
         if get(tree, key) < 1:
             raise bad(key, "must be at least 1")
@@ -478,6 +481,7 @@ class ResultConfig:
     print_to_stdout: bool
     append_to_file: str | None
     append_to_lafs_dir: str | None
+    cap_when_sealed: bool = False
 
 
 @dataclass(frozen=True)
@@ -523,6 +527,7 @@ class OperationConfig:
 class RepositoryConfig:
     key_file: str | None
     introducer_furl: str | None
+    window: int = 1
 
 
 @dataclass(frozen=True)
@@ -577,7 +582,8 @@ class CustodianConfig:
     """``custodian``: its key file and state directory (None: the defaults, see ``commands/custodian.py``),
     and its rules, in seconds: keep every backup first seen within ``keep_within`` (None: forever), a
     forget request takes effect ``grace`` after it arrived, the inbox is read every ``poll``, no new
-    manifest for ``quiet_alert`` is a warning (None: never), a full renewal pass every ``renew_every``."""
+    manifest for ``quiet_alert`` is a warning (None: never), every object renewed once per ``renew_every``,
+    a critical alert when a kept backup's earliest lease may end within ``behind``."""
 
     key_file: str | None = None
     state_dir: str | None = None
@@ -586,6 +592,7 @@ class CustodianConfig:
     poll: float = 600.0
     quiet_alert: float | None = 3 * 86400.0
     renew_every: float = 7 * 86400.0
+    behind: float = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -680,7 +687,7 @@ def from_tree(tree: Mapping[str, Any]) -> Config:
         destination=DestinationConfig(
             g("destination.url"), g("destination.happy"), g("destination.lease_days"),
             ResultConfig(g("destination.result.print_to_stdout"), expand(g("destination.result.append_to_file")),
-                         g("destination.result.append_to_lafs_dir")),
+                         g("destination.result.append_to_lafs_dir"), g("destination.result.cap_when_sealed")),
             g("destination.pack.max_file_size"), g("destination.pack.target_size"),
             compile_rules(g("destination.encoding.method"), g("destination.encoding.min_size"),
                           g("destination.encoding.path_filter")),
@@ -693,7 +700,8 @@ def from_tree(tree: Mapping[str, Any]) -> Config:
                                   rate("operation.rate_limit.objects"), _index_cache(g("operation.index_cache"))),
         debug_requests=g("http.debug_requests"),
         log_level=g("logging.level"),
-        repository=RepositoryConfig(expand(g("repository.key_file")), g("repository.introducer_furl")),
+        repository=RepositoryConfig(expand(g("repository.key_file")), g("repository.introducer_furl"),
+                                    g("repository.window")),
         manhole=ManholeConfig(g("manhole.endpoint"), g("manhole.allow_remote"), g("manhole.authorized_keys"),
                               g("manhole.on_signal")),
         watch=WatchConfig(float(g("watch.settle")), float(g("watch.rescan_interval")), float(g("watch.min_interval")),
@@ -719,7 +727,7 @@ def _custodian(tree: Mapping[str, Any]) -> CustodianConfig:
 
     return CustodianConfig(expand(get(tree, "custodian.key_file")), expand(get(tree, "custodian.state_dir")),
                            days("keep_within", True), days("grace") or 0.0, days("poll") or 0.0,
-                           days("quiet_alert", True), days("renew_every") or 0.0)
+                           days("quiet_alert", True), days("renew_every") or 0.0, days("behind_days") or 0.0)
 
 
 def _derive(tree: Mapping[str, Any]) -> DeriveConfig:

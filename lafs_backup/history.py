@@ -9,6 +9,7 @@ paths: retention and ``latest`` look at one group at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import glob
 import os
@@ -17,6 +18,23 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from .errors import SnapshotError, UsageError
+
+
+#: What a host keeps in place of the snapshot cap of a sealed repository's backup beyond its window:
+#: this, and the backup's short id (its snapshot cap is the recovery key's to read).
+SEALED = "sealed:"
+
+
+def short_id(cap: str, ts: float) -> str:
+    """The short id of the backup whose snapshot is ``cap``, made at ``ts``."""
+    import hashlib
+
+    return hashlib.sha256(f"{cap}\0{ts!r}".encode()).hexdigest()[:8]
+
+
+def sealed_cap(b: "Backup") -> str:
+    """What the host keeps of ``b``'s snapshot cap once ``b`` is beyond its window."""
+    return SEALED + b.short_id
 
 
 @dataclass(frozen=True)
@@ -62,9 +80,15 @@ class Backup:
     @property
     def short_id(self) -> str:
         """A short name for it, the same on every machine (from its snapshot cap and time)."""
-        import hashlib
+        if self.sealed:
+            return self.cap[len(SEALED):]
+        return short_id(self.cap, self.ts)
 
-        return hashlib.sha256(f"{self.cap}\0{self.ts!r}".encode()).hexdigest()[:8]
+    @property
+    def sealed(self) -> bool:
+        """Is its snapshot cap beyond this host's reach (a sealed repository's backup beyond the host's
+        window: only the recovery key reads it)?"""
+        return self.cap.startswith(SEALED)
 
 
 @dataclass(frozen=True)
@@ -89,10 +113,13 @@ class Run:
 
 
 def merge(local: Sequence[Backup], records: Sequence[Any], checks: dict[str, tuple[float | None, float | None]],
-          copies: dict[str, list[str]] | None = None) -> list[Backup]:
+          copies: dict[str, list[str]] | None = None, unopened: Iterable[tuple[str, str]] = ()) -> list[Backup]:
     """The backups the repository ``records`` (every machine's), each joined with this machine's own
-    cache row when it made it, and this machine's backups the repository does not record yet."""
+    cache row when it made it, and this machine's backups the repository does not record yet.  A
+    sealed repository's records this key cannot open (``unopened``: their places) are this machine's
+    own cache rows when it made them (a host lists its own backups), and left out otherwise."""
     own = {(b.writer, b.record): b for b in local if b.record}
+    sealed_own = [own.pop(place) for place in unopened if place in own]
     out = []
     for r in records:
         mine = own.pop((r.writer, r.name), None)
@@ -105,6 +132,8 @@ def merge(local: Sequence[Backup], records: Sequence[Any], checks: dict[str, tup
                           tuple((copies or {}).get(r.cap, ()))))
     # Not recorded there yet (the repository could not be written): this machine's own record stands.
     out += [b for b in local if not b.record]
+    out += [dataclasses.replace(b, id=f"{b.writer}/{b.record}", copies=tuple((copies or {}).get(b.cap, ())))
+            for b in sealed_own]
     return sorted(out, key=lambda x: (x.ts, x.id))
 
 
@@ -266,10 +295,12 @@ def as_json(b: Backup, floors: dict[str, float] | None = None) -> dict[str, Any]
     """A backup as ``list --json`` and the reports show it."""
     floor = (floors or {}).get(b.id)
     return {"id": b.short_id, "generation": b.generation, "time": iso(b.ts), "timestamp": b.ts,
-            "host": b.host, "source": b.source_text, "name": b.name, "cap": b.cap, "tags": list(b.tags),
+            "host": b.host, "source": b.source_text, "name": b.name, "cap": None if b.sealed else b.cap,
+            "sealed": b.sealed, "tags": list(b.tags),
             "last_check": iso(b.ts_check) if b.ts_check else None,
+            # (a sealed backup beyond this host's window: its leases are the custodian's to renew, and to tell)
             "leases_renewed": iso(b.ts_lease) if b.ts_lease else None,
-            "leases_end": iso(floor + LEASE_DAYS * 86400) if floor is not None else None,
+            "leases_end": iso(floor + LEASE_DAYS * 86400) if floor is not None and not b.sealed else None,
             "copies": list(b.copies), "original": b.original, "rewritten_from": b.rewritten_from}
 
 
@@ -288,7 +319,10 @@ def choose(everything: list[Backup], refs: Sequence[str], source: bytes | None, 
 
 
 def expiring_warning(backups: list[Backup], now: float, lease_days: float | None) -> str | None:
-    """What to say of kept backups some of whose leases may end within a week (None: nothing)."""
+    """What to say of kept backups some of whose leases may end within a week (None: nothing).  A sealed
+    repository's backups beyond this host's window are left out: their leases are the custodian's to renew
+    (or the recovery key's, with ``check``)."""
+    backups = [b for b in backups if not b.sealed]
     if lease_days is None or not backups:
         return None
     soon = expiring(backups, now, lease_days)

@@ -34,6 +34,15 @@ backup costs the same after a thousand as after ten.
 
 The recovery key (:class:`RepoKey`) is a bearer secret: the repository's
 write cap, and how to reach the grid (its introducer FURL and encoding).
+
+A sealed repository (``init --sealed``, see ``sealing.py``) records the same
+things, each sealed to the owner's public key: an entry's child is a small LIT
+cap, and its link metadata is a box (:data:`SEALED_FORMAT`) holding the record
+or tag change, with the snapshot's cap.  Its writers' directories are named by
+a digest keyed by the repository's write cap.  The host's key (a
+``lafs-backup-key-v2:`` key with the public half only) adds records; the
+recovery key (with the private half, and the read cap of the custodian's own
+directory, which keeps a copy of every record) also reads them.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import hmac
 import json
 import logging
 import re
@@ -50,14 +60,19 @@ from typing import Any, Iterable, Mapping, Sequence
 from . import __version__
 from .errors import GatewayError, GridError, UsageError
 from .protocols import JSON, GatewayLike
+from .sealing import OpenKey, SealError, SealKey
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "lafs-backup-key-v1:"
+#: A sealed repository's keys (an older version refuses them, rather than write records in the clear).
+SEALED_KEY_PREFIX = "lafs-backup-key-v2:"
 MARKER = "lafs-backup-repository"
 WRITERS = "writers"
 RECORD_FORMAT = 1
 TAGS_FORMAT = 1
+#: The link metadata of a sealed entry: ``{"lafs_backup_sealed": 1, "box": BASE64}``.
+SEALED_FORMAT = 1
 #: Records a writer puts in one directory before it starts the next volume (see the module docstring).
 VOLUME_RECORDS = 100
 #: A volume's directory: the writer's, and this and its number (the first volume is the writer's own).
@@ -67,29 +82,64 @@ _VOLUME = re.compile(r"\.v([0-9]+)$")
 TAGS_SOURCE = b"\0tags"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class RepoKey:
-    """What a machine needs to find a repository: its write cap and, when known, the grid."""
+    """What a machine needs to find a repository: its write cap and, when known, the grid.  A sealed
+    repository's key also holds its public key (``seal``); its recovery key the private one
+    (``open``) and the read cap of the custodian's own directory (``custodian``)."""
 
     writecap: str
     furl: str | None = None
     needed: int | None = None
     happy: int | None = None
     total: int | None = None
+    seal: str | None = None
+    open: str | None = None
+    custodian: str | None = None
+    #: A recovery key's: the write cap of the owner's directory, where it cancels forget requests (the
+    #: custodian reads it).
+    owner: str | None = None
+
+    def __repr__(self) -> str:  # (a bearer secret: never in a traceback or a log line)
+        return f"RepoKey(sealed={self.sealed}, opens={self.opens})"
+
+    @property
+    def sealed(self) -> bool:
+        """Are the repository's records sealed?"""
+        return self.seal is not None
+
+    @property
+    def opens(self) -> bool:
+        """Does this key open sealed records (a recovery key; never the host's)?"""
+        return self.open is not None
+
+    def sealer(self) -> SealKey | None:
+        return SealKey(self.seal) if self.seal else None
+
+    def opener(self) -> OpenKey | None:
+        return OpenKey(self.open) if self.open else None
+
+    def host_key(self) -> "RepoKey":
+        """This key without what opens records: what a backup host keeps."""
+        return dataclasses.replace(self, open=None, custodian=None, owner=None)
 
     def encode(self) -> str:
         body = {"repo": self.writecap, "furl": self.furl, "needed": self.needed, "happy": self.happy,
-                "total": self.total}
+                "total": self.total, "seal": self.seal, "open": self.open, "custodian": self.custodian,
+                "owner": self.owner}
         raw = json.dumps({k: v for k, v in body.items() if v is not None}, separators=(",", ":"))
-        return KEY_PREFIX + base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+        prefix = SEALED_KEY_PREFIX if self.sealed else KEY_PREFIX
+        return prefix + base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
     def decode(cls, text: str) -> "RepoKey":
         """Parse a key; :class:`UsageError` (never naming the key's content) when it is not one."""
         text = text.strip()
-        if not text.startswith(KEY_PREFIX):
-            raise UsageError("not a lafs-backup recovery key (it starts with 'lafs-backup-key-v1:')")
-        payload = text[len(KEY_PREFIX):]
+        prefix = next((p for p in (KEY_PREFIX, SEALED_KEY_PREFIX) if text.startswith(p)), None)
+        if prefix is None:
+            raise UsageError("not a lafs-backup recovery key (it starts with 'lafs-backup-key-v1:' or "
+                             "'lafs-backup-key-v2:')")
+        payload = text[len(prefix):]
         try:
             body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
             cap = body["repo"]
@@ -101,9 +151,31 @@ class RepoKey:
             furl = body.get("furl")
             if furl is not None and not (isinstance(furl, str) and furl.startswith("pb://")):
                 raise ValueError
-        except (ValueError, KeyError, TypeError):
+            seal, opens, custodian = body.get("seal"), body.get("open"), body.get("custodian")
+            owner = body.get("owner")
+            if owner is not None and not (isinstance(owner, str) and owner.startswith("URI:DIR2:")):
+                raise ValueError
+            if (seal is None) != (prefix == KEY_PREFIX) or (opens is not None and seal is None):
+                raise ValueError
+            if seal is not None:
+                SealKey.parse(seal)
+            if opens is not None and OpenKey.parse(opens).public.text != seal:
+                raise ValueError
+            if custodian is not None and not (isinstance(custodian, str) and custodian.startswith("URI:DIR2-RO:")):
+                raise ValueError
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise UsageError("the recovery key is damaged (copy it again, whole, from the machine that made it)")
-        return cls(cap, furl, ints["needed"], ints["happy"], ints["total"])
+        return cls(cap, furl, ints["needed"], ints["happy"], ints["total"], seal, opens, custodian, owner)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What the repository holds: every record and tag change this key reads, and the places
+    (writer, name) of the sealed entries it cannot open (a host's key opens none)."""
+
+    records: list["Record"]
+    changes: list["TagChange"]
+    unopened: list[tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -123,6 +195,10 @@ class Record:
     name: str = ""
     #: A copy (``lafs-backup copy``): the snapshot cap it was copied from, on the grid it was made on.
     original: str | None = None
+    #: In a sealed repository: its entry's box, as :meth:`Repository.add` wrote it (the custodian keeps a copy).
+    box: str | None = None
+    #: In a sealed repository: found only among the custodian's copies (its entry is gone from the repository).
+    kept_by_custodian: bool = False
 
     def metadata(self) -> dict[str, Any]:
         """The link metadata that is the record on the grid."""
@@ -212,10 +288,48 @@ def retagged(records: Iterable[Record], changes: Iterable[TagChange]) -> list[Re
     return out
 
 
-def writer_name(host: str, source: bytes) -> str:
-    """The directory of one writer: its host, and a digest of its source (names stay short and safe)."""
+def writer_name(host: str, source: bytes, key: RepoKey | None = None) -> str:
+    """The directory of one writer: its host, and a digest of its source (names stay short and safe).
+    In a sealed repository (``key``), a digest of both keyed by the repository's write cap: the name
+    tells neither."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", host)[:64] or "host"
-    return f"{safe}.{hashlib.sha256(source).hexdigest()[:12]}"
+    plain = f"{safe}.{hashlib.sha256(source).hexdigest()[:12]}"
+    if key is None or not key.sealed:
+        return plain
+    secret = hashlib.sha256(b"lafs-backup sealed writer\0" + key.writecap.encode("ascii")).digest()
+    return "s" + hmac.new(secret, plain.encode("utf-8") + b"\0" + source, hashlib.sha256).hexdigest()[:20]
+
+
+def seal_entry(key: RepoKey, cap: str, meta: dict[str, Any], writer: str, name: str) -> tuple[str, dict[str, Any]]:
+    """The child and link metadata of a sealed repository's entry for ``cap`` and ``meta`` at
+    ``writer/name``: a LIT marker, and the box holding all three (see the module docstring)."""
+    from .caps import lit_cap
+
+    sealer = key.sealer()
+    assert sealer is not None
+    body = json.dumps({"cap": cap, "meta": meta, "place": [writer, name]}, separators=(",", ":")).encode()
+    box = base64.b64encode(sealer.seal(body)).decode("ascii")
+    return lit_cap(b"sealed"), {"lafs_backup_sealed": SEALED_FORMAT, "box": box}
+
+
+def is_sealed(meta: object) -> bool:
+    """Is this link metadata a sealed entry's?"""
+    return isinstance(meta, dict) and meta.get("lafs_backup_sealed") == SEALED_FORMAT
+
+
+def open_entry(opener: OpenKey, meta: object) -> tuple[str, Any, str, str] | None:
+    """(cap, link metadata, writer, name) a sealed entry holds (None: not one, or not for this key)."""
+    if not is_sealed(meta):
+        return None
+    assert isinstance(meta, dict)
+    try:
+        body = json.loads(opener.open(base64.b64decode(meta["box"], validate=True)))
+        cap, inner, (writer, name) = body["cap"], body["meta"], body["place"]
+        if not (isinstance(cap, str) and isinstance(writer, str) and isinstance(name, str)):
+            return None
+        return cap, inner, writer, name
+    except (SealError, KeyError, TypeError, ValueError):
+        return None
 
 
 def volume_for(writer: str, held: Mapping[str, int], limit: int | None = None) -> str:
@@ -272,21 +386,36 @@ class Repository:
 
     @classmethod
     async def create(cls, gateway: GatewayLike, furl: str | None = None, needed: int | None = None,
-                     happy: int | None = None, total: int | None = None) -> "Repository":
-        """Make a new, empty repository on the grid."""
+                     happy: int | None = None, total: int | None = None,
+                     opener: OpenKey | None = None) -> "Repository":
+        """Make a new, empty repository on the grid; sealed to ``opener``'s public half when given (its
+        key is then the recovery key, whole: the caller keeps only :meth:`RepoKey.host_key` of it)."""
         from .caps import lit_cap
 
         root = await gateway.mkdir_mutable()
         writers = await gateway.mkdir_mutable()
-        marker = lit_cap(json.dumps({"lafs_backup_repository": 1}).encode())  # small enough to live in its cap
+        body = {"lafs_backup_repository": 1, **({"sealed": 1} if opener else {})}
+        marker = lit_cap(json.dumps(body).encode())  # small enough to live in its cap
         await gateway.set_children(root, {MARKER: (marker, None), WRITERS: (writers, None)})
-        return cls(gateway, RepoKey(root, furl, needed, happy, total))
+        seal = opener.public.text if opener else None
+        return cls(gateway, RepoKey(root, furl, needed, happy, total, seal, opener.text if opener else None))
 
     async def _writers(self) -> str:
         if self._writers_cap is None:
             listing = await self._listing(self.key.writecap)
             if MARKER not in listing:
                 raise GridError(problem="the recovery key's directory is not a lafs-backup repository")
+            from .caps import lit_data
+
+            marker = lit_data(listing[MARKER][2] or "")
+            try:
+                sealed = bool(json.loads(marker or b"{}").get("sealed"))
+            except (ValueError, AttributeError):
+                sealed = False
+            if sealed != self.key.sealed:
+                raise GridError(problem="the repository's records are sealed, and this key is not a sealed "
+                                        "repository's (lafs-backup-key-v2)" if sealed else
+                                        "the key is a sealed repository's, and the repository's records are not sealed")
             entry = listing.get(WRITERS)
             if entry is None or not entry[1]:
                 raise GridError(problem="the repository is damaged: it has no writers directory")
@@ -310,19 +439,34 @@ class Repository:
 
     async def records(self) -> list[Record]:
         """Every backup recorded by every writer, oldest first, with the tags its tag changes give it."""
-        records, changes = await self.contents()
-        return retagged(records, changes)
+        found = await self.listing()
+        return retagged(found.records, found.changes)
 
     async def contents(self) -> tuple[list[Record], list[TagChange]]:
         """Every backup recorded by every writer (oldest first, its tags as recorded), and every
         tag change."""
+        found = await self.listing()
+        return found.records, found.changes
+
+    async def listing(self) -> Listing:
+        """Every record and tag change this key reads (records oldest first, their tags as
+        recorded), and the places of the sealed entries it cannot open.  A recovery key of a sealed
+        repository also reads the custodian's copies, so a record gone from the repository is listed."""
         out: list[Record] = []
         changes: list[TagChange] = []
+        unopened: list[tuple[str, str]] = []
+        opener = self.key.opener()
         for writer, (_, rw, ro, _) in sorted((await self._listing(await self._writers())).items()):
             cap = rw or ro
             if cap is None:
                 continue
             for name, (_, _, snap, meta) in (await self._listing(cap)).items():
+                if is_sealed(meta):
+                    opened = open_entry(opener, meta) if opener else None
+                    if opened is None:
+                        unopened.append((writer, name))
+                        continue
+                    snap, meta = opened[0], opened[1]
                 rec = Record.from_metadata(snap or "", meta, writer, name) if snap else None
                 if rec is not None:
                     out.append(rec)
@@ -330,8 +474,30 @@ class Repository:
                 change = TagChange.from_metadata(meta, writer, name)
                 if change is not None:
                     changes.append(change)
+        if opener is not None and self.key.custodian:
+            out += await self._custodian_copies(opener, {(r.writer, r.name, r.cap) for r in out})
         out.sort(key=lambda r: (r.ts, r.name))
-        return out, changes
+        return Listing(out, changes, unopened)
+
+    async def _custodian_copies(self, opener: OpenKey, have: set[tuple[str, str, str]]) -> list[Record]:
+        """The records among the custodian's copies (its own directory: a folder per writer, an entry per
+        backup whose link metadata holds the record's box) that the repository no longer holds."""
+        assert self.key.custodian is not None
+        out: list[Record] = []
+        for _, (ntype, _, ro, _) in sorted((await self._listing(self.key.custodian)).items()):
+            if ntype != "dirnode" or ro is None:
+                continue
+            for _, (_, _, _, meta) in sorted((await self._listing(ro)).items()):
+                box = meta.get("record_box") if isinstance(meta, dict) else None
+                opened = open_entry(opener, {"lafs_backup_sealed": SEALED_FORMAT, "box": box}) if box else None
+                if opened is None:
+                    continue
+                cap, inner, writer, name = opened
+                rec = Record.from_metadata(cap, inner, writer, name)
+                if rec is not None and (writer, name, cap) not in have:
+                    have.add((writer, name, cap))
+                    out.append(dataclasses.replace(rec, kept_by_custodian=True))
+        return out
 
     async def _writer_dir(self, writer: str, create: bool) -> str | None:
         """The write cap of a writer's directory, made and linked (verified) when ``create``."""
@@ -351,16 +517,19 @@ class Repository:
     async def add(self, rec: Record) -> Record:
         """Record a backup under its writer (``rec.writer``: the directory, one of the writer's
         volumes, see :func:`volume_for`; default: the writer's first); returns the record with its place."""
-        writer = rec.writer or writer_name(rec.host, rec.source)
+        writer = rec.writer or writer_name(rec.host, rec.source, self.key)
         name = rec.name or record_name(rec.ts, rec.generation)
         wcap = await self._writer_dir(writer, create=True)
         assert wcap is not None
+        child, meta = ((rec.cap, rec.metadata()) if not self.key.sealed else
+                       seal_entry(self.key, rec.cap, rec.metadata(), writer, name))
         for _ in range(self._attempts):
-            await self.gw.set_children(wcap, {name: (rec.cap, rec.metadata())}, replace=False)
+            await self.gw.set_children(wcap, {name: (child, meta)}, replace=False)
             there = (await self._listing(wcap)).get(name)
-            if there is not None and there[2] == rec.cap:
+            if there is not None and there[2] == child and (
+                    not self.key.sealed or isinstance(there[3], dict) and there[3].get("box") == meta["box"]):
                 return Record(rec.cap, rec.host, rec.source, rec.ts, rec.generation, rec.tags, rec.summary,
-                              rec.version, writer, name, rec.original)
+                              rec.version, writer, name, rec.original, meta.get("box") if self.key.sealed else None)
         raise GridError(problem="the backup could not be recorded in the repository; it is kept in the "
                                 "local cache and recorded there by the next run")
 
@@ -370,16 +539,21 @@ class Repository:
         this machine's lock on its tag changes (no other writer writes that directory)."""
         from .caps import lit_cap
 
-        writer = writer_name(host, TAGS_SOURCE)
+        writer = writer_name(host, TAGS_SOURCE, self.key)
         wcap = await self._writer_dir(writer, create=True)
         assert wcap is not None
         placed = [dataclasses.replace(c, writer=writer, name=change_name(c.ts)) for c in changes]
+        # Each links a small LIT cap (no shares, nothing to renew): the change is its link metadata.
+        marker = lit_cap(json.dumps({"lafs_backup_tags": TAGS_FORMAT}).encode())
+        entries = {c.name: (marker, c.metadata()) if not self.key.sealed else
+                   seal_entry(self.key, marker, c.metadata(), writer, c.name) for c in placed}
         for _ in range(self._attempts):
-            # Each links a small LIT cap (no shares, nothing to renew): the change is its link metadata.
-            marker = lit_cap(json.dumps({"lafs_backup_tags": TAGS_FORMAT}).encode())
-            await self.gw.set_children(wcap, {c.name: (marker, c.metadata()) for c in placed}, replace=False)
+            await self.gw.set_children(wcap, entries, replace=False)
             there = await self._listing(wcap)
-            if all(c.name in there and TagChange.from_metadata(there[c.name][3], writer, c.name) == c
+            if all(c.name in there and (TagChange.from_metadata(there[c.name][3], writer, c.name) == c
+                                        if not self.key.sealed else
+                                        isinstance(there[c.name][3], dict)
+                                        and there[c.name][3].get("box") == entries[c.name][1]["box"])
                    for c in placed):
                 return placed
         raise GridError(problem="the tag changes could not be recorded in the repository; try again")
@@ -393,7 +567,10 @@ class Repository:
             if wcap is not None:
                 await self.gw.unlink(wcap, rec.name)
             gone.append(f"{rec.writer}/{rec.name}")
-        wcap = await self._writer_dir(writer_name(host, TAGS_SOURCE), create=False) if host and gone else None
+        # (a sealed repository's host cannot read its own tag changes: those naming a forgotten backup stay,
+        # and name nothing any more)
+        wcap = (await self._writer_dir(writer_name(host, TAGS_SOURCE, self.key), create=False)
+                if host and gone and not self.key.sealed else None)
         if wcap is not None:
             for name, (_, _, _, meta) in (await self._listing(wcap)).items():
                 change = TagChange.from_metadata(meta, "", name)

@@ -146,7 +146,9 @@ _shtab_lafs_backup_custodian_options=(
   "(- : *)"{-h,--help}"[show this help message and exit]"
   "--key[the custodian\'s key file (custodian.key_file)\; for init\: where to write it (a new file)]:FILE:"
   "--introducer[for init\: the grid\'s introducer fURL, when the recovery key does not hold it (repository.introducer_furl)]:FURL:"
-  ":init\: make the inbox and the custodian\'s key (on the host)\; run\: the service\; pass\: one full renewal pass now\; check\: how things stand (exit 0 ok, 1 warning, 2 critical):(init run pass check)"
+  "--census[for pass\: also ask every server which shares it holds (objects short of shares are reported\; it costs the servers more than renewing alone)]"
+  ":init\: make the inbox and the custodian\'s key (on the host)\; run\: the service\; pass\: one full renewal pass now\; check\: how things stand (exit 0 ok, 1 warning, 2 critical)\; cancel\: the owner cancels forget requests (with a sealed repository\'s recovery key):(init run pass check cancel)"
+  "(*)::for cancel\: the backups whose forget requests the custodian must not honour (ids from \'lafs-backup --repo RECOVERY-KEY list\'):"
 )
 
 # guard to ensure default positional specs are added only once per session
@@ -215,6 +217,10 @@ _shtab_lafs_backup_grid_defaults_added=0
 
 _shtab_lafs_backup_init_options=(
   "(- : *)"{-h,--help}"[show this help message and exit]"
+  "--sealed[seal every backup\'s record to a key pair whose private half leaves this machine\: a stolen or compromised host cannot read its older backups, and a custodian keeps them (see the README\'s threat model)]"
+  "--recovery-key[with --sealed\: the new file the recovery key is written to, once (default\: lafs-backup.recovery-key in the current directory)\; move it off this machine]:FILE:"
+  "--custodian-key[with --sealed\: the new file the custodian\'s key is written to (default\: lafs-backup.custodian-key in the current directory)\; move it to the custodian]:FILE:"
+  "--introducer[with --sealed\: the introducer the custodian joins the grid through (default\: repository.introducer_furl, or the embedded grid\'s)]:FURL:"
 )
 
 # guard to ensure default positional specs are added only once per session
@@ -222,6 +228,7 @@ _shtab_lafs_backup_init_defaults_added=0
 
 _shtab_lafs_backup_key_options=(
   "(- : *)"{-h,--help}"[show this help message and exit]"
+  "--host[a sealed repository\'s host key\: another host given it (as --repo or repository.key_file) adds backups, and reads none it did not make]"
 )
 
 # guard to ensure default positional specs are added only once per session

@@ -38,16 +38,34 @@ _KINDS = frozenset(KINDS)
 _BAD_PATH = re.compile(rb"/(?:\.{0,2})/")  # an empty, "." or ".." component, or a leading "/"
 
 
+#: The extras of many entries, as written: most entries of a tree have the same few (their
+#: owner's names and nothing else), and each such set is escaped once.
+_EXTRAS: dict[tuple[tuple[str, bytes], ...], str] = {}
+#: How many sets are kept, and how long each may be: unique ones (a hard link's inode) fill it
+#: too, so it starts again when full; a long one (a large xattr) is not kept.
+_EXTRAS_MAX, _EXTRAS_LONG = 4096, 512
+
+
+def _extras(extras: tuple[tuple[str, bytes], ...]) -> str:
+    text = _EXTRAS.get(extras)
+    if text is None:
+        text = "".join("\t" + escape(key.encode(), "=") + "=" + escape(value) for key, value in extras)
+        if len(text) < _EXTRAS_LONG:
+            if len(_EXTRAS) >= _EXTRAS_MAX:
+                _EXTRAS.clear()
+            _EXTRAS[extras] = text
+    return text
+
+
 def format_entry(e: Entry) -> str:
-    fields = [
-        e.kind, escape(e.path) if e.path else _ROOT, "%o" % e.mode, str(e.uid), str(e.gid),
-        str(e.size), str(e.mtime_ns), str(e.ctime_ns), str(e.dev), str(e.ino), str(e.nlink),
-    ]
+    line = "%s\t%s\t%o\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d" % (
+        e.kind, escape(e.path) if e.path else _ROOT, e.mode, e.uid, e.gid,
+        e.size, e.mtime_ns, e.ctime_ns, e.dev, e.ino, e.nlink)
     if e.target is not None:
-        fields.append("target=" + escape(e.target))
-    for key, value in e.extras:
-        fields.append(escape(key.encode(), "=") + "=" + escape(value))
-    return "\t".join(fields)
+        line += "\ttarget=" + escape(e.target)
+    if e.extras:
+        line += _extras(e.extras)
+    return line
 
 
 def parse_entry(line: str) -> Entry:
@@ -183,7 +201,8 @@ def _write_settling(out: IO[bytes], entries: Iterable[Entry], settle: SettleFn) 
             begin = frame.start if is_dir else pos
             begun = frame.count if is_dir else count
             stack.extend(_Open(m, begin, begun) for m in reversed(missing))
-        line = (format_entry(e) + "\n").encode("utf-8")
+        text = format_entry(e)
+        line = (text + "\n").encode("utf-8")
         if is_dir:
             digest = frame.digest.digest()
             kept = settle(path, digest)
@@ -194,10 +213,10 @@ def _write_settling(out: IO[bytes], entries: Iterable[Entry], settle: SettleFn) 
                 out.seek(frame.start)
                 pos, count = frame.start, frame.count
                 tally = frame.tally
-                own = format_entry(e) + tree + "\treuse=" + kept + "\tsettled=" + ",".join(map(str, tally))
+                own = text + tree + "\treuse=" + kept + "\tsettled=" + ",".join(map(str, tally))
                 written = (own + "\n").encode("utf-8")
             else:
-                written = (format_entry(e) + tree + "\n").encode("utf-8")
+                written = (text + tree + "\n").encode("utf-8")
             out.write(written)
             pos += len(written)
             count += 1

@@ -12,12 +12,14 @@ are never opened.  An fsspec one (a bucket) is in ``fsspec_source.py``.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import stat
+import sys
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterator, Protocol, Sequence, TypeVar
 
-from ..store.entry import Entry, join, kind_of
+from ..store.entry import Entry, kind_of
 from ..errors import UsageError
 from ..filters import Filter
 from .select import DirState, HeadFn, Selection
@@ -39,6 +41,8 @@ Listed = tuple[bytes, os.stat_result, "Extras | None"]
 H = TypeVar("H")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+_by_name = operator.itemgetter(0)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,10 @@ class _Frame(Generic[H]):
     entry: Entry
     children: Iterator[Listed]
     state: DirState
+    #: Whether the selection may leave out a child here (False: it is not asked, child by child).
+    sieve: bool = True
+    #: What a child's name is joined to: ``rel`` and a slash (nothing for the root).
+    prefix: bytes = b""
 
 
 def walk(tree: Tree[H], sel: Selection, warn: WarnFn, hooks: WalkHooks | None = None) -> Iterator[Entry]:
@@ -117,7 +125,7 @@ def walk(tree: Tree[H], sel: Selection, warn: WarnFn, hooks: WalkHooks | None = 
     hot = hooks.hot_since_ns if hooks is not None else None
     d, children, root = tree.root(warn)
     state = sel.enter(b"", {n: st for n, st, _ in children}, None, tree.head(d), warn)
-    stack = [_Frame(b"", d, root, iter(children), state)]
+    stack = [_Frame(b"", d, root, iter(children), state, sel.excludes_in(state))]
     try:
         while stack:
             frame = stack[-1]
@@ -128,12 +136,13 @@ def walk(tree: Tree[H], sel: Selection, warn: WarnFn, hooks: WalkHooks | None = 
                 yield frame.entry
                 continue
             name, cst, listed = nxt
-            rel = join(frame.rel, name)
-            why = sel.exclude(rel, cst, frame.state)
-            if why is not None:
-                sel.count(why, cst)
-                log.log(NOISE, "excluded by %s: %r", why, rel)
-                continue
+            rel = frame.prefix + name
+            if frame.sieve:
+                why = sel.exclude(rel, cst, frame.state)
+                if why is not None:
+                    sel.count(why, cst)
+                    log.log(NOISE, "excluded by %s: %r", why, rel)
+                    continue
             if kind_of(cst.st_mode) is None:
                 warn(rel, "unknown file type; skipped")
                 continue
@@ -185,7 +194,8 @@ def _enter(tree: Tree[H], parent: _Frame[H], name: bytes, rel: bytes, st: os.sta
         sel.count(state.excluded, st)
         log.log(NOISE, "excluded by %s: %r", state.excluded, rel)
         return None
-    return _Frame(rel, d, tree.dir_entry(rel, st, extras, children), iter(children), state)
+    return _Frame(rel, d, tree.dir_entry(rel, st, extras, children), iter(children), state,
+                  sel.excludes_in(state), rel + b"/")
 
 
 # -- a local directory tree -------------------------------------------------------------------------
@@ -195,10 +205,11 @@ def _list_dir(fd: int) -> list[Listed]:
     with os.scandir(fd) as it:
         for de in it:
             try:
-                out.append((os.fsencode(de.name), de.stat(follow_symlinks=False), None))
+                # (os.fsencode, without its call: a directory's names are always str here)
+                out.append((de.name.encode(_FS_ENCODING, _FS_ERRORS), de.stat(follow_symlinks=False), None))
             except FileNotFoundError:
                 continue  # vanished between readdir and lstat
-    out.sort(key=lambda t: t[0])
+    out.sort(key=_by_name)
     return out
 
 
@@ -267,7 +278,7 @@ class _LocalTree:
         extras, problems = self._capture.extras(root, st)
         for p in problems:
             warn(b"", p)
-        return fd, children, Entry.from_stat(b"", st, extras=tuple(extras))
+        return fd, children, Entry.from_stat(b"", st, extras=extras)
 
     def enter(self, parent: int, name: bytes, rel: bytes, warn: WarnFn) -> tuple[int, list[Listed]]:
         fd = open_noatime(name, _DIR_FLAGS, dir_fd=parent)
@@ -287,7 +298,7 @@ class _LocalTree:
         extras, problems = self._capture.extras(proc_path(d, name), st)
         for p in problems:
             warn(rel, p)
-        return tuple(extras)
+        return extras
 
     def dir_entry(self, rel: bytes, st: os.stat_result, extras: Extras, children: Sequence[Listed]) -> Entry:
         return Entry.from_stat(rel, st, extras=extras)

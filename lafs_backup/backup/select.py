@@ -216,8 +216,15 @@ class Selection:
             layers = layers + (parse_ignore(rel, name, data),)
         return DirState(layers, cache_dir)
 
+    def excludes_in(self, state: DirState) -> bool:
+        """Whether :meth:`exclude` may leave out any child of a directory in ``state`` (False: it
+        backs up every one, and the walk need not ask child by child)."""
+        return bool(self.filter.rules or self.globs or (self.listed is not None and self.listed.paths)
+                    or state.cache_dir or state.layers or self.larger_than is not None)
+
     def exclude(self, rel: bytes, st: os.stat_result, state: DirState) -> str | None:
-        """Why the child ``rel`` of a directory in ``state`` is left out (None: it is backed up)."""
+        """Why the child ``rel`` of a directory in ``state`` is left out (None: it is backed up).
+        (A reason added here is added to :meth:`excludes_in` too.)"""
         is_dir = stat.S_ISDIR(st.st_mode)
         rule = self.filter.rule_for(rel, is_dir)
         if rule is not None and not rule.include:

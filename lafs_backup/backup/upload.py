@@ -34,6 +34,7 @@ from ..store.snapshot import Child, child_names, dir_body
 from ..store.protocols import StoreLike
 from .batch import Runs, SmallFiles
 from .budget import Budget
+from .collector import rare_full_collections
 from .decider import Decided
 from .derive import InputCheck, InputsChanged
 from .indexer import Indexer
@@ -144,8 +145,9 @@ class Uploader:
         problems are warnings on the reporter.
         """
         try:
-            # Files are decided a batch at a time as the queue streams in (one cache query per batch).
-            return await self._run(self.saver.ahead(entries, held=self._hold is not None))
+            with rare_full_collections():
+                # Files are decided a batch at a time as the queue streams in (one cache query per batch).
+                return await self._run(self.saver.ahead(entries, held=self._hold is not None))
         finally:
             self.index.close()
             self.store.close()

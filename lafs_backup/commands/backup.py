@@ -141,7 +141,7 @@ async def one(o: Opener, ns: argparse.Namespace, source: Source, sel: Selection)
     made = await backup.run(reuse_queue=reuse_queue is not False)
     rep.stats.requests = dict(gw.counts)
     if made.kept is not None:  # --skip-if-unchanged: the last backup is this snapshot already
-        return skipped(o, made.kept)
+        return await skipped(o, made.kept)
     recorded = made.backup
     assert recorded is not None  # (only a round of watch may come to the previous snapshot and record nothing)
     copies = []
@@ -157,21 +157,30 @@ async def one(o: Opener, ns: argparse.Namespace, source: Source, sel: Selection)
             continue
         copies.append(url)
         rep.info(f"copied to {url}: {summary['objects_copied']} objects, {summary['directories_made']} directories")
-    if conf.destination.result.print_to_stdout and not rep.json_mode:
-        rep.output(made.cap)
     sid = recorded.short_id
-    rep.finish("backup", {"id": sid, "cap": made.cap, "generation": recorded.generation, "copies": copies,
+    cap = await _shown_cap(o, made.cap)
+    if conf.destination.result.print_to_stdout and not rep.json_mode:
+        rep.output(cap or sid)
+    rep.finish("backup", {"id": sid, "cap": cap, "generation": recorded.generation, "copies": copies,
                           "skipped": False} if rep.json_mode else None)
     rep.info(f"snapshot {sid} saved (generation {recorded.generation})")
     return outcome(rep)
 
 
-def skipped(o: Opener, last: Backup) -> int:
+async def _shown_cap(o: Opener, cap: str) -> str | None:
+    """The cap to print of a finished backup: none in a sealed repository (its id is printed), unless
+    ``destination.result.cap_when_sealed``."""
+    key = await o.repo_key()
+    return cap if key is None or not key.sealed or o.config.destination.result.cap_when_sealed else None
+
+
+async def skipped(o: Opener, last: Backup) -> int:
     """Report a backup --skip-if-unchanged did not record: the ``last`` one is the same snapshot."""
     rep = o.rt.reporter
+    cap = None if last.sealed else await _shown_cap(o, last.cap)
     if o.config.destination.result.print_to_stdout and not rep.json_mode:
-        rep.output(last.cap)
-    rep.finish("backup", {"id": last.short_id, "cap": last.cap, "generation": last.generation, "copies": [],
+        rep.output(cap or last.short_id)
+    rep.finish("backup", {"id": last.short_id, "cap": cap, "generation": last.generation, "copies": [],
                           "skipped": True} if rep.json_mode else None)
     rep.info(f"nothing changed since snapshot {last.short_id} (generation {last.generation}): no new backup "
              "recorded (--skip-if-unchanged)")

@@ -73,7 +73,7 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
                                                 "stamped in the future: kept, and not used to expire others"),
                 ns.keep_tag)
         else:
-            chosen = which.choose(o, everything, ns.backups, ns.source, ns.host, ns.tag) if ns.backups else []
+            chosen = which.choose(o, everything, ns.backups, ns.source, ns.host, ns.tag, read=False) if ns.backups else []
             verdicts = forgetting.by_name(everything, chosen, ns.generation, ns.up_to, group_by, ns.keep_tag)
         forget, keep = verdicts.split(everything)
         _report(o, forget, keep, verdicts, ns.dry_run, policy.empty)

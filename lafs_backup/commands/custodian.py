@@ -10,7 +10,7 @@ import os
 import time
 
 from ..custodian.keyfile import CustodianKey, read_key
-from ..custodian.policy import Report, Rules, pass_due
+from ..custodian.policy import Report, Rules
 from ..custodian.renewal import Renewal
 from ..custodian.service import Custodian, Observed
 from ..custodian.state import StateDir
@@ -26,30 +26,45 @@ EPILOG = """\
 init runs on the host (it needs the repository's key) and writes the custodian's key file, mode 0600: move
   it to the custodian's machine or account; the host keeps only the inbox's write cap.
 run, pass and check run where the custodian lives: run reads the inbox every custodian.poll seconds and
-  renews every custodian.renew_every days; pass reads it and renews everything now; check reads it and
-  says how things stand.
+  renews a slice of everything at each reading, so that every object is renewed once per
+  custodian.renew_every days (the objects of a new backup at once); pass reads it and renews everything
+  now (--census: and asks which shares each server holds); check reads it and says how things stand,
+  with each kept backup's last renewal and earliest lease expiry.
 exit codes of check (a monitoring plugin's): 0 OK; 1 warning (a forget request pending, no new manifest
-  for custodian.quiet_alert, renewal behind or failing, a manifest unreadable for a while, objects short
-  of shares); 2 critical (manifests gone from the inbox, a manifest refused, a kept backup not resolved,
-  objects with fewer shares than rebuild them, a lease may end within 7 days); 3 the inbox could not be
-  read.
+  for custodian.quiet_alert, no complete renewal for 1.5 custodian.renew_every or renewal failing, a
+  manifest unreadable for a while, objects short of shares); 2 critical (manifests gone from the inbox, a
+  manifest refused, a kept backup not resolved, objects with fewer shares than rebuild them, a kept
+  backup's earliest lease may end within custodian.behind_days); 3 the inbox could not be read.
 """
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``custodian``."""
-    p.add_argument("action", choices=["init", "run", "pass", "check"],
+    p.add_argument("action", choices=["init", "run", "pass", "check", "cancel"],
                    help="init: make the inbox and the custodian's key (on the host); run: the service; pass: one "
-                        "full renewal pass now; check: how things stand (exit 0 ok, 1 warning, 2 critical)")
+                        "full renewal pass now; check: how things stand (exit 0 ok, 1 warning, 2 critical); "
+                        "cancel: the owner cancels forget requests (with a sealed repository's recovery key)")
+    p.add_argument("backups", nargs="*", metavar="ID",
+                   help="for cancel: the backups whose forget requests the custodian must not honour (ids from "
+                        "'lafs-backup --repo RECOVERY-KEY list')")
     p.add_argument("--key", metavar="FILE", help="the custodian's key file (custodian.key_file); for init: where "
                                                  "to write it (a new file)")
     p.add_argument("--introducer", metavar="FURL", help="for init: the grid's introducer fURL, when the recovery "
                                                         "key does not hold it (repository.introducer_furl)")
+    p.add_argument("--census", action="store_true",
+                   help="for pass: also ask every server which shares it holds (objects short of shares are "
+                        "reported; it costs the servers more than renewing alone)")
 
 
 async def run(o: Opener, ns: argparse.Namespace) -> int:
+    if ns.census and ns.action != "pass":
+        raise UsageError("only 'custodian pass' takes --census")
     if ns.action == "init":
         return await _init(o, ns)
+    if ns.action == "cancel":
+        return await _cancel(o, ns)
+    if ns.backups:
+        raise UsageError("only 'custodian cancel' takes backup ids")
     if ns.introducer:
         raise UsageError("only 'custodian init' takes --introducer")
     path = ns.key or o.config.custodian.key_file
@@ -66,12 +81,14 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
         if ns.action == "pass":
             _said(o, await custodian.observe())
             try:
-                p = await custodian.renew(renewal.renew)
+                p = await custodian.renew(renewal.renew, census=ns.census)
             except LafsBackupError as e:
                 custodian.failed(e.message)
                 raise
+            # (renewed: objects some server renewed; with a census, that said it holds shares of them)
             o.rt.reporter.info(f"lafs-backup custodian: renewed {p.renewed} of {p.objects} objects of {p.backups} "
-                               f"backups in {p.finished - p.started:.1f}s")
+                               f"backups in {p.finished - p.started:.1f}s ({p.requests} requests" +
+                               (", with a census of shares)" if p.census else ", no census of shares)"))
             return int(_show(o, custodian.report()))
         return await _serve(o, custodian, renewal)
     finally:
@@ -81,7 +98,7 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
 def rules(o: Opener) -> Rules:
     c = o.config.custodian
     lease = (o.config.destination.lease_days or 31) * 86400.0
-    return Rules(c.keep_within, c.grace, c.poll, c.quiet_alert, c.renew_every, lease)
+    return Rules(c.keep_within, c.grace, c.poll, c.quiet_alert, c.renew_every, lease, c.behind)
 
 
 def _state_dir(o: Opener, key: CustodianKey) -> str:
@@ -119,6 +136,22 @@ async def _init(o: Opener, ns: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+async def _cancel(o: Opener, ns: argparse.Namespace) -> int:
+    from ..engine.inbox import cancel_forgets
+    from .which import choose
+
+    key = await o.repo_key()
+    if key is None or not key.opens or not key.owner:
+        raise UsageError("'custodian cancel' needs a sealed repository's recovery key: --repo FILE")
+    if not ns.backups:
+        raise UsageError("name the backups whose forget requests to cancel (ids from 'lafs-backup list')")
+    chosen = choose(o, await o.backups(), ns.backups, read=False)
+    n = await cancel_forgets(await o.gateway(), key, chosen)
+    o.rt.reporter.info(f"lafs-backup: the custodian will not honour the forget requests of {n} backup(s) "
+                       f"({', '.join(b.short_id for b in chosen)}); it sees this at its next reading of the inbox")
+    return ExitCode.OK
+
+
 async def _check(o: Opener, custodian: Custodian) -> int:
     try:
         _said(o, await custodian.observe())
@@ -131,9 +164,10 @@ async def _check(o: Opener, custodian: Custodian) -> int:
 
 
 async def _serve(o: Opener, custodian: Custodian, renewal: Renewal) -> int:
-    """Read the inbox every ``poll`` seconds, renew when a pass is due, say and ping how things stand;
-    until Ctrl-C or SIGTERM.  A step that fails is said and tried again at the next round: one bad
-    manifest, a gateway down or a grid not joined never stops the service."""
+    """Read the inbox every ``poll`` seconds, renew the slice of the rotation due then (and the new
+    objects of new backups), say and ping how things stand; until Ctrl-C or SIGTERM.  A step that fails
+    is said and tried again at the next round: one bad manifest, a gateway down or a grid not joined
+    never stops the service, and a slice not renewed is renewed with the next one."""
     rep = o.rt.reporter
     while True:
         try:
@@ -141,14 +175,13 @@ async def _serve(o: Opener, custodian: Custodian, renewal: Renewal) -> int:
         except LafsBackupError as e:
             what = "the inbox cannot be read now" if isinstance(e, GridError) else "the inbox could not be taken in"
             rep.advise("custodian", f"{what} ({e.message}); trying again in {custodian.rules.poll:g}s")
-        # (a pass needs only what the custodian copied before: it is made even when the inbox cannot be read)
-        if pass_due(custodian.state, custodian.now(), custodian.rules):
-            try:
-                await custodian.renew(renewal.renew)
-            except LafsBackupError as e:
-                rep.advise("custodian", f"the renewal pass could not be made ({e.message}); trying again in "
-                                        f"{custodian.rules.poll:g}s")
-                custodian.failed(e.message)
+        # (a turn needs only what the custodian copied before: it is made even when the inbox cannot be read)
+        try:
+            await custodian.tick(renewal.renew)
+        except LafsBackupError as e:
+            rep.advise("custodian", f"the renewal could not be made ({e.message}); trying again in "
+                                    f"{custodian.rules.poll:g}s")
+            custodian.failed(e.message)
         try:
             report = custodian.report()
             for a in report.alerts:
@@ -165,6 +198,7 @@ def _said(o: Opener, seen: Observed) -> None:
                        ("manifest that cannot be read now (read again next time)", seen.unreadable),
                        ("manifest gone from the inbox", seen.vanished), ("forget request", seen.forgets),
                        ("forgotten (its grace period passed)", seen.honoured),
+                       ("forget request cancelled by the owner", seen.cancelled),
                        ("not yet linked into (or out of) the custodian's own directory (tried again next time)",
                         seen.uncopied)):
         for k in keys:
@@ -178,15 +212,23 @@ def _show(o: Opener, r: Report) -> int:
         rep.record(r.json())
         return int(r.level)
     rep.output(f"lafs-backup custodian: {r.level.name}")
-    for b in r.kept:
+    for b, x in zip(r.kept, r.leases):
         gone = f", gone from the inbox {_iso(b.vanished)}" if b.vanished is not None else ""
-        rep.output(f"kept: {b.key} (first seen {_iso(b.seen)}{gone})")
+        leases = ("leases not renewed yet" if x.renewed is None else
+                  f"leases renewed {_iso(x.renewed)}, earliest expiry {_iso(x.expires)}")
+        rep.output(f"kept: {b.key} (first seen {_iso(b.seen)}{gone}; {leases})")
     for f in r.pending:
         rep.output(f"forget pending: {f.key} (arrived {_iso(f.seen)}, takes effect {_iso(f.seen + r.rules.grace)})")
-    p = r.state.last_pass
-    rep.output("last renewal pass: never" if p is None else
-               f"last renewal pass: {_iso(p.started)}: {p.renewed} of {p.objects} objects renewed, of {p.backups} "
-               "backups")
+    c, rot, p = r.state.complete, r.state.rotation, r.state.last_pass
+    rep.output("last complete renewal: never" if c is None else
+               f"last complete renewal: {_iso(c.finished)} (by {'a full pass' if c.by == 'pass' else 'the rotation'}, "
+               f"begun {_iso(c.started)})")
+    if rot is not None:
+        rep.output(f"rotation: {100 * (r.done() or 0.0):.1f}% of the round begun {_iso(rot.started)} "
+                   f"(one round every {r.rules.renew_every / 86400:g} days)")
+    if p is not None:
+        rep.output(f"last full pass: {_iso(p.started)}: {p.objects} objects of {p.backups} backups" +
+                   (f", {p.renewed} held by some server" if p.census else ", no census of shares"))
     for a in r.alerts:
         rep.output(f"{a.level.name}: {a.topic}: {a.message}")
     return int(r.level)

@@ -1,21 +1,47 @@
-"""``init``: make a repository on the grid and keep its recovery key (mode 0600)."""
+"""``init``: make a repository on the grid and keep its recovery key (mode 0600); with ``--sealed``, a
+sealed repository whose recovery key and custodian's key are written once, to files that leave the host."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..errors import ExitCode
-from ..resources import Opener
+from ..grid.gateway import Gateway
+from ..repository import RepoKey
+from ..resources import Opener, Sealed
 
 
 #: The example ``--help`` shows.
-EXAMPLE = 'lafs-backup init'
+EXAMPLE = 'lafs-backup init --sealed --recovery-key /media/usb/lafs-backup.recovery'
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``init``."""
+    p.add_argument("--sealed", action="store_true",
+                   help="seal every backup's record to a key pair whose private half leaves this machine: a "
+                        "stolen or compromised host cannot read its older backups, and a custodian keeps them "
+                        "(see the README's threat model)")
+    p.add_argument("--recovery-key", metavar="FILE", default="lafs-backup.recovery-key",
+                   help="with --sealed: the new file the recovery key is written to, once (default: "
+                        "lafs-backup.recovery-key in the current directory); move it off this machine")
+    p.add_argument("--custodian-key", metavar="FILE", default="lafs-backup.custodian-key",
+                   help="with --sealed: the new file the custodian's key is written to (default: "
+                        "lafs-backup.custodian-key in the current directory); move it to the custodian")
+    p.add_argument("--introducer", metavar="FURL",
+                   help="with --sealed: the introducer the custodian joins the grid through (default: "
+                        "repository.introducer_furl, or the embedded grid's)")
 
 
 async def run(o: Opener, ns: argparse.Namespace) -> int:
-    await o.create_repository()
+    if not ns.sealed:
+        await o.create_repository()
+        return ExitCode.OK
+    from ..engine.inbox import create_custodian
+
+    async def custodian(gw: Gateway, key: RepoKey, path: str, furl: str | None, owner: str) -> str:
+        return (await create_custodian(gw, key, path, ns.introducer or furl, owner))[1]
+
+    await o.create_repository(Sealed(os.path.abspath(ns.recovery_key), os.path.abspath(ns.custodian_key),
+                                     custodian))
     return ExitCode.OK

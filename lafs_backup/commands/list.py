@@ -28,6 +28,12 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     floors = history.lease_floors(everything)
     chosen = history.matching(everything, recorded_as(ns.source), ns.host, ns.tag or ())
     items = [backup_json(b, floors) for b in chosen]
+    # The last complete renewal of everything this host can renew: the oldest of its backups' last renewals.
+    renewed = [b.ts_lease for b in everything if not b.sealed]
+    known = [t for t in renewed if t is not None]
+    everything_renewed = history.iso(min(known)) if known and len(known) == len(renewed) else None
+    for it in items:
+        it["leases_all_renewed"] = everything_renewed
     rep = o.rt.reporter
     if rep.json_mode:
         for it in items:  # JSON lines, a backup each
@@ -43,8 +49,11 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
             grids = f"  also on: {', '.join(it['copies'])}" if it["copies"] else ""
             copy = "  (a copy)" if it["original"] else ""
             copy += f"  (rewritten from {it['rewritten_from']})" if it["rewritten_from"] else ""
+            leases = ("leases: the custodian's" if it["sealed"] else
+                      f"leases renewed: {it['leases_renewed'] or 'never'}")
+            cap = it["cap"] or "(sealed: the recovery key reads it)"
             rep.output(f"{it['id']}  {it['generation']:>5}  {it['time']}  {it['host'] or '-'}  {it['source']}{tags}  "
-                       f"leases renewed: {it['leases_renewed'] or 'never'}{grids}{copy}  {it['cap']}")
+                       f"{leases}{grids}{copy}  {cap}")
     advise(o, chosen, leases=False)
     return ExitCode.OK
 

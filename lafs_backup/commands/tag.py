@@ -47,10 +47,17 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     lock = await o.lock(SCOPE)
     try:
         everything = await o.backups()
-        plans = tagging.plan(which.choose(o, everything, ns.backups, ns.source, ns.host, ns.tag), change)
+        plans = tagging.plan(which.choose(o, everything, ns.backups, ns.source, ns.host, ns.tag, read=False),
+                             change)
         recorded = await tagging.record(repo, this_host(), change, plans)
     finally:
         lock.release()
+    if repo.key.sealed and recorded:
+        # (a sealed repository's host cannot read its tag changes back: it keeps its own backups' tags itself)
+        async with o.locked_cache() as cache:
+            for p in plans:
+                if p.changed and p.backup.row is not None:
+                    cache.history.set_tags(p.backup.row, p.after)
     for p in plans:
         info = backup_json(p.backup)
         tags = ", ".join(p.after) or "none"

@@ -30,12 +30,16 @@ class CustodianKey:
     own: str = field(repr=False)
     furl: str | None = field(default=None, repr=False)
     secret: str = field(default="", repr=False)
+    #: A sealed repository's: the read cap of the owner's directory, where the recovery key (which holds
+    #: its write cap) cancels forget requests (None: a plain repository's custodian, no such channel).
+    owner: str | None = field(default=None, repr=False)
 
     def lease_secret(self, path: str) -> LeaseSecret:
         return LeaseSecret(decode_secret(self.secret, path))
 
     def text(self) -> str:
-        body = {"inbox": self.inbox, "own": self.own, "furl": self.furl, "lease_secret": self.secret.strip()}
+        body = {"inbox": self.inbox, "own": self.own, "furl": self.furl, "lease_secret": self.secret.strip(),
+                **({"owner": self.owner} if self.owner else {})}
         return HEADER + "\n" + json.dumps(body, indent=1, sort_keys=True) + "\n"
 
 
@@ -60,6 +64,10 @@ def read_key(path: str) -> CustodianKey:
         if head.strip() != HEADER or not isinstance(body, dict):
             raise ValueError
         inbox, own, furl, secret = body["inbox"], body["own"], body.get("furl"), body["lease_secret"]
+        owner = body.get("owner")
+        if owner is not None and not (isinstance(owner, str) and owner.startswith(("URI:DIR2-RO:",
+                                                                                    "URI:DIR2-MDMF-RO:"))):
+            raise ValueError
         if not (isinstance(inbox, str) and inbox.startswith(("URI:DIR2-RO:", "URI:DIR2-MDMF-RO:"))
                 and isinstance(own, str) and own.startswith(("URI:DIR2:", "URI:DIR2-MDMF:"))
                 and isinstance(secret, str) and (furl is None or (isinstance(furl, str) and furl.startswith("pb://")))):
@@ -67,6 +75,6 @@ def read_key(path: str) -> CustodianKey:
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise CustodianKeyError(path=path, problem="it is not a lafs-backup custodian key (copy it again, whole, "
                                                    "from the host that made it)") from None
-    key = CustodianKey(inbox, own, furl, secret)
+    key = CustodianKey(inbox, own, furl, secret, owner)
     key.lease_secret(path)  # (raises LeaseSecretError, naming the file, for a damaged secret)
     return key

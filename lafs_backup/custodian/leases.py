@@ -1,5 +1,6 @@
 """Lease renewal by storage index alone: every storage server is asked, over Foolscap, to add or renew the
-custodian's lease on whatever shares of an object it holds, and answers which shares those are."""
+custodian's lease on whatever shares of an object it holds, and, with a census, to say which shares
+those are."""
 
 from __future__ import annotations
 
@@ -34,24 +35,28 @@ class _OtherKind(Exception):
 @dataclass(frozen=True)
 class ServerAnswer:
     """What one server answered about one object: the share numbers it holds, on each of which the
-    custodian's lease is now added or renewed (empty: it holds none), or why it did not answer."""
+    custodian's lease is now added or renewed (empty: it holds none; None: not asked, a renewal without
+    a census), or why it did not answer."""
 
     server: str
-    shares: frozenset[int] = frozenset()
+    shares: frozenset[int] | None = frozenset()
     #: None when the server answered; else a short reason ("not connected", a remote error's type name).
     problem: str | None = None
 
     @property
     def renewed(self) -> bool:
-        return self.problem is None and bool(self.shares)
+        """It answered, and did not say it holds no share (without a census it renewed whatever it holds)."""
+        return self.problem is None and self.shares != frozenset()
 
 
 @dataclass(frozen=True)
 class Renewal:
-    """One object's renewal: every server's answer."""
+    """One object's renewal: every server's answer; ``census``: the servers were asked which shares they
+    hold."""
 
     target: Target
     answers: tuple[ServerAnswer, ...]
+    census: bool = True
 
     @property
     def holding(self) -> int:
@@ -60,8 +65,9 @@ class Renewal:
 
     @property
     def shares(self) -> frozenset[int]:
-        """The distinct share numbers under a renewed lease (k of them rebuild the object)."""
-        return frozenset().union(*(a.shares for a in self.answers if a.renewed))
+        """The distinct share numbers under a renewed lease (k of them rebuild the object; empty without a
+        census)."""
+        return frozenset().union(*(a.shares for a in self.answers if a.renewed and a.shares is not None))
 
     @property
     def unanswered(self) -> int:
@@ -70,7 +76,10 @@ class Renewal:
 
     def short(self, want: int | None = None) -> bool:
         """Are fewer than ``want`` distinct shares kept (default: as many as the object was encoded into,
-        when its verify cap tells; else: none at all)?  The custodian cannot repair; the owner does."""
+        when its verify cap tells; else: none at all)?  The custodian cannot repair; the owner does.
+        Without a census nothing is known: False."""
+        if not self.census:
+            return False
         want = want if want is not None else (self.target.total or 1)
         return len(self.shares) < want
 
@@ -79,7 +88,10 @@ class Renewer:
     """Renews the custodian's leases, object by object, on every server ``servers()`` names when a pass
     starts.
 
-    Each server is asked once per object, in one round trip:
+    Without a census, each server is asked ``add_lease`` once per object, whatever its kind: one request,
+    the cheapest the protocol has, which renews the lease on every share the server holds of that storage
+    index and answers None whether it holds any or not.  With a census, each is asked once per object,
+    in one round trip, in a way that also says which shares it holds:
 
     - an immutable object: ``allocate_buckets`` for no new share.  The server adds or renews the lease on
       every share it holds of that storage index and answers with their numbers (Tahoe's uploader relies
@@ -109,19 +121,19 @@ class Renewer:
         self.requests = 0
         self.calls: collections.Counter[str] = collections.Counter()
 
-    async def renew(self, targets: Iterable[Target],
-                    on_renewal: Callable[[Renewal], None] | None = None) -> list[Renewal]:
+    async def renew(self, targets: Iterable[Target], on_renewal: Callable[[Renewal], None] | None = None,
+                    census: bool = True) -> list[Renewal]:
         """Renew the lease of each distinct storage index among ``targets`` (read lazily, as the slots
-        free up) on every server; return the renewals, in the order they finished, each also handed to
-        ``on_renewal`` as it finishes.  A server that fails or does not answer is an answer with a
-        problem, never an exception."""
+        free up) on every server, with a census of the shares each holds or without (``census``); return
+        the renewals, in the order they finished, each also handed to ``on_renewal`` as it finishes.  A
+        server that fails or does not answer is an answer with a problem, never an exception."""
         servers = list(self._servers())
         seen: set[bytes] = set()
         done: list[Renewal] = []
         running: set[Deferred[None]] = set()
 
         def finished(answers: list[ServerAnswer], target: Target) -> None:
-            r = Renewal(target, tuple(answers))
+            r = Renewal(target, tuple(answers), census)
             log.debug("renewed %s: %d servers hold shares %s; %d did not answer", target.name, r.holding,
                       sorted(r.shares), r.unanswered)
             done.append(r)
@@ -135,7 +147,7 @@ class Renewer:
             asks = []
             for server in servers:
                 await self._slots.acquire()
-                asks.append(Deferred.fromCoroutine(self._ask_holding_slot(target, server)))
+                asks.append(Deferred.fromCoroutine(self._ask_holding_slot(target, server, census)))
             whole: Deferred[Any] = gatherResults(asks, consumeErrors=True)
             whole.addCallback(finished, target)
             running.add(whole)
@@ -144,13 +156,13 @@ class Renewer:
             await gatherResults(list(running), consumeErrors=True)
         return done
 
-    async def _ask_holding_slot(self, target: Target, server: IServer) -> ServerAnswer:
+    async def _ask_holding_slot(self, target: Target, server: IServer, census: bool) -> ServerAnswer:
         try:
-            return await self._ask(target, server)
+            return await self._ask(target, server, census)
         finally:
             self._slots.release()
 
-    async def _ask(self, target: Target, server: IServer) -> ServerAnswer:
+    async def _ask(self, target: Target, server: IServer, census: bool) -> ServerAnswer:
         name = str(server.get_serverid(), "ascii")
         ss = server.get_storage_server()
         if ss is None or not server.is_connected():
@@ -159,6 +171,9 @@ class Renewer:
         first, second = ((self._mutable, self._immutable) if target.kind is Kind.MUTABLE
                          else (self._immutable, self._mutable))
         try:
+            if not census:
+                await self._lease(ss, target.storage_index, secrets)
+                return ServerAnswer(name, None)
             try:
                 shares = await first(ss, target.storage_index, secrets)
             except _OtherKind:
@@ -175,6 +190,10 @@ class Renewer:
             # Only the type: a remote failure's text carries paths and the server's fURL.
             return ServerAnswer(name, problem=f"refused: {_remote_type(e)}")
         return ServerAnswer(name, frozenset(shares))
+
+    async def _lease(self, ss: Any, si: bytes, secrets: BucketSecrets) -> None:
+        await self._pace(1)
+        await self._send(ss, "add_lease", si, secrets.renew, secrets.cancel)
 
     async def _immutable(self, ss: Any, si: bytes, secrets: BucketSecrets) -> set[int]:
         await self._pace(1)

@@ -185,3 +185,33 @@ def read_forget(meta: object) -> tuple[str, str] | None:
     if isinstance(folder, str) and isinstance(record, str) and is_folder(folder) and is_record(record):
         return folder, record
     return None
+
+
+#: The largest sealed record the custodian keeps from a manifest's envelope (base64; a record is ~1 KiB).
+MAX_BOX = 64 * 1024
+_BOX = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
+def read_box(meta: object) -> str | None:
+    """The sealed record a manifest's envelope carries (a sealed repository's; None: none, or not one)."""
+    box = meta.get("record_box") if isinstance(meta, Mapping) else None
+    return box if isinstance(box, str) and 0 < len(box) <= MAX_BOX and _BOX.fullmatch(box) else None
+
+
+def cancel_envelope(folder: str, record: str) -> dict[str, Any]:
+    """The link metadata of the owner's cancel of a forget request (in the owner's directory)."""
+    return {"lafs_backup_cancel": FORMAT, "folder": folder, "record": record}
+
+
+def cancel_name(folder: str, record: str) -> str:
+    return f"cancel.{folder}.{record}"
+
+
+def read_cancel(meta: object) -> tuple[str, str] | None:
+    """(folder, record) the owner's cancel names (None: not a cancel)."""
+    if not isinstance(meta, Mapping) or meta.get("lafs_backup_cancel") != FORMAT:
+        return None
+    folder, record = meta.get("folder"), meta.get("record")
+    if isinstance(folder, str) and isinstance(record, str) and is_folder(folder) and is_record(record):
+        return folder, record
+    return None

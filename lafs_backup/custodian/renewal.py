@@ -38,9 +38,9 @@ class Renewal:
         self._client: GridClient | None = None
         self.requests = 0
 
-    async def renew(self, targets: Iterable[Target]) -> list[Renewed]:
-        """Renew every target's lease on every storage server (see :class:`Renewer`).  Raises
-        :class:`GridError` when no server can be reached."""
+    async def renew(self, targets: Iterable[Target], census: bool = True) -> list[Renewed]:
+        """Renew every target's lease on every storage server, with a census of the shares each holds or
+        without (see :class:`Renewer`).  Raises :class:`GridError` when no server can be reached."""
         if not self._introducer:
             raise GridError(problem="the custodian's key holds no introducer fURL: it cannot join the grid")
         if self._client is None:
@@ -49,7 +49,7 @@ class Renewal:
         await self._settle()
         renewer = Renewer(self._reactor, self._client.servers, self._secret, limit=self._limit,
                           rate=make(self._rate, self._reactor))
-        done = await renewer.renew(targets)
+        done = await renewer.renew(targets, census=census)
         self.requests += renewer.requests
         return done
 

@@ -1,6 +1,7 @@
 """The custodian at work: it reads the inbox (a read cap), copies each new manifest into its own directory
 with the time it first saw it, records forget requests and honours them after the grace period, renews
-the leases of every object of every backup it keeps, and says how things stand.
+the leases of every object of every backup it keeps (a slice at a time, or all at once), and says how
+things stand.
 
 Each step is a method of :class:`Custodian`, called by ``lafs-backup custodian`` (``run`` loops over
 them; ``pass`` and ``check`` call them once).  The gateway, the clock and the renewal are handed in.
@@ -10,22 +11,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from ..errors import GridError, LafsBackupError
 from ..protocols import JSON, GatewayLike
+from .keeping import Keeper, RenewFn, Resolved, resolve_kept
 from .keyfile import CustodianKey
-from .leases import Renewal
-from .manifest import (FORGET, FULL_EVERY, MAX_SIZE, Manifest, ManifestError, is_folder, is_record,
+from .manifest import (FORGET, MAX_SIZE, Manifest, ManifestError, is_folder, is_record, read_box, read_cancel,
                        read_envelope, read_forget, resolve)
-from .policy import Report, Rules, due, kept, report
-from .state import Forget, Pass, Seen, State, StateDir
-from .targets import Target, target_of, verify_cap_of
+from .policy import Report, Rules, due, report
+from .state import Forget, Pass, Seen, State, StateDir, Tick
+from .targets import verify_cap_of
 
 log = logging.getLogger(__name__)
 
-#: Renews the leases of the targets handed to it: the renewals (``Renewer.renew``, on a joined grid).
-RenewFn = Callable[[list[Target]], Awaitable[list[Renewal]]]
+__all__ = ["Custodian", "Observed", "RenewFn", "Resolved"]
 
 
 @dataclass
@@ -42,17 +42,8 @@ class Observed:
     forgets: list[str] = field(default_factory=list)
     honoured: list[str] = field(default_factory=list)
     uncopied: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """What the kept backups reference: the verify caps of their objects and of their manifests (each
-    chain whole), and the backups whose chain of local copies did not resolve (nothing of theirs is in
-    the other two)."""
-
-    objects: set[str]
-    manifests: set[str]
-    unresolved: list[str]
+    #: Forget requests the owner cancelled (with the recovery key), seen in this reading.
+    cancelled: list[str] = field(default_factory=list)
 
 
 def _children(listing: JSON) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -82,6 +73,9 @@ class Custodian:
         self.rules = rules
         self.now = now
         self.state: State = state.load()
+        self._keeper = Keeper(state, rules, now)
+        #: The verify caps of the custodian's directories as last listed (None: not yet).
+        self._dirs: frozenset[str] | None = None
 
     # -- reading the inbox -------------------------------------------------------------------------
     async def observe(self) -> Observed:
@@ -111,6 +105,8 @@ class Custodian:
         except GridError:
             self.dir.save(st)  # (what was seen before a folder failed to list keeps its first-seen time)
             raise
+        if self.key.owner:
+            await self._cancels(now, out)
         for key in [k for k in st.unreadable if k not in present]:
             del st.unreadable[key]  # (gone from the inbox: nothing left to read)
         for b in st.backups.values():
@@ -123,6 +119,24 @@ class Custodian:
         await self._own_copies(out)
         self.dir.save(st)
         return out
+
+    async def _cancels(self, now: float, out: Observed) -> None:
+        """The owner's cancels (a sealed repository's owner's directory, which only the recovery key
+        writes): each pending forget request one names never takes effect.  A directory that cannot be
+        read now is read again at the next reading of the inbox; a forget request's grace period is long."""
+        assert self.key.owner is not None
+        try:
+            listing = _children(await self.gw.get_json(self.key.owner))
+        except GridError as e:
+            log.info("the owner's directory cannot be read now (%s): read again next time", e.message)
+            return
+        for _, info in listing.values():
+            named = read_cancel(info.get("metadata"))
+            f = self.state.forgets.get(f"{named[0]}/{named[1]}") if named else None
+            if f is not None and f.pending:
+                f.cancelled = now
+                out.cancelled.append(f.key)
+                log.info("forget request for %s cancelled by the owner", f.key)
 
     def _forgets(self, listing: dict[str, tuple[str, dict[str, Any]]], now: float, out: Observed) -> None:
         for _, info in listing.values():
@@ -166,7 +180,7 @@ class Custodian:
                 out.refused.append(key)
                 continue
             assert isinstance(cap, str) and size is not None
-            self.state.backups[key] = Seen(folder, record, cap, size, now)
+            self.state.backups[key] = Seen(folder, record, cap, size, now, box=read_box(info.get("metadata")))
             self.state.last_new = now
             out.new.append(key)
 
@@ -237,9 +251,9 @@ class Custodian:
             try:
                 own = await self._own_folder(folder)
                 if link:
-                    await self.gw.set_children(own, {b.record: (b.manifest, {"lafs_backup_manifest": 1,
-                                                                             "record": b.record, "size": b.size,
-                                                                             "seen": b.seen}) for b in link})
+                    await self.gw.set_children(own, {b.record: (b.manifest, {
+                        "lafs_backup_manifest": 1, "record": b.record, "size": b.size, "seen": b.seen,
+                        **({"record_box": b.box} if b.box else {})}) for b in link})
                     for b in link:
                         b.copied = True
                 for b in backups:
@@ -264,33 +278,7 @@ class Custodian:
     def objects(self, backups: Iterable[Seen]) -> Resolved:
         """What ``backups`` reference, their manifests resolved from the local copies.  A backup whose
         chain does not resolve is left out and named (``unresolved``): the others are renewed."""
-        memo: dict[str, frozenset[str]] = {}
-        previous: dict[str, str | None] = {}
-        objects: set[str] = set()
-        manifests: set[str] = set()
-        unresolved: list[str] = []
-
-        def read(cap: str) -> Manifest:
-            m = self.dir.manifest(cap)
-            if m is None:
-                raise ManifestError(what="chain", problem="a manifest of it was not copied")
-            previous[cap] = m.previous
-            return m
-        for b in backups:
-            try:
-                found = resolve(b.manifest, read, memo)
-                chain: list[str] = []
-                at: str | None = b.manifest
-                while at is not None and at not in manifests and len(chain) <= 4 * FULL_EVERY:
-                    chain.append(at)
-                    at = previous[at] if at in previous else read(at).previous
-            except ManifestError as e:
-                unresolved.append(b.key)
-                log.warning("backup %s is not renewed: %s", b.key, e.message)
-                continue
-            objects |= found
-            manifests.update(chain)
-        return Resolved(objects, {v for v in (verify_cap_of(c) for c in manifests) if v is not None}, unresolved)
+        return resolve_kept(backups, self.dir.manifest)
 
     async def directories(self) -> set[str]:
         """The verify caps of the inbox, the custodian's own directory, and their folders."""
@@ -302,26 +290,31 @@ class Custodian:
                     out.add(cap)
         return {v for v in (verify_cap_of(c) for c in out) if v is not None}
 
-    async def renew(self, renew: RenewFn) -> Pass:
+    async def _directories(self) -> frozenset[str]:
+        """:meth:`directories`, or the ones listed last time when the gateway cannot list them now (a
+        renewal needs the grid, not the gateway).  Raises :class:`GridError` when they were never listed."""
+        try:
+            self._dirs = frozenset(await self.directories())
+        except GridError as e:
+            if self._dirs is None:
+                raise
+            log.info("the custodian's directories cannot be listed now (%s): renewing those listed before",
+                     e.message)
+        assert self._dirs is not None
+        return self._dirs
+
+    async def renew(self, renew: RenewFn, census: bool = False) -> Pass:
         """One full pass: renew the custodian's lease on every object of every backup it keeps, their
-        manifests, and its directories, each distinct object once.  Recorded and saved."""
-        started = self.now()
-        keep = kept(self.state, started, self.rules)
-        found = self.objects(keep)
-        caps = found.objects | found.manifests | await self.directories()
-        renewals = await renew([target_of(c) for c in sorted(caps)])
-        short = sorted(r.target.name for r in renewals if r.short() and not _lost(r))
-        lost = sorted(r.target.name for r in renewals if _lost(r))
-        p = Pass(started, self.now(), len(keep) - len(found.unresolved), len(renewals),
-                 sum(1 for r in renewals if r.holding), sum(len(r.answers) for r in renewals), short, lost,
-                 sum(r.unanswered for r in renewals), found.unresolved)
-        self.state.last_pass = p
-        self.state.failing_since = None
-        self.state.failure = None
-        self.dir.save(self.state)
-        log.info("renewal pass: %d backups, %d objects, %d short, %d lost, %d unresolved", p.backups, p.objects,
-                 len(short), len(lost), len(found.unresolved))
-        return p
+        manifests, and its directories, each distinct object once; with a census of the shares each
+        server holds (``census``), or with the one cheapest request per object and server.  Recorded and
+        saved; it starts the slow rotation when none stands."""
+        return await self._keeper.full(self.state, await self._directories(), renew, census)
+
+    async def tick(self, renew: RenewFn) -> Tick:
+        """One turn of the slow rotation (``custodian run``, at each reading of the inbox): the objects of
+        backups that joined since the last turn and the slice due now, with a census; the first turn is
+        a full pass.  Recorded and saved."""
+        return await self._keeper.turn(self.state, await self._directories(), renew)
 
     def failed(self, why: str) -> None:
         """A pass could not be made (``why``: the grid could not be joined, the gateway failed...):
@@ -339,7 +332,3 @@ class Custodian:
         self.dir.write_status(r.json())
         return r
 
-
-def _lost(r: Renewal) -> bool:
-    """Fewer shares kept than rebuild the object (as its verify cap tells; else: none at all)."""
-    return len(r.shares) < (r.target.needed or 1)

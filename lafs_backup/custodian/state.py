@@ -1,5 +1,6 @@
-"""The custodian's local state: every backup it observed (by its own clock), the forget requests, its last
-renewal pass, and its local copies of the manifests; one JSON file, replaced whole at each change.
+"""The custodian's local state: every backup it observed (by its own clock), the forget requests, its
+renewals (the last full pass, where the slow rotation stands, and when each range of storage indexes was
+last renewed), and its local copies of the manifests; one JSON file, replaced whole at each change.
 
 It holds no cap that reads a backup's data: the manifests' read caps (a manifest lists verify caps),
 and the verify caps inside the manifest copies.  The inbox's and its own directory's caps stay in the key
@@ -18,6 +19,7 @@ from typing import Any
 from ..errors import LafsBackupError
 from ..system.paths import replacing
 from .manifest import Manifest
+from .rotation import END, Rotation, Span
 
 #: The state file's format.
 FORMAT = 1
@@ -47,6 +49,18 @@ class Seen:
     refused: str | None = None
     #: Linked into the custodian's own directory.
     copied: bool = False
+    #: When its objects joined the renewal (each one new to the custodian was renewed then; None: not
+    #: yet, or its chain did not resolve), and the lowest and highest position of their storage indexes
+    #: (hex; None: not known yet, or it references none).  Added with the slow rotation.
+    joined: float | None = None
+    span: list[str] | None = None
+    #: A sealed repository's record of the backup, as its manifest's envelope carried it when first seen:
+    #: a box only the recovery key opens (the custodian keeps it in its own directory, beside the manifest).
+    box: str | None = None
+
+    def positions(self) -> tuple[int, int] | None:
+        """The lowest and highest position of its objects' storage indexes (None: not known)."""
+        return None if not self.span else (int(self.span[0], 16), int(self.span[1], 16))
 
     @property
     def key(self) -> str:
@@ -61,6 +75,12 @@ class Forget:
     record: str
     seen: float
     honoured: float | None = None
+    #: When the owner's cancel was seen (the recovery key's, in the owner's directory): it never takes effect.
+    cancelled: float | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.honoured is None and self.cancelled is None
 
     @property
     def key(self) -> str:
@@ -85,6 +105,43 @@ class Pass:
     #: The kept backups whose chain of local manifest copies did not resolve: their objects were not
     #: renewed in this pass (added after the first release of the format; absent: none).
     unresolved: list[str] = field(default_factory=list)
+    #: Did the servers say which shares they hold (a census)?  A pass without one renews with one
+    #: ``add_lease`` per object and server, and says nothing of shares.  (Absent: passes before the
+    #: slow rotation, which all took a census.)
+    census: bool = True
+
+
+@dataclass
+class Tick:
+    """One turn of the slow rotation: when it started and ended, the share of the round it covered
+    (``lo`` to ``hi``, fractions of the space of storage indexes), the objects renewed (``joining`` of
+    them the new objects of backups that joined), those some server holds, the requests sent, the
+    answers missing, the objects found short or lost, and whether it ended the round (``wrapped``) or
+    was a full pass (``full``: the first turn, when no rotation stood yet)."""
+
+    started: float
+    finished: float
+    lo: float
+    hi: float
+    objects: int
+    joining: int
+    renewed: int
+    requests: int
+    unanswered: int = 0
+    short: int = 0
+    lost: int = 0
+    wrapped: bool = False
+    full: bool = False
+
+
+@dataclass
+class Complete:
+    """The last complete renewal of everything kept: a full pass, or a round of the rotation (each
+    object renewed between ``started`` and ``finished``)."""
+
+    started: float
+    finished: float
+    by: str
 
 
 @dataclass
@@ -101,13 +158,34 @@ class State:
     #: Manifests in the inbox that could not be read (a gateway or grid error, tried again at each
     #: reading of the inbox): their key -> when that first happened.  Nothing else is recorded of them.
     unreadable: dict[str, float] = field(default_factory=dict)
+    #: The slow rotation (None: it has not begun; its first turn is a full pass), when each range of
+    #: storage indexes was last renewed (a span per slice: never a time per object), the last turn,
+    #: and the last complete renewal of everything.
+    rotation: Rotation | None = None
+    spans: list[Span] = field(default_factory=list)
+    last_tick: Tick | None = None
+    complete: Complete | None = None
+    #: What the renewals found, as they stand: the storage indexes of the objects with fewer shares
+    #: than they were made with (``short``) or than rebuild them (``lost``), by the last census of each;
+    #: the kept backups whose chain did not resolve; the answers missing in the last renewal.
+    short: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    unresolved: list[str] = field(default_factory=list)
+    unanswered: int = 0
 
     def json(self) -> dict[str, Any]:
+        r = self.rotation
         return {"lafs_backup_custodian": FORMAT, "backups": [dataclasses.asdict(b) for b in self.backups.values()],
                 "forgets": [dataclasses.asdict(f) for f in self.forgets.values()], "last_new": self.last_new,
                 "started": self.started, "failing_since": self.failing_since, "failure": self.failure,
                 "unreadable": dict(self.unreadable),
-                "last_pass": dataclasses.asdict(self.last_pass) if self.last_pass else None}
+                "last_pass": dataclasses.asdict(self.last_pass) if self.last_pass else None,
+                "rotation": None if r is None else {"started": r.started, "at": format(r.at, "x")},
+                "spans": [[format(s.end, "x"), s.time] for s in self.spans],
+                "last_tick": dataclasses.asdict(self.last_tick) if self.last_tick else None,
+                "complete": dataclasses.asdict(self.complete) if self.complete else None,
+                "short": self.short, "lost": self.lost, "unresolved": self.unresolved,
+                "unanswered": self.unanswered}
 
     @classmethod
     def from_json(cls, body: Any) -> "State":
@@ -119,9 +197,30 @@ class State:
         unreadable = body.get("unreadable") or {}
         if not isinstance(unreadable, dict):
             raise TypeError("not a custodian state")
-        return cls({b.key: b for b in backups}, {f.key: f for f in forgets}, body.get("last_new"),
-                   body.get("started"), Pass(**lp) if lp else None, body.get("failing_since"),
-                   body.get("failure"), {str(k): float(v) for k, v in unreadable.items()})
+        last_pass = Pass(**lp) if lp else None
+        st = cls({b.key: b for b in backups}, {f.key: f for f in forgets}, body.get("last_new"),
+                 body.get("started"), last_pass, body.get("failing_since"),
+                 body.get("failure"), {str(k): float(v) for k, v in unreadable.items()})
+        if "spans" not in body:
+            # A state from before the slow rotation: its last pass renewed everything it kept then, and
+            # its findings stand until the rotation's census replaces them.
+            if last_pass is not None:
+                st.spans = [Span(END, last_pass.started)]
+                for b in st.backups.values():
+                    if b.seen <= last_pass.started and b.refused is None:
+                        b.joined = last_pass.started
+                st.short, st.lost = list(last_pass.short), list(last_pass.lost)
+                st.unresolved, st.unanswered = list(last_pass.unresolved), last_pass.unanswered
+                st.complete = Complete(last_pass.started, last_pass.finished, "pass")
+            return st
+        r, lt, c = body.get("rotation"), body.get("last_tick"), body.get("complete")
+        st.rotation = None if r is None else Rotation(float(r["started"]), int(r["at"], 16))
+        st.spans = [Span(int(end, 16), None if t is None else float(t)) for end, t in body["spans"]]
+        st.last_tick = Tick(**lt) if lt else None
+        st.complete = Complete(**c) if c else None
+        st.short, st.lost = list(body.get("short", [])), list(body.get("lost", []))
+        st.unresolved, st.unanswered = list(body.get("unresolved", [])), int(body.get("unanswered", 0))
+        return st
 
 
 class StateDir:

@@ -90,6 +90,44 @@ class LocalHistory:
             deleted = self._objects.drop_unused(kept, top)
         return deleted
 
+    def set_tags(self, row: int, tags: tuple[str, ...]) -> None:
+        """A backup's tags as this machine changed them (a sealed repository's host cannot read its tag
+        changes back from the repository)."""
+        with self._db.transaction() as db:
+            db.execute("UPDATE backups SET tags=? WHERE id=?", (json.dumps(list(tags)), row))
+        self._db.commit(durable=True)
+
+    def seal(self, rows: list[int], keep_caps: set[str], source: bytes) -> int:
+        """A sealed repository's host lets go of what it no longer needs (``engine/sealing.py``): the
+        snapshot caps of its backups ``rows`` (each becomes ``history.sealed_cap``) with their checks
+        and copies, and every object row (and copy-map row) whose cap ``keep_caps`` (every cap the
+        backups still in the window reach) lacks, unless a generation of another source may use it.
+        Returns the object rows deleted.  The caller holds ``source``'s lock."""
+        from ..history import sealed_cap
+
+        with self._db.transaction() as db:
+            for row in rows:
+                b = self._backup_row(row)
+                if b.sealed:
+                    continue
+                db.execute("UPDATE backups SET cap=? WHERE id=?", (sealed_cap(b), row))
+                db.execute("DELETE FROM checked WHERE cap=?", (b.cap,))
+                db.execute("DELETE FROM copies WHERE cap=?", (b.cap,))
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS keep_caps (cap TEXT PRIMARY KEY) WITHOUT ROWID")
+            db.execute("DELETE FROM keep_caps")
+            db.executemany("INSERT OR IGNORE INTO keep_caps VALUES (?)", [(c,) for c in keep_caps])
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS other_gens (g INTEGER PRIMARY KEY)")
+            db.execute("DELETE FROM other_gens")
+            db.execute("INSERT OR IGNORE INTO other_gens SELECT gen FROM generations WHERE source != ?", (source,))
+            db.execute("INSERT OR IGNORE INTO other_gens SELECT generation FROM backups WHERE source != ?", (source,))
+            cur = db.execute(
+                "DELETE FROM objects WHERE cap NOT IN (SELECT cap FROM keep_caps) AND NOT EXISTS "
+                "(SELECT 1 FROM other_gens WHERE g BETWEEN COALESCE(objects.first_gen, 1) AND objects.generation)")
+            deleted = cur.rowcount
+            db.execute("DELETE FROM copied WHERE src NOT IN (SELECT cap FROM keep_caps)")
+        self._db.commit(durable=True)
+        return deleted
+
     def _backup_row(self, row: int) -> Backup:
         r = self._db.conn.execute(f"SELECT {self._COLUMNS} FROM backups WHERE id=?", (row,)).fetchone()
         return self._backup(r, self._checks_of([r[2]]))

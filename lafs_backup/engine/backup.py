@@ -43,8 +43,9 @@ from ..system.lock import source_scope
 from ..system.places import state_dir
 from ..system.programs import Programs, Runner
 from . import hooks
-from .inbox import publish_manifest
+from .inbox import publish_manifest, snapshot_caps
 from .publish import publish, rebuild_cache, record_backup, unhappy
+from .sealing import keep_window
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -471,12 +472,18 @@ async def _phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target,
                                                                   snap)) is not None:
             b = None  # (the last backup stands; its trees file describes this snapshot too)
         else:
-            b = await record_backup(rep, dest.result, db.history, gw, gen, snap, source.label, job.host, job.tags)
+            b = await record_backup(rep, dest.result, db.history, gw, gen, snap, source.label, job.host, job.tags,
+                                    repo.key.sealed)
             if trees_at is not None:
                 _save_trees(trees_at, snap, gen, store, uploader, incremental, _derive_fp(conf),
                             unsafe_dirs(derived.proofs) if derived is not None else frozenset())
-            await publish(rep, repo, db.history, source.label)
-            await publish_manifest(rep, gw, repo.key.writecap, b)  # (when a custodian's inbox is configured)
+            boxes = await publish(rep, repo, db.history, source.label)
+            if repo.key.sealed:
+                reach, verify = await snapshot_caps(gw, b.cap)  # (one walk: the manifest, and the window)
+                await publish_manifest(rep, gw, repo.key.writecap, b, caps=verify, box=boxes.get(b.row or 0))
+                await keep_window(gw, db.history, source.label, conf.repository.window, b, reach)
+            else:
+                await publish_manifest(rep, gw, repo.key.writecap, b)  # (when a custodian's inbox is configured)
             target.forget_backups()
         if incremental is None or incremental.settled is not None:  # (not each round of watch)
             # Of the backups this machine made (as the metrics file says them): listing every

@@ -112,13 +112,17 @@ async def forget(forgotten: list[Backup], cache: LocalHistory, repo: Repository 
         if b.link_dir and b.link_name:
             assert gw is not None
             await gw.unlink(b.link_dir, b.link_name)
-        if b.result_file:
-            remove_result_line(b.result_file, b.cap)
+        if b.result_file:  # (a sealed repository's result lines end with the backup's id)
+            remove_result_line(b.result_file, b.short_id if b.sealed else b.cap) or \
+                remove_result_line(b.result_file, b.short_id)
     return int(cache.forget([b.row for b in forgotten if b.row is not None]))
 
 
 async def only_theirs(gw: GatewayLike, forgotten: list[Backup], kept: list[Backup]) -> list[str]:
     """The storage indexes reachable only from the forgotten backups, sorted."""
+    if any(b.sealed for b in forgotten + kept):
+        raise UsageError("the storage indexes of a sealed repository's backups beyond this host's window are the "
+                         "recovery key's to list: give it with --repo FILE")
     gone: set[str] = set()
     for b in forgotten:
         gone |= await storage_indexes(gw, b.cap)

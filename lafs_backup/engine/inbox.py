@@ -25,8 +25,8 @@ from typing import Any, Iterable
 
 from ..caps import lit_cap
 from ..custodian.keyfile import CustodianKey, new_secret, write_key
-from ..custodian.manifest import (FORGET, Last, Manifest, folder_name, forget_envelope, forget_name,
-                                  manifest_envelope, plan)
+from ..custodian.manifest import (FORGET, Last, Manifest, cancel_envelope, cancel_name, folder_name,
+                                  forget_envelope, forget_name, manifest_envelope, plan)
 from ..custodian.targets import verify_cap_of
 from ..errors import GridError, LafsBackupError, UsageError
 from ..history import Backup
@@ -74,6 +74,15 @@ async def create(gw: GatewayLike, key: RepoKey, key_path: str, furl: str | None)
     """Make the inbox (and its ``forget`` folder) and the custodian's own directory, write the custodian's
     key file to ``key_path`` (0600, never replacing one), and keep the inbox's write cap on this host;
     returns where that is.  Raises :class:`UsageError` when this repository has an inbox already."""
+    return (await create_custodian(gw, key, key_path, furl))[0]
+
+
+async def create_custodian(gw: GatewayLike, key: RepoKey, key_path: str, furl: str | None,
+                           owner: str | None = None) -> tuple[str, str]:
+    """:func:`create`; returns where the inbox's write cap is kept, and the read cap of the custodian's own
+    directory (a sealed repository's recovery key carries it: this host keeps no cap of that directory).
+    ``owner``: the read cap of a sealed repository's owner's directory, where the recovery key cancels
+    forget requests (the custodian's key carries it)."""
     path = inbox_file(key.writecap)
     if os.path.exists(path):
         raise UsageError(f"this repository has a custodian inbox already (its cap is in {path})")
@@ -88,12 +97,13 @@ async def create(gw: GatewayLike, key: RepoKey, key_path: str, furl: str | None)
     own = await gw.mkdir_mutable()
     await gw.set_children(inbox, {FORGET: (forget, None)})
     readcap = (await gw.get_json(inbox))[1]["ro_uri"]
-    write_key(key_path, CustodianKey(str(readcap), own, furl, new_secret()))
+    own_readcap = str((await gw.get_json(own))[1]["ro_uri"])
+    write_key(key_path, CustodianKey(str(readcap), own, furl, new_secret(), owner))
     del own  # the host keeps no cap of the custodian's own directory
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     with replacing(path) as f:
         json.dump({"inbox": inbox, "forget": forget}, f)
-    return path
+    return path, own_readcap
 
 
 def _last_path(repo_writecap: str, folder: str) -> str:
@@ -118,16 +128,25 @@ def _load_last(path: str) -> tuple[str | None, Last | None]:
 async def snapshot_verify_caps(gw: GatewayLike, snap: str) -> set[str]:
     """The verify caps of every object a snapshot references (LIT objects have none): the gateway's
     manifest of it, the walk ``check`` renews leases along."""
-    out: set[str] = set()
+    return (await snapshot_caps(gw, snap))[1]
+
+
+async def snapshot_caps(gw: GatewayLike, snap: str) -> tuple[set[str], set[str]]:
+    """The caps of every object a snapshot references, LIT ones included, and the verify caps of those
+    that have shares: one walk of the gateway's manifest of it."""
+    caps: set[str] = set()
+    verify: set[str] = set()
 
     def each(record: dict[str, Any]) -> None:
         cap = record.get("cap")
-        v = verify_cap_of(cap) if isinstance(cap, str) and cap.startswith("URI:") else None
-        if v is not None:
-            out.add(v)
+        if isinstance(cap, str) and cap.startswith("URI:"):
+            caps.add(cap)
+            v = verify_cap_of(cap)
+            if v is not None:
+                verify.add(v)
 
     await reachable(gw, snap, each)
-    return out
+    return caps, verify
 
 
 async def _folder(gw: GatewayLike, inbox: Inbox, folder: str, attempts: int = 8) -> str:
@@ -143,12 +162,14 @@ async def _folder(gw: GatewayLike, inbox: Inbox, folder: str, attempts: int = 8)
 
 
 async def publish_manifest(rep: Reporter, gw: GatewayLike, repo_writecap: str, b: Backup,
-                           full_every: int | None = None) -> Manifest | None:
+                           full_every: int | None = None, caps: set[str] | None = None,
+                           box: str | None = None) -> Manifest | None:
     """Publish the lease manifest of the backup ``b`` just recorded into the custodian's inbox, when this
     repository has one (else None).  Never raises for what goes wrong here (the grid, a damaged inbox
     file, this host's memory of its last manifest): the backup is recorded already, so each is a warning.
     When the manifest could not be published the custodian does not keep this backup, and the next
-    manifest is a delta on the last one published."""
+    manifest is a delta on the last one published.  ``caps``: the backup's verify caps, when the caller
+    walked it already; ``box``: a sealed repository's record of it, which the custodian keeps too."""
     try:
         inbox = load_inbox(repo_writecap)
         if inbox is None:
@@ -157,13 +178,17 @@ async def publish_manifest(rep: Reporter, gw: GatewayLike, repo_writecap: str, b
         record = b.record or record_name(b.ts, b.generation)  # (the name the repository records it by)
         memory = _last_path(repo_writecap, folder)
         folder_cap, last = _load_last(memory)
-        caps = await snapshot_verify_caps(gw, b.cap)
+        if caps is None:
+            caps = await snapshot_verify_caps(gw, b.cap)
         m = plan(caps, last) if full_every is None else plan(caps, last, full_every)
         data = m.encode()
         cap = await Writer(gw).put_bytes(data, "a lease manifest")
         if folder_cap is None:
             folder_cap = await _folder(gw, inbox, folder)
-        await gw.set_children(folder_cap, {record: (cap, manifest_envelope(record, len(data)))})
+        envelope = manifest_envelope(record, len(data))
+        if box is not None:  # (a sealed repository's record: the custodian keeps it for the recovery key)
+            envelope["record_box"] = box
+        await gw.set_children(folder_cap, {record: (cap, envelope)})
     except (LafsBackupError, OSError) as e:
         problem = e.message if isinstance(e, LafsBackupError) else (e.strerror or str(e))
         rep.advise("custodian", f"the lease manifest of this backup is not in the custodian's inbox ({problem}): "
@@ -203,4 +228,21 @@ async def request_forgets(gw: GatewayLike, repo_writecap: str, backups: Iterable
             # (the custodian is asked first: nothing was forgotten yet, and a rerun asks again)
             raise LafsBackupError(f"the custodian could not be asked to forget these backups ({e.message}): "
                                   "nothing was forgotten; run the command again") from None
+    return len(children)
+
+
+async def cancel_forgets(gw: GatewayLike, key: RepoKey, backups: Iterable[Backup]) -> int:
+    """The owner's cancel of the custodian's forget requests for ``backups``: entries in the owner's
+    directory, which only a sealed repository's recovery key (``key``) writes and the custodian reads at each
+    reading of its inbox.  Returns how many were linked."""
+    if not (key.opens and key.owner):
+        raise UsageError("cancelling forget requests needs a sealed repository's recovery key (--repo FILE)")
+    marker = lit_cap(b"cancel")
+    children = {}
+    for b in backups:
+        folder = folder_name(key.writecap, writer_name(b.host or this_host(), b.source))
+        record = b.record or record_name(b.ts, b.generation)
+        children[cancel_name(folder, record)] = (marker, cancel_envelope(folder, record))
+    if children:
+        await gw.set_children(key.owner, children)
     return len(children)

@@ -27,14 +27,16 @@ log = logging.getLogger(__name__)
 
 
 async def record_backup(rep: Reporter, result: ResultConfig, cache: LocalHistory, gw: GatewayLike, gen: int,
-                        snap: str, source: bytes, host: str, tags: tuple[str, ...]) -> Backup:
-    """Record a finished backup: the link, the result file, and (made durable) the cache row."""
+                        snap: str, source: bytes, host: str, tags: tuple[str, ...], sealed: bool = False) -> Backup:
+    """Record a finished backup: the link, the result file, and (made durable) the cache row.  In a
+    sealed repository the result file gets the backup's id, not its cap (``result.cap_when_sealed``)."""
     ts = time.time()
     lname = await link_into(gw, result.append_to_lafs_dir, source, ts, snap) if result.append_to_lafs_dir else None
     result_file = result.append_to_file
     if result_file:
         try:
-            append_result(result_file, ts, source, snap)
+            append_result(result_file, ts, source, snap if not sealed or result.cap_when_sealed
+                          else history.short_id(snap, ts))
         except OSError as e:  # the backup is complete on the grid: record it all the same
             rep.warn(result_file, f"the result line could not be appended ({e.strerror}); the "
                                   "backup is recorded in the entry cache ('lafs-backup list')")
@@ -48,27 +50,33 @@ async def record_backup(rep: Reporter, result: ResultConfig, cache: LocalHistory
                                ts, result.append_to_lafs_dir, lname, result_file, host, tags, summary)
 
 
-async def publish(rep: Reporter, repo: Repository, cache: LocalHistory, source: bytes) -> None:
+async def publish(rep: Reporter, repo: Repository, cache: LocalHistory, source: bytes) -> dict[int, str]:
     """Record in the repository every backup of ``source`` in this cache it does not hold yet (this
     one, and any a run before could not record there).  The caller holds the source's lock: only it
     writes that source's directories in the repository (another source's are its own runs' to
     write, which may be under way).  Each goes to the writer's volume :func:`repository.volume_for`
-    picks from what this cache knows it recorded where: the cost stays that of a small directory."""
+    picks from what this cache knows it recorded where: the cost stays that of a small directory.
+    Returns, by cache row, the boxes of the records a sealed repository now holds (the custodian's
+    inbox gets a copy of each)."""
     from ..repository import Record, volume_for, writer_name
 
+    boxes: dict[int, str] = {}
     for b in cache.unrecorded(source):
         if b.row is None:
             continue
         host = b.host or this_host()
-        writer = writer_name(host, b.source)
+        writer = writer_name(host, b.source, repo.key)
         try:
             placed = await repo.add(Record(b.cap, host, b.source, b.ts, b.generation, b.tags, b.summary,
                                            writer=volume_for(writer, cache.held(writer))))
         except (GatewayError, GridError) as e:
             rep.warn("repository", f"the backup is not recorded in the repository yet ({e.message}); it "
                                    "is kept in the local cache, and the next backup records it there")
-            return
+            break
         cache.set_recorded(b.row, placed.writer, placed.name)
+        if placed.box is not None:
+            boxes[b.row] = placed.box
+    return boxes
 
 
 async def rebuild_cache(rep: Reporter, everything: list[Backup], gw: GatewayLike, cache: ObjectCache, gen: int,

@@ -270,7 +270,7 @@ async def record(repo: Repository, cache: LocalHistory | None, b: Backup, made: 
     summary: dict[str, Any] = {**b.summary, "rewritten_from": b.short_id, "removed_files": made.removed_files,
                                "removed_bytes": made.removed_bytes}
     name = f"{record_name(b.ts, b.generation)}.r{hashlib.sha256(made.cap.encode()).hexdigest()[:8]}"
-    writer = writer_name(host, b.source)  # (its newest volume this machine knows of, as a backup's record)
+    writer = writer_name(host, b.source, repo.key)  # (its newest volume this machine knows of, as a backup's record)
     placed = await repo.add(Record(made.cap, b.host or host, b.source, b.ts, b.generation, b.tags, summary,
                                    writer=volume_for(writer, cache.held(writer) if cache is not None else {}),
                                    name=name))

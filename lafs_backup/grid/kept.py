@@ -99,6 +99,20 @@ class KeptReads:
         if self._total > self.limit:
             self._evict()
 
+    def retain(self, caps: set[str]) -> int:
+        """Drop every copy but those of ``caps`` (a sealed repository's host keeps copies of what its
+        window's backups reach, nothing older); returns how many were dropped."""
+        keep = {hashlib.sha256(cap.encode()).hexdigest() for cap in caps}
+        dropped = 0
+        for _, size, path in self._files():
+            if os.path.basename(path) not in keep:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                    dropped += 1
+                    if self._total is not None:
+                        self._total -= size
+        return dropped
+
     def _files(self) -> list[tuple[float, int, str]]:
         """(last use, size, path) of every copy."""
         out = []

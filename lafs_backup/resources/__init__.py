@@ -9,6 +9,6 @@ that grid's entry cache and key are kept, moved there from where they were named
 
 from .opener import Opener
 from .places import adopt_key, cache_file, key_path_for, registry_path
-from .repo import KEY_LOCK_WAIT, read_key_arg, save_key
+from .repo import KEY_LOCK_WAIT, Sealed, read_key_arg, save_key
 
-__all__ = ["KEY_LOCK_WAIT", "Opener", "adopt_key", "cache_file", "key_path_for", "read_key_arg", "registry_path", "save_key"]
+__all__ = ["KEY_LOCK_WAIT", "Opener", "Sealed", "adopt_key", "cache_file", "key_path_for", "read_key_arg", "registry_path", "save_key"]

@@ -21,7 +21,7 @@ from ..system.places import state_dir
 from .cache import EntryCache
 from .nodes import Nodes
 from .places import GridPlaces
-from .repo import Repositories
+from .repo import Repositories, Sealed
 
 if TYPE_CHECKING:
     from ..grid.local import LocalGrid
@@ -187,9 +187,10 @@ class Opener:
         """The repository (None: none is configured, and ``create`` is False)."""
         return await self._repos.repository(create)
 
-    async def create_repository(self) -> Repository:
-        """Make a repository on the grid and keep its key, mode 0600; say where, once."""
-        return await self._repos.create_repository()
+    async def create_repository(self, sealed: Sealed | None = None) -> Repository:
+        """Make a repository on the grid and keep its key, mode 0600; say where, once (``sealed``: a
+        sealed repository, see :class:`~.repo.Sealed`)."""
+        return await self._repos.create_repository(sealed)
 
     async def other_grid(self, to_url: str, to_repo: str | None = None) -> tuple[str, Gateway, "Repository"]:
         """The grid backups are copied to: its gateway base URL, a gateway to it, and its repository."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from .. import history
 from ..config import Config
@@ -24,6 +24,32 @@ if TYPE_CHECKING:
 
 #: Seconds a run waits for another that is making the repository on this grid (a few requests).
 KEY_LOCK_WAIT = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Sealed:
+    """A sealed repository to make (``init --sealed``): where its recovery key and its custodian's key
+    are written, each once, to a new file of mode 0600 that the user moves off the machine."""
+
+    recovery_key: str
+    custodian_key: str
+    #: Makes the custodian's inbox and own directory, writes its key file (gateway, the repository's whole
+    #: key, the key file's path, the introducer's FURL, the owner's directory's read cap); returns the read
+    #: cap of its own directory.
+    make_custodian: Callable[[Gateway, "RepoKey", str, str | None, str], Awaitable[str]]
+
+    def check(self) -> None:
+        """Raise :class:`UsageError` before anything is made when a file is there already, or the two are one."""
+        from ..errors import UsageError
+
+        if os.path.abspath(self.recovery_key) == os.path.abspath(self.custodian_key):
+            raise UsageError("the recovery key and the custodian's key go to two files")
+        for path in (self.recovery_key, self.custodian_key):
+            if os.path.exists(path):
+                raise UsageError(f"{path} exists: a key is written to a new file only")
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise UsageError(f"{parent} is not a directory: cannot write {path}")
 
 
 class Repositories:
@@ -44,6 +70,8 @@ class Repositories:
         self._key_read = False
         self._repo: Repository | None = None
         self._history: list[Backup] | None = None
+        #: How many of a sealed repository's records the key could not open, and this machine did not make.
+        self.unopened = 0
 
     def explicit_key(self) -> RepoKey | None:
         """The recovery key given by --repo, LAFS_BACKUP_REPO or ``repository.key_file`` (None: none)."""
@@ -108,6 +136,10 @@ class Repositories:
         from ..repository import Repository
 
         dest = gateway_base(to_url)
+        own = await self.repo_key()
+        if own is not None and own.sealed:
+            raise UsageError("copying a sealed repository's backups to another grid is not supported: the copies "
+                             "would be recorded there in the clear")
         if dest == await self._gateways.url():
             raise UsageError(f"--to-url {dest} is the grid the backups are on already")
         dst_gw = self._gateways.make_gateway(dest)
@@ -129,14 +161,18 @@ class Repositories:
             repo = Repository(dst_gw, key)
         return dest, dst_gw, repo
 
-    async def create_repository(self) -> Repository:
-        """Make a repository on the grid and keep its key, mode 0600; say where, once."""
+    async def create_repository(self, sealed: Sealed | None = None) -> Repository:
+        """Make a repository on the grid and keep its key, mode 0600; say where, once.  ``sealed``: its
+        records are sealed, and the recovery key goes to a file of its own (see :class:`Sealed`)."""
         from ..errors import UsageError
         from ..repository import Repository
+        from ..sealing import OpenKey
 
         path = await self._places.key_path()
         if os.path.exists(path):
             raise UsageError(f"a repository is already configured (its key is in {path})")
+        if sealed is not None:
+            sealed.check()
         furl = self.config.repository.introducer_furl
         needed = happy = total = None
         if not self.config.destination.url:
@@ -144,13 +180,37 @@ class Repositories:
             state = grid.load() or {}
             furl = furl or grid.furl()
             needed, happy, total = state.get("needed"), state.get("happy"), state.get("nodes")
-        repo = await Repository.create(await self._gateways.gateway(), furl, needed, happy, total)
-        save_key(path, repo.key)
-        self._key = repo.key
-        self.rt.reporter.say(f"lafs-backup: made a repository on the grid; its recovery key is in {path}. Keep a "
-                          "copy of it off this machine ('lafs-backup key' prints it): with it alone a new "
-                          "machine lists and restores every backup")
-        return repo
+        gw = await self._gateways.gateway()
+        repo = await Repository.create(gw, furl, needed, happy, total, OpenKey.generate() if sealed else None)
+        if sealed is None:
+            save_key(path, repo.key)
+            self._key = repo.key
+            self.rt.reporter.say(f"lafs-backup: made a repository on the grid; its recovery key is in {path}. Keep a "
+                                 "copy of it off this machine ('lafs-backup key' prints it): with it alone a new "
+                                 "machine lists and restores every backup")
+            return repo
+        # The owner's directory (the recovery key cancels forget requests there), then the custodian's inbox
+        # and directory: the recovery key carries the read cap of the latter, the custodian's key that of the
+        # former.
+        owner = await gw.mkdir_mutable()
+        owner_ro = str((await gw.get_json(owner))[1]["ro_uri"])
+        own = await sealed.make_custodian(gw, repo.key, sealed.custodian_key, furl, owner_ro)
+        recovery = dataclasses.replace(repo.key, custodian=own, owner=owner)
+        save_key(sealed.recovery_key, recovery)
+        host = repo.key.host_key()
+        save_key(path, host)
+        self._key = host
+        del recovery, own, owner
+        self.rt.reporter.say(
+            f"lafs-backup: made a sealed repository on the grid.\n"
+            f"  Its recovery key is in {sealed.recovery_key}: MOVE IT OFF THIS MACHINE NOW (to a USB stick, a "
+            "password manager, paper), then delete it here. This machine will never show it again: it keeps "
+            "only the public half, which seals each backup's record and opens none. With the recovery key a "
+            "new machine lists and restores every backup; without it, this machine reads only its newest "
+            f"backup (repository.window).\n"
+            f"  The custodian's key is in {sealed.custodian_key}: move it to the machine or account that runs "
+            "'lafs-backup custodian run', then delete it here.")
+        return Repository(gw, host)
 
     async def backups(self) -> list[Backup]:
         """Every finished backup: those the repository records (every machine's), and this cache's
@@ -169,10 +229,10 @@ class Repositories:
         repo = await self.repository()
         if repo is None:
             return [dataclasses.replace(b, copies=tuple(copies.get(b.cap, ()))) for b in local]
-        from ..repository import Record
+        from ..repository import Listing, retagged
 
         try:
-            records: list[Record] = await repo.records()
+            found: Listing = await repo.listing()
         except Exception as e:
             from ..errors import GatewayError, GridError
 
@@ -181,7 +241,10 @@ class Repositories:
             self.rt.reporter.advise("repository", f"{getattr(e, 'message', e)}; listing this machine's own "
                                                "backups only")
             return [dataclasses.replace(b, copies=tuple(copies.get(b.cap, ()))) for b in local]
-        self._history = history.merge(local, records, checks, copies)
+        records = retagged(found.records, found.changes)
+        self._history = history.merge(local, records, checks, copies, found.unopened)
+        mine = {(b.writer, b.record) for b in local}
+        self.unopened = sum(1 for place in found.unopened if place not in mine)
         return self._history
 
     def forget_backups(self) -> None:

@@ -23,6 +23,8 @@ _CAPS = b"security.capability"
 _XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
 
 NoteFn = Callable[[str, str], None]
+#: An entry's extras as the queue holds them: (key, value bytes), in a stable order.
+Extras = tuple[tuple[str, bytes], ...]
 
 
 class Capturer:
@@ -37,6 +39,11 @@ class Capturer:
         self._note = note_once
         self._users: dict[int, bytes | None] = {}
         self._groups: dict[int, bytes | None] = {}
+        #: The owner extras of each (uid, gid) seen: most entries of a tree share a few owners.
+        self._owners: dict[tuple[int, int], Extras] = {}
+        #: (st_dev, file type) where listing extended attributes was refused as unsupported: a file
+        #: system's answer does not change from one file to the next, so it is not asked again.
+        self._no_xattrs: set[tuple[int, int]] = set()
 
     def _user(self, uid: int) -> bytes | None:
         if uid not in self._users:
@@ -54,39 +61,57 @@ class Capturer:
                 self._groups[gid] = None
         return self._groups[gid]
 
-    def extras(self, path: bytes, st: os.stat_result) -> tuple[list[tuple[str, bytes]], list[str]]:
-        """(extras, warnings) for the entry at ``path`` (a short path; see paths.proc_path)."""
-        out: list[tuple[str, bytes]] = []
-        problems: list[str] = []
-        user, group = self._user(st.st_uid), self._group(st.st_gid)
-        if user is not None:
-            out.append(("user", user))
-        if group is not None:
-            out.append(("group", group))
+    def extras(self, path: bytes, st: os.stat_result) -> tuple[Extras, tuple[str, ...]]:
+        """(extras, warnings) for the entry at ``path`` (a short path; see paths.proc_path).
+
+        Most entries have no extended attributes: for them this costs one
+        ``llistxattr`` (none at all on a file system that does not support
+        them) and no allocation beyond the result.
+        """
+        owner = (st.st_uid, st.st_gid)
+        out = self._owners.get(owner)
+        if out is None:
+            out = self._owners[owner] = self._owner_extras(*owner)
         mode = st.st_mode
-        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            out.append(("rdev", b"%d" % st.st_rdev))
-        if stat.S_ISREG(mode) and st.st_nlink > 1:
-            out.append(("hardlink", b"%d:%d" % (st.st_dev, st.st_ino)))
+        if stat.S_ISREG(mode):
+            if st.st_nlink > 1:
+                out = (*out, ("hardlink", b"%d:%d" % (st.st_dev, st.st_ino)))
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            out = (*out, ("rdev", b"%d" % st.st_rdev))
+        unsupported = (st.st_dev, stat.S_IFMT(mode))
+        if unsupported in self._no_xattrs:
+            return out, ()
         try:
-            names = xattr.list(path, nofollow=True)
+            # (the standard library's call: one system call where the list is short, where
+            # pyxattr's asks the size first)
+            listed = os.listxattr(path, follow_symlinks=False)
         except OSError as e:
-            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
-                problems.append(f"cannot list extended attributes: {e.strerror}")
-            names = []
-        for name in sorted(names):
+            if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                self._no_xattrs.add(unsupported)
+                return out, ()
+            return out, (f"cannot list extended attributes: {e.strerror}",)
+        if not listed:
+            return out, ()
+        more: list[tuple[str, bytes]] = list(out)
+        problems: list[str] = []
+        for name in sorted(os.fsencode(n) for n in listed):
             if name in (_ACL_ACCESS, _ACL_DEFAULT):
-                self._acl(path, name == _ACL_DEFAULT, out, problems)
+                self._acl(path, name == _ACL_DEFAULT, more, problems)
             elif name == _CAPS:
-                self._caps(path, out, problems)
+                self._caps(path, more, problems)
             elif name.startswith(_XATTR_PREFIXES):
                 try:
-                    out.append(("x:" + name.decode("utf-8", "surrogateescape"),
-                                xattr.get(path, name, nofollow=True)))
+                    more.append(("x:" + name.decode("utf-8", "surrogateescape"),
+                                 xattr.get(path, name, nofollow=True)))
                 except OSError as e:
                     if e.errno != errno.ENODATA:
                         problems.append(f"cannot read extended attribute {name!r}: {e.strerror}")
-        return out, problems
+        return tuple(more), tuple(problems)
+
+    def _owner_extras(self, uid: int, gid: int) -> Extras:
+        """The ``user`` and ``group`` extras of an owner (each left out when it has no name)."""
+        user, group = self._user(uid), self._group(gid)
+        return ((("user", user),) if user is not None else ()) + ((("group", group),) if group is not None else ())
 
     def _acl(self, path: bytes, default: bool, out: list[tuple[str, bytes]], problems: list[str]) -> None:
         if not posix1e.acl_available():

@@ -106,6 +106,9 @@ class Dashboard:
 
     async def backup(self, short_id: str) -> Backup:
         for b in await self.backups():
+            if b.short_id == short_id and b.sealed:
+                raise NotFound(f"backup {short_id} is sealed: beyond this host's window (repository.window), only "
+                               "the recovery key reads it")
             if b.short_id == short_id:
                 return b
         raise NotFound(f"no backup {short_id} is recorded")

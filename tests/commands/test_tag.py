@@ -47,7 +47,7 @@ def test_tag_changes_are_seen_everywhere_and_kept_by_cleanup(made, tmp_path):
 
     want = [["daily", "keep"], [], ["weekly"], ["release", "v1"]]
     assert [b["tags"] for b in backups(lb, home)] == want
-    assert f"[daily,keep]" in run_cli([*lb, "list"], home, check=True).out
+    assert "[daily,keep]" in run_cli([*lb, "list"], home, check=True).out
     assert [b["id"] for b in backups(lb, home, None, "--tag", "keep")] == [ids[0]]
     # --tag picks 'latest' among the backups the changes tagged: the first one's n.txt comes back.
     out = tmp_path / "out"

@@ -160,6 +160,29 @@ async def test_leases_are_renewed_on_every_share_from_verify_caps_alone(grid, tm
 
 
 @pytest_twisted.ensureDeferred
+async def test_without_a_census_one_add_lease_per_object_and_server_renews_every_kind(grid, tmp_path):
+    """The cheapest renewal (a full pass's): one ``add_lease`` per object and server, whatever the kind,
+    bare storage indexes included; the leases are on the share files, and nothing is said of shares."""
+    from twisted.internet import reactor
+
+    made = objects(grid)
+    targets = [target_of(verify_cap_of(cap)) for cap in made.values()]
+    targets.append(target_of_index(targets[1].storage_index))  # (the same object, bare: asked once)
+    secret_path = tmp_path / "lease.secret"
+    client = await joined(grid, tmp_path / "state")
+    try:
+        renewer = Renewer(reactor, client.servers, create_secret_file(str(secret_path)), limit=4)
+        done = await renewer.renew(targets, census=False)
+    finally:
+        await client.stop()
+    assert renewer.calls == {"add_lease": 5 * 3} and renewer.requests == 15 and len(done) == 5
+    for r in done:
+        assert not r.census and r.unanswered == 0 and r.holding == 3 and r.shares == set() and not r.short()
+        found = ours(grid, secret_path, r.target.storage_index)
+        assert len(found) == 3 and all(len(mine) == 1 for mine in found.values()), r
+
+
+@pytest_twisted.ensureDeferred
 async def test_servers_report_what_they_hold(grid, tmp_path):
     """An unknown storage index has no shares; a lost share shows; a bare storage index of a mutable object
     is found and kept all the same."""

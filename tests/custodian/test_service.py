@@ -1,10 +1,12 @@
 """The custodian end to end on the session's real grid: the host publishes lease manifests into the inbox,
 the custodian copies them, renews the lease of every share of every object of both backups (read back from
 the share files), notices manifests gone from the inbox and a forget request, and honours the forget only
-after its grace period (its own clock, driven here); its state holds no cap that reads a backup."""
+after its grace period (its own clock, driven here); its state holds no cap that reads a backup.  The slow
+rotation renews every object once a round, a slice a turn, and resumes where it stood after a restart."""
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import time
@@ -91,10 +93,11 @@ async def test_the_custodian_keeps_both_backups_and_forgets_only_after_the_grace
         assert Manifest.decode(web(grid.url, first.manifest, query="")).whole
         delta = Manifest.decode(web(grid.url, second.manifest, query=""))
         assert delta.previous == first.manifest and len(delta.added) < delta.objects
-        p = await c.renew(renewal.renew)
+        p = await c.renew(renewal.renew, census=True)
     finally:
         await renewal.stop()
     assert p.backups == 2 and not p.lost and not p.short and p.unanswered == 0 and p.renewed == p.objects
+    assert p.census and p.requests == 3 * p.objects
 
     # Every share of every object of both backups carries the custodian's lease.
     secret_file = tmp_path / "secret"
@@ -154,3 +157,76 @@ async def test_the_custodian_keeps_both_backups_and_forgets_only_after_the_grace
     assert held and manifests <= held
     assert {cap for cap in held if "-Verifier:" not in cap} == manifests
     assert key.own not in held and key.inbox not in held and host_folder not in held
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_rotation_renews_every_object_once_a_round_and_resumes_after_a_restart(grid, lb, home, tmp_path):
+    """A round of seven daily turns, by the custodian's clock, with the custodian restarted (a new object
+    on the same state directory, a new grid connection) half way: every object of both backups, their
+    manifests and the custodian's directories is renewed exactly once, each time with every server
+    saying it holds its share; the round ends on the seventh day, and every backup's leases show it."""
+    from twisted.internet import reactor
+
+    furl = LocalGrid(GridSpec(str(grid.dir))).furl()
+    keyfile = tmp_path / "custodian.key"
+    lb("init", check=True)
+    lb("custodian", "init", "--key", str(keyfile), "--introducer", furl, check=True)
+    src = make_tree(tmp_path / "src", small=40, medium=1, large=0)
+    lb("backup", str(src), check=True)
+    (src / "new.txt").write_text("a change between the two backups " * 100)
+    lb("backup", str(src), check=True)
+    snaps = [json.loads(line)["cap"] for line in lb("list", "--json", check=True).out.splitlines()]
+    key = read_key(str(keyfile))
+    conf = cfg.load([], [])
+    gw = Gateway(grid.url, make_http_client(reactor, 4), reactor, conf.operation.retry, 2)
+    state = StateDir(str(tmp_path / "custodian"))
+    t0 = time.time() - 8 * DAY  # (so that `custodian check`, on the real clock, comes a day after the round)
+    now = [t0]
+    turns: list[list[str]] = []
+
+    def custodian() -> tuple[Custodian, Renewal]:
+        return (Custodian(gw, key, state, RULES, lambda: now[0]),
+                Renewal(reactor, key.lease_secret(str(keyfile)), str(tmp_path / "custodian-grid"), key.furl))
+
+    c, renewal = custodian()
+    try:
+        assert len((await c.observe()).new) == 2
+        first = await c.tick(renewal.renew)  # no rotation yet: a full pass, one add_lease each
+        assert first.full and first.requests == 3 * first.objects and c.state.rotation.started == t0
+
+        async def recorded(targets, census=True):
+            done = await renewal.renew(targets, census)
+            turns.append([r.target.name for r in done])
+            for r in done:
+                assert r.census and r.holding == 3 and len(r.shares) == 3, r
+            return done
+        for day in range(1, 8):
+            if day == 4:
+                await renewal.stop()
+                c, renewal = custodian()  # a restart: what stood is read back from the state directory
+                assert c.state.rotation.at > 0
+            now[0] = t0 + day * DAY
+            t = await c.tick(recorded)
+            if not t.objects:
+                turns.append([])
+            assert t.joining == 0 and t.wrapped == (day == 7) and abs(t.hi - min(1.0, day / 7)) < 1e-9
+    finally:
+        await renewal.stop()
+    assert len(turns) == 7
+    renewed = collections.Counter(name for turn in turns for name in turn)
+    objects = storage_indexes(grid.url, snaps[0]) | storage_indexes(grid.url, snaps[1])
+    assert objects <= set(renewed) and len(renewed) == first.objects
+    assert set(renewed.values()) == {1}, [n for n, k in renewed.items() if k > 1]
+    assert sum(1 for turn in turns if turn) >= 3  # (spread over the days, not at once)
+    assert c.state.complete.by == "rotation" and c.state.complete.started == t0
+    r = c.report()
+    assert [x.expires is not None and x.expires >= t0 + DAY + RULES.lease for x in r.leases] == [True, True]
+    status = json.loads((tmp_path / "custodian" / "status.json").read_text())
+    assert all(k["renewed"] >= t0 + DAY for k in status["kept"])
+    assert status["renewal"]["complete"]["finished"] == t0 + 7 * DAY
+
+    out = run_cli(["--url", grid.url, "custodian", "check", "--key", str(keyfile),
+                   "-o", f"custodian.state_dir={tmp_path / 'custodian'}"], tmp_path)
+    assert out.code in (0, 1), out.err  # (1: no new manifest for 8 days, by the real clock)
+    assert out.out.count("earliest expiry") == 2 and "last complete renewal:" in out.out
+    assert "(by the rotation" in out.out and "URI:" not in out.out + out.err

@@ -1,0 +1,90 @@
+"""A sealed repository through the real CLI on the real grid: the host keeps only its window, and whatever
+it holds (its files, its keys, its grid access) neither reads a deleted file nor lists an older backup;
+the recovery key, on a new machine, lists and restores every backup."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from capscan import caps_on_disk, reach
+from conftest import json_lines, run_cli
+from treecompare import differences
+
+from lafs_backup.grid.local import GridSpec, LocalGrid
+from lafs_backup.repository import RepoKey
+
+pytestmark = pytest.mark.slow
+
+def test_a_sealed_host_reads_its_window_only_and_the_recovery_key_reads_everything(grid, tmp_path: Path):
+    lb = ["--url", grid.url]
+    host, newbox = tmp_path / "host", tmp_path / "new"
+    keys = tmp_path / "usb"
+    keys.mkdir()
+    furl = LocalGrid(GridSpec(str(grid.dir))).furl()
+    rec, cust = keys / "recovery.key", keys / "custodian.key"
+    r = run_cli([*lb, "init", "--sealed", "--recovery-key", str(rec), "--custodian-key", str(cust),
+                 "--introducer", furl], host, check=True)
+    assert "MOVE IT OFF THIS MACHINE" in r.err and "URI:" not in r.out + r.err and "lafs-backup-key" not in r.out
+    assert rec.stat().st_mode & 0o777 == 0o600 and cust.stat().st_mode & 0o777 == 0o600
+    recovery = RepoKey.decode(rec.read_text())
+    assert recovery.sealed and recovery.opens and recovery.custodian
+    # The host cannot print the recovery key; its own key opens nothing.
+    r = run_cli([*lb, "key"], host)
+    assert r.code == 2 and "sealed" in r.err and r.out == ""
+    hostkey = RepoKey.decode(run_cli([*lb, "key", "--host"], host, check=True).out)
+    assert hostkey.sealed and not hostkey.opens and hostkey.writecap == recovery.writecap
+    assert recovery.open not in json.dumps([p.read_text(errors="replace") for p in host.rglob("*") if p.is_file()])
+
+    # Three backups; a large file (its own object) is deleted between the first and the second.
+    src = tmp_path / "src"
+    (src / "docs").mkdir(parents=True)
+    secret = b"the deleted file\n" + bytes(range(256)) * 8192  # 2 MiB: above the pack limit
+    (src / "docs" / "deleted.bin").write_bytes(secret)
+    for i in range(3):
+        (src / "docs" / "n.txt").write_text(f"night {i}\n" * 50)
+        if i == 1:
+            (src / "docs" / "deleted.bin").unlink()
+        r = run_cli([*lb, "backup", str(src)], host, check=True)
+        assert "URI:" not in r.out + r.err  # (the id is printed, not the cap)
+    listed = json_lines(run_cli([*lb, "--json", "list"], host, check=True).out)
+    assert [b["sealed"] for b in listed] == [True, True, False]
+    assert listed[0]["cap"] is None and listed[1]["cap"] is None and listed[2]["cap"].startswith("URI:")
+    first = listed[0]["id"]
+    r = run_cli([*lb, "restore", first, "--target", str(tmp_path / "no")], host)
+    assert r.code != 0 and "sealed" in r.err and not (tmp_path / "no").exists()
+    r = run_cli([*lb, "ls", first], host)
+    assert r.code != 0 and "sealed" in r.err
+    restored = tmp_path / "latest"
+    run_cli([*lb, "restore", "latest", "--target", str(restored)], host, check=True)
+    assert (restored / "docs" / "n.txt").read_text() == "night 2\n" * 50
+    # The host tags its backups (sealed changes it cannot read back: it keeps its own tags), and copies none.
+    run_cli([*lb, "tag", first, listed[2]["id"], "--add", "keep"], host, check=True)
+    assert [b["tags"] for b in json_lines(run_cli([*lb, "--json", "list"], host, check=True).out)] == [
+        ["keep"], [], ["keep"]]
+    r = run_cli([*lb, "copy", "--to-url", "http://127.0.0.1:9/"], host)
+    assert r.code == 2 and "sealed" in r.err
+
+    # Everything the host holds, followed through the grid: no snapshot root of an older backup, no bytes
+    # of the deleted file.
+    old_roots = {b["cap"] for b in json_lines(run_cli(
+        [*lb, "--repo", str(rec), "--json", "list"], newbox, check=True).out)[:2]}
+    assert all(c and c.startswith("URI:") for c in old_roots)
+    held = caps_on_disk(host)
+    assert hostkey.writecap in held
+    seen, contents = reach(grid.url, held)
+    assert not seen & old_roots
+    assert not any(secret[:4096] in data for data in contents)
+
+    # A new machine with the recovery key alone lists all three and restores the first, deleted file and all.
+    mine = json_lines(run_cli([*lb, "--repo", str(rec), "--json", "list"], newbox, check=True).out)
+    assert [b["id"] for b in mine] == [b["id"] for b in listed] and not any(b["sealed"] for b in mine)
+    assert [b["tags"] for b in mine] == [["keep"], [], ["keep"]]
+    back = tmp_path / "first"
+    run_cli([*lb, "--repo", str(rec), "restore", first, "--target", str(back)], newbox, check=True)
+    assert (back / "docs" / "deleted.bin").read_bytes() == secret
+    assert (back / "docs" / "n.txt").read_text() == "night 0\n" * 50
+    back3 = tmp_path / "third"
+    run_cli([*lb, "--repo", str(rec), "restore", "latest", "--target", str(back3)], newbox, check=True)
+    assert differences(src, back3) == []
