@@ -2,11 +2,12 @@
 """Benchmark lafs-backup against `tahoe backup` and duplicity, side by side, and write bench/RESULTS.md.
 
 usage: python bench/run.py [--work DIR] [--scale N] [--no-scale] [--no-rivals]
-                           [--only check|browse|watch|remote|copy|scale|real|derive|leases]
+                           [--only check|browse|watch|remote|copy|scale|real|derive|leases|sealed]
 
 ``--only real`` measures real trees beside restic and borg (bench/rivals.py); ``--only derive`` a
 Python environment with and without derive rules (bench/derive.py); ``--only leases`` the custodian's
-full pass over 100 kept backups (bench/custodian.py).
+full pass over 100 kept backups (bench/custodian.py); ``--only sealed`` a sealed repository's host
+beside a plain one (bench/sealed.py).
 
 Each tool gets its own copy of the tree from bench/mktree.py (default
 size) and its own fresh local grid of the same shape (3 storage nodes,
@@ -769,7 +770,7 @@ def main() -> None:
     ap.add_argument("--no-scale", action="store_true")
     ap.add_argument("--no-rivals", action="store_true")
     ap.add_argument("--only", metavar="SECTION", choices=["check", "browse", "watch", "remote", "copy", "scale", "real",
-                                                        "derive", "leases"],
+                                                        "derive", "leases", "sealed"],
                     help="measure only this section and update it in RESULTS.md")
     a = ap.parse_args()
     if a.only:
@@ -789,6 +790,13 @@ def main() -> None:
 
             update_section("Derived files:", bench_derive(work, timed, lambda name: fresh_grid(work, name), grid_down))
             print((HERE / "RESULTS.md").read_text())
+            return
+        if a.only == "sealed":
+            sys.path.insert(0, str(HERE))
+            import sealed
+
+            sys.argv = [sys.argv[0], "--work", str(work / "sealed")]
+            sealed.main()
             return
         if a.only == "leases":
             sys.path.insert(0, str(HERE))

@@ -66,6 +66,10 @@ class Backup:
     original: str | None = None
     #: The other grids (gateway URLs) this machine copied it to.
     copies: tuple[str, ...] = ()
+    #: A sealed repository's backup made here: its record's place and box, sealed once (JSON; None: none
+    #: yet), and whether the custodian's inbox has its manifest and box (or there is no inbox).
+    box: str | None = None
+    sent: bool = False
 
     @property
     def source_text(self) -> str:
@@ -267,7 +271,8 @@ def lease_floors(backups: Sequence[Backup]) -> dict[str, float]:
     floors of the backups before it (an object it reuses from the cache came from one of them)."""
     out: dict[str, float] = {}
     running = float("inf")
-    for b in sorted(backups, key=lambda x: (x.ts, x.id)):
+    # (a sealed backup beyond this host's window: its leases are the custodian's, and say nothing of the others')
+    for b in sorted((x for x in backups if not x.sealed), key=lambda x: (x.ts, x.id)):
         floor = b.ts_lease if b.ts_lease is not None else min(b.ts, running)
         out[b.id] = floor
         running = min(running, floor)
@@ -280,6 +285,8 @@ def expiring(backups: Sequence[Backup], now: float, days: float = LEASE_DAYS,
     floors = lease_floors(backups)
     out = []
     for b in backups:
+        if b.id not in floors:  # (sealed: the custodian's)
+            continue
         ends = floors[b.id] + days * 86400
         if ends - now < margin_days * 86400:
             out.append((b, ends))

@@ -17,7 +17,7 @@ logging.addLevelName(NOISE, "NOISE")
 _CAP_RE = re.compile(r"URI(?::|%3[aA])([A-Za-z0-9-]+)(?::|%3[aA])[A-Za-z0-9:_%+-]*")
 #: A recovery key (it holds a repository's write cap) and a Foolscap FURL (whoever has an
 #: introducer's FURL can join its grid): secrets too.
-_KEY_RE = re.compile(r"lafs-backup-key-v1:[A-Za-z0-9_-]*")
+_KEY_RE = re.compile(r"lafs-backup-key-v[0-9]+:[A-Za-z0-9_-]*")
 _FURL_RE = re.compile(r"pb://[^\s'\"<>]+")
 
 

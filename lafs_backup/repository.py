@@ -153,15 +153,17 @@ class RepoKey:
                 raise ValueError
             seal, opens, custodian = body.get("seal"), body.get("open"), body.get("custodian")
             owner = body.get("owner")
-            if owner is not None and not (isinstance(owner, str) and owner.startswith("URI:DIR2:")):
+            if owner is not None and not (isinstance(owner, str) and owner.startswith(("URI:DIR2:",
+                                                                                        "URI:DIR2-MDMF:"))):
                 raise ValueError
             if (seal is None) != (prefix == KEY_PREFIX) or (opens is not None and seal is None):
                 raise ValueError
             if seal is not None:
                 SealKey.parse(seal)
-            if opens is not None and OpenKey.parse(opens).public.text != seal:
+            if opens is not None and not OpenKey.parse(opens).public.same(SealKey.parse(seal)):
                 raise ValueError
-            if custodian is not None and not (isinstance(custodian, str) and custodian.startswith("URI:DIR2-RO:")):
+            if custodian is not None and not (isinstance(custodian, str) and custodian.startswith(
+                    ("URI:DIR2-RO:", "URI:DIR2-MDMF-RO:"))):
                 raise ValueError
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UsageError("the recovery key is damaged (copy it again, whole, from the machine that made it)")
@@ -300,16 +302,26 @@ def writer_name(host: str, source: bytes, key: RepoKey | None = None) -> str:
     return "s" + hmac.new(secret, plain.encode("utf-8") + b"\0" + source, hashlib.sha256).hexdigest()[:20]
 
 
-def seal_entry(key: RepoKey, cap: str, meta: dict[str, Any], writer: str, name: str) -> tuple[str, dict[str, Any]]:
-    """The child and link metadata of a sealed repository's entry for ``cap`` and ``meta`` at
-    ``writer/name``: a LIT marker, and the box holding all three (see the module docstring)."""
-    from .caps import lit_cap
-
+def seal_box(key: RepoKey, cap: str, meta: dict[str, Any], writer: str, name: str) -> str:
+    """The box (base64) holding ``cap``, ``meta`` and the place ``writer/name`` of a sealed repository's
+    entry.  Boxes are random: a record is sealed once, and that box is what every attempt writes."""
     sealer = key.sealer()
     assert sealer is not None
     body = json.dumps({"cap": cap, "meta": meta, "place": [writer, name]}, separators=(",", ":")).encode()
-    box = base64.b64encode(sealer.seal(body)).decode("ascii")
+    return base64.b64encode(sealer.seal(body)).decode("ascii")
+
+
+def sealed_child(box: str) -> tuple[str, dict[str, Any]]:
+    """The child and link metadata of a sealed entry: a LIT marker, and the box."""
+    from .caps import lit_cap
+
     return lit_cap(b"sealed"), {"lafs_backup_sealed": SEALED_FORMAT, "box": box}
+
+
+def seal_entry(key: RepoKey, cap: str, meta: dict[str, Any], writer: str, name: str) -> tuple[str, dict[str, Any]]:
+    """The child and link metadata of a sealed repository's entry for ``cap`` and ``meta`` at
+    ``writer/name`` (see the module docstring)."""
+    return sealed_child(seal_box(key, cap, meta, writer, name))
 
 
 def is_sealed(meta: object) -> bool:
@@ -516,13 +528,15 @@ class Repository:
 
     async def add(self, rec: Record) -> Record:
         """Record a backup under its writer (``rec.writer``: the directory, one of the writer's
-        volumes, see :func:`volume_for`; default: the writer's first); returns the record with its place."""
+        volumes, see :func:`volume_for`; default: the writer's first); returns the record with its place.
+        In a sealed repository ``rec.box`` is the box to write (sealed once, with this place: an attempt
+        after a lost answer writes the same, and finds it there); None: sealed now."""
         writer = rec.writer or writer_name(rec.host, rec.source, self.key)
         name = rec.name or record_name(rec.ts, rec.generation)
         wcap = await self._writer_dir(writer, create=True)
         assert wcap is not None
         child, meta = ((rec.cap, rec.metadata()) if not self.key.sealed else
-                       seal_entry(self.key, rec.cap, rec.metadata(), writer, name))
+                       sealed_child(rec.box or seal_box(self.key, rec.cap, rec.metadata(), writer, name)))
         for _ in range(self._attempts):
             await self.gw.set_children(wcap, {name: (child, meta)}, replace=False)
             there = (await self._listing(wcap)).get(name)

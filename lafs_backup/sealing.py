@@ -55,6 +55,10 @@ class SealKey:
     def seal(self, data: bytes) -> bytes:
         return bytes(SealedBox(PublicKey(_key_bytes(self.text))).encrypt(data))
 
+    def same(self, other: "SealKey") -> bool:
+        """Is ``other`` this key (whatever its text's padding)?"""
+        return _key_bytes(self.text) == _key_bytes(other.text)
+
 
 @dataclass(frozen=True)
 class OpenKey:

@@ -83,17 +83,18 @@ def test_a_sealed_repositorys_writer_names_tell_neither_host_nor_source():
     assert writer_name("ann-laptop", b"/home/ann").startswith("ann-laptop.")
 
 
-def _b(i: int, record: str | None = "r", cap: str | None = None) -> Backup:
+def _b(i: int, record: str | None = "r", cap: str | None = None, sent: bool = True) -> Backup:
     return Backup(f"local:{i}", i, cap or f"URI:DIR2-CHK:{i}", b"/src", "src", 1000.0 + i, host="h", row=i,
-                  writer="w" if record else None, record=f"{record}{i}" if record else None)
+                  writer="w" if record else None, record=f"{record}{i}" if record else None, sent=sent)
 
 
-def test_the_window_keeps_the_newest_and_never_seals_what_the_repository_does_not_record_yet():
-    mine = [_b(1), _b(2, record=None), _b(3), _b(4)]
+def test_the_window_keeps_the_newest_and_never_seals_what_the_owner_could_not_read_back():
+    mine = [_b(1), _b(2, record=None), _b(3), _b(4, sent=False), _b(5)]
     keep, seal = beyond(mine, 1)
-    assert [b.row for b in keep] == [4] and [b.row for b in seal] == [1, 3]
+    # (2: the repository does not record it yet; 4: the custodian does not have its record yet)
+    assert [b.row for b in keep] == [5] and [b.row for b in seal] == [1, 3]
     keep, seal = beyond(mine, 3)
-    assert [b.row for b in keep] == [2, 3, 4] and [b.row for b in seal] == [1]
+    assert [b.row for b in keep] == [3, 4, 5] and [b.row for b in seal] == [1]
     sealed = dataclasses.replace(_b(1), cap=history.sealed_cap(_b(1)))
     assert beyond([sealed, _b(2)], 1)[1] == []  # (sealed already)
 

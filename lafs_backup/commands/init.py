@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..errors import ExitCode
+from ..errors import ExitCode, UsageError
 from ..grid.gateway import Gateway
 from ..repository import RepoKey
 from ..resources import Opener, Sealed
@@ -22,10 +22,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="seal every backup's record to a key pair whose private half leaves this machine: a "
                         "stolen or compromised host cannot read its older backups, and a custodian keeps them "
                         "(see the README's threat model)")
-    p.add_argument("--recovery-key", metavar="FILE", default="lafs-backup.recovery-key",
+    p.add_argument("--recovery-key", metavar="FILE",
                    help="with --sealed: the new file the recovery key is written to, once (default: "
                         "lafs-backup.recovery-key in the current directory); move it off this machine")
-    p.add_argument("--custodian-key", metavar="FILE", default="lafs-backup.custodian-key",
+    p.add_argument("--custodian-key", metavar="FILE",
                    help="with --sealed: the new file the custodian's key is written to (default: "
                         "lafs-backup.custodian-key in the current directory); move it to the custodian")
     p.add_argument("--introducer", metavar="FURL",
@@ -35,6 +35,11 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 async def run(o: Opener, ns: argparse.Namespace) -> int:
     if not ns.sealed:
+        given = [f for f, v in (("--recovery-key", ns.recovery_key), ("--custodian-key", ns.custodian_key),
+                                ("--introducer", ns.introducer)) if v]
+        if given:
+            raise UsageError(f"{', '.join(given)} go with --sealed (a plain repository's key is kept, and "
+                             "'lafs-backup key' prints it; 'custodian init' makes a custodian)")
         await o.create_repository()
         return ExitCode.OK
     from ..engine.inbox import create_custodian
@@ -42,6 +47,6 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     async def custodian(gw: Gateway, key: RepoKey, path: str, furl: str | None, owner: str) -> str:
         return (await create_custodian(gw, key, path, ns.introducer or furl, owner))[1]
 
-    await o.create_repository(Sealed(os.path.abspath(ns.recovery_key), os.path.abspath(ns.custodian_key),
-                                     custodian))
+    await o.create_repository(Sealed(os.path.abspath(ns.recovery_key or "lafs-backup.recovery-key"),
+                                     os.path.abspath(ns.custodian_key or "lafs-backup.custodian-key"), custodian))
     return ExitCode.OK

@@ -29,7 +29,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 async def run(o: Opener, ns: argparse.Namespace) -> int:
     rep = o.rt.reporter
-    everything = await o.backups()
+    everything = [b for b in await o.backups() if not b.sealed]  # (a sealed one beyond the window: not readable)
     if not everything:
         raise UsageError("no finished backups recorded: nothing to count (see 'lafs-backup list')")
     chosen = choose(o, everything, ns.backups, ns.source, ns.host, ns.tag)

@@ -53,11 +53,8 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
     finally:
         lock.release()
     if repo.key.sealed and recorded:
-        # (a sealed repository's host cannot read its tag changes back: it keeps its own backups' tags itself)
         async with o.locked_cache() as cache:
-            for p in plans:
-                if p.changed and p.backup.row is not None:
-                    cache.history.set_tags(p.backup.row, p.after)
+            tagging.keep_own(cache.history, plans)
     for p in plans:
         info = backup_json(p.backup)
         tags = ", ".join(p.after) or "none"

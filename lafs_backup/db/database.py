@@ -13,7 +13,7 @@ from typing import Any, Callable, Concatenate, Iterator, ParamSpec, Protocol, Ty
 
 from ..errors import CacheBusyError, CacheError
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 #: How long to wait for another process's write to finish before calling the cache busy.  Every
 #: write transaction is short (one batch of rows), so a wait this long means something is wrong.
 BUSY_TIMEOUT_MS = 10000
@@ -82,7 +82,7 @@ CREATE TABLE IF NOT EXISTS backups (
     id INTEGER PRIMARY KEY, generation INTEGER NOT NULL, cap TEXT NOT NULL,
     source BLOB NOT NULL, name TEXT NOT NULL, ts REAL NOT NULL, ts_check REAL,
     link_dir TEXT, link_name TEXT, result_file TEXT, host TEXT, ts_lease REAL,
-    tags TEXT, summary TEXT, writer TEXT, record TEXT);
+    tags TEXT, summary TEXT, writer TEXT, record TEXT, sealed TEXT, sent INTEGER);
 CREATE INDEX IF NOT EXISTS backups_generation ON backups (generation);
 CREATE TABLE IF NOT EXISTS checked (cap TEXT PRIMARY KEY, ts_check REAL, ts_lease REAL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS paths (key BLOB PRIMARY KEY, generation INTEGER NOT NULL) WITHOUT ROWID;
@@ -245,6 +245,8 @@ class Database:
             # Another run's commit holds the file for milliseconds: wait for it rather than fail.
             self.conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
             self.conn.execute("PRAGMA journal_mode=WAL")
+            # (deleted rows' bytes are overwritten: a sealed repository's host lets go of caps it must not keep)
+            self.conn.execute("PRAGMA secure_delete=ON")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
             self._check_grid(grid)
@@ -308,6 +310,10 @@ class Database:
                 if version < 10:
                     db.execute("CREATE TABLE IF NOT EXISTS proofs (key BLOB PRIMARY KEY, recipe TEXT NOT NULL, "
                                "generation INTEGER NOT NULL) WITHOUT ROWID")
+                if version < 11:
+                    # (a sealed repository's record of a backup, sealed once, and whether the custodian has it)
+                    db.execute("ALTER TABLE backups ADD COLUMN sealed TEXT")
+                    db.execute("ALTER TABLE backups ADD COLUMN sent INTEGER")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             db.execute("COMMIT")
         except BaseException:

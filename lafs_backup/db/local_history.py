@@ -20,7 +20,7 @@ class LocalHistory:
     """
 
     _COLUMNS = ("id, generation, cap, source, name, ts, link_dir, link_name, result_file, host, tags, summary, "
-                "writer, record")
+                "writer, record, sealed, sent")
 
     def __init__(self, db: Database, objects: ObjectCache) -> None:
         self._db = db
@@ -41,6 +41,27 @@ class LocalHistory:
                  json.dumps(summary or {})))
         self._db.commit(durable=True)  # the record of a finished backup must survive a power cut
         return self._backup_row(int(cur.lastrowid or 0))
+
+    def set_sealed(self, row: int, box: str) -> None:
+        """A sealed repository's record of backup ``row`` (its place and box, JSON), sealed once before it
+        is first written: every attempt to record it writes the same (made durable at once)."""
+        with self._db.transaction() as db:
+            db.execute("UPDATE backups SET sealed=? WHERE id=?", (box, row))
+        self._db.commit(durable=True)
+
+    def set_sent(self, row: int) -> None:
+        """The custodian's inbox holds backup ``row``'s manifest and record (or there is no inbox)."""
+        with self._db.transaction() as db:
+            db.execute("UPDATE backups SET sent=1 WHERE id=?", (row,))
+        self._db.commit(durable=True)
+
+    def unsent(self, source: bytes) -> list[Backup]:
+        """The backups of ``source`` the repository records whose record the custodian does not have yet, oldest
+        first (a sealed repository's; see :meth:`set_sent`)."""
+        rows = self._db.conn.execute(f"SELECT {self._COLUMNS} FROM backups WHERE record IS NOT NULL AND sealed IS "
+                                     "NOT NULL AND sent IS NULL AND source=? ORDER BY ts, id", (source,)).fetchall()
+        checks = self._checks_of([r[2] for r in rows])
+        return [self._backup(r, checks) for r in rows]
 
     def set_recorded(self, row: int, writer: str, record: str) -> None:
         """The repository now records backup ``row`` as ``writer/record``."""
@@ -97,12 +118,13 @@ class LocalHistory:
             db.execute("UPDATE backups SET tags=? WHERE id=?", (json.dumps(list(tags)), row))
         self._db.commit(durable=True)
 
-    def seal(self, rows: list[int], keep_caps: set[str], source: bytes) -> int:
+    def seal(self, rows: list[int], keep_caps: set[str]) -> int:
         """A sealed repository's host lets go of what it no longer needs (``engine/sealing.py``): the
         snapshot caps of its backups ``rows`` (each becomes ``history.sealed_cap``) with their checks
         and copies, and every object row (and copy-map row) whose cap ``keep_caps`` (every cap the
-        backups still in the window reach) lacks, unless a generation of another source may use it.
-        Returns the object rows deleted.  The caller holds ``source``'s lock."""
+        backups still in a window reach) lacks, but those a run under way may use (the rows of a
+        generation newer than every finished backup of its source).  Returns the rows deleted (sqlite overwrites them:
+        ``secure_delete``).  The caller holds a source's lock."""
         from ..history import sealed_cap
 
         with self._db.transaction() as db:
@@ -116,13 +138,15 @@ class LocalHistory:
             db.execute("CREATE TEMP TABLE IF NOT EXISTS keep_caps (cap TEXT PRIMARY KEY) WITHOUT ROWID")
             db.execute("DELETE FROM keep_caps")
             db.executemany("INSERT OR IGNORE INTO keep_caps VALUES (?)", [(c,) for c in keep_caps])
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS other_gens (g INTEGER PRIMARY KEY)")
-            db.execute("DELETE FROM other_gens")
-            db.execute("INSERT OR IGNORE INTO other_gens SELECT gen FROM generations WHERE source != ?", (source,))
-            db.execute("INSERT OR IGNORE INTO other_gens SELECT generation FROM backups WHERE source != ?", (source,))
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS running (g INTEGER PRIMARY KEY)")
+            db.execute("DELETE FROM running")
+            # (a run under way: a generation newer than every finished backup of its source; one a run left
+            # unfinished before a later backup of its source finished holds nothing that backup needs)
+            db.execute("INSERT OR IGNORE INTO running SELECT g.gen FROM generations g WHERE g.gen > COALESCE("
+                       "(SELECT MAX(b.generation) FROM backups b WHERE b.source = g.source), 0)")
             cur = db.execute(
                 "DELETE FROM objects WHERE cap NOT IN (SELECT cap FROM keep_caps) AND NOT EXISTS "
-                "(SELECT 1 FROM other_gens WHERE g BETWEEN COALESCE(objects.first_gen, 1) AND objects.generation)")
+                "(SELECT 1 FROM running WHERE g BETWEEN COALESCE(objects.first_gen, 1) AND objects.generation)")
             deleted = cur.rowcount
             db.execute("DELETE FROM copied WHERE src NOT IN (SELECT cap FROM keep_caps)")
         self._db.commit(durable=True)
@@ -135,11 +159,11 @@ class LocalHistory:
     @staticmethod
     def _backup(r: tuple[Any, ...], checks: dict[str, tuple[float | None, float | None]]) -> Backup:
         (row, gen, cap, source, name, ts, link_dir, link_name, result_file, host, tags, summary, writer,
-         record) = r
+         record, box, sent) = r
         ts_check, ts_lease = checks.get(cap, (None, None))
         return Backup(f"local:{row}", gen, cap, source, name, ts, ts_check, link_dir, link_name, result_file,
                       host, ts_lease, tuple(json.loads(tags or "[]")), json.loads(summary or "{}"), row,
-                      writer, record)
+                      writer, record, box=box, sent=bool(sent))
 
     # -- checks --------------------------------------------------------------
     def set_checked(self, caps: list[str], ts: float, leases: bool) -> None:

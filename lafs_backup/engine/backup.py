@@ -33,6 +33,7 @@ from ..config import Config
 from ..db.local import LocalDB
 from ..errors import GatewayError, LocalError, QueueError, UsageError
 from ..history import Backup
+from ..grid.gateway import Gateway
 from ..protocols import GatewayLike
 from ..report import Progress, Reporter
 from ..repository import Repository
@@ -43,9 +44,9 @@ from ..system.lock import source_scope
 from ..system.places import state_dir
 from ..system.programs import Programs, Runner
 from . import hooks
-from .inbox import publish_manifest, snapshot_caps
+from .inbox import publish_manifest
 from .publish import publish, rebuild_cache, record_backup, unhappy
-from .sealing import keep_window
+from .sealing import Window
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -477,11 +478,11 @@ async def _phase_two(rt: Runtime, conf: Config, gw: GatewayLike, target: Target,
             if trees_at is not None:
                 _save_trees(trees_at, snap, gen, store, uploader, incremental, _derive_fp(conf),
                             unsafe_dirs(derived.proofs) if derived is not None else frozenset())
-            boxes = await publish(rep, repo, db.history, source.label)
-            if repo.key.sealed:
-                reach, verify = await snapshot_caps(gw, b.cap)  # (one walk: the manifest, and the window)
-                await publish_manifest(rep, gw, repo.key.writecap, b, caps=verify, box=boxes.get(b.row or 0))
-                await keep_window(gw, db.history, source.label, conf.repository.window, b, reach)
+            await publish(rep, repo, db.history, source.label)
+            if repo.key.sealed:  # (each snapshot walked once: the manifests, and the window)
+                window = Window(gw)
+                await window.send(rep, repo.key.writecap, db.history, source.label)
+                await window.keep(db.history, conf.repository.window, gw.kept if isinstance(gw, Gateway) else None)
             else:
                 await publish_manifest(rep, gw, repo.key.writecap, b)  # (when a custodian's inbox is configured)
             target.forget_backups()

@@ -207,6 +207,19 @@ async def publish_manifest(rep: Reporter, gw: GatewayLike, repo_writecap: str, b
     return m
 
 
+async def publish_sealed(rep: Reporter, gw: GatewayLike, repo_writecap: str, b: Backup, box: str,
+                         caps: set[str]) -> bool:
+    """Publish a sealed repository's backup ``b`` into the custodian's inbox: its manifest (of ``caps``, its
+    verify caps), with its record's ``box`` in the envelope.  True: the inbox has them, or there is no
+    inbox to send to; False: they could not be sent now (a warning says why)."""
+    try:
+        if load_inbox(repo_writecap) is None:
+            return True
+    except LafsBackupError:
+        pass  # (publish_manifest says what is wrong with the inbox file)
+    return await publish_manifest(rep, gw, repo_writecap, b, caps=caps, box=box) is not None
+
+
 async def request_forgets(gw: GatewayLike, repo_writecap: str, backups: Iterable[Backup]) -> int:
     """Ask the custodian to forget ``backups`` (after its grace period), when this repository has an inbox;
     returns how many requests were linked.  The caller asks before it forgets anything: raises

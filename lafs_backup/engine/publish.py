@@ -31,7 +31,14 @@ async def record_backup(rep: Reporter, result: ResultConfig, cache: LocalHistory
     """Record a finished backup: the link, the result file, and (made durable) the cache row.  In a
     sealed repository the result file gets the backup's id, not its cap (``result.cap_when_sealed``)."""
     ts = time.time()
-    lname = await link_into(gw, result.append_to_lafs_dir, source, ts, snap) if result.append_to_lafs_dir else None
+    link = result.append_to_lafs_dir
+    if link and sealed and not result.cap_when_sealed:
+        # (a link is a cap: a directory this host writes would keep every backup readable from it)
+        rep.note_once("sealed-link", "destination.result.append_to_lafs_dir is not used in a sealed repository: a "
+                                     "link there would keep every backup readable from this host (set "
+                                     "destination.result.cap_when_sealed: true to link them all the same)")
+        link = None
+    lname = await link_into(gw, link, source, ts, snap) if link else None
     result_file = result.append_to_file
     if result_file:
         try:
@@ -47,36 +54,44 @@ async def record_backup(rep: Reporter, result: ResultConfig, cache: LocalHistory
         "packs", "warnings")}
     summary["seconds"] = round(rep.elapsed(), 3)  # (status and the metrics show how long a backup took)
     return cache.record_backup(gen, snap, source, os.path.basename(source).decode("utf-8", "replace"),
-                               ts, result.append_to_lafs_dir, lname, result_file, host, tags, summary)
+                               ts, link, lname, result_file, host, tags, summary)
 
 
-async def publish(rep: Reporter, repo: Repository, cache: LocalHistory, source: bytes) -> dict[int, str]:
+async def publish(rep: Reporter, repo: Repository, cache: LocalHistory, source: bytes) -> None:
     """Record in the repository every backup of ``source`` in this cache it does not hold yet (this
     one, and any a run before could not record there).  The caller holds the source's lock: only it
     writes that source's directories in the repository (another source's are its own runs' to
     write, which may be under way).  Each goes to the writer's volume :func:`repository.volume_for`
     picks from what this cache knows it recorded where: the cost stays that of a small directory.
-    Returns, by cache row, the boxes of the records a sealed repository now holds (the custodian's
-    inbox gets a copy of each)."""
-    from ..repository import Record, volume_for, writer_name
+    In a sealed repository each record is sealed once, and its box kept in the cache before the first
+    attempt: every attempt writes the same (see ``Repository.add``)."""
+    import dataclasses
+    import json
 
-    boxes: dict[int, str] = {}
+    from ..repository import Record, record_name, seal_box, volume_for, writer_name
+
     for b in cache.unrecorded(source):
         if b.row is None:
             continue
         host = b.host or this_host()
         writer = writer_name(host, b.source, repo.key)
+        rec = Record(b.cap, host, b.source, b.ts, b.generation, b.tags, b.summary,
+                     writer=volume_for(writer, cache.held(writer)), name=record_name(b.ts, b.generation))
+        if repo.key.sealed:
+            if b.box is None:
+                box = seal_box(repo.key, rec.cap, rec.metadata(), rec.writer, rec.name)
+                cache.set_sealed(b.row, json.dumps({"writer": rec.writer, "name": rec.name, "box": box}))
+                rec = dataclasses.replace(rec, box=box)
+            else:
+                kept = json.loads(b.box)
+                rec = dataclasses.replace(rec, writer=kept["writer"], name=kept["name"], box=kept["box"])
         try:
-            placed = await repo.add(Record(b.cap, host, b.source, b.ts, b.generation, b.tags, b.summary,
-                                           writer=volume_for(writer, cache.held(writer))))
+            placed = await repo.add(rec)
         except (GatewayError, GridError) as e:
             rep.warn("repository", f"the backup is not recorded in the repository yet ({e.message}); it "
                                    "is kept in the local cache, and the next backup records it there")
-            break
+            return
         cache.set_recorded(b.row, placed.writer, placed.name)
-        if placed.box is not None:
-            boxes[b.row] = placed.box
-    return boxes
 
 
 async def rebuild_cache(rep: Reporter, everything: list[Backup], gw: GatewayLike, cache: ObjectCache, gen: int,

@@ -279,6 +279,10 @@ async def record(repo: Repository, cache: LocalHistory | None, b: Backup, made: 
                                   summary=summary)
         assert row.row is not None
         cache.set_recorded(row.row, placed.writer, placed.name)
+        if placed.box is not None:  # (a sealed repository's: the custodian gets it with the next backup's)
+            import json
+
+            cache.set_sealed(row.row, json.dumps({"writer": placed.writer, "name": placed.name, "box": placed.box}))
     return Backup(f"{placed.writer}/{placed.name}", b.generation, made.cap, b.source, b.name, b.ts,
                   host=b.host, tags=b.tags, summary=summary, writer=placed.writer, record=placed.name)
 
@@ -334,12 +338,14 @@ async def rewrite_backups(rep: Reporter, gw: GatewayLike, repo: Repository | Non
             assert repo is not None and made.cap is not None
             if made.cap in recorded:
                 rep.emit(f"recorded already: {what}: its rewrite is recorded (by an earlier run)",
-                         {"type": "recorded_already", "id": b.short_id, "generation": b.generation, "cap": made.cap})
+                         {"type": "recorded_already", "id": b.short_id, "generation": b.generation,
+                          "cap": None if repo.key.sealed else made.cap})
             else:
                 new = await record(repo, cache, b, made, host)
                 recorded.add(made.cap)
-                await publish_manifest(rep, gw, repo.key.writecap, new)  # (when a custodian's inbox is configured)
-                _said(rep, what, b, new, made)
+                if not repo.key.sealed:  # (a sealed repository's rewrite goes to the custodian with the next backup)
+                    await publish_manifest(rep, gw, repo.key.writecap, new)  # (when a custodian's inbox is configured)
+                _said(rep, what, b, new, made, repo.key.sealed)
             totals["rewritten"] += 1
             totals["directories_made"] += made.dirs_made
             totals["index_chunks_made"] += made.chunks_made
@@ -355,14 +361,14 @@ async def rewrite_backups(rep: Reporter, gw: GatewayLike, repo: Repository | Non
     return totals
 
 
-def _said(rep: Reporter, what: str, b: Backup, new: Backup, made: Rewritten) -> None:
-    """Say what rewriting ``b`` into ``new`` did."""
+def _said(rep: Reporter, what: str, b: Backup, new: Backup, made: Rewritten, sealed: bool = False) -> None:
+    """Say what rewriting ``b`` into ``new`` did (``sealed``: a sealed repository's, whose caps are not said)."""
     from ..report import plural, size_text
 
     rep.emit(f"rewritten: {what} -> {new.short_id}: {plural(made.removed_files, 'file')} "
              f"({size_text(made.removed_bytes)}) removed; {plural(made.dirs_made, 'directory', 'directories')} "
              f"and {plural(made.chunks_made, 'index chunk')} written, {made.chunks_reused} reused",
              {"type": "rewritten", "id": b.short_id, "new_id": new.short_id, "generation": b.generation,
-              "cap": new.cap, "files": made.removed_files, "bytes": made.removed_bytes,
+              "cap": None if sealed else new.cap, "files": made.removed_files, "bytes": made.removed_bytes,
               "directories_made": made.dirs_made, "index_chunks_made": made.chunks_made,
               "index_chunks_reused": made.chunks_reused, "objects_unlinked": made.objects_dropped})

@@ -10,6 +10,7 @@ from ..errors import SnapshotError, UsageError
 from ..history import Backup
 
 if TYPE_CHECKING:
+    from ..db.local_history import LocalHistory
     from ..repository import Repository, TagChange
 
 
@@ -56,3 +57,11 @@ async def record(repo: Repository, host: str, change: TagChange, plans: Sequence
 
     todo = [dataclasses.replace(change, target=p.backup.id, host=host) for p in plans if p.changed]
     return await repo.add_changes(host, todo) if todo else []
+
+
+def keep_own(history: LocalHistory, plans: Sequence[Retag]) -> None:
+    """A sealed repository's host cannot read its tag changes back from the repository: it keeps the tags
+    of its own backups (those with a row in ``history``) as the changes left them."""
+    for p in plans:
+        if p.changed and p.backup.row is not None:
+            history.set_tags(p.backup.row, p.after)

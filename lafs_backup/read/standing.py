@@ -85,6 +85,8 @@ def leases(backups: Sequence[Backup], lease_days: float | None) -> list[Lease]:
 
 
 def _leases(backups: Sequence[Backup], lease_days: float | None) -> list[tuple[Backup, Lease]]:
+    """(a sealed repository's backups beyond this host's window are left out: their leases are the custodian's)"""
+    backups = [b for b in backups if not b.sealed]
     floors = lease_floors(backups)
     out = []
     for b in sorted(backups, key=lambda x: (x.ts, x.id)):
@@ -235,7 +237,9 @@ def source_rows(backups: Sequence[Backup], lease_days: float | None, next_run: f
     rows = []
     for (who, source), kept in sorted(groups.items()):
         last = kept[-1]
-        mine = [by_lease[b.id] for b in kept]
+        mine = [by_lease[b.id] for b in kept if b.id in by_lease]
+        if not mine:  # (every one sealed: a sealed repository's, beyond this host's window)
+            continue
         renewals = [x.renewed for x in mine]
         first = min(mine, key=lambda x: (x.expires is None, x.expires or 0.0))
         warnings = _number(last.summary.get("warnings")) or 0

@@ -266,11 +266,11 @@ def read_key_arg(arg: str, what: str) -> RepoKey:
     """A recovery key given as the key itself, a file holding it, or - (stdin)."""
     import sys
 
-    from ..repository import KEY_PREFIX, RepoKey
+    from ..repository import RepoKey
 
     if arg == "-":
         text = sys.stdin.readline()
-    elif arg.strip().startswith(KEY_PREFIX):
+    elif arg.strip().startswith("lafs-backup-key-"):  # (any version: decoded, never named as a path)
         text = arg
     else:
         text = _read_key(arg, what)
@@ -284,4 +284,6 @@ def _read_key(path: str, what: str) -> str:
         with open(path, encoding="utf-8") as f:
             return f.readline()
     except OSError as e:
-        raise UsageError(f"cannot read the recovery key from {what} ({path}): {e.strerror}") from None
+        # (what was given may be a key mistyped, or pasted whole: named only when it is plainly a path)
+        shown = f" ({path})" if len(path) < 256 and ":" not in path and "key-" not in path else ""
+        raise UsageError(f"cannot read the recovery key from {what}{shown}: {e.strerror}") from None

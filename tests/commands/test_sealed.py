@@ -88,3 +88,51 @@ def test_a_sealed_host_reads_its_window_only_and_the_recovery_key_reads_everythi
     back3 = tmp_path / "third"
     run_cli([*lb, "--repo", str(rec), "restore", "latest", "--target", str(back3)], newbox, check=True)
     assert differences(src, back3) == []
+
+
+def test_two_sources_and_an_inbox_out_of_reach_leave_no_old_cap_behind_and_lose_no_record(grid, tmp_path: Path):
+    """Two sources backed up in turn: a file deleted from one is out of reach once its backups that held it
+    leave the window, whatever the other source's generations.  Backups made while the custodian's inbox
+    cannot be written keep their caps (the host could not hand them over), and go to the custodian, and
+    leave the window, with the next backup that can."""
+    lb = ["--url", grid.url]
+    host, usb = tmp_path / "host", tmp_path / "usb"
+    usb.mkdir()
+    furl = LocalGrid(GridSpec(str(grid.dir))).furl()
+    ckey = usb / "custodian.key"
+    run_cli([*lb, "init", "--sealed", "--recovery-key", str(usb / "recovery.key"), "--custodian-key", str(ckey),
+             "--introducer", furl], host, check=True)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    secret = b"only ever in source a\n" + bytes(range(256)) * 6000
+    (a / "big.bin").write_bytes(secret)
+    (b / "other.txt").write_text("source b\n" * 100)
+    for i, src in enumerate([a, b, a, b, a]):
+        (src / "n.txt").write_text(f"round {i}\n" * 30)
+        if i == 2:
+            (a / "big.bin").unlink()
+        run_cli([*lb, "backup", str(src)], host, check=True)
+    listed = json_lines(run_cli([*lb, "--json", "list"], host, check=True).out)
+    assert [(Path(x["source"]).name, x["sealed"]) for x in listed] == [
+        ("a", True), ("b", True), ("a", True), ("b", False), ("a", False)]
+    seen, contents = reach(grid.url, caps_on_disk(host))
+    assert not any(secret[:4096] in data for data in contents)
+
+    # The inbox's cap is out of reach (its file damaged): two backups keep their caps, and say why.
+    inbox_file = next((host / "state").rglob("inbox.*.json"))
+    good = inbox_file.read_bytes()
+    inbox_file.write_text("{")
+    for i in range(2):
+        (a / "n.txt").write_text(f"unsent {i}\n" * 30)
+        r = run_cli([*lb, "backup", str(a)], host, check=True)
+        assert "custodian" in r.err
+    listed = json_lines(run_cli([*lb, "--json", "list", "--source", str(a)], host, check=True).out)
+    assert [x["sealed"] for x in listed] == [True, True, True, False, False]  # (the fourth was not sent)
+    inbox_file.write_bytes(good)
+    (a / "n.txt").write_text("sent again\n" * 30)
+    run_cli([*lb, "backup", str(a)], host, check=True)
+    listed = json_lines(run_cli([*lb, "--json", "list", "--source", str(a)], host, check=True).out)
+    assert [x["sealed"] for x in listed] == [True, True, True, True, True, False]
+    # The custodian has every backup of both sources.
+    r = run_cli([*lb, "custodian", "check", "--json", "--key", str(ckey)], tmp_path / "custodian")
+    assert len(json_lines(r.out)[-1]["kept"]) == 8, r.out  # (six of a, two of b)
