@@ -1,4 +1,5 @@
-"""Python's cycle collector during phase two: the objects that live through the run are left out of its passes.
+"""Memory during phase two: Python's cycle collector leaves out the objects that live through the run, and
+the C allocator gives free pages back to the system as the run goes (``trimming``).
 
 Phase two makes a few short-lived objects per entry (tasks, results,
 rows) and holds tens of thousands alive at once (the window's results,
@@ -16,7 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from typing import Iterator
+import threading
+from typing import Callable, Iterator
+
+from ..system.memory import trim
 
 #: Young collections between two full ones during phase two (Python's default is 10).
 FULL_EVERY = 100
@@ -39,3 +43,27 @@ def rare_full_collections() -> Iterator[None]:
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
+
+
+#: Seconds between two trims of the C allocator's heaps during phase two (``system.memory.trim``).
+TRIM_EVERY = 0.25
+
+
+@contextlib.contextmanager
+def trimming(every: float = TRIM_EVERY, trim_fn: Callable[[], object] = trim) -> Iterator[None]:
+    """Within the block, ``trim_fn`` every ``every`` seconds, in a thread of its own: the reactor thread
+    is busiest when the heaps grow most (the last packs, the index), and ``malloc_trim`` takes glibc's
+    own locks, not the interpreter's.  The thread is stopped, and joined, when the block ends."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            trim_fn()
+
+    thread = threading.Thread(target=loop, name="lafs-backup heap trim", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -34,7 +34,7 @@ from ..store.snapshot import Child, child_names, dir_body
 from ..store.protocols import StoreLike
 from .batch import Runs, SmallFiles
 from .budget import Budget
-from .collector import rare_full_collections
+from .collector import rare_full_collections, trimming
 from .decider import Decided
 from .derive import InputCheck, InputsChanged
 from .indexer import Indexer
@@ -145,7 +145,7 @@ class Uploader:
         problems are warnings on the reporter.
         """
         try:
-            with rare_full_collections():
+            with rare_full_collections(), trimming():
                 # Files are decided a batch at a time as the queue streams in (one cache query per batch).
                 return await self._run(self.saver.ahead(entries, held=self._hold is not None))
         finally:

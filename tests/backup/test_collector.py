@@ -50,3 +50,28 @@ def test_collects_cycles_made_within_the_block():
         a.other, b.other = b, a  # type: ignore[attr-defined]
         del a, b
         assert gc.collect() >= 2  # (young garbage is still found)
+
+
+def test_trimming_runs_in_its_thread_within_the_block_only():
+    import threading
+
+    from lafs_backup.backup.collector import trimming
+
+    calls: list[str] = []
+    three = threading.Event()
+
+    def trim_fn() -> None:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 3:
+            three.set()
+
+    with trimming(0.001, trim_fn):
+        assert three.wait(30)  # (an event, not a duration: it came three times)
+    done = len(calls)
+    assert done >= 3 and set(calls) == {"lafs-backup heap trim"}
+    assert not any(t.name == "lafs-backup heap trim" for t in threading.enumerate())  # (stopped and joined)
+    assert len(calls) == done
+    with pytest.raises(RuntimeError):
+        with trimming(0.001, trim_fn):
+            raise RuntimeError("phase two failed")
+    assert not any(t.name == "lafs-backup heap trim" for t in threading.enumerate())
