@@ -38,7 +38,8 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
         given = [f for f, v in (("--recovery-key", ns.recovery_key), ("--custodian-key", ns.custodian_key),
                                 ("--introducer", ns.introducer)) if v]
         if given:
-            raise UsageError(f"{', '.join(given)} go with --sealed (a plain repository's key is kept, and "
+            raise UsageError(f"{', '.join(given)} {'goes' if len(given) == 1 else 'go'} with --sealed (a plain "
+                             "repository's key is kept, and "
                              "'lafs-backup key' prints it; 'custodian init' makes a custodian)")
         await o.create_repository()
         return ExitCode.OK

@@ -168,9 +168,13 @@ class Repositories:
         from ..repository import Repository
         from ..sealing import OpenKey
 
+        if not self._key_read and not (self.repo_arg or os.environ.get("LAFS_BACKUP_REPO")):
+            # (no key is given: a repository.key_file that does not exist yet is where this one's goes)
+            self._key_read, self._key = True, None
         path = await self._places.key_path()
         if os.path.exists(path):
-            raise UsageError(f"a repository is already configured (its key is in {path})")
+            raise UsageError(f"a repository is already configured (its key is in {path}; a repository beside it "
+                             "keeps its key in another file: -o repository.key_file=FILE)")
         if sealed is not None:
             sealed.check()
         furl = self.config.repository.introducer_furl

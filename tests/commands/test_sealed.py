@@ -136,3 +136,28 @@ def test_two_sources_and_an_inbox_out_of_reach_leave_no_old_cap_behind_and_lose_
     # The custodian has every backup of both sources.
     r = run_cli([*lb, "custodian", "check", "--json", "--key", str(ckey)], tmp_path / "custodian")
     assert len(json_lines(r.out)[-1]["kept"]) == 8, r.out  # (six of a, two of b)
+
+
+def test_init_makes_a_sealed_repository_beside_a_plain_one_at_the_key_file_named(grid, tmp_path: Path):
+    """The way docs/sealed.md gives to start sealing on a machine that has a plain repository: ``init --sealed``
+    with ``repository.key_file`` naming a new file, on the embedded grid (this machine's grid directory)."""
+    home, usb = tmp_path / "home", tmp_path / "usb"
+    usb.mkdir()
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"grid:\n  dir: {grid.dir}\n")
+    furl = LocalGrid(GridSpec(str(grid.dir))).furl()
+    run_cli(["-c", str(conf), "init"], home, check=True)
+    r = run_cli(["-c", str(conf), "init", "--sealed"], home)
+    assert r.code == 2 and "repository.key_file" in r.err
+    hostkey = tmp_path / "sealed-host.key"
+    sealed = ["-c", str(conf), "-o", f"repository.key_file={hostkey}"]
+    run_cli([*sealed, "init", "--sealed", "--recovery-key", str(usb / "rec.key"), "--custodian-key",
+             str(usb / "cust.key"), "--introducer", furl], home, check=True)
+    assert hostkey.stat().st_mode & 0o777 == 0o600
+    assert RepoKey.decode(hostkey.read_text()).sealed and not RepoKey.decode(hostkey.read_text()).opens
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("sealed\n")
+    run_cli([*sealed, "backup", str(src)], home, check=True)
+    assert [b["sealed"] for b in json_lines(run_cli([*sealed, "--json", "list"], home, check=True).out)] == [False]
+    assert json_lines(run_cli(["-c", str(conf), "--json", "list"], home, check=True).out) == []  # (the plain one)
