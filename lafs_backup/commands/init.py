@@ -45,8 +45,10 @@ async def run(o: Opener, ns: argparse.Namespace) -> int:
         return ExitCode.OK
     from ..engine.inbox import create_custodian
 
-    async def custodian(gw: Gateway, key: RepoKey, path: str, furl: str | None, owner: str) -> str:
-        return (await create_custodian(gw, key, path, ns.introducer or furl, owner))[1]
+    async def custodian(gw: Gateway, key: RepoKey, path: str, furl: str | None) -> tuple[str, str]:
+        _, own, owner = await create_custodian(gw, key, path, ns.introducer or furl, sealed=True)
+        assert owner is not None
+        return own, owner
 
     await o.create_repository(Sealed(os.path.abspath(ns.recovery_key or "lafs-backup.recovery-key"),
                                      os.path.abspath(ns.custodian_key or "lafs-backup.custodian-key"), custodian))

@@ -179,7 +179,12 @@ def read_envelope(meta: object, record: str) -> int | None:
 
 def read_forget(meta: object) -> tuple[str, str] | None:
     """(folder, record) a forget request's link metadata names (None: not a forget request)."""
-    if not isinstance(meta, Mapping) or meta.get("lafs_backup_forget") != FORMAT:
+    return _naming(meta, "lafs_backup_forget")
+
+
+def _naming(meta: object, kind: str) -> tuple[str, str] | None:
+    """(folder, record) the link metadata of ``kind`` (a forget request, a cancel) names (None: not one)."""
+    if not isinstance(meta, Mapping) or meta.get(kind) != FORMAT:
         return None
     folder, record = meta.get("folder"), meta.get("record")
     if isinstance(folder, str) and isinstance(record, str) and is_folder(folder) and is_record(record):
@@ -209,9 +214,4 @@ def cancel_name(folder: str, record: str) -> str:
 
 def read_cancel(meta: object) -> tuple[str, str] | None:
     """(folder, record) the owner's cancel names (None: not a cancel)."""
-    if not isinstance(meta, Mapping) or meta.get("lafs_backup_cancel") != FORMAT:
-        return None
-    folder, record = meta.get("folder"), meta.get("record")
-    if isinstance(folder, str) and isinstance(record, str) and is_folder(folder) and is_record(record):
-        return folder, record
-    return None
+    return _naming(meta, "lafs_backup_cancel")

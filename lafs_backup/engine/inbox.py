@@ -78,11 +78,11 @@ async def create(gw: GatewayLike, key: RepoKey, key_path: str, furl: str | None)
 
 
 async def create_custodian(gw: GatewayLike, key: RepoKey, key_path: str, furl: str | None,
-                           owner: str | None = None) -> tuple[str, str]:
-    """:func:`create`; returns where the inbox's write cap is kept, and the read cap of the custodian's own
-    directory (a sealed repository's recovery key carries it: this host keeps no cap of that directory).
-    ``owner``: the read cap of a sealed repository's owner's directory, where the recovery key cancels
-    forget requests (the custodian's key carries it)."""
+                           sealed: bool = False) -> tuple[str, str, str | None]:
+    """:func:`create`; returns where the inbox's write cap is kept, the read cap of the custodian's own
+    directory, and (``sealed``) the write cap of the owner's directory, where the recovery key cancels
+    forget requests (the custodian's key carries its read cap).  A sealed repository's recovery key
+    carries the last two: this host keeps neither."""
     path = inbox_file(key.writecap)
     if os.path.exists(path):
         raise UsageError(f"this repository has a custodian inbox already (its cap is in {path})")
@@ -95,15 +95,17 @@ async def create_custodian(gw: GatewayLike, key: RepoKey, key_path: str, furl: s
     inbox = await gw.mkdir_mutable()
     forget = await gw.mkdir_mutable()
     own = await gw.mkdir_mutable()
+    owner = await gw.mkdir_mutable() if sealed else None
+    owner_ro = str((await gw.get_json(owner))[1]["ro_uri"]) if owner else None
     await gw.set_children(inbox, {FORGET: (forget, None)})
     readcap = (await gw.get_json(inbox))[1]["ro_uri"]
     own_readcap = str((await gw.get_json(own))[1]["ro_uri"])
-    write_key(key_path, CustodianKey(str(readcap), own, furl, new_secret(), owner))
+    write_key(key_path, CustodianKey(str(readcap), own, furl, new_secret(), owner_ro))
     del own  # the host keeps no cap of the custodian's own directory
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     with replacing(path) as f:
         json.dump({"inbox": inbox, "forget": forget}, f)
-    return path, own_readcap
+    return path, own_readcap, owner
 
 
 def _last_path(repo_writecap: str, folder: str) -> str:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Iterable
-
 from ..db.local_history import LocalHistory
 from ..grid.kept import KeptReads
 from ..history import Backup
@@ -74,10 +72,11 @@ class Window:
         reach: set[str] = set()
         for source in sorted({b.source for b in everything}):
             mine = sorted((b for b in everything if b.source == source), key=lambda b: (b.ts, b.row or 0))
-            keep, gone = beyond(mine, window)
+            gone = beyond(mine, window)[1]
             seal += gone
-            for b in _readable(keep + [b for b in mine if b not in gone and b not in keep]):
-                reach |= {b.cap} | (await self.walk(b.cap))[0]
+            for b in mine:  # (the window, and those that cannot leave it yet)
+                if b not in gone and not b.sealed:
+                    reach |= {b.cap} | (await self.walk(b.cap))[0]
         dropped = history.seal([b.row for b in seal if b.row is not None], reach)
         if kept is not None:
             dropped += kept.retain(reach)
@@ -85,6 +84,3 @@ class Window:
                  len(seal), dropped, len(reach))
         return len(seal), dropped
 
-
-def _readable(backups: Iterable[Backup]) -> list[Backup]:
-    return [b for b in backups if not b.sealed]

@@ -33,10 +33,10 @@ class Sealed:
 
     recovery_key: str
     custodian_key: str
-    #: Makes the custodian's inbox and own directory, writes its key file (gateway, the repository's whole
-    #: key, the key file's path, the introducer's FURL, the owner's directory's read cap); returns the read
-    #: cap of its own directory.
-    make_custodian: Callable[[Gateway, "RepoKey", str, str | None, str], Awaitable[str]]
+    #: Makes the custodian's inbox, its own directory and the owner's, and writes its key file (gateway, the
+    #: repository's whole key, the key file's path, the introducer's FURL); returns the read cap of its own
+    #: directory and the write cap of the owner's (``engine.inbox.create_custodian``).
+    make_custodian: Callable[[Gateway, "RepoKey", str, str | None], Awaitable[tuple[str, str]]]
 
     def check(self) -> None:
         """Raise :class:`UsageError` before anything is made when a file is there already, or the two are one."""
@@ -193,12 +193,9 @@ class Repositories:
                                  "copy of it off this machine ('lafs-backup key' prints it): with it alone a new "
                                  "machine lists and restores every backup")
             return repo
-        # The owner's directory (the recovery key cancels forget requests there), then the custodian's inbox
-        # and directory: the recovery key carries the read cap of the latter, the custodian's key that of the
-        # former.
-        owner = await gw.mkdir_mutable()
-        owner_ro = str((await gw.get_json(owner))[1]["ro_uri"])
-        own = await sealed.make_custodian(gw, repo.key, sealed.custodian_key, furl, owner_ro)
+        # The custodian first: the recovery key carries the read cap of its directory and the write cap of
+        # the owner's (where it cancels forget requests).
+        own, owner = await sealed.make_custodian(gw, repo.key, sealed.custodian_key, furl)
         recovery = dataclasses.replace(repo.key, custodian=own, owner=owner)
         save_key(sealed.recovery_key, recovery)
         host = repo.key.host_key()
