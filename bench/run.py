@@ -110,8 +110,15 @@ def grid_down(d: Path, home: Path) -> None:
     timed([PY, "-m", "lafs_backup", "grid", "down", "--dir", str(d)], env=env_for(home), check=False)
 
 
+def compiled() -> None:
+    """Compile lafs-backup's modules, as ``pip install`` leaves them: a command must not pay for
+    compiling its own sources (where PYTHONDONTWRITEBYTECODE is set, every command would, each time)."""
+    subprocess.run([PY, "-m", "compileall", "-q", str(ROOT / "lafs_backup")], check=True)
+
+
 def env_for(home: Path) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["XDG_STATE_HOME"] = str(home / "state")
     env["XDG_DATA_HOME"] = str(home / "data")
     env["PYTHONPATH"] = str(ROOT)
@@ -773,6 +780,7 @@ def main() -> None:
                                                         "derive", "leases", "sealed"],
                     help="measure only this section and update it in RESULTS.md")
     a = ap.parse_args()
+    compiled()
     if a.only:
         work = Path(a.work).resolve()
         shutil.rmtree(work / "tree", ignore_errors=True)

@@ -158,7 +158,8 @@ async def run(reactor: Reactor, argv: Sequence[str], out: IO[str] | None = None,
         changes = not (getattr(ns, "dry_run", False) or getattr(ns, "queue_only", False) is not False)
         monitor = Monitor.of(config, ns.command, reactor, rep, lambda: opener.known_cache_path()) if changes else None
         opener = Opener(config, Runtime(reactor, rep, op, monitor), repo_arg=getattr(ns, "repo", None))
-        if ns.command not in _WITH_MANHOLE:
+        off = config.manhole.endpoint is None and config.manhole.on_signal is None
+        if ns.command not in _WITH_MANHOLE or off:  # (off, as by default: not even imported, 12 ms)
             return await _dispatch(opener, ns)
         from . import manhole
 

@@ -25,6 +25,10 @@ BASE_CONFIG = Path(__file__).with_name("core.yaml")
 YAMLValue = Any
 T = TypeVar("T")
 
+#: The YAML reader: libyaml's when PyYAML was built with it (about six times faster: every command reads
+#: the base configuration), else the pure-Python one.  Both read only plain data (safe).  For files (bytes).
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 _NUM = (int, float)
 _NULL = type(None)
 
@@ -134,7 +138,7 @@ def _type_names(types: tuple[type, ...]) -> str:
 def _load_yaml(path: str) -> YAMLValue:
     try:
         with open(path, "rb") as f:
-            return yaml.safe_load(f)
+            return yaml.load(f, Loader=_Loader)
     except FileNotFoundError:
         raise ConfigError(f"Configuration file {path} does not exist", key="", source=path)
     except OSError as e:
@@ -181,7 +185,7 @@ def parse_override(item: str) -> tuple[str, YAMLValue]:
     key, _, raw = item.partition("=")
     key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.safe_load(raw) if raw.strip() else None  # (str with surrogates: not libyaml)
     except yaml.YAMLError:
         value = raw
     if list in SCHEMA.get(key, ()) and not isinstance(value, list) and raw.strip().startswith("[") \

@@ -15,9 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-
-from nacl.exceptions import CryptoError
-from nacl.public import PrivateKey, PublicKey, SealedBox
+from types import ModuleType
 
 #: Bytes of a key, public or private.
 KEY_BYTES = 32
@@ -25,6 +23,14 @@ KEY_BYTES = 32
 
 class SealError(Exception):
     """A box that this key cannot open: made for another key, or damaged."""
+
+
+def _nacl() -> ModuleType:
+    """PyNaCl's public-key boxes, imported at the first seal or open: loading libsodium costs every
+    command a fifth of its start-up, and only sealed repositories need it."""
+    import nacl.public
+
+    return nacl.public
 
 
 def _key_bytes(text: str) -> bytes:
@@ -53,7 +59,8 @@ class SealKey:
         return cls(text)
 
     def seal(self, data: bytes) -> bytes:
-        return bytes(SealedBox(PublicKey(_key_bytes(self.text))).encrypt(data))
+        nacl = _nacl()
+        return bytes(nacl.SealedBox(nacl.PublicKey(_key_bytes(self.text))).encrypt(data))
 
     def same(self, other: "SealKey") -> bool:
         """Is ``other`` this key (whatever its text's padding)?"""
@@ -71,7 +78,7 @@ class OpenKey:
 
     @classmethod
     def generate(cls) -> "OpenKey":
-        return cls(_text(bytes(PrivateKey.generate())))
+        return cls(_text(bytes(_nacl().PrivateKey.generate())))
 
     @classmethod
     def parse(cls, text: str) -> "OpenKey":
@@ -80,10 +87,13 @@ class OpenKey:
 
     @property
     def public(self) -> SealKey:
-        return SealKey(_text(bytes(PrivateKey(_key_bytes(self.text)).public_key)))
+        return SealKey(_text(bytes(_nacl().PrivateKey(_key_bytes(self.text)).public_key)))
 
     def open(self, box: bytes) -> bytes:
+        from nacl.exceptions import CryptoError
+
+        nacl = _nacl()
         try:
-            return bytes(SealedBox(PrivateKey(_key_bytes(self.text))).decrypt(box))
+            return bytes(nacl.SealedBox(nacl.PrivateKey(_key_bytes(self.text))).decrypt(box))
         except CryptoError:
             raise SealError("the box does not open with this key") from None

@@ -4,19 +4,43 @@ any cap that reads (pure)."""
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
-
-from allmydata import uri
-from allmydata.storage.common import si_a2b, si_b2a
+from types import ModuleType
+from typing import Any
 
 from ..errors import UsageError
 
-#: Verify caps of immutable objects (a CHK file, an immutable directory) and of mutable ones (SDMF and
-#: MDMF files and directories).
-IMMUTABLE_VERIFIERS = (uri.CHKFileVerifierURI, uri.ImmutableDirectoryURIVerifier)
-MUTABLE_VERIFIERS = (uri.SSKVerifierURI, uri.MDMFVerifierURI, uri.DirectoryURIVerifier,
-                     uri.MDMFDirectoryURIVerifier)
+
+@functools.lru_cache(maxsize=None)
+def _uri() -> ModuleType:
+    """Tahoe's cap parser, imported at the first cap (a tenth of a backup's start-up otherwise, and
+    most runs send nothing to a custodian)."""
+    from allmydata import uri
+
+    return uri
+
+
+@functools.lru_cache(maxsize=None)
+def _verifiers() -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Verify caps of immutable objects (a CHK file, an immutable directory), and of mutable ones (SDMF
+    and MDMF files and directories)."""
+    uri = _uri()
+    return ((uri.CHKFileVerifierURI, uri.ImmutableDirectoryURIVerifier),
+            (uri.SSKVerifierURI, uri.MDMFVerifierURI, uri.DirectoryURIVerifier, uri.MDMFDirectoryURIVerifier))
+
+
+def _si_b2a(raw: bytes) -> bytes:
+    from allmydata.storage.common import si_b2a
+
+    return bytes(si_b2a(raw))
+
+
+def _si_a2b(text: bytes) -> bytes:
+    from allmydata.storage.common import si_a2b
+
+    return bytes(si_a2b(text))
 
 _TYPE = re.compile(r"[A-Z][A-Z0-9]{1,5}(-[A-Z0-9]{2,5}){0,2}(-Verifier)?")
 
@@ -62,7 +86,7 @@ class Target:
     def name(self) -> str:
         """The storage index as Tahoe prints it (base32, 26 characters): safe to show and log, it reads
         nothing."""
-        return str(si_b2a(self.storage_index), "ascii")
+        return str(_si_b2a(self.storage_index), "ascii")
 
     def __repr__(self) -> str:
         return f"Target({self.name}, {self.kind.value})"
@@ -94,10 +118,12 @@ def target_of(cap: str) -> Target:
     ``URI:DIR2-Verifier:``, ``URI:MDMF-Verifier:``, ``URI:DIR2-MDMF-Verifier:``).  Raises
     :class:`ReadCapRefused` for a read or write cap (a LIT cap included: its bytes are in it) and
     :class:`NotAVerifyCap` for anything else; neither message repeats the cap."""
+    uri = _uri()
+    immutable, mutable = _verifiers()
     u = uri.from_string(cap)
-    if isinstance(u, IMMUTABLE_VERIFIERS):
+    if isinstance(u, immutable):
         return Target(u.get_storage_index(), Kind.IMMUTABLE, *_encoding(u))
-    if isinstance(u, MUTABLE_VERIFIERS):
+    if isinstance(u, mutable):
         return Target(u.get_storage_index(), Kind.MUTABLE)
     if isinstance(u, uri.UnknownURI) or not uri.IURI.providedBy(u):
         raise NotAVerifyCap(what=_described(cap))
@@ -111,7 +137,7 @@ def target_of_index(storage_index: bytes | str, kind: Kind = Kind.UNKNOWN) -> Ta
         if storage_index.startswith("URI:"):
             return target_of(storage_index)
         try:
-            raw = si_a2b(storage_index.encode("ascii"))
+            raw = _si_a2b(storage_index.encode("ascii"))
         except Exception:
             raise NotAVerifyCap(what="a text that is not a base32 storage index") from None
         if len(raw) != 16 or len(storage_index) != 26:
@@ -126,10 +152,11 @@ def verify_cap_of(cap: str) -> str | None:
     """The verify cap of any cap (read, write or verify), for the host to hand to the custodian; None for a
     LIT cap (its bytes live in the cap: nothing on the grid to keep).  Raises :class:`NotAVerifyCap` when
     ``cap`` is not a Tahoe cap."""
+    uri = _uri()
     u = uri.from_string(cap)
     if isinstance(u, uri.UnknownURI) or not uri.IURI.providedBy(u):
         raise NotAVerifyCap(what=_described(cap))
-    if isinstance(u, IMMUTABLE_VERIFIERS + MUTABLE_VERIFIERS):
+    if isinstance(u, _verifiers()[0] + _verifiers()[1]):
         # (Tahoe 1.20 cannot print the verify cap of a DIR2-CHK verify cap: it is the cap itself.)
         return cap
     v = u.get_verify_cap()

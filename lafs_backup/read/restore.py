@@ -117,6 +117,9 @@ class Restorer:
         self._groups: dict[str, _Group] = {}
         self._prefetch_jobs = max(1, listings // 2)
         self._leaf_dirs = _DirFds()
+        #: Directories this restore made (the target's own: ``()``): empty when made, so a leaf's
+        #: name there is not looked up for the overwrite policy (its O_EXCL create still is).
+        self._fresh: set[tuple[bytes, ...]] = set()
         self._dry_run = dry_run
         self._pick = pick if pick is not None else Pick()
         self._below = Below(self._pick, reader.children)
@@ -136,7 +139,8 @@ class Restorer:
             # A full restore needs every pack: fetch them all now, while the tree is being walked.
             prefetch = Deferred.fromCoroutine(self.reader.prefetch(objects, self._prefetch_jobs))
         try:
-            os.makedirs(self.target, exist_ok=True)
+            if _made(self.target):
+                self._fresh.add(())
             self._root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise _unusable(self.target, e)
@@ -170,7 +174,9 @@ class Restorer:
     # -- the target's directories ------------------------------------------------------
     @contextmanager
     def _dir(self, parts: list[bytes], create: bool = False) -> Iterator[int]:
-        fd = open_dir_chain(self._root_fd, parts, create=create)
+        made: list[int] = []
+        fd = open_dir_chain(self._root_fd, parts, create=create, made=made)
+        self._fresh.update(tuple(parts[:depth]) for depth in made)
         try:
             yield fd
         finally:
@@ -184,7 +190,9 @@ class Restorer:
         key = tuple(parts)
         fd = self._leaf_dirs.take(key)
         if fd is None:
-            fd = self._leaf_dirs.put(key, open_dir_chain(self._root_fd, parts, create=True))
+            made: list[int] = []
+            fd = self._leaf_dirs.put(key, open_dir_chain(self._root_fd, parts, create=True, made=made))
+            self._fresh.update(tuple(parts[:depth]) for depth in made)
         try:
             yield fd
         finally:
@@ -286,8 +294,11 @@ class Restorer:
             log.debug("left %r: a derived file (--skip-derived)", rel)
             self.counts.derived_skipped += 1
             return
-        with self._leaf_dir(parts) as dfd:
-            decision = await self._existing.decide(node, dfd, rel)
+        if tuple(parts) in self._fresh:
+            decision = Decision(WRITE, "not in the target")
+        else:
+            with self._leaf_dir(parts) as dfd:
+                decision = await self._existing.decide(node, dfd, rel)
         if decision.action == BLOCKED:
             self._existing.blocked(rel)
             return
@@ -471,6 +482,19 @@ async def _all_done(waits: list[Deferred]) -> None:
     for ok, value in results:
         if not ok:
             value.raiseException()
+
+
+def _made(target: bytes) -> bool:
+    """Make the target directory (and its parents) if it is missing: True if this made it (empty)."""
+    for _ in range(2):
+        try:
+            os.mkdir(target)
+            return True
+        except FileExistsError:
+            return False
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+    return False
 
 
 class _DirFds:

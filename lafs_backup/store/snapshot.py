@@ -45,6 +45,24 @@ _NAME_KINDS = {v: k for k, v in _KIND_NAMES.items()}
 
 #: JSON text in canonical form: no ASCII escaping, no spaces, keys sorted.
 _canonical = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+#: A string as JSON text in that form (what ``_canonical`` gives for a str).
+_string = json.encoder.encode_basestring
+
+
+def _refuse(o: object) -> object:
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+if json.encoder.c_make_encoder is not None:
+    # The encoder ``_canonical`` makes anew at every call, made once: a directory encodes each of its
+    # children's edges (tens of thousands in a backup), and that setup was a fifth of each.  Same
+    # settings, same bytes; no check for cycles (an edge is a tree of dicts, lists and scalars).
+    _edge_encoder = json.encoder.c_make_encoder(None, _refuse, _string, None, ":", ",", True, False, True)
+
+    def _edge_json(edge: object) -> str:
+        return "".join(_edge_encoder(edge, 0))
+else:  # (a Python without the json module's C part)
+    _edge_json = _canonical
 
 
 def canonical_json(obj: object) -> bytes:
@@ -191,7 +209,7 @@ def dir_body(children: Iterable[Child]) -> bytes:
         elif type(meta) is not dict:
             meta = dict(meta)
         edge = ["dirnode" if child.is_dir else "filenode", {"ro_uri": child.cap, "metadata": meta}]
-        items.append((key, f"{_canonical(key)}:{_canonical(edge)}".encode("utf-8")))
+        items.append((key, f"{_string(key)}:{_edge_json(edge)}".encode("utf-8")))
     items.sort(key=lambda item: item[0])  # (the order of sort_keys)
     return b"{" + b",".join(item for _, item in items) + b"}"
 

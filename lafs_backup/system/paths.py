@@ -43,16 +43,17 @@ def open_noatime(path: bytes, flags: int, dir_fd: int | None = None, mode: int =
     return os.open(path, flags, mode, dir_fd=dir_fd)
 
 
-def open_dir_chain(root_fd: int, parts: list[bytes], create: bool = False) -> int:
+def open_dir_chain(root_fd: int, parts: list[bytes], create: bool = False, made: list[int] | None = None) -> int:
     """Open ``root/parts...`` as a directory, one component at a time, never following a symlink.
 
     With ``create``, missing directories are made (0700; their real mode is
-    applied later), and anything else in the way is removed first.
+    applied later), and anything else in the way is removed first; ``made``
+    is told the depth (1: ``parts[0]``) of each directory made.
     Returns a new fd the caller closes.
     """
     fd = os.dup(root_fd)
     try:
-        for part in parts:
+        for depth, part in enumerate(parts, 1):
             try:
                 nfd = open_noatime(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as e:
@@ -61,6 +62,8 @@ def open_dir_chain(root_fd: int, parts: list[bytes], create: bool = False) -> in
                 if e.errno != errno.ENOENT:
                     os.unlink(part, dir_fd=fd)  # a file or symlink where a directory belongs
                 os.mkdir(part, 0o700, dir_fd=fd)
+                if made is not None:
+                    made.append(depth)
                 nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = nfd

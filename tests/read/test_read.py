@@ -205,3 +205,38 @@ async def test_a_restore_of_many_directories_never_runs_out_of_stack(tmp_path):
     # (Files that needed their pack started most downloads; the background prefetch then found
     # hundreds of packs started and skipped them, each in a loop, not each inside the one before.)
     assert gw.counts["get"] >= 300
+
+
+@pytest_twisted.ensureDeferred
+async def test_leaves_of_directories_the_restore_made_are_not_looked_up_again(tmp_path, monkeypatch):
+    """A directory the restore made was empty: its leaves skip the overwrite policy's lookup (their
+    O_EXCL create still refuses anything that appeared), and every one is written.  A target that
+    already held a directory has each of its leaves decided by the policy."""
+    from lafs_backup.read.overwrite import Existing
+
+    root = tree(tmp_path / "src")
+    cap, gw, _ = await snapshot(root)
+    asked: list[bytes] = []
+    decide = Existing.decide
+
+    async def counting(self, node, dfd, rel):
+        asked.append(rel)
+        return await decide(self, node, dfd, rel)
+
+    monkeypatch.setattr(Existing, "decide", counting)
+    reader = Reader(gw, whole_packs=True)
+    rep = Reporter()
+    await Restorer(reader, rep, str(tmp_path / "new" / "out"), owners=False).run(cap)
+    assert differences(root, tmp_path / "new" / "out") == []
+    assert asked == [] and rep.stats.files == 24
+    (tmp_path / "kept" / "d1").mkdir(parents=True)
+    asked.clear()
+    rep = Reporter()
+    restorer = Restorer(reader, rep, str(tmp_path / "kept"), owners=False)
+    await restorer.run(cap)
+    reader.close()
+    assert differences(root, tmp_path / "kept") == []
+    leaves = {str(p.relative_to(root)).encode() for d in (root, root / "d1") for p in d.iterdir()
+              if p.is_symlink() or not p.is_dir()}
+    assert sorted(asked) == sorted(leaves) and len(asked) < rep.stats.files + rep.stats.symlinks
+    assert restorer.counts.written == rep.stats.files + rep.stats.symlinks

@@ -90,3 +90,20 @@ def test_salted_directory_body_differs_only_in_an_unread_key():
     assert mixed["a"][1]["metadata"].pop("salt") == "00ff"  # the first entry carries it
     assert mixed == plain
     assert salted_body(b"{}", "00ff") == b"{}"  # nothing to salt: stored as a LIT cap anyway
+
+
+_json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text()
+_json_values = st.recursive(_json_scalars, lambda inner: st.lists(inner, max_size=3)
+                            | st.dictionaries(st.text(max_size=4), inner, max_size=4), max_leaves=12)
+
+
+@given(_json_values)
+def test_the_edge_encoder_made_once_writes_the_canonical_bytes(value):
+    """Directory bodies encode each edge with an encoder made once: the bytes are canonical_json's, for
+    any JSON value (names and metadata name the same directory, by their hash, run after run)."""
+    from lafs_backup.store import snapshot
+
+    edge = ["filenode", {"ro_uri": "URI:CHK:x", "metadata": value}]
+    assert snapshot._edge_json(edge).encode("utf-8") == snapshot.canonical_json(edge)
+    if isinstance(value, str):
+        assert snapshot._string(value) == snapshot._canonical(value)
