@@ -53,16 +53,19 @@ def _refuse(o: object) -> object:
     raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
 
 
-if json.encoder.c_make_encoder is not None:
-    # The encoder ``_canonical`` makes anew at every call, made once: a directory encodes each of its
-    # children's edges (tens of thousands in a backup), and that setup was a fifth of each.  Same
-    # settings, same bytes; no check for cycles (an edge is a tree of dicts, lists and scalars).
-    _edge_encoder = json.encoder.c_make_encoder(None, _refuse, _string, None, ":", ",", True, False, True)
+_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+#: The encoder ``_canonical`` makes anew at every call, made once: a directory encodes each of its
+#: children's edges (tens of thousands in a backup), and that setup was a fifth of each.  Same settings,
+#: same bytes; no check for cycles (an edge is a tree of dicts, lists and scalars).  None: a Python
+#: without the json module's C part.
+_edge_encoder: Any = (_make_encoder(None, _refuse, _string, None, ":", ",", True, False, True)
+                      if _make_encoder is not None else None)
 
-    def _edge_json(edge: object) -> str:
-        return "".join(_edge_encoder(edge, 0))
-else:  # (a Python without the json module's C part)
-    _edge_json = _canonical
+
+def _edge_json(edge: object) -> str:
+    if _edge_encoder is None:
+        return _canonical(edge)
+    return "".join(_edge_encoder(edge, 0))
 
 
 def canonical_json(obj: object) -> bytes:
