@@ -147,6 +147,8 @@ async def run(reactor: Reactor, argv: Sequence[str], out: IO[str] | None = None,
 
         ns = arguments.parse(argv)
         config = cfg.load(getattr(ns, "config", []), _overrides(ns))
+        if hasattr(reactor, "suggestThreadPoolSize"):  # (a test's memory reactor has no threads)
+            reactor.suggestThreadPoolSize(config.operation.threads)
         logsetup.setup(_level(ns, config.log_level), insecure=config.debug_requests, stream=rep.err)
         rep.json_mode = getattr(ns, "json", False)
         rep.quiet = bool(getattr(ns, "quiet", False))

@@ -60,6 +60,7 @@ def test_bad_keys_and_types_name_key_and_file(tmp_path, text, key):
 
 @pytest.mark.parametrize("text, fragment", [
     ("operation:\n  jobs: 0\n", "operation.jobs"),
+    ("operation:\n  threads: 0\n", "operation.threads"),
     ("grid:\n  needed: 3\n  happy: 2\n", "needed <= happy"),
     ("destination:\n  url: ftp://x\n", "destination.url"),
     ("operation:\n  retry:\n    delay: []\n", "operation.retry.delay"),
@@ -70,6 +71,14 @@ def test_value_checks(tmp_path, text, fragment):
     f.write_text(text)
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
         cfg.load_tree([str(f)])
+
+
+def test_threads_default_to_the_usable_cores_and_at_least_two(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert cfg.load([]).operation.threads == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    assert cfg.load([]).operation.threads == 6
+    assert cfg.load([], [("operation.threads", 3)]).operation.threads == 3
 
 
 def test_unreadable_and_invalid_files(tmp_path):

@@ -74,3 +74,23 @@ def test_the_console_command_with_no_command_is_a_usage_error(capsys):
     err = capsys.readouterr().err
     assert "a command is required" in err and "usage:" in err
     assert main(["--help"]) == 0
+
+
+def test_the_reactor_gets_the_configured_threads():
+    """Blocking work runs on ``operation.threads`` threads: the reactor's pool is sized before the
+    command runs (null: the usable cores, at least 2)."""
+    class Reactor:
+        sizes: list[int] = []
+
+        def suggestThreadPoolSize(self, n):  # noqa: N802 (Twisted's name)
+            self.sizes.append(n)
+
+    out, err = io.StringIO(), io.StringIO()
+    coro = run(Reactor(), ["-o", "operation.threads=3", "dump-config"], out, err)
+    with pytest.raises(StopIteration) as stop:
+        coro.send(None)
+    assert stop.value.value == 0 and Reactor.sizes == [3]
+    coro = run(Reactor(), ["dump-config"], out, err)
+    with pytest.raises(StopIteration):
+        coro.send(None)
+    assert len(Reactor.sizes) == 2 and Reactor.sizes[1] >= 2
