@@ -134,6 +134,38 @@ def test_drop_unused_follows_the_base_chain(tmp_path):
     local.close()
 
 
+def test_an_incremental_generation_leaves_unmarked_the_rows_its_base_may_use(tmp_path, monkeypatch):
+    """A generation that builds on another does not mark the rows whose range holds its base (they are
+    kept with it, through the base): the rows outside the base's range it does mark.  Forgetting every
+    backup but the incremental one keeps both."""
+    monkeypatch.setattr(objects_module, "LOOKUP_BATCH", 2)
+    local = LocalDB(str(tmp_path / "c"), "http://g/")
+    c = local.objects
+    g1 = c.begin_generation(b"/src")
+    c.store(b"old", "URI:CHK:o", g1)
+    c.store(b"older", "URI:CHK:p", g1)
+    local.history.record_backup(g1, "URI:DIR2-CHK:1", b"/src", "src", 1.0)
+    g2 = c.begin_generation(b"/other")
+    c.store(b"others", "URI:CHK:x", g2)  # a row of another source's run, newer than g1
+    local.history.record_backup(g2, "URI:DIR2-CHK:2", b"/other", "other", 2.0)
+    g3 = c.begin_generation(b"/src", base=g1)
+    assert set(c.lookup_many([b"old", b"others"], g3)) == {b"old", b"others"}
+    assert c.lookup(b"older", g3) is not None
+    local.commit()
+    db = sqlite3.connect(str(tmp_path / "c"))
+    ranges = dict(((k, (f, g)) for k, f, g in db.execute("SELECT key, first_gen, generation FROM objects")))
+    assert ranges == {b"old": (g1, g1), b"older": (g1, g1), b"others": (g2, g3)}
+    local.history.record_backup(g3, "URI:DIR2-CHK:3", b"/src", "src", 3.0)
+    assert c.drop_unused({g3}, top=g3) == 0  # "old" and "older" stay with g3's base
+    assert c.drop_unused(set(), top=g3) == 3
+    g4 = c.begin_generation(b"/src")  # not incremental: it marks what it uses
+    c.store(b"new", "URI:CHK:n", g1)
+    assert c.lookup(b"new", g4) is not None
+    local.commit()
+    assert db.execute("SELECT generation FROM objects WHERE key=?", (b"new",)).fetchone() == (g4,)
+    local.close()
+
+
 def test_a_rows_range_only_widens_and_follows_its_cap(tmp_path):
     """Runs of several sources at once: a use by an older generation lowers first_gen, by a newer
     one raises generation; a key another run stored anew with another cap starts a new range, and
