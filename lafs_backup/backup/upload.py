@@ -30,7 +30,7 @@ from ..protocols import ReporterLike
 from ..store import plan
 from ..store.entry import KIND_DIR, KIND_FILE, KIND_LINK, Entry
 from ..store.protocols import ObjectCacheLike
-from ..store.snapshot import Child, child_names, dir_body
+from ..store.snapshot import Child, Edge, child_names, compact, dir_body
 from ..store.protocols import StoreLike
 from .batch import Runs, SmallFiles
 from .budget import Budget
@@ -54,6 +54,8 @@ _FAILED: Final = _Failed.FAILED
 Outcome = Child | None | _Failed
 #: An entry's result as its directory waits for it: its outcome, or the Deferred of the task that makes it.
 Result = Outcome | Deferred[Outcome]
+#: What a directory holds of each child until it is made: a result, a file's edge compacted.
+Waiting = Result | Edge
 T = TypeVar("T")
 #: Entries handled between two returns to the reactor, so signals and timers stay live.
 _SLICE = 2000
@@ -155,7 +157,7 @@ class Uploader:
     async def _run(self, entries: Iterable[Entry]) -> str:
         # Each entry's result is a value when it could be settled at once, or a Deferred
         # for the task that makes it.
-        pending: dict[bytes, list[Result]] = {}
+        pending: dict[bytes, list[Waiting]] = {}
         root: Result = None
         have_root = False
         handled = 0
@@ -176,7 +178,8 @@ class Uploader:
             if e.path == b"":
                 root, have_root = r, True
             else:
-                pending.setdefault(e.parent or b"", []).append(r)
+                # (a file's edge waits for its directory written, not as a Child: a third of the memory)
+                pending.setdefault(e.parent or b"", []).append(r if e.kind == KIND_DIR else _compacted(r))
         await self.small.send()
         if self.fatal is None and not have_root:
             raise QueueError(path="(queue)", problem="it has no root directory entry")
@@ -202,7 +205,7 @@ class Uploader:
         assert self.fatal is not None
         raise self.fatal
 
-    async def _entry(self, e: Entry, children: list[Result]) -> Result:
+    async def _entry(self, e: Entry, children: list[Waiting]) -> Result:
         """The result of one entry: settled now (a value), or the Deferred of its task."""
         if e.kind == KIND_DIR:
             # Its files' run goes first: the directory's task may take the whole window.
@@ -298,7 +301,7 @@ class Uploader:
             return None
 
     # -- directories -------------------------------------------------------------------------------
-    def _directory_now(self, e: Entry, children: list[Result]) -> Child | None:
+    def _directory_now(self, e: Entry, children: list[Waiting]) -> Child | None:
         """A directory whose children are all settled and whose body is stored, or None."""
         if self.settings.mode == "force" or any(isinstance(c, Deferred) or c is _FAILED for c in children):
             return None
@@ -310,7 +313,7 @@ class Uploader:
                 return None  # the task says what happened
             if not _is_dir(st):
                 return None
-        kids = [c for c in children if isinstance(c, Child)]  # (all are settled: edges, or None)
+        kids = [c for c in children if isinstance(c, (Child, Edge))]  # (all are settled: edges, or None)
         body = dir_body(kids)
         d = self.store.plan_directory(body)
         log.debug("%s: %r", d, e.path)
@@ -325,7 +328,7 @@ class Uploader:
         times = (st.st_mtime_ns, st.st_ctime_ns) if st is not None else (None, None)
         return self.index.made(e, d.hit.cap, body, child_names(kids), times, None not in children)
 
-    async def _directory(self, e: Entry, children: list[Result]) -> Outcome:
+    async def _directory(self, e: Entry, children: list[Waiting]) -> Outcome:
         self.stats.dirs += 1
         waits = [c for c in children if isinstance(c, Deferred)]
         got = iter(await gatherResults(waits) if waits else [])
@@ -337,12 +340,22 @@ class Uploader:
             st = self.saver.still(e, _is_dir, "it is no longer a directory (replaced since the scan)")
             if st is None:
                 return None
-        kids = [r for r in results if isinstance(r, Child)]  # (none failed: edges, or None)
+        kids = [r for r in results if isinstance(r, (Child, Edge))]  # (none failed: edges, or None)
         body = dir_body(kids)
         cap = await self.store.directory(body, priority=-(e.path.count(b"/") + 1) if e.path else 0, path=e.path)
         # Times as they are now, like the children's (entries may have gone since the scan).
         times = (st.st_mtime_ns, st.st_ctime_ns) if st is not None else (None, None)
         return self.index.made(e, cap, body, child_names(kids), times, None not in results)
+
+
+def _compacted(r: Result) -> Waiting:
+    """A file's result as its directory holds it: its edge as an :class:`Edge`, now or once settled
+    (then the Deferred's result is the Edge)."""
+    if isinstance(r, Child):
+        return compact(r)
+    if isinstance(r, Deferred):
+        r.addCallback(lambda c: compact(c) if isinstance(c, Child) else c)
+    return r
 
 
 def _is_dir(mode_or_st: int | os.stat_result) -> bool:
