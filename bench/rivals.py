@@ -255,84 +255,110 @@ STEPS = ["first backup", "unchanged rerun", "after a scattered 1% change", "full
 def bench_real(work: Path, timed: Callable[..., tuple[float, int, str]], grid: Callable[[str], tuple],
                grid_down: Callable[[Path, Path], None]) -> str:
     """Every real tree, every step, lafs-backup beside restic and borg; a RESULTS.md section."""
+    return bench_trees(work, timed, grid, grid_down, real_trees(work), "Real trees", "--only real",
+                       "Each tree is a copy (cp -a) of files already on this machine")
+
+
+def bench_trees(work: Path, timed: Callable[..., tuple[float, int, str]], grid: Callable[[str], tuple],
+                grid_down: Callable[[Path, Path], None], trees: dict[str, Path], title: str, how: str,
+                what: str) -> str:
+    """Every tree of ``trees`` (label: a base copy), every step, lafs-backup beside restic and borg; a
+    RESULTS.md section titled ``title`` (``how``: the command that makes it; ``what``: the trees)."""
     import datetime
 
     have = ensure_debian(("restic", "restic"), ("borg", "borgbackup"), ("lz4", "lz4"))
-    lines = [f"## Real trees: lafs-backup beside restic and borg ({datetime.date.today().isoformat()})", "",
-             "`python bench/run.py --only real`.  Each tree is a copy (cp -a) of files already on this machine; "
+    lines = [f"## {title}: lafs-backup beside restic and borg ({datetime.date.today().isoformat()})", "",
+             f"`python bench/run.py {how}`.  {what}; "
              "each tool backs up its own copy, step by step and interleaved (lafs-backup, restic, borg), "
              "lafs-backup on a fresh local grid (3 storage nodes, 2-of-3), restic and borg into local "
              "repositories (encrypted, as they always are or as `borg init -e repokey` makes them).  "
              "The scattered change appends a line to 1% of the regular files, chosen at random.  Peak RSS of "
              "each command in parentheses.  The grid's limit: one `tahoe put` (and `get`) of the tree's "
              "lz4-compressed tar through the same gateway; phase one: `backup --queue-only`.", ""]
-    for label, base in real_trees(work).items():
-        entries, dirs, links, size = count(base)
-        tools: list[Tool] = [Lafs(work, timed, grid)]
-        tools += [t(work, timed) for t, cmd in ((Restic, "restic"), (Borg, "borg")) if cmd in have]
-        results: dict[str, dict[str, tuple[float, int]]] = {t.name: {} for t in tools}
-        copies = {}
-        for t in tools:
-            copies[t.name] = copy_tree([base], work / f"tree-{t.name}") / base.name
-            t.setup()
-        lafs = tools[0]
-        assert isinstance(lafs, Lafs)
-        phase_one = lafs.queue_only(copies[lafs.name])
-        limit = lafs.grid_limit(copies[lafs.name]) if "lz4" in have else None
-        # The same first backup with a Tahoe directory per source directory, on a fresh grid of its own,
-        # right after the default's.
-        tahoe_tree = LafsTahoeTree(work, timed, grid)
+    for label, base in trees.items():
+        # (a Tahoe directory per source directory: measured where a first backup takes seconds, not minutes)
+        lines += _one_tree(work, timed, grid, grid_down, have, label, base, with_tahoe_tree=count(base)[0] < 200_000)
+    return "\n".join(lines)
+
+
+def _one_tree(work: Path, timed: Callable[..., tuple[float, int, str]], grid: Callable[[str], tuple],
+              grid_down: Callable[[Path, Path], None], have: set[str], label: str, base: Path,
+              with_tahoe_tree: bool = True) -> list[str]:
+    """One tree's table and notes (``with_tahoe_tree``: also the first backup with ``destination.tree:
+    tahoe``, for the README's trade-off)."""
+    entries, dirs, links, size = count(base)
+    tools: list[Tool] = [Lafs(work, timed, grid)]
+    tools += [t(work, timed) for t, cmd in ((Restic, "restic"), (Borg, "borg")) if cmd in have]
+    results: dict[str, dict[str, tuple[float, int]]] = {t.name: {} for t in tools}
+    copies = {}
+    for t in tools:
+        copies[t.name] = copy_tree([base], work / f"tree-{t.name}") / base.name
+        t.setup()
+    lafs = tools[0]
+    assert isinstance(lafs, Lafs)
+    phase_one = lafs.queue_only(copies[lafs.name])
+    limit = lafs.grid_limit(copies[lafs.name]) if "lz4" in have else None
+    # The same first backup with a Tahoe directory per source directory, on a fresh grid of its own,
+    # right after the default's.
+    tahoe_tree = LafsTahoeTree(work, timed, grid) if with_tahoe_tree else None
+    if tahoe_tree is not None:
         tahoe_tree.setup()
         tahoe_copy = copy_tree([base], work / "tree-lafs-tahoe") / base.name
-        changed = 0
-        for step in STEPS:
-            if step == "after a scattered 1% change":
-                for t in tools:
-                    changed = scatter_change(copies[t.name])
+    first_tahoe = None
+    changed = 0
+    for step in STEPS:
+        if step == "after a scattered 1% change":
             for t in tools:
-                tree = copies[t.name]
-                if step in ("first backup", "unchanged rerun", "after a scattered 1% change"):
-                    results[t.name][step] = t.backup(tree)
-                    if step == "first backup" and t is lafs:
-                        first_tahoe = tahoe_tree.backup(tahoe_copy)
-                elif step == "full restore":
-                    out = work / f"restore-{t.name}"
-                    shutil.rmtree(out, ignore_errors=True)
-                    results[t.name][step] = t.restore(out)
-                    shutil.rmtree(out, ignore_errors=True)
-                elif step == "recursive listing":
-                    results[t.name][step] = t.listing()
-                else:
-                    results[t.name][step] = t.find("Makefile")
-        try:
-            grid_down(lafs.gdir, lafs.home)
+                changed = scatter_change(copies[t.name])
+        for t in tools:
+            tree = copies[t.name]
+            if step in ("first backup", "unchanged rerun", "after a scattered 1% change"):
+                results[t.name][step] = t.backup(tree)
+                if step == "first backup" and t is lafs and tahoe_tree is not None:
+                    first_tahoe = tahoe_tree.backup(tahoe_copy)
+                    shutil.rmtree(work / "tree-lafs-tahoe", ignore_errors=True)
+            elif step == "full restore":
+                out = work / f"restore-{t.name}"
+                shutil.rmtree(out, ignore_errors=True)
+                results[t.name][step] = t.restore(out)
+                shutil.rmtree(out, ignore_errors=True)
+            elif step == "recursive listing":
+                results[t.name][step] = t.listing()
+            else:
+                results[t.name][step] = t.find("Makefile")
+    try:
+        grid_down(lafs.gdir, lafs.home)
+        if tahoe_tree is not None:
             grid_down(tahoe_tree.gdir, tahoe_tree.home)
-        finally:
-            for t in tools:
-                shutil.rmtree(work / f"tree-{t.name}", ignore_errors=True)
-            shutil.rmtree(work / "tree-lafs-tahoe", ignore_errors=True)
-        lines += [f"### {label}: {entries:,} entries, {dirs:,} directories, {links:,} symlinks, "
-                  f"{size / 2**20:.0f} MiB", ""]
-        names = [t.name for t in tools]
-        lines += ["| step | " + " | ".join(names) + " | lafs-backup / the faster rival |",
-                  "|---|" + "---|" * (len(names) + 1)]
-        for step in STEPS:
-            row = [f"{results[n][step][0]:.2f} s ({results[n][step][1] // 1024} MB)" for n in names]
-            rivals = [results[n][step][0] for n in names[1:]]
-            ratio = f"{results[names[0]][step][0] / min(rivals):.2f}" if rivals else "-"
-            lines.append(f"| {step} | " + " | ".join(row) + f" | {ratio} |")
-        lines.append("")
-        first = results[names[0]]["first backup"][0]
-        lines.append(f"Phase one alone: {phase_one[0]:.2f} s ({phase_one[1] // 1024} MB).  The scattered "
-                     f"change touched {changed:,} files.  The first backup with `destination.tree: tahoe` (a "
-                     f"Tahoe directory per source directory, on a fresh grid of its own): {first_tahoe[0]:.2f} s "
-                     f"({first_tahoe[1] // 1024} MB), {first_tahoe[0] / first:.2f}x the default's.")
-        if limit is not None:
-            put_s, get_s, tar_size = limit
-            goal = 1.5 * (put_s + phase_one[0])
-            lines.append(f"The grid's limit: `tahoe put` of the {tar_size / 2**20:.0f} MiB lz4 tar {put_s:.2f} s, "
-                         f"`tahoe get` {get_s:.2f} s.  First backup against 1.5 x (put + phase one) = "
-                         f"{goal:.2f} s: {first / goal:.2f}x; full restore against the get: "
-                         f"{results[names[0]]['full restore'][0] / get_s:.2f}x.")
-        lines.append("")
-    return "\n".join(lines)
+    finally:
+        for t in tools:
+            shutil.rmtree(work / f"tree-{t.name}", ignore_errors=True)
+        shutil.rmtree(work / "tree-lafs-tahoe", ignore_errors=True)
+    lines = [f"### {label}: {entries:,} entries, {dirs:,} directories, {links:,} symlinks, "
+             f"{size / 2**20:.0f} MiB", ""]
+    names = [t.name for t in tools]
+    lines += ["| step | " + " | ".join(names) + " | lafs-backup / the faster rival |",
+              "|---|" + "---|" * (len(names) + 1)]
+    for step in STEPS:
+        row = [f"{results[n][step][0]:.2f} s ({results[n][step][1] // 1024} MB)" for n in names]
+        rivals = [results[n][step][0] for n in names[1:]]
+        ratio = f"{results[names[0]][step][0] / min(rivals):.2f}" if rivals else "-"
+        lines.append(f"| {step} | " + " | ".join(row) + f" | {ratio} |")
+    lines.append("")
+    first = results[names[0]]["first backup"][0]
+    note = (f"Phase one alone: {phase_one[0]:.2f} s ({phase_one[1] // 1024} MB).  The scattered "
+            f"change touched {changed:,} files.")
+    if first_tahoe is not None:
+        note += (f"  The first backup with `destination.tree: tahoe` (a Tahoe directory per source directory, on "
+                 f"a fresh grid of its own): {first_tahoe[0]:.2f} s ({first_tahoe[1] // 1024} MB), "
+                 f"{first_tahoe[0] / first:.2f}x the default's.")
+    lines.append(note)
+    if limit is not None:
+        put_s, get_s, tar_size = limit
+        goal = 1.5 * (put_s + phase_one[0])
+        lines.append(f"The grid's limit: `tahoe put` of the {tar_size / 2**20:.0f} MiB lz4 tar {put_s:.2f} s, "
+                     f"`tahoe get` {get_s:.2f} s.  First backup against 1.5 x (put + phase one) = "
+                     f"{goal:.2f} s: {first / goal:.2f}x; full restore against the get: "
+                     f"{results[names[0]]['full restore'][0] / get_s:.2f}x.")
+    lines.append("")
+    return lines

@@ -760,6 +760,23 @@ def bench_copy(work: Path) -> str:
         f"{again['objects_copied']} objects and sent {again['requests_destination']} to grid 2.", ""])
 
 
+def bench_generated(work: Path, n: int) -> str:
+    """The standard tree and the scale tree (``n`` entries), lafs-backup beside restic and borg, step by
+    step as the real trees are (bench/rivals.py); a RESULTS.md section."""
+    sys.path.insert(0, str(HERE))
+    from rivals import bench_trees
+
+    standard = work / "generated-standard"
+    if not standard.exists():
+        subprocess.run([PY, str(MKTREE), str(standard)], check=True, stdout=subprocess.DEVNULL)
+    scale = work / f"scale-{n}"  # (bench_scale's: made once, kept between runs)
+    make_scale_tree(scale, n)
+    trees = {"the standard tree (mktree.py)": standard, f"the scale tree ({n:,} entries, make_scale_tree)": scale}
+    return bench_trees(work, timed, lambda name: fresh_grid(work, name), grid_down, trees, "Generated trees",
+                       "--only generated", "The trees bench/run.py makes: mktree.py's default tree, and "
+                       "make_scale_tree's (directories of 1,000 entries, nine files in ten empty)")
+
+
 def update_section(title_start: str, text: str) -> None:
     """Replace (or add) the section of RESULTS.md whose heading starts with ``title_start``."""
     path = HERE / "RESULTS.md"
@@ -776,7 +793,7 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=1_000_000)
     ap.add_argument("--no-scale", action="store_true")
     ap.add_argument("--no-rivals", action="store_true")
-    ap.add_argument("--only", metavar="SECTION", choices=["check", "browse", "watch", "remote", "copy", "scale", "real",
+    ap.add_argument("--only", metavar="SECTION", choices=["check", "browse", "watch", "remote", "copy", "scale", "real", "generated",
                                                         "derive", "leases", "sealed"],
                     help="measure only this section and update it in RESULTS.md")
     a = ap.parse_args()
@@ -790,6 +807,10 @@ def main() -> None:
             from rivals import bench_real
 
             update_section("Real trees:", bench_real(work, timed, lambda name: fresh_grid(work, name), grid_down))
+            print((HERE / "RESULTS.md").read_text())
+            return
+        if a.only == "generated":
+            update_section("Generated trees:", bench_generated(work, a.scale))
             print((HERE / "RESULTS.md").read_text())
             return
         if a.only == "derive":
@@ -860,6 +881,7 @@ def main() -> None:
         results["duplicity"] = bench_duplicity(work, fresh_copy("tree-dup"))
         print("duplicity:", results["duplicity"], file=sys.stderr, flush=True)
     scale = None if a.no_scale else bench_scale(work, a.scale)
+    generated = None if a.no_rivals or a.no_scale else bench_generated(work, a.scale)
     kept = None
     if scale is None and (HERE / "RESULTS.md").exists():
         # Keep the last scale run's section (it is long to repeat), saying so.
@@ -867,6 +889,8 @@ def main() -> None:
         if "\n## Scale" in old:
             kept = "## Scale" + old.split("\n## Scale", 1)[1].split("\n## ", 1)[0]
     write_results(results, scale, kept)
+    if generated is not None:
+        update_section("Generated trees:", generated)
     print((HERE / "RESULTS.md").read_text())
 
 
