@@ -266,7 +266,7 @@ def bench_trees(work: Path, timed: Callable[..., tuple[float, int, str]], grid: 
     RESULTS.md section titled ``title`` (``how``: the command that makes it; ``what``: the trees)."""
     import datetime
 
-    have = ensure_debian(("restic", "restic"), ("borg", "borgbackup"), ("lz4", "lz4"))
+    have = ensure_debian(("restic", "restic"), ("borg", "borgbackup"), ("lz4", "lz4"), ("/usr/bin/time", "time"))
     lines = [f"## {title}: lafs-backup beside restic and borg ({datetime.date.today().isoformat()})", "",
              f"`python bench/run.py {how}`.  {what}; "
              "each tool backs up its own copy, step by step and interleaved (lafs-backup, restic, borg), "
