@@ -42,6 +42,15 @@ def _level(ns: argparse.Namespace, configured: str) -> str:
     return configured
 
 
+def _remote_source(ns: argparse.Namespace, config: cfg.Config) -> bool:
+    """Does the command read a source over the network (an fsspec URL as SOURCE or ``source.path``)?"""
+    from .backup.source import is_url
+
+    given = getattr(ns, "source", None)
+    sources = [given] if isinstance(given, str) else [s for s in given or [] if isinstance(s, str)]
+    return any(is_url(s) for s in sources or [config.source.path or ""])
+
+
 def _overrides(ns: argparse.Namespace) -> list[tuple[str, cfg.YAMLValue]]:
     out = [cfg.parse_override(item) for item in getattr(ns, "set", [])]
     if getattr(ns, "url", None):
@@ -148,7 +157,7 @@ async def run(reactor: Reactor, argv: Sequence[str], out: IO[str] | None = None,
         ns = arguments.parse(argv)
         config = cfg.load(getattr(ns, "config", []), _overrides(ns))
         if hasattr(reactor, "suggestThreadPoolSize"):  # (a test's memory reactor has no threads)
-            reactor.suggestThreadPoolSize(config.operation.threads)
+            reactor.suggestThreadPoolSize(cfg.threads_for(config.operation.threads, _remote_source(ns, config)))
         logsetup.setup(_level(ns, config.log_level), insecure=config.debug_requests, stream=rep.err)
         rep.json_mode = getattr(ns, "json", False)
         rep.quiet = bool(getattr(ns, "quiet", False))

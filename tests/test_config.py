@@ -74,11 +74,14 @@ def test_value_checks(tmp_path, text, fragment):
 
 
 def test_threads_default_to_the_usable_cores_and_at_least_two(tmp_path, monkeypatch):
+    """At least 2, and at least 8 for a source read over the network (its reads wait on it)."""
+    assert cfg.load([]).operation.threads is None  # (found at run time)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    assert cfg.load([]).operation.threads == 2
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
-    assert cfg.load([]).operation.threads == 6
+    assert cfg.threads_for(None) == 2 and cfg.threads_for(None, remote=True) == cfg.REMOTE_THREADS == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    assert cfg.threads_for(None) == 12 and cfg.threads_for(None, remote=True) == 12
     assert cfg.load([], [("operation.threads", 3)]).operation.threads == 3
+    assert cfg.threads_for(3, remote=True) == 3
 
 
 def test_unreadable_and_invalid_files(tmp_path):

@@ -94,3 +94,7 @@ def test_the_reactor_gets_the_configured_threads():
     with pytest.raises(StopIteration):
         coro.send(None)
     assert len(Reactor.sizes) == 2 and Reactor.sizes[1] >= 2
+    coro = run(Reactor(), ["-o", "source.path=s3://bucket/prefix", "dump-config"], out, err)
+    with pytest.raises(StopIteration):
+        coro.send(None)
+    assert Reactor.sizes[2] >= 8  # (a source read over the network: its reads wait on it)
