@@ -44,7 +44,7 @@ def _level(ns: argparse.Namespace, configured: str) -> str:
 
 def _remote_source(ns: argparse.Namespace, config: cfg.Config) -> bool:
     """Does the command read a source over the network (an fsspec URL as SOURCE or ``source.path``)?"""
-    from .backup.source import is_url
+    from .names import is_url
 
     given = getattr(ns, "source", None)
     sources = [given] if isinstance(given, str) else [s for s in given or [] if isinstance(s, str)]

@@ -63,3 +63,10 @@ def parsed(text: str) -> bytes:
                          "'ls' prints them")
     out += rest.encode("utf-8", "surrogateescape")
     return bytes(out)
+
+
+def is_url(text: str) -> bool:
+    """Does a source argument name an fsspec location (``s3://bucket/prefix``, ``memory://x``) rather
+    than a local path?"""
+    head, sep, _ = text.partition("://")
+    return bool(sep) and head.replace("+", "_").isidentifier() and head != "file"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
+from ..names import is_url
 from ..store.entry import Entry
 from ..system.paths import LocalFile, lstat_beneath, open_beneath
 
@@ -21,13 +22,6 @@ if TYPE_CHECKING:  # (the walk is imported when it runs)
 
 WarnFn = Callable[[bytes, str], None]
 NoteFn = Callable[[str, str], None]
-
-
-def is_url(text: str) -> bool:
-    """Does ``text`` name an fsspec location (``s3://bucket/prefix``, ``memory://x``) rather than a
-    local path?"""
-    head, sep, _ = text.partition("://")
-    return bool(sep) and head.replace("+", "_").isidentifier() and head != "file"
 
 
 def recorded_as(source: str | None) -> bytes | None:
