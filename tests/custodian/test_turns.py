@@ -89,13 +89,19 @@ async def test_new_backups_join_at_once_and_a_round_renews_each_object_once(worl
     assert len(json.loads((world.tmp / "custodian" / "state.json").read_text())["spans"]) <= 8
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_failed_turn_is_taken_up_by_the_next_and_a_restart_resumes(world):
+async def first_pass(world, files: int):
+    """The grid up, one backup of ``files`` files, and the custodian's first turn over it: the custodian."""
     await world.start()
-    await world.backup(1, set(range(1, 101)))
+    await world.backup(1, set(range(1, files + 1)))
     c = world.custodian
     await c.observe()
     await c.tick(world.renew)
+    return c
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_turn_is_taken_up_by_the_next_and_a_restart_resumes(world):
+    c = await first_pass(world, 100)
     world.now[0] = T0 + DAY
     before = (c.state.rotation, list(c.state.spans))
 
@@ -118,11 +124,7 @@ async def test_a_failed_turn_is_taken_up_by_the_next_and_a_restart_resumes(world
 
 @pytest_twisted.ensureDeferred
 async def test_after_an_outage_a_turn_renews_everything_at_once(world):
-    await world.start()
-    await world.backup(1, set(range(1, 31)))
-    c = world.custodian
-    await c.observe()
-    await c.tick(world.renew)
+    c = await first_pass(world, 30)
     world.now[0] = T0 + 2 * DAY
     await c.tick(world.renew)
     world.now[0] = T0 + 25 * DAY  # the custodian was down: the oldest range was renewed 25 days ago
@@ -137,11 +139,7 @@ async def test_after_an_outage_a_turn_renews_everything_at_once(world):
 
 @pytest_twisted.ensureDeferred
 async def test_what_a_census_finds_stands_until_a_census_finds_otherwise(world):
-    await world.start()
-    await world.backup(1, set(range(1, 41)))
-    c = world.custodian
-    await c.observe()
-    await c.tick(world.renew)
+    c = await first_pass(world, 40)
     sick = {t.storage_index for t in list(targets(*range(1, 41)))[:6]}
 
     async def census(targets, census=True):
