@@ -169,8 +169,7 @@ async def run(reactor: Reactor, argv: Sequence[str], out: IO[str] | None = None,
         changes = not (getattr(ns, "dry_run", False) or getattr(ns, "queue_only", False) is not False)
         monitor = Monitor.of(config, ns.command, reactor, rep, lambda: opener.known_cache_path()) if changes else None
         opener = Opener(config, Runtime(reactor, rep, op, monitor), repo_arg=getattr(ns, "repo", None))
-        off = config.manhole.endpoint is None and config.manhole.on_signal is None
-        if ns.command not in _WITH_MANHOLE or off:  # (off, as by default: not even imported, 12 ms)
+        if ns.command not in _WITH_MANHOLE or not config.manhole.asked:  # (off by default: not even imported)
             return await _dispatch(opener, ns)
         from . import manhole
 

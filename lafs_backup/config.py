@@ -568,6 +568,11 @@ class ManholeConfig:
     authorized_keys: str | list[str] | None
     on_signal: str | None
 
+    @property
+    def asked(self) -> bool:
+        """Does the configuration ask for a manhole at all (off by default)?"""
+        return self.endpoint is not None or self.on_signal is not None
+
 
 @dataclass(frozen=True)
 class WatchConfig:

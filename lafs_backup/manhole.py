@@ -150,11 +150,11 @@ def settings(mc: cfg.ManholeConfig) -> Settings | None:
     """The manhole settings of a configuration, checked; None when the manhole is off."""
     endpoint = mc.endpoint
     on_signal = mc.on_signal
-    if endpoint is None:
-        if on_signal is not None:
-            raise ConfigError(source="configuration", key="manhole.on_signal",
-                              problem="needs manhole.endpoint (where to listen when the signal opens it)")
+    if not mc.asked:
         return None
+    if endpoint is None:  # (asked for by on_signal alone)
+        raise ConfigError(source="configuration", key="manhole.on_signal",
+                          problem="needs manhole.endpoint (where to listen when the signal opens it)")
     if not is_loopback(endpoint) and not mc.allow_remote:
         raise ConfigError(source="configuration", key="manhole.endpoint",
                           problem=f"{endpoint!r} listens beyond loopback; use an interface=127.0.0.1 "
