@@ -174,13 +174,18 @@ class Restorer:
     # -- the target's directories ------------------------------------------------------
     @contextmanager
     def _dir(self, parts: list[bytes], create: bool = False) -> Iterator[int]:
-        made: list[int] = []
-        fd = open_dir_chain(self._root_fd, parts, create=create, made=made)
-        self._fresh.update(tuple(parts[:depth]) for depth in made)
+        fd = self._chain(parts, create)
         try:
             yield fd
         finally:
             os.close(fd)
+
+    def _chain(self, parts: list[bytes], create: bool) -> int:
+        """``open_dir_chain`` below the target, remembering the directories it made (:attr:`_fresh`)."""
+        made: list[int] = []
+        fd = open_dir_chain(self._root_fd, parts, create=create, made=made)
+        self._fresh.update(tuple(parts[:depth]) for depth in made)
+        return fd
 
     @contextmanager
     def _leaf_dir(self, parts: list[bytes]) -> Iterator[int]:
@@ -190,9 +195,7 @@ class Restorer:
         key = tuple(parts)
         fd = self._leaf_dirs.take(key)
         if fd is None:
-            made: list[int] = []
-            fd = self._leaf_dirs.put(key, open_dir_chain(self._root_fd, parts, create=True, made=made))
-            self._fresh.update(tuple(parts[:depth]) for depth in made)
+            fd = self._leaf_dirs.put(key, self._chain(parts, create=True))
         try:
             yield fd
         finally:
